@@ -1,0 +1,283 @@
+//! Types shared by the eBPF programs and userspace.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that its layout is the
+//! same on both sides and userspace can decode ring-buffer records from bytes
+//! without guessing. Userspace decodes with length checks (zerocopy), never by
+//! transmuting.
+#![no_std]
+
+#[cfg(feature = "user")]
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+pub const TASK_COMM_LEN: usize = 16;
+/// Bytes kept of each path component the kernel sends for a newly seen file.
+pub const PATH_COMPONENT_LEN: usize = 48;
+/// Path components (dentries) walked towards the filesystem root.
+pub const PATH_MAX_DEPTH: usize = 8;
+/// `--comm` filters evaluated in the kernel.
+pub const MAX_COMM_FILTERS: usize = 8;
+
+/// Kinds of ring-buffer record. Every record starts with an [`EventHeader`].
+pub mod event_kind {
+    /// First write to a file page through a shared writable mapping.
+    pub const SHARED_WRITE: u32 = 1;
+    /// First write to a file page through a private mapping (copy-on-write).
+    pub const COW_WRITE: u32 = 2;
+    /// A file seen for the first time, with its dentry names.
+    pub const FILE_SEEN: u32 = 3;
+    /// A second (third, ...) process writing a page another process wrote first.
+    pub const NEW_WRITER: u32 = 4;
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// `bpf_ringbuf_reserve` failed: the record was lost.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// `bpf_find_vma` failed (mmap lock contended): the fault was not classified.
+    pub const VMA_LOOKUP_FAILED: u32 = 1;
+    /// Pages inserted into the dedup LRU. Beyond its capacity, entries are evicted.
+    pub const DEDUP_INSERTS: u32 = 2;
+    /// The dedup LRU refused an insert.
+    pub const DEDUP_INSERT_FAILED: u32 = 3;
+    /// The per-file stats map was full: a file's counters were not kept.
+    pub const FILE_STATS_FULL: u32 = 4;
+    /// Write faults on shared file mappings that passed the filters.
+    pub const SHARED_WRITE_FAULTS: u32 = 5;
+    /// Write faults on private file mappings that passed the filters.
+    pub const COW_FAULTS: u32 = 6;
+    /// Records submitted to the ring buffer.
+    pub const EVENTS_SUBMITTED: u32 = 7;
+    /// The writer LRU refused an insert.
+    pub const WRITER_INSERT_FAILED: u32 = 8;
+    /// Write faults seen before filtering (any mapping).
+    pub const WRITE_FAULTS_SEEN: u32 = 9;
+    pub const COUNT: u32 = 10;
+}
+
+/// Bits of [`ProbeConfig::filter_flags`].
+pub mod filter {
+    /// Only tasks whose tgid is in the `TRACED` map.
+    pub const BY_TGID: u32 = 1;
+    /// Only tasks whose comm matches one of [`super::ProbeConfig::comms`].
+    pub const BY_COMM: u32 = 2;
+}
+
+/// Value of a `TRACED` map entry.
+pub mod traced {
+    /// Trace this tgid only.
+    pub const EXACT: u32 = 1;
+    /// Trace this tgid and every process it forks, recursively.
+    pub const FOLLOW_CHILDREN: u32 = 2;
+}
+
+/// Common start of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Thread id of the writer.
+    pub pid: u32,
+    /// Process id (thread group id) of the writer.
+    pub tgid: u32,
+    /// Kernel `dev_t` of the file's superblock: `major << 20 | minor`.
+    pub dev: u32,
+    pub ino: u64,
+    /// `bpf_ktime_get_boot_ns()` at the fault.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`] and
+/// [`event_kind::NEW_WRITER`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct PageEvent {
+    pub header: EventHeader,
+    /// Page index in the file (units of the base page size).
+    pub page: u64,
+}
+
+/// [`event_kind::FILE_SEEN`]: sent once per file, when its stats entry is
+/// created, so a path survives the writer's exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct FileEvent {
+    pub header: EventHeader,
+    /// `super_block.s_magic`: the filesystem type.
+    pub fs_magic: u64,
+    /// Components filled in `components`, leaf first.
+    pub depth: u32,
+    /// 1 when the walk reached the filesystem root within `PATH_MAX_DEPTH`.
+    pub reached_root: u32,
+    /// NUL-terminated dentry names, leaf first.
+    pub components: [[u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH],
+}
+
+/// Key of the per-file stats map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct FileKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Key of the dedup LRU: one entry per (file, page, kind).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct PageKey {
+    pub dev: u32,
+    /// [`event_kind::SHARED_WRITE`] or [`event_kind::COW_WRITE`].
+    pub kind: u32,
+    pub ino: u64,
+    pub page: u64,
+}
+
+/// Key of the writer LRU: one entry per (file, process) beyond the first writer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct WriterKey {
+    pub dev: u32,
+    pub tgid: u32,
+    pub ino: u64,
+}
+
+/// Per-CPU value of the per-file stats map. Userspace sums counters and takes
+/// the maximum of timestamps across CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct FileStats {
+    pub shared_write_faults: u64,
+    pub cow_faults: u64,
+    /// Clean-to-dirty folio transitions (`writeback_dirty_folio`).
+    pub folios_dirtied: u64,
+    /// Pages in those folios (large folios count all their pages).
+    pub pages_dirtied: u64,
+    /// Pages the filesystem reported written back.
+    pub writeback_pages: u64,
+    /// Times the inode went under writeback (`sb_mark_inode_writeback`).
+    pub writeback_starts: u64,
+    /// Times the inode's writeback completed (`sb_clear_inode_writeback`).
+    pub writeback_ends: u64,
+    /// Boot-clock times of the latest events of each kind.
+    pub last_write_boot_ns: u64,
+    pub last_dirty_boot_ns: u64,
+    pub last_writeback_start_boot_ns: u64,
+    pub last_writeback_end_boot_ns: u64,
+}
+
+/// Kernel struct field offsets (bytes) resolved from vmlinux BTF in userspace.
+/// Rust eBPF has no CO-RE relocations, so these are passed as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct KernelOffsets {
+    pub vma_vm_start: u32,
+    pub vma_vm_flags: u32,
+    pub vma_vm_pgoff: u32,
+    pub vma_vm_file: u32,
+    pub file_f_inode: u32,
+    /// `file.f_path.dentry`.
+    pub file_dentry: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub sb_s_magic: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
+    pub dentry_d_parent: u32,
+    /// `folio.flags` (first word of the head page's flags).
+    pub folio_flags: u32,
+    pub folio_index: u32,
+    /// `folio._flags_1`: its low byte is the order of a large folio.
+    pub folio_flags_1: u32,
+    pub mapping_host: u32,
+    pub wbc_nr_to_write: u32,
+    /// Bit number of `PG_head` in `enum pageflags`.
+    pub pg_head_bit: u32,
+}
+
+/// Run-time configuration, a global set at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct ProbeConfig {
+    /// Bits of [`filter`].
+    pub filter_flags: u32,
+    /// Non-zero: classify and report private (COW) writes too.
+    pub include_cow: u32,
+    /// Our own tgid, never traced.
+    pub self_tgid: u32,
+    /// log2 of the base page size.
+    pub page_shift: u32,
+    /// Entries used in `comms`.
+    pub comm_count: u32,
+    pub _pad: u32,
+    pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
+}
+
+impl KernelOffsets {
+    /// All zero: the value compiled into the object before userspace overrides it.
+    pub const ZEROED: Self = Self {
+        vma_vm_start: 0,
+        vma_vm_flags: 0,
+        vma_vm_pgoff: 0,
+        vma_vm_file: 0,
+        file_f_inode: 0,
+        file_dentry: 0,
+        inode_i_ino: 0,
+        inode_i_sb: 0,
+        sb_s_dev: 0,
+        sb_s_magic: 0,
+        dentry_name: 0,
+        dentry_d_parent: 0,
+        folio_flags: 0,
+        folio_index: 0,
+        folio_flags_1: 0,
+        mapping_host: 0,
+        wbc_nr_to_write: 0,
+        pg_head_bit: 0,
+    };
+}
+
+impl ProbeConfig {
+    /// All zero: the value compiled into the object before userspace overrides it.
+    pub const ZEROED: Self = Self {
+        filter_flags: 0,
+        include_cow: 0,
+        self_tgid: 0,
+        page_shift: 0,
+        comm_count: 0,
+        _pad: 0,
+        comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
+    };
+}
+
+/// `VM_WRITE` and `VM_SHARED` from include/linux/mm.h: #defines, so not in
+/// BTF, but unchanged since Linux 2.x.
+pub const VM_WRITE: u64 = 0x2;
+pub const VM_SHARED: u64 = 0x8;
+/// x86 page fault error code bit: the access was a write.
+pub const X86_PF_WRITE: u64 = 0x2;
+/// ext4's superblock magic: ext4 reports its own written pages.
+pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these are repr(C), contain only integers and byte arrays,
+    // and have no implicit padding (zerocopy's IntoBytes derive checks that).
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::PageKey {}
+    unsafe impl aya::Pod for super::WriterKey {}
+    unsafe impl aya::Pod for super::FileStats {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}

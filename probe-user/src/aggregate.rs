@@ -1,0 +1,450 @@
+//! Per-file aggregation of probe events and kernel counters.
+//!
+//! Pure and synchronous: events go in, a report comes out. Nothing here
+//! touches the kernel, the clock or /proc, so it is unit-tested directly and
+//! shared by every front end.
+
+use std::collections::{BTreeMap, HashMap};
+
+use probe_common::FileStats;
+use roaring::RoaringTreemap;
+
+use crate::events::{Event, FileId, Task, WriteKind};
+
+/// Where a file's path came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathSource {
+    /// `/proc/<pid>/maps` of a writer: the full path.
+    ProcMaps,
+    /// Dentry names sent by the kernel, joined to the mount point.
+    Dentry,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Writer {
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Pages this process wrote first (shared writes).
+    pub pages: u64,
+    /// Pages this process wrote first through a private mapping.
+    pub cow_pages: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FileRecord {
+    pub path: Option<String>,
+    pub path_source: Option<PathSource>,
+    pub fs_magic: Option<u64>,
+    pub pages_written: RoaringTreemap,
+    pub cow_pages: RoaringTreemap,
+    pub writers: BTreeMap<u32, Writer>,
+    pub first_write_boot_ns: Option<u64>,
+    pub last_write_boot_ns: Option<u64>,
+    /// Kernel counters, summed over CPUs, as of the latest snapshot.
+    pub kernel: FileStats,
+    /// First-write reports of a page already in the set: the kernel's dedup
+    /// LRU evicted it. They are not counted twice.
+    pub repeated_reports: u64,
+}
+
+impl FileRecord {
+    /// Modified iff some page was written through a shared mapping.
+    pub fn modified(&self) -> bool {
+        !self.pages_written.is_empty()
+    }
+
+    fn note_write_time(&mut self, boot_ns: u64) {
+        self.first_write_boot_ns =
+            Some(self.first_write_boot_ns.map_or(boot_ns, |t| t.min(boot_ns)));
+        self.last_write_boot_ns = Some(self.last_write_boot_ns.map_or(boot_ns, |t| t.max(boot_ns)));
+    }
+
+    fn writer(&mut self, task: &Task) -> &mut Writer {
+        let writer = self.writers.entry(task.tgid).or_insert_with(|| Writer {
+            tgid: task.tgid,
+            comm: task.comm.clone(),
+            cgroup_id: task.cgroup_id,
+            ..Writer::default()
+        });
+        // Keep the latest name: exec changes it.
+        if writer.comm != task.comm {
+            writer.comm.clone_from(&task.comm);
+        }
+        writer
+    }
+
+    /// Write faults through shared mappings: the kernel's count, which
+    /// includes rewrites after writeback, never fewer than the pages seen.
+    pub fn write_faults(&self) -> u64 {
+        self.kernel
+            .shared_write_faults
+            .max(self.pages_written.len())
+    }
+
+    pub fn cow_faults(&self) -> u64 {
+        self.kernel.cow_faults.max(self.cow_pages.len())
+    }
+}
+
+/// What applying an event changed, for the caller's side effects (such as
+/// resolving a path while the writer is still alive).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Nothing,
+    NewFile { file: FileId, tgid: u32 },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Aggregate {
+    files: HashMap<FileId, FileRecord>,
+    events: u64,
+}
+
+impl Aggregate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Events applied so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&FileId, &FileRecord)> {
+        self.files.iter()
+    }
+
+    pub fn file(&self, id: &FileId) -> Option<&FileRecord> {
+        self.files.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn record(&mut self, file: FileId) -> (&mut FileRecord, bool) {
+        let mut created = false;
+        let record = self.files.entry(file).or_insert_with(|| {
+            created = true;
+            FileRecord::default()
+        });
+        (record, created)
+    }
+
+    pub fn apply(&mut self, event: &Event) -> Applied {
+        self.events += 1;
+        let (file, tgid, created) = match event {
+            Event::FirstWrite {
+                file,
+                page,
+                kind,
+                task,
+                boot_ns,
+            } => {
+                let (record, created) = self.record(*file);
+                let set = match kind {
+                    WriteKind::Shared => &mut record.pages_written,
+                    WriteKind::Cow => &mut record.cow_pages,
+                };
+                if set.insert(*page) {
+                    let writer = record.writer(task);
+                    match kind {
+                        WriteKind::Shared => writer.pages += 1,
+                        WriteKind::Cow => writer.cow_pages += 1,
+                    }
+                } else {
+                    record.repeated_reports += 1;
+                    record.writer(task);
+                }
+                record.note_write_time(*boot_ns);
+                (*file, task.tgid, created)
+            }
+            Event::NewWriter {
+                file,
+                page,
+                task,
+                boot_ns,
+            } => {
+                let (record, created) = self.record(*file);
+                // The page was reported by its first writer; if that report
+                // was lost, this one still proves the page was written.
+                record.pages_written.insert(*page);
+                record.writer(task);
+                record.note_write_time(*boot_ns);
+                (*file, task.tgid, created)
+            }
+            Event::FileSeen {
+                file,
+                fs_magic,
+                components,
+                reached_root,
+                task,
+            } => {
+                let (record, created) = self.record(*file);
+                record.fs_magic = Some(*fs_magic);
+                if record.path.is_none() {
+                    record.path = Some(dentry_path(components, *reached_root, None));
+                    record.path_source = Some(PathSource::Dentry);
+                }
+                (*file, task.tgid, created)
+            }
+        };
+        if created {
+            Applied::NewFile { file, tgid }
+        } else {
+            Applied::Nothing
+        }
+    }
+
+    /// Sets a file's path; a `/proc/<pid>/maps` path beats a dentry one.
+    pub fn set_path(&mut self, file: FileId, path: String, source: PathSource) {
+        let (record, _) = self.record(file);
+        let better = match (record.path_source, source) {
+            (None, _) | (_, PathSource::ProcMaps) => true,
+            (Some(PathSource::Dentry), PathSource::Dentry) => true,
+            (Some(PathSource::ProcMaps), PathSource::Dentry) => false,
+        };
+        if better {
+            record.path = Some(path);
+            record.path_source = Some(source);
+        }
+    }
+
+    /// Replaces a file's kernel counters with a fresh per-CPU snapshot.
+    pub fn set_kernel_stats<'a>(
+        &mut self,
+        file: FileId,
+        per_cpu: impl IntoIterator<Item = &'a FileStats>,
+    ) {
+        let summed = sum_stats(per_cpu);
+        // Counters for files with no reported page (their first-write record
+        // was dropped) still show up: nothing is lost silently.
+        let (record, _) = self.record(file);
+        record.kernel = summed;
+    }
+}
+
+/// Sums counters and takes the latest timestamps across CPUs.
+pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a FileStats>) -> FileStats {
+    let mut total = FileStats::default();
+    for s in per_cpu {
+        total.shared_write_faults += s.shared_write_faults;
+        total.cow_faults += s.cow_faults;
+        total.folios_dirtied += s.folios_dirtied;
+        total.pages_dirtied += s.pages_dirtied;
+        total.writeback_pages += s.writeback_pages;
+        total.writeback_starts += s.writeback_starts;
+        total.writeback_ends += s.writeback_ends;
+        total.last_write_boot_ns = total.last_write_boot_ns.max(s.last_write_boot_ns);
+        total.last_dirty_boot_ns = total.last_dirty_boot_ns.max(s.last_dirty_boot_ns);
+        total.last_writeback_start_boot_ns = total
+            .last_writeback_start_boot_ns
+            .max(s.last_writeback_start_boot_ns);
+        total.last_writeback_end_boot_ns = total
+            .last_writeback_end_boot_ns
+            .max(s.last_writeback_end_boot_ns);
+    }
+    total
+}
+
+/// Joins dentry names (leaf first) into a path under `mount_point`. A walk
+/// that stopped short of the filesystem root is marked with a leading `…`.
+pub fn dentry_path(components: &[String], reached_root: bool, mount_point: Option<&str>) -> String {
+    let relative: Vec<&str> = components.iter().rev().map(String::as_str).collect();
+    let joined = relative.join("/");
+    if !reached_root {
+        return format!("…/{joined}");
+    }
+    match mount_point {
+        Some(mount) if mount != "/" => format!("{}/{joined}", mount.trim_end_matches('/')),
+        _ => format!("/{joined}"),
+    }
+}
+
+/// Inclusive `[first, last]` runs of consecutive pages, in order.
+pub fn page_ranges(pages: &RoaringTreemap) -> Vec<[u64; 2]> {
+    let mut ranges: Vec<[u64; 2]> = Vec::new();
+    for page in pages.iter() {
+        match ranges.last_mut() {
+            Some(last) if last[1] + 1 == page => last[1] = page,
+            _ => ranges.push([page, page]),
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: FileId = FileId {
+        dev: 1 << 20,
+        ino: 12,
+    };
+
+    fn task(tgid: u32, comm: &str) -> Task {
+        Task {
+            pid: tgid,
+            tgid,
+            comm: comm.into(),
+            cgroup_id: 1,
+        }
+    }
+
+    fn write(page: u64, tgid: u32, at: u64) -> Event {
+        Event::FirstWrite {
+            file: FILE,
+            page,
+            kind: WriteKind::Shared,
+            task: task(tgid, "w"),
+            boot_ns: at,
+        }
+    }
+
+    #[test]
+    fn collects_pages_writers_and_times() {
+        let mut agg = Aggregate::new();
+        assert_eq!(
+            agg.apply(&write(5, 100, 30)),
+            Applied::NewFile {
+                file: FILE,
+                tgid: 100
+            }
+        );
+        assert_eq!(agg.apply(&write(6, 100, 10)), Applied::Nothing);
+        agg.apply(&write(9, 200, 50));
+        let rec = agg.file(&FILE).unwrap();
+        assert!(rec.modified());
+        assert_eq!(page_ranges(&rec.pages_written), vec![[5, 6], [9, 9]]);
+        assert_eq!(rec.writers[&100].pages, 2);
+        assert_eq!(rec.writers[&200].pages, 1);
+        assert_eq!(rec.first_write_boot_ns, Some(10));
+        assert_eq!(rec.last_write_boot_ns, Some(50));
+        assert_eq!(agg.events(), 3);
+    }
+
+    #[test]
+    fn a_repeated_first_write_is_not_counted_twice() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(5, 100, 1));
+        agg.apply(&write(5, 100, 2));
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.pages_written.len(), 1);
+        assert_eq!(rec.writers[&100].pages, 1);
+        assert_eq!(rec.repeated_reports, 1);
+    }
+
+    #[test]
+    fn cow_only_files_are_not_modified() {
+        let mut agg = Aggregate::new();
+        agg.apply(&Event::FirstWrite {
+            file: FILE,
+            page: 2,
+            kind: WriteKind::Cow,
+            task: task(1, "c"),
+            boot_ns: 1,
+        });
+        let rec = agg.file(&FILE).unwrap();
+        assert!(!rec.modified());
+        assert_eq!(page_ranges(&rec.cow_pages), vec![[2, 2]]);
+        assert_eq!(rec.writers[&1].cow_pages, 1);
+    }
+
+    #[test]
+    fn new_writers_are_attributed_without_pages() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(5, 100, 1));
+        agg.apply(&Event::NewWriter {
+            file: FILE,
+            page: 5,
+            task: task(300, "late"),
+            boot_ns: 4,
+        });
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.writers[&300].pages, 0);
+        assert_eq!(rec.writers[&300].comm, "late");
+        assert_eq!(rec.pages_written.len(), 1);
+        assert_eq!(rec.last_write_boot_ns, Some(4));
+    }
+
+    #[test]
+    fn proc_maps_paths_beat_dentry_paths() {
+        let mut agg = Aggregate::new();
+        agg.apply(&Event::FileSeen {
+            file: FILE,
+            fs_magic: 0xEF53,
+            components: vec!["f".into(), "d".into()],
+            reached_root: true,
+            task: task(1, "x"),
+        });
+        assert_eq!(agg.file(&FILE).unwrap().path.as_deref(), Some("/d/f"));
+        agg.set_path(FILE, "/mnt/d/f".into(), PathSource::ProcMaps);
+        agg.set_path(FILE, "/other".into(), PathSource::Dentry);
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.path.as_deref(), Some("/mnt/d/f"));
+        assert_eq!(rec.path_source, Some(PathSource::ProcMaps));
+    }
+
+    #[test]
+    fn kernel_stats_are_summed_and_timestamps_maxed() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(1, 1, 1));
+        let cpus = [
+            FileStats {
+                shared_write_faults: 3,
+                writeback_pages: 2,
+                last_writeback_end_boot_ns: 50,
+                ..FileStats::default()
+            },
+            FileStats {
+                shared_write_faults: 4,
+                writeback_pages: 1,
+                last_writeback_end_boot_ns: 70,
+                ..FileStats::default()
+            },
+        ];
+        agg.set_kernel_stats(FILE, &cpus);
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.write_faults(), 7);
+        assert_eq!(rec.kernel.writeback_pages, 3);
+        assert_eq!(rec.kernel.last_writeback_end_boot_ns, 70);
+    }
+
+    #[test]
+    fn write_faults_never_fewer_than_pages() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(1, 1, 1));
+        agg.apply(&write(2, 1, 1));
+        assert_eq!(agg.file(&FILE).unwrap().write_faults(), 2);
+    }
+
+    #[test]
+    fn ranges_merge_consecutive_pages_only() {
+        let pages: RoaringTreemap = [0u64, 1, 2, 4, 10, 11, u64::from(u32::MAX) + 1]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            page_ranges(&pages),
+            vec![[0, 2], [4, 4], [10, 11], [4_294_967_296, 4_294_967_296]]
+        );
+        assert!(page_ranges(&RoaringTreemap::new()).is_empty());
+    }
+
+    #[test]
+    fn dentry_paths() {
+        let comps = vec!["f.db".to_string(), "data".to_string()];
+        assert_eq!(dentry_path(&comps, true, None), "/data/f.db");
+        assert_eq!(
+            dentry_path(&comps, true, Some("/mnt/x/")),
+            "/mnt/x/data/f.db"
+        );
+        assert_eq!(dentry_path(&comps, true, Some("/")), "/data/f.db");
+        assert_eq!(dentry_path(&comps, false, Some("/mnt")), "…/data/f.db");
+    }
+}

@@ -1,0 +1,188 @@
+//! Command-line interface: the contract every front end shares.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::btf::VMLINUX_BTF;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mmapwatch",
+    version,
+    about = "Which memory-mapped files were modified through mmap, which pages, by whom, and when they were written back"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Kernel BTF to read struct layouts from (for testing other kernels).
+    #[arg(long, global = true, hide = true, env = "MMAPWATCH_BTF", default_value = VMLINUX_BTF)]
+    pub btf: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace mmap writes, then print one report.
+    Trace(TraceArgs),
+    /// Show what this kernel supports and which backend `auto` picks.
+    Doctor,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The best backend this kernel supports.
+    #[default]
+    Auto,
+    /// exceptions:page_fault_* + bpf_find_vma, writeback tracepoints.
+    Tracepoint,
+}
+
+/// Which processes and files to watch; shared by every front end.
+#[derive(Clone, Debug, Default, Args)]
+pub struct FilterArgs {
+    /// Only this process (repeatable).
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Only processes with this command name, as in /proc/PID/comm (repeatable, up to 8).
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
+    pub comms: Vec<String>,
+
+    /// Only files under this directory (repeatable).
+    #[arg(long = "path-prefix", value_name = "DIR")]
+    pub path_prefixes: Vec<PathBuf>,
+
+    /// Probe backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    #[arg(long, hide = true, value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
+
+    /// Capacity of the kernel's first-write dedup map.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dedup_entries: Option<u32>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TraceArgs {
+    /// Stop after this long (e.g. 10s, 1m30s); without it and without CMD, run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Also report files only written through private mappings (copy-on-write).
+    #[arg(long)]
+    pub include_cow: bool,
+
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Run CMD and trace it and all its descendants; exit with its exit code.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("'{text}' is not a duration like 10s or 1m30s ({err})"))?;
+    if duration.is_zero() {
+        return Err("the duration must be more than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("an empty command name matches nothing".into());
+    }
+    if text.len() > 15 {
+        return Err(format!(
+            "'{text}' is longer than 15 bytes; the kernel keeps only the first 15 ('{}')",
+            &text[..text.floor_char_boundary(15)]
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a byte count"))?;
+    if !bytes.is_power_of_two() || bytes < 4096 {
+        return Err("the ring size must be a power of two of at least 4096".into());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mmapwatch").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn parses_the_full_trace_contract() {
+        let cli = parse(&[
+            "trace",
+            "--duration",
+            "1m30s",
+            "--pid",
+            "10",
+            "--pid",
+            "20",
+            "--comm",
+            "postgres",
+            "--path-prefix",
+            "/var/lib",
+            "--include-cow",
+            "--json",
+            "--backend",
+            "tracepoint",
+            "--",
+            "python3",
+            "-c",
+            "pass",
+        ])
+        .unwrap();
+        let Command::Trace(args) = cli.command else {
+            panic!("not trace")
+        };
+        assert_eq!(args.duration, Some(Duration::from_secs(90)));
+        assert_eq!(args.filter.pids, vec![10, 20]);
+        assert_eq!(args.filter.comms, vec!["postgres"]);
+        assert_eq!(args.filter.path_prefixes, vec![PathBuf::from("/var/lib")]);
+        assert!(args.include_cow && args.json);
+        assert_eq!(args.filter.backend, BackendChoice::Tracepoint);
+        assert_eq!(args.command, vec!["python3", "-c", "pass"]);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse(&["trace", "--duration", "soon"]).is_err());
+        assert!(parse(&["trace", "--duration", "0s"]).is_err());
+        assert!(parse(&["trace", "--pid", "0"]).is_err());
+        assert!(parse(&["trace", "--pid", "-3"]).is_err());
+        assert!(parse(&["trace", "--comm", "a-name-longer-than-15"]).is_err());
+        assert!(parse(&["trace", "--backend", "magic"]).is_err());
+        assert!(parse(&["trace", "--bogus"]).is_err());
+        assert!(parse(&["trace", "--ring-bytes", "1000"]).is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let Command::Trace(args) = parse(&["trace"]).unwrap().command else {
+            panic!("not trace")
+        };
+        assert_eq!(args.duration, None);
+        assert_eq!(args.filter.backend, BackendChoice::Auto);
+        assert!(args.command.is_empty());
+    }
+}

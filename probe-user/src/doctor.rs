@@ -1,0 +1,183 @@
+//! `mmapwatch doctor`: what this kernel supports, checked for real.
+//!
+//! Each line is the result of an actual check (a file read, a program
+//! loaded by the verifier), not a guess from the kernel version.
+
+use std::path::Path;
+
+use crate::{
+    btf::KernelBtf,
+    cli::BackendChoice,
+    loader::{
+        effective_capabilities, has_capability, tracefs, tracepoint_exists, ProbeOptions, Probes,
+        CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, RAW_TRACEPOINTS, TRACEPOINTS,
+    },
+    trace::choose_backend,
+};
+
+#[derive(Debug)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn lockdown() -> String {
+    let path = Path::new("/sys/kernel/security/lockdown");
+    match std::fs::read_to_string(path) {
+        // "none [integrity] confidentiality": the bracketed one is in force.
+        Ok(text) => text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+            .unwrap_or("unknown")
+            .to_string(),
+        Err(_) if !Path::new("/sys/kernel/security").join("lsm").exists() => {
+            "unknown (securityfs not mounted)".into()
+        }
+        Err(_) => "none (no lockdown LSM)".into(),
+    }
+}
+
+fn kprobes() -> (bool, String) {
+    if Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        (true, "kprobe PMU present".into())
+    } else {
+        (
+            false,
+            "no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel built without CONFIG_KPROBES".into(),
+        )
+    }
+}
+
+pub fn checks(btf_path: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    out.push(check("kernel", true, kernel_release()));
+
+    let caps = effective_capabilities();
+    let privileged = has_capability(caps, CAP_SYS_ADMIN)
+        || (has_capability(caps, CAP_BPF) && has_capability(caps, CAP_PERFMON));
+    out.push(check(
+        "privileges",
+        privileged,
+        format!(
+            "CAP_SYS_ADMIN {} CAP_BPF {} CAP_PERFMON {}",
+            yes_no(has_capability(caps, CAP_SYS_ADMIN)),
+            yes_no(has_capability(caps, CAP_BPF)),
+            yes_no(has_capability(caps, CAP_PERFMON))
+        ),
+    ));
+
+    match KernelBtf::from_file(btf_path).and_then(|btf| btf.kernel_offsets().map(|_| btf)) {
+        Ok(btf) => {
+            out.push(check(
+                "btf",
+                true,
+                format!("{}: all struct offsets resolved", btf_path.display()),
+            ));
+            let fentry_targets: Vec<&str> = [
+                "do_wp_page",
+                "do_page_mkwrite",
+                "wp_page_copy",
+                "folio_end_writeback",
+            ]
+            .into_iter()
+            .filter(|f| btf.has_function(f))
+            .collect();
+            out.push(check(
+                "btf functions",
+                !fentry_targets.is_empty(),
+                format!("fentry targets present: {}", fentry_targets.join(", ")),
+            ));
+        }
+        Err(err) => out.push(check("btf", false, err.to_string())),
+    }
+
+    match tracefs() {
+        Ok(root) => {
+            out.push(check("tracefs", true, root.display().to_string()));
+            for tp in TRACEPOINTS {
+                let present = tracepoint_exists(&root, tp.category, tp.name);
+                out.push(check(
+                    format!("tracepoint {}:{}", tp.category, tp.name),
+                    present || !tp.required,
+                    format!(
+                        "{} ({}{})",
+                        if present { "present" } else { "absent" },
+                        tp.purpose,
+                        if tp.required {
+                            ", required"
+                        } else {
+                            ", optional"
+                        }
+                    ),
+                ));
+            }
+        }
+        Err(err) => out.push(check("tracefs", false, err.to_string())),
+    }
+
+    // Loading the whole object runs the verifier over every program: it
+    // proves ring buffers, bpf_find_vma from a tracepoint and tp_btf work.
+    if privileged {
+        let options = ProbeOptions {
+            btf_path: btf_path.to_path_buf(),
+            ..ProbeOptions::default()
+        };
+        match Probes::load(&options) {
+            Ok(_) => out.push(check(
+                "programs",
+                true,
+                format!(
+                    "verifier accepted all {} programs (ring buffer, bpf_find_vma, raw tracepoints {})",
+                    TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
+                    RAW_TRACEPOINTS.iter().map(|t| t.1).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+            Err(err) => out.push(check("programs", false, err.to_string())),
+        }
+    }
+
+    let (kprobe_ok, kprobe_detail) = kprobes();
+    out.push(check("kprobes", kprobe_ok, kprobe_detail));
+    out.push(check("lockdown", true, lockdown()));
+    let (backend, reason) = choose_backend(BackendChoice::Auto);
+    out.push(check("backend auto", true, format!("{backend}: {reason}")));
+    out
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+pub fn render(checks: &[Check]) -> String {
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{:<width$}  {:<4}  {}\n",
+                c.name,
+                if c.ok { "ok" } else { "FAIL" },
+                c.detail
+            )
+        })
+        .collect()
+}

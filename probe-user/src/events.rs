@@ -1,0 +1,318 @@
+//! Decoding of ring-buffer records into typed events.
+//!
+//! Records are checked for length and kind before use; a malformed record is
+//! an error, never a panic or an out-of-bounds read.
+
+use probe_common::{event_kind, EventHeader, FileEvent, PageEvent, PATH_MAX_DEPTH};
+use zerocopy::FromBytes;
+
+/// Identity of a file: the kernel's `dev_t` (`major << 20 | minor`) and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn major(&self) -> u32 {
+        self.dev >> 20
+    }
+
+    pub fn minor(&self) -> u32 {
+        self.dev & 0xfffff
+    }
+
+    /// `MAJ:MIN` as in /proc/self/mountinfo and the JSON report.
+    pub fn dev_string(&self) -> String {
+        format!("{}:{}", self.major(), self.minor())
+    }
+
+    /// From a userspace `st_dev` (glibc's encoding) and inode.
+    pub fn from_stat_dev(st_dev: u64, ino: u64) -> Self {
+        let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
+        let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
+        Self {
+            dev: ((major as u32) << 20) | (minor as u32 & 0xfffff),
+            ino,
+        }
+    }
+}
+
+/// Who caused an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Through a shared mapping: the file is modified.
+    Shared,
+    /// Through a private mapping: copy-on-write, the file is not modified.
+    Cow,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// First write to a page (per kind).
+    FirstWrite {
+        file: FileId,
+        page: u64,
+        kind: WriteKind,
+        task: Task,
+        boot_ns: u64,
+    },
+    /// A process writing (shared) a page that another process wrote first.
+    NewWriter {
+        file: FileId,
+        page: u64,
+        task: Task,
+        boot_ns: u64,
+    },
+    /// A file seen for the first time, with its dentry names, leaf first.
+    FileSeen {
+        file: FileId,
+        fs_magic: u64,
+        components: Vec<String>,
+        reached_root: bool,
+        task: Task,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need} its kind needs")]
+    Short { len: usize, need: usize },
+    #[error("record has unknown kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Bytes up to the first NUL, lossily as UTF-8.
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn task(header: &EventHeader) -> Task {
+    Task {
+        pid: header.pid,
+        tgid: header.tgid,
+        comm: c_string(&header.comm),
+        cgroup_id: header.cgroup_id,
+    }
+}
+
+fn read<T: FromBytes + zerocopy::KnownLayout + zerocopy::Immutable>(
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    T::read_from_prefix(bytes)
+        .map(|(value, _rest)| value)
+        .map_err(|_| DecodeError::Short {
+            len: bytes.len(),
+            need: std::mem::size_of::<T>(),
+        })
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    let file = FileId {
+        dev: header.dev,
+        ino: header.ino,
+    };
+    match header.kind {
+        event_kind::SHARED_WRITE | event_kind::COW_WRITE => {
+            let event: PageEvent = read(bytes)?;
+            Ok(Event::FirstWrite {
+                file,
+                page: event.page,
+                kind: if header.kind == event_kind::SHARED_WRITE {
+                    WriteKind::Shared
+                } else {
+                    WriteKind::Cow
+                },
+                task: task(&header),
+                boot_ns: header.boot_ns,
+            })
+        }
+        event_kind::NEW_WRITER => {
+            let event: PageEvent = read(bytes)?;
+            Ok(Event::NewWriter {
+                file,
+                page: event.page,
+                task: task(&header),
+                boot_ns: header.boot_ns,
+            })
+        }
+        event_kind::FILE_SEEN => {
+            let event: FileEvent = read(bytes)?;
+            let depth = (event.depth as usize).min(PATH_MAX_DEPTH);
+            Ok(Event::FileSeen {
+                file,
+                fs_magic: event.fs_magic,
+                components: event.components[..depth]
+                    .iter()
+                    .map(|c| c_string(c))
+                    .collect(),
+                reached_root: event.reached_root != 0,
+                task: task(&header),
+            })
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::{PATH_COMPONENT_LEN, TASK_COMM_LEN};
+    use zerocopy::IntoBytes;
+
+    fn comm(name: &str) -> [u8; TASK_COMM_LEN] {
+        let mut out = [0; TASK_COMM_LEN];
+        out[..name.len()].copy_from_slice(name.as_bytes());
+        out
+    }
+
+    fn header(kind: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            pid: 11,
+            tgid: 10,
+            dev: (254 << 20) | 1,
+            ino: 4242,
+            boot_ns: 99,
+            cgroup_id: 7,
+            comm: comm("writer"),
+        }
+    }
+
+    #[test]
+    fn decodes_a_shared_first_write() {
+        let record = PageEvent {
+            header: header(event_kind::SHARED_WRITE),
+            page: 17,
+        };
+        let event = decode(record.as_bytes()).unwrap();
+        assert_eq!(
+            event,
+            Event::FirstWrite {
+                file: FileId {
+                    dev: (254 << 20) | 1,
+                    ino: 4242
+                },
+                page: 17,
+                kind: WriteKind::Shared,
+                task: Task {
+                    pid: 11,
+                    tgid: 10,
+                    comm: "writer".into(),
+                    cgroup_id: 7
+                },
+                boot_ns: 99,
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_cow_and_new_writer() {
+        let cow = PageEvent {
+            header: header(event_kind::COW_WRITE),
+            page: 3,
+        };
+        assert!(matches!(
+            decode(cow.as_bytes()).unwrap(),
+            Event::FirstWrite {
+                kind: WriteKind::Cow,
+                page: 3,
+                ..
+            }
+        ));
+        let writer = PageEvent {
+            header: header(event_kind::NEW_WRITER),
+            page: 5,
+        };
+        assert!(matches!(
+            decode(writer.as_bytes()).unwrap(),
+            Event::NewWriter { page: 5, .. }
+        ));
+    }
+
+    #[test]
+    fn decodes_file_components_up_to_depth() {
+        let mut components = [[0u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH];
+        components[0][..8].copy_from_slice(b"data.bin");
+        components[1][..3].copy_from_slice(b"tmp");
+        // Garbage beyond `depth` must be ignored.
+        components[2][..4].copy_from_slice(b"junk");
+        let record = FileEvent {
+            header: header(event_kind::FILE_SEEN),
+            fs_magic: 0xEF53,
+            depth: 2,
+            reached_root: 1,
+            components,
+        };
+        match decode(record.as_bytes()).unwrap() {
+            Event::FileSeen {
+                components,
+                reached_root,
+                fs_magic,
+                ..
+            } => {
+                assert_eq!(components, vec!["data.bin", "tmp"]);
+                assert!(reached_root);
+                assert_eq!(fs_magic, 0xEF53);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let record = PageEvent {
+            header: header(event_kind::SHARED_WRITE),
+            page: 1,
+        };
+        let bytes = record.as_bytes();
+        assert!(matches!(
+            decode(&bytes[..10]),
+            Err(DecodeError::Short { .. })
+        ));
+        // A header alone is too short for a page event.
+        assert!(matches!(
+            decode(&bytes[..std::mem::size_of::<EventHeader>()]),
+            Err(DecodeError::Short { .. })
+        ));
+        let file_header = header(event_kind::FILE_SEEN);
+        assert!(matches!(
+            decode(file_header.as_bytes()),
+            Err(DecodeError::Short { .. })
+        ));
+        let unknown = PageEvent {
+            header: header(99),
+            page: 1,
+        };
+        assert_eq!(
+            decode(unknown.as_bytes()),
+            Err(DecodeError::UnknownKind(99))
+        );
+        assert!(decode(&[]).is_err());
+    }
+
+    #[test]
+    fn converts_stat_dev_to_kernel_dev() {
+        // makedev(254, 1) in glibc's encoding.
+        let st_dev = (254u64 << 8) | 1;
+        assert_eq!(FileId::from_stat_dev(st_dev, 5).dev, (254 << 20) | 1);
+        // A large minor (tmpfs anonymous devices) spans both minor fields.
+        let major = 0u64;
+        let minor = 300u64;
+        let st_dev = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12);
+        let id = FileId::from_stat_dev(st_dev, 5);
+        assert_eq!((id.major(), id.minor()), (0, 300));
+        assert_eq!(id.dev_string(), "0:300");
+    }
+}

@@ -1,0 +1,13 @@
+//! mmapwatch: which memory-mapped files were modified through mmap, which
+//! pages, by whom, and when they were written back.
+
+pub mod aggregate;
+pub mod btf;
+pub mod cli;
+pub mod doctor;
+pub mod error;
+pub mod events;
+pub mod loader;
+pub mod paths;
+pub mod report;
+pub mod trace;

@@ -1,0 +1,583 @@
+//! Loading and attaching the tracepoint backend, and reading its maps.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader, Endianness,
+};
+use probe_common::{
+    counter, filter, FileKey, FileStats, ProbeConfig, MAX_COMM_FILTERS, TASK_COMM_LEN,
+};
+
+use crate::{
+    btf::{BtfError, KernelBtf},
+    error::exit_code,
+    events::FileId,
+};
+
+/// The eBPF object built by build.rs.
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmapwatch-probes"));
+
+pub const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// A classic tracepoint the backend attaches to.
+#[derive(Clone, Copy, Debug)]
+pub struct Tracepoint {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Without it, mmapwatch still works but sees less (said in `doctor`
+    /// and in the report's warnings).
+    pub required: bool,
+    pub purpose: &'static str,
+}
+
+pub const TRACEPOINTS: &[Tracepoint] = &[
+    Tracepoint {
+        program: "page_fault_user",
+        category: "exceptions",
+        name: "page_fault_user",
+        required: true,
+        purpose: "write faults from user space",
+    },
+    Tracepoint {
+        program: "page_fault_kernel",
+        category: "exceptions",
+        name: "page_fault_kernel",
+        required: false,
+        purpose: "kernel stores into user mappings (read(2) into a mapping)",
+    },
+    Tracepoint {
+        program: "sched_process_fork",
+        category: "sched",
+        name: "sched_process_fork",
+        required: true,
+        purpose: "following -- CMD's descendants",
+    },
+    Tracepoint {
+        program: "sched_process_exit",
+        category: "sched",
+        name: "sched_process_exit",
+        required: true,
+        purpose: "forgetting exited processes",
+    },
+    Tracepoint {
+        program: "sb_mark_inode_writeback",
+        category: "writeback",
+        name: "sb_mark_inode_writeback",
+        required: false,
+        purpose: "writeback start times",
+    },
+    Tracepoint {
+        program: "sb_clear_inode_writeback",
+        category: "writeback",
+        name: "sb_clear_inode_writeback",
+        required: false,
+        purpose: "writeback completion times",
+    },
+    Tracepoint {
+        program: "ext4_writepages_result",
+        category: "ext4",
+        name: "ext4_writepages_result",
+        required: false,
+        purpose: "pages ext4 wrote back (fsync, msync and flusher)",
+    },
+];
+
+/// Raw tracepoints: they give the folio and inode pointers whose classic
+/// formats lack the device number.
+pub const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    (
+        "writeback_dirty_folio",
+        "writeback_dirty_folio",
+        "folios and pages dirtied",
+    ),
+    (
+        "writeback_single_inode",
+        "writeback_single_inode",
+        "pages written back by the flusher",
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("mmapwatch needs root, or CAP_BPF and CAP_PERFMON (run it with sudo)")]
+    NotPrivileged,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("tracefs is not mounted and could not be mounted at /sys/kernel/tracing: {0}")]
+    NoTracefs(String),
+    #[error("this kernel has no tracepoint {0}, which mmapwatch needs for {1}")]
+    MissingTracepoint(String, &'static str),
+    #[error("the kernel rejected program {program}: {reason}")]
+    Rejected { program: String, reason: String },
+    #[error("could not attach {program}: {reason}")]
+    Attach { program: String, reason: String },
+    #[error("eBPF object: {0}")]
+    Object(String),
+    #[error("{map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+impl LoadError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoadError::NotPrivileged => exit_code::PRIVILEGES,
+            LoadError::Btf(_)
+            | LoadError::NoTracefs(_)
+            | LoadError::MissingTracepoint(..)
+            | LoadError::Rejected { .. }
+            | LoadError::Attach { .. } => exit_code::KERNEL,
+            LoadError::Object(_) | LoadError::Map { .. } => exit_code::RUNTIME,
+        }
+    }
+}
+
+/// Effective capabilities of this process.
+pub fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+pub fn has_capability(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// Root, or the two capabilities that replace it for tracing.
+pub fn privileged() -> bool {
+    let caps = effective_capabilities();
+    has_capability(caps, CAP_SYS_ADMIN)
+        || (has_capability(caps, CAP_BPF) && has_capability(caps, CAP_PERFMON))
+}
+
+/// The mounted tracefs, mounting it at /sys/kernel/tracing if needed.
+pub fn tracefs() -> Result<PathBuf, LoadError> {
+    if let Some(root) = TRACEFS_ROOTS
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("events").is_dir())
+    {
+        return Ok(root.to_path_buf());
+    }
+    let target = Path::new(TRACEFS_ROOTS[0]);
+    let mounted = nix_mount_tracefs(target);
+    match mounted {
+        Ok(()) if target.join("events").is_dir() => Ok(target.to_path_buf()),
+        Ok(()) => Err(LoadError::NoTracefs("mounted, but it has no events".into())),
+        Err(err) => Err(LoadError::NoTracefs(err.to_string())),
+    }
+}
+
+fn nix_mount_tracefs(target: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    let path = CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("path has a NUL byte"))?;
+    let fstype = c"tracefs";
+    let source = c"nodev";
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether tracefs has this tracepoint.
+pub fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
+    tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("id")
+        .exists()
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ProbeOptions {
+    pub btf_path: PathBuf,
+    /// Trace only these tgids (and, for `follow`, their descendants).
+    pub filter_by_tgid: bool,
+    pub comms: Vec<String>,
+    pub include_cow: bool,
+    pub ring_bytes: Option<u32>,
+    pub dedup_entries: Option<u32>,
+    /// Enable the kernel side's debug logs (aya-log).
+    pub kernel_debug_logs: bool,
+}
+
+/// Totals of the kernel's per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub ringbuf_drops: u64,
+    pub vma_lookup_failed: u64,
+    pub dedup_inserts: u64,
+    pub dedup_insert_failed: u64,
+    pub file_stats_full: u64,
+    pub shared_write_faults: u64,
+    pub cow_faults: u64,
+    pub events_submitted: u64,
+    pub writer_insert_failed: u64,
+}
+
+impl KernelCounters {
+    /// Everything the kernel side failed to report.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_drops
+            + self.vma_lookup_failed
+            + self.file_stats_full
+            + self.writer_insert_failed
+    }
+}
+
+/// What was attached, and what could not be (optional tracepoints).
+#[derive(Clone, Debug, Default)]
+pub struct Attached {
+    pub programs: Vec<String>,
+    pub missing: Vec<String>,
+    pub attach_time: Duration,
+}
+
+/// The loaded and attached tracepoint backend.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub attached: Attached,
+    pub dedup_capacity: u32,
+}
+
+fn comm_bytes(comm: &str) -> [u8; TASK_COMM_LEN] {
+    let mut out = [0u8; TASK_COMM_LEN];
+    let bytes = comm.as_bytes();
+    let len = bytes.len().min(TASK_COMM_LEN - 1);
+    out[..len].copy_from_slice(&bytes[..len]);
+    out
+}
+
+const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 20;
+
+impl Probes {
+    /// Checks privileges and kernel support, then loads the eBPF object with
+    /// offsets and configuration filled in. Nothing is attached yet.
+    pub fn load(options: &ProbeOptions) -> Result<Self, LoadError> {
+        if !privileged() {
+            return Err(LoadError::NotPrivileged);
+        }
+        let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
+        let offsets = kernel_btf.kernel_offsets()?;
+        let aya_btf = Btf::parse_file(&options.btf_path, Endianness::default()).map_err(|err| {
+            LoadError::Btf(BtfError::Corrupt {
+                path: options.btf_path.display().to_string(),
+                reason: err.to_string(),
+            })
+        })?;
+        let tracefs = tracefs()?;
+        for tp in TRACEPOINTS.iter().filter(|tp| tp.required) {
+            if !tracepoint_exists(&tracefs, tp.category, tp.name) {
+                return Err(LoadError::MissingTracepoint(
+                    format!("{}:{}", tp.category, tp.name),
+                    tp.purpose,
+                ));
+            }
+        }
+
+        if options.comms.len() > MAX_COMM_FILTERS {
+            return Err(LoadError::Object(format!(
+                "at most {MAX_COMM_FILTERS} --comm filters"
+            )));
+        }
+        let mut config = ProbeConfig {
+            filter_flags: if options.filter_by_tgid {
+                filter::BY_TGID
+            } else {
+                0
+            },
+            include_cow: u32::from(options.include_cow),
+            self_tgid: std::process::id(),
+            page_shift: page_size().trailing_zeros(),
+            comm_count: options.comms.len() as u32,
+            ..ProbeConfig::default()
+        };
+        if !options.comms.is_empty() {
+            config.filter_flags |= filter::BY_COMM;
+        }
+        for (slot, comm) in config.comms.iter_mut().zip(&options.comms) {
+            *slot = comm_bytes(comm);
+        }
+
+        let dedup_capacity = options.dedup_entries.unwrap_or(DEFAULT_DEDUP_ENTRIES);
+        let log_level: u8 = if options.kernel_debug_logs { 0xff } else { 0 };
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&aya_btf))
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("CONFIG", &config, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .map_max_entries("PAGE_SEEN", dedup_capacity);
+        if let Some(bytes) = options.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader
+            .load(PROBES_OBJECT)
+            .map_err(|err| LoadError::Object(err.to_string()))?;
+        if options.kernel_debug_logs {
+            spawn_kernel_logger(&mut ebpf);
+        }
+
+        for tp in TRACEPOINTS {
+            load_program::<TracePoint>(&mut ebpf, tp.program, |p| p.load())?;
+        }
+        for (program, _, _) in RAW_TRACEPOINTS {
+            load_program::<RawTracePoint>(&mut ebpf, program, |p| p.load())?;
+        }
+        Ok(Self {
+            ebpf,
+            attached: Attached::default(),
+            dedup_capacity,
+        })
+    }
+
+    /// Attaches every program; optional tracepoints that this kernel lacks
+    /// are recorded in `attached.missing`.
+    pub fn attach(&mut self) -> Result<(), LoadError> {
+        let started = Instant::now();
+        let tracefs = tracefs()?;
+        // Fault programs last: the stats they create are then complete.
+        for tp in TRACEPOINTS.iter().rev() {
+            let label = format!("{}:{}", tp.category, tp.name);
+            if !tracepoint_exists(&tracefs, tp.category, tp.name) {
+                if tp.required {
+                    return Err(LoadError::MissingTracepoint(label, tp.purpose));
+                }
+                self.attached
+                    .missing
+                    .push(format!("{label} ({})", tp.purpose));
+                continue;
+            }
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, tp.program)?;
+            program
+                .attach(tp.category, tp.name)
+                .map_err(|err| LoadError::Attach {
+                    program: label.clone(),
+                    reason: err.to_string(),
+                })?;
+            self.attached.programs.push(label);
+        }
+        for (program, tracepoint, _) in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
+            prog.attach(tracepoint).map_err(|err| LoadError::Attach {
+                program: format!("raw_tp/{tracepoint}"),
+                reason: err.to_string(),
+            })?;
+            self.attached.programs.push(format!("raw_tp/{tracepoint}"));
+        }
+        self.attached.attach_time = started.elapsed();
+        Ok(())
+    }
+
+    /// Starts tracing `tgid`; with `follow_children`, its future descendants too.
+    pub fn trace_tgid(&mut self, tgid: u32, follow_children: bool) -> Result<(), LoadError> {
+        let mut map: HashMap<_, u32, u32> = self.typed_map_mut("TRACED")?;
+        let value = if follow_children {
+            probe_common::traced::FOLLOW_CHILDREN
+        } else {
+            probe_common::traced::EXACT
+        };
+        map.insert(tgid, value, 0).map_err(|err| LoadError::Map {
+            map: "TRACED",
+            reason: err.to_string(),
+        })
+    }
+
+    pub fn untrace_tgid(&mut self, tgid: u32) -> Result<(), LoadError> {
+        let mut map: HashMap<_, u32, u32> = self.typed_map_mut("TRACED")?;
+        // Already gone is fine: it may have exited.
+        let _ = map.remove(&tgid);
+        Ok(())
+    }
+
+    /// The event ring buffer, taken out so it can be polled on its own.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Map {
+            map: "EVENTS",
+            reason: "missing from the object".into(),
+        })?;
+        RingBuf::try_from(map).map_err(|err| LoadError::Map {
+            map: "EVENTS",
+            reason: err.to_string(),
+        })
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters, LoadError> {
+        let map: PerCpuArray<_, u64> = self.typed_map("COUNTERS")?;
+        let mut totals = [0u64; counter::COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let values = map.get(&(index as u32), 0).map_err(|err| LoadError::Map {
+                map: "COUNTERS",
+                reason: err.to_string(),
+            })?;
+            *total = values.iter().sum();
+        }
+        Ok(KernelCounters {
+            ringbuf_drops: totals[counter::RINGBUF_DROPS as usize],
+            vma_lookup_failed: totals[counter::VMA_LOOKUP_FAILED as usize],
+            dedup_inserts: totals[counter::DEDUP_INSERTS as usize],
+            dedup_insert_failed: totals[counter::DEDUP_INSERT_FAILED as usize],
+            file_stats_full: totals[counter::FILE_STATS_FULL as usize],
+            shared_write_faults: totals[counter::SHARED_WRITE_FAULTS as usize],
+            cow_faults: totals[counter::COW_FAULTS as usize],
+            events_submitted: totals[counter::EVENTS_SUBMITTED as usize],
+            writer_insert_failed: totals[counter::WRITER_INSERT_FAILED as usize],
+        })
+    }
+
+    /// Every file's per-CPU counters.
+    pub fn file_stats(&self) -> Result<StdHashMap<FileId, Vec<FileStats>>, LoadError> {
+        let map: PerCpuHashMap<_, FileKey, FileStats> = self.typed_map("FILE_STATS")?;
+        let mut out = StdHashMap::new();
+        for item in map.iter() {
+            // An entry can vanish between listing and lookup; skip it.
+            let Ok((key, values)) = item else { continue };
+            out.insert(
+                FileId {
+                    dev: key.dev,
+                    ino: key.ino,
+                },
+                values.iter().copied().collect(),
+            );
+        }
+        Ok(out)
+    }
+
+    fn typed_map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a self,
+        name: &'static str,
+    ) -> Result<T, LoadError> {
+        let map = self.ebpf.map(name).ok_or(LoadError::Map {
+            map: name,
+            reason: "missing from the object".into(),
+        })?;
+        T::try_from(map).map_err(|err| LoadError::Map {
+            map: name,
+            reason: err.to_string(),
+        })
+    }
+
+    fn typed_map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<T, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::Map {
+            map: name,
+            reason: "missing from the object".into(),
+        })?;
+        T::try_from(map).map_err(|err| LoadError::Map {
+            map: name,
+            reason: err.to_string(),
+        })
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoadError::Object(format!("program {name} missing from the object")))?;
+    program
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| LoadError::Object(err.to_string()))
+}
+
+fn load_program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    load: impl FnOnce(&mut T) -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    T: 'a,
+{
+    let program: &mut T = program_mut(ebpf, name)?;
+    load(program).map_err(|err| LoadError::Rejected {
+        program: name.into(),
+        reason: first_line(&err.to_string()),
+    })
+}
+
+/// The verifier log can run to thousands of lines; the error keeps the first
+/// (full logs: RUST_LOG=debug).
+fn first_line(text: &str) -> String {
+    log::debug!("{text}");
+    let line = text.lines().next().unwrap_or(text);
+    if line.len() > 300 {
+        format!("{}…", &line[..line.floor_char_boundary(300)])
+    } else {
+        line.to_string()
+    }
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// Forwards the kernel side's aya-log records to the `log` crate.
+fn spawn_kernel_logger(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring fd until it is dropped, and
+            // as_raw_fd always returns that fd.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            let Ok(mut fd) = registered else {
+                log::warn!("kernel logs: cannot poll the log ring");
+                return;
+            };
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        break;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(err) => log::warn!("kernel logs unavailable: {err}"),
+    }
+}

@@ -1,0 +1,72 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use probe_user::{
+    cli::{Cli, Command},
+    doctor,
+    error::{exit_code, exit_code_for},
+    trace,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mmapwatch: cannot start the runtime: {err}");
+            return ExitCode::from(exit_code::RUNTIME);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Trace(args) => trace::run(&cli.btf, args).await,
+            Command::Doctor => {
+                print!("{}", doctor::render(&doctor::checks(&cli.btf)));
+                Ok(0)
+            }
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("mmapwatch: {err:#}");
+            ExitCode::from(exit_code_for(&err))
+        }
+    }
+}
+
+/// Help and version print as clap formats them; errors become one line.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return ExitCode::from(if err.use_stderr() {
+            exit_code::USAGE
+        } else {
+            0
+        });
+    }
+    let rendered = err.kind().as_str().map(str::to_string).unwrap_or_default();
+    let text = err.to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or(&rendered)
+        .trim_start_matches("error: ")
+        .to_string();
+    eprintln!("mmapwatch: {first} (see 'mmapwatch --help')");
+    ExitCode::from(exit_code::USAGE)
+}

@@ -1,0 +1,256 @@
+//! File path resolution.
+//!
+//! The best source is a writer's `/proc/<pid>/maps`, read when the file is
+//! first seen. Writers that have already exited leave only the dentry names
+//! the kernel sent; those are joined to the file's mount point from
+//! `/proc/self/mountinfo`.
+
+use std::path::Path;
+
+use crate::aggregate::dentry_path;
+use crate::events::FileId;
+
+/// Undoes the octal escapes (`\040` for a space) of mountinfo fields.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let value = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+            if let Some(value) = value {
+                out.push(value);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub major: u32,
+    pub minor: u32,
+    /// The directory of the filesystem mounted here (bind mounts: not `/`).
+    pub root: String,
+    pub mount_point: String,
+    pub fs_type: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MountTable {
+    mounts: Vec<Mount>,
+}
+
+impl MountTable {
+    pub fn read() -> Self {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses mountinfo text; malformed lines are skipped.
+    pub fn parse(text: &str) -> Self {
+        let mounts = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(' ');
+                let _id = fields.next()?;
+                let _parent = fields.next()?;
+                let (major, minor) = fields.next()?.split_once(':')?;
+                let root = unescape(fields.next()?);
+                let mount_point = unescape(fields.next()?);
+                // Optional fields end at " - ", then the filesystem type.
+                let fs_type = fields
+                    .skip_while(|f| *f != "-")
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                Some(Mount {
+                    major: major.parse().ok()?,
+                    minor: minor.parse().ok()?,
+                    root,
+                    mount_point,
+                    fs_type,
+                })
+            })
+            .collect();
+        Self { mounts }
+    }
+
+    fn for_file(&self, file: FileId) -> impl Iterator<Item = &Mount> {
+        self.mounts
+            .iter()
+            .filter(move |m| m.major == file.major() && m.minor == file.minor())
+    }
+
+    /// The filesystem type of the file's device, if mounted.
+    pub fn fs_type(&self, file: FileId) -> Option<&str> {
+        self.for_file(file).next().map(|m| m.fs_type.as_str())
+    }
+
+    /// Full path of a file from its dentry names (leaf first), through a
+    /// mount of its filesystem that exposes it.
+    pub fn dentry_full_path(
+        &self,
+        file: FileId,
+        components: &[String],
+        reached_root: bool,
+    ) -> String {
+        if !reached_root {
+            return dentry_path(components, false, None);
+        }
+        let in_fs = dentry_path(components, true, None);
+        // Prefer a mount of the whole filesystem, then a bind mount whose
+        // root contains the file.
+        let whole = self.for_file(file).find(|m| m.root == "/");
+        if let Some(mount) = whole {
+            return dentry_path(components, true, Some(&mount.mount_point));
+        }
+        for mount in self.for_file(file) {
+            if let Some(rest) = in_fs.strip_prefix(mount.root.trim_end_matches('/')) {
+                if rest.starts_with('/') {
+                    let base = mount.mount_point.trim_end_matches('/');
+                    return format!("{base}{rest}");
+                }
+            }
+        }
+        in_fs
+    }
+}
+
+/// Finds the path of `file` in the text of a `/proc/<pid>/maps`.
+pub fn path_in_maps(maps: &str, file: FileId) -> Option<String> {
+    let wanted_dev = format!("{:02x}:{:02x}", file.major(), file.minor());
+    let wanted_ino = file.ino.to_string();
+    maps.lines().find_map(|line| {
+        // address perms offset dev inode pathname
+        let mut rest = line;
+        let mut fields = Vec::with_capacity(5);
+        for _ in 0..5 {
+            rest = rest.trim_start();
+            let end = rest.find(' ').unwrap_or(rest.len());
+            fields.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        let path = rest.trim_start();
+        (fields.len() == 5
+            && fields[3] == wanted_dev
+            && fields[4] == wanted_ino
+            && path.starts_with('/'))
+        .then(|| path.to_string())
+    })
+}
+
+/// Path of `file` as mapped by process `tgid`, if it is alive and maps it.
+pub fn proc_maps_path(proc_root: &Path, tgid: u32, file: FileId) -> Option<String> {
+    let maps = std::fs::read_to_string(proc_root.join(tgid.to_string()).join("maps")).ok()?;
+    path_in_maps(&maps, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+30 22 0:25 / /dev/shm rw,nosuid,nodev shared:5 - tmpfs tmpfs rw
+41 22 7:0 / /mnt/with\\040space rw,relatime - ext4 /dev/loop0 rw
+42 22 7:1 /exported /srv/bind rw,relatime - xfs /dev/loop1 rw
+garbage line
+";
+
+    #[test]
+    fn parses_mountinfo_with_escapes_and_fs_types() {
+        let table = MountTable::parse(MOUNTINFO);
+        assert_eq!(table.mounts.len(), 4);
+        assert_eq!(table.mounts[2].mount_point, "/mnt/with space");
+        assert_eq!(table.fs_type(FileId { dev: 25, ino: 1 }), Some("tmpfs"));
+        assert_eq!(
+            table.fs_type(FileId {
+                dev: (7 << 20) | 1,
+                ino: 1
+            }),
+            Some("xfs")
+        );
+    }
+
+    #[test]
+    fn joins_dentry_names_to_mount_points() {
+        let table = MountTable::parse(MOUNTINFO);
+        let comps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let loop0 = FileId {
+            dev: 7 << 20,
+            ino: 3,
+        };
+        assert_eq!(
+            table.dentry_full_path(loop0, &comps(&["f", "d"]), true),
+            "/mnt/with space/d/f"
+        );
+        let shm = FileId { dev: 25, ino: 3 };
+        assert_eq!(
+            table.dentry_full_path(shm, &comps(&["seg"]), true),
+            "/dev/shm/seg"
+        );
+        // Bind mount of a subdirectory.
+        let loop1 = FileId {
+            dev: (7 << 20) | 1,
+            ino: 3,
+        };
+        assert_eq!(
+            table.dentry_full_path(loop1, &comps(&["f", "exported"]), true),
+            "/srv/bind/f"
+        );
+        // Unknown device: the path within its filesystem.
+        let unknown = FileId {
+            dev: 99 << 20,
+            ino: 3,
+        };
+        assert_eq!(table.dentry_full_path(unknown, &comps(&["f"]), true), "/f");
+        assert_eq!(
+            table.dentry_full_path(loop0, &comps(&["f", "d"]), false),
+            "…/d/f"
+        );
+    }
+
+    #[test]
+    fn finds_paths_in_maps_by_dev_and_inode() {
+        let maps = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234 /usr/bin/cat
+7f00aa000000-7f00aa004000 rw-s 00002000 07:00 77 /mnt/data/file with space.db
+7f00ab000000-7f00ab001000 rw-s 00000000 00:19 5 /dev/shm/seg (deleted)
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+";
+        assert_eq!(
+            path_in_maps(
+                maps,
+                FileId {
+                    dev: 7 << 20,
+                    ino: 77
+                }
+            )
+            .as_deref(),
+            Some("/mnt/data/file with space.db")
+        );
+        assert_eq!(
+            path_in_maps(maps, FileId { dev: 25, ino: 5 }).as_deref(),
+            Some("/dev/shm/seg (deleted)")
+        );
+        assert_eq!(
+            path_in_maps(
+                maps,
+                FileId {
+                    dev: 7 << 20,
+                    ino: 78
+                }
+            ),
+            None
+        );
+        assert_eq!(path_in_maps(maps, FileId { dev: 0, ino: 0 }), None);
+    }
+}

@@ -1,0 +1,456 @@
+//! The trace report: the JSON contract and the human table.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::{
+    aggregate::{page_ranges, Aggregate, FileRecord, PathSource},
+    events::FileId,
+    loader::KernelCounters,
+};
+
+/// Converts the kernel's boot-clock nanoseconds to Unix time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Unix ns minus boot ns, sampled once.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let read = |clock| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid out-pointer.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+        };
+        let boot = read(libc::CLOCK_BOOTTIME);
+        let real = read(libc::CLOCK_REALTIME);
+        Self {
+            offset_ns: real - boot,
+        }
+    }
+
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn unix_ns(&self, boot_ns: u64) -> u64 {
+        u64::try_from(i128::from(boot_ns) + self.offset_ns).unwrap_or(0)
+    }
+}
+
+/// Which files the report keeps.
+#[derive(Clone, Debug, Default)]
+pub struct ReportFilter {
+    pub include_cow: bool,
+    pub path_prefixes: Vec<PathBuf>,
+}
+
+impl ReportFilter {
+    pub fn keeps(&self, record: &FileRecord) -> bool {
+        if !record.modified() && !(self.include_cow && !record.cow_pages.is_empty()) {
+            return false;
+        }
+        if self.path_prefixes.is_empty() {
+            return true;
+        }
+        let Some(path) = record.path.as_deref() else {
+            return false;
+        };
+        self.path_prefixes
+            .iter()
+            .any(|prefix| std::path::Path::new(path).starts_with(prefix))
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct WriterReport {
+    pub pid: u32,
+    pub comm: String,
+    /// Pages this process wrote first.
+    pub pages: u64,
+    pub cow_pages: u64,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct FileReport {
+    pub path: Option<String>,
+    pub path_source: Option<PathSource>,
+    pub dev: String,
+    pub ino: u64,
+    pub fs: Option<String>,
+    pub modified: bool,
+    pub pages_written: Vec<[u64; 2]>,
+    pub pages_written_count: u64,
+    pub cow_pages: Vec<[u64; 2]>,
+    pub cow_pages_count: u64,
+    pub write_faults: u64,
+    pub cow_faults: u64,
+    pub writers: Vec<WriterReport>,
+    pub first_write_unix_ns: Option<u64>,
+    pub last_write_unix_ns: Option<u64>,
+    pub folios_dirtied: u64,
+    pub pages_dirtied: u64,
+    pub writeback_pages: u64,
+    pub writeback_starts: u64,
+    pub writeback_ends: u64,
+    pub last_writeback_start_unix_ns: Option<u64>,
+    pub last_writeback_end_unix_ns: Option<u64>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Report {
+    pub version: u32,
+    pub backend: String,
+    pub backend_reason: String,
+    pub duration_s: f64,
+    /// Everything the kernel side failed to report (see `drops`).
+    pub lost_events: u64,
+    pub drops: Drops,
+    pub events: u64,
+    pub warnings: Vec<String>,
+    pub files: Vec<FileReport>,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Drops {
+    /// The ring buffer was full.
+    pub ringbuf_full: u64,
+    /// The faulting mapping could not be looked up (mmap lock contended).
+    pub vma_lookup_failed: u64,
+    /// The per-file stats map was full.
+    pub file_stats_full: u64,
+    /// The writer map refused an entry.
+    pub writer_map_full: u64,
+    /// Pages reported again after the dedup map evicted them (not lost:
+    /// deduplicated in userspace).
+    pub dedup_evictions: u64,
+    /// Records userspace could not decode.
+    pub undecodable_records: u64,
+}
+
+/// Everything besides the aggregate that goes into a report.
+pub struct ReportContext<'a> {
+    pub backend: &'a str,
+    pub backend_reason: &'a str,
+    pub duration_s: f64,
+    pub counters: KernelCounters,
+    pub undecodable_records: u64,
+    pub warnings: Vec<String>,
+    pub clock: Clock,
+    pub fs_type: &'a dyn Fn(FileId) -> Option<String>,
+}
+
+fn some_ns(clock: &Clock, boot_ns: u64) -> Option<u64> {
+    (boot_ns != 0).then(|| clock.unix_ns(boot_ns))
+}
+
+pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) -> FileReport {
+    let mut writers: Vec<WriterReport> = record
+        .writers
+        .values()
+        .map(|w| WriterReport {
+            pid: w.tgid,
+            comm: w.comm.clone(),
+            pages: w.pages,
+            cow_pages: w.cow_pages,
+            cgroup_id: w.cgroup_id,
+        })
+        .collect();
+    writers.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.pid.cmp(&b.pid)));
+    let kernel = &record.kernel;
+    let last_write = record
+        .last_write_boot_ns
+        .unwrap_or(0)
+        .max(kernel.last_write_boot_ns);
+    FileReport {
+        path: record.path.clone(),
+        path_source: record.path_source,
+        dev: id.dev_string(),
+        ino: id.ino,
+        fs: (ctx.fs_type)(*id),
+        modified: record.modified(),
+        pages_written: page_ranges(&record.pages_written),
+        pages_written_count: record.pages_written.len(),
+        cow_pages: page_ranges(&record.cow_pages),
+        cow_pages_count: record.cow_pages.len(),
+        write_faults: record.write_faults(),
+        cow_faults: record.cow_faults(),
+        writers,
+        first_write_unix_ns: record.first_write_boot_ns.map(|ns| ctx.clock.unix_ns(ns)),
+        last_write_unix_ns: some_ns(&ctx.clock, last_write),
+        folios_dirtied: kernel.folios_dirtied,
+        pages_dirtied: kernel.pages_dirtied,
+        writeback_pages: kernel.writeback_pages,
+        writeback_starts: kernel.writeback_starts,
+        writeback_ends: kernel.writeback_ends,
+        last_writeback_start_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_start_boot_ns),
+        last_writeback_end_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_end_boot_ns),
+    }
+}
+
+pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_>) -> Report {
+    let mut files: Vec<FileReport> = aggregate
+        .files()
+        .filter(|(_, record)| filter.keeps(record))
+        .map(|(id, record)| file_report(id, record, &ctx))
+        .collect();
+    files.sort_by(|a, b| {
+        b.pages_written_count
+            .cmp(&a.pages_written_count)
+            .then(b.cow_pages_count.cmp(&a.cow_pages_count))
+            .then_with(|| a.path.cmp(&b.path))
+            .then(a.ino.cmp(&b.ino))
+    });
+    let dedup_evictions = aggregate.files().map(|(_, r)| r.repeated_reports).sum();
+    let counters = ctx.counters;
+    Report {
+        version: 1,
+        backend: ctx.backend.to_string(),
+        backend_reason: ctx.backend_reason.to_string(),
+        duration_s: ctx.duration_s,
+        lost_events: counters.lost() + ctx.undecodable_records,
+        drops: Drops {
+            ringbuf_full: counters.ringbuf_drops,
+            vma_lookup_failed: counters.vma_lookup_failed,
+            file_stats_full: counters.file_stats_full,
+            writer_map_full: counters.writer_insert_failed,
+            dedup_evictions,
+            undecodable_records: ctx.undecodable_records,
+        },
+        events: aggregate.events(),
+        warnings: ctx.warnings,
+        files,
+    }
+}
+
+fn short_ranges(ranges: &[[u64; 2]]) -> String {
+    const SHOWN: usize = 4;
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .take(SHOWN)
+        .map(|[a, b]| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    if ranges.len() > SHOWN {
+        parts.push(format!("+{} more", ranges.len() - SHOWN));
+    }
+    parts.join(",")
+}
+
+/// The human table: one row per file, most pages written first.
+pub fn render_table(report: &Report) -> String {
+    use comfy_table::{presets::NOTHING, Cell, CellAlignment, ContentArrangement, Table};
+
+    let mut out = String::new();
+    if report.files.is_empty() {
+        out.push_str("No file was modified through a shared mapping.\n");
+    } else {
+        let mut table = Table::new();
+        table
+            .load_preset(NOTHING)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(["PATH", "PAGES", "RANGES", "FAULTS", "WRITERS", "WRITEBACK"]);
+        for file in &report.files {
+            let path = file
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("<dev {} ino {}>", file.dev, file.ino));
+            let pages = if file.modified {
+                file.pages_written_count.to_string()
+            } else {
+                format!("0 (cow {})", file.cow_pages_count)
+            };
+            let writers = file
+                .writers
+                .iter()
+                .map(|w| format!("{}[{}]:{}", w.comm, w.pid, w.pages))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let writeback = if file.writeback_pages > 0 || file.writeback_starts > 0 {
+                format!("{} pg", file.writeback_pages)
+            } else if file.modified {
+                "dirty".to_string()
+            } else {
+                "-".to_string()
+            };
+            table.add_row(vec![
+                Cell::new(path),
+                Cell::new(pages).set_alignment(CellAlignment::Right),
+                Cell::new(short_ranges(if file.modified {
+                    &file.pages_written
+                } else {
+                    &file.cow_pages
+                })),
+                Cell::new(file.write_faults).set_alignment(CellAlignment::Right),
+                Cell::new(writers),
+                Cell::new(writeback),
+            ]);
+        }
+        out.push_str(&table.to_string());
+        out.push('\n');
+    }
+    let modified = report.files.iter().filter(|f| f.modified).count();
+    let pages: u64 = report.files.iter().map(|f| f.pages_written_count).sum();
+    out.push_str(&format!(
+        "{modified} file(s) modified through mmap, {pages} page(s); {:.1}s, backend {}, lost events {}\n",
+        report.duration_s, report.backend, report.lost_events
+    ));
+    for warning in &report.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Event, Task, WriteKind};
+
+    const FILE: FileId = FileId {
+        dev: (7 << 20) | 2,
+        ino: 12,
+    };
+
+    fn aggregate() -> Aggregate {
+        let mut agg = Aggregate::new();
+        for (page, kind) in [
+            (1, WriteKind::Shared),
+            (2, WriteKind::Shared),
+            (8, WriteKind::Shared),
+        ] {
+            agg.apply(&Event::FirstWrite {
+                file: FILE,
+                page,
+                kind,
+                task: Task {
+                    pid: 5,
+                    tgid: 5,
+                    comm: "py".into(),
+                    cgroup_id: 3,
+                },
+                boot_ns: 1_000 + page,
+            });
+        }
+        agg.set_path(FILE, "/mnt/f".into(), PathSource::ProcMaps);
+        agg.apply(&Event::FirstWrite {
+            file: FileId { dev: 1, ino: 1 },
+            page: 0,
+            kind: WriteKind::Cow,
+            task: Task {
+                pid: 6,
+                tgid: 6,
+                comm: "c".into(),
+                cgroup_id: 3,
+            },
+            boot_ns: 5,
+        });
+        agg
+    }
+
+    fn ctx(fs: &dyn Fn(FileId) -> Option<String>) -> ReportContext<'_> {
+        ReportContext {
+            backend: "tracepoint",
+            backend_reason: "test",
+            duration_s: 1.5,
+            counters: KernelCounters {
+                ringbuf_drops: 2,
+                vma_lookup_failed: 1,
+                ..KernelCounters::default()
+            },
+            undecodable_records: 0,
+            warnings: vec![],
+            clock: Clock::with_offset(1_000_000),
+            fs_type: fs,
+        }
+    }
+
+    #[test]
+    fn json_has_exactly_the_contract_keys() {
+        let fs = |_| Some("ext4".to_string());
+        let report = build(&aggregate(), &ReportFilter::default(), ctx(&fs));
+        let json = serde_json::to_value(&report).unwrap();
+        for key in ["version", "backend", "duration_s", "lost_events", "files"] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["lost_events"], 3);
+        let files = json["files"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "the COW-only file is hidden by default");
+        let file = &files[0];
+        for key in [
+            "path",
+            "dev",
+            "ino",
+            "modified",
+            "pages_written",
+            "pages_written_count",
+            "cow_pages",
+            "write_faults",
+            "writers",
+            "first_write_unix_ns",
+            "last_write_unix_ns",
+            "writeback_pages",
+        ] {
+            assert!(file.get(key).is_some(), "missing files[].{key}");
+        }
+        assert_eq!(file["path"], "/mnt/f");
+        assert_eq!(file["dev"], "7:2");
+        assert_eq!(file["modified"], true);
+        assert_eq!(file["pages_written"], serde_json::json!([[1, 2], [8, 8]]));
+        assert_eq!(file["pages_written_count"], 3);
+        assert_eq!(
+            file["writers"],
+            serde_json::json!([{"pid": 5, "comm": "py", "pages": 3, "cow_pages": 0, "cgroup_id": 3}])
+        );
+        assert_eq!(file["first_write_unix_ns"], 1_001_001);
+        assert_eq!(file["last_write_unix_ns"], 1_001_008);
+    }
+
+    #[test]
+    fn include_cow_and_path_prefix_filters() {
+        let fs = |_| None;
+        let with_cow = ReportFilter {
+            include_cow: true,
+            ..ReportFilter::default()
+        };
+        let report = build(&aggregate(), &with_cow, ctx(&fs));
+        assert_eq!(report.files.len(), 2);
+        let cow = report.files.iter().find(|f| !f.modified).unwrap();
+        assert_eq!(cow.cow_pages, vec![[0, 0]]);
+        assert_eq!(cow.path, None);
+
+        let under_mnt = ReportFilter {
+            include_cow: true,
+            path_prefixes: vec!["/mnt".into()],
+        };
+        assert_eq!(build(&aggregate(), &under_mnt, ctx(&fs)).files.len(), 1);
+        // A prefix matches whole components only.
+        let partial = ReportFilter {
+            path_prefixes: vec!["/mn".into()],
+            ..ReportFilter::default()
+        };
+        assert!(build(&aggregate(), &partial, ctx(&fs)).files.is_empty());
+    }
+
+    #[test]
+    fn table_lists_files_and_losses() {
+        let fs = |_| None;
+        let text = render_table(&build(&aggregate(), &ReportFilter::default(), ctx(&fs)));
+        assert!(text.contains("/mnt/f"), "{text}");
+        assert!(text.contains("1-2,8"), "{text}");
+        assert!(text.contains("py[5]:3"), "{text}");
+        assert!(text.contains("lost events 3"), "{text}");
+    }
+}
