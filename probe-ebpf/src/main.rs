@@ -26,8 +26,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use probe_common::{
     counter, event_kind, filter, traced, EventHeader, FileEvent, FileKey, FileStats, KernelOffsets,
-    PageEvent, PageKey, ProbeConfig, WriterKey, EXT4_SUPER_MAGIC, MAX_COMM_FILTERS, PATH_MAX_DEPTH,
-    TASK_COMM_LEN, VM_SHARED, VM_WRITE, X86_PF_WRITE,
+    PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey, EXT4_SUPER_MAGIC, MAX_COMM_FILTERS,
+    PATH_MAX_DEPTH, PMD_PAGES, TASK_COMM_LEN, VM_SHARED, VM_WRITE, X86_PF_WRITE,
 };
 
 /// Field offsets resolved from vmlinux BTF by userspace.
@@ -55,6 +55,12 @@ static FILE_STATS: PerCpuHashMap<FileKey, FileStats> = PerCpuHashMap::with_max_e
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Thread id -> its last PMD-mappable shared write fault, for
+/// `writeback_dirty_folio`, which runs later in the same fault (possibly on
+/// another CPU: page_mkwrite may sleep).
+#[map]
+static PENDING_FAULT: LruHashMap<u32, PendingFault> = LruHashMap::with_max_entries(1 << 14, 0);
 
 /// tgid -> `traced::*`, used when `filter::BY_TGID` is set.
 #[map]
@@ -140,6 +146,7 @@ fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
 #[derive(Default)]
 struct VmaInfo {
     start: u64,
+    end: u64,
     flags: u64,
     pgoff: u64,
     file: u64,
@@ -157,6 +164,7 @@ fn fill_vma_info(vma: u64, info: &mut VmaInfo) -> Result<(), i64> {
         return Ok(());
     }
     info.start = read_kernel(vma, offset!(vma_vm_start))?;
+    info.end = read_kernel(vma, offset!(vma_vm_end))?;
     info.flags = read_kernel(vma, offset!(vma_vm_flags))?;
     info.pgoff = read_kernel(vma, offset!(vma_vm_pgoff))?;
     info.dentry = read_kernel(info.file, offset!(file_dentry))?;
@@ -192,10 +200,14 @@ fn header(kind: u32, pid_tgid: u64, dev: u32, ino: u64, now: u64, comm: [u8; 16]
     }
 }
 
-fn submit_page_event(header: EventHeader, page: u64) {
+fn submit_page_event(header: EventHeader, page: u64, pages: u64) {
     match EVENTS.reserve::<PageEvent>(0) {
         Some(mut entry) => {
-            entry.write(PageEvent { header, page });
+            entry.write(PageEvent {
+                header,
+                page,
+                pages,
+            });
             entry.submit(0);
             bump(counter::EVENTS_SUBMITTED);
         }
@@ -355,6 +367,9 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
         ino: info.ino,
     };
     account_fault(&file_key, shared, now, header, &info);
+    if shared {
+        remember_fault(pid_tgid, &info, address, page);
+    }
 
     let page_key = PageKey {
         dev: info.dev,
@@ -380,6 +395,7 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
                             ..header
                         },
                         page,
+                        1,
                     ),
                     Err(err) if err as i64 == -EEXIST => {}
                     Err(_) => bump(counter::WRITER_INSERT_FAILED),
@@ -389,18 +405,42 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
         None => match PAGE_SEEN.insert(&page_key, &tgid, BPF_NOEXIST as u64) {
             Ok(()) => {
                 bump(counter::DEDUP_INSERTS);
-                submit_page_event(header, page);
+                submit_page_event(header, page, 1);
             }
             // Another CPU reported this page an instant ago.
             Err(err) if err as i64 == -EEXIST => {}
             Err(_) => {
                 // Report anyway: userspace deduplicates too.
                 bump(counter::DEDUP_INSERT_FAILED);
-                submit_page_event(header, page);
+                submit_page_event(header, page, 1);
             }
         },
     }
     Ok(())
+}
+
+/// Keeps this fault for `writeback_dirty_folio`: if the fault dirties a
+/// PMD-sized folio that the kernel can map with one PMD, every page of it
+/// becomes writable without further faults.
+fn remember_fault(pid_tgid: u64, info: &VmaInfo, address: u64, page: u64) {
+    let page_shift = config!(page_shift);
+    let region = PMD_PAGES << page_shift;
+    let region_start = address & !(region - 1);
+    let pmd_mappable = ((address >> page_shift).wrapping_sub(page)) % PMD_PAGES == 0
+        && region_start >= info.start
+        && region_start + region <= info.end;
+    // Smaller or misaligned mappings are always mapped page by page.
+    if !pmd_mappable {
+        return;
+    }
+    let pending = PendingFault {
+        pid_tgid,
+        ino: info.ino,
+        page,
+        dev: info.dev,
+        pmd_mappable: 1,
+    };
+    let _ = PENDING_FAULT.insert(&(pid_tgid as u32), &pending, 0);
 }
 
 // exceptions:page_fault_{user,kernel}: address@8, ip@16, error_code@24.
@@ -459,13 +499,45 @@ fn try_dirty_folio(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let pages = folio_pages(folio)?;
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: this CPU's value slot.
     unsafe {
         (*stats).folios_dirtied += 1;
         (*stats).pages_dirtied += pages;
-        (*stats).last_dirty_boot_ns = bpf_ktime_get_boot_ns();
+        (*stats).last_dirty_boot_ns = now;
+    }
+    if pages == PMD_PAGES {
+        let index: u64 = read_kernel(folio, offset!(folio_index))?;
+        report_huge_span(&key, index, pages, now);
     }
     Ok(())
+}
+
+/// A write fault of this task dirtied this PMD-sized folio, and its region
+/// could be mapped with one PMD: the kernel maps it writable whole, so later
+/// stores to any of its pages never fault. Report the whole span.
+fn report_huge_span(key: &FileKey, index: u64, pages: u64, now: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let thread = pid_tgid as u32;
+    // SAFETY: read-only lookup of a plain value, copied out at once.
+    let Some(pending) = (unsafe { PENDING_FAULT.get(&thread) }).copied() else {
+        return;
+    };
+    let ours = pending.pid_tgid == pid_tgid
+        && pending.dev == key.dev
+        && pending.ino == key.ino
+        && pending.page >= index
+        && pending.page < index + pages;
+    if !ours || pending.pmd_mappable == 0 {
+        return;
+    }
+    let _ = PENDING_FAULT.remove(&thread);
+    bump(counter::HUGE_SPANS);
+    let Ok(comm) = bpf_get_current_comm() else {
+        return;
+    };
+    let header = header(event_kind::HUGE_SPAN, pid_tgid, key.dev, key.ino, now, comm);
+    submit_page_event(header, index, pages);
 }
 
 /// A folio went clean to dirty (`folio_account_dirtied`). A raw tracepoint,

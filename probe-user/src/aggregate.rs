@@ -47,6 +47,13 @@ pub struct FileRecord {
     /// First-write reports of a page already in the set: the kernel's dedup
     /// LRU evicted it. They are not counted twice.
     pub repeated_reports: u64,
+    /// First-write and new-writer records for shared and private writes:
+    /// each stands for at least one fault.
+    pub shared_fault_events: u64,
+    pub cow_fault_events: u64,
+    /// Huge folios mapped writable whole by one write fault; all their pages
+    /// are in `pages_written`, since the kernel cannot tell which were stored to.
+    pub huge_spans: u64,
 }
 
 impl FileRecord {
@@ -76,15 +83,16 @@ impl FileRecord {
     }
 
     /// Write faults through shared mappings: the kernel's count, which
-    /// includes rewrites after writeback, never fewer than the pages seen.
+    /// includes rewrites after writeback; never fewer than the fault records
+    /// seen (the kernel's count is missing if its stats map was full).
     pub fn write_faults(&self) -> u64 {
         self.kernel
             .shared_write_faults
-            .max(self.pages_written.len())
+            .max(self.shared_fault_events)
     }
 
     pub fn cow_faults(&self) -> u64 {
-        self.kernel.cow_faults.max(self.cow_pages.len())
+        self.kernel.cow_faults.max(self.cow_fault_events)
     }
 }
 
@@ -149,8 +157,14 @@ impl Aggregate {
             } => {
                 let (record, created) = self.record(*file);
                 let set = match kind {
-                    WriteKind::Shared => &mut record.pages_written,
-                    WriteKind::Cow => &mut record.cow_pages,
+                    WriteKind::Shared => {
+                        record.shared_fault_events += 1;
+                        &mut record.pages_written
+                    }
+                    WriteKind::Cow => {
+                        record.cow_fault_events += 1;
+                        &mut record.cow_pages
+                    }
                 };
                 if set.insert(*page) {
                     let writer = record.writer(task);
@@ -175,7 +189,23 @@ impl Aggregate {
                 // The page was reported by its first writer; if that report
                 // was lost, this one still proves the page was written.
                 record.pages_written.insert(*page);
+                record.shared_fault_events += 1;
                 record.writer(task);
+                record.note_write_time(*boot_ns);
+                (*file, task.tgid, created)
+            }
+            Event::HugeSpan {
+                file,
+                first_page,
+                pages,
+                task,
+                boot_ns,
+            } => {
+                let (record, created) = self.record(*file);
+                let end = first_page.saturating_add(*pages);
+                let added = record.pages_written.insert_range(*first_page..end);
+                record.writer(task).pages += added;
+                record.huge_spans += 1;
                 record.note_write_time(*boot_ns);
                 (*file, task.tgid, created)
             }
@@ -341,6 +371,26 @@ mod tests {
     }
 
     #[test]
+    fn huge_spans_add_every_page_once() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(7, 100, 1));
+        agg.apply(&Event::HugeSpan {
+            file: FILE,
+            first_page: 0,
+            pages: 512,
+            task: task(100, "w"),
+            boot_ns: 2,
+        });
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(page_ranges(&rec.pages_written), vec![[0, 511]]);
+        // Page 7 was already counted: 511 more, 512 in all.
+        assert_eq!(rec.writers[&100].pages, 512);
+        assert_eq!(rec.huge_spans, 1);
+        // A span is not a fault.
+        assert_eq!(rec.write_faults(), 1);
+    }
+
+    #[test]
     fn cow_only_files_are_not_modified() {
         let mut agg = Aggregate::new();
         agg.apply(&Event::FirstWrite {
@@ -417,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn write_faults_never_fewer_than_pages() {
+    fn write_faults_never_fewer_than_fault_records() {
         let mut agg = Aggregate::new();
         agg.apply(&write(1, 1, 1));
         agg.apply(&write(2, 1, 1));

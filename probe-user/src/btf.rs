@@ -225,6 +225,7 @@ impl KernelBtf {
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         Ok(KernelOffsets {
             vma_vm_start: self.offset_of("vm_area_struct", "vm_start")?,
+            vma_vm_end: self.offset_of("vm_area_struct", "vm_end")?,
             vma_vm_flags: self.offset_of("vm_area_struct", "vm_flags")?,
             vma_vm_pgoff: self.offset_of("vm_area_struct", "vm_pgoff")?,
             vma_vm_file: self.offset_of("vm_area_struct", "vm_file")?,

@@ -72,6 +72,15 @@ pub enum Event {
         task: Task,
         boot_ns: u64,
     },
+    /// A write fault that made a whole huge folio writable at once (one
+    /// PMD): stores to any of its pages cause no further fault.
+    HugeSpan {
+        file: FileId,
+        first_page: u64,
+        pages: u64,
+        task: Task,
+        boot_ns: u64,
+    },
     /// A file seen for the first time, with its dentry names, leaf first.
     FileSeen {
         file: FileId,
@@ -147,6 +156,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
+        event_kind::HUGE_SPAN => {
+            let event: PageEvent = read(bytes)?;
+            Ok(Event::HugeSpan {
+                file,
+                first_page: event.page,
+                pages: event.pages,
+                task: task(&header),
+                boot_ns: header.boot_ns,
+            })
+        }
         event_kind::FILE_SEEN => {
             let event: FileEvent = read(bytes)?;
             let depth = (event.depth as usize).min(PATH_MAX_DEPTH);
@@ -195,6 +214,7 @@ mod tests {
         let record = PageEvent {
             header: header(event_kind::SHARED_WRITE),
             page: 17,
+            pages: 1,
         };
         let event = decode(record.as_bytes()).unwrap();
         assert_eq!(
@@ -222,6 +242,7 @@ mod tests {
         let cow = PageEvent {
             header: header(event_kind::COW_WRITE),
             page: 3,
+            pages: 1,
         };
         assert!(matches!(
             decode(cow.as_bytes()).unwrap(),
@@ -234,10 +255,24 @@ mod tests {
         let writer = PageEvent {
             header: header(event_kind::NEW_WRITER),
             page: 5,
+            pages: 1,
         };
         assert!(matches!(
             decode(writer.as_bytes()).unwrap(),
             Event::NewWriter { page: 5, .. }
+        ));
+        let span = PageEvent {
+            header: header(event_kind::HUGE_SPAN),
+            page: 512,
+            pages: 512,
+        };
+        assert!(matches!(
+            decode(span.as_bytes()).unwrap(),
+            Event::HugeSpan {
+                first_page: 512,
+                pages: 512,
+                ..
+            }
         ));
     }
 
@@ -275,6 +310,7 @@ mod tests {
         let record = PageEvent {
             header: header(event_kind::SHARED_WRITE),
             page: 1,
+            pages: 1,
         };
         let bytes = record.as_bytes();
         assert!(matches!(
@@ -294,6 +330,7 @@ mod tests {
         let unknown = PageEvent {
             header: header(99),
             page: 1,
+            pages: 1,
         };
         assert_eq!(
             decode(unknown.as_bytes()),

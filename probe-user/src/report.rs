@@ -92,6 +92,9 @@ pub struct FileReport {
     pub cow_pages_count: u64,
     pub write_faults: u64,
     pub cow_faults: u64,
+    /// Huge folios (2 MiB) that one write fault made writable whole: their
+    /// pages are all in `pages_written`, as the kernel tracks them as one.
+    pub huge_mapped_spans: u64,
     pub writers: Vec<WriterReport>,
     pub first_write_unix_ns: Option<u64>,
     pub last_write_unix_ns: Option<u64>,
@@ -182,6 +185,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         cow_pages_count: record.cow_pages.len(),
         write_faults: record.write_faults(),
         cow_faults: record.cow_faults(),
+        huge_mapped_spans: record.huge_spans,
         writers,
         first_write_unix_ns: record.first_write_boot_ns.map(|ns| ctx.clock.unix_ns(ns)),
         last_write_unix_ns: some_ns(&ctx.clock, last_write),

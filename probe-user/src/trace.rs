@@ -119,6 +119,7 @@ fn event_tgid(event: &Event) -> Option<u32> {
     match event {
         Event::FirstWrite { task, .. }
         | Event::NewWriter { task, .. }
+        | Event::HugeSpan { task, .. }
         | Event::FileSeen { task, .. } => Some(task.tgid),
     }
 }
@@ -215,6 +216,30 @@ pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
             .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
     let started = Instant::now();
     let clock = Clock::now();
+    if command.is_none() {
+        let scope = if args.filter.pids.is_empty() {
+            "system-wide".to_string()
+        } else {
+            format!(
+                "pid {}",
+                args.filter
+                    .pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        let until = match args.duration {
+            Some(d) => format!("for {}", humantime::format_duration(d)),
+            None => "until Ctrl-C".to_string(),
+        };
+        eprintln!(
+            "mmapwatch: tracing {scope} {until} ({} programs attached in {} ms)",
+            probes.attached.programs.len(),
+            probes.attached.attach_time.as_millis()
+        );
+    }
 
     let mut child = match command {
         Some((path, rest)) => {
@@ -290,7 +315,12 @@ pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
         &collector.aggregate,
         &ReportFilter {
             include_cow: args.include_cow,
-            path_prefixes: args.filter.path_prefixes.clone(),
+            path_prefixes: args
+                .filter
+                .path_prefixes
+                .iter()
+                .map(|p| canonical_prefix(p))
+                .collect(),
         },
         ReportContext {
             backend,
@@ -321,6 +351,14 @@ pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
         Stop::CommandExited(status) => exit_code_of(status),
         Stop::Duration | Stop::Signal(_) => 0,
     })
+}
+
+/// Reports carry canonical paths, so prefixes are made canonical too
+/// (relative paths, `..` and symlinks); one that does not exist yet is made
+/// absolute.
+pub fn canonical_prefix(prefix: &Path) -> PathBuf {
+    std::fs::canonicalize(prefix)
+        .unwrap_or_else(|_| std::path::absolute(prefix).unwrap_or_else(|_| prefix.to_path_buf()))
 }
 
 fn round_seconds(duration: Duration) -> f64 {

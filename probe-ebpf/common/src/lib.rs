@@ -27,7 +27,14 @@ pub mod event_kind {
     pub const FILE_SEEN: u32 = 3;
     /// A second (third, ...) process writing a page another process wrote first.
     pub const NEW_WRITER: u32 = 4;
+    /// A write fault that the kernel resolved by mapping a whole huge folio
+    /// writable at once (one PMD): every page of the span may be written
+    /// without another fault, so all of them are reported.
+    pub const HUGE_SPAN: u32 = 5;
 }
+
+/// Pages in a PMD-mapped folio (2 MiB / 4 KiB on x86-64).
+pub const PMD_PAGES: u64 = 512;
 
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
@@ -49,8 +56,8 @@ pub mod counter {
     pub const EVENTS_SUBMITTED: u32 = 7;
     /// The writer LRU refused an insert.
     pub const WRITER_INSERT_FAILED: u32 = 8;
-    /// Write faults seen before filtering (any mapping).
-    pub const WRITE_FAULTS_SEEN: u32 = 9;
+    /// Write faults that mapped a whole huge folio writable.
+    pub const HUGE_SPANS: u32 = 9;
     pub const COUNT: u32 = 10;
 }
 
@@ -89,15 +96,32 @@ pub struct EventHeader {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-/// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`] and
-/// [`event_kind::NEW_WRITER`].
+/// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`],
+/// [`event_kind::NEW_WRITER`] and [`event_kind::HUGE_SPAN`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
 pub struct PageEvent {
     pub header: EventHeader,
-    /// Page index in the file (units of the base page size).
+    /// Page index in the file (units of the base page size); for a span,
+    /// its first page.
     pub page: u64,
+    /// Pages covered: 1, or the span's length.
+    pub pages: u64,
+}
+
+/// The last shared write fault on this CPU, kept for the dirty-folio
+/// program that runs inside the same fault.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingFault {
+    pub pid_tgid: u64,
+    pub ino: u64,
+    pub page: u64,
+    pub dev: u32,
+    /// 1 when the fault's 2 MiB region could be mapped by one PMD: inside
+    /// the VMA, with address and file offset equally aligned.
+    pub pmd_mappable: u32,
 }
 
 /// [`event_kind::FILE_SEEN`]: sent once per file, when its stats entry is
@@ -181,6 +205,7 @@ pub struct FileStats {
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
 pub struct KernelOffsets {
     pub vma_vm_start: u32,
+    pub vma_vm_end: u32,
     pub vma_vm_flags: u32,
     pub vma_vm_pgoff: u32,
     pub vma_vm_file: u32,
@@ -228,6 +253,7 @@ impl KernelOffsets {
     /// All zero: the value compiled into the object before userspace overrides it.
     pub const ZEROED: Self = Self {
         vma_vm_start: 0,
+        vma_vm_end: 0,
         vma_vm_flags: 0,
         vma_vm_pgoff: 0,
         vma_vm_file: 0,

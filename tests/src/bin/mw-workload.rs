@@ -1,0 +1,402 @@
+//! Workloads for mmapwatch's integration tests: each writes (or does not
+//! write) known pages of a file in one precise way, so a test can assert the
+//! exact pages mmapwatch reports.
+//!
+//! Lines starting with `workload:` on stderr tell the test what happened
+//! (pids of helper processes); stdout stays free for mmapwatch's JSON.
+
+use std::{fs::OpenOptions, io::Write as _, os::unix::fs::FileExt as _, path::PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use memmap2::MmapOptions;
+
+const PAGE: usize = 4096;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    case: Case,
+}
+
+#[derive(Subcommand)]
+enum Case {
+    /// Write one byte to each page through a MAP_SHARED mapping.
+    Shared {
+        #[arg(long)]
+        file: PathBuf,
+        /// File size in pages (the file is created or extended to it).
+        #[arg(long)]
+        size_pages: u64,
+        /// Map starting at this file page.
+        #[arg(long, default_value_t = 0)]
+        offset_pages: u64,
+        /// Pages of the mapping to write, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+        /// After writing: msync, then write the same pages again.
+        #[arg(long)]
+        msync_and_rewrite: bool,
+    },
+    /// Write through a MAP_PRIVATE mapping (copy-on-write).
+    Private {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
+    /// Write with pwrite(2) only.
+    Pwrite {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
+    /// Map MAP_SHARED read-only and read every page.
+    ReadShared {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+    },
+    /// Fill the file with write(2) (the page cache uses large folios), then
+    /// write some pages through a shared mapping.
+    FillThenMap {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        /// Map starting at this file page.
+        #[arg(long, default_value_t = 0)]
+        offset_pages: u64,
+        /// Map only this many pages (default: to the end of the file). A
+        /// window holding no whole 2 MiB region is mapped page by page.
+        #[arg(long)]
+        len_pages: Option<u64>,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
+    /// Fork a child that forks a grandchild; only the grandchild writes.
+    Grandchild {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
+    /// Two child processes write different pages of the same file.
+    TwoWriters {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        first: Vec<u64>,
+        #[arg(long, value_delimiter = ',')]
+        second: Vec<u64>,
+    },
+    /// read(2) from another file into pages of a shared mapping: the kernel
+    /// stores into the mapped file.
+    ReadInto {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
+    /// Wait for a line on stdin, then do the shared case (for --pid tests).
+    WaitThenShared {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
+}
+
+fn open_sized(file: &PathBuf, size_pages: u64) -> Result<std::fs::File> {
+    let handle = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file)
+        .with_context(|| format!("open {}", file.display()))?;
+    let size = size_pages * PAGE as u64;
+    if handle.metadata()?.len() < size {
+        handle.set_len(size)?;
+    }
+    Ok(handle)
+}
+
+fn check_pages(pages: &[u64], limit: u64) -> Result<()> {
+    if let Some(bad) = pages.iter().find(|&&p| p >= limit) {
+        bail!("page {bad} is outside the {limit}-page mapping");
+    }
+    Ok(())
+}
+
+/// The part of a file a mapping covers, in pages.
+#[derive(Clone, Copy)]
+struct Window {
+    offset_pages: u64,
+    len_pages: u64,
+}
+
+fn write_shared(
+    file: &PathBuf,
+    size_pages: u64,
+    offset_pages: u64,
+    pages: &[u64],
+    rewrite: bool,
+) -> Result<()> {
+    let window = Window {
+        offset_pages,
+        len_pages: size_pages - offset_pages,
+    };
+    write_shared_window(file, size_pages, window, pages, rewrite)
+}
+
+fn write_shared_window(
+    file: &PathBuf,
+    size_pages: u64,
+    window: Window,
+    pages: &[u64],
+    rewrite: bool,
+) -> Result<()> {
+    let handle = open_sized(file, size_pages)?;
+    if window.offset_pages + window.len_pages > size_pages {
+        bail!("the mapping window runs past the end of the file");
+    }
+    check_pages(pages, window.len_pages)?;
+    // SAFETY: the file is private to the test; nothing truncates it meanwhile.
+    let mut map = unsafe {
+        MmapOptions::new()
+            .offset(window.offset_pages * PAGE as u64)
+            .len(window.len_pages as usize * PAGE)
+            .map_mut(&handle)?
+    };
+    for &page in pages {
+        map[page as usize * PAGE] = 0xa5;
+    }
+    if rewrite {
+        // msync writes the pages back and write-protects them again: the
+        // next store faults once more.
+        map.flush()?;
+        for &page in pages {
+            map[page as usize * PAGE + 1] = 0x5a;
+        }
+    }
+    map.flush()?;
+    // Tell the test whether the kernel mapped huge folios with PMDs: then
+    // one fault made 2 MiB writable and mmapwatch reports the whole span.
+    eprintln!("workload: pmd_mapped_kb={}", file_pmd_mapped_kb());
+    Ok(())
+}
+
+fn file_pmd_mapped_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn report_pid(role: &str) {
+    eprintln!("workload: {role}={}", std::process::id());
+}
+
+/// Forks; the child runs `body` and exits with its status.
+fn fork_and(body: impl FnOnce() -> Result<()>) -> Result<libc::pid_t> {
+    // SAFETY: the workload is single-threaded, so the child may run Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            let code = match body() {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("workload child: {err:#}");
+                    1
+                }
+            };
+            let _ = std::io::stderr().flush();
+            // SAFETY: ends the forked child without running the parent's atexit state.
+            unsafe { libc::_exit(code) }
+        }
+        child => Ok(child),
+    }
+}
+
+fn wait(pid: libc::pid_t) -> Result<()> {
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        bail!("waitpid: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("child {pid} failed (status {status})");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().case {
+        Case::Shared {
+            file,
+            size_pages,
+            offset_pages,
+            pages,
+            msync_and_rewrite,
+        } => write_shared(&file, size_pages, offset_pages, &pages, msync_and_rewrite),
+        Case::Private {
+            file,
+            size_pages,
+            pages,
+        } => {
+            let handle = open_sized(&file, size_pages)?;
+            check_pages(&pages, size_pages)?;
+            // SAFETY: the file is private to the test.
+            let mut map = unsafe {
+                MmapOptions::new()
+                    .len(size_pages as usize * PAGE)
+                    .map_copy(&handle)?
+            };
+            for &page in &pages {
+                map[page as usize * PAGE] = 0xa5;
+            }
+            Ok(())
+        }
+        Case::Pwrite { file, pages } => {
+            let handle = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file)?;
+            for &page in &pages {
+                handle.write_all_at(&[0xa5; 16], page * PAGE as u64)?;
+            }
+            handle.sync_all()?;
+            Ok(())
+        }
+        Case::ReadShared { file, size_pages } => {
+            let handle = open_sized(&file, size_pages)?;
+            // SAFETY: the file is private to the test.
+            let map = unsafe {
+                MmapOptions::new()
+                    .len(size_pages as usize * PAGE)
+                    .map(&handle)?
+            };
+            let sum: u64 = (0..size_pages as usize)
+                .map(|p| u64::from(map[p * PAGE]))
+                .sum();
+            eprintln!("workload: read_sum={sum}");
+            Ok(())
+        }
+        Case::FillThenMap {
+            file,
+            size_pages,
+            offset_pages,
+            len_pages,
+            pages,
+        } => {
+            let handle = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&file)?;
+            let chunk = vec![0x11u8; size_pages as usize * PAGE];
+            handle.write_all_at(&chunk, 0)?;
+            handle.sync_all()?;
+            drop(handle);
+            let window = Window {
+                offset_pages,
+                len_pages: len_pages.unwrap_or(size_pages - offset_pages),
+            };
+            write_shared_window(&file, size_pages, window, &pages, false)
+        }
+        Case::Grandchild {
+            file,
+            size_pages,
+            pages,
+        } => {
+            report_pid("parent");
+            let child = fork_and(|| {
+                report_pid("child");
+                let grandchild = fork_and(|| {
+                    report_pid("grandchild");
+                    write_shared(&file, size_pages, 0, &pages, false)
+                })?;
+                wait(grandchild)
+            })?;
+            wait(child)
+        }
+        Case::TwoWriters {
+            file,
+            size_pages,
+            first,
+            second,
+        } => {
+            // Size the file first so neither child races the other's truncate.
+            drop(open_sized(&file, size_pages)?);
+            let a = fork_and(|| {
+                report_pid("first");
+                write_shared(&file, size_pages, 0, &first, false)
+            })?;
+            wait(a)?;
+            let b = fork_and(|| {
+                report_pid("second");
+                write_shared(&file, size_pages, 0, &second, false)
+            })?;
+            wait(b)
+        }
+        Case::ReadInto {
+            file,
+            source,
+            size_pages,
+            pages,
+        } => {
+            let handle = open_sized(&file, size_pages)?;
+            check_pages(&pages, size_pages)?;
+            std::fs::write(&source, vec![0x42u8; PAGE])?;
+            let source = std::fs::File::open(&source)?;
+            // SAFETY: the file is private to the test.
+            let mut map = unsafe {
+                MmapOptions::new()
+                    .len(size_pages as usize * PAGE)
+                    .map_mut(&handle)?
+            };
+            for &page in &pages {
+                let target = &mut map[page as usize * PAGE..(page as usize + 1) * PAGE];
+                let read = source.read_at(target, 0)?;
+                if read != PAGE {
+                    bail!("short read: {read}");
+                }
+            }
+            map.flush()?;
+            Ok(())
+        }
+        Case::WaitThenShared {
+            file,
+            size_pages,
+            pages,
+        } => {
+            report_pid("waiting");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            write_shared(&file, size_pages, 0, &pages, false)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Helpers for mmapwatch's integration tests: run the real binary as root
+//! against real page faults and pick the report apart.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+/// The mmapwatch binary under test: `MMAPWATCH_BIN` (set by `cargo xtask
+/// test`), else the workspace's debug build.
+pub fn mmapwatch_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("MMAPWATCH_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/mmapwatch");
+    assert!(
+        path.exists(),
+        "{} is missing: build it (cargo build -p probe-user) or set MMAPWATCH_BIN",
+        path.display()
+    );
+    path
+}
+
+/// These tests load eBPF programs: they must run as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests load eBPF programs and must run as root (cargo xtask test)"
+    );
+}
+
+/// A scratch directory on the workspace's filesystem (ext4 here, so writes
+/// go through page_mkwrite and writeback, unlike tmpfs).
+pub fn scratch_dir() -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/itest-scratch");
+    std::fs::create_dir_all(&base).expect("create scratch base");
+    let base = std::fs::canonicalize(&base).expect("canonical scratch base");
+    tempfile::Builder::new()
+        .prefix("case-")
+        .tempdir_in(&base)
+        .expect("scratch dir")
+}
+
+/// A scratch directory on tmpfs.
+pub fn shm_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mmapwatch-itest-")
+        .tempdir_in("/dev/shm")
+        .expect("shm dir")
+}
+
+/// (dev as "MAJ:MIN", ino, canonical path) of an existing file.
+pub fn identity(path: &Path) -> (String, u64, String) {
+    let meta = std::fs::metadata(path).expect("stat");
+    let dev = meta.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let canonical = std::fs::canonicalize(path).expect("canonicalize");
+    (
+        format!("{major}:{minor}"),
+        meta.ino(),
+        canonical.display().to_string(),
+    )
+}
+
+pub struct TraceRun {
+    pub status: std::process::ExitStatus,
+    pub json: Value,
+    pub stderr: String,
+}
+
+impl TraceRun {
+    /// Workload lines `workload: key=value` from stderr.
+    pub fn workload_value(&self, key: &str) -> Option<String> {
+        self.stderr.lines().find_map(|line| {
+            line.strip_prefix("workload: ")
+                .and_then(|kv| kv.strip_prefix(key))
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(str::to_string)
+        })
+    }
+
+    pub fn files(&self) -> &Vec<Value> {
+        self.json["files"].as_array().expect("files array")
+    }
+
+    /// The report entry for `path` (matched by inode and device).
+    pub fn file(&self, path: &Path) -> Option<&Value> {
+        let (dev, ino, _) = identity(path);
+        self.files()
+            .iter()
+            .find(|f| f["ino"].as_u64() == Some(ino) && f["dev"].as_str() == Some(dev.as_str()))
+    }
+
+    pub fn expect_file(&self, path: &Path) -> &Value {
+        self.file(path).unwrap_or_else(|| {
+            panic!(
+                "{} not in the report:\n{}\nstderr:\n{}",
+                path.display(),
+                serde_json::to_string_pretty(&self.json).unwrap_or_default(),
+                self.stderr
+            )
+        })
+    }
+}
+
+pub fn run(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("running {command:?}: {err}"))
+}
+
+/// `mmapwatch trace --json [extra] -- WORKLOAD_BIN [workload]`.
+pub fn trace_command(workload_bin: &str, extra: &[&str], workload: &[&str]) -> TraceRun {
+    let output = run(Command::new(mmapwatch_bin())
+        .args(["trace", "--json"])
+        .args(extra)
+        .arg("--")
+        .arg(workload_bin)
+        .args(workload));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+        panic!(
+            "mmapwatch printed no JSON ({err}); status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status
+        )
+    });
+    TraceRun {
+        status: output.status,
+        json,
+        stderr,
+    }
+}
+
+/// Inclusive ranges from the report, as tuples.
+pub fn ranges(value: &Value) -> Vec<(u64, u64)> {
+    value
+        .as_array()
+        .expect("ranges array")
+        .iter()
+        .map(|r| (r[0].as_u64().expect("first"), r[1].as_u64().expect("last")))
+        .collect()
+}
+
+pub fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}

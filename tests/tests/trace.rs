@@ -1,0 +1,586 @@
+//! `mmapwatch trace` against the real kernel. Every test generates real
+//! faults with `mw-workload` and asserts the exact files and pages reported.
+//! Run as root, one at a time: `cargo xtask test`.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, Stdio},
+};
+
+use integration_tests::{
+    identity, mmapwatch_bin, path_arg, ranges, require_root, run, scratch_dir, shm_dir,
+    trace_command, TraceRun,
+};
+
+const COMM: &str = "mw-workload";
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
+
+fn trace_workload(extra: &[&str], workload: &[&str]) -> TraceRun {
+    trace_command(WORKLOAD, extra, workload)
+}
+
+#[test]
+fn shared_writes_report_exactly_the_pages_written() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("data.bin");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "16",
+            "--pages",
+            "0,3,4,5,9",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.files().len(), 1, "{:#}", run.json);
+    let entry = run.expect_file(&file);
+    let (dev, ino, canonical) = identity(&file);
+    assert_eq!(entry["path"], canonical.as_str());
+    assert_eq!(entry["dev"], dev.as_str());
+    assert_eq!(entry["ino"], ino);
+    assert_eq!(entry["modified"], true);
+    assert_eq!(
+        ranges(&entry["pages_written"]),
+        vec![(0, 0), (3, 5), (9, 9)]
+    );
+    assert_eq!(entry["pages_written_count"], 5);
+    assert_eq!(entry["write_faults"], 5);
+    assert_eq!(ranges(&entry["cow_pages"]), vec![]);
+    let writers = entry["writers"].as_array().unwrap();
+    assert_eq!(writers.len(), 1);
+    assert_eq!(writers[0]["comm"], COMM);
+    assert_eq!(writers[0]["pages"], 5);
+    let first = entry["first_write_unix_ns"].as_u64().unwrap();
+    let last = entry["last_write_unix_ns"].as_u64().unwrap();
+    assert!(
+        first > 1_600_000_000_000_000_000 && first <= last,
+        "{first} {last}"
+    );
+    assert_eq!(run.json["version"], 1);
+    assert_eq!(run.json["backend"], "tracepoint");
+    assert_eq!(run.json["lost_events"], 0);
+    assert!(run.json["duration_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn mapping_at_a_file_offset_reports_file_pages() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("offset.bin");
+    // Mapping page 0 is file page 8.
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "24",
+            "--offset-pages",
+            "8",
+            "--pages",
+            "0,2,15",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    assert_eq!(
+        ranges(&entry["pages_written"]),
+        vec![(8, 8), (10, 10), (23, 23)]
+    );
+}
+
+#[test]
+fn msync_then_rewrite_is_a_new_fault_on_the_same_page() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("rewrite.bin");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "8",
+            "--pages",
+            "2,6",
+            "--msync-and-rewrite",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(2, 2), (6, 6)]);
+    assert_eq!(entry["pages_written_count"], 2);
+    // Two faults per page: the first write and the one after msync.
+    assert_eq!(entry["write_faults"], 4);
+    // Both rounds were written back by msync, on ext4.
+    assert_eq!(entry["writeback_pages"], 4);
+    assert_eq!(entry["writers"][0]["pages"], 2);
+    assert!(entry["writeback_ends"].as_u64().unwrap() >= 2, "{entry:#}");
+}
+
+#[test]
+fn private_mapping_writes_are_cow_only() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("private.bin");
+    let workload = [
+        "private",
+        "--file",
+        &path_arg(&file),
+        "--size-pages",
+        "8",
+        "--pages",
+        "1,2,7",
+    ];
+
+    let hidden = trace_workload(&["--path-prefix", &path_arg(dir.path())], &workload);
+    assert!(hidden.status.success(), "{}", hidden.stderr);
+    assert!(
+        hidden.files().is_empty(),
+        "COW is not a modification: {:#}",
+        hidden.json
+    );
+
+    let shown = trace_workload(
+        &["--include-cow", "--path-prefix", &path_arg(dir.path())],
+        &workload,
+    );
+    let entry = shown.expect_file(&file);
+    assert_eq!(entry["modified"], false);
+    assert_eq!(ranges(&entry["pages_written"]), vec![]);
+    assert_eq!(entry["pages_written_count"], 0);
+    assert_eq!(ranges(&entry["cow_pages"]), vec![(1, 2), (7, 7)]);
+    assert_eq!(entry["write_faults"], 0);
+    assert_eq!(entry["writers"][0]["comm"], COMM);
+}
+
+#[test]
+fn write_syscalls_are_not_mmap_writes() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("written.bin");
+    let run = trace_workload(
+        &["--include-cow", "--path-prefix", &path_arg(dir.path())],
+        &["pwrite", "--file", &path_arg(&file), "--pages", "0,1,5"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(file.exists());
+    assert!(run.files().is_empty(), "{:#}", run.json);
+}
+
+#[test]
+fn reading_a_shared_mapping_is_not_a_write() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("readonly.bin");
+    let run = trace_workload(
+        &["--include-cow", "--path-prefix", &path_arg(dir.path())],
+        &[
+            "read-shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "8",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.workload_value("read_sum").as_deref(), Some("0"));
+    assert!(run.files().is_empty(), "{:#}", run.json);
+}
+
+#[test]
+fn tmpfs_files_in_dev_shm_are_reported() {
+    require_root();
+    let dir = shm_dir();
+    let file = dir.path().join("segment");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "32",
+            "--pages",
+            "0,1,2,31",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    assert_eq!(entry["path"], identity(&file).2.as_str());
+    assert_eq!(entry["fs"], "tmpfs");
+    assert_eq!(ranges(&entry["pages_written"]), vec![(0, 2), (31, 31)]);
+    // tmpfs has no writeback.
+    assert_eq!(entry["writeback_pages"], 0);
+}
+
+#[test]
+fn two_processes_are_both_attributed() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("shared-by-two.bin");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "two-writers",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "16",
+            "--first",
+            "0,1,2",
+            "--second",
+            "10,11",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let first: u64 = run.workload_value("first").unwrap().parse().unwrap();
+    let second: u64 = run.workload_value("second").unwrap().parse().unwrap();
+    let entry = run.expect_file(&file);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(0, 2), (10, 11)]);
+    let writers = entry["writers"].as_array().unwrap();
+    let pages_of = |pid: u64| {
+        writers
+            .iter()
+            .find(|w| w["pid"].as_u64() == Some(pid))
+            .unwrap_or_else(|| panic!("writer {pid} missing: {writers:?}"))["pages"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(pages_of(first), 3);
+    assert_eq!(pages_of(second), 2);
+    assert_eq!(writers.len(), 2);
+}
+
+#[test]
+fn descendants_of_the_command_are_traced() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("grandchild.bin");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "grandchild",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "8",
+            "--pages",
+            "4,5",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let grandchild: u64 = run.workload_value("grandchild").unwrap().parse().unwrap();
+    let entry = run.expect_file(&file);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(4, 5)]);
+    let writers = entry["writers"].as_array().unwrap();
+    assert_eq!(writers.len(), 1);
+    assert_eq!(writers[0]["pid"], grandchild);
+    // The grandchild may be gone before its file is named: the path comes
+    // from its maps or from the kernel's dentry names; both are exact here.
+    assert_eq!(entry["path"], identity(&file).2.as_str());
+}
+
+/// ext4 caches a file filled by write(2) in large folios. A 2 MiB-aligned
+/// mapping of a 2 MiB folio is mapped writable whole by the first write
+/// fault (one PMD): later stores never fault, so every page of it is
+/// reported. The workload says whether that happened.
+#[test]
+fn large_folio_mapped_by_one_pmd_reports_the_whole_span() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("large-folios.bin");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "fill-then-map",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "512",
+            "--pages",
+            "7,40,41,300",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    let pmd_mapped_kb: u64 = run
+        .workload_value("pmd_mapped_kb")
+        .unwrap()
+        .parse()
+        .unwrap();
+    if pmd_mapped_kb == 2048 {
+        assert_eq!(ranges(&entry["pages_written"]), vec![(0, 511)], "{entry:#}");
+        assert_eq!(entry["huge_mapped_spans"], 1);
+        assert_eq!(entry["write_faults"], 1);
+        assert_eq!(entry["writers"][0]["pages"], 512);
+    } else {
+        // Mapped page by page: each store faulted.
+        assert_eq!(pmd_mapped_kb, 0);
+        assert_eq!(
+            ranges(&entry["pages_written"]),
+            vec![(7, 7), (40, 41), (300, 300)]
+        );
+        assert_eq!(entry["huge_mapped_spans"], 0);
+        assert_eq!(entry["write_faults"], 4);
+    }
+    assert!(entry["folios_dirtied"].as_u64().unwrap() >= 1, "{entry:#}");
+}
+
+/// The same large folios through a window that holds no whole 2 MiB region
+/// (file pages 1..=600): the kernel maps page by page, every page faults on
+/// its own, and exactly those pages are reported.
+#[test]
+fn large_folio_mapped_page_by_page_reports_exact_pages() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("large-folios-offset.bin");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "fill-then-map",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "1024",
+            "--offset-pages",
+            "1",
+            "--len-pages",
+            "600",
+            "--pages",
+            "7,40,41,599",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.workload_value("pmd_mapped_kb").as_deref(), Some("0"));
+    let entry = run.expect_file(&file);
+    // Mapping page N is file page N + 1.
+    assert_eq!(
+        ranges(&entry["pages_written"]),
+        vec![(8, 8), (41, 42), (600, 600)]
+    );
+    assert_eq!(entry["huge_mapped_spans"], 0);
+    assert_eq!(entry["write_faults"], 4);
+    // Dirtying works per folio: a folio can hold many of these pages.
+    assert!(entry["folios_dirtied"].as_u64().unwrap() >= 1, "{entry:#}");
+    assert!(entry["pages_dirtied"].as_u64().unwrap() >= 4, "{entry:#}");
+}
+
+#[test]
+fn read_syscall_into_a_shared_mapping_modifies_the_file() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("read-target.bin");
+    let source = dir.path().join("source.bin");
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "read-into",
+            "--file",
+            &path_arg(&file),
+            "--source",
+            &path_arg(&source),
+            "--size-pages",
+            "8",
+            "--pages",
+            "3,6",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(3, 3), (6, 6)]);
+    assert_eq!(
+        run.files().len(),
+        1,
+        "the source is only read: {:#}",
+        run.json
+    );
+}
+
+#[test]
+fn command_exit_code_is_passed_through() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("fails.bin");
+    // Page 99 is outside the mapping: the workload exits 1 before writing.
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "4",
+            "--pages",
+            "99",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(run.files().is_empty());
+}
+
+/// System-wide mode: no CMD, stop on --duration, filter by --pid.
+#[test]
+fn pid_filter_traces_only_that_process() {
+    require_root();
+    let dir = scratch_dir();
+    let watched = dir.path().join("watched.bin");
+    let ignored = dir.path().join("ignored.bin");
+    let spawn_waiting = |file: &std::path::Path| {
+        let mut child = Command::new(WORKLOAD)
+            .args([
+                "wait-then-shared",
+                "--file",
+                &path_arg(file),
+                "--size-pages",
+                "4",
+                "--pages",
+                "1,2",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let mut line = String::new();
+        BufReader::new(child.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("workload: waiting="), "{line}");
+        child
+    };
+    let mut target = spawn_waiting(&watched);
+    let mut other = spawn_waiting(&ignored);
+
+    let mut trace = Command::new(mmapwatch_bin())
+        .args([
+            "trace",
+            "--json",
+            "--duration",
+            "3s",
+            "--pid",
+            &target.id().to_string(),
+        ])
+        .args(["--path-prefix", &path_arg(dir.path())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mmapwatch");
+    // Wait until the probes are attached.
+    let mut line = String::new();
+    BufReader::new(trace.stderr.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("tracing"), "{line}");
+
+    for child in [&mut target, &mut other] {
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let output = trace.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let files = json["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{json:#}");
+    assert_eq!(files[0]["ino"], identity(&watched).1);
+    assert_eq!(ranges(&files[0]["pages_written"]), vec![(1, 2)]);
+    assert_eq!(files[0]["writers"][0]["pid"], target.id());
+}
+
+#[test]
+fn comm_filter_keeps_only_matching_processes() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("comm.bin");
+    let workload = [
+        "shared",
+        "--file",
+        &path_arg(&file),
+        "--size-pages",
+        "4",
+        "--pages",
+        "1",
+    ];
+    let other = trace_workload(
+        &[
+            "--comm",
+            "not-this-one",
+            "--path-prefix",
+            &path_arg(dir.path()),
+        ],
+        &workload,
+    );
+    assert!(other.files().is_empty(), "{:#}", other.json);
+    let same = trace_workload(
+        &["--comm", COMM, "--path-prefix", &path_arg(dir.path())],
+        &workload,
+    );
+    assert_eq!(
+        ranges(&same.expect_file(&file)["pages_written"]),
+        vec![(1, 1)]
+    );
+}
+
+fn expect_one_line_failure(args: &[&str], code: i32, needle: &str) {
+    let output = run(Command::new(mmapwatch_bin()).args(args));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: one line expected:\n{stderr}"
+    );
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_and_a_distinct_exit_code() {
+    require_root();
+    expect_one_line_failure(&["trace", "--bogus"], 2, "--bogus");
+    expect_one_line_failure(&["trace", "--duration", "soon"], 2, "soon");
+    expect_one_line_failure(&["trace", "--backend", "magic"], 2, "magic");
+    expect_one_line_failure(
+        &["trace", "--pid", "999999999"],
+        5,
+        "no process with pid 999999999",
+    );
+    expect_one_line_failure(
+        &["trace", "--", "/nonexistent/cmd"],
+        127,
+        "command not found",
+    );
+    expect_one_line_failure(
+        &["trace", "--btf", "/nonexistent/vmlinux", "--", "true"],
+        4,
+        "BTF",
+    );
+}
+
+#[test]
+fn non_root_is_refused_with_one_line() {
+    require_root();
+    let mut command = Command::new(mmapwatch_bin());
+    command.args(["trace", "--duration", "1s"]);
+    // Drop to nobody with no capabilities.
+    use std::os::unix::process::CommandExt as _;
+    command.uid(65534).gid(65534);
+    let output = run(&mut command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+}
