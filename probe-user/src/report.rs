@@ -53,7 +53,8 @@ pub struct ReportFilter {
 
 impl ReportFilter {
     pub fn keeps(&self, record: &FileRecord) -> bool {
-        if !record.modified() && !(self.include_cow && !record.cow_pages.is_empty()) {
+        let shown_cow = self.include_cow && !record.cow_pages.is_empty();
+        if !record.modified() && !shown_cow {
             return false;
         }
         if self.path_prefixes.is_empty() {

@@ -1,1 +1,304 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test`.
+//!
+//! `setup` makes a fresh machine able to build the eBPF side, idempotently,
+//! saying what it checks and what it changes.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// The LLVM major of the nightly toolchain's rustc; bpf-linker must be built
+/// against the same one.
+const LLVM_MAJOR: &str = "22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs needs (idempotent).
+    Setup,
+    /// Build mmapwatch (release).
+    Build,
+    /// Set up, build, and run `mmapwatch ARGS` as root.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, then run unit tests and the root integration tests (serially).
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build()
+        }
+        Task::Run { args } => {
+            setup()?;
+            build()?;
+            run_mmapwatch(&args)
+        }
+        Task::Test => {
+            setup()?;
+            test()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn step(message: &str) {
+    println!("xtask: {message}");
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command, prefixed with sudo when we are not root.
+fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.arg(program);
+        command
+    }
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    println!("xtask: $ {}", describe(command));
+    let status = command
+        .status()
+        .with_context(|| format!("running {}", describe(command)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", describe(command));
+    }
+    Ok(())
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn output(command: &mut Command) -> Option<String> {
+    let out = command.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn apt_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.contains("install ok installed"))
+}
+
+/// Installs Debian packages that are missing; `apt-get update` only if needed.
+pub fn ensure_apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
+    if missing.is_empty() {
+        step(&format!("apt packages present: {}", packages.join(" ")));
+        return Ok(());
+    }
+    step(&format!("installing apt packages: {}", missing.join(" ")));
+    run(privileged("apt-get").arg("update").arg("-qq"))?;
+    run(privileged("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly_llvm_major() -> Option<String> {
+    let version = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
+    version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .map(str::to_string)
+}
+
+fn ensure_nightly() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly toolchain (eBPF programs need -Z build-std)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        step("nightly rust-src present");
+    } else {
+        step("adding rust-src to nightly (build-std=core for bpfel-unknown-none)");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    match nightly_llvm_major() {
+        Some(major) if major == LLVM_MAJOR => {
+            step(&format!("nightly rustc uses LLVM {major}"));
+            Ok(())
+        }
+        Some(major) => bail!(
+            "nightly rustc uses LLVM {major}, but bpf-linker is built against LLVM {LLVM_MAJOR}: they must match (pin a nightly with LLVM {LLVM_MAJOR})"
+        ),
+        None => bail!("cannot run `rustup run nightly rustc -vV`"),
+    }
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin").join(name)
+}
+
+/// bpf-linker built against the nightly's LLVM (it links libLLVM dynamically).
+fn bpf_linker_matches() -> bool {
+    let linker = cargo_bin("bpf-linker");
+    linker.exists()
+        && output(Command::new("ldd").arg(&linker))
+            .is_some_and(|libs| libs.contains(&format!("libLLVM.so.{LLVM_MAJOR}")))
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    if bpf_linker_matches() {
+        step(&format!(
+            "bpf-linker present, linked against LLVM {LLVM_MAJOR}"
+        ));
+        return Ok(());
+    }
+    step(&format!(
+        "building bpf-linker against LLVM {LLVM_MAJOR} (about 80 s)"
+    ));
+    run(Command::new("cargo")
+        // The version verified with this nightly; --force replaces one built
+        // against another LLVM.
+        .args([
+            "install",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{LLVM_MAJOR}"))
+        // Without it, llvm-sys picks the system's default LLVM (14) and fails.
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))?;
+    if !bpf_linker_matches() {
+        bail!("bpf-linker was built, but not against LLVM {LLVM_MAJOR}");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    ensure_apt(&[&format!("llvm-{LLVM_MAJOR}-dev")])?;
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    step("setup complete");
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new("cargo");
+    command.current_dir(workspace_root());
+    command
+}
+
+fn build() -> Result<()> {
+    run(cargo().args(["build", "--release", "--package", "probe-user"]))
+}
+
+fn mmapwatch_release() -> PathBuf {
+    workspace_root().join("target/release/mmapwatch")
+}
+
+fn run_mmapwatch(args: &[OsString]) -> Result<()> {
+    let mut command = privileged(&mmapwatch_release().display().to_string());
+    command.args(args);
+    println!("xtask: $ {}", describe(&command));
+    let status = command.status().context("running mmapwatch")?;
+    // Pass mmapwatch's (or its traced command's) exit code through.
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test() -> Result<()> {
+    step("unit tests");
+    run(cargo().args([
+        "test",
+        "--package",
+        "probe-user",
+        "--package",
+        "probe-common",
+        "--package",
+        "xtask",
+    ]))?;
+    build()?;
+    step("integration tests against the running kernel (root, one at a time)");
+    let mut integration = privileged("env");
+    integration
+        .arg(format!("MMAPWATCH_BIN={}", mmapwatch_release().display()))
+        .arg(format!(
+            "PATH={}",
+            std::env::var("PATH").unwrap_or_default()
+        ))
+        .arg("cargo")
+        .args([
+            "test",
+            "--package",
+            "integration-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .current_dir(workspace_root());
+    run(&mut integration)
+}
