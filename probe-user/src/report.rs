@@ -132,9 +132,12 @@ pub struct Drops {
     pub file_stats_full: u64,
     /// The writer map refused an entry.
     pub writer_map_full: u64,
-    /// Pages reported again after the dedup map evicted them (not lost:
-    /// deduplicated in userspace).
+    /// Entries the kernel's first-write dedup map evicted (inserts beyond
+    /// its capacity). Not lost: an evicted page written again is reported
+    /// again and deduplicated here (`dedup_repeats`).
     pub dedup_evictions: u64,
+    /// First-write reports of pages already reported.
+    pub dedup_repeats: u64,
     /// Records userspace could not decode.
     pub undecodable_records: u64,
 }
@@ -145,6 +148,8 @@ pub struct ReportContext<'a> {
     pub backend_reason: &'a str,
     pub duration_s: f64,
     pub counters: KernelCounters,
+    /// Capacity of the kernel's dedup map.
+    pub dedup_capacity: u32,
     pub undecodable_records: u64,
     pub warnings: Vec<String>,
     pub clock: Clock,
@@ -213,7 +218,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             .then_with(|| a.path.cmp(&b.path))
             .then(a.ino.cmp(&b.ino))
     });
-    let dedup_evictions = aggregate.files().map(|(_, r)| r.repeated_reports).sum();
+    let dedup_repeats = aggregate.files().map(|(_, r)| r.repeated_reports).sum();
     let counters = ctx.counters;
     Report {
         version: 1,
@@ -226,7 +231,10 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             vma_lookup_failed: counters.vma_lookup_failed,
             file_stats_full: counters.file_stats_full,
             writer_map_full: counters.writer_insert_failed,
-            dedup_evictions,
+            dedup_evictions: counters
+                .dedup_inserts
+                .saturating_sub(u64::from(ctx.dedup_capacity)),
+            dedup_repeats,
             undecodable_records: ctx.undecodable_records,
         },
         events: aggregate.events(),
@@ -372,8 +380,10 @@ mod tests {
             counters: KernelCounters {
                 ringbuf_drops: 2,
                 vma_lookup_failed: 1,
+                dedup_inserts: 10,
                 ..KernelCounters::default()
             },
+            dedup_capacity: 8,
             undecodable_records: 0,
             warnings: vec![],
             clock: Clock::with_offset(1_000_000),
@@ -391,6 +401,7 @@ mod tests {
         }
         assert_eq!(json["version"], 1);
         assert_eq!(json["lost_events"], 3);
+        assert_eq!(json["drops"]["dedup_evictions"], 2);
         let files = json["files"].as_array().unwrap();
         assert_eq!(files.len(), 1, "the COW-only file is hidden by default");
         let file = &files[0];

@@ -296,6 +296,7 @@ pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
         collector.aggregate.set_kernel_stats(file, &per_cpu);
     }
     let counters = probes.counters()?;
+    let dedup_capacity = probes.dedup_capacity;
     let mut warnings: Vec<String> = probes_warnings(&counters);
     warnings.extend(
         probes
@@ -327,6 +328,7 @@ pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
             backend_reason: &backend_reason,
             duration_s: round_seconds(duration),
             counters,
+            dedup_capacity,
             undecodable_records: collector.undecodable,
             warnings,
             clock,

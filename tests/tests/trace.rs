@@ -531,6 +531,93 @@ fn comm_filter_keeps_only_matching_processes() {
     );
 }
 
+/// The issue's own acceptance case: a Python script writing through mmap.
+#[test]
+fn python_mmap_script_reports_exactly_its_pages() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("python.bin");
+    let script = format!(
+        "import mmap, os\n\
+         fd = os.open({path:?}, os.O_RDWR | os.O_CREAT)\n\
+         os.ftruncate(fd, 32 * 4096)\n\
+         m = mmap.mmap(fd, 32 * 4096, mmap.MAP_SHARED)\n\
+         for page in (0, 1, 2, 17, 31):\n    m[page * 4096 + 100] = 7\n\
+         m.flush()\n",
+        path = path_arg(&file)
+    );
+    let run = trace_command(
+        "python3",
+        &["--path-prefix", &path_arg(dir.path())],
+        &["-c", &script],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.files().len(), 1, "{:#}", run.json);
+    let entry = run.expect_file(&file);
+    assert_eq!(
+        ranges(&entry["pages_written"]),
+        vec![(0, 2), (17, 17), (31, 31)]
+    );
+    assert_eq!(entry["writers"][0]["comm"], "python3");
+    assert_eq!(entry["writeback_pages"], 5);
+}
+
+/// Without CMD: SIGINT and SIGTERM stop tracing and still print the report.
+#[test]
+fn signals_stop_tracing_and_still_report() {
+    require_root();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = scratch_dir();
+        let file = dir.path().join("signalled.bin");
+        let mut trace = Command::new(mmapwatch_bin())
+            .args([
+                "trace",
+                "--json",
+                "--comm",
+                COMM,
+                "--path-prefix",
+                &path_arg(dir.path()),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mmapwatch");
+        let mut line = String::new();
+        BufReader::new(trace.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("until Ctrl-C"), "{line}");
+        let status = Command::new(WORKLOAD)
+            .args([
+                "shared",
+                "--file",
+                &path_arg(&file),
+                "--size-pages",
+                "4",
+                "--pages",
+                "2,3",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(trace.id() as i32, signal) }, 0);
+        let output = trace.wait_with_output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "signal {signal}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("a report after the signal");
+        let files = json["files"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "{json:#}");
+        assert_eq!(files[0]["ino"], identity(&file).1);
+        assert_eq!(ranges(&files[0]["pages_written"]), vec![(2, 3)]);
+    }
+}
+
 fn expect_one_line_failure(args: &[&str], code: i32, needle: &str) {
     let output = run(Command::new(mmapwatch_bin()).args(args));
     let stderr = String::from_utf8_lossy(&output.stderr);
