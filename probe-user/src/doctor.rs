@@ -12,7 +12,7 @@ use crate::{
         effective_capabilities, has_capability, tracefs, tracepoint_exists, ProbeOptions, Probes,
         CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, RAW_TRACEPOINTS, TRACEPOINTS,
     },
-    trace::choose_backend,
+    session::choose_backend,
 };
 
 #[derive(Debug)]

@@ -10,4 +10,5 @@ pub mod events;
 pub mod loader;
 pub mod paths;
 pub mod report;
+pub mod session;
 pub mod trace;

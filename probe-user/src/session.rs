@@ -1,0 +1,372 @@
+//! A running tracing session shared by every front end: probes loaded and
+//! attached, the ring buffer drained into an aggregate, kernel counters
+//! refreshed on demand, and an optional traced command.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Instant,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{unix::AsyncFd, Interest};
+
+use crate::{
+    aggregate::{Aggregate, Applied, PathSource},
+    cli::{BackendChoice, FilterArgs},
+    error::UserError,
+    events::{decode, Event, FileId},
+    loader::{KernelCounters, ProbeOptions, Probes},
+    paths::{proc_maps_path, MountTable},
+    report::{Clock, ReportFilter},
+};
+
+/// The chosen backend and why (only the tracepoint backend exists so far).
+pub fn choose_backend(choice: BackendChoice) -> (&'static str, String) {
+    match choice {
+        BackendChoice::Tracepoint => ("tracepoint", "requested with --backend tracepoint".into()),
+        BackendChoice::Auto => (
+            "tracepoint",
+            "auto: the tracepoint backend is the one this build provides; it needs only tracepoints, raw tracepoints and bpf_find_vma".into(),
+        ),
+    }
+}
+
+/// Collects events from the ring buffer into the aggregate, naming files
+/// while their writers are alive.
+pub struct Collector {
+    pub aggregate: Aggregate,
+    pub undecodable: u64,
+    mounts: MountTable,
+    proc_root: PathBuf,
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Self {
+            aggregate: Aggregate::new(),
+            undecodable: 0,
+            mounts: MountTable::read(),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    pub fn mounts(&self) -> &MountTable {
+        &self.mounts
+    }
+
+    fn resolve_path(&mut self, file: FileId, tgid: u32) {
+        if let Some(path) = proc_maps_path(&self.proc_root, tgid, file) {
+            self.aggregate.set_path(file, path, PathSource::ProcMaps);
+        }
+    }
+
+    pub fn record(&mut self, bytes: &[u8]) {
+        let event = match decode(bytes) {
+            Ok(event) => event,
+            Err(err) => {
+                self.undecodable += 1;
+                log::warn!("undecodable record: {err}");
+                return;
+            }
+        };
+        if let Event::FileSeen {
+            file,
+            components,
+            reached_root,
+            ..
+        } = &event
+        {
+            // A mount made after start-up: read the table again.
+            if self.mounts.fs_type(*file).is_none() {
+                self.mounts = MountTable::read();
+            }
+            let path = self
+                .mounts
+                .dentry_full_path(*file, components, *reached_root);
+            self.aggregate.apply(&event);
+            self.aggregate.set_path(*file, path, PathSource::Dentry);
+            if let Some(tgid) = event_tgid(&event) {
+                self.resolve_path(*file, tgid);
+            }
+            return;
+        }
+        if let Applied::NewFile { file, tgid } = self.aggregate.apply(&event) {
+            self.resolve_path(file, tgid);
+        }
+    }
+
+    /// Reads every record available now.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut count = 0;
+        while let Some(item) = ring.next() {
+            self.record(&item);
+            count += 1;
+        }
+        count
+    }
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn event_tgid(event: &Event) -> Option<u32> {
+    match event {
+        Event::FirstWrite { task, .. }
+        | Event::NewWriter { task, .. }
+        | Event::HugeSpan { task, .. }
+        | Event::FileSeen { task, .. } => Some(task.tgid),
+    }
+}
+
+pub fn probe_options(
+    btf: &Path,
+    filter: &FilterArgs,
+    include_cow: bool,
+    follow: bool,
+) -> ProbeOptions {
+    ProbeOptions {
+        btf_path: btf.to_path_buf(),
+        filter_by_tgid: follow || !filter.pids.is_empty(),
+        comms: filter.comms.clone(),
+        include_cow,
+        ring_bytes: filter.ring_bytes,
+        dedup_entries: filter.dedup_entries,
+        kernel_debug_logs: log::log_enabled!(log::Level::Debug),
+    }
+}
+
+pub fn check_pids(pids: &[u32]) -> Result<(), UserError> {
+    for &pid in pids {
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            return Err(UserError::NoSuchProcess(pid));
+        }
+    }
+    Ok(())
+}
+
+/// Finds CMD the way a shell would, so a missing command is reported before
+/// anything is loaded.
+pub fn resolve_command(program: &std::ffi::OsStr) -> Result<PathBuf, UserError> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = program.to_string_lossy().into_owned();
+    let candidate = Path::new(program);
+    let found = if candidate.components().count() > 1 {
+        candidate.exists().then(|| candidate.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|path| path.is_file())
+        })
+    };
+    let path = found.ok_or_else(|| UserError::CommandNotFound(name.clone()))?;
+    let executable = std::fs::metadata(&path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false);
+    if !executable {
+        return Err(UserError::CommandNotExecutable(
+            name,
+            "permission denied".into(),
+        ));
+    }
+    Ok(path)
+}
+
+/// The exit code a shell would report for this status.
+pub fn exit_code_of(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        (None, None) => 1,
+    }
+}
+
+/// What to trace.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    pub btf: PathBuf,
+    pub filter: FilterArgs,
+    pub include_cow: bool,
+    /// `-- CMD ARGS`: run it and trace it with its descendants.
+    pub command: Vec<OsString>,
+}
+
+pub struct Session {
+    probes: Probes,
+    ring: AsyncFd<RingBuf<MapData>>,
+    child: Option<tokio::process::Child>,
+    pub collector: Collector,
+    pub started: Instant,
+    pub clock: Clock,
+    pub backend: &'static str,
+    pub backend_reason: String,
+    pub counters: KernelCounters,
+}
+
+impl Session {
+    /// Checks the input, loads and attaches the probes, and starts the
+    /// command if there is one.
+    pub fn start(options: &SessionOptions) -> anyhow::Result<Self> {
+        check_pids(&options.filter.pids)?;
+        let command = match options.command.split_first() {
+            Some((program, rest)) => Some((resolve_command(program)?, rest.to_vec())),
+            None => None,
+        };
+        let (backend, backend_reason) = choose_backend(options.filter.backend);
+        let probe_options = probe_options(
+            &options.btf,
+            &options.filter,
+            options.include_cow,
+            command.is_some(),
+        );
+        let mut probes = Probes::load(&probe_options)?;
+        probes.attach()?;
+        for &pid in &options.filter.pids {
+            probes.trace_tgid(pid, false)?;
+        }
+        // SAFETY: the ring buffer owns its map fd until it is dropped, and
+        // as_raw_fd always returns that fd.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
+                .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
+        let child = match command {
+            Some((path, args)) => Some(spawn_followed(&mut probes, &path, &args)?),
+            None => None,
+        };
+        Ok(Self {
+            probes,
+            ring,
+            child,
+            collector: Collector::new(),
+            started: Instant::now(),
+            clock: Clock::now(),
+            backend,
+            backend_reason,
+            counters: KernelCounters::default(),
+        })
+    }
+
+    pub fn attached_programs(&self) -> usize {
+        self.probes.attached.programs.len()
+    }
+
+    pub fn attach_time(&self) -> std::time::Duration {
+        self.probes.attached.attach_time
+    }
+
+    pub fn dedup_capacity(&self) -> u32 {
+        self.probes.dedup_capacity
+    }
+
+    /// Optional tracepoints this kernel lacks.
+    pub fn missing_tracepoints(&self) -> &[String] {
+        &self.probes.attached.missing
+    }
+
+    /// Waits until records arrive (then reads all of them) or the traced
+    /// command exits. Cancel-safe.
+    pub async fn next_activity(&mut self) -> anyhow::Result<Activity> {
+        let Self {
+            ring,
+            child,
+            collector,
+            ..
+        } = self;
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let count = collector.drain(guard.get_inner_mut());
+                guard.clear_ready();
+                Ok(Activity::Events(count))
+            }
+            status = wait_for(child) => {
+                *child = None;
+                Ok(Activity::CommandExited(status?))
+            }
+        }
+    }
+
+    /// Reads whatever records are there now, without waiting.
+    pub fn drain_now(&mut self) -> usize {
+        self.collector.drain(self.ring.get_mut())
+    }
+
+    pub fn has_command(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Pulls the kernel's per-file stats and counters into the aggregate.
+    pub fn refresh(&mut self) -> anyhow::Result<KernelCounters> {
+        for (file, per_cpu) in self.probes.file_stats()? {
+            self.collector.aggregate.set_kernel_stats(file, &per_cpu);
+        }
+        self.counters = self.probes.counters()?;
+        Ok(self.counters)
+    }
+
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+}
+
+pub enum Activity {
+    /// This many records were read.
+    Events(usize),
+    CommandExited(ExitStatus),
+}
+
+/// The command's exit; never resolves without a command.
+async fn wait_for(child: &mut Option<tokio::process::Child>) -> std::io::Result<ExitStatus> {
+    match child.as_mut() {
+        Some(child) => child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spawns CMD so that the kernel follows it from its first instruction: we
+/// mark ourselves "follow children" for the instant of the fork (we are
+/// never traced ourselves: self_tgid), so the fork tracepoint adds the child.
+fn spawn_followed(
+    probes: &mut Probes,
+    path: &Path,
+    args: &[OsString],
+) -> anyhow::Result<tokio::process::Child> {
+    let me = std::process::id();
+    probes.trace_tgid(me, true)?;
+    let spawned = tokio::process::Command::new(path)
+        .args(args)
+        .kill_on_drop(false)
+        .spawn();
+    probes.untrace_tgid(me)?;
+    Ok(spawned.map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => UserError::CommandNotFound(path.display().to_string()),
+        _ => UserError::CommandNotExecutable(path.display().to_string(), err.to_string()),
+    })?)
+}
+
+/// The report filter matching a session's options.
+pub fn report_filter(options: &SessionOptions) -> ReportFilter {
+    ReportFilter {
+        include_cow: options.include_cow,
+        path_prefixes: options
+            .filter
+            .path_prefixes
+            .iter()
+            .map(|p| canonical_prefix(p))
+            .collect(),
+    }
+}
+
+/// Reports carry canonical paths, so prefixes are made canonical too
+/// (relative paths, `..` and symlinks); one that does not exist yet is made
+/// absolute.
+pub fn canonical_prefix(prefix: &Path) -> PathBuf {
+    std::fs::canonicalize(prefix)
+        .unwrap_or_else(|_| std::path::absolute(prefix).unwrap_or_else(|_| prefix.to_path_buf()))
+}
