@@ -26,8 +26,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use probe_common::{
     counter, event_kind, filter, traced, EventHeader, FileEvent, FileKey, FileStats, KernelOffsets,
-    PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey, EXT4_SUPER_MAGIC, MAX_COMM_FILTERS,
-    PATH_MAX_DEPTH, PMD_PAGES, TASK_COMM_LEN, VM_SHARED, VM_WRITE, X86_PF_WRITE,
+    PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey, WriterStats, WriterStatsKey,
+    EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAX_COMM_FILTERS, PATH_MAX_DEPTH, PMD_PAGES, TASK_COMM_LEN,
+    VM_SHARED, VM_WRITE, X86_PF_WRITE,
 };
 
 /// Field offsets resolved from vmlinux BTF by userspace.
@@ -55,6 +56,19 @@ static FILE_STATS: PerCpuHashMap<FileKey, FileStats> = PerCpuHashMap::with_max_e
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// (cgroup, filesystem, command name) -> fault counts, for metrics labels.
+#[map]
+static WRITER_STATS: PerCpuHashMap<WriterStatsKey, WriterStats> =
+    PerCpuHashMap::with_max_entries(1 << 14, 0);
+
+/// File -> when it was first dirtied since its last completed writeback.
+#[map]
+static DIRTY_SINCE: HashMap<FileKey, u64> = HashMap::with_max_entries(1 << 16, 0);
+
+/// log2 histogram of dirty-to-writeback-complete latency in nanoseconds.
+#[map]
+static WRITEBACK_LATENCY: PerCpuArray<u64> = PerCpuArray::with_max_entries(LATENCY_BUCKETS, 0);
 
 /// Thread id -> its last PMD-mappable shared write fault, for
 /// `writeback_dirty_folio`, which runs later in the same fault (possibly on
@@ -210,8 +224,67 @@ fn submit_page_event(header: EventHeader, page: u64, pages: u64) {
             });
             entry.submit(0);
             bump(counter::EVENTS_SUBMITTED);
+            note_ring_fill();
         }
         None => bump(counter::RINGBUF_DROPS),
+    }
+}
+
+/// Keeps the highest ring-buffer fill seen on this CPU.
+#[inline(always)]
+fn note_ring_fill() {
+    // BPF_RB_AVAIL_DATA: bytes submitted and not yet consumed.
+    let used = EVENTS.query(0);
+    if let Some(peak) = COUNTERS.get_ptr_mut(counter::RING_PEAK_BYTES) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if used > *peak {
+                *peak = used;
+            }
+        }
+    }
+}
+
+/// Counts a fault for its (cgroup, filesystem, command) label set.
+fn account_writer(dev: u32, comm: &[u8; TASK_COMM_LEN], shared: bool) {
+    let key = WriterStatsKey {
+        // SAFETY: no arguments; always valid in tracing programs.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        dev,
+        _pad: 0,
+        comm: *comm,
+    };
+    if let Some(stats) = WRITER_STATS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value slot.
+        unsafe {
+            if shared {
+                (*stats).shared_write_faults += 1;
+            } else {
+                (*stats).cow_faults += 1;
+            }
+        }
+        return;
+    }
+    let stats = WriterStats {
+        shared_write_faults: u64::from(shared),
+        cow_faults: u64::from(!shared),
+    };
+    match WRITER_STATS.insert(&key, &stats, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU created it: count on this CPU's slot.
+        Err(err) if err as i64 == -EEXIST => {
+            if let Some(stats) = WRITER_STATS.get_ptr_mut(&key) {
+                // SAFETY: this CPU's value slot.
+                unsafe {
+                    if shared {
+                        (*stats).shared_write_faults += 1;
+                    } else {
+                        (*stats).cow_faults += 1;
+                    }
+                }
+            }
+        }
+        Err(_) => bump(counter::WRITER_STATS_FULL),
     }
 }
 
@@ -342,6 +415,7 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
         return Ok(());
     }
     let shared = info.flags & VM_SHARED != 0;
+    account_writer(info.dev, &comm, shared);
     if !shared {
         bump(counter::COW_FAULTS);
         if config!(include_cow) == 0 {
@@ -380,6 +454,9 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
     // SAFETY: read-only lookup of a plain u32 value.
     match unsafe { PAGE_SEEN.get(&page_key) } {
         Some(&first_writer) if first_writer == tgid => {}
+        // Another process copying the same page privately modifies nothing:
+        // only writers of the file itself are attributed.
+        Some(_) if !shared => {}
         Some(_) => {
             let writer_key = WriterKey {
                 dev: info.dev,
@@ -506,6 +583,8 @@ fn try_dirty_folio(ctx: &RawTracePointContext) -> Result<(), i64> {
         (*stats).pages_dirtied += pages;
         (*stats).last_dirty_boot_ns = now;
     }
+    // Only the first dirtying since the last completed writeback counts.
+    let _ = DIRTY_SINCE.insert(&key, &now, BPF_NOEXIST as u64);
     if pages == PMD_PAGES {
         let index: u64 = read_kernel(folio, offset!(folio_index))?;
         report_huge_span(&key, index, pages, now);
@@ -629,9 +708,38 @@ fn try_inode_writeback(ctx: &TracePointContext, started: bool) -> Result<(), i64
         } else {
             (*stats).writeback_ends += 1;
             (*stats).last_writeback_end_boot_ns = now;
+            record_writeback_latency(&key, now);
         }
     }
     Ok(())
+}
+
+/// The file's writeback completed: how long since it was first dirtied?
+fn record_writeback_latency(key: &FileKey, now: u64) {
+    // SAFETY: read-only lookup of a plain u64, copied out at once.
+    let Some(since) = (unsafe { DIRTY_SINCE.get(key) }).copied() else {
+        return;
+    };
+    let _ = DIRTY_SINCE.remove(key);
+    let bucket = log2(now.saturating_sub(since));
+    if let Some(slot) = WRITEBACK_LATENCY.get_ptr_mut(bucket) {
+        // SAFETY: per-CPU slot.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// floor(log2(value)), 0 for 0: a branch-only binary search the verifier
+/// follows easily.
+#[inline(always)]
+fn log2(mut value: u64) -> u32 {
+    let mut result = 0;
+    for shift in [32u32, 16, 8, 4, 2, 1] {
+        if value >> shift != 0 {
+            value >>= shift;
+            result += shift;
+        }
+    }
+    result
 }
 
 /// The inode's first folio went under writeback.

@@ -97,11 +97,13 @@ impl FileRecord {
 }
 
 /// What applying an event changed, for the caller's side effects (such as
-/// resolving a path while the writer is still alive).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
-    Nothing,
-    NewFile { file: FileId, tgid: u32 },
+/// resolving a path while the writer is still alive, or counting metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The file was seen for the first time, through this tgid.
+    pub new_file: Option<(FileId, u32)>,
+    /// Pages newly added to the file's shared-write set.
+    pub new_pages: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -147,6 +149,7 @@ impl Aggregate {
 
     pub fn apply(&mut self, event: &Event) -> Applied {
         self.events += 1;
+        let mut new_pages = 0;
         let (file, tgid, created) = match event {
             Event::FirstWrite {
                 file,
@@ -169,7 +172,10 @@ impl Aggregate {
                 if set.insert(*page) {
                     let writer = record.writer(task);
                     match kind {
-                        WriteKind::Shared => writer.pages += 1,
+                        WriteKind::Shared => {
+                            writer.pages += 1;
+                            new_pages = 1;
+                        }
                         WriteKind::Cow => writer.cow_pages += 1,
                     }
                 } else {
@@ -188,7 +194,7 @@ impl Aggregate {
                 let (record, created) = self.record(*file);
                 // The page was reported by its first writer; if that report
                 // was lost, this one still proves the page was written.
-                record.pages_written.insert(*page);
+                new_pages = u64::from(record.pages_written.insert(*page));
                 record.shared_fault_events += 1;
                 record.writer(task);
                 record.note_write_time(*boot_ns);
@@ -205,6 +211,7 @@ impl Aggregate {
                 let end = first_page.saturating_add(*pages);
                 let added = record.pages_written.insert_range(*first_page..end);
                 record.writer(task).pages += added;
+                new_pages = added;
                 record.huge_spans += 1;
                 record.note_write_time(*boot_ns);
                 (*file, task.tgid, created)
@@ -225,10 +232,9 @@ impl Aggregate {
                 (*file, task.tgid, created)
             }
         };
-        if created {
-            Applied::NewFile { file, tgid }
-        } else {
-            Applied::Nothing
+        Applied {
+            new_file: created.then_some((file, tgid)),
+            new_pages,
         }
     }
 
@@ -342,12 +348,18 @@ mod tests {
         let mut agg = Aggregate::new();
         assert_eq!(
             agg.apply(&write(5, 100, 30)),
-            Applied::NewFile {
-                file: FILE,
-                tgid: 100
+            Applied {
+                new_file: Some((FILE, 100)),
+                new_pages: 1
             }
         );
-        assert_eq!(agg.apply(&write(6, 100, 10)), Applied::Nothing);
+        assert_eq!(
+            agg.apply(&write(6, 100, 10)),
+            Applied {
+                new_file: None,
+                new_pages: 1
+            }
+        );
         agg.apply(&write(9, 200, 50));
         let rec = agg.file(&FILE).unwrap();
         assert!(rec.modified());
@@ -363,7 +375,7 @@ mod tests {
     fn a_repeated_first_write_is_not_counted_twice() {
         let mut agg = Aggregate::new();
         agg.apply(&write(5, 100, 1));
-        agg.apply(&write(5, 100, 2));
+        assert_eq!(agg.apply(&write(5, 100, 2)).new_pages, 0);
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(rec.pages_written.len(), 1);
         assert_eq!(rec.writers[&100].pages, 1);
@@ -374,13 +386,14 @@ mod tests {
     fn huge_spans_add_every_page_once() {
         let mut agg = Aggregate::new();
         agg.apply(&write(7, 100, 1));
-        agg.apply(&Event::HugeSpan {
+        let applied = agg.apply(&Event::HugeSpan {
             file: FILE,
             first_page: 0,
             pages: 512,
             task: task(100, "w"),
             boot_ns: 2,
         });
+        assert_eq!(applied.new_pages, 511);
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(page_ranges(&rec.pages_written), vec![[0, 511]]);
         // Page 7 was already counted: 511 more, 512 in all.

@@ -25,8 +25,29 @@ pub struct Cli {
 pub enum Command {
     /// Trace mmap writes, then print one report.
     Trace(TraceArgs),
+    /// Serve Prometheus metrics (OpenMetrics) until stopped.
+    Export(ExportArgs),
     /// Show what this kernel supports and which backend `auto` picks.
     Doctor,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ExportArgs {
+    /// Address to serve /metrics and /healthz on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:9979")]
+    pub listen: std::net::SocketAddr,
+
+    /// Per-file series for this many files with the most pages written
+    /// (plus files under --path-prefix); the rest are summed in path="other".
+    #[arg(long, default_value_t = 20)]
+    pub per_file_top: usize,
+
+    /// How often kernel counters are read into the metrics.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -174,6 +195,29 @@ mod tests {
         assert!(parse(&["trace", "--backend", "magic"]).is_err());
         assert!(parse(&["trace", "--bogus"]).is_err());
         assert!(parse(&["trace", "--ring-bytes", "1000"]).is_err());
+    }
+
+    #[test]
+    fn parses_export() {
+        let Command::Export(args) = parse(&[
+            "export",
+            "--listen",
+            "127.0.0.1:0",
+            "--per-file-top",
+            "5",
+            "--path-prefix",
+            "/srv",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not export")
+        };
+        assert_eq!(args.listen.port(), 0);
+        assert_eq!(args.per_file_top, 5);
+        assert_eq!(args.filter.path_prefixes, vec![PathBuf::from("/srv")]);
+        assert!(parse(&["export", "--listen", "localhost"]).is_err());
+        assert!(parse(&["export", "--listen", "300.1.1.1:80"]).is_err());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum UserError {
     CommandNotExecutable(String, String),
     #[error("{0}")]
     Usage(String),
+    #[error("cannot listen on {0}: the address is already in use")]
+    AddressInUse(std::net::SocketAddr),
 }
 
 impl UserError {
@@ -41,6 +43,7 @@ impl UserError {
             UserError::CommandNotFound(_) => exit_code::COMMAND_NOT_FOUND,
             UserError::CommandNotExecutable(..) => exit_code::COMMAND_NOT_EXECUTABLE,
             UserError::Usage(_) => exit_code::USAGE,
+            UserError::AddressInUse(_) => exit_code::ADDRESS_IN_USE,
         }
     }
 }

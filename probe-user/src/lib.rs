@@ -7,6 +7,7 @@ pub mod cli;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod exporter;
 pub mod loader;
 pub mod paths;
 pub mod report;

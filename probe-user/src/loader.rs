@@ -12,7 +12,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use probe_common::{
-    counter, filter, FileKey, FileStats, ProbeConfig, MAX_COMM_FILTERS, TASK_COMM_LEN,
+    counter, filter, FileKey, FileStats, ProbeConfig, WriterStats, WriterStatsKey, LATENCY_BUCKETS,
+    MAX_COMM_FILTERS, TASK_COMM_LEN,
 };
 
 use crate::{
@@ -244,6 +245,10 @@ pub struct KernelCounters {
     pub cow_faults: u64,
     pub events_submitted: u64,
     pub writer_insert_failed: u64,
+    pub huge_spans: u64,
+    pub writer_stats_full: u64,
+    /// Highest ring-buffer fill seen, in bytes.
+    pub ring_peak_bytes: u64,
 }
 
 impl KernelCounters {
@@ -269,6 +274,15 @@ pub struct Probes {
     ebpf: Ebpf,
     pub attached: Attached,
     pub dedup_capacity: u32,
+    pub ring_bytes: u32,
+}
+
+/// (cgroup id, kernel dev, command name) of a writer label set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriterLabel {
+    pub cgroup_id: u64,
+    pub dev: u32,
+    pub comm: String,
 }
 
 fn comm_bytes(comm: &str) -> [u8; TASK_COMM_LEN] {
@@ -280,6 +294,8 @@ fn comm_bytes(comm: &str) -> [u8; TASK_COMM_LEN] {
 }
 
 const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 20;
+/// The ring buffer's size in the eBPF object.
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
 impl Probes {
     /// Checks privileges and kernel support, then loads the eBPF object with
@@ -359,6 +375,7 @@ impl Probes {
             ebpf,
             attached: Attached::default(),
             dedup_capacity,
+            ring_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
         })
     }
 
@@ -441,7 +458,12 @@ impl Probes {
                 map: "COUNTERS",
                 reason: err.to_string(),
             })?;
-            *total = values.iter().sum();
+            // Every slot is a per-CPU count but the peak, a per-CPU maximum.
+            *total = if index as u32 == counter::RING_PEAK_BYTES {
+                values.iter().copied().max().unwrap_or(0)
+            } else {
+                values.iter().sum()
+            };
         }
         Ok(KernelCounters {
             ringbuf_drops: totals[counter::RINGBUF_DROPS as usize],
@@ -453,7 +475,63 @@ impl Probes {
             cow_faults: totals[counter::COW_FAULTS as usize],
             events_submitted: totals[counter::EVENTS_SUBMITTED as usize],
             writer_insert_failed: totals[counter::WRITER_INSERT_FAILED as usize],
+            huge_spans: totals[counter::HUGE_SPANS as usize],
+            writer_stats_full: totals[counter::WRITER_STATS_FULL as usize],
+            ring_peak_bytes: totals[counter::RING_PEAK_BYTES as usize],
         })
+    }
+
+    /// Fault counts per (cgroup, filesystem, command), summed over CPUs.
+    pub fn writer_stats(&self) -> Result<Vec<(WriterLabel, WriterStats)>, LoadError> {
+        let map: PerCpuHashMap<_, WriterStatsKey, WriterStats> = self.typed_map("WRITER_STATS")?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let Ok((key, values)) = item else { continue };
+            let mut total = WriterStats::default();
+            for v in values.iter() {
+                total.shared_write_faults += v.shared_write_faults;
+                total.cow_faults += v.cow_faults;
+            }
+            let end = key
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(key.comm.len());
+            out.push((
+                WriterLabel {
+                    cgroup_id: key.cgroup_id,
+                    dev: key.dev,
+                    comm: String::from_utf8_lossy(&key.comm[..end]).into_owned(),
+                },
+                total,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Dirty-to-writeback latency: count per log2(ns) bucket.
+    pub fn writeback_latency(&self) -> Result<[u64; LATENCY_BUCKETS as usize], LoadError> {
+        let map: PerCpuArray<_, u64> = self.typed_map("WRITEBACK_LATENCY")?;
+        let mut buckets = [0u64; LATENCY_BUCKETS as usize];
+        for (index, bucket) in buckets.iter_mut().enumerate() {
+            let values = map.get(&(index as u32), 0).map_err(|err| LoadError::Map {
+                map: "WRITEBACK_LATENCY",
+                reason: err.to_string(),
+            })?;
+            *bucket = values.iter().sum();
+        }
+        Ok(buckets)
+    }
+
+    /// (program name, run time, run count) when kernel.bpf_stats_enabled is on.
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_string(), info.run_time(), info.run_count()))
+            })
+            .collect()
     }
 
     /// Every file's per-CPU counters.

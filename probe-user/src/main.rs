@@ -5,7 +5,7 @@ use probe_user::{
     cli::{Cli, Command},
     doctor,
     error::{exit_code, exit_code_for},
-    trace,
+    exporter, trace,
 };
 
 fn main() -> ExitCode {
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => trace::run(&cli.btf, args).await,
+            Command::Export(args) => exporter::run(&cli.btf, args).await,
             Command::Doctor => {
                 print!("{}", doctor::render(&doctor::checks(&cli.btf)));
                 Ok(0)

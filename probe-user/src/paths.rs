@@ -48,8 +48,12 @@ pub struct MountTable {
 }
 
 impl MountTable {
+    /// The host's mounts: init's view (a container run with hostPID sees the
+    /// host through /proc/1), else our own.
     pub fn read() -> Self {
-        std::fs::read_to_string("/proc/self/mountinfo")
+        ["/proc/1/mountinfo", "/proc/self/mountinfo"]
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
             .map(|text| Self::parse(&text))
             .unwrap_or_default()
     }
@@ -91,7 +95,22 @@ impl MountTable {
 
     /// The filesystem type of the file's device, if mounted.
     pub fn fs_type(&self, file: FileId) -> Option<&str> {
-        self.for_file(file).next().map(|m| m.fs_type.as_str())
+        self.mount_of(file).map(|m| m.fs_type.as_str())
+    }
+
+    /// The mount of the file's device, preferring one of its whole filesystem.
+    pub fn mount_of(&self, file: FileId) -> Option<&Mount> {
+        self.for_file(file)
+            .find(|m| m.root == "/")
+            .or_else(|| self.for_file(file).next())
+    }
+
+    /// Where a filesystem of this type is mounted (e.g. cgroup2).
+    pub fn mount_point_of_type(&self, fs_type: &str) -> Option<&str> {
+        self.mounts
+            .iter()
+            .find(|m| m.fs_type == fs_type)
+            .map(|m| m.mount_point.as_str())
     }
 
     /// Full path of a file from its dentry names (leaf first), through a

@@ -3,6 +3,7 @@
 //! refreshed on demand, and an optional traced command.
 
 use std::{
+    collections::HashMap,
     ffi::OsString,
     path::{Path, PathBuf},
     process::ExitStatus,
@@ -38,6 +39,9 @@ pub fn choose_backend(choice: BackendChoice) -> (&'static str, String) {
 pub struct Collector {
     pub aggregate: Aggregate,
     pub undecodable: u64,
+    /// When set, pages newly written per (comm, cgroup id, file) are summed
+    /// here until taken (for metrics).
+    pub page_counts: Option<HashMap<(String, u64, FileId), u64>>,
     mounts: MountTable,
     proc_root: PathBuf,
 }
@@ -47,6 +51,7 @@ impl Collector {
         Self {
             aggregate: Aggregate::new(),
             undecodable: 0,
+            page_counts: None,
             mounts: MountTable::read(),
             proc_root: PathBuf::from("/proc"),
         }
@@ -92,9 +97,24 @@ impl Collector {
             }
             return;
         }
-        if let Applied::NewFile { file, tgid } = self.aggregate.apply(&event) {
+        if let Some((file, tgid)) = self.apply(&event).new_file {
             self.resolve_path(file, tgid);
         }
+    }
+
+    fn apply(&mut self, event: &Event) -> Applied {
+        let applied = self.aggregate.apply(event);
+        if let (Some(counts), Some(task), true) = (
+            self.page_counts.as_mut(),
+            event_task(event),
+            applied.new_pages > 0,
+        ) {
+            let file = event_file(event);
+            *counts
+                .entry((task.comm.clone(), task.cgroup_id, file))
+                .or_default() += applied.new_pages;
+        }
+        applied
     }
 
     /// Reads every record available now.
@@ -114,12 +134,25 @@ impl Default for Collector {
     }
 }
 
-fn event_tgid(event: &Event) -> Option<u32> {
+fn event_task(event: &Event) -> Option<&crate::events::Task> {
     match event {
         Event::FirstWrite { task, .. }
         | Event::NewWriter { task, .. }
         | Event::HugeSpan { task, .. }
-        | Event::FileSeen { task, .. } => Some(task.tgid),
+        | Event::FileSeen { task, .. } => Some(task),
+    }
+}
+
+fn event_tgid(event: &Event) -> Option<u32> {
+    event_task(event).map(|task| task.tgid)
+}
+
+fn event_file(event: &Event) -> FileId {
+    match event {
+        Event::FirstWrite { file, .. }
+        | Event::NewWriter { file, .. }
+        | Event::HugeSpan { file, .. }
+        | Event::FileSeen { file, .. } => *file,
     }
 }
 

@@ -161,6 +161,33 @@ fn private_mapping_writes_are_cow_only() {
     assert_eq!(entry["writers"][0]["comm"], COMM);
 }
 
+/// Regression: a second process copying the same pages privately must not
+/// make the file look modified.
+#[test]
+fn two_processes_copying_the_same_pages_are_still_cow_only() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("private-by-two.bin");
+    let run = trace_workload(
+        &["--include-cow", "--path-prefix", &path_arg(dir.path())],
+        &[
+            "two-private",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "8",
+            "--pages",
+            "1,2",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    assert_eq!(entry["modified"], false, "{entry:#}");
+    assert_eq!(ranges(&entry["pages_written"]), vec![]);
+    assert_eq!(ranges(&entry["cow_pages"]), vec![(1, 2)]);
+    assert_eq!(entry["cow_faults"], 4);
+}
+
 #[test]
 fn write_syscalls_are_not_mmap_writes() {
     require_root();

@@ -271,7 +271,12 @@ fn run_mmapwatch(args: &[OsString]) -> Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// What the integration tests drive besides mmapwatch: a real Prometheus
+/// server (and its promtool) for the exporter tests.
+const TEST_PACKAGES: &[&str] = &["prometheus"];
+
 fn test() -> Result<()> {
+    ensure_apt(TEST_PACKAGES)?;
     step("unit tests");
     run(cargo().args([
         "test",

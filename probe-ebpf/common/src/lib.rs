@@ -58,7 +58,37 @@ pub mod counter {
     pub const WRITER_INSERT_FAILED: u32 = 8;
     /// Write faults that mapped a whole huge folio writable.
     pub const HUGE_SPANS: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// The per-writer stats map was full: a writer's fault counts were not kept.
+    pub const WRITER_STATS_FULL: u32 = 10;
+    /// Highest ring-buffer fill seen after a submit, in bytes (a maximum,
+    /// not a sum: userspace takes the largest across CPUs).
+    pub const RING_PEAK_BYTES: u32 = 11;
+    pub const COUNT: u32 = 12;
+}
+
+/// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts
+/// latencies in [2^k, 2^(k+1)) nanoseconds.
+pub const LATENCY_BUCKETS: u32 = 64;
+
+/// Key of the per-writer fault counters: bounded label sets for metrics
+/// (command name, cgroup, filesystem), never per process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct WriterStatsKey {
+    pub cgroup_id: u64,
+    pub dev: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Per-CPU value of the per-writer fault counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct WriterStats {
+    pub shared_write_faults: u64,
+    pub cow_faults: u64,
 }
 
 /// Bits of [`ProbeConfig::filter_flags`].
@@ -304,6 +334,8 @@ mod pod {
     unsafe impl aya::Pod for super::PageKey {}
     unsafe impl aya::Pod for super::WriterKey {}
     unsafe impl aya::Pod for super::FileStats {}
+    unsafe impl aya::Pod for super::WriterStatsKey {}
+    unsafe impl aya::Pod for super::WriterStats {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProbeConfig {}
 }

@@ -98,6 +98,15 @@ enum Case {
         #[arg(long, value_delimiter = ',')]
         second: Vec<u64>,
     },
+    /// Two child processes write the same pages through private mappings.
+    TwoPrivate {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
     /// read(2) from another file into pages of a shared mapping: the kernel
     /// stores into the mapped file.
     ReadInto {
@@ -210,6 +219,21 @@ fn file_pmd_mapped_kb() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn write_private(file: &PathBuf, size_pages: u64, pages: &[u64]) -> Result<()> {
+    let handle = open_sized(file, size_pages)?;
+    check_pages(pages, size_pages)?;
+    // SAFETY: the file is private to the test.
+    let mut map = unsafe {
+        MmapOptions::new()
+            .len(size_pages as usize * PAGE)
+            .map_copy(&handle)?
+    };
+    for &page in pages {
+        map[page as usize * PAGE] = 0xa5;
+    }
+    Ok(())
 }
 
 fn report_pid(role: &str) {
@@ -361,6 +385,21 @@ fn main() -> Result<()> {
                 write_shared(&file, size_pages, 0, &second, false)
             })?;
             wait(b)
+        }
+        Case::TwoPrivate {
+            file,
+            size_pages,
+            pages,
+        } => {
+            drop(open_sized(&file, size_pages)?);
+            for role in ["first", "second"] {
+                let child = fork_and(|| {
+                    report_pid(role);
+                    write_private(&file, size_pages, &pages)
+                })?;
+                wait(child)?;
+            }
+            Ok(())
         }
         Case::ReadInto {
             file,

@@ -1,0 +1,344 @@
+//! `mmapwatch export` against the real kernel: scraped over loopback, by a
+//! real Prometheus server, and under concurrent scrapes.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{mmapwatch_bin, path_arg, require_root, scratch_dir};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
+
+/// A running exporter on an ephemeral loopback port; killed on drop.
+struct Exporter {
+    child: Child,
+    port: u16,
+}
+
+impl Exporter {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(mmapwatch_bin())
+            .args(["export", "--listen", "127.0.0.1:0", "--interval", "200ms"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mmapwatch export");
+        let mut line = String::new();
+        BufReader::new(child.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "mmapwatch: serving metrics on http://127.0.0.1:PORT/metrics (...)"
+        let port = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("no address in: {line}"));
+        Self { child, port }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path)
+    }
+
+    /// The value of one exact series, or 0 if absent.
+    fn value(&self, series: &str) -> f64 {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback (no client crate needed for this).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn write_pages(file: &Path, size_pages: u64, pages: &str) {
+    let status = Command::new(WORKLOAD)
+        .args([
+            "shared",
+            "--file",
+            &path_arg(file),
+            "--size-pages",
+            &size_pages.to_string(),
+            "--pages",
+            pages,
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_and_healthz_over_loopback() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("exported.bin");
+    let exporter = Exporter::start(&["--path-prefix", &path_arg(dir.path())]);
+    assert_eq!(exporter.get("/healthz"), (200, "ok\n".to_string()));
+    let (status, _) = exporter.get("/nope");
+    assert_eq!(status, 404);
+
+    write_pages(&file, 16, "0,5,6,7");
+    let path = std::fs::canonicalize(&file).unwrap();
+    let series = format!(
+        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
+        path.display()
+    );
+    wait_for("the file's series", Duration::from_secs(10), || {
+        exporter.value(&series) == 4.0
+    });
+    let (_, body) = exporter.get("/metrics");
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text");
+    assert!(
+        body.contains("# TYPE mmapwatch_pages_first_written counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"mmapwatch_backend{backend="tracepoint"} 1"#),
+        "{body}"
+    );
+    // No label is per process.
+    assert!(!body.contains("pid="), "{body}");
+}
+
+/// The issue's acceptance test: a real Prometheus scrapes the exporter while
+/// a workload writes; its HTTP API shows the workload's pages.
+#[test]
+fn a_real_prometheus_scrapes_the_workload_pages() {
+    require_root();
+    let prometheus = Path::new("/usr/bin/prometheus");
+    assert!(
+        prometheus.exists(),
+        "Debian's prometheus is missing: cargo xtask test installs it"
+    );
+    let dir = scratch_dir();
+    let exporter = Exporter::start(&[]);
+
+    let prom_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: mmapwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            exporter.port
+        ),
+    )
+    .unwrap();
+    let mut server = KillOnDrop(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+
+    let query = |promql: &str| -> Option<f64> {
+        // Refused until Prometheus listens: treated as "no answer yet".
+        TcpStream::connect(("127.0.0.1", prom_port)).ok()?;
+        let (status, body) = http_get(
+            prom_port,
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+        );
+        if status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let result = json["data"]["result"].as_array()?;
+        result.first()?["value"][1].as_str()?.parse().ok()
+    };
+    let up = "up{job=\"mmapwatch\"}";
+    wait_for(
+        "Prometheus to scrape mmapwatch",
+        Duration::from_secs(60),
+        || query(up) == Some(1.0),
+    );
+
+    // The workload's own command name labels its pages.
+    let series = r#"sum(mmapwatch_pages_first_written_total{comm="mw-workload"})"#;
+    let before = query(series).unwrap_or(0.0);
+    let file = dir.path().join("scraped.bin");
+    write_pages(&file, 64, "0,1,2,3,10,20,30,40,50,63");
+    let expected = before + 10.0;
+    wait_for("the pages in Prometheus", Duration::from_secs(30), || {
+        query(series) == Some(expected)
+    });
+    // And they rose by exactly the pages written, no more.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(query(series), Some(expected));
+    // The label is right: Prometheus groups the pages under the workload's
+    // command name, with its filesystem.
+    let by_comm =
+        r#"sum by (comm, fs) (mmapwatch_pages_first_written_total{comm="mw-workload",fs="ext4"})"#;
+    assert_eq!(query(by_comm), Some(expected));
+    server.0.kill().ok();
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Concurrent scrapes (bounded in count and time, loopback only) while a
+/// workload writes: every scrape succeeds and memory stays flat.
+#[test]
+fn concurrent_scrapes_under_load_all_succeed_with_flat_memory() {
+    require_root();
+    let dir = scratch_dir();
+    let exporter = Exporter::start(&[]);
+    let port = exporter.port;
+    // Warm up: first scrapes allocate the series.
+    for _ in 0..20 {
+        assert_eq!(exporter.get("/metrics").0, 200);
+    }
+    let rss_before = exporter.rss_kib();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let writer_dir = dir.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        for round in 0..20 {
+            write_pages(
+                &writer_dir.join(format!("load-{round}.bin")),
+                64,
+                "0,7,13,21,34,55",
+            );
+        }
+    });
+    let scrapers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                for _ in 0..50 {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let (status, body) = http_get(port, "/metrics");
+                    assert_eq!(status, 200);
+                    assert!(body.ends_with("# EOF\n"));
+                    ok += 1;
+                }
+                ok
+            })
+        })
+        .collect();
+    let scrapes: usize = scrapers.into_iter().map(|t| t.join().unwrap()).sum();
+    writer.join().unwrap();
+    assert!(scrapes >= 100, "only {scrapes} scrapes in 20 s");
+
+    // All 20 rounds x 6 pages reach the counter (the cgroup label depends on
+    // where the test runs, so it is summed over).
+    let pages = r#"mmapwatch_pages_first_written_total{comm="mw-workload","#;
+    wait_for("all pages counted", Duration::from_secs(10), || {
+        let (_, body) = exporter.get("/metrics");
+        let total: f64 = body
+            .lines()
+            .filter(|l| l.starts_with(pages))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        total == 120.0
+    });
+    let rss_after = exporter.rss_kib();
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB over {scrapes} scrapes"
+    );
+}
+
+/// The shipped static scrape config is valid for Prometheus' own checker.
+#[test]
+fn shipped_scrape_config_is_valid() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus-static.yaml");
+    let output = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .expect("promtool");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
