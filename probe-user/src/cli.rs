@@ -25,10 +25,30 @@ pub struct Cli {
 pub enum Command {
     /// Trace mmap writes, then print one report.
     Trace(TraceArgs),
+    /// Live dashboard of files modified through mmap.
+    Top(TopArgs),
     /// Serve Prometheus metrics (OpenMetrics) until stopped.
     Export(ExportArgs),
     /// Show what this kernel supports and which backend `auto` picks.
     Doctor,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TopArgs {
+    /// Screen refresh interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Also list files only written through private mappings (copy-on-write).
+    #[arg(long)]
+    pub include_cow: bool,
+
+    /// Run CMD and trace it and all its descendants.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -103,6 +123,10 @@ pub struct TraceArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Write every decoded event to FILE as JSON lines (for replay and debugging).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 
     /// Run CMD and trace it and all its descendants; exit with its exit code.
     #[arg(last = true, value_name = "CMD")]

@@ -7,7 +7,9 @@ use probe_common::{event_kind, EventHeader, FileEvent, PageEvent, PATH_MAX_DEPTH
 use zerocopy::FromBytes;
 
 /// Identity of a file: the kernel's `dev_t` (`major << 20 | minor`) and inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FileId {
     pub dev: u32,
     pub ino: u64,
@@ -39,7 +41,7 @@ impl FileId {
 }
 
 /// Who caused an event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub pid: u32,
     pub tgid: u32,
@@ -47,7 +49,7 @@ pub struct Task {
     pub cgroup_id: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WriteKind {
     /// Through a shared mapping: the file is modified.
     Shared,
@@ -55,7 +57,9 @@ pub enum WriteKind {
     Cow,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serializable so sessions can be recorded (`trace --record`) and
+/// replayed, e.g. into the dashboard's snapshot tests.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// First write to a page (per kind).
     FirstWrite {

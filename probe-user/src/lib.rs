@@ -13,3 +13,4 @@ pub mod paths;
 pub mod report;
 pub mod session;
 pub mod trace;
+pub mod tui;

@@ -5,7 +5,7 @@ use probe_user::{
     cli::{Cli, Command},
     doctor,
     error::{exit_code, exit_code_for},
-    exporter, trace,
+    exporter, trace, tui,
 };
 
 fn main() -> ExitCode {
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::run(&cli.btf, args).await,
             Command::Export(args) => exporter::run(&cli.btf, args).await,
+            Command::Top(args) => tui::run(&cli.btf, args).await,
             Command::Doctor => {
                 print!("{}", doctor::render(&doctor::checks(&cli.btf)));
                 Ok(0)

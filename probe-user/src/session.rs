@@ -39,6 +39,8 @@ pub fn choose_backend(choice: BackendChoice) -> (&'static str, String) {
 pub struct Collector {
     pub aggregate: Aggregate,
     pub undecodable: u64,
+    /// When set, every decoded event is written here as a JSON line.
+    pub recorder: Option<std::io::BufWriter<std::fs::File>>,
     /// When set, pages newly written per (comm, cgroup id, file) are summed
     /// here until taken (for metrics).
     pub page_counts: Option<HashMap<(String, u64, FileId), u64>>,
@@ -51,6 +53,7 @@ impl Collector {
         Self {
             aggregate: Aggregate::new(),
             undecodable: 0,
+            recorder: None,
             page_counts: None,
             mounts: MountTable::read(),
             proc_root: PathBuf::from("/proc"),
@@ -76,6 +79,16 @@ impl Collector {
                 return;
             }
         };
+        if let Some(recorder) = self.recorder.as_mut() {
+            use std::io::Write as _;
+            let written = serde_json::to_writer(&mut *recorder, &event)
+                .map_err(std::io::Error::from)
+                .and_then(|()| recorder.write_all(b"\n"));
+            if let Err(err) = written {
+                log::warn!("recording stopped: {err}");
+                self.recorder = None;
+            }
+        }
         if let Event::FileSeen {
             file,
             components,

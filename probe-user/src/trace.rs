@@ -27,6 +27,11 @@ pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
         command: args.command.clone(),
     };
     let mut session = Session::start(&options)?;
+    if let Some(path) = &args.record {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        session.collector.recorder = Some(std::io::BufWriter::new(file));
+    }
     if !session.has_command() {
         announce(&session, &args);
     }
@@ -80,6 +85,10 @@ pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
             fs_type: &fs_type,
         },
     );
+    if let Some(mut recorder) = session.collector.recorder.take() {
+        use std::io::Write as _;
+        recorder.flush().context("writing the recording")?;
+    }
     drop(session);
     if args.json {
         println!(

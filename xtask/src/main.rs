@@ -272,8 +272,8 @@ fn run_mmapwatch(args: &[OsString]) -> Result<()> {
 }
 
 /// What the integration tests drive besides mmapwatch: a real Prometheus
-/// server (and its promtool) for the exporter tests.
-const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// server (and its promtool) for the exporter, tmux for the dashboard.
+const TEST_PACKAGES: &[&str] = &["prometheus", "tmux"];
 
 fn test() -> Result<()> {
     ensure_apt(TEST_PACKAGES)?;

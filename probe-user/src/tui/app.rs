@@ -1,0 +1,558 @@
+//! The dashboard's model and its `update` (Elm style): every change comes
+//! in as a [`Message`]; rendering reads the model and changes nothing.
+
+use std::collections::{HashMap, VecDeque};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use super::snapshot::{Detail, FileRow, ProcessRow, Snapshot};
+use crate::events::FileId;
+
+/// Intervals of write-fault history kept per file (the detail sparkline).
+pub const HISTORY: usize = 120;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Files,
+    Detail,
+    Processes,
+}
+
+/// Sortable columns of the files view, in display order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    Path,
+    Pages,
+    PagesInterval,
+    FaultsPerSec,
+    Cow,
+    Writers,
+    Writeback,
+    LastWrite,
+}
+
+impl Column {
+    pub const ALL: [Column; 8] = [
+        Column::Path,
+        Column::Pages,
+        Column::PagesInterval,
+        Column::FaultsPerSec,
+        Column::Cow,
+        Column::Writers,
+        Column::Writeback,
+        Column::LastWrite,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Column::Path => "PATH",
+            Column::Pages => "PAGES",
+            Column::PagesInterval => "+PAGES",
+            Column::FaultsPerSec => "FAULTS/s",
+            Column::Cow => "COW",
+            Column::Writers => "WRITERS",
+            Column::Writeback => "WRITEBACK",
+            Column::LastWrite => "LAST WRITE",
+        }
+    }
+
+    /// Short titles for narrow terminals.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            Column::Path => "PATH",
+            Column::Pages => "PAGES",
+            Column::PagesInterval => "+PG",
+            Column::FaultsPerSec => "FLT/s",
+            Column::Cow => "COW",
+            Column::Writers => "WR",
+            Column::Writeback => "WRITEBACK",
+            Column::LastWrite => "AGE",
+        }
+    }
+
+    fn next(self) -> Column {
+        let index = Column::ALL.iter().position(|c| *c == self).unwrap_or(0);
+        Column::ALL[(index + 1) % Column::ALL.len()]
+    }
+}
+
+/// A file row with what the dashboard derives between ticks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileLine {
+    pub row: FileRow,
+    pub pages_interval: u64,
+    pub faults_per_sec: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A new snapshot, `interval_s` after the previous one.
+    Tick(Box<SnapshotMessage>),
+    Key(KeyEvent),
+    /// The traced command exited with this code.
+    CommandExited(u8),
+}
+
+/// A snapshot as a message (boxed: it is large).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotMessage {
+    pub snapshot: Snapshot,
+    pub interval_s: f64,
+}
+
+impl Eq for SnapshotMessage {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    None,
+    Quit,
+}
+
+/// Static facts for the status bar.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Info {
+    pub backend: String,
+    pub interval_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct App {
+    pub info: Info,
+    pub view: View,
+    pub sort: Column,
+    pub descending: bool,
+    pub filter: String,
+    pub editing_filter: bool,
+    pub paused: bool,
+    pub show_help: bool,
+    /// Selection in the files view, by identity so it survives re-sorting.
+    pub selected_file: Option<FileId>,
+    pub selected_process: usize,
+    pub files: Vec<FileLine>,
+    pub processes: Vec<ProcessRow>,
+    pub detail: Option<Detail>,
+    pub history: HashMap<FileId, VecDeque<u64>>,
+    pub lost_events: u64,
+    pub events: u64,
+    pub now_boot_ns: u64,
+    pub command_exit: Option<u8>,
+    previous: HashMap<FileId, (u64, u64)>,
+}
+
+impl App {
+    pub fn new(info: Info) -> Self {
+        Self {
+            info,
+            view: View::Files,
+            sort: Column::Pages,
+            descending: true,
+            filter: String::new(),
+            editing_filter: false,
+            paused: false,
+            show_help: false,
+            selected_file: None,
+            selected_process: 0,
+            files: Vec::new(),
+            processes: Vec::new(),
+            detail: None,
+            history: HashMap::new(),
+            lost_events: 0,
+            events: 0,
+            now_boot_ns: 0,
+            command_exit: None,
+            previous: HashMap::new(),
+        }
+    }
+
+    /// The file the detail view shows (or would show), for the snapshot.
+    pub fn detail_target(&self) -> Option<FileId> {
+        match self.view {
+            View::Detail => self.selected_file,
+            _ => None,
+        }
+    }
+
+    /// Rows of the files view after filtering and sorting.
+    pub fn visible_files(&self) -> Vec<&FileLine> {
+        let needle = self.filter.to_lowercase();
+        let mut rows: Vec<&FileLine> = self
+            .files
+            .iter()
+            .filter(|f| needle.is_empty() || f.row.path.to_lowercase().contains(&needle))
+            .collect();
+        rows.sort_by(|a, b| {
+            let order = match self.sort {
+                Column::Path => a.row.path.cmp(&b.row.path),
+                Column::Pages => a.row.pages.cmp(&b.row.pages),
+                Column::PagesInterval => a.pages_interval.cmp(&b.pages_interval),
+                Column::FaultsPerSec => a.faults_per_sec.total_cmp(&b.faults_per_sec),
+                Column::Cow => a.row.cow_pages.cmp(&b.row.cow_pages),
+                Column::Writers => a.row.writers.cmp(&b.row.writers),
+                Column::Writeback => a.row.writeback.label().cmp(b.row.writeback.label()),
+                Column::LastWrite => a.row.last_write_boot_ns.cmp(&b.row.last_write_boot_ns),
+            };
+            let order = if self.descending {
+                order.reverse()
+            } else {
+                order
+            };
+            // Stable across ticks: ties by path, then inode.
+            order
+                .then_with(|| a.row.path.cmp(&b.row.path))
+                .then(a.row.id.cmp(&b.row.id))
+        });
+        rows
+    }
+
+    pub fn selected_index(&self) -> usize {
+        let rows = self.visible_files();
+        self.selected_file
+            .and_then(|id| rows.iter().position(|r| r.row.id == id))
+            .unwrap_or(0)
+    }
+
+    fn select_index(&mut self, index: usize) {
+        let rows = self.visible_files();
+        self.selected_file = rows
+            .get(index.min(rows.len().saturating_sub(1)))
+            .map(|r| r.row.id);
+    }
+
+    fn move_selection(&mut self, delta: isize) {
+        match self.view {
+            View::Files => {
+                let len = self.visible_files().len();
+                if len == 0 {
+                    return;
+                }
+                let index = self.selected_index() as isize + delta;
+                self.select_index(index.clamp(0, len as isize - 1) as usize);
+            }
+            View::Processes => {
+                let len = self.processes.len();
+                if len > 0 {
+                    let index = self.selected_process as isize + delta;
+                    self.selected_process = index.clamp(0, len as isize - 1) as usize;
+                }
+            }
+            View::Detail => {}
+        }
+    }
+
+    fn ingest(&mut self, message: SnapshotMessage) {
+        let SnapshotMessage {
+            snapshot,
+            interval_s,
+        } = message;
+        let interval_s = if interval_s > 0.0 { interval_s } else { 1.0 };
+        let mut files = Vec::with_capacity(snapshot.files.len());
+        for row in snapshot.files {
+            let (previous_pages, previous_faults) =
+                self.previous.get(&row.id).copied().unwrap_or((0, 0));
+            let fault_delta = row.write_faults.saturating_sub(previous_faults);
+            let history = self.history.entry(row.id).or_default();
+            history.push_back(fault_delta);
+            while history.len() > HISTORY {
+                history.pop_front();
+            }
+            self.previous.insert(row.id, (row.pages, row.write_faults));
+            files.push(FileLine {
+                pages_interval: row.pages.saturating_sub(previous_pages),
+                faults_per_sec: fault_delta as f64 / interval_s,
+                row,
+            });
+        }
+        self.files = files;
+        self.processes = snapshot.processes;
+        self.processes
+            .sort_by(|a, b| b.pages.cmp(&a.pages).then(a.tgid.cmp(&b.tgid)));
+        self.detail = snapshot.detail;
+        self.lost_events = snapshot.lost_events;
+        self.events = snapshot.events;
+        self.now_boot_ns = snapshot.now_boot_ns;
+        if self.selected_file.is_none()
+            || !self
+                .visible_files()
+                .iter()
+                .any(|r| Some(r.row.id) == self.selected_file)
+        {
+            self.select_index(0);
+        }
+        self.selected_process = self
+            .selected_process
+            .min(self.processes.len().saturating_sub(1));
+    }
+
+    fn key(&mut self, key: KeyEvent) -> Action {
+        if key.kind == KeyEventKind::Release {
+            return Action::None;
+        }
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return Action::Quit;
+        }
+        if self.editing_filter {
+            match key.code {
+                KeyCode::Enter => self.editing_filter = false,
+                KeyCode::Esc => {
+                    self.editing_filter = false;
+                    self.filter.clear();
+                }
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                }
+                KeyCode::Char(c) => self.filter.push(c),
+                _ => {}
+            }
+            self.select_index(0);
+            return Action::None;
+        }
+        if self.show_help {
+            // Any key closes help; q still quits.
+            self.show_help = false;
+            return if key.code == KeyCode::Char('q') {
+                Action::Quit
+            } else {
+                Action::None
+            };
+        }
+        match key.code {
+            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Esc => match self.view {
+                View::Detail => self.view = View::Files,
+                _ if !self.filter.is_empty() => {
+                    self.filter.clear();
+                    self.select_index(0);
+                }
+                _ => return Action::Quit,
+            },
+            KeyCode::Char('?') => self.show_help = true,
+            KeyCode::Char('p') => self.paused = !self.paused,
+            KeyCode::Char('/') if self.view == View::Files => {
+                self.editing_filter = true;
+                self.filter.clear();
+            }
+            KeyCode::Tab => {
+                self.view = match self.view {
+                    View::Processes => View::Files,
+                    View::Files | View::Detail => View::Processes,
+                }
+            }
+            KeyCode::Enter if self.view == View::Files && self.selected_file.is_some() => {
+                self.view = View::Detail
+            }
+            KeyCode::Backspace | KeyCode::Left if self.view == View::Detail => {
+                self.view = View::Files
+            }
+            KeyCode::Char('s') => self.sort = self.sort.next(),
+            KeyCode::Char('r') => self.descending = !self.descending,
+            KeyCode::Char(c @ '1'..='8') => {
+                let column = Column::ALL[c as usize - '1' as usize];
+                if self.sort == column {
+                    self.descending = !self.descending;
+                } else {
+                    self.sort = column;
+                    self.descending = column != Column::Path;
+                }
+            }
+            KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
+            KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
+            KeyCode::PageDown => self.move_selection(20),
+            KeyCode::PageUp => self.move_selection(-20),
+            KeyCode::Home | KeyCode::Char('g') => self.move_selection(isize::MIN / 2),
+            KeyCode::End | KeyCode::Char('G') => self.move_selection(isize::MAX / 2),
+            _ => {}
+        }
+        Action::None
+    }
+}
+
+/// The one place the model changes.
+pub fn update(app: &mut App, message: Message) -> Action {
+    match message {
+        Message::Tick(snapshot) => {
+            if !app.paused {
+                app.ingest(*snapshot);
+            }
+            Action::None
+        }
+        Message::Key(key) => app.key(key),
+        Message::CommandExited(code) => {
+            app.command_exit = Some(code);
+            Action::None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        loader::KernelCounters,
+        tui::snapshot::{Snapshot, WritebackState},
+    };
+
+    fn row(ino: u64, path: &str, pages: u64, faults: u64) -> FileRow {
+        FileRow {
+            id: FileId { dev: 1, ino },
+            path: path.into(),
+            pages,
+            write_faults: faults,
+            cow_pages: 0,
+            writers: 1,
+            writeback_pages: 0,
+            writeback: WritebackState::Dirty,
+            last_write_boot_ns: ino,
+        }
+    }
+
+    fn tick(rows: Vec<FileRow>) -> Message {
+        Message::Tick(Box::new(SnapshotMessage {
+            snapshot: Snapshot {
+                files: rows,
+                processes: vec![],
+                detail: None,
+                counters: KernelCounters::default(),
+                lost_events: 0,
+                events: 0,
+                now_boot_ns: 0,
+            },
+            interval_s: 2.0,
+        }))
+    }
+
+    fn key(code: KeyCode) -> Message {
+        Message::Key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    fn paths(app: &App) -> Vec<String> {
+        app.visible_files()
+            .iter()
+            .map(|f| f.row.path.clone())
+            .collect()
+    }
+
+    fn app_with_files() -> App {
+        let mut app = App::new(Info::default());
+        update(
+            &mut app,
+            tick(vec![
+                row(1, "/b", 5, 10),
+                row(2, "/a", 9, 4),
+                row(3, "/c/log", 1, 1),
+            ]),
+        );
+        app
+    }
+
+    #[test]
+    fn sorts_by_pages_then_by_any_column() {
+        let mut app = app_with_files();
+        assert_eq!(paths(&app), ["/a", "/b", "/c/log"]);
+        update(&mut app, key(KeyCode::Char('1')));
+        assert_eq!(app.sort, Column::Path);
+        assert_eq!(paths(&app), ["/a", "/b", "/c/log"]);
+        update(&mut app, key(KeyCode::Char('1')));
+        assert_eq!(paths(&app), ["/c/log", "/b", "/a"], "same key reverses");
+        update(&mut app, key(KeyCode::Char('4')));
+        assert_eq!(app.sort, Column::FaultsPerSec);
+        assert_eq!(paths(&app), ["/b", "/a", "/c/log"]);
+        update(&mut app, key(KeyCode::Char('s')));
+        assert_eq!(app.sort, Column::Cow);
+        update(&mut app, key(KeyCode::Char('r')));
+        assert!(!app.descending);
+    }
+
+    #[test]
+    fn filters_by_typing_and_clears_with_escape() {
+        let mut app = app_with_files();
+        update(&mut app, key(KeyCode::Char('/')));
+        for c in "LOG".chars() {
+            update(&mut app, key(KeyCode::Char(c)));
+        }
+        assert!(app.editing_filter);
+        assert_eq!(paths(&app), ["/c/log"]);
+        assert_eq!(app.selected_file, Some(FileId { dev: 1, ino: 3 }));
+        update(&mut app, key(KeyCode::Enter));
+        assert!(!app.editing_filter);
+        // Keys act normally again: 'q' would quit, Esc clears the filter.
+        assert_eq!(update(&mut app, key(KeyCode::Esc)), Action::None);
+        assert_eq!(paths(&app).len(), 3);
+        assert_eq!(update(&mut app, key(KeyCode::Esc)), Action::Quit);
+    }
+
+    #[test]
+    fn navigation_keeps_the_selected_file_across_ticks() {
+        let mut app = app_with_files();
+        assert_eq!(app.selected_index(), 0);
+        update(&mut app, key(KeyCode::Down));
+        update(&mut app, key(KeyCode::Down));
+        update(&mut app, key(KeyCode::Down));
+        assert_eq!(app.selected_index(), 2, "stops at the end");
+        let selected = app.selected_file;
+        // /c/log overtakes the others: the selection follows the file.
+        update(
+            &mut app,
+            tick(vec![
+                row(1, "/b", 5, 10),
+                row(2, "/a", 9, 4),
+                row(3, "/c/log", 50, 60),
+            ]),
+        );
+        assert_eq!(app.selected_file, selected);
+        assert_eq!(app.selected_index(), 0);
+        update(&mut app, key(KeyCode::End));
+        assert_eq!(app.selected_index(), 2);
+        update(&mut app, key(KeyCode::Home));
+        assert_eq!(app.selected_index(), 0);
+    }
+
+    #[test]
+    fn derives_interval_pages_and_fault_rates() {
+        let mut app = app_with_files();
+        update(
+            &mut app,
+            tick(vec![
+                row(1, "/b", 8, 30),
+                row(2, "/a", 9, 4),
+                row(3, "/c/log", 1, 1),
+            ]),
+        );
+        let b = app.files.iter().find(|f| f.row.path == "/b").unwrap();
+        assert_eq!(b.pages_interval, 3);
+        assert_eq!(b.faults_per_sec, 10.0, "20 faults in 2 s");
+        assert_eq!(app.history[&FileId { dev: 1, ino: 1 }], [10, 20]);
+    }
+
+    #[test]
+    fn views_help_and_pause() {
+        let mut app = app_with_files();
+        update(&mut app, key(KeyCode::Enter));
+        assert_eq!(app.view, View::Detail);
+        assert_eq!(app.detail_target(), Some(FileId { dev: 1, ino: 2 }));
+        update(&mut app, key(KeyCode::Esc));
+        assert_eq!(app.view, View::Files);
+        update(&mut app, key(KeyCode::Tab));
+        assert_eq!(app.view, View::Processes);
+        update(&mut app, key(KeyCode::Tab));
+        assert_eq!(app.view, View::Files);
+        update(&mut app, key(KeyCode::Char('?')));
+        assert!(app.show_help);
+        update(&mut app, key(KeyCode::Char('x')));
+        assert!(!app.show_help);
+        update(&mut app, key(KeyCode::Char('p')));
+        update(&mut app, tick(vec![row(9, "/new", 1, 1)]));
+        assert_eq!(app.files.len(), 3, "paused: the snapshot is ignored");
+        update(&mut app, key(KeyCode::Char('p')));
+        update(&mut app, tick(vec![row(9, "/new", 1, 1)]));
+        assert_eq!(paths(&app), ["/new"]);
+        assert_eq!(update(&mut app, key(KeyCode::Char('q'))), Action::Quit);
+    }
+
+    #[test]
+    fn ctrl_c_quits_even_while_filtering() {
+        let mut app = app_with_files();
+        update(&mut app, key(KeyCode::Char('/')));
+        let ctrl_c = Message::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+        assert_eq!(update(&mut app, ctrl_c), Action::Quit);
+    }
+}

@@ -1,0 +1,162 @@
+//! `mmapwatch top`: a live dashboard of files modified through mmap.
+//!
+//! Elm style: [`app::App`] is the model, [`app::Message`] the only way it
+//! changes ([`app::update`]), and [`view::render`] draws it. This module is
+//! the loop that turns probe data, keys and ticks into messages.
+
+pub mod app;
+pub mod snapshot;
+pub mod view;
+
+use std::{path::Path, time::Instant};
+
+use anyhow::Context as _;
+use crossterm::event::{Event as TermEvent, EventStream};
+use futures_util::StreamExt as _;
+use tokio::signal::unix::SignalKind;
+
+use self::{
+    app::{update, Action, App, Info, Message, SnapshotMessage},
+    snapshot::Snapshot,
+};
+use crate::{
+    cli::TopArgs,
+    events::FileId,
+    paths::MountTable,
+    report::ReportFilter,
+    session::{canonical_prefix, exit_code_of, Activity, Session, SessionOptions},
+};
+
+/// Filesystems without writeback: their pages are never "written back".
+pub fn has_writeback(mounts: &MountTable, file: FileId) -> bool {
+    !matches!(
+        mounts.fs_type(file),
+        Some("tmpfs" | "ramfs" | "hugetlbfs" | "devtmpfs")
+    )
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The snapshot of what the report filter keeps.
+pub fn snapshot(
+    session: &Session,
+    filter: &ReportFilter,
+    selected: Option<FileId>,
+    now_boot_ns: u64,
+) -> Snapshot {
+    let mounts = session.collector.mounts();
+    let mut snapshot = Snapshot::build(
+        &session.collector.aggregate,
+        selected,
+        session.counters,
+        now_boot_ns,
+        &|record| filter.keeps(record),
+        &|file| has_writeback(mounts, file),
+    );
+    snapshot.lost_events += session.collector.undecodable;
+    snapshot
+}
+
+/// Runs `top`; returns the traced command's exit code, or 0.
+pub async fn run(btf: &Path, args: TopArgs) -> anyhow::Result<u8> {
+    let options = SessionOptions {
+        btf: btf.to_path_buf(),
+        filter: args.filter.clone(),
+        // The COW column needs COW pages; COW-only files stay hidden
+        // without --include-cow.
+        include_cow: true,
+        command: args.command.clone(),
+    };
+    // Load before taking over the terminal: errors print as one plain line.
+    let mut session = Session::start(&options)?;
+    let filter = ReportFilter {
+        include_cow: args.include_cow,
+        path_prefixes: args
+            .filter
+            .path_prefixes
+            .iter()
+            .map(|p| canonical_prefix(p))
+            .collect(),
+    };
+    // ratatui::init restores the terminal on panic too.
+    let mut terminal = ratatui::init();
+    let result = event_loop(&mut terminal, &mut session, &filter, &args).await;
+    ratatui::restore();
+    result
+}
+
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    session: &mut Session,
+    filter: &ReportFilter,
+    args: &TopArgs,
+) -> anyhow::Result<u8> {
+    let mut app = App::new(Info {
+        backend: session.backend.to_string(),
+        interval_ms: args.interval.as_millis() as u64,
+    });
+    let mut keys = EventStream::new();
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    let mut exit_code = 0;
+
+    loop {
+        let mut redraw = true;
+        tokio::select! {
+            activity = session.next_activity() => {
+                match activity.context("tracing")? {
+                    Activity::CommandExited(status) => {
+                        exit_code = exit_code_of(status);
+                        update(&mut app, Message::CommandExited(exit_code));
+                    }
+                    // The screen changes on ticks, not on every record.
+                    Activity::Events(_) => redraw = false,
+                }
+            }
+            _ = tick.tick() => {
+                session.refresh()?;
+                let interval_s = last_tick.elapsed().as_secs_f64();
+                last_tick = Instant::now();
+                let snapshot = snapshot(session, filter, app.detail_target(), boot_ns());
+                update(&mut app, Message::Tick(Box::new(SnapshotMessage { snapshot, interval_s })));
+            }
+            event = keys.next() => match event {
+                Some(Ok(TermEvent::Key(key))) => {
+                    let target = app.detail_target();
+                    if update(&mut app, Message::Key(key)) == Action::Quit {
+                        break;
+                    }
+                    // Entering a file's detail shows it now, not next tick.
+                    if app.detail_target() != target && app.detail_target().is_some() {
+                        let snapshot = snapshot(session, filter, app.detail_target(), boot_ns());
+                        app.detail = snapshot.detail;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err).context("reading the terminal"),
+                None => break,
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        if redraw {
+            terminal
+                .draw(|frame| view::render(&app, frame))
+                .context("drawing")?;
+        }
+    }
+    Ok(exit_code)
+}

@@ -1,0 +1,263 @@
+//! What the dashboard shows at one tick, built from the aggregate.
+//!
+//! Owned and small: rows per file and per process, and the heatmap of one
+//! file. Building it is linear in files and writers, never in pages: page
+//! counts come from the page sets' cardinalities and heatmap buckets from
+//! rank queries.
+
+use std::collections::BTreeMap;
+
+use roaring::RoaringTreemap;
+
+use crate::{aggregate::Aggregate, events::FileId, loader::KernelCounters};
+
+/// Heatmap resolution computed per tick; rendering folds it into the cells
+/// it has, so its cost depends on the screen, not on the file.
+pub const HEATMAP_BUCKETS: usize = 2048;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritebackState {
+    /// Written pages not yet written back.
+    Dirty,
+    /// Writeback started and not finished.
+    Writing,
+    /// Written back since the last write.
+    Clean,
+    /// tmpfs and other filesystems without writeback.
+    NoWriteback,
+}
+
+impl WritebackState {
+    pub fn label(self) -> &'static str {
+        match self {
+            WritebackState::Dirty => "dirty",
+            WritebackState::Writing => "writing",
+            WritebackState::Clean => "clean",
+            WritebackState::NoWriteback => "-",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileRow {
+    pub id: FileId,
+    pub path: String,
+    pub pages: u64,
+    pub write_faults: u64,
+    pub cow_pages: u64,
+    pub writers: usize,
+    pub writeback_pages: u64,
+    pub writeback: WritebackState,
+    pub last_write_boot_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessRow {
+    pub tgid: u32,
+    pub comm: String,
+    pub files: usize,
+    pub pages: u64,
+    pub cow_pages: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterRow {
+    pub tgid: u32,
+    pub comm: String,
+    pub pages: u64,
+    pub cow_pages: u64,
+}
+
+/// Written pages of one file in `buckets.len()` equal slices of its page range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heatmap {
+    /// Pages 0..pages_span are shown (the highest written page + 1).
+    pub pages_span: u64,
+    /// Written pages per bucket; bucket i covers pages [i*span/n, (i+1)*span/n).
+    pub written: Vec<u64>,
+    pub state: WritebackState,
+}
+
+impl Heatmap {
+    pub fn build(pages: &RoaringTreemap, state: WritebackState, buckets: usize) -> Self {
+        let span = pages.max().map_or(0, |max| max + 1);
+        let buckets = buckets.max(1).min(span.max(1) as usize);
+        let bound = |i: usize| (span as u128 * i as u128 / buckets as u128) as u64;
+        // rank(v) counts pages <= v: two ranks per bucket, whatever the size.
+        let below = |page: u64| if page == 0 { 0 } else { pages.rank(page - 1) };
+        let written = (0..buckets)
+            .map(|i| below(bound(i + 1)) - below(bound(i)))
+            .collect();
+        Self {
+            pages_span: span,
+            written,
+            state,
+        }
+    }
+
+    /// Pages a bucket covers.
+    pub fn bucket_pages(&self, index: usize) -> u64 {
+        let n = self.written.len().max(1) as u128;
+        let span = self.pages_span as u128;
+        ((span * (index as u128 + 1) / n) - (span * index as u128 / n)) as u64
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Detail {
+    pub row: FileRow,
+    pub heatmap: Heatmap,
+    pub writers: Vec<WriterRow>,
+    pub huge_spans: u64,
+    pub folios_dirtied: u64,
+    pub pages_dirtied: u64,
+}
+
+/// Everything one tick brings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub files: Vec<FileRow>,
+    pub processes: Vec<ProcessRow>,
+    pub detail: Option<Detail>,
+    pub counters: KernelCounters,
+    pub lost_events: u64,
+    pub events: u64,
+    pub now_boot_ns: u64,
+}
+
+fn writeback_state(record: &crate::aggregate::FileRecord, has_writeback: bool) -> WritebackState {
+    let k = &record.kernel;
+    let last_write = record
+        .last_write_boot_ns
+        .unwrap_or(0)
+        .max(k.last_write_boot_ns);
+    if !has_writeback {
+        WritebackState::NoWriteback
+    } else if k.writeback_starts > k.writeback_ends {
+        WritebackState::Writing
+    } else if k.last_writeback_end_boot_ns > last_write && k.writeback_ends > 0 {
+        WritebackState::Clean
+    } else {
+        WritebackState::Dirty
+    }
+}
+
+impl Snapshot {
+    /// `keep(record)`: whether the file is shown (filters); processes count
+    /// shown files only. `has_writeback(file)`: whether the file's
+    /// filesystem writes back (tmpfs does not).
+    pub fn build(
+        aggregate: &Aggregate,
+        selected: Option<FileId>,
+        counters: KernelCounters,
+        now_boot_ns: u64,
+        keep: &dyn Fn(&crate::aggregate::FileRecord) -> bool,
+        has_writeback: &dyn Fn(FileId) -> bool,
+    ) -> Self {
+        let mut files = Vec::with_capacity(aggregate.len());
+        let mut processes: BTreeMap<u32, ProcessRow> = BTreeMap::new();
+        for (id, record) in aggregate.files().filter(|(_, record)| keep(record)) {
+            let row = FileRow {
+                id: *id,
+                path: record
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| format!("<dev {} ino {}>", id.dev_string(), id.ino)),
+                pages: record.pages_written.len(),
+                write_faults: record.write_faults(),
+                cow_pages: record.cow_pages.len(),
+                writers: record.writers.len(),
+                writeback_pages: record.kernel.writeback_pages,
+                writeback: writeback_state(record, has_writeback(*id)),
+                last_write_boot_ns: record
+                    .last_write_boot_ns
+                    .unwrap_or(0)
+                    .max(record.kernel.last_write_boot_ns),
+            };
+            for writer in record.writers.values() {
+                let process = processes.entry(writer.tgid).or_insert_with(|| ProcessRow {
+                    tgid: writer.tgid,
+                    comm: writer.comm.clone(),
+                    files: 0,
+                    pages: 0,
+                    cow_pages: 0,
+                });
+                process.files += 1;
+                process.pages += writer.pages;
+                process.cow_pages += writer.cow_pages;
+            }
+            files.push(row);
+        }
+        let detail = selected.and_then(|id| {
+            let record = aggregate.file(&id)?;
+            let row = files.iter().find(|r| r.id == id)?.clone();
+            let mut writers: Vec<WriterRow> = record
+                .writers
+                .values()
+                .map(|w| WriterRow {
+                    tgid: w.tgid,
+                    comm: w.comm.clone(),
+                    pages: w.pages,
+                    cow_pages: w.cow_pages,
+                })
+                .collect();
+            writers.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.tgid.cmp(&b.tgid)));
+            Some(Detail {
+                heatmap: Heatmap::build(&record.pages_written, row.writeback, HEATMAP_BUCKETS),
+                writers,
+                huge_spans: record.huge_spans,
+                folios_dirtied: record.kernel.folios_dirtied,
+                pages_dirtied: record.kernel.pages_dirtied,
+                row,
+            })
+        });
+        Self {
+            files,
+            processes: processes.into_values().collect(),
+            detail,
+            lost_events: counters.lost(),
+            counters,
+            events: aggregate.events(),
+            now_boot_ns,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heatmap_buckets_count_pages_by_rank() {
+        let pages: RoaringTreemap = [0u64, 1, 2, 3, 100, 1023].into_iter().collect();
+        let map = Heatmap::build(&pages, WritebackState::Dirty, 4);
+        assert_eq!(map.pages_span, 1024);
+        assert_eq!(map.written, vec![5, 0, 0, 1]);
+        assert_eq!(map.bucket_pages(0), 256);
+        assert_eq!(map.written.iter().sum::<u64>(), pages.len());
+    }
+
+    #[test]
+    fn heatmap_of_a_million_pages_stays_bounded() {
+        let mut pages = RoaringTreemap::new();
+        pages.insert_range(0..1_000_000);
+        let map = Heatmap::build(&pages, WritebackState::Clean, HEATMAP_BUCKETS);
+        assert_eq!(map.written.len(), HEATMAP_BUCKETS);
+        assert_eq!(map.written.iter().sum::<u64>(), 1_000_000);
+        let covered: u64 = (0..map.written.len()).map(|i| map.bucket_pages(i)).sum();
+        assert_eq!(covered, 1_000_000);
+    }
+
+    #[test]
+    fn small_files_get_one_bucket_per_page() {
+        let pages: RoaringTreemap = [1u64, 3].into_iter().collect();
+        let map = Heatmap::build(&pages, WritebackState::Dirty, HEATMAP_BUCKETS);
+        assert_eq!(map.written, vec![0, 1, 0, 1]);
+        assert!(
+            Heatmap::build(&RoaringTreemap::new(), WritebackState::Dirty, 8)
+                .written
+                .iter()
+                .all(|&w| w == 0)
+        );
+    }
+}

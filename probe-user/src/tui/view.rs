@@ -1,0 +1,437 @@
+//! Rendering: reads the [`App`] and draws; changes nothing.
+
+use ratatui::{
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style, Stylize},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState},
+    Frame,
+};
+
+use super::{
+    app::{App, Column, View},
+    snapshot::{Detail, Heatmap, WritebackState},
+};
+
+pub fn render(app: &App, frame: &mut Frame) {
+    let [main, status] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(frame.area());
+    match app.view {
+        View::Files => render_files(app, frame, main),
+        View::Detail => match &app.detail {
+            Some(detail) => render_detail(app, detail, frame, main),
+            None => render_files(app, frame, main),
+        },
+        View::Processes => render_processes(app, frame, main),
+    }
+    render_status(app, frame, status);
+    if app.show_help {
+        render_help(frame, main);
+    }
+}
+
+/// "3.2s", "4m", "2h": how long ago.
+fn age(now_ns: u64, then_ns: u64) -> String {
+    if then_ns == 0 {
+        return "-".into();
+    }
+    let secs = now_ns.saturating_sub(then_ns) as f64 / 1e9;
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else if secs < 3600.0 {
+        format!("{:.0}m", secs / 60.0)
+    } else {
+        format!("{:.0}h", secs / 3600.0)
+    }
+}
+
+fn writeback_style(state: WritebackState) -> Style {
+    match state {
+        WritebackState::Dirty => Style::new().fg(Color::Yellow),
+        WritebackState::Writing => Style::new().fg(Color::Cyan),
+        WritebackState::Clean => Style::new().fg(Color::Green),
+        WritebackState::NoWriteback => Style::new().fg(Color::DarkGray),
+    }
+}
+
+/// Terminals at least this wide get full column titles and widths.
+const WIDE: u16 = 120;
+
+/// Widths of every column but PATH, for the terminal's width.
+fn fixed_widths(width: u16) -> [u16; 7] {
+    if width >= WIDE {
+        [8, 8, 10, 6, 9, 13, 12]
+    } else {
+        [7, 5, 7, 5, 4, 11, 6]
+    }
+}
+
+/// Keeps the end of a path (the file name matters most): "…/data/orders.db".
+fn elide_left(path: &str, width: usize) -> String {
+    let chars: Vec<char> = path.chars().collect();
+    if chars.len() <= width || width < 2 {
+        return path.to_string();
+    }
+    let tail: String = chars[chars.len() - (width - 1)..].iter().collect();
+    format!("…{tail}")
+}
+
+fn header_cells(app: &App, wide: bool) -> Vec<Cell<'static>> {
+    Column::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            let mark = if *column == app.sort {
+                if app.descending {
+                    "▼"
+                } else {
+                    "▲"
+                }
+            } else {
+                ""
+            };
+            let title = if wide {
+                column.title()
+            } else {
+                column.short_title()
+            };
+            Cell::from(format!("{}{title}{mark}", i + 1))
+        })
+        .collect()
+}
+
+fn render_files(app: &App, frame: &mut Frame, area: Rect) {
+    let rows = app.visible_files();
+    let title = if app.filter.is_empty() && !app.editing_filter {
+        format!(" files written through mmap ({}) ", rows.len())
+    } else {
+        format!(
+            " files matching /{}{} ({}) ",
+            app.filter,
+            if app.editing_filter { "▏" } else { "" },
+            rows.len()
+        )
+    };
+    let wide = area.width >= WIDE;
+    let fixed = fixed_widths(area.width);
+    // Column gaps: one between each of the eight columns.
+    let path_width = area.width.saturating_sub(fixed.iter().sum::<u16>() + 7) as usize;
+    let body: Vec<Row> = rows
+        .iter()
+        .map(|file| {
+            let row = &file.row;
+            Row::new(vec![
+                Cell::from(elide_left(&row.path, path_width)),
+                Cell::from(row.pages.to_string()),
+                Cell::from(if file.pages_interval > 0 {
+                    format!("+{}", file.pages_interval)
+                } else {
+                    String::new()
+                }),
+                Cell::from(format!("{:.1}", file.faults_per_sec)),
+                Cell::from(if row.cow_pages > 0 {
+                    row.cow_pages.to_string()
+                } else {
+                    String::new()
+                }),
+                Cell::from(row.writers.to_string()),
+                Cell::from(Span::styled(
+                    match row.writeback {
+                        WritebackState::NoWriteback => row.writeback.label().to_string(),
+                        state => format!("{} {}", state.label(), row.writeback_pages),
+                    },
+                    writeback_style(row.writeback),
+                )),
+                Cell::from(age(app.now_boot_ns, row.last_write_boot_ns)),
+            ])
+        })
+        .collect();
+    let widths =
+        std::iter::once(Constraint::Fill(1)).chain(fixed.iter().map(|w| Constraint::Length(*w)));
+    let table = Table::new(body, widths)
+        .header(Row::new(header_cells(app, wide)).style(Style::new().add_modifier(Modifier::BOLD)))
+        .block(Block::new().borders(Borders::TOP).title(title))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default();
+    if !rows.is_empty() {
+        state.select(Some(app.selected_index()));
+    }
+    if rows.is_empty() {
+        let message = if app.files.is_empty() {
+            "No file written through mmap yet. Waiting for write faults…"
+        } else {
+            "No file matches the filter."
+        };
+        let [head, rest] =
+            Layout::vertical([Constraint::Length(2), Constraint::Min(1)]).areas(area);
+        frame.render_stateful_widget(table, head, &mut state);
+        frame.render_widget(Paragraph::new(message).dark_gray(), rest);
+        return;
+    }
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// One character per cell: how much of the cell's pages were written.
+fn heatmap_lines(heatmap: &Heatmap, width: u16, height: u16) -> Vec<Line<'static>> {
+    let cells = (width as usize * height as usize).max(1);
+    let buckets = heatmap.written.len();
+    if heatmap.pages_span == 0 {
+        return vec![Line::from("no page written")];
+    }
+    // Fewer cells than buckets: fold; more: one cell per bucket.
+    let used = cells.min(buckets);
+    let style = writeback_style(heatmap.state);
+    let mut glyphs: Vec<Span<'static>> = Vec::with_capacity(used);
+    for cell in 0..used {
+        let from = cell * buckets / used;
+        let to = ((cell + 1) * buckets / used).max(from + 1);
+        let written: u64 = heatmap.written[from..to].iter().sum();
+        let pages: u64 = (from..to).map(|i| heatmap.bucket_pages(i)).sum();
+        let glyph = if written == 0 {
+            "·"
+        } else if written >= pages {
+            "█"
+        } else if written * 3 >= pages * 2 {
+            "▓"
+        } else if written * 3 >= pages {
+            "▒"
+        } else {
+            "░"
+        };
+        glyphs.push(if written == 0 {
+            Span::styled(glyph, Style::new().fg(Color::DarkGray))
+        } else {
+            Span::styled(glyph, style)
+        });
+    }
+    glyphs
+        .chunks(width.max(1) as usize)
+        .map(|chunk| Line::from(chunk.to_vec()))
+        .collect()
+}
+
+fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
+    let row = &detail.row;
+    let [summary, heat, lower] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Min(4),
+        Constraint::Length(8),
+    ])
+    .areas(area);
+    let span = detail.heatmap.pages_span;
+    let summary_text = vec![
+        Line::from(vec![
+            Span::from(elide_left(&row.path, area.width as usize)).bold()
+        ]),
+        Line::from(format!(
+            "dev {} ino {}  pages {}  faults {}  cow {}  huge spans {}",
+            row.id.dev_string(),
+            row.id.ino,
+            row.pages,
+            row.write_faults,
+            row.cow_pages,
+            detail.huge_spans,
+        )),
+        Line::from(vec![
+            Span::styled(row.writeback.label(), writeback_style(row.writeback)),
+            Span::from(format!(
+                "  dirtied {} folios/{} pages  written back {}  last write {} ago",
+                detail.folios_dirtied,
+                detail.pages_dirtied,
+                row.writeback_pages,
+                age(app.now_boot_ns, row.last_write_boot_ns)
+            )),
+        ]),
+    ];
+    frame.render_widget(Paragraph::new(summary_text), summary);
+
+    let heat_block = Block::new().borders(Borders::TOP).title(format!(
+        " pages 0..{} (· none, ░▒▓█ written; colour: {} ) ",
+        span.saturating_sub(1),
+        row.writeback.label()
+    ));
+    let inner = heat_block.inner(heat);
+    frame.render_widget(heat_block, heat);
+    frame.render_widget(
+        Paragraph::new(heatmap_lines(&detail.heatmap, inner.width, inner.height)),
+        inner,
+    );
+
+    let [writers_area, spark_area] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(lower);
+    let writers: Vec<Row> = detail
+        .writers
+        .iter()
+        .map(|w| {
+            Row::new(vec![
+                w.tgid.to_string(),
+                w.comm.clone(),
+                w.pages.to_string(),
+                w.cow_pages.to_string(),
+            ])
+        })
+        .collect();
+    frame.render_widget(
+        Table::new(
+            writers,
+            [
+                Constraint::Length(8),
+                Constraint::Fill(1),
+                Constraint::Length(8),
+                Constraint::Length(6),
+            ],
+        )
+        .header(
+            Row::new(["PID", "COMM", "PAGES", "COW"])
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::new().borders(Borders::TOP).title(" writers ")),
+        writers_area,
+    );
+    let history: Vec<u64> = app
+        .history
+        .get(&row.id)
+        .map(|h| h.iter().copied().collect())
+        .unwrap_or_default();
+    let shown = &history[history.len().saturating_sub(spark_area.width as usize)..];
+    frame.render_widget(
+        Sparkline::default()
+            .block(
+                Block::new()
+                    .borders(Borders::TOP)
+                    .title(format!(" write faults per {} ms ", app.info.interval_ms)),
+            )
+            .data(shown)
+            .style(Style::new().fg(Color::Magenta)),
+        spark_area,
+    );
+}
+
+fn render_processes(app: &App, frame: &mut Frame, area: Rect) {
+    let rows: Vec<Row> = app
+        .processes
+        .iter()
+        .map(|p| {
+            Row::new(vec![
+                p.tgid.to_string(),
+                p.comm.clone(),
+                p.files.to_string(),
+                p.pages.to_string(),
+                p.cow_pages.to_string(),
+            ])
+        })
+        .collect();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(8),
+            Constraint::Fill(1),
+            Constraint::Length(7),
+            Constraint::Length(10),
+            Constraint::Length(10),
+        ],
+    )
+    .header(
+        Row::new(["PID", "COMM", "FILES", "PAGES", "COW PAGES"])
+            .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(
+        Block::new()
+            .borders(Borders::TOP)
+            .title(format!(" processes ({}) ", app.processes.len())),
+    )
+    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default();
+    if !app.processes.is_empty() {
+        state.select(Some(app.selected_process));
+    }
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn render_status(app: &App, frame: &mut Frame, area: Rect) {
+    let lost = if app.lost_events > 0 {
+        Span::styled(
+            format!(" lost {} ", app.lost_events),
+            Style::new().fg(Color::White).bg(Color::Red),
+        )
+    } else {
+        Span::from(" lost 0 ")
+    };
+    let mut spans = vec![
+        Span::styled(format!(" {} ", app.info.backend), Style::new().reversed()),
+        lost,
+        Span::from(format!(
+            "│ events {} │ files {} ",
+            app.events,
+            app.files.len()
+        )),
+    ];
+    if let Some(code) = app.command_exit {
+        spans.push(Span::styled(
+            format!("│ command exited {code} "),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    if app.paused {
+        spans.push(Span::styled(
+            " PAUSED ",
+            Style::new().fg(Color::Black).bg(Color::Yellow),
+        ));
+    }
+    spans.push(Span::from("│ ? help  q quit").dark_gray());
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn render_help(frame: &mut Frame, area: Rect) {
+    let lines = [
+        "↑↓ j k PgUp PgDn Home End   move",
+        "Enter          file detail (Esc back)",
+        "Tab            files / processes",
+        "s              next sort column",
+        "1-8            sort by column (again: reverse)",
+        "r              reverse the sort",
+        "/              filter paths (Enter keep, Esc clear)",
+        "p              pause / resume",
+        "q  Ctrl-C      quit",
+    ];
+    let width =
+        (lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u16 + 2).min(area.width);
+    let height = (lines.len() as u16 + 2).min(area.height);
+    let popup = Rect {
+        x: area.x + (area.width.saturating_sub(width)) / 2,
+        y: area.y + (area.height.saturating_sub(height)) / 2,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines.iter().map(|l| Line::from(*l)).collect::<Vec<_>>())
+            .block(Block::bordered().title(" keys ")),
+        popup,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elides_paths_from_the_left() {
+        assert_eq!(elide_left("/a/b/orders.db", 20), "/a/b/orders.db");
+        assert_eq!(
+            elide_left("/tmp/mmapwatch-demo/data/orders.db", 11),
+            "…/orders.db"
+        );
+        assert_eq!(
+            elide_left("/tmp/mmapwatch-demo/data/orders.db", 12)
+                .chars()
+                .count(),
+            12
+        );
+        assert_eq!(
+            elide_left("/ü/ü/ü", 3),
+            "…/ü",
+            "counts characters, not bytes"
+        );
+    }
+}

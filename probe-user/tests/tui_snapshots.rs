@@ -1,0 +1,142 @@
+//! Snapshots of every dashboard view at 80x24 and 160x48, drawn from a real
+//! aggregate: events recorded from a real run (`mmapwatch trace --record`
+//! over a workload: a database file written by two processes, a log with
+//! msync, a large-folio cache file, a /dev/shm segment, a private mapping),
+//! replayed through the same aggregate the live dashboard uses.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use probe_user::{
+    aggregate::{Aggregate, PathSource},
+    events::Event,
+    loader::KernelCounters,
+    paths::MountTable,
+    report::ReportFilter,
+    tui::{
+        app::{update, App, Info, Message, SnapshotMessage, View},
+        has_writeback,
+        snapshot::Snapshot,
+        view::render,
+    },
+};
+use ratatui::{backend::TestBackend, Terminal};
+
+const EVENTS: &str = include_str!("fixtures/demo-events.jsonl");
+const MOUNTINFO: &str = include_str!("fixtures/demo-mountinfo.txt");
+
+fn replay() -> (Aggregate, MountTable, u64) {
+    let mounts = MountTable::parse(MOUNTINFO);
+    let mut aggregate = Aggregate::new();
+    let mut last_ns = 0;
+    for line in EVENTS.lines() {
+        let event: Event = serde_json::from_str(line).expect("recorded event");
+        aggregate.apply(&event);
+        match &event {
+            Event::FileSeen {
+                file,
+                components,
+                reached_root,
+                ..
+            } => aggregate.set_path(
+                *file,
+                mounts.dentry_full_path(*file, components, *reached_root),
+                PathSource::Dentry,
+            ),
+            Event::FirstWrite { boot_ns, .. }
+            | Event::NewWriter { boot_ns, .. }
+            | Event::HugeSpan { boot_ns, .. } => last_ns = last_ns.max(*boot_ns),
+        }
+    }
+    (aggregate, mounts, last_ns)
+}
+
+/// A fixed "now": 2.5 s after the last recorded write.
+fn tick(app: &App, aggregate: &Aggregate, mounts: &MountTable, last_ns: u64) -> Message {
+    let filter = ReportFilter::default();
+    let snapshot = Snapshot::build(
+        aggregate,
+        app.detail_target(),
+        KernelCounters::default(),
+        last_ns + 2_500_000_000,
+        &|record| filter.keeps(record),
+        &|file| has_writeback(mounts, file),
+    );
+    Message::Tick(Box::new(SnapshotMessage {
+        snapshot,
+        interval_s: 1.0,
+    }))
+}
+
+fn key(code: KeyCode) -> Message {
+    Message::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn app_in(view: View) -> App {
+    let (aggregate, mounts, last_ns) = replay();
+    let mut app = App::new(Info {
+        backend: "tracepoint".into(),
+        interval_ms: 1000,
+    });
+    let message = tick(&app, &aggregate, &mounts, last_ns);
+    update(&mut app, message);
+    match view {
+        View::Files => {}
+        View::Detail => {
+            // The database file: second by pages, after the cache file.
+            update(&mut app, key(KeyCode::Down));
+            update(&mut app, key(KeyCode::Enter));
+            let message = tick(&app, &aggregate, &mounts, last_ns);
+            update(&mut app, message);
+        }
+        View::Processes => {
+            update(&mut app, key(KeyCode::Tab));
+        }
+    }
+    assert_eq!(app.view, view);
+    app
+}
+
+fn draw(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+    terminal.draw(|frame| render(app, frame)).expect("draw");
+    terminal.backend().to_string()
+}
+
+#[test]
+fn files_view() {
+    let app = app_in(View::Files);
+    let small = draw(&app, 80, 24);
+    assert!(small.contains("orders.db"), "{small}");
+    insta::assert_snapshot!("files_80x24", small);
+    insta::assert_snapshot!("files_160x48", draw(&app, 160, 48));
+}
+
+#[test]
+fn detail_view() {
+    let app = app_in(View::Detail);
+    let detail = app.detail.as_ref().expect("detail of the selected file");
+    assert!(detail.row.path.ends_with("orders.db"));
+    assert_eq!(detail.row.pages, 24);
+    assert_eq!(detail.writers.len(), 2);
+    insta::assert_snapshot!("detail_80x24", draw(&app, 80, 24));
+    insta::assert_snapshot!("detail_160x48", draw(&app, 160, 48));
+}
+
+#[test]
+fn processes_view() {
+    let app = app_in(View::Processes);
+    insta::assert_snapshot!("processes_80x24", draw(&app, 80, 24));
+    insta::assert_snapshot!("processes_160x48", draw(&app, 160, 48));
+}
+
+#[test]
+fn help_and_filter_overlays() {
+    let mut app = app_in(View::Files);
+    update(&mut app, key(KeyCode::Char('/')));
+    for c in "shm".chars() {
+        update(&mut app, key(KeyCode::Char(c)));
+    }
+    insta::assert_snapshot!("filter_80x24", draw(&app, 80, 24));
+    update(&mut app, key(KeyCode::Enter));
+    update(&mut app, key(KeyCode::Char('?')));
+    insta::assert_snapshot!("help_80x24", draw(&app, 80, 24));
+}

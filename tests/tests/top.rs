@@ -1,0 +1,138 @@
+//! `mmapwatch top` in a real terminal: tmux runs it over a workload, the
+//! screen shows the workload's file and page count, `q` exits cleanly and
+//! the terminal is restored.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{mmapwatch_bin, path_arg, require_root, scratch_dir};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
+
+/// A detached tmux session, killed on drop.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Self {
+        let name = format!("mmapwatch-test-{}", std::process::id());
+        let status = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "120",
+                "-y",
+                "40",
+                command,
+            ])
+            .status()
+            .expect("tmux is needed: cargo xtask test installs it");
+        assert!(status.success());
+        Self { name }
+    }
+
+    fn screen(&self) -> String {
+        let output = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn alternate_screen(&self) -> bool {
+        let output = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.name, "#{alternate_on}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim() == "1"
+    }
+
+    fn send(&self, keys: &str) {
+        assert!(Command::new("tmux")
+            .args(["send-keys", "-t", &self.name, keys])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
+/// The PAGES column of the row naming `file`.
+fn pages_on_screen(screen: &str, file: &str) -> Option<u64> {
+    let line = screen.lines().find(|l| l.contains(file))?;
+    let after = &line[line.find(file)? + file.len()..];
+    after.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn top_shows_the_workload_and_quits_cleanly() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("tui.bin");
+    let command = format!(
+        "{} top --interval 300ms --path-prefix {} -- {WORKLOAD} shared --file {} --size-pages 32 --pages 0,1,2,3,4,20 2>/dev/null; echo MMAPWATCH-EXIT=$?; sleep 60",
+        mmapwatch_bin().display(),
+        path_arg(dir.path()),
+        path_arg(&file),
+    );
+    let tmux = Tmux::start(&command);
+    let screen = tmux.wait_for("the workload's file with 6 pages", |s| {
+        pages_on_screen(s, "tui.bin") == Some(6)
+    });
+    assert!(
+        screen.contains("tracepoint"),
+        "status bar shows the backend:\n{screen}"
+    );
+    assert!(
+        screen.contains("lost 0"),
+        "status bar shows lost events:\n{screen}"
+    );
+    assert!(
+        tmux.alternate_screen(),
+        "the dashboard runs on the alternate screen"
+    );
+
+    // Detail and processes views answer keys in the real terminal too.
+    tmux.send("Enter");
+    tmux.wait_for("the detail view", |s| {
+        s.contains("writers") && s.contains("pages 6")
+    });
+    tmux.send("Tab");
+    tmux.wait_for("the processes view", |s| {
+        s.contains("processes (") && s.contains("mw-workload")
+    });
+
+    tmux.send("q");
+    let screen = tmux.wait_for("a clean exit", |s| s.contains("MMAPWATCH-EXIT="));
+    assert!(screen.contains("MMAPWATCH-EXIT=0"), "{screen}");
+    assert!(!tmux.alternate_screen(), "the terminal is restored");
+    assert!(!screen.contains("panicked"), "{screen}");
+}
