@@ -293,6 +293,7 @@ fn account_writer(dev: u32, comm: &[u8; TASK_COMM_LEN], shared: bool) {
 fn submit_file_event(header: EventHeader, info: &VmaInfo) {
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
         bump(counter::RINGBUF_DROPS);
+        bump(counter::RINGBUF_DROPS_FILE_EVENTS);
         return;
     };
     let (magic_offset, parent_offset, name_offset) = (

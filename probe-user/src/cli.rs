@@ -19,6 +19,27 @@ pub struct Cli {
     /// Kernel BTF to read struct layouts from (for testing other kernels).
     #[arg(long, global = true, hide = true, env = "MMAPWATCH_BTF", default_value = VMLINUX_BTF)]
     pub btf: PathBuf,
+
+    /// Look tracepoints up under this directory instead of tracefs (tests
+    /// simulate a kernel that lacks one).
+    #[arg(long, global = true, hide = true, env = "MMAPWATCH_TRACEFS")]
+    pub tracefs: Option<PathBuf>,
+}
+
+/// Where mmapwatch reads the kernel's facts (overridable for tests).
+#[derive(Clone, Debug, Default)]
+pub struct KernelPaths {
+    pub btf: PathBuf,
+    pub tracefs: Option<PathBuf>,
+}
+
+impl Cli {
+    pub fn kernel_paths(&self) -> KernelPaths {
+        KernelPaths {
+            btf: self.btf.clone(),
+            tracefs: self.tracefs.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

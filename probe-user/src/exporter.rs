@@ -25,6 +25,7 @@ use tokio::signal::unix::SignalKind;
 use crate::{
     aggregate::Aggregate,
     cli::ExportArgs,
+    cli::KernelPaths,
     error::UserError,
     events::FileId,
     loader::{KernelCounters, WriterLabel},
@@ -652,7 +653,7 @@ fn router(registry: Arc<Registry>) -> axum::Router {
 }
 
 /// Runs `export` until SIGINT or SIGTERM.
-pub async fn run(btf: &Path, args: ExportArgs) -> anyhow::Result<u8> {
+pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     // Bind first: a port in use fails before anything is loaded.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -664,7 +665,7 @@ pub async fn run(btf: &Path, args: ExportArgs) -> anyhow::Result<u8> {
         })?;
     let local: SocketAddr = listener.local_addr()?;
     let options = SessionOptions {
-        btf: btf.to_path_buf(),
+        kernel: kernel.clone(),
         filter: args.filter.clone(),
         // COW faults are counted per writer in the kernel; their pages need
         // not cross the ring buffer.

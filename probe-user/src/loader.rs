@@ -109,7 +109,7 @@ pub const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("mmapwatch needs root, or CAP_BPF and CAP_PERFMON (run it with sudo)")]
+    #[error("must run as root, or with CAP_BPF and CAP_PERFMON (try sudo)")]
     NotPrivileged,
     #[error(transparent)]
     Btf(#[from] BtfError),
@@ -223,6 +223,9 @@ pub fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
     pub btf_path: PathBuf,
+    /// Where to look tracepoints up instead of the mounted tracefs (tests
+    /// simulate a kernel that lacks one).
+    pub tracefs_override: Option<PathBuf>,
     /// Trace only these tgids (and, for `follow`, their descendants).
     pub filter_by_tgid: bool,
     pub comms: Vec<String>,
@@ -249,6 +252,8 @@ pub struct KernelCounters {
     pub writer_stats_full: u64,
     /// Highest ring-buffer fill seen, in bytes.
     pub ring_peak_bytes: u64,
+    /// The part of `ringbuf_drops` that were file announcements.
+    pub ringbuf_drops_file_events: u64,
 }
 
 impl KernelCounters {
@@ -312,7 +317,10 @@ impl Probes {
                 reason: err.to_string(),
             })
         })?;
-        let tracefs = tracefs()?;
+        let tracefs = match &options.tracefs_override {
+            Some(path) => path.clone(),
+            None => tracefs()?,
+        };
         for tp in TRACEPOINTS.iter().filter(|tp| tp.required) {
             if !tracepoint_exists(&tracefs, tp.category, tp.name) {
                 return Err(LoadError::MissingTracepoint(
@@ -478,6 +486,7 @@ impl Probes {
             huge_spans: totals[counter::HUGE_SPANS as usize],
             writer_stats_full: totals[counter::WRITER_STATS_FULL as usize],
             ring_peak_bytes: totals[counter::RING_PEAK_BYTES as usize],
+            ringbuf_drops_file_events: totals[counter::RINGBUF_DROPS_FILE_EVENTS as usize],
         })
     }
 

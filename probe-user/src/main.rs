@@ -25,13 +25,14 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_code::RUNTIME);
         }
     };
+    let kernel = cli.kernel_paths();
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => trace::run(&cli.btf, args).await,
-            Command::Export(args) => exporter::run(&cli.btf, args).await,
-            Command::Top(args) => tui::run(&cli.btf, args).await,
+            Command::Trace(args) => trace::run(&kernel, args).await,
+            Command::Export(args) => exporter::run(&kernel, args).await,
+            Command::Top(args) => tui::run(&kernel, args).await,
             Command::Doctor => {
-                print!("{}", doctor::render(&doctor::checks(&cli.btf)));
+                print!("{}", doctor::render(&doctor::checks(&kernel.btf)));
                 Ok(0)
             }
         }

@@ -126,6 +126,9 @@ pub struct Report {
 pub struct Drops {
     /// The ring buffer was full.
     pub ringbuf_full: u64,
+    /// The part of `ringbuf_full` that were file announcements (the rest
+    /// were page records).
+    pub ringbuf_full_file_events: u64,
     /// The faulting mapping could not be looked up (mmap lock contended).
     pub vma_lookup_failed: u64,
     /// The per-file stats map was full.
@@ -228,6 +231,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
         lost_events: counters.lost() + ctx.undecodable_records,
         drops: Drops {
             ringbuf_full: counters.ringbuf_drops,
+            ringbuf_full_file_events: counters.ringbuf_drops_file_events,
             vma_lookup_failed: counters.vma_lookup_failed,
             file_stats_full: counters.file_stats_full,
             writer_map_full: counters.writer_insert_failed,

@@ -15,7 +15,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
     aggregate::{Aggregate, Applied, PathSource},
-    cli::{BackendChoice, FilterArgs},
+    cli::{BackendChoice, FilterArgs, KernelPaths},
     error::UserError,
     events::{decode, Event, FileId},
     loader::{KernelCounters, ProbeOptions, Probes},
@@ -170,13 +170,14 @@ fn event_file(event: &Event) -> FileId {
 }
 
 pub fn probe_options(
-    btf: &Path,
+    kernel: &KernelPaths,
     filter: &FilterArgs,
     include_cow: bool,
     follow: bool,
 ) -> ProbeOptions {
     ProbeOptions {
-        btf_path: btf.to_path_buf(),
+        btf_path: kernel.btf.clone(),
+        tracefs_override: kernel.tracefs.clone(),
         filter_by_tgid: follow || !filter.pids.is_empty(),
         comms: filter.comms.clone(),
         include_cow,
@@ -236,7 +237,7 @@ pub fn exit_code_of(status: ExitStatus) -> u8 {
 /// What to trace.
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
-    pub btf: PathBuf,
+    pub kernel: KernelPaths,
     pub filter: FilterArgs,
     pub include_cow: bool,
     /// `-- CMD ARGS`: run it and trace it with its descendants.
@@ -266,7 +267,7 @@ impl Session {
         };
         let (backend, backend_reason) = choose_backend(options.filter.backend);
         let probe_options = probe_options(
-            &options.btf,
+            &options.kernel,
             &options.filter,
             options.include_cow,
             command.is_some(),

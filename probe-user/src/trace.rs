@@ -1,11 +1,12 @@
 //! `mmapwatch trace`: attach, collect until the end condition, report once.
 
-use std::{path::Path, process::ExitStatus, time::Duration};
+use std::{process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::SignalKind;
 
 use crate::{
+    cli::KernelPaths,
     cli::TraceArgs,
     loader::KernelCounters,
     report::{self, ReportContext},
@@ -19,9 +20,9 @@ enum Stop {
 }
 
 /// Runs `trace`; returns the process exit code.
-pub async fn run(btf: &Path, args: TraceArgs) -> anyhow::Result<u8> {
+pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     let options = SessionOptions {
-        btf: btf.to_path_buf(),
+        kernel: kernel.clone(),
         filter: args.filter.clone(),
         include_cow: args.include_cow,
         command: args.command.clone(),

@@ -696,5 +696,5 @@ fn non_root_is_refused_with_one_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("needs root"), "{stderr}");
+    assert!(stderr.contains("must run as root"), "{stderr}");
 }

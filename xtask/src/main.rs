@@ -272,8 +272,9 @@ fn run_mmapwatch(args: &[OsString]) -> Result<()> {
 }
 
 /// What the integration tests drive besides mmapwatch: a real Prometheus
-/// server (and its promtool) for the exporter, tmux for the dashboard.
-const TEST_PACKAGES: &[&str] = &["prometheus", "tmux"];
+/// server (and its promtool) for the exporter, tmux for the dashboard,
+/// bpftool to check nothing stays loaded.
+const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool"];
 
 fn test() -> Result<()> {
     ensure_apt(TEST_PACKAGES)?;

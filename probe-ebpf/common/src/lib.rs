@@ -63,7 +63,11 @@ pub mod counter {
     /// Highest ring-buffer fill seen after a submit, in bytes (a maximum,
     /// not a sum: userspace takes the largest across CPUs).
     pub const RING_PEAK_BYTES: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// The part of `RINGBUF_DROPS` that were file announcements (not pages):
+    /// the rest are page records, so pages reported plus those drops account
+    /// for every first write.
+    pub const RINGBUF_DROPS_FILE_EVENTS: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts

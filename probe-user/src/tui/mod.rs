@@ -8,7 +8,7 @@ pub mod app;
 pub mod snapshot;
 pub mod view;
 
-use std::{path::Path, time::Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use crossterm::event::{Event as TermEvent, EventStream};
@@ -20,6 +20,7 @@ use self::{
     snapshot::Snapshot,
 };
 use crate::{
+    cli::KernelPaths,
     cli::TopArgs,
     events::FileId,
     paths::MountTable,
@@ -66,9 +67,9 @@ pub fn snapshot(
 }
 
 /// Runs `top`; returns the traced command's exit code, or 0.
-pub async fn run(btf: &Path, args: TopArgs) -> anyhow::Result<u8> {
+pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
     let options = SessionOptions {
-        btf: btf.to_path_buf(),
+        kernel: kernel.clone(),
         filter: args.filter.clone(),
         // The COW column needs COW pages; COW-only files stay hidden
         // without --include-cow.

@@ -37,6 +37,9 @@ enum Case {
         /// After writing: msync, then write the same pages again.
         #[arg(long)]
         msync_and_rewrite: bool,
+        /// Write every page of the mapping (instead of --pages).
+        #[arg(long)]
+        all: bool,
     },
     /// Write through a MAP_PRIVATE mapping (copy-on-write).
     Private {
@@ -282,7 +285,15 @@ fn main() -> Result<()> {
             offset_pages,
             pages,
             msync_and_rewrite,
-        } => write_shared(&file, size_pages, offset_pages, &pages, msync_and_rewrite),
+            all,
+        } => {
+            let pages = if all {
+                (0..size_pages - offset_pages).collect()
+            } else {
+                pages
+            };
+            write_shared(&file, size_pages, offset_pages, &pages, msync_and_rewrite)
+        }
         Case::Private {
             file,
             size_pages,

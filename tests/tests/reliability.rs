@@ -1,0 +1,295 @@
+//! Bad input, overload and signals: nothing is lost silently, nothing is
+//! left attached, nothing panics.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    identity, mmapwatch_bin, path_arg, ranges, require_root, run, scratch_dir, shm_dir,
+    trace_command, TraceRun,
+};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
+
+fn trace_workload(extra: &[&str], workload: &[&str]) -> TraceRun {
+    trace_command(WORKLOAD, extra, workload)
+}
+
+fn expect_one_line_failure(command: &mut Command, code: i32, needle: &str) {
+    let output = run(command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{command:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{command:?}: one line expected:\n{stderr}"
+    );
+    assert!(stderr.contains(needle), "{command:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+fn mmapwatch(args: &[&str]) -> Command {
+    let mut command = Command::new(mmapwatch_bin());
+    command.args(args);
+    command
+}
+
+#[test]
+fn corrupt_btf_is_refused_with_one_line() {
+    require_root();
+    let dir = scratch_dir();
+    let corrupt = dir.path().join("vmlinux");
+    // A BTF header (magic 0xeb9f) followed by section sizes that run past the end.
+    let mut bytes = vec![
+        0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0xff, 0xff, 0, 0, 16, 0, 0, 0,
+    ];
+    bytes.extend_from_slice(&[0xab; 40]);
+    std::fs::write(&corrupt, bytes).unwrap();
+    expect_one_line_failure(
+        mmapwatch(&["trace", "--duration", "1s"]).env("MMAPWATCH_BTF", &corrupt),
+        4,
+        "unreadable or corrupt",
+    );
+    expect_one_line_failure(
+        mmapwatch(&["export", "--listen", "127.0.0.1:0"])
+            .env("MMAPWATCH_BTF", "/nonexistent/vmlinux"),
+        4,
+        "CONFIG_DEBUG_INFO_BTF",
+    );
+}
+
+#[test]
+fn an_absent_tracepoint_is_refused_with_one_line() {
+    require_root();
+    // A tracefs that has every tracepoint but the write-fault one.
+    let dir = scratch_dir();
+    for tp in [
+        "exceptions/page_fault_kernel",
+        "sched/sched_process_fork",
+        "sched/sched_process_exit",
+    ] {
+        let path = dir.path().join("events").join(tp);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("id"), "1\n").unwrap();
+    }
+    expect_one_line_failure(
+        mmapwatch(&["trace", "--duration", "1s"]).env("MMAPWATCH_TRACEFS", dir.path()),
+        4,
+        "no tracepoint exceptions:page_fault_user",
+    );
+}
+
+#[test]
+fn bad_listen_addresses_are_refused_with_one_line() {
+    require_root();
+    expect_one_line_failure(
+        &mut mmapwatch(&["export", "--listen", "localhost"]),
+        2,
+        "localhost",
+    );
+    expect_one_line_failure(
+        &mut mmapwatch(&["export", "--listen", "127.0.0.1:99999"]),
+        2,
+        "99999",
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    expect_one_line_failure(
+        &mut mmapwatch(&["export", "--listen", &address]),
+        6,
+        "already in use",
+    );
+}
+
+/// A 4 KiB ring cannot keep up with 20,000 first writes: records are lost,
+/// counted, and with the pages reported they account for every write.
+#[test]
+fn ring_overflow_is_counted_and_accounts_for_every_first_write() {
+    require_root();
+    const PAGES: u64 = 20_000;
+    let dir = shm_dir();
+    let file = dir.path().join("overflow");
+    let run = trace_workload(
+        &["--ring-bytes", "4096"],
+        &[
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            &PAGES.to_string(),
+            "--all",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let drops = &run.json["drops"];
+    let ring_full = drops["ringbuf_full"].as_u64().unwrap();
+    let file_events_lost = drops["ringbuf_full_file_events"].as_u64().unwrap();
+    assert!(ring_full > 0, "a 4 KiB ring must overflow: {drops}");
+    assert!(run.json["lost_events"].as_u64().unwrap() >= ring_full);
+    assert!(
+        run.stderr.contains("event(s) lost"),
+        "losses are said on stderr: {}",
+        run.stderr
+    );
+    let (_, ino, _) = identity(&file);
+    let entry = run
+        .files()
+        .iter()
+        .find(|f| f["ino"] == ino)
+        .unwrap_or_else(|| {
+            panic!(
+                "the file is reported even when records were lost: {:#}",
+                run.json
+            )
+        });
+    let reported = entry["pages_written_count"].as_u64().unwrap();
+    assert_eq!(
+        reported + (ring_full - file_events_lost),
+        PAGES,
+        "pages reported {reported} + page records lost {} must be every first write",
+        ring_full - file_events_lost
+    );
+    // The kernel's own count saw every fault.
+    assert_eq!(entry["write_faults"], PAGES);
+}
+
+/// A dedup map far smaller than the pages written: evicted pages written
+/// again are reported again, and deduplicated here: no page twice, no file lost.
+#[test]
+fn a_small_dedup_map_never_double_counts_or_loses_a_file() {
+    require_root();
+    const PAGES: u64 = 500;
+    let dir = scratch_dir();
+    let file = dir.path().join("pressure.bin");
+    let run = trace_workload(
+        &[
+            "--dedup-entries",
+            "64",
+            "--path-prefix",
+            &path_arg(dir.path()),
+        ],
+        &[
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            &PAGES.to_string(),
+            "--all",
+            "--msync-and-rewrite",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(0, PAGES - 1)]);
+    assert_eq!(entry["pages_written_count"], PAGES);
+    assert_eq!(
+        entry["writers"][0]["pages"], PAGES,
+        "each page counted once for its writer"
+    );
+    assert_eq!(
+        entry["write_faults"],
+        2 * PAGES,
+        "msync made every page fault again"
+    );
+    let drops = &run.json["drops"];
+    assert!(drops["dedup_evictions"].as_u64().unwrap() > 0, "{drops}");
+    assert!(drops["dedup_repeats"].as_u64().unwrap() > 0, "{drops}");
+    assert_eq!(
+        run.json["lost_events"], 0,
+        "evictions are not losses: {drops}"
+    );
+}
+
+/// mmapwatch's programs, by name (this bpftool cannot list owning pids;
+/// the tests run one at a time, so these names are ours).
+const PROGRAMS: [&str; 9] = [
+    "page_fault_user",
+    "page_fault_kernel",
+    "sched_process_fork",
+    "sched_process_exit",
+    "sb_mark_inode_writeback",
+    "sb_clear_inode_writeback",
+    "ext4_writepages_result",
+    "writeback_dirty_folio",
+    "writeback_single_inode",
+];
+
+/// Ids of loaded programs with our names.
+fn our_program_ids() -> Vec<u64> {
+    let output = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask test)");
+    let programs: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    programs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|name| PROGRAMS.contains(&name))
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+fn program_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn after_sigkill_nothing_stays_attached_or_pinned() {
+    require_root();
+    let mut trace = Command::new(mmapwatch_bin())
+        .args(["trace", "--comm", "nothing-matches"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(trace.stderr.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("tracing"), "{line}");
+    let ids = our_program_ids();
+    assert_eq!(
+        ids.len(),
+        PROGRAMS.len(),
+        "bpftool lists our programs while we run: {ids:?}"
+    );
+
+    trace.kill().unwrap(); // SIGKILL: no cleanup code runs.
+    trace.wait().unwrap();
+    let start = Instant::now();
+    while ids.iter().any(|&id| program_exists(id)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "programs still loaded after SIGKILL: {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(our_program_ids().is_empty());
+    // Nothing pinned: mmapwatch never pins, so bpffs holds nothing of ours.
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_lowercase();
+            assert!(
+                !name.contains("mmapwatch") && !name.contains("page_seen"),
+                "pinned: {name}"
+            );
+        }
+    }
+}
