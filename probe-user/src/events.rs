@@ -101,7 +101,14 @@ pub enum DecodeError {
     Short { len: usize, need: usize },
     #[error("record has unknown kind {0}")]
     UnknownKind(u32),
+    #[error("span record of {pages} pages from page {first_page} is not a huge page")]
+    BadSpan { first_page: u64, pages: u64 },
 }
+
+/// The largest span a record may claim: a 1 GiB (PUD) page of 4 KiB pages.
+/// The kernel sends 2 MiB spans; anything larger is corrupt, and trusting it
+/// would make the aggregate insert billions of pages.
+pub const MAX_SPAN_PAGES: u64 = 1 << 18;
 
 /// Bytes up to the first NUL, lossily as UTF-8.
 fn c_string(bytes: &[u8]) -> String {
@@ -162,6 +169,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         event_kind::HUGE_SPAN => {
             let event: PageEvent = read(bytes)?;
+            if event.pages == 0
+                || event.pages > MAX_SPAN_PAGES
+                || event.page.checked_add(event.pages).is_none()
+            {
+                return Err(DecodeError::BadSpan {
+                    first_page: event.page,
+                    pages: event.pages,
+                });
+            }
             Ok(Event::HugeSpan {
                 file,
                 first_page: event.page,
@@ -341,6 +357,28 @@ mod tests {
             Err(DecodeError::UnknownKind(99))
         );
         assert!(decode(&[]).is_err());
+    }
+
+    #[test]
+    fn rejects_spans_that_are_not_huge_pages() {
+        let span = |page, pages| PageEvent {
+            header: header(event_kind::HUGE_SPAN),
+            page,
+            pages,
+        };
+        assert!(decode(span(0, 512).as_bytes()).is_ok());
+        for (page, pages) in [(0, 0), (0, MAX_SPAN_PAGES + 1), (u64::MAX - 10, 512)] {
+            assert_eq!(
+                decode(span(page, pages).as_bytes()),
+                Err(DecodeError::BadSpan {
+                    first_page: page,
+                    pages
+                })
+            );
+        }
+        // Found by the fuzzer: a span of ~1.7e19 pages ran out of memory.
+        let found = b"\x05\x00\x00\x00\x00\x00\x00\x4c\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xe2\xea\xea\xea\xea\xa2\xa2\xa2\xa2\xa2\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\x0a\x01\x00\x00\x00\x00\x00\x00\xea\xea\x00\x27\x27\x27\x27\x27\x27\x67\x27\x27\x01\x00\x00\x00\x27\xea\xea\x4c\xea\xea\xea\xea\xea\x00\x00";
+        assert!(matches!(decode(found), Err(DecodeError::BadSpan { .. })));
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+
+mod soak;
 use clap::{Parser, Subcommand};
 
 /// The LLVM major of the nightly toolchain's rustc; bpf-linker must be built
@@ -37,6 +39,18 @@ enum Task {
     },
     /// Set up, then run unit tests and the root integration tests (serially).
     Test,
+    /// Run the exporter and the dashboard under a steady mmap write load;
+    /// fail if their memory or open files grow.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
+    /// Fuzz the event decoder and the BTF parser (cargo-fuzz, nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,17 +69,25 @@ fn main() -> Result<()> {
             setup()?;
             test()
         }
+        Task::Soak { minutes } => {
+            setup()?;
+            soak::run(minutes)
+        }
+        Task::Fuzz { seconds } => {
+            setup()?;
+            fuzz(seconds)
+        }
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 
-fn step(message: &str) {
+pub(crate) fn step(message: &str) {
     println!("xtask: {message}");
 }
 
@@ -78,7 +100,7 @@ fn is_root() -> bool {
 }
 
 /// A command, prefixed with sudo when we are not root.
-fn privileged(program: &str) -> Command {
+pub(crate) fn privileged(program: &str) -> Command {
     if is_root() {
         Command::new(program)
     } else {
@@ -88,7 +110,7 @@ fn privileged(program: &str) -> Command {
     }
 }
 
-fn run(command: &mut Command) -> Result<()> {
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     println!("xtask: $ {}", describe(command));
     let status = command
         .status()
@@ -99,7 +121,7 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn describe(command: &Command) -> String {
+pub(crate) fn describe(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
         .map(|s| s.to_string_lossy().into_owned())
@@ -107,7 +129,7 @@ fn describe(command: &Command) -> String {
         .join(" ")
 }
 
-fn output(command: &mut Command) -> Option<String> {
+pub(crate) fn output(command: &mut Command) -> Option<String> {
     let out = command.output().ok()?;
     out.status
         .success()
@@ -120,7 +142,7 @@ fn apt_installed(package: &str) -> bool {
 }
 
 /// Installs Debian packages that are missing; `apt-get update` only if needed.
-pub fn ensure_apt(packages: &[&str]) -> Result<()> {
+pub(crate) fn ensure_apt(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -248,7 +270,7 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut command = Command::new("cargo");
     command.current_dir(workspace_root());
     command
@@ -258,7 +280,7 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "probe-user"]))
 }
 
-fn mmapwatch_release() -> PathBuf {
+pub(crate) fn mmapwatch_release() -> PathBuf {
     workspace_root().join("target/release/mmapwatch")
 }
 
@@ -307,4 +329,33 @@ fn test() -> Result<()> {
         ])
         .current_dir(workspace_root());
     run(&mut integration)
+}
+
+/// The cargo-fuzz targets in fuzz/: what the kernel hands us (ring records,
+/// BTF) must never panic the parser.
+const FUZZ_TARGETS: &[&str] = &["decode", "btf"];
+
+fn fuzz(seconds: u64) -> Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        step("cargo-fuzz present");
+    } else {
+        step("installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz"]))?;
+    }
+    for target in FUZZ_TARGETS {
+        step(&format!("fuzzing {target} for {seconds} s"));
+        run(cargo()
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "fuzz",
+                target,
+                "--",
+            ])
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=4096"))?;
+    }
+    Ok(())
 }

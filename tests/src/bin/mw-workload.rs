@@ -122,6 +122,22 @@ enum Case {
         #[arg(long, value_delimiter = ',')]
         pages: Vec<u64>,
     },
+    /// Steady load for soak tests: rewrite every page of `files` files, msync
+    /// (so the next round faults again and writeback runs), repeat until
+    /// `seconds` have passed. One process and a fixed set of pages: the
+    /// tracked state stops growing after the first round.
+    Loop {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        files: u32,
+        #[arg(long, default_value_t = 64)]
+        pages: u64,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long, default_value_t = 20)]
+        pause_ms: u64,
+    },
     /// Wait for a line on stdin, then do the shared case (for --pid tests).
     WaitThenShared {
         #[arg(long)]
@@ -436,6 +452,39 @@ fn main() -> Result<()> {
                 }
             }
             map.flush()?;
+            Ok(())
+        }
+        Case::Loop {
+            dir,
+            files,
+            pages,
+            seconds,
+            pause_ms,
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            let mut maps = Vec::new();
+            for i in 0..files {
+                let handle = open_sized(&dir.join(format!("soak-{i}.bin")), pages)?;
+                // SAFETY: the files are private to the soak.
+                maps.push(unsafe {
+                    MmapOptions::new()
+                        .len(pages as usize * PAGE)
+                        .map_mut(&handle)?
+                });
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+            let mut rounds = 0u64;
+            while std::time::Instant::now() < deadline {
+                for map in &mut maps {
+                    for page in 0..pages as usize {
+                        map[page * PAGE] = map[page * PAGE].wrapping_add(1);
+                    }
+                    map.flush()?;
+                }
+                rounds += 1;
+                std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+            }
+            eprintln!("workload: rounds={rounds}");
             Ok(())
         }
         Case::WaitThenShared {
