@@ -32,6 +32,20 @@ pub struct Writer {
     pub cow_pages: u64,
 }
 
+/// Writers kept by name per file; beyond it the least significant are
+/// summed into [`FileRecord::other_writers`], so long-running front ends do
+/// not grow with every short-lived process that writes a file.
+pub const MAX_WRITERS_PER_FILE: usize = 256;
+
+/// Writers folded together once a file has more than
+/// [`MAX_WRITERS_PER_FILE`]: totals stay exact, names are dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OtherWriters {
+    pub processes: u64,
+    pub pages: u64,
+    pub cow_pages: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct FileRecord {
     pub path: Option<String>,
@@ -40,6 +54,7 @@ pub struct FileRecord {
     pub pages_written: RoaringTreemap,
     pub cow_pages: RoaringTreemap,
     pub writers: BTreeMap<u32, Writer>,
+    pub other_writers: OtherWriters,
     pub first_write_boot_ns: Option<u64>,
     pub last_write_boot_ns: Option<u64>,
     /// Kernel counters, summed over CPUs, as of the latest snapshot.
@@ -69,6 +84,9 @@ impl FileRecord {
     }
 
     fn writer(&mut self, task: &Task) -> &mut Writer {
+        if !self.writers.contains_key(&task.tgid) && self.writers.len() >= MAX_WRITERS_PER_FILE {
+            self.fold_least_writer();
+        }
         let writer = self.writers.entry(task.tgid).or_insert_with(|| Writer {
             tgid: task.tgid,
             comm: task.comm.clone(),
@@ -80,6 +98,21 @@ impl FileRecord {
             writer.comm.clone_from(&task.comm);
         }
         writer
+    }
+
+    /// Moves the writer with the fewest pages (the lowest pid on ties) into
+    /// `other_writers`.
+    fn fold_least_writer(&mut self) {
+        let least = self
+            .writers
+            .values()
+            .min_by_key(|w| (w.pages + w.cow_pages, w.tgid))
+            .map(|w| w.tgid);
+        if let Some(writer) = least.and_then(|tgid| self.writers.remove(&tgid)) {
+            self.other_writers.processes += 1;
+            self.other_writers.pages += writer.pages;
+            self.other_writers.cow_pages += writer.cow_pages;
+        }
     }
 
     /// Write faults through shared mappings: the kernel's count, which
@@ -401,6 +434,25 @@ mod tests {
         assert_eq!(rec.huge_spans, 1);
         // A span is not a fault.
         assert_eq!(rec.write_faults(), 1);
+    }
+
+    #[test]
+    fn writers_beyond_the_cap_are_folded_with_exact_totals() {
+        let mut agg = Aggregate::new();
+        let cap = MAX_WRITERS_PER_FILE as u32;
+        // One big writer, then many one-page writers.
+        for page in 0..10 {
+            agg.apply(&write(page, 1, 1));
+        }
+        for tgid in 2..=cap + 50 {
+            agg.apply(&write(1000 + u64::from(tgid), tgid, 2));
+        }
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.writers.len(), MAX_WRITERS_PER_FILE);
+        assert_eq!(rec.writers[&1].pages, 10, "the big writer is kept");
+        assert_eq!(rec.other_writers.processes, 50);
+        let named: u64 = rec.writers.values().map(|w| w.pages).sum();
+        assert_eq!(named + rec.other_writers.pages, rec.pages_written.len());
     }
 
     #[test]

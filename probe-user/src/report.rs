@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{page_ranges, Aggregate, FileRecord, PathSource},
+    aggregate::{page_ranges, Aggregate, FileRecord, OtherWriters, PathSource},
     events::FileId,
     loader::KernelCounters,
 };
@@ -97,6 +97,8 @@ pub struct FileReport {
     /// pages are all in `pages_written`, as the kernel tracks them as one.
     pub huge_mapped_spans: u64,
     pub writers: Vec<WriterReport>,
+    /// Writers beyond the per-file cap, summed.
+    pub other_writers: OtherWriters,
     pub first_write_unix_ns: Option<u64>,
     pub last_write_unix_ns: Option<u64>,
     pub folios_dirtied: u64,
@@ -196,6 +198,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         cow_faults: record.cow_faults(),
         huge_mapped_spans: record.huge_spans,
         writers,
+        other_writers: record.other_writers,
         first_write_unix_ns: record.first_write_boot_ns.map(|ns| ctx.clock.unix_ns(ns)),
         last_write_unix_ns: some_ns(&ctx.clock, last_write),
         folios_dirtied: kernel.folios_dirtied,

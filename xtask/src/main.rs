@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+mod bench;
 mod soak;
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,13 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
+    /// Measure probe overhead, userspace throughput and memory, drops and
+    /// attach time; write BENCHMARKS.md and benchmarks.svg.
+    Bench {
+        /// Interleaved rounds of the fault loop (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Fuzz the event decoder and the BTF parser (cargo-fuzz, nightly).
     Fuzz {
         /// Seconds per target.
@@ -72,6 +80,10 @@ fn main() -> Result<()> {
         Task::Soak { minutes } => {
             setup()?;
             soak::run(minutes)
+        }
+        Task::Bench { rounds } => {
+            setup()?;
+            bench::run(rounds)
         }
         Task::Fuzz { seconds } => {
             setup()?;

@@ -138,6 +138,30 @@ enum Case {
         #[arg(long, default_value_t = 20)]
         pause_ms: u64,
     },
+    /// Benchmark: write one byte to each page of a shared mapping, make the
+    /// pages fault again (msync write-protects on ext4; tmpfs needs
+    /// MADV_DONTNEED), repeat. Prints the median ns per write fault.
+    FaultLoop {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        pages: u64,
+        #[arg(long, default_value_t = 21)]
+        rounds: u32,
+        /// Re-arm faults with MADV_DONTNEED instead of msync.
+        #[arg(long)]
+        dontneed: bool,
+    },
+    /// Benchmark: create a file, write every page through a shared mapping,
+    /// unlink it; repeat for `seconds`. Every write is a first write.
+    Churn {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        pages: u64,
+        #[arg(long)]
+        seconds: f64,
+    },
     /// Wait for a line on stdin, then do the shared case (for --pid tests).
     WaitThenShared {
         #[arg(long)]
@@ -485,6 +509,82 @@ fn main() -> Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(pause_ms));
             }
             eprintln!("workload: rounds={rounds}");
+            Ok(())
+        }
+        Case::FaultLoop {
+            file,
+            pages,
+            rounds,
+            dontneed,
+        } => {
+            let handle = open_sized(&file, pages)?;
+            let len = pages as usize * PAGE;
+            // SAFETY: the file is private to the benchmark.
+            let mut map = unsafe { MmapOptions::new().len(len).map_mut(&handle)? };
+            let mut per_fault = Vec::new();
+            for round in 0..rounds {
+                let start = std::time::Instant::now();
+                for page in 0..pages as usize {
+                    // Volatile: the compiler must not merge or drop the stores.
+                    // SAFETY: in bounds of the mapping.
+                    unsafe {
+                        std::ptr::write_volatile(map.as_mut_ptr().add(page * PAGE), round as u8)
+                    };
+                }
+                let elapsed = start.elapsed();
+                // The first round allocates the page cache: not a steady fault.
+                if round > 0 {
+                    per_fault.push(elapsed.as_nanos() as f64 / pages as f64);
+                }
+                if dontneed {
+                    // SAFETY: drops this process's PTEs of its own mapping.
+                    if unsafe { libc::madvise(map.as_mut_ptr().cast(), len, libc::MADV_DONTNEED) }
+                        != 0
+                    {
+                        bail!("madvise: {}", std::io::Error::last_os_error());
+                    }
+                } else {
+                    map.flush()?;
+                }
+            }
+            per_fault.sort_by(f64::total_cmp);
+            let median = per_fault.get(per_fault.len() / 2).copied().unwrap_or(0.0);
+            println!(
+                "{{\"ns_per_fault\":{median:.1},\"faults\":{}}}",
+                pages * u64::from(rounds)
+            );
+            Ok(())
+        }
+        Case::Churn {
+            dir,
+            pages,
+            seconds,
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+            let started = std::time::Instant::now();
+            let mut written = 0u64;
+            let mut index = 0u64;
+            while std::time::Instant::now() < deadline {
+                let path = dir.join(format!("churn-{}-{index}", std::process::id()));
+                index += 1;
+                let handle = open_sized(&path, pages)?;
+                // SAFETY: the file is private to the benchmark.
+                let mut map = unsafe {
+                    MmapOptions::new()
+                        .len(pages as usize * PAGE)
+                        .map_mut(&handle)?
+                };
+                for page in 0..pages as usize {
+                    map[page * PAGE] = 1;
+                }
+                written += pages;
+                drop(map);
+                drop(handle);
+                std::fs::remove_file(&path)?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!("{{\"first_writes\":{written},\"seconds\":{secs:.3},\"files\":{index}}}");
             Ok(())
         }
         Case::WaitThenShared {
