@@ -15,7 +15,8 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
         generated::{bpf_find_vma, bpf_get_current_task_btf},
     },
     macros::{map, raw_tracepoint, tracepoint},
@@ -27,8 +28,9 @@ use aya_log_ebpf::debug;
 use probe_common::{
     counter, event_kind, filter, traced, EventHeader, FileEvent, FileKey, FileStats, KernelOffsets,
     PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey, WriterStats, WriterStatsKey,
-    EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAX_COMM_FILTERS, PATH_MAX_DEPTH, PMD_PAGES, TASK_COMM_LEN,
-    VM_SHARED, VM_WRITE, X86_PF_WRITE,
+    EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK,
+    MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE, MAX_COMM_FILTERS, PATH_MAX_DEPTH,
+    PMD_PAGES, TASK_COMM_LEN, VM_SHARED, VM_WRITE, X86_PF_WRITE,
 };
 
 /// Field offsets resolved from vmlinux BTF by userspace.
@@ -152,6 +154,94 @@ fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
         return false;
     }
     true
+}
+
+/// Finds the VMA holding `address` by walking the current mm's maple tree
+/// with plain kernel reads: no mmap lock, so no deferred unlock (with IRQs
+/// off, as in the fault tracepoint, bpf_find_vma must queue an irq_work to
+/// unlock; a self-IPI costs microseconds in a VM). Nodes and VMAs are freed
+/// by RCU, under which BPF programs run; a VMA found is checked to belong to
+/// this mm and to hold the address, and any doubt falls back to
+/// bpf_find_vma.
+fn walk_maple_tree(address: u64, info: &mut VmaInfo) -> bool {
+    if offset!(maple_walk) == 0 {
+        return false;
+    }
+    // SAFETY: no arguments; the current task.
+    let task = unsafe { bpf_get_current_task() };
+    let Ok(mm) = read_kernel::<u64>(task, offset!(task_mm)) else {
+        return false;
+    };
+    let Ok(root) = read_kernel::<u64>(mm, offset!(mm_ma_root)) else {
+        return false;
+    };
+    // Only the root pointer is tagged (MAPLE_ROOT_NODE, 0b10); without the
+    // tag the tree holds a single entry, not nodes.
+    if root & 3 != MAPLE_ROOT_NODE || root < 4096 {
+        return false;
+    }
+    let mut enode = root & !MAPLE_ROOT_NODE;
+    let (range64, arange64) = (offset!(maple_range_64), offset!(maple_arange_64));
+    let mut depth = 0;
+    while depth < MAPLE_MAX_DEPTH {
+        depth += 1;
+        let node = enode & !MAPLE_NODE_MASK;
+        let kind = (enode >> MAPLE_NODE_TYPE_SHIFT) & MAPLE_NODE_TYPE_MASK;
+        let (pivots_at, slots_at, count) = if kind == arange64 {
+            (
+                offset!(arange64_pivots),
+                offset!(arange64_slots),
+                offset!(arange64_pivot_count),
+            )
+        } else {
+            (
+                offset!(range64_pivots),
+                offset!(range64_slots),
+                offset!(range64_pivot_count),
+            )
+        };
+        let Ok(pivots) = read_kernel::<[u64; MAPLE_MAX_PIVOTS]>(node, pivots_at) else {
+            return false;
+        };
+        // The first slot whose pivot (its range's last index) reaches the
+        // address; a zero pivot past the first ends the node's data, and
+        // the slot there runs to the node's end.
+        let mut slot = 0u64;
+        while slot < count && (slot as usize) < MAPLE_MAX_PIVOTS {
+            let pivot = pivots[slot as usize];
+            if pivot >= address || (pivot == 0 && slot > 0) {
+                break;
+            }
+            slot += 1;
+        }
+        let Ok(next) = read_kernel::<u64>(node, slots_at + slot * 8) else {
+            return false;
+        };
+        // Leaves (types below maple_range_64) hold VMA pointers; internal
+        // nodes hold their children, whose type is in the pointer's bits.
+        if kind < range64 {
+            return next != 0 && vma_holds(next, mm, address, info);
+        }
+        if next < 4096 {
+            return false;
+        }
+        enode = next;
+    }
+    false
+}
+
+/// Fills `info` from `vma` if it is this mm's and holds `address`.
+fn vma_holds(vma: u64, mm: u64, address: u64, info: &mut VmaInfo) -> bool {
+    if read_kernel::<u64>(vma, offset!(vma_vm_mm)) != Ok(mm) || fill_vma_info(vma, info).is_err() {
+        return false;
+    }
+    if info.file == 0 {
+        // Anonymous: the range still has to hold the address.
+        let start = read_kernel::<u64>(vma, offset!(vma_vm_start)).unwrap_or(u64::MAX);
+        let end = read_kernel::<u64>(vma, offset!(vma_vm_end)).unwrap_or(0);
+        return start <= address && address < end;
+    }
+    info.start <= address && address < info.end
 }
 
 /// What the fault path learns about the faulting mapping, filled in by
@@ -392,6 +482,10 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
     }
 
     let mut info = VmaInfo::default();
+    if walk_maple_tree(address, &mut info) {
+        return record_write(ctx, pid_tgid, comm, address, &info);
+    }
+    bump(counter::VMA_WALK_FALLBACKS);
     // SAFETY: the task pointer comes from the kernel; the callback is a
     // subprogram with the signature bpf_find_vma expects.
     let found = unsafe {
@@ -411,6 +505,18 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
         }
         return Ok(());
     }
+    record_write(ctx, pid_tgid, comm, address, &info)
+}
+
+/// Records a write fault whose mapping is known.
+fn record_write<C: EbpfContext>(
+    _ctx: &C,
+    pid_tgid: u64,
+    comm: [u8; TASK_COMM_LEN],
+    address: u64,
+    info: &VmaInfo,
+) -> Result<(), i64> {
+    let tgid = (pid_tgid >> 32) as u32;
     // Anonymous memory, or a store the kernel will refuse.
     if info.file == 0 || info.flags & VM_WRITE == 0 {
         return Ok(());
@@ -442,9 +548,6 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
         ino: info.ino,
     };
     account_fault(&file_key, shared, now, header, &info);
-    if shared {
-        remember_fault(pid_tgid, &info, address, page);
-    }
 
     let page_key = PageKey {
         dev: info.dev,
@@ -482,6 +585,11 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
         }
         None => match PAGE_SEEN.insert(&page_key, &tgid, BPF_NOEXIST as u64) {
             Ok(()) => {
+                // Only a first write can bring unseen pages along in a huge
+                // span: re-faults skip this bookkeeping.
+                if shared {
+                    remember_fault(pid_tgid, info, address, page);
+                }
                 bump(counter::DEDUP_INSERTS);
                 submit_page_event(header, page, 1);
             }

@@ -180,6 +180,53 @@ impl KernelBtf {
         Ok(total)
     }
 
+    /// Elements of the array member `member` of `strukt` (e.g. `pivot[15]`).
+    pub fn array_len(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let composite = self.composite(strukt)?;
+        let (_, ty) =
+            self.member(&composite, strukt, member, 0)?
+                .ok_or_else(|| BtfError::NoMember {
+                    strukt: strukt.into(),
+                    member: member.into(),
+                })?;
+        match ty {
+            Type::Array(array) => u32::try_from(array.len())
+                .map_err(|_| BtfError::Lookup(format!("{strukt}.{member} is too long"))),
+            _ => Err(BtfError::Lookup(format!(
+                "{strukt}.{member} is not an array"
+            ))),
+        }
+    }
+
+    /// Offsets for walking the mm's maple tree (Linux 6.1+). An error means
+    /// this kernel has no maple tree: faults use bpf_find_vma instead.
+    pub fn maple_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
+        offsets.task_mm = self.offset_of("task_struct", "mm")?;
+        offsets.mm_ma_root = self.offset_of("mm_struct", "mm_mt.ma_root")?;
+        offsets.vma_vm_mm = self.offset_of("vm_area_struct", "vm_mm")?;
+        offsets.range64_pivots = self.offset_of("maple_range_64", "pivot")?;
+        offsets.range64_slots = self.offset_of("maple_range_64", "slot")?;
+        offsets.range64_pivot_count = self.array_len("maple_range_64", "pivot")?;
+        offsets.arange64_pivots = self.offset_of("maple_arange_64", "pivot")?;
+        offsets.arange64_slots = self.offset_of("maple_arange_64", "slot")?;
+        offsets.arange64_pivot_count = self.array_len("maple_arange_64", "pivot")?;
+        let kind = |name: &str| {
+            self.enumerator("maple_type", name).and_then(|v| {
+                u32::try_from(v).map_err(|_| BtfError::Lookup(format!("{name} out of range")))
+            })
+        };
+        offsets.maple_range_64 = kind("maple_range_64")?;
+        offsets.maple_arange_64 = kind("maple_arange_64")?;
+        // The walk reads pivots into a fixed 16-element buffer.
+        if offsets.range64_pivot_count as usize > probe_common::MAPLE_MAX_PIVOTS
+            || offsets.arange64_pivot_count as usize > probe_common::MAPLE_MAX_PIVOTS
+        {
+            return Err(BtfError::Lookup("maple nodes wider than expected".into()));
+        }
+        offsets.maple_walk = 1;
+        Ok(())
+    }
+
     /// Value of enumerator `name` of `enum enum_name`, such as `PG_head`
     /// of `pageflags`.
     pub fn enumerator(&self, enum_name: &str, name: &str) -> Result<u64, BtfError> {
@@ -244,6 +291,7 @@ impl KernelBtf {
             wbc_nr_to_write: self.offset_of("writeback_control", "nr_to_write")?,
             pg_head_bit: u32::try_from(self.enumerator("pageflags", "PG_head")?)
                 .map_err(|_| BtfError::Lookup("PG_head out of range".into()))?,
+            ..KernelOffsets::default()
         })
     }
 }
@@ -436,8 +484,14 @@ mod tests {
     #[test]
     fn resolves_every_offset_on_the_running_kernel() {
         let btf = KernelBtf::from_file(Path::new(VMLINUX_BTF)).expect("kernel BTF");
-        let offsets = btf.kernel_offsets().expect("offsets");
+        let mut offsets = btf.kernel_offsets().expect("offsets");
         assert_ne!(offsets.vma_vm_file, 0);
+        btf.maple_offsets(&mut offsets)
+            .expect("6.18 has a maple tree");
+        assert_eq!(
+            (offsets.range64_pivot_count, offsets.arange64_pivot_count),
+            (15, 9)
+        );
         assert_ne!(offsets.file_dentry, 0);
         assert!(offsets.pg_head_bit < 64);
     }

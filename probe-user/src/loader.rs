@@ -254,6 +254,8 @@ pub struct KernelCounters {
     pub ring_peak_bytes: u64,
     /// The part of `ringbuf_drops` that were file announcements.
     pub ringbuf_drops_file_events: u64,
+    /// Faults looked up with bpf_find_vma because the maple walk missed.
+    pub vma_walk_fallbacks: u64,
 }
 
 impl KernelCounters {
@@ -310,7 +312,10 @@ impl Probes {
             return Err(LoadError::NotPrivileged);
         }
         let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
-        let offsets = kernel_btf.kernel_offsets()?;
+        let mut offsets = kernel_btf.kernel_offsets()?;
+        if let Err(err) = kernel_btf.maple_offsets(&mut offsets) {
+            log::info!("no maple-tree walk ({err}): mappings are looked up with bpf_find_vma");
+        }
         let aya_btf = Btf::parse_file(&options.btf_path, Endianness::default()).map_err(|err| {
             LoadError::Btf(BtfError::Corrupt {
                 path: options.btf_path.display().to_string(),
@@ -487,6 +492,7 @@ impl Probes {
             writer_stats_full: totals[counter::WRITER_STATS_FULL as usize],
             ring_peak_bytes: totals[counter::RING_PEAK_BYTES as usize],
             ringbuf_drops_file_events: totals[counter::RINGBUF_DROPS_FILE_EVENTS as usize],
+            vma_walk_fallbacks: totals[counter::VMA_WALK_FALLBACKS as usize],
         })
     }
 

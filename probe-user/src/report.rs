@@ -119,9 +119,24 @@ pub struct Report {
     /// Everything the kernel side failed to report (see `drops`).
     pub lost_events: u64,
     pub drops: Drops,
+    /// How the probes worked (not losses).
+    pub probe: ProbeStats,
     pub events: u64,
     pub warnings: Vec<String>,
     pub files: Vec<FileReport>,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Shared write faults the kernel saw (after filters).
+    pub shared_write_faults: u64,
+    /// Records the kernel submitted to the ring buffer.
+    pub records_submitted: u64,
+    /// Faults whose mapping the lock-free maple-tree walk did not find,
+    /// looked up with bpf_find_vma instead (slower with IRQs off).
+    pub vma_walk_fallbacks: u64,
+    /// Write faults that mapped a whole huge folio writable.
+    pub huge_spans: u64,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -243,6 +258,12 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
                 .saturating_sub(u64::from(ctx.dedup_capacity)),
             dedup_repeats,
             undecodable_records: ctx.undecodable_records,
+        },
+        probe: ProbeStats {
+            shared_write_faults: counters.shared_write_faults,
+            records_submitted: counters.events_submitted,
+            vma_walk_fallbacks: counters.vma_walk_fallbacks,
+            huge_spans: counters.huge_spans,
         },
         events: aggregate.events(),
         warnings: ctx.warnings,

@@ -107,47 +107,76 @@ fn bad_listen_addresses_are_refused_with_one_line() {
     );
 }
 
-/// A 4 KiB ring cannot keep up with 20,000 first writes: records are lost,
-/// counted, and with the pages reported they account for every write.
+/// A stalled consumer (SIGSTOP) and a 4 KiB ring: 20,000 first writes
+/// cannot fit, records are lost, counted, and with the pages reported they
+/// account for every write.
 #[test]
 fn ring_overflow_is_counted_and_accounts_for_every_first_write() {
     require_root();
     const PAGES: u64 = 20_000;
     let dir = shm_dir();
     let file = dir.path().join("overflow");
-    let run = trace_workload(
-        &["--ring-bytes", "4096"],
-        &[
+    let mut trace = Command::new(mmapwatch_bin())
+        .args([
+            "trace",
+            "--json",
+            "--ring-bytes",
+            "4096",
+            "--comm",
+            "mw-workload",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stderr = BufReader::new(trace.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("tracing"), "{line}");
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(trace.id() as i32, libc::SIGSTOP) }, 0);
+    let status = Command::new(WORKLOAD)
+        .args([
             "shared",
             "--file",
             &path_arg(&file),
             "--size-pages",
             &PAGES.to_string(),
             "--all",
-        ],
-    );
-    assert!(run.status.success(), "{}", run.stderr);
-    let drops = &run.json["drops"];
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // SAFETY: signals our own child.
+    unsafe {
+        libc::kill(trace.id() as i32, libc::SIGCONT);
+        libc::kill(trace.id() as i32, libc::SIGINT);
+    }
+    let output = trace.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(output.status.success(), "{rest}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let drops = &json["drops"];
     let ring_full = drops["ringbuf_full"].as_u64().unwrap();
     let file_events_lost = drops["ringbuf_full_file_events"].as_u64().unwrap();
-    assert!(ring_full > 0, "a 4 KiB ring must overflow: {drops}");
-    assert!(run.json["lost_events"].as_u64().unwrap() >= ring_full);
     assert!(
-        run.stderr.contains("event(s) lost"),
-        "losses are said on stderr: {}",
-        run.stderr
+        ring_full > 0,
+        "a 4 KiB ring with a stopped consumer must overflow: {drops}"
+    );
+    assert!(json["lost_events"].as_u64().unwrap() >= ring_full);
+    assert!(
+        rest.contains("event(s) lost"),
+        "losses are said on stderr: {rest}"
     );
     let (_, ino, _) = identity(&file);
-    let entry = run
-        .files()
+    let entry = json["files"]
+        .as_array()
+        .unwrap()
         .iter()
         .find(|f| f["ino"] == ino)
-        .unwrap_or_else(|| {
-            panic!(
-                "the file is reported even when records were lost: {:#}",
-                run.json
-            )
-        });
+        .unwrap_or_else(|| panic!("the file is reported even when records were lost: {json:#}"));
     let reported = entry["pages_written_count"].as_u64().unwrap();
     assert_eq!(
         reported + (ring_full - file_events_lost),

@@ -589,6 +589,43 @@ fn python_mmap_script_reports_exactly_its_pages() {
     assert_eq!(entry["writeback_pages"], 5);
 }
 
+/// The fault path finds mappings by walking the maple tree without locks
+/// (bpf_find_vma costs microseconds with IRQs off). A process with hundreds
+/// of mappings has a multi-level tree: every fault must still be resolved
+/// by the walk, with exact pages.
+#[test]
+fn the_lock_free_vma_walk_resolves_deep_trees() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("deep.bin");
+    let script = format!(
+        "import mmap, os\n\
+         fd = os.open({path:?}, os.O_RDWR | os.O_CREAT)\n\
+         os.ftruncate(fd, 64 * 4096)\n\
+         # Alternating protections keep 600 mappings from merging.\n\
+         keep = [mmap.mmap(-1, 4096, prot=(mmap.PROT_READ if i % 2 else mmap.PROT_READ | mmap.PROT_WRITE)) for i in range(600)]\n\
+         m = mmap.mmap(fd, 64 * 4096)\n\
+         for page in (0, 5, 63):\n    m[page * 4096] = 1\n\
+         assert sum(1 for _ in open('/proc/self/maps')) > 600\n",
+        path = path_arg(&file)
+    );
+    let run = trace_command(
+        "python3",
+        &["--path-prefix", &path_arg(dir.path())],
+        &["-c", &script],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        ranges(&run.expect_file(&file)["pages_written"]),
+        vec![(0, 0), (5, 5), (63, 63)]
+    );
+    assert_eq!(
+        run.json["probe"]["vma_walk_fallbacks"], 0,
+        "{:#}",
+        run.json["probe"]
+    );
+}
+
 /// Without CMD: SIGINT and SIGTERM stop tracing and still print the report.
 #[test]
 fn signals_stop_tracing_and_still_report() {

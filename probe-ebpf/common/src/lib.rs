@@ -63,11 +63,14 @@ pub mod counter {
     /// Highest ring-buffer fill seen after a submit, in bytes (a maximum,
     /// not a sum: userspace takes the largest across CPUs).
     pub const RING_PEAK_BYTES: u32 = 11;
+    /// Faults whose VMA the maple-tree walk did not find, looked up with
+    /// bpf_find_vma instead (slow with IRQs off; not a loss).
+    pub const VMA_WALK_FALLBACKS: u32 = 13;
     /// The part of `RINGBUF_DROPS` that were file announcements (not pages):
     /// the rest are page records, so pages reported plus those drops account
     /// for every first write.
     pub const RINGBUF_DROPS_FILE_EVENTS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts
@@ -262,6 +265,22 @@ pub struct KernelOffsets {
     pub wbc_nr_to_write: u32,
     /// Bit number of `PG_head` in `enum pageflags`.
     pub pg_head_bit: u32,
+    /// Maple-tree walk (6.1+): the VMA is found without taking the mmap
+    /// lock. Zero `maple_walk` when the kernel has no maple tree.
+    pub maple_walk: u32,
+    pub task_mm: u32,
+    /// `mm_struct.mm_mt.ma_root`.
+    pub mm_ma_root: u32,
+    pub vma_vm_mm: u32,
+    pub range64_pivots: u32,
+    pub range64_slots: u32,
+    pub range64_pivot_count: u32,
+    pub arange64_pivots: u32,
+    pub arange64_slots: u32,
+    pub arange64_pivot_count: u32,
+    /// `enum maple_type` values.
+    pub maple_range_64: u32,
+    pub maple_arange_64: u32,
 }
 
 /// Run-time configuration, a global set at load time.
@@ -305,6 +324,18 @@ impl KernelOffsets {
         mapping_host: 0,
         wbc_nr_to_write: 0,
         pg_head_bit: 0,
+        maple_walk: 0,
+        task_mm: 0,
+        mm_ma_root: 0,
+        vma_vm_mm: 0,
+        range64_pivots: 0,
+        range64_slots: 0,
+        range64_pivot_count: 0,
+        arange64_pivots: 0,
+        arange64_slots: 0,
+        arange64_pivot_count: 0,
+        maple_range_64: 0,
+        maple_arange_64: 0,
     };
 }
 
@@ -320,6 +351,18 @@ impl ProbeConfig {
         comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
     };
 }
+
+/// Maple-tree pointer encoding (include/linux/maple_tree.h, lib/maple_tree.c):
+/// #defines, unchanged since the maple tree landed in 6.1.
+pub const MAPLE_NODE_MASK: u64 = 255;
+/// Tag of the root node pointer in `maple_tree.ma_root`.
+pub const MAPLE_ROOT_NODE: u64 = 0x02;
+pub const MAPLE_NODE_TYPE_SHIFT: u64 = 3;
+pub const MAPLE_NODE_TYPE_MASK: u64 = 0x0f;
+/// Deepest maple tree walked (a tree of 16-wide nodes: 16^8 VMAs).
+pub const MAPLE_MAX_DEPTH: usize = 8;
+/// Widest node's pivots (maple_range_64 has 15).
+pub const MAPLE_MAX_PIVOTS: usize = 16;
 
 /// `VM_WRITE` and `VM_SHARED` from include/linux/mm.h: #defines, so not in
 /// BTF, but unchanged since Linux 2.x.
