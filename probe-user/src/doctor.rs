@@ -15,17 +15,34 @@ use crate::{
     session::choose_backend,
 };
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Needed and missing: mmapwatch cannot run.
+    Fail,
+    /// Optional and missing: said, not a failure.
+    No,
+}
+
 #[derive(Debug)]
 pub struct Check {
     pub name: String,
-    pub ok: bool,
+    pub status: Status,
     pub detail: String,
 }
 
 fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
     Check {
         name: name.into(),
-        ok,
+        status: if ok { Status::Ok } else { Status::Fail },
+        detail: detail.into(),
+    }
+}
+
+fn optional(name: impl Into<String>, present: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status: if present { Status::Ok } else { Status::No },
         detail: detail.into(),
     }
 }
@@ -81,12 +98,25 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
         ),
     ));
 
-    match KernelBtf::from_file(btf_path).and_then(|btf| btf.kernel_offsets().map(|_| btf)) {
-        Ok(btf) => {
+    match KernelBtf::from_file(btf_path)
+        .and_then(|btf| btf.kernel_offsets().map(|offsets| (btf, offsets)))
+    {
+        Ok((btf, mut offsets)) => {
             out.push(check(
                 "btf",
                 true,
                 format!("{}: all struct offsets resolved", btf_path.display()),
+            ));
+            let walk = btf.maple_offsets(&mut offsets);
+            out.push(optional(
+                "vma lookup",
+                walk.is_ok(),
+                match walk {
+                    Ok(()) => {
+                        "lock-free maple-tree walk (bpf_find_vma only as a fallback)".to_string()
+                    }
+                    Err(err) => format!("bpf_find_vma only, slow with IRQs off ({err})"),
+                },
             ));
             let fentry_targets: Vec<&str> = [
                 "do_wp_page",
@@ -97,7 +127,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
             .into_iter()
             .filter(|f| btf.has_function(f))
             .collect();
-            out.push(check(
+            out.push(optional(
                 "btf functions",
                 !fentry_targets.is_empty(),
                 format!("fentry targets present: {}", fentry_targets.join(", ")),
@@ -111,9 +141,10 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
             out.push(check("tracefs", true, root.display().to_string()));
             for tp in TRACEPOINTS {
                 let present = tracepoint_exists(&root, tp.category, tp.name);
-                out.push(check(
+                let make = if tp.required { check } else { optional };
+                out.push(make(
                     format!("tracepoint {}:{}", tp.category, tp.name),
-                    present || !tp.required,
+                    present,
                     format!(
                         "{} ({}{})",
                         if present { "present" } else { "absent" },
@@ -142,7 +173,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
                 "programs",
                 true,
                 format!(
-                    "verifier accepted all {} programs (ring buffer, bpf_find_vma, raw tracepoints {})",
+                    "verifier accepted all {} programs (ring buffer, maple-tree walk, bpf_find_vma, raw tracepoints {})",
                     TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
                     RAW_TRACEPOINTS.iter().map(|t| t.1).collect::<Vec<_>>().join(", ")
                 ),
@@ -152,7 +183,12 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
     }
 
     let (kprobe_ok, kprobe_detail) = kprobes();
-    out.push(check("kprobes", kprobe_ok, kprobe_detail));
+    out.push(optional("kprobes", kprobe_ok, kprobe_detail));
+    out.push(optional(
+        "fentry",
+        false,
+        "not probed: this build has only the tracepoint backend",
+    ));
     out.push(check("lockdown", true, lockdown()));
     let (backend, reason) = choose_backend(BackendChoice::Auto);
     out.push(check("backend auto", true, format!("{backend}: {reason}")));
@@ -175,7 +211,11 @@ pub fn render(checks: &[Check]) -> String {
             format!(
                 "{:<width$}  {:<4}  {}\n",
                 c.name,
-                if c.ok { "ok" } else { "FAIL" },
+                match c.status {
+                    Status::Ok => "ok",
+                    Status::Fail => "FAIL",
+                    Status::No => "no",
+                },
                 c.detail
             )
         })

@@ -9,7 +9,7 @@ use std::{
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePoint, TracePoint},
-    Btf, Ebpf, EbpfLoader, Endianness,
+    Ebpf, EbpfLoader,
 };
 use probe_common::{
     counter, filter, FileKey, FileStats, ProbeConfig, WriterStats, WriterStatsKey, LATENCY_BUCKETS,
@@ -300,7 +300,11 @@ fn comm_bytes(comm: &str) -> [u8; TASK_COMM_LEN] {
     out
 }
 
-const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 20;
+/// First-write dedup entries: LRU maps are preallocated, so this is kernel
+/// memory (~64 B each) and start-up time. Evicted pages written again are
+/// reported again and deduplicated in userspace, so a smaller map costs
+/// only ring traffic.
+const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 18;
 /// The ring buffer's size in the eBPF object.
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
@@ -311,17 +315,13 @@ impl Probes {
         if !privileged() {
             return Err(LoadError::NotPrivileged);
         }
+        let phase = Instant::now();
         let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
+        log::debug!("startup: kernel BTF parsed in {:?}", phase.elapsed());
         let mut offsets = kernel_btf.kernel_offsets()?;
         if let Err(err) = kernel_btf.maple_offsets(&mut offsets) {
             log::info!("no maple-tree walk ({err}): mappings are looked up with bpf_find_vma");
         }
-        let aya_btf = Btf::parse_file(&options.btf_path, Endianness::default()).map_err(|err| {
-            LoadError::Btf(BtfError::Corrupt {
-                path: options.btf_path.display().to_string(),
-                reason: err.to_string(),
-            })
-        })?;
         let tracefs = match &options.tracefs_override {
             Some(path) => path.clone(),
             None => tracefs()?,
@@ -363,7 +363,10 @@ impl Probes {
         let log_level: u8 = if options.kernel_debug_logs { 0xff } else { 0 };
         let mut loader = EbpfLoader::new();
         loader
-            .btf(Some(&aya_btf))
+            // No program is BTF-typed (raw tracepoints, not tp_btf) and
+            // offsets come from our own parse: aya need not parse the
+            // kernel's BTF a second time.
+            .btf(None)
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -371,9 +374,15 @@ impl Probes {
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
+        let phase = Instant::now();
         let mut ebpf = loader
             .load(PROBES_OBJECT)
             .map_err(|err| LoadError::Object(err.to_string()))?;
+        log::debug!(
+            "startup: object loaded, maps created in {:?}",
+            phase.elapsed()
+        );
+        let phase = Instant::now();
         if options.kernel_debug_logs {
             spawn_kernel_logger(&mut ebpf);
         }
@@ -384,6 +393,7 @@ impl Probes {
         for (program, _, _) in RAW_TRACEPOINTS {
             load_program::<RawTracePoint>(&mut ebpf, program, |p| p.load())?;
         }
+        log::debug!("startup: programs verified in {:?}", phase.elapsed());
         Ok(Self {
             ebpf,
             attached: Attached::default(),

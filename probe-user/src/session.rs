@@ -29,7 +29,7 @@ pub fn choose_backend(choice: BackendChoice) -> (&'static str, String) {
         BackendChoice::Tracepoint => ("tracepoint", "requested with --backend tracepoint".into()),
         BackendChoice::Auto => (
             "tracepoint",
-            "auto: the tracepoint backend is the one this build provides; it needs only tracepoints, raw tracepoints and bpf_find_vma".into(),
+            "auto: the tracepoint backend is the one this build provides; it needs only tracepoints, raw tracepoints and kernel BTF".into(),
         ),
     }
 }
