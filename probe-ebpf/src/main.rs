@@ -345,14 +345,7 @@ fn account_writer(dev: u32, comm: &[u8; TASK_COMM_LEN], shared: bool) {
         comm: *comm,
     };
     if let Some(stats) = WRITER_STATS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's value slot.
-        unsafe {
-            if shared {
-                (*stats).shared_write_faults += 1;
-            } else {
-                (*stats).cow_faults += 1;
-            }
-        }
+        count_writer_fault(stats, shared);
         return;
     }
     let stats = WriterStats {
@@ -364,17 +357,23 @@ fn account_writer(dev: u32, comm: &[u8; TASK_COMM_LEN], shared: bool) {
         // Another CPU created it: count on this CPU's slot.
         Err(err) if err as i64 == -EEXIST => {
             if let Some(stats) = WRITER_STATS.get_ptr_mut(&key) {
-                // SAFETY: this CPU's value slot.
-                unsafe {
-                    if shared {
-                        (*stats).shared_write_faults += 1;
-                    } else {
-                        (*stats).cow_faults += 1;
-                    }
-                }
+                count_writer_fault(stats, shared);
             }
         }
         Err(_) => bump(counter::WRITER_STATS_FULL),
+    }
+}
+
+/// One more fault on this CPU's slot of a writer's stats.
+#[inline(always)]
+fn count_writer_fault(stats: *mut WriterStats, shared: bool) {
+    // SAFETY: a per-CPU map value slot from get_ptr_mut.
+    unsafe {
+        if shared {
+            (*stats).shared_write_faults += 1;
+        } else {
+            (*stats).cow_faults += 1;
+        }
     }
 }
 
@@ -424,15 +423,7 @@ fn submit_file_event(header: EventHeader, info: &VmaInfo) {
 /// the file) on first sight.
 fn account_fault(key: &FileKey, shared: bool, now: u64, header: EventHeader, info: &VmaInfo) {
     if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
-        // SAFETY: this CPU's value slot.
-        unsafe {
-            if shared {
-                (*stats).shared_write_faults += 1;
-            } else {
-                (*stats).cow_faults += 1;
-            }
-            (*stats).last_write_boot_ns = now;
-        }
+        count_file_fault(stats, shared, now);
         return;
     }
     let mut stats = FileStats {
@@ -455,18 +446,24 @@ fn account_fault(key: &FileKey, shared: bool, now: u64, header: EventHeader, inf
         // Another CPU created it first: count on this CPU's slot.
         Err(err) if err as i64 == -EEXIST => {
             if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
-                // SAFETY: this CPU's value slot.
-                unsafe {
-                    if shared {
-                        (*stats).shared_write_faults += 1;
-                    } else {
-                        (*stats).cow_faults += 1;
-                    }
-                    (*stats).last_write_boot_ns = now;
-                }
+                count_file_fault(stats, shared, now);
             }
         }
         Err(_) => bump(counter::FILE_STATS_FULL),
+    }
+}
+
+/// One more fault on this CPU's slot of a file's stats.
+#[inline(always)]
+fn count_file_fault(stats: *mut FileStats, shared: bool, now: u64) {
+    // SAFETY: a per-CPU map value slot from get_ptr_mut.
+    unsafe {
+        if shared {
+            (*stats).shared_write_faults += 1;
+        } else {
+            (*stats).cow_faults += 1;
+        }
+        (*stats).last_write_boot_ns = now;
     }
 }
 

@@ -2,9 +2,10 @@
 //! against real page faults and pick the report apart.
 
 use std::{
+    io::Read as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
 };
 
 use serde_json::Value;
@@ -151,4 +152,54 @@ pub fn ranges(value: &Value) -> Vec<(u64, u64)> {
 
 pub fn path_arg(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// `mmapwatch ARGS`, not started.
+pub fn mmapwatch(args: &[&str]) -> Command {
+    let mut command = Command::new(mmapwatch_bin());
+    command.args(args);
+    command
+}
+
+/// `mmapwatch trace ARGS` in the background, returned once its probes are
+/// attached, with the "tracing ..." line it printed. Only that line is read
+/// from stderr (byte by byte: nothing else is buffered away), so the rest
+/// is still there for `wait_with_output`.
+pub fn start_trace(args: &[&str]) -> (Child, String) {
+    let mut child = mmapwatch(&["trace"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mmapwatch trace");
+    let stderr = child.stderr.as_mut().expect("piped stderr");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stderr.read(&mut byte).expect("read stderr") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    assert!(
+        line.contains("tracing"),
+        "mmapwatch did not start tracing: {line}"
+    );
+    (child, line)
+}
+
+/// Bad input: one line on stderr containing `needle`, exit `code`, and no
+/// panic or backtrace.
+pub fn expect_one_line_failure(command: &mut Command, code: i32, needle: &str) {
+    let output = run(command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{command:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{command:?}: one line expected:\n{stderr}"
+    );
+    assert!(stderr.contains(needle), "{command:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
 }

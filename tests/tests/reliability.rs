@@ -2,42 +2,19 @@
 //! left attached, nothing panics.
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    identity, mmapwatch_bin, path_arg, ranges, require_root, run, scratch_dir, shm_dir,
-    trace_command, TraceRun,
+    expect_one_line_failure, identity, mmapwatch, path_arg, ranges, require_root, scratch_dir,
+    shm_dir, start_trace, trace_command, TraceRun,
 };
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
 
 fn trace_workload(extra: &[&str], workload: &[&str]) -> TraceRun {
     trace_command(WORKLOAD, extra, workload)
-}
-
-fn expect_one_line_failure(command: &mut Command, code: i32, needle: &str) {
-    let output = run(command);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(code), "{command:?}: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{command:?}: one line expected:\n{stderr}"
-    );
-    assert!(stderr.contains(needle), "{command:?}: {stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "{stderr}"
-    );
-}
-
-fn mmapwatch(args: &[&str]) -> Command {
-    let mut command = Command::new(mmapwatch_bin());
-    command.args(args);
-    command
 }
 
 #[test]
@@ -116,23 +93,7 @@ fn ring_overflow_is_counted_and_accounts_for_every_first_write() {
     const PAGES: u64 = 20_000;
     let dir = shm_dir();
     let file = dir.path().join("overflow");
-    let mut trace = Command::new(mmapwatch_bin())
-        .args([
-            "trace",
-            "--json",
-            "--ring-bytes",
-            "4096",
-            "--comm",
-            "mw-workload",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut stderr = BufReader::new(trace.stderr.take().unwrap());
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("tracing"), "{line}");
+    let (trace, _) = start_trace(&["--json", "--ring-bytes", "4096", "--comm", "mw-workload"]);
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(trace.id() as i32, libc::SIGSTOP) }, 0);
     let status = Command::new(WORKLOAD)
@@ -154,8 +115,7 @@ fn ring_overflow_is_counted_and_accounts_for_every_first_write() {
         libc::kill(trace.id() as i32, libc::SIGINT);
     }
     let output = trace.wait_with_output().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{rest}");
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let drops = &json["drops"];
@@ -282,17 +242,7 @@ fn program_exists(id: u64) -> bool {
 #[test]
 fn after_sigkill_nothing_stays_attached_or_pinned() {
     require_root();
-    let mut trace = Command::new(mmapwatch_bin())
-        .args(["trace", "--comm", "nothing-matches"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(trace.stderr.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("tracing"), "{line}");
+    let (mut trace, _) = start_trace(&["--comm", "nothing-matches"]);
     let ids = our_program_ids();
     assert_eq!(
         ids.len(),

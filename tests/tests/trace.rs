@@ -8,8 +8,8 @@ use std::{
 };
 
 use integration_tests::{
-    identity, mmapwatch_bin, path_arg, ranges, require_root, run, scratch_dir, shm_dir,
-    trace_command, TraceRun,
+    expect_one_line_failure, identity, mmapwatch, mmapwatch_bin, path_arg, ranges, require_root,
+    run, scratch_dir, shm_dir, start_trace, trace_command, TraceRun,
 };
 
 const COMM: &str = "mw-workload";
@@ -485,26 +485,16 @@ fn pid_filter_traces_only_that_process() {
     let mut target = spawn_waiting(&watched);
     let mut other = spawn_waiting(&ignored);
 
-    let mut trace = Command::new(mmapwatch_bin())
-        .args([
-            "trace",
-            "--json",
-            "--duration",
-            "3s",
-            "--pid",
-            &target.id().to_string(),
-        ])
-        .args(["--path-prefix", &path_arg(dir.path())])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mmapwatch");
-    // Wait until the probes are attached.
-    let mut line = String::new();
-    BufReader::new(trace.stderr.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("tracing"), "{line}");
+    let target_pid = target.id().to_string();
+    let (trace, _) = start_trace(&[
+        "--json",
+        "--duration",
+        "3s",
+        "--pid",
+        &target_pid,
+        "--path-prefix",
+        &path_arg(dir.path()),
+    ]);
 
     for child in [&mut target, &mut other] {
         child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
@@ -633,23 +623,13 @@ fn signals_stop_tracing_and_still_report() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let dir = scratch_dir();
         let file = dir.path().join("signalled.bin");
-        let mut trace = Command::new(mmapwatch_bin())
-            .args([
-                "trace",
-                "--json",
-                "--comm",
-                COMM,
-                "--path-prefix",
-                &path_arg(dir.path()),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mmapwatch");
-        let mut line = String::new();
-        BufReader::new(trace.stderr.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (trace, line) = start_trace(&[
+            "--json",
+            "--comm",
+            COMM,
+            "--path-prefix",
+            &path_arg(dir.path()),
+        ]);
         assert!(line.contains("until Ctrl-C"), "{line}");
         let status = Command::new(WORKLOAD)
             .args([
@@ -682,40 +662,24 @@ fn signals_stop_tracing_and_still_report() {
     }
 }
 
-fn expect_one_line_failure(args: &[&str], code: i32, needle: &str) {
-    let output = run(Command::new(mmapwatch_bin()).args(args));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{args:?}: one line expected:\n{stderr}"
-    );
-    assert!(stderr.contains(needle), "{args:?}: {stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "{stderr}"
-    );
-}
-
 #[test]
 fn bad_input_gets_one_line_and_a_distinct_exit_code() {
     require_root();
-    expect_one_line_failure(&["trace", "--bogus"], 2, "--bogus");
-    expect_one_line_failure(&["trace", "--duration", "soon"], 2, "soon");
-    expect_one_line_failure(&["trace", "--backend", "magic"], 2, "magic");
+    expect_one_line_failure(&mut mmapwatch(&["trace", "--bogus"]), 2, "--bogus");
+    expect_one_line_failure(&mut mmapwatch(&["trace", "--duration", "soon"]), 2, "soon");
+    expect_one_line_failure(&mut mmapwatch(&["trace", "--backend", "magic"]), 2, "magic");
     expect_one_line_failure(
-        &["trace", "--pid", "999999999"],
+        &mut mmapwatch(&["trace", "--pid", "999999999"]),
         5,
         "no process with pid 999999999",
     );
     expect_one_line_failure(
-        &["trace", "--", "/nonexistent/cmd"],
+        &mut mmapwatch(&["trace", "--", "/nonexistent/cmd"]),
         127,
         "command not found",
     );
     expect_one_line_failure(
-        &["trace", "--btf", "/nonexistent/vmlinux", "--", "true"],
+        &mut mmapwatch(&["trace", "--btf", "/nonexistent/vmlinux", "--", "true"]),
         4,
         "BTF",
     );

@@ -348,15 +348,7 @@ fn verdict(met: bool) -> &'static str {
 
 pub fn run(rounds: usize) -> Result<()> {
     ensure_apt(&["bpftrace"])?;
-    crate::run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "probe-user",
-        "--package",
-        "integration-tests",
-        "--bins",
-    ]))?;
+    crate::build_release_bins()?;
     let workload = workspace_root().join("target/release/mw-workload");
     let machine = machine();
     step(&format!("benchmarking on {machine}"));

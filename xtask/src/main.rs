@@ -292,6 +292,19 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "probe-user"]))
 }
 
+/// mmapwatch and the test workloads, release builds (soak and bench).
+pub(crate) fn build_release_bins() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "probe-user",
+        "--package",
+        "integration-tests",
+        "--bins",
+    ]))
+}
+
 pub(crate) fn mmapwatch_release() -> PathBuf {
     workspace_root().join("target/release/mmapwatch")
 }

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, ensure_apt, mmapwatch_release, step, workspace_root};
+use crate::{ensure_apt, mmapwatch_release, step, workspace_root};
 
 const TMUX_SESSION: &str = "mmapwatch-soak";
 /// Memory may wobble (allocator, scrape buffers); more than this is growth.
@@ -99,15 +99,7 @@ pub fn run(minutes: u64) -> Result<()> {
         bail!("--minutes must be at least 1");
     }
     ensure_apt(&["tmux"])?;
-    crate::run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "probe-user",
-        "--package",
-        "integration-tests",
-        "--bins",
-    ]))?;
+    crate::build_release_bins()?;
     let root = workspace_root();
     let mmapwatch = mmapwatch_release();
     let workload = root.join("target/release/mw-workload");
