@@ -140,3 +140,51 @@ fn help_and_filter_overlays() {
     update(&mut app, key(KeyCode::Char('?')));
     insta::assert_snapshot!("help_80x24", draw(&app, 80, 24));
 }
+
+/// Scale: 10,000 files and 1,000,000 pages go through a snapshot, an update
+/// and a render; drawing shows only what fits, and the heatmap is built
+/// from buckets, not pages.
+#[test]
+fn ten_thousand_files_and_a_million_pages() {
+    use probe_user::events::{FileId, Task, WriteKind};
+    let mut aggregate = Aggregate::new();
+    let task = Task {
+        pid: 7,
+        tgid: 7,
+        comm: "db".into(),
+        cgroup_id: 1,
+    };
+    for ino in 0..10_000u64 {
+        for page in 0..100u64 {
+            aggregate.apply(&Event::FirstWrite {
+                file: FileId { dev: 1 << 20, ino },
+                page: page * 2,
+                kind: WriteKind::Shared,
+                task: task.clone(),
+                boot_ns: page,
+            });
+        }
+    }
+    let mounts = MountTable::parse(MOUNTINFO);
+    let mut app = App::new(Info {
+        backend: "tracepoint".into(),
+        interval_ms: 1000,
+    });
+    let started = std::time::Instant::now();
+    let message = tick(&app, &aggregate, &mounts, 1_000);
+    update(&mut app, message);
+    update(&mut app, key(KeyCode::Enter));
+    let message = tick(&app, &aggregate, &mounts, 1_000);
+    update(&mut app, message);
+    let screen = draw(&app, 160, 48);
+    eprintln!(
+        "snapshot + update + detail + render of 10,000 files: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.files.len(), 10_000);
+    assert_eq!(app.processes[0].pages, 1_000_000);
+    let detail = app.detail.as_ref().expect("detail");
+    assert_eq!(detail.row.pages, 100);
+    assert_eq!(detail.heatmap.written.iter().sum::<u64>(), 100);
+    assert!(screen.contains("pages 0..198"), "{screen}");
+}
