@@ -19,9 +19,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes,
         generated::{bpf_find_vma, bpf_get_current_task_btf},
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{fentry, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{FEntryContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
@@ -911,6 +911,13 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let _ = try_process_exit(&ctx);
+    0
+}
+
+/// Loaded only by `mmapwatch doctor`, to learn whether this kernel accepts
+/// fentry programs (lockdown and missing BTF trampolines refuse them).
+#[fentry(function = "do_wp_page")]
+pub fn fentry_probe(_ctx: FEntryContext) -> u32 {
     0
 }
 

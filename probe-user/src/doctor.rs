@@ -55,6 +55,11 @@ fn kernel_release() -> String {
 
 fn lockdown() -> String {
     let path = Path::new("/sys/kernel/security/lockdown");
+    if !path.exists() {
+        // securityfs is often not mounted; mount it like tracefs (root only,
+        // a failure just leaves the answer unknown).
+        let _ = mount_securityfs();
+    }
     match std::fs::read_to_string(path) {
         // "none [integrity] confidentiality": the bracketed one is in force.
         Ok(text) => text
@@ -66,6 +71,24 @@ fn lockdown() -> String {
             "unknown (securityfs not mounted)".into()
         }
         Err(_) => "none (no lockdown LSM)".into(),
+    }
+}
+
+fn mount_securityfs() -> std::io::Result<()> {
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            c"securityfs".as_ptr(),
+            c"/sys/kernel/security".as_ptr(),
+            c"securityfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -161,6 +184,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
         Err(err) => out.push(check("tracefs", false, err.to_string())),
     }
 
+    let mut fentry_finding: Option<String> = None;
     // Loading the whole object runs the verifier over every program: it
     // proves ring buffers, bpf_find_vma from a tracepoint and tp_btf work.
     if privileged {
@@ -169,7 +193,34 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
             ..ProbeOptions::default()
         };
         match Probes::load(&options) {
-            Ok(_) => out.push(check(
+            Ok(mut probes) => {
+                let fentry = probes.probe_fentry().map_err(|why| {
+                    // Lockdown refuses BPF_PROG_TYPE_TRACING; say so.
+                    let mode = lockdown();
+                    if why.contains("not permitted")
+                        && !mode.starts_with("none")
+                        && !mode.starts_with("unknown")
+                    {
+                        format!("{why} (lockdown={mode})")
+                    } else {
+                        why
+                    }
+                });
+                fentry_finding = Some(match &fentry {
+                    Ok(()) => "fentry loads here".to_string(),
+                    Err(_) => "fentry does not load here".to_string(),
+                });
+                out.push(optional(
+                    "fentry",
+                    fentry.is_ok(),
+                    match fentry {
+                        Ok(()) => {
+                            "loads and attaches (the fentry backend is not built yet)".to_string()
+                        }
+                        Err(why) => why,
+                    },
+                ));
+                out.push(check(
                 "programs",
                 true,
                 format!(
@@ -177,21 +228,31 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
                     TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
                     RAW_TRACEPOINTS.iter().map(|t| t.1).collect::<Vec<_>>().join(", ")
                 ),
-            )),
+                ));
+            }
             Err(err) => out.push(check("programs", false, err.to_string())),
         }
     }
 
     let (kprobe_ok, kprobe_detail) = kprobes();
     out.push(optional("kprobes", kprobe_ok, kprobe_detail));
-    out.push(optional(
-        "fentry",
-        false,
-        "not probed: this build has only the tracepoint backend",
-    ));
+
     out.push(check("lockdown", true, lockdown()));
-    let (backend, reason) = choose_backend(BackendChoice::Auto);
-    out.push(check("backend auto", true, format!("{backend}: {reason}")));
+    let (backend, _) = choose_backend(BackendChoice::Auto);
+    let kprobe_finding = if kprobe_ok {
+        "kprobes exist"
+    } else {
+        "kprobes do not"
+    };
+    let fentry_finding =
+        fentry_finding.unwrap_or_else(|| "fentry not probed (no privileges)".into());
+    out.push(check(
+        "backend auto",
+        true,
+        format!(
+            "{backend}: {fentry_finding}, {kprobe_finding}; only the tracepoint backend is built so far, and it needs tracepoints, raw tracepoints and BTF"
+        ),
+    ));
     out
 }
 

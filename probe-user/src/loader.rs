@@ -440,6 +440,27 @@ impl Probes {
         Ok(())
     }
 
+    /// Whether this kernel loads and attaches an fentry program (on
+    /// `do_wp_page`); the error says why not. Detached again at once.
+    pub fn probe_fentry(&mut self) -> Result<(), String> {
+        let btf = aya::Btf::from_sys_fs().map_err(|err| format!("kernel BTF: {err}"))?;
+        let program: &mut aya::programs::FEntry =
+            program_mut(&mut self.ebpf, "fentry_probe").map_err(|e| e.to_string())?;
+        program.load("do_wp_page", &btf).map_err(|err| {
+            let message = first_line(&err.to_string());
+            let message = message
+                .trim_end()
+                .trim_end_matches("Verifier output:")
+                .trim_end()
+                .to_string();
+            format!("loading fentry/do_wp_page: {message}")
+        })?;
+        let link = program
+            .attach()
+            .map_err(|err| format!("attaching fentry/do_wp_page: {err}"))?;
+        program.detach(link).map_err(|err| err.to_string())
+    }
+
     /// Starts tracing `tgid`; with `follow_children`, its future descendants too.
     pub fn trace_tgid(&mut self, tgid: u32, follow_children: bool) -> Result<(), LoadError> {
         let mut map: HashMap<_, u32, u32> = self.typed_map_mut("TRACED")?;

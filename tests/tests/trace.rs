@@ -699,3 +699,37 @@ fn non_root_is_refused_with_one_line() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("must run as root"), "{stderr}");
 }
+
+/// `doctor` checks the running kernel for real: the programs load, the
+/// backend choice is explained, optional features are "no", not failures.
+#[test]
+fn doctor_reports_what_this_kernel_supports() {
+    require_root();
+    let output = run(&mut mmapwatch(&["doctor"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line:\n{text}"))
+            .to_string()
+    };
+    assert!(line("programs").contains(" ok "), "{text}");
+    assert!(line("vma lookup").contains("maple-tree walk"), "{text}");
+    assert!(
+        line("tracepoint exceptions:page_fault_user").contains(" ok "),
+        "{text}"
+    );
+    assert!(line("backend auto").contains("tracepoint"), "{text}");
+    for optional in ["fentry", "kprobes"] {
+        let status = line(optional);
+        assert!(
+            status.contains(" ok ") || status.contains(" no "),
+            "{status}"
+        );
+    }
+    assert!(
+        !text.contains("FAIL"),
+        "nothing required is missing here:\n{text}"
+    );
+}
