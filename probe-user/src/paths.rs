@@ -32,6 +32,12 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether a filesystem type writes pages back to storage (tmpfs and
+/// other memory filesystems never do). Unknown types are assumed to.
+pub fn fs_has_writeback(fs_type: Option<&str>) -> bool {
+    !matches!(fs_type, Some("tmpfs" | "ramfs" | "hugetlbfs" | "devtmpfs"))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     pub major: u32,

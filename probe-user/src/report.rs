@@ -319,10 +319,7 @@ pub fn render_table(report: &Report) -> String {
                 .map(|w| format!("{}[{}]:{}", w.comm, w.pid, w.pages))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let no_writeback = matches!(
-                file.fs.as_deref(),
-                Some("tmpfs" | "ramfs" | "hugetlbfs" | "devtmpfs")
-            );
+            let no_writeback = !crate::paths::fs_has_writeback(file.fs.as_deref());
             let writeback = if file.writeback_pages > 0 || file.writeback_starts > 0 {
                 format!("{} pg", file.writeback_pages)
             } else if file.modified && !no_writeback {

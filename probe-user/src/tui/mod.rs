@@ -30,10 +30,7 @@ use crate::{
 
 /// Filesystems without writeback: their pages are never "written back".
 pub fn has_writeback(mounts: &MountTable, file: FileId) -> bool {
-    !matches!(
-        mounts.fs_type(file),
-        Some("tmpfs" | "ramfs" | "hugetlbfs" | "devtmpfs")
-    )
+    crate::paths::fs_has_writeback(mounts.fs_type(file))
 }
 
 fn boot_ns() -> u64 {
