@@ -324,6 +324,9 @@ pub struct Exporter {
     previous_programs: HashMap<String, (Duration, u64)>,
     previous_events: u64,
     file_series: HashSet<FileLabels>,
+    /// Devices not in the mount table even after re-reading it (memfd files
+    /// live on an internal mount mountinfo never lists): not re-read again.
+    unmounted_devs: HashSet<u32>,
 }
 
 impl Exporter {
@@ -348,12 +351,18 @@ impl Exporter {
             previous_programs: HashMap::new(),
             previous_events: 0,
             file_series: HashSet::new(),
+            unmounted_devs: HashSet::new(),
         }
     }
 
     fn fs_labels(&mut self, file: FileId) -> FsLabels {
-        if self.mounts.fs_type(file).is_none() {
+        // A mount made since start-up: re-read the table, once per device,
+        // not on every refresh of every such file.
+        if self.mounts.fs_type(file).is_none() && !self.unmounted_devs.contains(&file.dev) {
             self.mounts = MountTable::read();
+            if self.mounts.fs_type(file).is_none() {
+                self.unmounted_devs.insert(file.dev);
+            }
         }
         let (fs, mount) = self
             .mounts
@@ -836,6 +845,22 @@ mod tests {
             referenced += 1;
         }
         assert!(referenced >= 9, "{referenced}");
+    }
+
+    #[test]
+    fn unmounted_devices_are_labelled_unknown() {
+        let (registry, mut exporter) = exporter(10, vec![]);
+        let mut counts = HashMap::new();
+        // Device 0:1 (an internal mount, as memfd's) is in no mountinfo.
+        counts.insert(("db".to_string(), 1, FileId { dev: 1, ino: 9 }), 3);
+        exporter.add_page_counts(counts.clone());
+        exporter.add_page_counts(counts);
+        assert!(exporter.unmounted_devs.contains(&1));
+        let series = sorted_series(&render(&registry).unwrap());
+        assert_eq!(
+            series[r#"mmapwatch_pages_first_written_total{comm="db",cgroup="id:1",fs="unknown",mount="unknown"}"#],
+            6.0
+        );
     }
 
     #[test]
