@@ -1,11 +1,19 @@
-//! mmapwatch's tracepoint backend.
+//! mmapwatch's eBPF programs, for three backends that share maps and records.
 //!
-//! Write faults are seen at `exceptions:page_fault_{user,kernel}` and
-//! classified with `bpf_find_vma`: a file-backed `VM_SHARED` mapping is a
-//! write to the file, a private one is copy-on-write. The first write to each
-//! (file, page) goes to userspace through a ring buffer; per-file counters stay
-//! in a per-CPU hash map. Writeback tracepoints add dirtying and writeback
-//! counts to files already seen.
+//! - tracepoint: write faults are seen at `exceptions:page_fault_{user,kernel}`
+//!   and their mapping is found by walking the mm's maple tree.
+//! - fentry and kprobe: the kernel's own fault functions hand over the
+//!   `struct vm_fault`: `do_wp_page` (a write to a present, write-protected
+//!   page), `finish_fault` (a first write to a page not yet mapped),
+//!   `wp_page_copy` (a private copy), `do_page_mkwrite` or the filesystem's
+//!   `->page_mkwrite` (which hook the filesystem runs), and
+//!   `folio_end_writeback` (per-page writeback times).
+//!
+//! Either way a file-backed `VM_SHARED` mapping is a write to the file, a
+//! private one is copy-on-write. The first write to each (file, page) goes to
+//! userspace through a ring buffer; per-file counters stay in a per-CPU hash
+//! map. Writeback tracepoints add dirtying and writeback counts to files
+//! already seen.
 #![no_std]
 #![no_main]
 
@@ -17,20 +25,20 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_find_vma, bpf_get_current_task_btf},
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_get_func_ip},
     },
-    macros::{fentry, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{FEntryContext, RawTracePointContext, TracePointContext},
+    macros::{fentry, kprobe, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    counter, event_kind, filter, traced, EventHeader, FileEvent, FileKey, FileStats, KernelOffsets,
-    PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey, WriterStats, WriterStatsKey,
-    EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK,
-    MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE, MAX_COMM_FILTERS, PATH_MAX_DEPTH,
-    PMD_PAGES, TASK_COMM_LEN, VM_SHARED, VM_WRITE, X86_PF_WRITE,
+    counter, event_kind, filter, hooks, traced, EventHeader, FileEvent, FileKey, FileStats,
+    KernelOffsets, PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey, WriterStats,
+    WriterStatsKey, EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS,
+    MAPLE_NODE_MASK, MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE,
+    MAX_COMM_FILTERS, PATH_MAX_DEPTH, PMD_PAGES, TASK_COMM_LEN, VM_SHARED, VM_WRITE, X86_PF_WRITE,
 };
 
 /// Field offsets resolved from vmlinux BTF by userspace.
@@ -77,6 +85,15 @@ static WRITEBACK_LATENCY: PerCpuArray<u64> = PerCpuArray::with_max_entries(LATEN
 /// another CPU: page_mkwrite may sleep).
 #[map]
 static PENDING_FAULT: LruHashMap<u32, PendingFault> = LruHashMap::with_max_entries(1 << 14, 0);
+
+/// File -> address of the `->page_mkwrite` its filesystem ran (function-hook
+/// backends); userspace names it from /proc/kallsyms.
+#[map]
+static PAGE_MKWRITE: LruHashMap<FileKey, u64> = LruHashMap::with_max_entries(1 << 14, 0);
+
+/// One entry: bits of `hooks::*`, set by userspace as hooks attach.
+#[map]
+static HOOKS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// tgid -> `traced::*`, used when `filter::BY_TGID` is set.
 #[map]
@@ -163,7 +180,9 @@ fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
 /// by RCU, under which BPF programs run; a VMA found is checked to belong to
 /// this mm and to hold the address, and any doubt falls back to
 /// bpf_find_vma.
-fn walk_maple_tree(address: u64, info: &mut VmaInfo) -> bool {
+#[inline(never)]
+fn walk_maple_tree(address: u64, scratch: &mut FaultScratch) -> bool {
+    let FaultScratch { info, pivots, .. } = scratch;
     if offset!(maple_walk) == 0 {
         return false;
     }
@@ -200,9 +219,20 @@ fn walk_maple_tree(address: u64, info: &mut VmaInfo) -> bool {
                 offset!(range64_pivot_count),
             )
         };
-        let Ok(pivots) = read_kernel::<[u64; MAPLE_MAX_PIVOTS]>(node, pivots_at) else {
-            return false;
+        // Into scratch memory: 128 bytes more of stack would break the
+        // 512-byte limit on the fault path's call chain.
+        // SAFETY: `pivots` is a map value of exactly this size; the helper
+        // validates the kernel address.
+        let read = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                pivots.as_mut_ptr() as *mut c_void,
+                (MAPLE_MAX_PIVOTS * 8) as u32,
+                (node + pivots_at) as *const c_void,
+            )
         };
+        if read != 0 {
+            return false;
+        }
         // The first slot whose pivot (its range's last index) reaches the
         // address; a zero pivot past the first ends the node's data, and
         // the slot there runs to the node's end.
@@ -290,6 +320,28 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, data: *mut c_vo
     0
 }
 
+/// Fills a record header in place (scratch memory, not the stack).
+#[inline(always)]
+fn fill_header(
+    out: &mut EventHeader,
+    kind: u32,
+    pid_tgid: u64,
+    dev: u32,
+    ino: u64,
+    now: u64,
+    comm: &[u8; TASK_COMM_LEN],
+) {
+    out.kind = kind;
+    out.pid = pid_tgid as u32;
+    out.tgid = (pid_tgid >> 32) as u32;
+    out.dev = dev;
+    out.ino = ino;
+    out.boot_ns = now;
+    // SAFETY: no arguments; always valid in tracing programs.
+    out.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    out.comm = *comm;
+}
+
 fn header(kind: u32, pid_tgid: u64, dev: u32, ino: u64, now: u64, comm: [u8; 16]) -> EventHeader {
     EventHeader {
         kind,
@@ -304,14 +356,19 @@ fn header(kind: u32, pid_tgid: u64, dev: u32, ino: u64, now: u64, comm: [u8; 16]
     }
 }
 
-fn submit_page_event(header: EventHeader, page: u64, pages: u64) {
+fn submit_page_event(header: &EventHeader, kind: u32, page: u64, pages: u64) {
     match EVENTS.reserve::<PageEvent>(0) {
         Some(mut entry) => {
-            entry.write(PageEvent {
-                header,
-                page,
-                pages,
-            });
+            let event = entry.as_mut_ptr();
+            // SAFETY: reserved ring-buffer memory of the right size, filled
+            // in place (a record built on the stack would cost its size in
+            // the 512-byte stack).
+            unsafe {
+                (*event).header = *header;
+                (*event).header.kind = kind;
+                (*event).page = page;
+                (*event).pages = pages;
+            }
             entry.submit(0);
             bump(counter::EVENTS_SUBMITTED);
             note_ring_fill();
@@ -379,7 +436,7 @@ fn count_writer_fault(stats: *mut WriterStats, shared: bool) {
 
 /// Sends the file's dentry names (leaf first) so userspace can name files
 /// whose writers have already exited.
-fn submit_file_event(header: EventHeader, info: &VmaInfo) {
+fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
         bump(counter::RINGBUF_DROPS);
         bump(counter::RINGBUF_DROPS_FILE_EVENTS);
@@ -394,7 +451,8 @@ fn submit_file_event(header: EventHeader, info: &VmaInfo) {
     // SAFETY: `event` points at reserved ring-buffer memory of the right size;
     // fields are written in place because the record exceeds the BPF stack.
     unsafe {
-        (*event).header = header;
+        (*event).header = *header;
+        (*event).header.kind = event_kind::FILE_SEEN;
         (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
         (*event).depth = 0;
         (*event).reached_root = 0;
@@ -421,7 +479,7 @@ fn submit_file_event(header: EventHeader, info: &VmaInfo) {
 
 /// Counts the write fault in the file's stats; creates them (and announces
 /// the file) on first sight.
-fn account_fault(key: &FileKey, shared: bool, now: u64, header: EventHeader, info: &VmaInfo) {
+fn account_fault(key: &FileKey, shared: bool, now: u64, header: &EventHeader, info: &VmaInfo) {
     if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
         count_file_fault(stats, shared, now);
         return;
@@ -436,13 +494,7 @@ fn account_fault(key: &FileKey, shared: bool, now: u64, header: EventHeader, inf
         stats.cow_faults = 1;
     }
     match FILE_STATS.insert(key, &stats, BPF_NOEXIST as u64) {
-        Ok(()) => submit_file_event(
-            EventHeader {
-                kind: event_kind::FILE_SEEN,
-                ..header
-            },
-            info,
-        ),
+        Ok(()) => submit_file_event(header, info),
         // Another CPU created it first: count on this CPU's slot.
         Err(err) if err as i64 == -EEXIST => {
             if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
@@ -467,22 +519,83 @@ fn count_file_fault(stats: *mut FileStats, shared: bool, now: u64) {
     }
 }
 
-fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Result<(), i64> {
+fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
     if error_code & X86_PF_WRITE == 0 || address >= USER_ADDRESS_LIMIT {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let comm = bpf_get_current_comm().map_err(|err| err as i64)?;
-    if !task_selected(tgid, &comm) {
+    let scratch = fault_scratch()?;
+    current_comm_into(&mut scratch.fault.comm)?;
+    if !task_selected(tgid, &scratch.fault.comm) {
         return Ok(());
     }
-
-    let mut info = VmaInfo::default();
-    if walk_maple_tree(address, &mut info) {
-        return record_write(ctx, pid_tgid, comm, address, &info);
+    scratch.info.file = 0;
+    if !walk_maple_tree(address, scratch) {
+        bump(counter::VMA_WALK_FALLBACKS);
+        if !find_vma_locked(address, &mut scratch.info) {
+            return Ok(());
+        }
     }
-    bump(counter::VMA_WALK_FALLBACKS);
+    if scratch.info.file == 0 {
+        return Ok(());
+    }
+    scratch.fault.pid_tgid = pid_tgid;
+    scratch.fault.address = address;
+    scratch.fault.page =
+        scratch.info.pgoff + ((address - scratch.info.start) >> config!(page_shift));
+    record_write(scratch);
+    Ok(())
+}
+
+/// Per-CPU working memory of the fault programs: the BPF stack is 512
+/// bytes for a whole call chain (Linux 6.1 counts callbacks in it too).
+/// Programs on one CPU do not interleave here: the fault programs do not
+/// run in interrupts, and a BPF program is not preempted by another fault
+/// program on its CPU.
+#[repr(C)]
+struct FaultScratch {
+    info: VmaInfo,
+    pivots: [u64; MAPLE_MAX_PIVOTS],
+    fault: WriteFault,
+    header: EventHeader,
+}
+
+/// The current task's command name, into scratch memory (a by-value copy
+/// is spilled byte by byte onto the stack).
+#[inline(always)]
+fn current_comm_into(comm: &mut [u8; TASK_COMM_LEN]) -> Result<(), i64> {
+    // SAFETY: `comm` is writable memory of TASK_COMM_LEN bytes.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(
+            comm.as_mut_ptr() as *mut c_void,
+            TASK_COMM_LEN as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(rc)
+    }
+}
+
+#[map]
+static SCRATCH: PerCpuArray<FaultScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn fault_scratch() -> Result<&'static mut FaultScratch, i64> {
+    let slot = SCRATCH.get_ptr_mut(0).ok_or(-ENOENT)?;
+    // SAFETY: this CPU's slot of a one-entry per-CPU array (see above).
+    Ok(unsafe { &mut *slot })
+}
+
+/// `bpf_find_vma`, the slow path. Out of line so that its callback's frame
+/// is not stacked on the recording path's (Linux 6.1's verifier counts
+/// them together against the 512-byte limit).
+#[inline(never)]
+fn find_vma_locked(address: u64, out: &mut VmaInfo) -> bool {
+    // The callback's context must be on the stack, not in a map.
+    let mut info = VmaInfo::default();
     // SAFETY: the task pointer comes from the kernel; the callback is a
     // subprogram with the signature bpf_find_vma expects.
     let found = unsafe {
@@ -494,36 +607,48 @@ fn try_write_fault<C: EbpfContext>(ctx: &C, address: u64, error_code: u64) -> Re
             0,
         )
     };
-    if found != 0 {
-        // No VMA: the fault will end in SIGSEGV, nothing was written.
-        if found != -ENOENT {
-            bump(counter::VMA_LOOKUP_FAILED);
-            debug!(ctx, "bpf_find_vma failed: {}", found);
-        }
-        return Ok(());
+    // -ENOENT: no VMA, the fault ends in SIGSEGV and nothing was written.
+    if found != 0 && found != -ENOENT {
+        bump(counter::VMA_LOOKUP_FAILED);
     }
-    record_write(ctx, pid_tgid, comm, address, &info)
+    *out = info;
+    found == 0
 }
 
-/// Records a write fault whose mapping is known.
-fn record_write<C: EbpfContext>(
-    _ctx: &C,
+/// A write fault whose page is known.
+#[repr(C)]
+struct WriteFault {
     pid_tgid: u64,
-    comm: [u8; TASK_COMM_LEN],
     address: u64,
-    info: &VmaInfo,
-) -> Result<(), i64> {
+    /// File page index.
+    page: u64,
+    comm: [u8; TASK_COMM_LEN],
+}
+
+/// Records a write fault whose mapping is known. Out of line: every backend's
+/// fault programs call it, and its frame stays off the lookup's call chain.
+#[inline(never)]
+fn record_write(scratch: &mut FaultScratch) -> i64 {
+    let FaultScratch {
+        info,
+        fault,
+        header,
+        ..
+    } = scratch;
+    let info = &*info;
+    let (pid_tgid, address, page) = (fault.pid_tgid, fault.address, fault.page);
+    let comm = &fault.comm;
     let tgid = (pid_tgid >> 32) as u32;
     // Anonymous memory, or a store the kernel will refuse.
     if info.file == 0 || info.flags & VM_WRITE == 0 {
-        return Ok(());
+        return 0;
     }
     let shared = info.flags & VM_SHARED != 0;
-    account_writer(info.dev, &comm, shared);
+    account_writer(info.dev, comm, shared);
     if !shared {
         bump(counter::COW_FAULTS);
         if config!(include_cow) == 0 {
-            return Ok(());
+            return 0;
         }
     } else {
         bump(counter::SHARED_WRITE_FAULTS);
@@ -533,18 +658,16 @@ fn record_write<C: EbpfContext>(
     } else {
         event_kind::COW_WRITE
     };
-    // The fault address, not the folio, decides the page: ext4 uses large
-    // folios, and one folio spans many pages.
-    let page = info.pgoff + ((address - info.start) >> config!(page_shift));
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let header = header(kind, pid_tgid, info.dev, info.ino, now, comm);
+    fill_header(header, kind, pid_tgid, info.dev, info.ino, now, comm);
+    let header = &*header;
 
     let file_key = FileKey {
         dev: info.dev,
         _pad: 0,
         ino: info.ino,
     };
-    account_fault(&file_key, shared, now, header, &info);
+    account_fault(&file_key, shared, now, header, info);
 
     let page_key = PageKey {
         dev: info.dev,
@@ -567,14 +690,7 @@ fn record_write<C: EbpfContext>(
             // SAFETY: read-only lookup of a plain u8 value.
             if unsafe { WRITERS.get(&writer_key) }.is_none() {
                 match WRITERS.insert(&writer_key, &1, BPF_NOEXIST as u64) {
-                    Ok(()) => submit_page_event(
-                        EventHeader {
-                            kind: event_kind::NEW_WRITER,
-                            ..header
-                        },
-                        page,
-                        1,
-                    ),
+                    Ok(()) => submit_page_event(header, event_kind::NEW_WRITER, page, 1),
                     Err(err) if err as i64 == -EEXIST => {}
                     Err(_) => bump(counter::WRITER_INSERT_FAILED),
                 }
@@ -588,18 +704,18 @@ fn record_write<C: EbpfContext>(
                     remember_fault(pid_tgid, info, address, page);
                 }
                 bump(counter::DEDUP_INSERTS);
-                submit_page_event(header, page, 1);
+                submit_page_event(header, kind, page, 1);
             }
             // Another CPU reported this page an instant ago.
             Err(err) if err as i64 == -EEXIST => {}
             Err(_) => {
                 // Report anyway: userspace deduplicates too.
                 bump(counter::DEDUP_INSERT_FAILED);
-                submit_page_event(header, page, 1);
+                submit_page_event(header, kind, page, 1);
             }
         },
     }
-    Ok(())
+    0
 }
 
 /// Keeps this fault for `writeback_dirty_folio`: if the fault dirties a
@@ -631,12 +747,14 @@ fn fault_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: offsets from the tracepoint's format file, stable since 3.13.
     let address: u64 = unsafe { ctx.read_at(8) }.map_err(|err| err as i64)?;
     let error_code: u64 = unsafe { ctx.read_at(24) }.map_err(|err| err as i64)?;
-    try_write_fault(ctx, address, error_code)
+    try_write_fault(address, error_code)
 }
 
 #[tracepoint]
 pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    let _ = fault_tracepoint(&ctx);
+    if let Err(err) = fault_tracepoint(&ctx) {
+        debug!(&ctx, "page_fault_user: kernel read failed: {}", err);
+    }
     0
 }
 
@@ -667,8 +785,8 @@ fn folio_pages(folio: u64) -> Result<u64, i64> {
     if flags & (1u64 << offset!(pg_head_bit)) == 0 {
         return Ok(1);
     }
-    let flags_1: u64 = read_kernel(folio, offset!(folio_flags_1))?;
-    Ok(1u64 << (flags_1 & 0xff & 63))
+    let order: u8 = read_kernel(folio, offset!(folio_order_byte))?;
+    Ok(1u64 << (order & 63))
 }
 
 fn try_dirty_folio(ctx: &RawTracePointContext) -> Result<(), i64> {
@@ -722,7 +840,7 @@ fn report_huge_span(key: &FileKey, index: u64, pages: u64, now: u64) {
         return;
     };
     let header = header(event_kind::HUGE_SPAN, pid_tgid, key.dev, key.ino, now, comm);
-    submit_page_event(header, index, pages);
+    submit_page_event(&header, event_kind::HUGE_SPAN, index, pages);
 }
 
 /// A folio went clean to dirty (`folio_account_dirtied`). A raw tracepoint,
@@ -792,16 +910,10 @@ pub fn ext4_writepages_result(ctx: TracePointContext) -> u32 {
     0
 }
 
-// writeback:sb_{mark,clear}_inode_writeback: dev@8 (u32), ino@16.
-fn try_inode_writeback(ctx: &TracePointContext, started: bool) -> Result<(), i64> {
-    // SAFETY: offsets from the tracepoint's format file.
-    let key = unsafe {
-        FileKey {
-            dev: ctx.read_at(8).map_err(|err| err as i64)?,
-            _pad: 0,
-            ino: ctx.read_at(16).map_err(|err| err as i64)?,
-        }
-    };
+/// Raw tracepoints `sb_{mark,clear}_inode_writeback(struct inode *)`: the
+/// classic formats differ between kernels (6.1 has no device number).
+fn try_inode_writeback(ctx: &RawTracePointContext, started: bool) -> Result<(), i64> {
+    let (key, _) = inode_key(ctx.arg(0))?;
     let Some(stats) = FILE_STATS.get_ptr_mut(&key) else {
         return Ok(());
     };
@@ -849,75 +961,310 @@ fn log2(mut value: u64) -> u32 {
 }
 
 /// The inode's first folio went under writeback.
-#[tracepoint]
-pub fn sb_mark_inode_writeback(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sb_mark_inode_writeback")]
+pub fn sb_mark_inode_writeback(ctx: RawTracePointContext) -> i32 {
     let _ = try_inode_writeback(&ctx, true);
     0
 }
 
 /// The inode's last folio under writeback completed.
-#[tracepoint]
-pub fn sb_clear_inode_writeback(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sb_clear_inode_writeback")]
+pub fn sb_clear_inode_writeback(ctx: RawTracePointContext) -> i32 {
     let _ = try_inode_writeback(&ctx, false);
     0
 }
 
-// sched:sched_process_fork: child_pid@20.
-fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
+/// Raw `sched_process_fork(parent, child)`: the classic format moved its
+/// fields between kernels (comm arrays became dynamic strings).
+fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     if config!(filter_flags) & filter::BY_TGID == 0 {
         return Ok(());
     }
-    // The tracepoint runs in the parent; its parent_pid field is a thread id.
+    // The tracepoint runs in the parent.
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read-only lookup of a plain u32 value.
     match unsafe { TRACED.get(&parent_tgid) } {
         Some(&traced::FOLLOW_CHILDREN) => {}
         _ => return Ok(()),
     }
-    // SAFETY: offset from the tracepoint's format file.
-    let child: u32 = unsafe { ctx.read_at(20) }.map_err(|err| err as i64)?;
+    let child: u64 = ctx.arg(1);
+    // The child's thread id: for a new process, its tgid.
+    let child_pid: u32 = read_kernel(child, offset!(task_pid))?;
     TRACED
-        .insert(&child, &traced::FOLLOW_CHILDREN, 0)
+        .insert(&child_pid, &traced::FOLLOW_CHILDREN, 0)
         .map_err(|err| err as i64)
 }
 
 /// Follows `-- CMD`'s descendants.
-#[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let _ = try_process_fork(&ctx);
     0
 }
 
-// sched:sched_process_exit: pid@24, group_dead@32.
-fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
+/// Raw `sched_process_exit(task, ...)`, in the exiting task. Whether the
+/// whole group is dead comes from `signal->live` (already decremented
+/// here), not a `group_dead` field that older kernels lack.
+fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if config!(filter_flags) & filter::BY_TGID == 0 {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
-    // SAFETY: offset from the tracepoint's format file.
-    let group_dead: u8 = unsafe { ctx.read_at(32) }.map_err(|err| err as i64)?;
+    let task: u64 = ctx.arg(0);
+    let signal: u64 = read_kernel(task, offset!(task_signal))?;
+    let live: i32 = read_kernel(signal, offset!(signal_live))?;
     // A thread's entry (forks record thread ids too) or, once the whole
     // group is gone, the process's: ids are reused.
     if pid != tgid {
         let _ = TRACED.remove(&pid);
     }
-    if group_dead != 0 {
+    if live == 0 {
         let _ = TRACED.remove(&tgid);
     }
     Ok(())
 }
 
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let _ = try_process_exit(&ctx);
     0
 }
 
-/// Loaded only by `mmapwatch doctor`, to learn whether this kernel accepts
-/// fentry programs (lockdown and missing BTF trampolines refuse them).
+// ---- Function hooks: the fentry and kprobe backends ----
+//
+// Each write fault is recorded by exactly one of them: `do_wp_page` for a
+// present page (shared writes; private ones too unless `wp_page_copy` is
+// attached), `finish_fault` for a page not yet mapped (its vm_fault carries
+// FAULT_FLAG_WRITE), `wp_page_copy` for private copies of present pages.
+// The mkwrite and writeback hooks only add what the fault hooks cannot see.
+
+/// The fault hook a program stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FaultHook {
+    WpPage,
+    FinishFault,
+    WpPageCopy,
+}
+
+/// Argument `index` of an fentry program, as a plain number. fentry
+/// arguments are typed pointers to the verifier, which refuses offsets
+/// known only at load time on them; a probe read yields an untyped copy.
+#[inline(always)]
+fn fentry_arg(ctx: &FEntryContext, index: u64) -> Result<u64, i64> {
+    read_kernel::<u64>(ctx.as_ptr() as u64, index * 8)
+}
+
+fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
+    if hook == FaultHook::FinishFault {
+        let flags: u32 = read_kernel(vmf, offset!(vmf_flags))?;
+        if u64::from(flags) & offset!(fault_flag_write) == 0 {
+            return Ok(());
+        }
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let scratch = fault_scratch()?;
+    current_comm_into(&mut scratch.fault.comm)?;
+    if !task_selected((pid_tgid >> 32) as u32, &scratch.fault.comm) {
+        return Ok(());
+    }
+    let vma: u64 = read_kernel(vmf, offset!(vmf_vma))?;
+    fill_vma_info(vma, &mut scratch.info)?;
+    if scratch.info.file == 0 {
+        return Ok(());
+    }
+    let shared = scratch.info.flags & VM_SHARED != 0;
+    let cow_at_copy = HOOKS
+        .get(0)
+        .is_some_and(|bits| bits & hooks::COW_AT_WP_PAGE_COPY != 0);
+    match hook {
+        FaultHook::WpPage if !shared && cow_at_copy => return Ok(()),
+        FaultHook::WpPageCopy if shared => return Ok(()),
+        _ => {}
+    }
+    scratch.fault.pid_tgid = pid_tgid;
+    scratch.fault.address = read_kernel(vmf, offset!(vmf_address))?;
+    // The kernel's own page index for this fault (linear_page_index).
+    scratch.fault.page = read_kernel(vmf, offset!(vmf_pgoff))?;
+    record_write(scratch);
+    Ok(())
+}
+
+/// Remembers which `->page_mkwrite` the file's filesystem runs: `hook_fn`
+/// when the program sits on that function itself, else the mapping's
+/// `vm_ops->page_mkwrite` (the program is on `do_page_mkwrite`).
+fn try_page_mkwrite(vmf: u64, hook_fn: u64) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let comm = bpf_get_current_comm().map_err(|err| err as i64)?;
+    if !task_selected((pid_tgid >> 32) as u32, &comm) {
+        return Ok(());
+    }
+    let vma: u64 = read_kernel(vmf, offset!(vmf_vma))?;
+    let file: u64 = read_kernel(vma, offset!(vma_vm_file))?;
+    if file == 0 {
+        return Ok(());
+    }
+    let inode: u64 = read_kernel(file, offset!(file_f_inode))?;
+    let (key, _) = inode_key(inode)?;
+    // SAFETY: read-only lookup of a plain u64 value.
+    if unsafe { PAGE_MKWRITE.get(&key) }.is_some() {
+        return Ok(());
+    }
+    let function = if hook_fn != 0 {
+        hook_fn
+    } else {
+        let ops: u64 = read_kernel(vma, offset!(vma_vm_ops))?;
+        read_kernel(ops, offset!(vm_ops_page_mkwrite))?
+    };
+    PAGE_MKWRITE
+        .insert(&key, &function, 0)
+        .map_err(|err| err as i64)
+}
+
+/// A folio finished writeback: its pages' writeback time, for files already
+/// seen. Runs at I/O completion, often in interrupt context: no task
+/// filters apply, only the file's.
+fn try_folio_written_back(folio: u64) -> Result<(), i64> {
+    let mapping: u64 = read_kernel(folio, offset!(folio_mapping))?;
+    // Anonymous (swap) and movable folios tag the pointer's low bits.
+    if mapping == 0 || mapping & 3 != 0 {
+        return Ok(());
+    }
+    let host: u64 = read_kernel(mapping, offset!(mapping_host))?;
+    let (key, _) = inode_key(host)?;
+    if FILE_STATS.get_ptr(&key).is_none() {
+        return Ok(());
+    }
+    let index: u64 = read_kernel(folio, offset!(folio_index))?;
+    let pages = folio_pages(folio)?;
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let header = header(
+        event_kind::PAGES_WRITTEN_BACK,
+        bpf_get_current_pid_tgid(),
+        key.dev,
+        key.ino,
+        now,
+        [0; TASK_COMM_LEN],
+    );
+    submit_page_event(&header, event_kind::PAGES_WRITTEN_BACK, index, pages);
+    Ok(())
+}
+
+/// The function a kprobe or fentry program is attached to.
+#[inline(always)]
+fn attached_function<C: EbpfContext>(ctx: &C) -> u64 {
+    // SAFETY: the context pointer of a tracing or kprobe program.
+    unsafe { bpf_get_func_ip(ctx.as_ptr()) }
+}
+
 #[fentry(function = "do_wp_page")]
-pub fn fentry_probe(_ctx: FEntryContext) -> u32 {
+pub fn fentry_do_wp_page(ctx: FEntryContext) -> u32 {
+    if let Ok(vmf) = fentry_arg(&ctx, 0) {
+        let _ = try_vmf_write(vmf, FaultHook::WpPage);
+    }
+    0
+}
+
+#[fentry(function = "finish_fault")]
+pub fn fentry_finish_fault(ctx: FEntryContext) -> u32 {
+    if let Ok(vmf) = fentry_arg(&ctx, 0) {
+        let _ = try_vmf_write(vmf, FaultHook::FinishFault);
+    }
+    0
+}
+
+#[fentry(function = "wp_page_copy")]
+pub fn fentry_wp_page_copy(ctx: FEntryContext) -> u32 {
+    if let Ok(vmf) = fentry_arg(&ctx, 0) {
+        let _ = try_vmf_write(vmf, FaultHook::WpPageCopy);
+    }
+    0
+}
+
+#[fentry(function = "do_page_mkwrite")]
+pub fn fentry_do_page_mkwrite(ctx: FEntryContext) -> u32 {
+    if let Ok(vmf) = fentry_arg(&ctx, 0) {
+        let _ = try_page_mkwrite(vmf, 0);
+    }
+    0
+}
+
+// Where do_page_mkwrite is inlined, the filesystems' own hooks. An fentry
+// program is bound to one function when it loads, so there is one program
+// per hook (the loader picks the targets present in BTF).
+macro_rules! fentry_fs_mkwrite {
+    ($($name:ident),*) => {$(
+        #[fentry(function = "filemap_page_mkwrite")]
+        pub fn $name(ctx: FEntryContext) -> u32 {
+            if let Ok(vmf) = fentry_arg(&ctx, 0) {
+                let _ = try_page_mkwrite(vmf, attached_function(&ctx));
+            }
+            0
+        }
+    )*};
+}
+fentry_fs_mkwrite!(
+    fentry_fs_mkwrite_0,
+    fentry_fs_mkwrite_1,
+    fentry_fs_mkwrite_2,
+    fentry_fs_mkwrite_3
+);
+
+#[fentry(function = "folio_end_writeback")]
+pub fn fentry_folio_end_writeback(ctx: FEntryContext) -> u32 {
+    if let Ok(folio) = fentry_arg(&ctx, 0) {
+        let _ = try_folio_written_back(folio);
+    }
+    0
+}
+
+#[kprobe]
+pub fn kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        let _ = try_vmf_write(vmf, FaultHook::WpPage);
+    }
+    0
+}
+
+#[kprobe]
+pub fn kprobe_finish_fault(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        let _ = try_vmf_write(vmf, FaultHook::FinishFault);
+    }
+    0
+}
+
+#[kprobe]
+pub fn kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        let _ = try_vmf_write(vmf, FaultHook::WpPageCopy);
+    }
+    0
+}
+
+#[kprobe]
+pub fn kprobe_do_page_mkwrite(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        let _ = try_page_mkwrite(vmf, 0);
+    }
+    0
+}
+
+/// One program, attached to each filesystem hook present; the probed
+/// address tells them apart.
+#[kprobe]
+pub fn kprobe_fs_mkwrite(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        let _ = try_page_mkwrite(vmf, attached_function(&ctx));
+    }
+    0
+}
+
+#[kprobe]
+pub fn kprobe_folio_end_writeback(ctx: ProbeContext) -> u32 {
+    if let Some(folio) = ctx.arg::<u64>(0) {
+        let _ = try_folio_written_back(folio);
+    }
     0
 }
 

@@ -69,12 +69,62 @@ pub struct FileRecord {
     /// Huge folios mapped writable whole by one write fault; all their pages
     /// are in `pages_written`, since the kernel cannot tell which were stored to.
     pub huge_spans: u64,
+    /// Function-hook backends: the filesystem's `->page_mkwrite`, by name.
+    pub page_mkwrite: Option<String>,
+    /// Function-hook backends: folio first page -> (pages, when its latest
+    /// writeback completed), at most [`MAX_WRITEBACK_FOLIOS`] folios.
+    pub written_back: BTreeMap<u64, (u64, u64)>,
+    /// Writeback completions not kept: the file has more folios than that.
+    pub written_back_untracked: u64,
 }
+
+/// Folios whose writeback time is kept per file: the newest completion of
+/// each, so memory is bounded by the file's size, and by this.
+pub const MAX_WRITEBACK_FOLIOS: usize = 1 << 16;
 
 impl FileRecord {
     /// Modified iff some page was written through a shared mapping.
     pub fn modified(&self) -> bool {
         !self.pages_written.is_empty()
+    }
+
+    fn note_written_back(&mut self, first_page: u64, pages: u64, boot_ns: u64) {
+        if self.written_back.len() >= MAX_WRITEBACK_FOLIOS
+            && !self.written_back.contains_key(&first_page)
+        {
+            self.written_back_untracked += 1;
+            return;
+        }
+        // A folio's pages can be split into smaller folios later (and
+        // merged): drop older entries it now covers.
+        let end = first_page.saturating_add(pages);
+        let covered: Vec<u64> = self
+            .written_back
+            .range(first_page..end)
+            .map(|(&page, _)| page)
+            .collect();
+        for page in covered {
+            self.written_back.remove(&page);
+        }
+        self.written_back.insert(first_page, (pages, boot_ns));
+    }
+
+    /// Pages written (shared) and then written back, with the latest
+    /// writeback completion of each run of them, in page order.
+    pub fn writeback_runs(&self) -> Vec<(u64, u64, u64)> {
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        for (&first, &(pages, boot_ns)) in &self.written_back {
+            for page in first..first.saturating_add(pages) {
+                if !self.pages_written.contains(page) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((_, last, at)) if *last + 1 == page && *at == boot_ns => *last = page,
+                    _ => runs.push((page, page, boot_ns)),
+                }
+            }
+        }
+        runs
     }
 
     fn note_write_time(&mut self, boot_ns: u64) {
@@ -183,6 +233,7 @@ impl Aggregate {
     pub fn apply(&mut self, event: &Event) -> Applied {
         self.events += 1;
         let mut new_pages = 0;
+
         let (file, tgid, created) = match event {
             Event::FirstWrite {
                 file,
@@ -249,6 +300,18 @@ impl Aggregate {
                 record.note_write_time(*boot_ns);
                 (*file, task.tgid, created)
             }
+            Event::WrittenBack {
+                file,
+                first_page,
+                pages,
+                boot_ns,
+            } => {
+                // The kernel only reports files it has seen written; one not
+                // here yet still gets a record, named by its first write.
+                let (record, _) = self.record(*file);
+                record.note_written_back(*first_page, *pages, *boot_ns);
+                return Applied::default();
+            }
             Event::FileSeen {
                 file,
                 fs_magic,
@@ -268,6 +331,21 @@ impl Aggregate {
         Applied {
             new_file: created.then_some((file, tgid)),
             new_pages,
+        }
+    }
+
+    /// Whether the file's `->page_mkwrite` is named already (files not
+    /// seen count as named: nothing to do for them).
+    pub fn has_page_mkwrite(&self, file: FileId) -> bool {
+        self.files
+            .get(&file)
+            .is_none_or(|record| record.page_mkwrite.is_some())
+    }
+
+    /// Names the filesystem hook that ran for a file already seen.
+    pub fn set_page_mkwrite(&mut self, file: FileId, function: String) {
+        if let Some(record) = self.files.get_mut(&file) {
+            record.page_mkwrite = Some(function);
         }
     }
 

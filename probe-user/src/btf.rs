@@ -57,10 +57,12 @@ impl KernelBtf {
             std::panic::catch_unwind(|| Btf::from_file_with_backend(path, btf_rs::Backend::Mmap));
         match parsed {
             Ok(Ok(btf)) => Ok(Self { btf }),
-            Ok(Err(err)) => Err(BtfError::Corrupt {
-                path: path.display().to_string(),
-                reason: err.to_string(),
-            }),
+            // sysfs BTF can be mapped only since Linux 6.17 (ENODEV before):
+            // read it instead.
+            Ok(Err(err)) => {
+                log::debug!("mapping {}: {err}; reading it whole", path.display());
+                Self::from_file_parsed(path)
+            }
             Err(_) => Err(BtfError::Corrupt {
                 path: path.display().to_string(),
                 reason: "malformed type data".into(),
@@ -289,6 +291,20 @@ impl KernelBtf {
     }
 
     /// Whether a function of this name exists (for fentry/kprobe targets).
+    /// What the fentry and kprobe backends read from a `struct vm_fault`.
+    pub fn fault_hook_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
+        offsets.vmf_vma = self.offset_of("vm_fault", "vma")?;
+        offsets.vmf_pgoff = self.offset_of("vm_fault", "pgoff")?;
+        offsets.vmf_address = self.offset_of("vm_fault", "address")?;
+        offsets.vmf_flags = self.offset_of("vm_fault", "flags")?;
+        offsets.fault_flag_write =
+            u32::try_from(self.enumerator("fault_flag", "FAULT_FLAG_WRITE")?)
+                .map_err(|_| BtfError::Lookup("FAULT_FLAG_WRITE out of range".into()))?;
+        offsets.vma_vm_ops = self.offset_of("vm_area_struct", "vm_ops")?;
+        offsets.vm_ops_page_mkwrite = self.offset_of("vm_operations_struct", "page_mkwrite")?;
+        Ok(())
+    }
+
     pub fn has_function(&self, name: &str) -> bool {
         self.btf
             .resolve_types_by_name(name)
@@ -314,6 +330,15 @@ impl KernelBtf {
             folio_flags: self.offset_of("folio", "flags")?,
             folio_index: self.offset_of("folio", "index")?,
             folio_flags_1: self.offset_of("folio", "_flags_1")?,
+            // Up to 6.5 the order had a byte of its own; since, it is the
+            // low byte (first, on little-endian) of _flags_1.
+            folio_order_byte: self
+                .offset_of("folio", "_folio_order")
+                .or_else(|_| self.offset_of("folio", "_flags_1"))?,
+            folio_mapping: self.offset_of("folio", "mapping")?,
+            task_pid: self.offset_of("task_struct", "pid")?,
+            task_signal: self.offset_of("task_struct", "signal")?,
+            signal_live: self.offset_of("signal_struct", "live")?,
             mapping_host: self.offset_of("address_space", "host")?,
             wbc_nr_to_write: self.offset_of("writeback_control", "nr_to_write")?,
             pg_head_bit: u32::try_from(self.enumerator("pageflags", "PG_head")?)

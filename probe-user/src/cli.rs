@@ -93,10 +93,15 @@ pub struct ExportArgs {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
-    /// The best backend this kernel supports.
+    /// The best backend this kernel loads: fentry, else kprobe, else tracepoint.
     #[default]
     Auto,
-    /// exceptions:page_fault_* + bpf_find_vma, writeback tracepoints.
+    /// BTF trampolines on do_wp_page, finish_fault, wp_page_copy,
+    /// do_page_mkwrite and folio_end_writeback.
+    Fentry,
+    /// kprobes on the same functions (kernels without BTF trampolines).
+    Kprobe,
+    /// exceptions:page_fault_* with a maple-tree VMA walk, writeback tracepoints.
     Tracepoint,
 }
 
@@ -116,7 +121,7 @@ pub struct FilterArgs {
     pub path_prefixes: Vec<PathBuf>,
 
     /// Probe backend.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "MMAPWATCH_BACKEND")]
     pub backend: BackendChoice,
 
     /// Ring buffer size in bytes (a power of two, at least one page).

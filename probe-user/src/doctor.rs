@@ -7,12 +7,11 @@ use std::path::Path;
 
 use crate::{
     btf::KernelBtf,
-    cli::BackendChoice,
     loader::{
-        effective_capabilities, has_capability, tracefs, tracepoint_exists, ProbeOptions, Probes,
-        CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, RAW_TRACEPOINTS, TRACEPOINTS,
+        effective_capabilities, has_capability, tracefs, tracepoint_exists, Mechanism,
+        ProbeOptions, Probes, Selection, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, RAW_TRACEPOINTS,
+        TRACEPOINTS,
     },
-    session::choose_backend,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,17 +91,6 @@ fn mount_securityfs() -> std::io::Result<()> {
     }
 }
 
-fn kprobes() -> (bool, String) {
-    if Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
-        (true, "kprobe PMU present".into())
-    } else {
-        (
-            false,
-            "no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel built without CONFIG_KPROBES".into(),
-        )
-    }
-}
-
 pub fn checks(btf_path: &Path) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(check("kernel", true, kernel_release()));
@@ -143,6 +131,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
             ));
             let fentry_targets: Vec<&str> = [
                 "do_wp_page",
+                "finish_fault",
                 "do_page_mkwrite",
                 "wp_page_copy",
                 "folio_end_writeback",
@@ -184,9 +173,9 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
         Err(err) => out.push(check("tracefs", false, err.to_string())),
     }
 
-    let mut fentry_finding: Option<String> = None;
-    // Loading the whole object runs the verifier over every program: it
-    // proves ring buffers, bpf_find_vma from a tracepoint and tp_btf work.
+    // Each function-hook backend is attached for real (and detached): what
+    // `--backend auto` would pick follows from these results.
+    let mut findings: Vec<(Mechanism, Result<Selection, String>)> = Vec::new();
     if privileged {
         let options = ProbeOptions {
             btf_path: btf_path.to_path_buf(),
@@ -194,66 +183,84 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
         };
         match Probes::load(&options) {
             Ok(mut probes) => {
-                let fentry = probes.probe_fentry().map_err(|why| {
-                    // Lockdown refuses BPF_PROG_TYPE_TRACING; say so.
-                    let mode = lockdown();
-                    if why.contains("not permitted")
-                        && !mode.starts_with("none")
-                        && !mode.starts_with("unknown")
-                    {
-                        format!("{why} (lockdown={mode})")
-                    } else {
-                        why
-                    }
-                });
-                fentry_finding = Some(match &fentry {
-                    Ok(()) => "fentry loads here".to_string(),
-                    Err(_) => "fentry does not load here".to_string(),
-                });
-                out.push(optional(
-                    "fentry",
-                    fentry.is_ok(),
-                    match fentry {
-                        Ok(()) => {
-                            "loads and attaches (the fentry backend is not built yet)".to_string()
-                        }
-                        Err(why) => why,
-                    },
-                ));
                 out.push(check(
-                "programs",
-                true,
-                format!(
-                    "verifier accepted all {} programs (ring buffer, maple-tree walk, bpf_find_vma, raw tracepoints {})",
-                    TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
-                    RAW_TRACEPOINTS.iter().map(|t| t.1).collect::<Vec<_>>().join(", ")
-                ),
+                    "programs",
+                    true,
+                    format!(
+                        "verifier accepted all {} tracepoint programs (ring buffer, maple-tree walk, bpf_find_vma, raw tracepoints {})",
+                        TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
+                        RAW_TRACEPOINTS.iter().map(|t| t.1).collect::<Vec<_>>().join(", ")
+                    ),
                 ));
+                for mechanism in [Mechanism::Fentry, Mechanism::Kprobe] {
+                    let result = probes.probe_mechanism(mechanism).map_err(|why| {
+                        // Lockdown refuses BPF_PROG_TYPE_TRACING; say so.
+                        let mode = lockdown();
+                        if why.contains("not permitted")
+                            && !mode.starts_with("none")
+                            && !mode.starts_with("unknown")
+                        {
+                            format!("{why} (lockdown={mode})")
+                        } else {
+                            why
+                        }
+                    });
+                    out.push(optional(
+                        mechanism.name(),
+                        result.is_ok(),
+                        match &result {
+                            Ok(selection) => describe_hooks(selection),
+                            Err(why) => why.clone(),
+                        },
+                    ));
+                    findings.push((mechanism, result));
+                }
             }
             Err(err) => out.push(check("programs", false, err.to_string())),
         }
     }
 
-    let (kprobe_ok, kprobe_detail) = kprobes();
-    out.push(optional("kprobes", kprobe_ok, kprobe_detail));
-
     out.push(check("lockdown", true, lockdown()));
-    let (backend, _) = choose_backend(BackendChoice::Auto);
-    let kprobe_finding = if kprobe_ok {
-        "kprobes exist"
-    } else {
-        "kprobes do not"
-    };
-    let fentry_finding =
-        fentry_finding.unwrap_or_else(|| "fentry not probed (no privileges)".into());
-    out.push(check(
-        "backend auto",
-        true,
-        format!(
-            "{backend}: {fentry_finding}, {kprobe_finding}; only the tracepoint backend is built so far, and it needs tracepoints, raw tracepoints and BTF"
+    let chosen = findings.iter().find(|(_, result)| result.is_ok());
+    let refusals: Vec<String> = findings
+        .iter()
+        .take_while(|(_, result)| result.is_err())
+        .map(|(mechanism, _)| format!("{} does not attach", mechanism.name()))
+        .collect();
+    let verdict = match chosen {
+        Some((mechanism, _)) if refusals.is_empty() => format!(
+            "{}: its hooks on do_wp_page and finish_fault load and attach",
+            mechanism.name()
         ),
-    ));
+        Some((mechanism, _)) => format!(
+            "{}: {}; its hooks load and attach",
+            mechanism.name(),
+            refusals.join(", ")
+        ),
+        None if findings.is_empty() => {
+            "tracepoint: function hooks not probed (no privileges)".to_string()
+        }
+        None => format!(
+            "tracepoint: {}; the tracepoint backend needs only tracepoints, raw tracepoints and BTF",
+            refusals.join(", ")
+        ),
+    };
+    out.push(check("backend auto", true, verdict));
     out
+}
+
+/// "hooks ...; fallbacks ..." for a function-hook backend that attached.
+fn describe_hooks(selection: &Selection) -> String {
+    let hooked: Vec<&str> = selection
+        .hooks
+        .iter()
+        .map(|h| h.split_once('/').map_or(h.as_str(), |(_, f)| f))
+        .collect();
+    let mut text = format!("loads and attaches: {}", hooked.join(", "));
+    if !selection.fallbacks.is_empty() {
+        text.push_str(&format!("; fallbacks: {}", selection.fallbacks.join("; ")));
+    }
+    text
 }
 
 fn yes_no(value: bool) -> &'static str {

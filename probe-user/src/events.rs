@@ -85,6 +85,14 @@ pub enum Event {
         task: Task,
         boot_ns: u64,
     },
+    /// Pages of a file finished writeback (a folio: `pages` from
+    /// `first_page`); function-hook backends only.
+    WrittenBack {
+        file: FileId,
+        first_page: u64,
+        pages: u64,
+        boot_ns: u64,
+    },
     /// A file seen for the first time, with its dentry names, leaf first.
     FileSeen {
         file: FileId,
@@ -183,6 +191,25 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 first_page: event.page,
                 pages: event.pages,
                 task: task(&header),
+                boot_ns: header.boot_ns,
+            })
+        }
+        event_kind::PAGES_WRITTEN_BACK => {
+            let event: PageEvent = read(bytes)?;
+            // A folio is at most a PUD's worth of pages.
+            if event.pages == 0
+                || event.pages > MAX_SPAN_PAGES
+                || event.page.checked_add(event.pages).is_none()
+            {
+                return Err(DecodeError::BadSpan {
+                    first_page: event.page,
+                    pages: event.pages,
+                });
+            }
+            Ok(Event::WrittenBack {
+                file,
+                first_page: event.page,
+                pages: event.pages,
                 boot_ns: header.boot_ns,
             })
         }
@@ -293,6 +320,28 @@ mod tests {
                 pages: 512,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn decodes_written_back_folios_and_refuses_empty_ones() {
+        let folio = PageEvent {
+            header: header(event_kind::PAGES_WRITTEN_BACK),
+            page: 16,
+            pages: 4,
+        };
+        assert!(matches!(
+            decode(folio.as_bytes()).unwrap(),
+            Event::WrittenBack {
+                first_page: 16,
+                pages: 4,
+                ..
+            }
+        ));
+        let empty = PageEvent { pages: 0, ..folio };
+        assert!(matches!(
+            decode(empty.as_bytes()),
+            Err(DecodeError::BadSpan { .. })
         ));
     }
 

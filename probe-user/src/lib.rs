@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod exporter;
+pub mod kallsyms;
 pub mod loader;
 pub mod paths;
 pub mod report;

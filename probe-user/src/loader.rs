@@ -1,4 +1,5 @@
-//! Loading and attaching the tracepoint backend, and reading its maps.
+//! Loading the eBPF object, attaching one of the three backends (fentry,
+//! kprobe, tracepoint) and reading its maps.
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -7,8 +8,8 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -18,6 +19,7 @@ use probe_common::{
 
 use crate::{
     btf::{BtfError, KernelBtf},
+    cli::BackendChoice,
     error::exit_code,
     events::FileId,
 };
@@ -56,34 +58,6 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "kernel stores into user mappings (read(2) into a mapping)",
     },
     Tracepoint {
-        program: "sched_process_fork",
-        category: "sched",
-        name: "sched_process_fork",
-        required: true,
-        purpose: "following -- CMD's descendants",
-    },
-    Tracepoint {
-        program: "sched_process_exit",
-        category: "sched",
-        name: "sched_process_exit",
-        required: true,
-        purpose: "forgetting exited processes",
-    },
-    Tracepoint {
-        program: "sb_mark_inode_writeback",
-        category: "writeback",
-        name: "sb_mark_inode_writeback",
-        required: false,
-        purpose: "writeback start times",
-    },
-    Tracepoint {
-        program: "sb_clear_inode_writeback",
-        category: "writeback",
-        name: "sb_clear_inode_writeback",
-        required: false,
-        purpose: "writeback completion times",
-    },
-    Tracepoint {
         program: "ext4_writepages_result",
         category: "ext4",
         name: "ext4_writepages_result",
@@ -95,6 +69,26 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
 /// Raw tracepoints: they give the folio and inode pointers whose classic
 /// formats lack the device number.
 pub const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    (
+        "sched_process_fork",
+        "sched_process_fork",
+        "following -- CMD's descendants",
+    ),
+    (
+        "sched_process_exit",
+        "sched_process_exit",
+        "forgetting exited processes",
+    ),
+    (
+        "sb_mark_inode_writeback",
+        "sb_mark_inode_writeback",
+        "writeback start times",
+    ),
+    (
+        "sb_clear_inode_writeback",
+        "sb_clear_inode_writeback",
+        "writeback completion times",
+    ),
     (
         "writeback_dirty_folio",
         "writeback_dirty_folio",
@@ -125,6 +119,11 @@ pub enum LoadError {
     Object(String),
     #[error("{map}: {reason}")]
     Map { map: &'static str, reason: String },
+    #[error("--backend {backend} does not work on this kernel: {reason}")]
+    Backend {
+        backend: &'static str,
+        reason: String,
+    },
 }
 
 impl LoadError {
@@ -135,7 +134,8 @@ impl LoadError {
             | LoadError::NoTracefs(_)
             | LoadError::MissingTracepoint(..)
             | LoadError::Rejected { .. }
-            | LoadError::Attach { .. } => exit_code::KERNEL,
+            | LoadError::Attach { .. }
+            | LoadError::Backend { .. } => exit_code::KERNEL,
             LoadError::Object(_) | LoadError::Map { .. } => exit_code::RUNTIME,
         }
     }
@@ -276,12 +276,108 @@ pub struct Attached {
     pub attach_time: Duration,
 }
 
-/// The loaded and attached tracepoint backend.
+/// The loaded eBPF object and, once attached, its backend.
 pub struct Probes {
     ebpf: Ebpf,
     pub attached: Attached,
     pub dedup_capacity: u32,
     pub ring_bytes: u32,
+    /// Why the function-hook backends cannot read a `struct vm_fault`
+    /// here, if they cannot.
+    fault_offsets_missing: Option<String>,
+    /// Filesystem `->page_mkwrite` functions in vmlinux BTF (fentry
+    /// fallback where do_page_mkwrite is inlined).
+    fs_mkwrite_in_btf: Vec<&'static str>,
+    /// aya's own parse of vmlinux BTF, made only when fentry is tried.
+    aya_btf: Option<aya::Btf>,
+    pub selection: Selection,
+}
+
+/// Kernel function hooks: BTF trampolines or kprobes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    Fentry,
+    Kprobe,
+}
+
+impl Mechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Fentry => "fentry",
+            Mechanism::Kprobe => "kprobe",
+        }
+    }
+}
+
+/// The backend in use and how it came to be chosen.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub backend: &'static str,
+    pub reason: String,
+    /// Kernel functions hooked, as `fentry/do_wp_page` or `kprobe/...`.
+    pub hooks: Vec<String>,
+    /// Function-by-function fallbacks taken, each with its reason.
+    pub fallbacks: Vec<String>,
+    /// The filesystem's `->page_mkwrite` is recorded per file.
+    pub page_mkwrite: bool,
+    /// Per-page writeback times are recorded (`folio_end_writeback`).
+    pub page_writeback: bool,
+}
+
+/// Filesystem `->page_mkwrite` implementations, hooked one by one where
+/// `do_page_mkwrite` is inlined. ext4, xfs, btrfs and fuse are usually
+/// modules, whose functions kprobes reach (kallsyms) and fentry here does
+/// not (aya resolves fentry targets in vmlinux BTF only).
+pub const FS_MKWRITE_HOOKS: &[&str] = &[
+    "filemap_page_mkwrite",
+    "ext4_page_mkwrite",
+    "iomap_page_mkwrite",
+    "xfs_write_fault",
+    "xfs_filemap_page_mkwrite",
+    "btrfs_page_mkwrite",
+    "fuse_page_mkwrite",
+    "nfs_vm_page_mkwrite",
+    "f2fs_vm_page_mkwrite",
+    "ceph_page_mkwrite",
+];
+/// fentry programs available for filesystem hooks (one per target).
+const FENTRY_FS_MKWRITE_SLOTS: usize = 4;
+
+/// Fault hooks: (function, fentry program, kprobe program). The first two
+/// must both attach for a function-hook backend; `wp_page_copy` is optional
+/// (without it `do_wp_page` records private copies too).
+const WP_PAGE: (&str, &str, &str) = ("do_wp_page", "fentry_do_wp_page", "kprobe_do_wp_page");
+const FINISH_FAULT: (&str, &str, &str) =
+    ("finish_fault", "fentry_finish_fault", "kprobe_finish_fault");
+const WP_PAGE_COPY: (&str, &str, &str) =
+    ("wp_page_copy", "fentry_wp_page_copy", "kprobe_wp_page_copy");
+const DO_PAGE_MKWRITE: (&str, &str, &str) = (
+    "do_page_mkwrite",
+    "fentry_do_page_mkwrite",
+    "kprobe_do_page_mkwrite",
+);
+const FOLIO_END_WRITEBACK: (&str, &str, &str) = (
+    "folio_end_writeback",
+    "fentry_folio_end_writeback",
+    "kprobe_folio_end_writeback",
+);
+
+/// Whether the kernel has the kprobe PMU that aya attaches kprobes with.
+pub fn kprobe_pmu() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+/// Function names in /proc/kallsyms (module functions included).
+fn kallsyms_functions() -> std::collections::HashSet<String> {
+    std::fs::read_to_string("/proc/kallsyms")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+            matches!(kind, "t" | "T").then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// (cgroup id, kernel dev, command name) of a writer label set.
@@ -322,6 +418,15 @@ impl Probes {
         if let Err(err) = kernel_btf.maple_offsets(&mut offsets) {
             log::info!("no maple-tree walk ({err}): mappings are looked up with bpf_find_vma");
         }
+        let fault_offsets_missing = kernel_btf
+            .fault_hook_offsets(&mut offsets)
+            .err()
+            .map(|err| format!("struct vm_fault: {err}"));
+        let fs_mkwrite_in_btf = FS_MKWRITE_HOOKS
+            .iter()
+            .copied()
+            .filter(|f| kernel_btf.has_function(f))
+            .collect();
         let tracefs = match &options.tracefs_override {
             Some(path) => path.clone(),
             None => tracefs()?,
@@ -399,18 +504,266 @@ impl Probes {
             attached: Attached::default(),
             dedup_capacity,
             ring_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
+            fault_offsets_missing,
+            fs_mkwrite_in_btf,
+            aya_btf: None,
+            selection: Selection::default(),
         })
     }
 
-    /// Attaches every program; optional tracepoints that this kernel lacks
-    /// are recorded in `attached.missing`.
-    pub fn attach(&mut self) -> Result<(), LoadError> {
+    /// Attaches the backend `choice` asks for (`auto`: fentry, else kprobe,
+    /// else tracepoint, by what really loads and attaches). Optional
+    /// tracepoints this kernel lacks are recorded in `attached.missing`.
+    pub fn attach(&mut self, choice: BackendChoice) -> Result<(), LoadError> {
         let started = Instant::now();
         let tracefs = tracefs()?;
-        // Fault programs last: the stats they create are then complete.
-        for tp in TRACEPOINTS.iter().rev() {
+        // Writeback and process programs first: the stats the fault
+        // programs create are then complete.
+        self.attach_tracepoints(&tracefs, false)?;
+        let candidates: &[Mechanism] = match choice {
+            BackendChoice::Auto => &[Mechanism::Fentry, Mechanism::Kprobe],
+            BackendChoice::Fentry => &[Mechanism::Fentry],
+            BackendChoice::Kprobe => &[Mechanism::Kprobe],
+            BackendChoice::Tracepoint => &[],
+        };
+        let mut refusals = Vec::new();
+        let mut chosen = None;
+        for &mechanism in candidates {
+            match self.attach_function_hooks(mechanism) {
+                Ok(()) => {
+                    chosen = Some(mechanism);
+                    break;
+                }
+                Err(why) => refusals.push(format!("{}: {why}", mechanism.name())),
+            }
+        }
+        let reason = match (choice, chosen) {
+            (BackendChoice::Auto, Some(mechanism)) => format!(
+                "auto: {} hooks on do_wp_page and finish_fault load and attach{}",
+                mechanism.name(),
+                if refusals.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", refusals.join("; "))
+                }
+            ),
+            (BackendChoice::Auto, None) => format!(
+                "auto: {}; the tracepoint backend needs only tracepoints, raw tracepoints and BTF",
+                refusals.join("; ")
+            ),
+            (_, Some(mechanism)) => format!("requested with --backend {}", mechanism.name()),
+            (BackendChoice::Fentry | BackendChoice::Kprobe, None) => {
+                return Err(LoadError::Backend {
+                    backend: candidates[0].name(),
+                    reason: refusals.join("; "),
+                });
+            }
+            (BackendChoice::Tracepoint, None) => "requested with --backend tracepoint".into(),
+        };
+        self.selection.reason = reason;
+        match chosen {
+            Some(mechanism) => self.selection.backend = mechanism.name(),
+            None => {
+                self.selection.backend = "tracepoint";
+                self.attach_tracepoints(&tracefs, true)?;
+            }
+        }
+        self.attached.attach_time = started.elapsed();
+        Ok(())
+    }
+
+    /// The function-hook backend on `mechanism`: both fault hooks or
+    /// nothing; then what only function hooks see, each with its fallback.
+    fn attach_function_hooks(&mut self, mechanism: Mechanism) -> Result<(), String> {
+        if let Some(why) = &self.fault_offsets_missing {
+            return Err(why.clone());
+        }
+        if mechanism == Mechanism::Kprobe && !kprobe_pmu() {
+            return Err(
+                "no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel built without CONFIG_KPROBES"
+                    .into(),
+            );
+        }
+        let mut hooks = Vec::new();
+        let mut fallbacks = Vec::new();
+        // wp_page_copy first: once it is in, do_wp_page leaves private
+        // copies to it, and no fault is recorded twice.
+        match self.hook(mechanism, WP_PAGE_COPY, WP_PAGE_COPY.0) {
+            Ok(()) => {
+                self.set_hook_bits(probe_common::hooks::COW_AT_WP_PAGE_COPY)
+                    .map_err(|e| e.to_string())?;
+                hooks.push(format!("{}/wp_page_copy", mechanism.name()));
+            }
+            Err(why) => fallbacks.push(format!(
+                "wp_page_copy: {why}; do_wp_page records private copies"
+            )),
+        }
+        for (function, fentry, kprobe) in [WP_PAGE, FINISH_FAULT] {
+            if let Err(why) = self.hook(mechanism, (function, fentry, kprobe), function) {
+                self.unhook_all();
+                return Err(format!("{function}: {why}"));
+            }
+            hooks.push(format!("{}/{function}", mechanism.name()));
+        }
+        self.selection.page_mkwrite = match self.hook(mechanism, DO_PAGE_MKWRITE, DO_PAGE_MKWRITE.0)
+        {
+            Ok(()) => {
+                hooks.push(format!("{}/do_page_mkwrite", mechanism.name()));
+                true
+            }
+            Err(why) => {
+                let attached = self.hook_fs_mkwrite(mechanism);
+                fallbacks.push(format!(
+                    "do_page_mkwrite: {why}; hooked the filesystems' own: {}",
+                    if attached.is_empty() {
+                        "none found".to_string()
+                    } else {
+                        attached.join(", ")
+                    }
+                ));
+                hooks.extend(attached.iter().map(|f| format!("{}/{f}", mechanism.name())));
+                !attached.is_empty()
+            }
+        };
+        self.selection.page_writeback =
+            match self.hook(mechanism, FOLIO_END_WRITEBACK, FOLIO_END_WRITEBACK.0) {
+                Ok(()) => {
+                    hooks.push(format!("{}/folio_end_writeback", mechanism.name()));
+                    true
+                }
+                Err(why) => {
+                    fallbacks.push(format!(
+                        "folio_end_writeback: {why}; writeback is known per file only"
+                    ));
+                    false
+                }
+            };
+        self.attached.programs.extend(hooks.iter().cloned());
+        self.selection.hooks = hooks;
+        self.selection.fallbacks = fallbacks;
+        Ok(())
+    }
+
+    /// Loads (fentry: bound to `function`) and attaches one hook.
+    fn hook(
+        &mut self,
+        mechanism: Mechanism,
+        (_, fentry, kprobe): (&str, &str, &str),
+        function: &str,
+    ) -> Result<(), String> {
+        match mechanism {
+            Mechanism::Fentry => {
+                if self.aya_btf.is_none() {
+                    self.aya_btf =
+                        Some(aya::Btf::from_sys_fs().map_err(|err| format!("kernel BTF: {err}"))?);
+                }
+                let btf = self.aya_btf.as_ref().ok_or("kernel BTF")?;
+                let program: &mut FEntry =
+                    program_mut(&mut self.ebpf, fentry).map_err(|e| e.to_string())?;
+                program
+                    .load(function, btf)
+                    .map_err(|err| short_error(&err.to_string()))?;
+                program
+                    .attach()
+                    .map_err(|err| short_error(&err.to_string()))?;
+            }
+            Mechanism::Kprobe => {
+                let program: &mut KProbe =
+                    program_mut(&mut self.ebpf, kprobe).map_err(|e| e.to_string())?;
+                if program.fd().is_err() {
+                    program
+                        .load()
+                        .map_err(|err| short_error(&err.to_string()))?;
+                }
+                program
+                    .attach(function, 0)
+                    .map_err(|err| short_error(&err.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hooks the filesystems' `->page_mkwrite` functions this kernel has.
+    fn hook_fs_mkwrite(&mut self, mechanism: Mechanism) -> Vec<String> {
+        let mut attached = Vec::new();
+        match mechanism {
+            Mechanism::Fentry => {
+                let targets = self.fs_mkwrite_in_btf.clone();
+                for (slot, function) in targets.iter().take(FENTRY_FS_MKWRITE_SLOTS).enumerate() {
+                    let program = format!("fentry_fs_mkwrite_{slot}");
+                    if self.hook(mechanism, ("", &program, ""), function).is_ok() {
+                        attached.push(function.to_string());
+                    }
+                }
+            }
+            Mechanism::Kprobe => {
+                let present = kallsyms_functions();
+                for function in FS_MKWRITE_HOOKS.iter().filter(|f| present.contains(**f)) {
+                    if self
+                        .hook(mechanism, ("", "", "kprobe_fs_mkwrite"), function)
+                        .is_ok()
+                    {
+                        attached.push(function.to_string());
+                    }
+                }
+            }
+        }
+        attached
+    }
+
+    /// Detaches every function hook (a backend that did not come together).
+    fn unhook_all(&mut self) {
+        let names: Vec<String> = self
+            .ebpf
+            .programs()
+            .map(|(name, _)| name.to_string())
+            .filter(|name| name.starts_with("fentry_") || name.starts_with("kprobe_"))
+            .collect();
+        for name in names {
+            if let Some(program) = self.ebpf.program_mut(&name) {
+                let _ = match program {
+                    aya::programs::Program::FEntry(p) => p.unload(),
+                    aya::programs::Program::KProbe(p) => p.unload(),
+                    _ => Ok(()),
+                };
+            }
+        }
+        let _ = self.set_hook_bits(0);
+    }
+
+    fn set_hook_bits(&mut self, bits: u32) -> Result<(), LoadError> {
+        let mut map: Array<_, u32> = self.typed_map_mut("HOOKS")?;
+        map.set(0, bits, 0).map_err(|err| LoadError::Map {
+            map: "HOOKS",
+            reason: err.to_string(),
+        })
+    }
+
+    /// File -> address of the `->page_mkwrite` its filesystem ran.
+    pub fn page_mkwrite_functions(&self) -> Result<StdHashMap<FileId, u64>, LoadError> {
+        let map: HashMap<_, FileKey, u64> = self.typed_map("PAGE_MKWRITE")?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, function)| {
+                (
+                    FileId {
+                        dev: key.dev,
+                        ino: key.ino,
+                    },
+                    function,
+                )
+            })
+            .collect())
+    }
+
+    /// Attaches the classic and raw tracepoints: the fault ones
+    /// (`faults`) or all the others.
+    fn attach_tracepoints(&mut self, tracefs: &Path, faults: bool) -> Result<(), LoadError> {
+        let is_fault = |tp: &Tracepoint| tp.category == "exceptions";
+        for tp in TRACEPOINTS.iter().rev().filter(|tp| is_fault(tp) == faults) {
             let label = format!("{}:{}", tp.category, tp.name);
-            if !tracepoint_exists(&tracefs, tp.category, tp.name) {
+            if !tracepoint_exists(tracefs, tp.category, tp.name) {
                 if tp.required {
                     return Err(LoadError::MissingTracepoint(label, tp.purpose));
                 }
@@ -428,6 +781,9 @@ impl Probes {
                 })?;
             self.attached.programs.push(label);
         }
+        if faults {
+            return Ok(());
+        }
         for (program, tracepoint, _) in RAW_TRACEPOINTS {
             let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
             prog.attach(tracepoint).map_err(|err| LoadError::Attach {
@@ -436,29 +792,16 @@ impl Probes {
             })?;
             self.attached.programs.push(format!("raw_tp/{tracepoint}"));
         }
-        self.attached.attach_time = started.elapsed();
         Ok(())
     }
 
-    /// Whether this kernel loads and attaches an fentry program (on
-    /// `do_wp_page`); the error says why not. Detached again at once.
-    pub fn probe_fentry(&mut self) -> Result<(), String> {
-        let btf = aya::Btf::from_sys_fs().map_err(|err| format!("kernel BTF: {err}"))?;
-        let program: &mut aya::programs::FEntry =
-            program_mut(&mut self.ebpf, "fentry_probe").map_err(|e| e.to_string())?;
-        program.load("do_wp_page", &btf).map_err(|err| {
-            let message = first_line(&err.to_string());
-            let message = message
-                .trim_end()
-                .trim_end_matches("Verifier output:")
-                .trim_end()
-                .to_string();
-            format!("loading fentry/do_wp_page: {message}")
-        })?;
-        let link = program
-            .attach()
-            .map_err(|err| format!("attaching fentry/do_wp_page: {err}"))?;
-        program.detach(link).map_err(|err| err.to_string())
+    /// Whether `mechanism`'s fault hooks load and attach here (for
+    /// `doctor`); the error says why not. Detached again at once.
+    pub fn probe_mechanism(&mut self, mechanism: Mechanism) -> Result<Selection, String> {
+        let result = self.attach_function_hooks(mechanism);
+        let selection = self.selection.clone();
+        self.unhook_all();
+        result.map(|()| selection)
     }
 
     /// Starts tracing `tgid`; with `follow_children`, its future descendants too.
@@ -653,6 +996,15 @@ where
         program: name.into(),
         reason: first_line(&err.to_string()),
     })
+}
+
+/// One line of a load or attach error, without the verifier log's heading.
+fn short_error(text: &str) -> String {
+    first_line(text)
+        .trim_end()
+        .trim_end_matches("Verifier output:")
+        .trim_end()
+        .to_string()
 }
 
 /// The verifier log can run to thousands of lines; the error keeps the first

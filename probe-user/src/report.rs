@@ -108,6 +108,32 @@ pub struct FileReport {
     pub writeback_ends: u64,
     pub last_writeback_start_unix_ns: Option<u64>,
     pub last_writeback_end_unix_ns: Option<u64>,
+    /// fentry and kprobe backends: the filesystem's `->page_mkwrite` that
+    /// ran for this file (e.g. `ext4_page_mkwrite`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_mkwrite: Option<String>,
+    /// fentry and kprobe backends: runs of written pages whose writeback
+    /// completed, with when (the latest completion of each page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_writeback: Option<Vec<PageWriteback>>,
+    /// Runs left out of `page_writeback` (more than [`MAX_WRITEBACK_RUNS`]),
+    /// and completions not tracked (a file of more folios than the cap).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub page_writeback_omitted: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct PageWriteback {
+    /// Inclusive page range.
+    pub pages: [u64; 2],
+    pub written_back_unix_ns: u64,
+}
+
+/// `page_writeback` entries per file in a report.
+pub const MAX_WRITEBACK_RUNS: usize = 4096;
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -128,6 +154,11 @@ pub struct Report {
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ProbeStats {
+    /// Kernel functions hooked (fentry and kprobe backends), as
+    /// `fentry/do_wp_page`.
+    pub hooks: Vec<String>,
+    /// Hooks replaced function by function, and why.
+    pub fallbacks: Vec<String>,
     /// Shared write faults the kernel saw (after filters).
     pub shared_write_faults: u64,
     /// Records the kernel submitted to the ring buffer.
@@ -166,6 +197,10 @@ pub struct Drops {
 pub struct ReportContext<'a> {
     pub backend: &'a str,
     pub backend_reason: &'a str,
+    pub hooks: &'a [String],
+    pub fallbacks: &'a [String],
+    /// Per-page writeback times are recorded (folio_end_writeback hooked).
+    pub page_writeback: bool,
     pub duration_s: f64,
     pub counters: KernelCounters,
     /// Capacity of the kernel's dedup map.
@@ -223,6 +258,27 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         writeback_ends: kernel.writeback_ends,
         last_writeback_start_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_start_boot_ns),
         last_writeback_end_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_end_boot_ns),
+        page_mkwrite: record.page_mkwrite.clone(),
+        page_writeback: ctx.page_writeback.then(|| {
+            record
+                .writeback_runs()
+                .into_iter()
+                .take(MAX_WRITEBACK_RUNS)
+                .map(|(first, last, boot_ns)| PageWriteback {
+                    pages: [first, last],
+                    written_back_unix_ns: ctx.clock.unix_ns(boot_ns),
+                })
+                .collect()
+        }),
+        page_writeback_omitted: if ctx.page_writeback {
+            (record
+                .writeback_runs()
+                .len()
+                .saturating_sub(MAX_WRITEBACK_RUNS)) as u64
+                + record.written_back_untracked
+        } else {
+            0
+        },
     }
 }
 
@@ -260,6 +316,8 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             undecodable_records: ctx.undecodable_records,
         },
         probe: ProbeStats {
+            hooks: ctx.hooks.to_vec(),
+            fallbacks: ctx.fallbacks.to_vec(),
             shared_write_faults: counters.shared_write_faults,
             records_submitted: counters.events_submitted,
             vma_walk_fallbacks: counters.vma_walk_fallbacks,
@@ -405,6 +463,9 @@ mod tests {
         ReportContext {
             backend: "tracepoint",
             backend_reason: "test",
+            hooks: &[],
+            fallbacks: &[],
+            page_writeback: false,
             duration_s: 1.5,
             counters: KernelCounters {
                 ringbuf_drops: 2,

@@ -15,25 +15,16 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
     aggregate::{Aggregate, Applied, PathSource},
-    cli::{BackendChoice, FilterArgs, KernelPaths},
+    cli::{FilterArgs, KernelPaths},
     error::UserError,
     events::{decode, Event, FileId},
+    kallsyms::Kallsyms,
     loader::{KernelCounters, ProbeOptions, Probes},
     paths::{proc_maps_path, MountTable},
     report::{Clock, ReportFilter},
 };
 
 /// The chosen backend and why (only the tracepoint backend exists so far).
-pub fn choose_backend(choice: BackendChoice) -> (&'static str, String) {
-    match choice {
-        BackendChoice::Tracepoint => ("tracepoint", "requested with --backend tracepoint".into()),
-        BackendChoice::Auto => (
-            "tracepoint",
-            "auto: the tracepoint backend is the one this build provides; it needs only tracepoints, raw tracepoints and kernel BTF".into(),
-        ),
-    }
-}
-
 /// Collects events from the ring buffer into the aggregate, naming files
 /// while their writers are alive.
 pub struct Collector {
@@ -153,6 +144,7 @@ fn event_task(event: &Event) -> Option<&crate::events::Task> {
         | Event::NewWriter { task, .. }
         | Event::HugeSpan { task, .. }
         | Event::FileSeen { task, .. } => Some(task),
+        Event::WrittenBack { .. } => None,
     }
 }
 
@@ -165,6 +157,7 @@ fn event_file(event: &Event) -> FileId {
         Event::FirstWrite { file, .. }
         | Event::NewWriter { file, .. }
         | Event::HugeSpan { file, .. }
+        | Event::WrittenBack { file, .. }
         | Event::FileSeen { file, .. } => *file,
     }
 }
@@ -254,6 +247,8 @@ pub struct Session {
     pub backend: &'static str,
     pub backend_reason: String,
     pub counters: KernelCounters,
+    /// Read on first need: naming `->page_mkwrite` functions.
+    kallsyms: Option<Kallsyms>,
 }
 
 impl Session {
@@ -265,7 +260,6 @@ impl Session {
             Some((program, rest)) => Some((resolve_command(program)?, rest.to_vec())),
             None => None,
         };
-        let (backend, backend_reason) = choose_backend(options.filter.backend);
         let probe_options = probe_options(
             &options.kernel,
             &options.filter,
@@ -273,7 +267,9 @@ impl Session {
             command.is_some(),
         );
         let mut probes = Probes::load(&probe_options)?;
-        probes.attach()?;
+        probes.attach(options.filter.backend)?;
+        let backend = probes.selection.backend;
+        let backend_reason = probes.selection.reason.clone();
         for &pid in &options.filter.pids {
             probes.trace_tgid(pid, false)?;
         }
@@ -296,6 +292,7 @@ impl Session {
             backend,
             backend_reason,
             counters: KernelCounters::default(),
+            kallsyms: None,
         })
     }
 
@@ -352,6 +349,18 @@ impl Session {
     pub fn refresh(&mut self) -> anyhow::Result<KernelCounters> {
         for (file, per_cpu) in self.probes.file_stats()? {
             self.collector.aggregate.set_kernel_stats(file, &per_cpu);
+        }
+        if self.probes.selection.page_mkwrite {
+            for (file, function) in self.probes.page_mkwrite_functions()? {
+                if self.collector.aggregate.has_page_mkwrite(file) {
+                    continue;
+                }
+                let symbols = self.kallsyms.get_or_insert_with(Kallsyms::read);
+                let name = symbols
+                    .name_of(function)
+                    .map_or_else(|| format!("{function:#x}"), str::to_string);
+                self.collector.aggregate.set_page_mkwrite(file, name);
+            }
         }
         self.counters = self.probes.counters()?;
         Ok(self.counters)

@@ -33,14 +33,14 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         session.collector.recorder = Some(std::io::BufWriter::new(file));
     }
-    if !session.has_command() {
-        announce(&session, &args);
-    }
-
+    // Handlers first: whoever reads "tracing" may signal at once.
     let mut sigint =
         tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm =
         tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    if !session.has_command() {
+        announce(&session, &args);
+    }
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let stop = loop {
         tokio::select! {
@@ -77,6 +77,9 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         ReportContext {
             backend: session.backend,
             backend_reason: &session.backend_reason,
+            hooks: &session.probes().selection.hooks,
+            fallbacks: &session.probes().selection.fallbacks,
+            page_writeback: session.probes().selection.page_writeback,
             duration_s: round_seconds(duration),
             counters,
             dedup_capacity: session.dedup_capacity(),

@@ -44,6 +44,7 @@ fn replay() -> (Aggregate, MountTable, u64) {
             Event::FirstWrite { boot_ns, .. }
             | Event::NewWriter { boot_ns, .. }
             | Event::HugeSpan { boot_ns, .. } => last_ns = last_ns.max(*boot_ns),
+            Event::WrittenBack { .. } => {}
         }
     }
     (aggregate, mounts, last_ns)

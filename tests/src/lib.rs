@@ -10,6 +10,25 @@ use std::{
 
 use serde_json::Value;
 
+/// The backend the suite runs with: `MMAPWATCH_BACKEND` (set by `cargo
+/// xtask vm-test`, read by mmapwatch itself), or None for `auto`.
+pub fn backend_under_test() -> Option<String> {
+    std::env::var("MMAPWATCH_BACKEND")
+        .ok()
+        .filter(|backend| backend != "auto")
+}
+
+/// The fentry and kprobe backends see what tracepoints cannot: the
+/// filesystem's page_mkwrite hook and per-page writeback times.
+pub fn function_hooks_under_test() -> bool {
+    matches!(backend_under_test().as_deref(), Some("fentry" | "kprobe"))
+}
+
+/// Inside the VM of `cargo xtask vm-test`, whose kernel has every backend.
+pub fn in_vm() -> bool {
+    std::env::var_os("MMAPWATCH_IN_VM").is_some()
+}
+
 /// The mmapwatch binary under test: `MMAPWATCH_BIN` (set by `cargo xtask
 /// test`), else the workspace's debug build.
 pub fn mmapwatch_bin() -> PathBuf {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{mmapwatch_bin, path_arg, require_root, scratch_dir};
+use integration_tests::{backend_under_test, mmapwatch_bin, path_arg, require_root, scratch_dir};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
 
@@ -148,8 +148,16 @@ fn metrics_and_healthz_over_loopback() {
         body.contains("# TYPE mmapwatch_pages_first_written counter"),
         "{body}"
     );
+    let backends: Vec<String> = match backend_under_test() {
+        Some(backend) => vec![backend],
+        None => ["fentry", "kprobe", "tracepoint"]
+            .map(String::from)
+            .to_vec(),
+    };
     assert!(
-        body.contains(r#"mmapwatch_backend{backend="tracepoint"} 1"#),
+        backends
+            .iter()
+            .any(|b| body.contains(&format!(r#"mmapwatch_backend{{backend="{b}"}} 1"#))),
         "{body}"
     );
     // No label is per process.

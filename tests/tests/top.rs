@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{mmapwatch_bin, path_arg, require_root, scratch_dir};
+use integration_tests::{backend_under_test, mmapwatch_bin, path_arg, require_root, scratch_dir};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
 
@@ -107,8 +107,9 @@ fn top_shows_the_workload_and_quits_cleanly() {
     let screen = tmux.wait_for("the workload's file with 6 pages", |s| {
         pages_on_screen(s, "tui.bin") == Some(6)
     });
+    let backend = backend_under_test().unwrap_or_else(|| "tracepoint".into());
     assert!(
-        screen.contains("tracepoint"),
+        screen.contains(&backend),
         "status bar shows the backend:\n{screen}"
     );
     assert!(

@@ -8,8 +8,9 @@ use std::{
 };
 
 use integration_tests::{
-    expect_one_line_failure, identity, mmapwatch, mmapwatch_bin, path_arg, ranges, require_root,
-    run, scratch_dir, shm_dir, start_trace, trace_command, TraceRun,
+    backend_under_test, expect_one_line_failure, function_hooks_under_test, identity, in_vm,
+    mmapwatch, mmapwatch_bin, path_arg, ranges, require_root, run, scratch_dir, shm_dir,
+    start_trace, trace_command, TraceRun,
 };
 
 const COMM: &str = "mw-workload";
@@ -62,7 +63,21 @@ fn shared_writes_report_exactly_the_pages_written() {
         "{first} {last}"
     );
     assert_eq!(run.json["version"], 1);
-    assert_eq!(run.json["backend"], "tracepoint");
+    match backend_under_test() {
+        Some(backend) => assert_eq!(run.json["backend"], backend.as_str()),
+        None => {
+            // auto says what it chose and why; where only tracepoints
+            // work (this project's CI host) it names what did not.
+            let reason = run.json["backend_reason"].as_str().unwrap();
+            assert!(reason.starts_with("auto:"), "{reason}");
+            if run.json["backend"] == "tracepoint" {
+                assert!(
+                    reason.contains("fentry") && reason.contains("kprobe"),
+                    "{reason}"
+                );
+            }
+        }
+    }
     assert_eq!(run.json["lost_events"], 0);
     assert!(run.json["duration_s"].as_f64().unwrap() > 0.0);
 }
@@ -123,6 +138,115 @@ fn msync_then_rewrite_is_a_new_fault_on_the_same_page() {
     assert_eq!(entry["writeback_pages"], 4);
     assert_eq!(entry["writers"][0]["pages"], 2);
     assert!(entry["writeback_ends"].as_u64().unwrap() >= 2, "{entry:#}");
+    if function_hooks_under_test() {
+        // What only function hooks see: ext4's own page_mkwrite ran, and
+        // both pages were written back (msync), each with a time.
+        assert_eq!(entry["page_mkwrite"], "ext4_page_mkwrite", "{entry:#}");
+        let written_back: Vec<(u64, u64)> = entry["page_writeback"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|run| {
+                assert!(run["written_back_unix_ns"].as_u64().unwrap() > 0);
+                (
+                    run["pages"][0].as_u64().unwrap(),
+                    run["pages"][1].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(written_back, vec![(2, 2), (6, 6)], "{entry:#}");
+    } else {
+        assert!(entry.get("page_mkwrite").is_none(), "{entry:#}");
+        assert!(entry.get("page_writeback").is_none(), "{entry:#}");
+    }
+}
+
+/// The same workloads under every backend that works here (in the VM: all
+/// three) give the same files and pages. Shared writes reach the kernel
+/// both as first faults (finish_fault) and, after msync, as write-protect
+/// faults on present pages (do_wp_page); private ones as copies.
+#[test]
+fn every_backend_reports_the_same_files_and_pages() {
+    require_root();
+    // (file name, pages written, pages copied) per workload, per backend.
+    type PageSets = (String, Vec<(u64, u64)>, Vec<(u64, u64)>);
+    let mut results: Vec<(String, Vec<PageSets>)> = Vec::new();
+    for backend in ["fentry", "kprobe", "tracepoint"] {
+        let dir = scratch_dir();
+        let shared = dir.path().join("shared.bin");
+        let private = dir.path().join("private.bin");
+        let mut sets = Vec::new();
+        for (file, workload) in [
+            (
+                &shared,
+                vec![
+                    "shared",
+                    "--size-pages",
+                    "16",
+                    "--offset-pages",
+                    "2",
+                    "--pages",
+                    "0,3,4,11",
+                    "--msync-and-rewrite",
+                ],
+            ),
+            (
+                &private,
+                vec!["private", "--size-pages", "8", "--pages", "1,5,6"],
+            ),
+        ] {
+            let mut args = workload.clone();
+            let file_arg = path_arg(file);
+            args.splice(1..1, ["--file", file_arg.as_str()]);
+            let output = run(Command::new(mmapwatch_bin())
+                .args(["trace", "--json", "--include-cow", "--backend", backend])
+                .args(["--path-prefix", &path_arg(dir.path())])
+                .arg("--")
+                .arg(WORKLOAD)
+                .args(&args));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.code() == Some(4) && !in_vm() {
+                // This kernel refuses the backend: one clear line says so.
+                assert!(stderr.contains("does not work on this kernel"), "{stderr}");
+                assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+                sets.clear();
+                break;
+            }
+            assert!(output.status.success(), "{backend}: {stderr}");
+            let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(json["backend"], backend);
+            assert_eq!(json["lost_events"], 0, "{json:#}");
+            let files = json["files"].as_array().unwrap();
+            assert_eq!(files.len(), 1, "{backend}: {json:#}");
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            sets.push((
+                name,
+                ranges(&files[0]["pages_written"]),
+                ranges(&files[0]["cow_pages"]),
+            ));
+        }
+        if !sets.is_empty() {
+            results.push((backend.to_string(), sets));
+        }
+    }
+    let expected = vec![
+        (
+            "shared.bin".to_string(),
+            vec![(2, 2), (5, 6), (13, 13)],
+            vec![],
+        ),
+        ("private.bin".to_string(), vec![], vec![(1, 1), (5, 6)]),
+    ];
+    assert!(
+        results.iter().any(|(backend, _)| backend == "tracepoint"),
+        "the tracepoint backend works everywhere"
+    );
+    if in_vm() {
+        assert_eq!(results.len(), 3, "every backend works in the VM");
+    }
+    for (backend, sets) in &results {
+        assert_eq!(sets, &expected, "{backend}");
+    }
 }
 
 #[test]
@@ -395,9 +519,15 @@ fn large_folio_mapped_page_by_page_reports_exact_pages() {
     );
     assert_eq!(entry["huge_mapped_spans"], 0);
     assert_eq!(entry["write_faults"], 4);
-    // Dirtying works per folio: a folio can hold many of these pages.
-    assert!(entry["folios_dirtied"].as_u64().unwrap() >= 1, "{entry:#}");
-    assert!(entry["pages_dirtied"].as_u64().unwrap() >= 4, "{entry:#}");
+    // Dirtying works per folio: a folio can hold many of these pages
+    // (ext4 on 6.18), or one (6.1, where a page still dirty from write(2)
+    // is not dirtied again).
+    let folios = entry["folios_dirtied"].as_u64().unwrap();
+    assert!(folios >= 1, "{entry:#}");
+    assert!(
+        entry["pages_dirtied"].as_u64().unwrap() >= folios,
+        "{entry:#}"
+    );
 }
 
 #[test]
@@ -720,8 +850,19 @@ fn doctor_reports_what_this_kernel_supports() {
         line("tracepoint exceptions:page_fault_user").contains(" ok "),
         "{text}"
     );
-    assert!(line("backend auto").contains("tracepoint"), "{text}");
-    for optional in ["fentry", "kprobes"] {
+    let auto = line("backend auto");
+    if in_vm() {
+        assert!(auto.contains("fentry"), "{text}");
+        assert!(line("fentry").contains(" ok "), "{text}");
+        assert!(line("kprobe").contains(" ok "), "{text}");
+    } else if auto.contains("tracepoint") {
+        // Says why: what each function-hook backend hit.
+        assert!(
+            auto.contains("fentry does not attach") && auto.contains("kprobe does not attach"),
+            "{text}"
+        );
+    }
+    for optional in ["fentry", "kprobe"] {
         let status = line(optional);
         assert!(
             status.contains(" ok ") || status.contains(" no "),

@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _, Result};
 
 mod bench;
 mod soak;
+mod vm;
 use clap::{Parser, Subcommand};
 
 /// The LLVM major of the nightly toolchain's rustc; bpf-linker must be built
@@ -53,6 +54,29 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Boot a Debian kernel under QEMU and run the integration suite inside
+    /// it once per backend (fentry, kprobe, tracepoint).
+    VmTest {
+        /// `debian-6.1` (downloaded and cached), a kernel .deb, or an
+        /// unpacked kernel package directory.
+        #[arg(long, default_value = "debian-6.1")]
+        kernel: String,
+        /// Backends to run the suite with (repeatable; default: all three).
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+        /// Integration test binaries to run (repeatable; default: all).
+        #[arg(long = "suite")]
+        suites: Vec<String>,
+        /// Only tests whose names contain this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Hard limit for one guest run.
+        #[arg(long, default_value_t = 40)]
+        timeout_minutes: u64,
+        /// Run this shell command in the guest instead (debugging).
+        #[arg(long)]
+        command: Option<String>,
+    },
     /// Fuzz the event decoder and the BTF parser (cargo-fuzz, nightly).
     Fuzz {
         /// Seconds per target.
@@ -84,6 +108,28 @@ fn main() -> Result<()> {
         Task::Bench { rounds } => {
             setup()?;
             bench::run(rounds)
+        }
+        Task::VmTest {
+            kernel,
+            backends,
+            suites,
+            filter,
+            timeout_minutes,
+            command,
+        } => {
+            setup()?;
+            vm::run_vm_test(&vm::VmTest {
+                kernel,
+                backends: if backends.is_empty() {
+                    vm::BACKENDS.iter().map(|b| b.to_string()).collect()
+                } else {
+                    backends
+                },
+                suites,
+                filter,
+                timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+                command,
+            })
         }
         Task::Fuzz { seconds } => {
             setup()?;
@@ -288,7 +334,7 @@ pub(crate) fn cargo() -> Command {
     command
 }
 
-fn build() -> Result<()> {
+pub(crate) fn build() -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "probe-user"]))
 }
 
@@ -353,8 +399,22 @@ fn test() -> Result<()> {
             "--test-threads=1",
         ])
         .current_dir(workspace_root());
-    run(&mut integration)
+    run(&mut integration)?;
+    step("the integration suite in a Debian kernel under QEMU, once per backend");
+    vm::run_vm_test(&vm::VmTest {
+        kernel: "debian-6.1".into(),
+        backends: vm::BACKENDS.iter().map(|b| b.to_string()).collect(),
+        suites: VM_SUITES.iter().map(|s| s.to_string()).collect(),
+        filter: None,
+        timeout: std::time::Duration::from_secs(45 * 60),
+        command: None,
+    })
 }
+
+/// What runs in the VM on every `cargo xtask test`: the suites that
+/// exercise the probes. The exporter and dashboard suites only read what
+/// the backend records, and run on the host.
+const VM_SUITES: &[&str] = &["trace", "reliability"];
 
 /// The cargo-fuzz targets in fuzz/: what the kernel hands us (ring records,
 /// BTF) must never panic the parser.

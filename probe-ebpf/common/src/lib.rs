@@ -31,6 +31,19 @@ pub mod event_kind {
     /// writable at once (one PMD): every page of the span may be written
     /// without another fault, so all of them are reported.
     pub const HUGE_SPAN: u32 = 5;
+    /// A folio of a file already seen finished writeback (function-hook
+    /// backends: `folio_end_writeback`): `page` is its first page, `pages`
+    /// its size.
+    pub const PAGES_WRITTEN_BACK: u32 = 6;
+}
+
+/// Bits of the `HOOKS` map's one entry: which function hooks are attached,
+/// so that each fault is recorded by exactly one of them. A map, not part
+/// of the frozen config: it is known only once hooks attach.
+pub mod hooks {
+    /// `wp_page_copy` records copy-on-write of present pages; `do_wp_page`
+    /// then records shared writes only.
+    pub const COW_AT_WP_PAGE_COPY: u32 = 1;
 }
 
 /// Pages in a PMD-mapped folio (2 MiB / 4 KiB on x86-64).
@@ -281,6 +294,25 @@ pub struct KernelOffsets {
     /// `enum maple_type` values.
     pub maple_range_64: u32,
     pub maple_arange_64: u32,
+    /// The byte holding a large folio's order: `folio._folio_order` (up to
+    /// 6.5) or the low byte of `folio._flags_1` (little-endian).
+    pub folio_order_byte: u32,
+    /// `folio.mapping`.
+    pub folio_mapping: u32,
+    /// Function-hook backends: `struct vm_fault` fields.
+    pub vmf_vma: u32,
+    pub vmf_pgoff: u32,
+    pub vmf_address: u32,
+    pub vmf_flags: u32,
+    /// `FAULT_FLAG_WRITE` from `enum fault_flag`.
+    pub fault_flag_write: u32,
+    pub vma_vm_ops: u32,
+    /// `vm_operations_struct.page_mkwrite`.
+    pub vm_ops_page_mkwrite: u32,
+    /// `task_struct.pid`, `task_struct.signal`, `signal_struct.live`.
+    pub task_pid: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
 }
 
 /// Run-time configuration, a global set at load time.
@@ -336,6 +368,18 @@ impl KernelOffsets {
         arange64_pivot_count: 0,
         maple_range_64: 0,
         maple_arange_64: 0,
+        folio_order_byte: 0,
+        folio_mapping: 0,
+        vmf_vma: 0,
+        vmf_pgoff: 0,
+        vmf_address: 0,
+        vmf_flags: 0,
+        fault_flag_write: 0,
+        vma_vm_ops: 0,
+        vm_ops_page_mkwrite: 0,
+        task_pid: 0,
+        task_signal: 0,
+        signal_live: 0,
     };
 }
 

@@ -1,0 +1,656 @@
+//! `cargo xtask vm-test`: the integration suite inside a QEMU guest, once per
+//! backend.
+//!
+//! This machine's kernel refuses fentry (lockdown) and has no kprobes, so
+//! those backends are proven on a Debian kernel booted under QEMU, the way
+//! aya's `xtask integration-test vm` does it: a small initramfs (busybox,
+//! the few modules the guest needs to reach its root, a script), and the
+//! host's root shared read-only over virtio-9p so the guest runs the very
+//! binaries built here. The guest writes its results to the serial console;
+//! there is no other channel out of it.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{cargo, ensure_apt, output, run, step, workspace_root};
+
+/// What the guest needs: QEMU, a static busybox for the initramfs, depmod
+/// (kmod) for the module dependency list, e2fsprogs for the guest's ext4.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "e2fsprogs"];
+
+/// Modules the guest loads before it can mount its root and scratch
+/// filesystem (Debian builds them as modules); dependencies come from
+/// modules.dep. crc32c is what ext4's metadata checksums ask the crypto API
+/// for.
+const GUEST_MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "loop",
+    "ext4",
+    "crc32c_generic",
+];
+
+/// Printed by the guest: one result line per test binary and backend, and a
+/// last line when it is done.
+const RESULT_MARK: &str = "MMAPWATCH-VM-RESULT";
+const DONE_MARK: &str = "MMAPWATCH-VM-DONE";
+
+pub const BACKENDS: &[&str] = &["fentry", "kprobe", "tracepoint"];
+
+pub struct VmTest {
+    pub kernel: String,
+    pub backends: Vec<String>,
+    /// Test binaries to run (integration-tests `--test` names); empty: all.
+    pub suites: Vec<String>,
+    /// libtest filter passed to every suite.
+    pub filter: Option<String>,
+    pub timeout: Duration,
+    /// A shell command to run in the guest instead of the suites
+    /// (debugging); its exit code is reported.
+    pub command: Option<String>,
+}
+
+fn cache_dir() -> PathBuf {
+    workspace_root().join("target/vm-cache")
+}
+
+pub fn run_vm_test(options: &VmTest) -> Result<()> {
+    for backend in &options.backends {
+        if !BACKENDS.contains(&backend.as_str()) {
+            bail!("unknown backend {backend}: one of {}", BACKENDS.join(", "));
+        }
+    }
+    ensure_apt(VM_PACKAGES)?;
+    let kernel = Kernel::resolve(&options.kernel)?;
+    println!(
+        "xtask: guest kernel {} ({})",
+        kernel.release,
+        kernel.vmlinuz.display()
+    );
+
+    step("building mmapwatch and the integration tests for the guest");
+    crate::build()?;
+    let suites = test_binaries(&options.suites)?;
+
+    let scratch = workspace_root().join("target/itest-scratch");
+    fs::create_dir_all(&scratch)?;
+    let script = guest_script(options, &suites, &scratch);
+    let initramfs = cache_dir().join("initramfs.cpio");
+    build_initramfs(&kernel, &script, &initramfs)?;
+
+    let accel = choose_accelerator(&kernel, &initramfs)?;
+    let mut last_error = None;
+    for attempt in 1..=2 {
+        step(&format!(
+            "booting {} under QEMU ({accel}), attempt {attempt}",
+            kernel.release
+        ));
+        match boot(&kernel, &initramfs, accel, options.timeout) {
+            Ok(run) if options.command.is_some() => {
+                let ok = run.log.iter().any(|l| {
+                    l.contains(&format!(
+                        "{RESULT_MARK} backend=command suite=command exit=0 "
+                    ))
+                });
+                return if ok {
+                    Ok(())
+                } else {
+                    bail!("the guest command failed")
+                };
+            }
+            Ok(run) => return report(&run, options, &suites, &kernel),
+            // Only a guest that never finished is retried: a test failure
+            // is a result.
+            Err(err) => {
+                eprintln!("xtask: the guest did not finish: {err:#}");
+                last_error = Some(err);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("the guest did not run")))
+}
+
+/// A kernel image with its modules, unpacked under the cache directory.
+struct Kernel {
+    release: String,
+    vmlinuz: PathBuf,
+    /// `lib/modules/<release>` with a modules.dep.
+    modules: PathBuf,
+}
+
+impl Kernel {
+    /// `debian-6.1`: Debian 12's current 6.1 kernel, downloaded (not
+    /// installed) and cached; or a path to a kernel .deb, or to a directory
+    /// holding `boot/vmlinuz-*` and `lib/modules/*`.
+    fn resolve(spec: &str) -> Result<Self> {
+        let root = if spec == "debian-6.1" {
+            debian_kernel()?
+        } else {
+            let path = PathBuf::from(spec);
+            if path.extension().is_some_and(|ext| ext == "deb") {
+                unpack_deb(&path)?
+            } else if path.is_dir() {
+                path
+            } else {
+                bail!("--kernel {spec}: expected debian-6.1, a kernel .deb, or an unpacked package directory");
+            }
+        };
+        let vmlinuz = fs::read_dir(root.join("boot"))
+            .with_context(|| format!("{}/boot", root.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
+            .with_context(|| format!("no boot/vmlinuz-* under {}", root.display()))?;
+        let release = vmlinuz
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .context("vmlinuz name")?
+            .to_string();
+        let modules = root.join("lib/modules").join(&release);
+        if !modules.join("modules.dep").exists() {
+            run(Command::new("depmod").args(["-b"]).arg(&root).arg(&release))?;
+        }
+        Ok(Self {
+            release,
+            vmlinuz,
+            modules,
+        })
+    }
+}
+
+/// Downloads the package behind `linux-image-amd64` (its `-unsigned`
+/// variant: the same kernel without the signed-image indirection) unless a
+/// cached copy is there. Debian drops old ABI versions from the archive, so
+/// the name is resolved every time and any cached .deb is the fallback.
+fn debian_kernel() -> Result<PathBuf> {
+    let cache = cache_dir();
+    fs::create_dir_all(&cache)?;
+    let wanted =
+        output(Command::new("apt-cache").args(["depends", "linux-image-amd64"])).and_then(|text| {
+            text.lines()
+                .filter_map(|line| line.trim().strip_prefix("Depends: "))
+                .find(|name| name.starts_with("linux-image-6.1."))
+                .map(|name| format!("{name}-unsigned"))
+        });
+    let cached = |prefix: &str| -> Option<PathBuf> {
+        let mut debs: Vec<PathBuf> = fs::read_dir(&cache)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "deb")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .collect();
+        debs.sort();
+        debs.pop()
+    };
+    let deb = match &wanted {
+        Some(name) => match cached(&format!("{name}_")) {
+            Some(deb) => deb,
+            None => {
+                println!("xtask: downloading {name} (not installed, only unpacked)");
+                let downloaded = Command::new("apt-get")
+                    .args(["download", "-q", name])
+                    .current_dir(&cache)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                match cached(&format!("{name}_")) {
+                    Some(deb) if downloaded => deb,
+                    _ => cached("linux-image-6.1.").with_context(|| {
+                        format!("apt-get download {name} failed and no kernel is cached")
+                    })?,
+                }
+            }
+        },
+        None => cached("linux-image-6.1.").context(
+            "apt-cache does not know linux-image-amd64 (is this Debian 12?) and no kernel is cached",
+        )?,
+    };
+    unpack_deb(&deb)
+}
+
+fn unpack_deb(deb: &Path) -> Result<PathBuf> {
+    let stem = deb
+        .file_stem()
+        .context("package name")?
+        .to_string_lossy()
+        .into_owned();
+    let target = cache_dir().join(stem);
+    if !target.join(".unpacked").exists() {
+        fs::create_dir_all(&target)?;
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&target))?;
+        fs::write(target.join(".unpacked"), "")?;
+    }
+    Ok(target)
+}
+
+/// The integration-test executables cargo builds, by test name.
+fn test_binaries(wanted: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let text = output(cargo().args([
+        "test",
+        "--package",
+        "integration-tests",
+        "--tests",
+        "--no-run",
+        "--message-format=json",
+    ]))
+    .context("building the integration tests")?;
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" || message["profile"]["test"] != true {
+            continue;
+        }
+        let kinds = &message["target"]["kind"];
+        if !kinds
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"))
+        {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) else {
+            continue;
+        };
+        if wanted.is_empty() || wanted.iter().any(|w| w == name) {
+            found.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        bail!("no integration test binaries matched {wanted:?}");
+    }
+    Ok(found)
+}
+
+/// The guest's second stage, run as pid 1 once the host root is its root:
+/// mounts what mmapwatch and the tests use, makes an ext4 scratch
+/// filesystem (tmpfs never reaches do_wp_page's page_mkwrite path), and runs
+/// each suite once per backend.
+fn guest_script(options: &VmTest, suites: &[(String, PathBuf)], scratch: &Path) -> String {
+    let root = workspace_root();
+    let mut script = String::from(
+        r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t tracefs nodev /sys/kernel/tracing
+mount -t debugfs nodev /sys/kernel/debug
+mount -t securityfs nodev /sys/kernel/security
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 none /sys/fs/cgroup
+ip link set lo up
+echo "guest: $(uname -r), lockdown: $(cat /sys/kernel/security/lockdown 2>/dev/null)"
+truncate -s 1G /tmp/scratch.img
+mkfs.ext4 -q -F /tmp/scratch.img
+"#,
+    );
+    script.push_str(&format!(
+        "mount -o loop /tmp/scratch.img {}\ncd {}\n",
+        scratch.display(),
+        root.display()
+    ));
+    // What this kernel supports, for the log (and the closing note).
+    script.push_str(&format!(
+        "{} doctor || true\n",
+        crate::mmapwatch_release().display()
+    ));
+    if let Some(command) = &options.command {
+        script.push_str(&format!(
+            "({command})\necho \"{RESULT_MARK} backend=command suite=command exit=$? seconds=0\"\necho {DONE_MARK}\nsync\nsleep 1\necho o > /proc/sysrq-trigger\nsleep 10\n"
+        ));
+        return script;
+    }
+    let filter = options
+        .filter
+        .as_deref()
+        .map(|f| format!(" '{}'", f.replace('\'', "")))
+        .unwrap_or_default();
+    for backend in &options.backends {
+        for (name, exe) in suites {
+            script.push_str(&format!(
+                r#"start=$(date +%s)
+MMAPWATCH_BACKEND={backend} MMAPWATCH_BIN={bin} MMAPWATCH_IN_VM=1 {exe} --test-threads=1{filter}
+echo "{RESULT_MARK} backend={backend} suite={name} exit=$? seconds=$(( $(date +%s) - start ))"
+"#,
+                bin = crate::mmapwatch_release().display(),
+                exe = exe.display(),
+            ));
+        }
+    }
+    script.push_str(&format!(
+        "echo {DONE_MARK}\nsync\nsleep 1\necho o > /proc/sysrq-trigger\nsleep 10\n"
+    ));
+    script
+}
+
+/// The first stage, busybox's: load modules, mount the host root over 9p
+/// with the guest's own proc, sys, dev and tmp on it, and switch to it.
+const GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /host
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules/order); do insmod /modules/$m || echo "guest: insmod $m failed"; done
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host; then
+  echo "guest: cannot mount the host root"; echo MMAPWATCH-VM-DONE-FAILED; poweroff -f
+fi
+mount -t tmpfs tmp /host/tmp
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs shm /host/dev/shm
+mount -t tmpfs run /host/run
+cp /stage2.sh /host/tmp/stage2.sh
+exec switch_root /host /bin/sh /tmp/stage2.sh
+"#;
+
+fn build_initramfs(kernel: &Kernel, script: &str, target: &Path) -> Result<()> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .context("busybox is missing (busybox-static)")?;
+    let mut archive = Cpio::default();
+    archive.directory("bin");
+    archive.directory("modules");
+    archive.file("bin/busybox", 0o755, &fs::read(busybox)?);
+    archive.file("init", 0o755, GUEST_INIT.as_bytes());
+    archive.file("stage2.sh", 0o755, script.as_bytes());
+    let mut order = String::new();
+    for module in module_load_order(&kernel.modules, GUEST_MODULES)? {
+        let name = module.file_name().context("module name")?.to_string_lossy();
+        archive.file(
+            &format!("modules/{name}"),
+            0o644,
+            &fs::read(kernel.modules.join(&module))?,
+        );
+        order.push_str(&format!("{name}\n"));
+    }
+    archive.file("modules/order", 0o644, order.as_bytes());
+    fs::write(target, archive.finish())?;
+    Ok(())
+}
+
+/// `wanted` and their dependencies, dependencies first, as paths relative
+/// to the modules directory.
+fn module_load_order(modules: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
+    let deps = fs::read_to_string(modules.join("modules.dep"))?;
+    let table: Vec<(&str, Vec<&str>)> = deps
+        .lines()
+        .filter_map(|line| {
+            let (module, needs) = line.split_once(':')?;
+            Some((module, needs.split_whitespace().collect()))
+        })
+        .collect();
+    fn visit<'a>(module: &'a str, table: &[(&'a str, Vec<&'a str>)], order: &mut Vec<&'a str>) {
+        if order.contains(&module) {
+            return;
+        }
+        if let Some((_, needs)) = table.iter().find(|(m, _)| *m == module) {
+            for need in needs {
+                visit(need, table, order);
+            }
+        }
+        order.push(module);
+    }
+    let mut order = Vec::new();
+    for name in wanted {
+        let file = format!("/{name}.ko");
+        let module = table
+            .iter()
+            .map(|(m, _)| *m)
+            .find(|m| m.ends_with(&file))
+            .with_context(|| format!("module {name} is not in {}", modules.display()))?;
+        visit(module, &table, &mut order);
+    }
+    Ok(order.into_iter().map(PathBuf::from).collect())
+}
+
+/// An uncompressed newc archive, the initramfs format the kernel unpacks
+/// itself. Written here, not with cpio(1): three kinds of entry, and no
+/// files need to be staged on disk.
+#[derive(Default)]
+struct Cpio {
+    bytes: Vec<u8>,
+    next_inode: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.next_inode += 1;
+        let fields = [
+            self.next_inode,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.bytes.extend_from_slice(b"070701");
+        for field in fields {
+            self.bytes
+                .extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(0);
+        self.pad();
+        self.bytes.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    fn directory(&mut self, name: &str) {
+        self.entry(name, 0o040755, &[]);
+    }
+
+    fn file(&mut self, name: &str, permissions: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | permissions, data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.bytes
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG, software emulation",
+        })
+    }
+}
+
+/// KVM when it boots the guest; otherwise TCG. /dev/kvm can exist and still
+/// fail: here it is a paravirtualised KVM (kvm_pvm) that QEMU aborts on.
+fn choose_accelerator(kernel: &Kernel, initramfs: &Path) -> Result<Accel> {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("xtask: no usable /dev/kvm: using TCG");
+        return Ok(Accel::Tcg);
+    }
+    // A boot that only prints the done mark.
+    let probe = cache_dir().join("kvm-probe.cpio");
+    build_initramfs(
+        kernel,
+        &format!("echo {DONE_MARK}\necho o > /proc/sysrq-trigger\nsleep 10\n"),
+        &probe,
+    )?;
+    let _ = initramfs;
+    match boot(kernel, &probe, Accel::Kvm, Duration::from_secs(60)) {
+        Ok(_) => Ok(Accel::Kvm),
+        Err(err) => {
+            println!("xtask: KVM does not boot the guest ({err:#}): using TCG");
+            Ok(Accel::Tcg)
+        }
+    }
+}
+
+struct GuestRun {
+    log: Vec<String>,
+    boot_to_first_result: Option<Duration>,
+    elapsed: Duration,
+}
+
+/// Boots the guest and collects its console until the done mark or the
+/// timeout; an error if it never got there.
+fn boot(kernel: &Kernel, initramfs: &Path, accel: Accel, timeout: Duration) -> Result<GuestRun> {
+    let mut qemu = Command::new("timeout");
+    qemu.args(["--kill-after=10", &timeout.as_secs().to_string()])
+        .arg("qemu-system-x86_64");
+    match accel {
+        Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
+        // One TCG thread: multi-threaded TCG hung at fentry attach here.
+        Accel::Tcg => qemu.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
+    };
+    qemu.args(["-m", "2048", "-smp", "1", "-nodefaults", "-display", "none"])
+        .args(["-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+            // The host root, read-only; multidevs=remap keeps inode numbers
+            // of the host's different filesystems (/proc, /sys, /) apart.
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let stderr_reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.contains("Multiple devices detected"))
+            .collect::<Vec<_>>()
+    });
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let mut log_file = fs::File::create(cache_dir().join("guest-console.log"))?;
+    let mut log = Vec::new();
+    let mut first_result = None;
+    let mut done = false;
+    for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+        // The console carries terminal escapes and CRs.
+        let line = String::from_utf8_lossy(&line)
+            .replace('\r', "")
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\t')
+            .collect::<String>();
+        let _ = writeln!(log_file, "{line}");
+        println!("guest| {line}");
+        if line.contains(RESULT_MARK) && first_result.is_none() {
+            first_result = Some(started.elapsed());
+        }
+        if line.contains(DONE_MARK) {
+            done = !line.contains("FAILED");
+        }
+        log.push(line);
+    }
+    let status = child.wait()?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    if !done {
+        bail!(
+            "no {DONE_MARK} line (qemu {status} after {:.0?}){}",
+            started.elapsed(),
+            stderr
+                .iter()
+                .take(5)
+                .map(|l| format!("\n  qemu: {l}"))
+                .collect::<String>()
+        );
+    }
+    Ok(GuestRun {
+        log,
+        boot_to_first_result: first_result,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Every suite must have run under every backend and passed.
+fn report(
+    run: &GuestRun,
+    options: &VmTest,
+    suites: &[(String, PathBuf)],
+    kernel: &Kernel,
+) -> Result<()> {
+    let mut failures = Vec::new();
+    println!("xtask: guest kernel {}", kernel.release);
+    for backend in &options.backends {
+        for (suite, _) in suites {
+            let wanted = format!("{RESULT_MARK} backend={backend} suite={suite} ");
+            match run
+                .log
+                .iter()
+                .find_map(|l| l.find(&wanted).map(|at| l[at + wanted.len()..].to_string()))
+            {
+                Some(rest) if rest.starts_with("exit=0 ") => {
+                    println!("xtask: {backend:>10} {suite:<12} passed ({rest})")
+                }
+                Some(rest) => {
+                    println!("xtask: {backend:>10} {suite:<12} FAILED ({rest})");
+                    failures.push(format!("{backend}/{suite}"));
+                }
+                None => {
+                    println!("xtask: {backend:>10} {suite:<12} did not run");
+                    failures.push(format!("{backend}/{suite} (no result)"));
+                }
+            }
+        }
+    }
+    println!(
+        "xtask: guest ran {:.0?} in all; first result after {:.0?}",
+        run.elapsed,
+        run.boot_to_first_result.unwrap_or_default()
+    );
+    if !failures.is_empty() {
+        bail!("in the VM: {}", failures.join(", "));
+    }
+    Ok(())
+}
