@@ -339,6 +339,8 @@ echo "{RESULT_MARK} backend={backend} suite={name} exit=$? seconds=$(( $(date +%
 
 /// The first stage, busybox's: load modules, mount the host root over 9p
 /// with the guest's own proc, sys, dev and tmp on it, and switch to it.
+/// The workspace (`@WORKSPACE@`) is bound back into place afterwards: a
+/// clone under /tmp or /run would otherwise vanish under the guest's tmpfs.
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -350,6 +352,8 @@ for m in $(cat /modules/order); do insmod /modules/$m || echo "guest: insmod $m 
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host; then
   echo "guest: cannot mount the host root"; echo MMAPWATCH-VM-DONE-FAILED; poweroff -f
 fi
+mkdir -p /workspace
+mount --bind "/host@WORKSPACE@" /workspace
 mount -t tmpfs tmp /host/tmp
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
@@ -358,6 +362,8 @@ mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs shm /host/dev/shm
 mount -t tmpfs run /host/run
+mkdir -p "/host@WORKSPACE@"
+mount --move /workspace "/host@WORKSPACE@"
 cp /stage2.sh /host/tmp/stage2.sh
 exec switch_root /host /bin/sh /tmp/stage2.sh
 "#;
@@ -372,7 +378,8 @@ fn build_initramfs(kernel: &Kernel, script: &str, target: &Path) -> Result<()> {
     archive.directory("bin");
     archive.directory("modules");
     archive.file("bin/busybox", 0o755, &fs::read(busybox)?);
-    archive.file("init", 0o755, GUEST_INIT.as_bytes());
+    let init = GUEST_INIT.replace("@WORKSPACE@", &workspace_root().display().to_string());
+    archive.file("init", 0o755, init.as_bytes());
     archive.file("stage2.sh", 0o755, script.as_bytes());
     let mut order = String::new();
     for module in module_load_order(&kernel.modules, GUEST_MODULES)? {
