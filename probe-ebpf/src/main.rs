@@ -342,18 +342,18 @@ fn fill_header(
     out.comm = *comm;
 }
 
-fn header(kind: u32, pid_tgid: u64, dev: u32, ino: u64, now: u64, comm: [u8; 16]) -> EventHeader {
-    EventHeader {
-        kind,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        dev,
-        ino,
-        boot_ns: now,
-        // SAFETY: no arguments; always valid in tracing programs.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm,
-    }
+/// A record header on the stack, for records outside the fault path.
+fn header(
+    kind: u32,
+    pid_tgid: u64,
+    dev: u32,
+    ino: u64,
+    now: u64,
+    comm: &[u8; TASK_COMM_LEN],
+) -> EventHeader {
+    let mut out = EventHeader::default();
+    fill_header(&mut out, kind, pid_tgid, dev, ino, now, comm);
+    out
 }
 
 fn submit_page_event(header: &EventHeader, kind: u32, page: u64, pages: u64) {
@@ -523,13 +523,10 @@ fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
     if error_code & X86_PF_WRITE == 0 || address >= USER_ADDRESS_LIMIT {
         return Ok(());
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
     let scratch = fault_scratch()?;
-    current_comm_into(&mut scratch.fault.comm)?;
-    if !task_selected(tgid, &scratch.fault.comm) {
+    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
         return Ok(());
-    }
+    };
     scratch.info.file = 0;
     if !walk_maple_tree(address, scratch) {
         bump(counter::VMA_WALK_FALLBACKS);
@@ -559,6 +556,15 @@ struct FaultScratch {
     pivots: [u64; MAPLE_MAX_PIVOTS],
     fault: WriteFault,
     header: EventHeader,
+}
+
+/// The current task's pid_tgid if it passes the pid and comm filters; its
+/// command name is left in `comm`.
+#[inline(always)]
+fn selected_current_task(comm: &mut [u8; TASK_COMM_LEN]) -> Result<Option<u64>, i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    current_comm_into(comm)?;
+    Ok(task_selected((pid_tgid >> 32) as u32, comm).then_some(pid_tgid))
 }
 
 /// The current task's command name, into scratch memory (a by-value copy
@@ -839,7 +845,14 @@ fn report_huge_span(key: &FileKey, index: u64, pages: u64, now: u64) {
     let Ok(comm) = bpf_get_current_comm() else {
         return;
     };
-    let header = header(event_kind::HUGE_SPAN, pid_tgid, key.dev, key.ino, now, comm);
+    let header = header(
+        event_kind::HUGE_SPAN,
+        pid_tgid,
+        key.dev,
+        key.ino,
+        now,
+        &comm,
+    );
     submit_page_event(&header, event_kind::HUGE_SPAN, index, pages);
 }
 
@@ -1062,12 +1075,10 @@ fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
             return Ok(());
         }
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     let scratch = fault_scratch()?;
-    current_comm_into(&mut scratch.fault.comm)?;
-    if !task_selected((pid_tgid >> 32) as u32, &scratch.fault.comm) {
+    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
         return Ok(());
-    }
+    };
     let vma: u64 = read_kernel(vmf, offset!(vmf_vma))?;
     fill_vma_info(vma, &mut scratch.info)?;
     if scratch.info.file == 0 {
@@ -1094,9 +1105,8 @@ fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
 /// when the program sits on that function itself, else the mapping's
 /// `vm_ops->page_mkwrite` (the program is on `do_page_mkwrite`).
 fn try_page_mkwrite(vmf: u64, hook_fn: u64) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let comm = bpf_get_current_comm().map_err(|err| err as i64)?;
-    if !task_selected((pid_tgid >> 32) as u32, &comm) {
+    let mut comm = [0u8; TASK_COMM_LEN];
+    if selected_current_task(&mut comm)?.is_none() {
         return Ok(());
     }
     let vma: u64 = read_kernel(vmf, offset!(vmf_vma))?;
@@ -1144,7 +1154,7 @@ fn try_folio_written_back(folio: u64) -> Result<(), i64> {
         key.dev,
         key.ino,
         now,
-        [0; TASK_COMM_LEN],
+        &[0; TASK_COMM_LEN],
     );
     submit_page_event(&header, event_kind::PAGES_WRITTEN_BACK, index, pages);
     Ok(())
