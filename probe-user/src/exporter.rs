@@ -689,7 +689,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     metrics
         .backend
         .get_or_create(&BackendLabels {
-            backend: session.backend.into(),
+            backend: session.backend().into(),
         })
         .set(1);
     let prefixes = args

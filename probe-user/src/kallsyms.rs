@@ -42,6 +42,11 @@ impl Kallsyms {
         (address - start < MAX_FUNCTION_BYTES).then_some(name.as_str())
     }
 
+    /// Whether a text symbol of this name exists (module functions too).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.symbols.iter().any(|(_, symbol)| symbol == name)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.symbols.is_empty()
     }
@@ -79,6 +84,8 @@ ffffffffc0680000 t ext4_page_mkwrite\t[ext4]
         // symbol or far past the last nothing is named.
         assert_eq!(symbols.name_of(0xffffffff81300000), None);
         assert_eq!(symbols.name_of(0x1000), None);
+        assert!(symbols.has_function("ext4_page_mkwrite"));
+        assert!(!symbols.has_function("some_data") && !symbols.has_function("hidden"));
         assert_eq!(symbols.name_of(0xffffffffc0780000), None);
     }
 }

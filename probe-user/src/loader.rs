@@ -22,6 +22,7 @@ use crate::{
     cli::BackendChoice,
     error::exit_code,
     events::FileId,
+    kallsyms::Kallsyms,
 };
 
 /// The eBPF object built by build.rs.
@@ -343,41 +344,45 @@ pub const FS_MKWRITE_HOOKS: &[&str] = &[
 /// fentry programs available for filesystem hooks (one per target).
 const FENTRY_FS_MKWRITE_SLOTS: usize = 4;
 
-/// Fault hooks: (function, fentry program, kprobe program). The first two
-/// must both attach for a function-hook backend; `wp_page_copy` is optional
-/// (without it `do_wp_page` records private copies too).
-const WP_PAGE: (&str, &str, &str) = ("do_wp_page", "fentry_do_wp_page", "kprobe_do_wp_page");
-const FINISH_FAULT: (&str, &str, &str) =
-    ("finish_fault", "fentry_finish_fault", "kprobe_finish_fault");
-const WP_PAGE_COPY: (&str, &str, &str) =
-    ("wp_page_copy", "fentry_wp_page_copy", "kprobe_wp_page_copy");
-const DO_PAGE_MKWRITE: (&str, &str, &str) = (
-    "do_page_mkwrite",
-    "fentry_do_page_mkwrite",
-    "kprobe_do_page_mkwrite",
-);
-const FOLIO_END_WRITEBACK: (&str, &str, &str) = (
-    "folio_end_writeback",
-    "fentry_folio_end_writeback",
-    "kprobe_folio_end_writeback",
-);
+/// A kernel function and the programs that hook it either way.
+struct Hook<'a> {
+    function: &'a str,
+    fentry: &'a str,
+    kprobe: &'a str,
+}
+
+/// Fault hooks. `do_wp_page` and `finish_fault` must both attach for a
+/// function-hook backend; `wp_page_copy` is optional (without it
+/// `do_wp_page` records private copies too).
+const WP_PAGE: Hook = Hook {
+    function: "do_wp_page",
+    fentry: "fentry_do_wp_page",
+    kprobe: "kprobe_do_wp_page",
+};
+const FINISH_FAULT: Hook = Hook {
+    function: "finish_fault",
+    fentry: "fentry_finish_fault",
+    kprobe: "kprobe_finish_fault",
+};
+const WP_PAGE_COPY: Hook = Hook {
+    function: "wp_page_copy",
+    fentry: "fentry_wp_page_copy",
+    kprobe: "kprobe_wp_page_copy",
+};
+const DO_PAGE_MKWRITE: Hook = Hook {
+    function: "do_page_mkwrite",
+    fentry: "fentry_do_page_mkwrite",
+    kprobe: "kprobe_do_page_mkwrite",
+};
+const FOLIO_END_WRITEBACK: Hook = Hook {
+    function: "folio_end_writeback",
+    fentry: "fentry_folio_end_writeback",
+    kprobe: "kprobe_folio_end_writeback",
+};
 
 /// Whether the kernel has the kprobe PMU that aya attaches kprobes with.
 pub fn kprobe_pmu() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe").exists()
-}
-
-/// Function names in /proc/kallsyms (module functions included).
-fn kallsyms_functions() -> std::collections::HashSet<String> {
-    std::fs::read_to_string("/proc/kallsyms")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
-            matches!(kind, "t" | "T").then(|| name.to_string())
-        })
-        .collect()
 }
 
 /// (cgroup id, kernel dev, command name) of a writer label set.
@@ -588,7 +593,7 @@ impl Probes {
         let mut fallbacks = Vec::new();
         // wp_page_copy first: once it is in, do_wp_page leaves private
         // copies to it, and no fault is recorded twice.
-        match self.hook(mechanism, WP_PAGE_COPY, WP_PAGE_COPY.0) {
+        match self.hook(mechanism, &WP_PAGE_COPY) {
             Ok(()) => {
                 self.set_hook_bits(probe_common::hooks::COW_AT_WP_PAGE_COPY)
                     .map_err(|e| e.to_string())?;
@@ -598,15 +603,14 @@ impl Probes {
                 "wp_page_copy: {why}; do_wp_page records private copies"
             )),
         }
-        for (function, fentry, kprobe) in [WP_PAGE, FINISH_FAULT] {
-            if let Err(why) = self.hook(mechanism, (function, fentry, kprobe), function) {
+        for hook in [WP_PAGE, FINISH_FAULT] {
+            if let Err(why) = self.hook(mechanism, &hook) {
                 self.unhook_all();
-                return Err(format!("{function}: {why}"));
+                return Err(format!("{}: {why}", hook.function));
             }
-            hooks.push(format!("{}/{function}", mechanism.name()));
+            hooks.push(format!("{}/{}", mechanism.name(), hook.function));
         }
-        self.selection.page_mkwrite = match self.hook(mechanism, DO_PAGE_MKWRITE, DO_PAGE_MKWRITE.0)
-        {
+        self.selection.page_mkwrite = match self.hook(mechanism, &DO_PAGE_MKWRITE) {
             Ok(()) => {
                 hooks.push(format!("{}/do_page_mkwrite", mechanism.name()));
                 true
@@ -625,19 +629,18 @@ impl Probes {
                 !attached.is_empty()
             }
         };
-        self.selection.page_writeback =
-            match self.hook(mechanism, FOLIO_END_WRITEBACK, FOLIO_END_WRITEBACK.0) {
-                Ok(()) => {
-                    hooks.push(format!("{}/folio_end_writeback", mechanism.name()));
-                    true
-                }
-                Err(why) => {
-                    fallbacks.push(format!(
-                        "folio_end_writeback: {why}; writeback is known per file only"
-                    ));
-                    false
-                }
-            };
+        self.selection.page_writeback = match self.hook(mechanism, &FOLIO_END_WRITEBACK) {
+            Ok(()) => {
+                hooks.push(format!("{}/folio_end_writeback", mechanism.name()));
+                true
+            }
+            Err(why) => {
+                fallbacks.push(format!(
+                    "folio_end_writeback: {why}; writeback is known per file only"
+                ));
+                false
+            }
+        };
         self.attached.programs.extend(hooks.iter().cloned());
         self.selection.hooks = hooks;
         self.selection.fallbacks = fallbacks;
@@ -645,12 +648,12 @@ impl Probes {
     }
 
     /// Loads (fentry: bound to `function`) and attaches one hook.
-    fn hook(
-        &mut self,
-        mechanism: Mechanism,
-        (_, fentry, kprobe): (&str, &str, &str),
-        function: &str,
-    ) -> Result<(), String> {
+    fn hook(&mut self, mechanism: Mechanism, hook: &Hook) -> Result<(), String> {
+        let Hook {
+            function,
+            fentry,
+            kprobe,
+        } = *hook;
         match mechanism {
             Mechanism::Fentry => {
                 if self.aya_btf.is_none() {
@@ -691,18 +694,25 @@ impl Probes {
                 let targets = self.fs_mkwrite_in_btf.clone();
                 for (slot, function) in targets.iter().take(FENTRY_FS_MKWRITE_SLOTS).enumerate() {
                     let program = format!("fentry_fs_mkwrite_{slot}");
-                    if self.hook(mechanism, ("", &program, ""), function).is_ok() {
+                    let hook = Hook {
+                        function,
+                        fentry: &program,
+                        kprobe: "",
+                    };
+                    if self.hook(mechanism, &hook).is_ok() {
                         attached.push(function.to_string());
                     }
                 }
             }
             Mechanism::Kprobe => {
-                let present = kallsyms_functions();
-                for function in FS_MKWRITE_HOOKS.iter().filter(|f| present.contains(**f)) {
-                    if self
-                        .hook(mechanism, ("", "", "kprobe_fs_mkwrite"), function)
-                        .is_ok()
-                    {
+                let symbols = Kallsyms::read();
+                for &function in FS_MKWRITE_HOOKS.iter().filter(|f| symbols.has_function(f)) {
+                    let hook = Hook {
+                        function,
+                        fentry: "",
+                        kprobe: "kprobe_fs_mkwrite",
+                    };
+                    if self.hook(mechanism, &hook).is_ok() {
                         attached.push(function.to_string());
                     }
                 }

@@ -228,6 +228,23 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         })
         .collect();
     writers.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.pid.cmp(&b.pid)));
+    // Only the function-hook backends see per-page writeback.
+    let (page_writeback, page_writeback_omitted) = if ctx.page_writeback {
+        let runs = record.writeback_runs();
+        let omitted =
+            runs.len().saturating_sub(MAX_WRITEBACK_RUNS) as u64 + record.written_back_untracked;
+        let kept = runs
+            .into_iter()
+            .take(MAX_WRITEBACK_RUNS)
+            .map(|(first, last, boot_ns)| PageWriteback {
+                pages: [first, last],
+                written_back_unix_ns: ctx.clock.unix_ns(boot_ns),
+            })
+            .collect();
+        (Some(kept), omitted)
+    } else {
+        (None, 0)
+    };
     let kernel = &record.kernel;
     let last_write = record
         .last_write_boot_ns
@@ -259,26 +276,8 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         last_writeback_start_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_start_boot_ns),
         last_writeback_end_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_end_boot_ns),
         page_mkwrite: record.page_mkwrite.clone(),
-        page_writeback: ctx.page_writeback.then(|| {
-            record
-                .writeback_runs()
-                .into_iter()
-                .take(MAX_WRITEBACK_RUNS)
-                .map(|(first, last, boot_ns)| PageWriteback {
-                    pages: [first, last],
-                    written_back_unix_ns: ctx.clock.unix_ns(boot_ns),
-                })
-                .collect()
-        }),
-        page_writeback_omitted: if ctx.page_writeback {
-            (record
-                .writeback_runs()
-                .len()
-                .saturating_sub(MAX_WRITEBACK_RUNS)) as u64
-                + record.written_back_untracked
-        } else {
-            0
-        },
+        page_writeback,
+        page_writeback_omitted,
     }
 }
 

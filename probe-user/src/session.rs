@@ -244,8 +244,6 @@ pub struct Session {
     pub collector: Collector,
     pub started: Instant,
     pub clock: Clock,
-    pub backend: &'static str,
-    pub backend_reason: String,
     pub counters: KernelCounters,
     /// Read on first need: naming `->page_mkwrite` functions.
     kallsyms: Option<Kallsyms>,
@@ -268,8 +266,6 @@ impl Session {
         );
         let mut probes = Probes::load(&probe_options)?;
         probes.attach(options.filter.backend)?;
-        let backend = probes.selection.backend;
-        let backend_reason = probes.selection.reason.clone();
         for &pid in &options.filter.pids {
             probes.trace_tgid(pid, false)?;
         }
@@ -289,11 +285,19 @@ impl Session {
             collector: Collector::new(),
             started: Instant::now(),
             clock: Clock::now(),
-            backend,
-            backend_reason,
             counters: KernelCounters::default(),
             kallsyms: None,
         })
+    }
+
+    /// The backend attached (fentry, kprobe or tracepoint).
+    pub fn backend(&self) -> &'static str {
+        self.probes.selection.backend
+    }
+
+    /// Why that backend: requested, or what `auto` found.
+    pub fn backend_reason(&self) -> &str {
+        &self.probes.selection.reason
     }
 
     pub fn attached_programs(&self) -> usize {

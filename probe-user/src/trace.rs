@@ -75,8 +75,8 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         &session.collector.aggregate,
         &report_filter(&options),
         ReportContext {
-            backend: session.backend,
-            backend_reason: &session.backend_reason,
+            backend: session.backend(),
+            backend_reason: session.backend_reason(),
             hooks: &session.probes().selection.hooks,
             fallbacks: &session.probes().selection.fallbacks,
             page_writeback: session.probes().selection.page_writeback,

@@ -86,7 +86,7 @@ pub fn run_vm_test(options: &VmTest) -> Result<()> {
     let initramfs = cache_dir().join("initramfs.cpio");
     build_initramfs(&kernel, &script, &initramfs)?;
 
-    let accel = choose_accelerator(&kernel, &initramfs)?;
+    let accel = choose_accelerator(&kernel)?;
     let mut last_error = None;
     for attempt in 1..=2 {
         step(&format!(
@@ -507,7 +507,7 @@ impl std::fmt::Display for Accel {
 
 /// KVM when it boots the guest; otherwise TCG. /dev/kvm can exist and still
 /// fail: here it is a paravirtualised KVM (kvm_pvm) that QEMU aborts on.
-fn choose_accelerator(kernel: &Kernel, initramfs: &Path) -> Result<Accel> {
+fn choose_accelerator(kernel: &Kernel) -> Result<Accel> {
     if fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -524,7 +524,6 @@ fn choose_accelerator(kernel: &Kernel, initramfs: &Path) -> Result<Accel> {
         &format!("echo {DONE_MARK}\necho o > /proc/sysrq-trigger\nsleep 10\n"),
         &probe,
     )?;
-    let _ = initramfs;
     match boot(kernel, &probe, Accel::Kvm, Duration::from_secs(60)) {
         Ok(_) => Ok(Accel::Kvm),
         Err(err) => {

@@ -98,7 +98,7 @@ async fn event_loop(
     args: &TopArgs,
 ) -> anyhow::Result<u8> {
     let mut app = App::new(Info {
-        backend: session.backend.to_string(),
+        backend: session.backend().to_string(),
         interval_ms: args.interval.as_millis() as u64,
     });
     let mut keys = EventStream::new();
