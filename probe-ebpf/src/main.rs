@@ -571,6 +571,10 @@ fn selected_current_task(comm: &mut [u8; TASK_COMM_LEN]) -> Result<Option<u64>, 
 /// is spilled byte by byte onto the stack).
 #[inline(always)]
 fn current_comm_into(comm: &mut [u8; TASK_COMM_LEN]) -> Result<(), i64> {
+    // On Linux 6.1 the helper copies with strscpy, which does not pad: bytes
+    // after the NUL would be a previous task's name, and comparisons of all
+    // 16 bytes (the --comm filter, map keys) would fail.
+    *comm = [0; TASK_COMM_LEN];
     // SAFETY: `comm` is writable memory of TASK_COMM_LEN bytes.
     let rc = unsafe {
         aya_ebpf::helpers::generated::bpf_get_current_comm(
