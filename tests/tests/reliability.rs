@@ -123,7 +123,7 @@ fn ring_overflow_is_counted_and_accounts_for_every_first_write() {
     let file_events_lost = drops["ringbuf_full_file_events"].as_u64().unwrap();
     assert!(
         ring_full > 0,
-        "a 4 KiB ring with a stopped consumer must overflow: {drops}"
+        "a 4 KiB ring with a stopped consumer must overflow: {json:#}"
     );
     assert!(json["lost_events"].as_u64().unwrap() >= ring_full);
     assert!(
