@@ -118,6 +118,23 @@ pub enum DecodeError {
 /// would make the aggregate insert billions of pages.
 pub const MAX_SPAN_PAGES: u64 = 1 << 18;
 
+/// A record of `pages` pages from `page` (a huge span, a folio written
+/// back): at least one page, at most [`MAX_SPAN_PAGES`], not past the end of
+/// the page index space.
+fn read_span(bytes: &[u8]) -> Result<PageEvent, DecodeError> {
+    let event: PageEvent = read(bytes)?;
+    if event.pages == 0
+        || event.pages > MAX_SPAN_PAGES
+        || event.page.checked_add(event.pages).is_none()
+    {
+        return Err(DecodeError::BadSpan {
+            first_page: event.page,
+            pages: event.pages,
+        });
+    }
+    Ok(event)
+}
+
 /// Bytes up to the first NUL, lossily as UTF-8.
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -176,16 +193,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             })
         }
         event_kind::HUGE_SPAN => {
-            let event: PageEvent = read(bytes)?;
-            if event.pages == 0
-                || event.pages > MAX_SPAN_PAGES
-                || event.page.checked_add(event.pages).is_none()
-            {
-                return Err(DecodeError::BadSpan {
-                    first_page: event.page,
-                    pages: event.pages,
-                });
-            }
+            let event = read_span(bytes)?;
             Ok(Event::HugeSpan {
                 file,
                 first_page: event.page,
@@ -195,17 +203,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             })
         }
         event_kind::PAGES_WRITTEN_BACK => {
-            let event: PageEvent = read(bytes)?;
-            // A folio is at most a PUD's worth of pages.
-            if event.pages == 0
-                || event.pages > MAX_SPAN_PAGES
-                || event.page.checked_add(event.pages).is_none()
-            {
-                return Err(DecodeError::BadSpan {
-                    first_page: event.page,
-                    pages: event.pages,
-                });
-            }
+            let event = read_span(bytes)?;
             Ok(Event::WrittenBack {
                 file,
                 first_page: event.page,
