@@ -35,10 +35,11 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use probe_common::{
     counter, event_kind, filter, hooks, traced, EventHeader, FileEvent, FileKey, FileStats,
-    KernelOffsets, PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey, WriterStats,
-    WriterStatsKey, EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS,
-    MAPLE_NODE_MASK, MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE,
-    MAX_COMM_FILTERS, PATH_MAX_DEPTH, PMD_PAGES, TASK_COMM_LEN, VM_SHARED, VM_WRITE, X86_PF_WRITE,
+    FolioRoom, KernelOffsets, PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey,
+    WriterStats, WriterStatsKey, EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAPLE_MAX_DEPTH,
+    MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK, MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT,
+    MAPLE_ROOT_NODE, MAX_COMM_FILTERS, PATH_MAX_DEPTH, PMD_PAGES, RAMFS_MAGIC, TASK_COMM_LEN,
+    TMPFS_MAGIC, VM_SHARED, VM_WRITE, X86_PF_PROT, X86_PF_WRITE, XA_CHUNK_MASK, XA_MAX_DEPTH,
 };
 
 /// Field offsets resolved from vmlinux BTF by userspace.
@@ -80,11 +81,24 @@ static DIRTY_SINCE: HashMap<FileKey, u64> = HashMap::with_max_entries(1 << 16, 0
 #[map]
 static WRITEBACK_LATENCY: PerCpuArray<u64> = PerCpuArray::with_max_entries(LATENCY_BUCKETS, 0);
 
-/// Thread id -> its last PMD-mappable shared write fault, for
-/// `writeback_dirty_folio`, which runs later in the same fault (possibly on
-/// another CPU: page_mkwrite may sleep).
+/// Thread id -> its last shared write fault on a page not yet in the page
+/// cache, for `writeback_dirty_folio`, which runs later in the same fault
+/// (possibly on another CPU: page_mkwrite may sleep) with the new folio.
 #[map]
 static PENDING_FAULT: LruHashMap<u32, PendingFault> = LruHashMap::with_max_entries(1 << 14, 0);
+
+/// Processes that made a shared writable mapping (seen at mmap/mprotect,
+/// inherited at fork, seeded from /proc at start): only their read faults
+/// are looked at, for write-notify-less files mapped writable at once.
+#[map]
+static SHARED_MAPPERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1 << 15, 0);
+
+/// This CPU's last user read fault: (pid_tgid, address), for
+/// `mm_filemap_map_pages`, which runs inside that fault and must find the
+/// mapping. A fault runs on one CPU until it sleeps; a mismatch (another
+/// thread, a migration, a fault from get_user_pages) is handled there.
+#[map]
+static LAST_READ_FAULT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// File -> address of the `->page_mkwrite` its filesystem ran (function-hook
 /// backends); userspace names it from /proc/kallsyms.
@@ -284,11 +298,22 @@ struct VmaInfo {
     flags: u64,
     pgoff: u64,
     file: u64,
-    dentry: u64,
     superblock: u64,
     ino: u64,
     dev: u32,
-    _pad: u32,
+    generation: u32,
+    /// `inode.i_size` in bytes.
+    size: u64,
+}
+
+impl VmaInfo {
+    fn file_key(&self) -> FileKey {
+        FileKey {
+            dev: self.dev,
+            generation: self.generation,
+            ino: self.ino,
+        }
+    }
 }
 
 #[inline(always)]
@@ -301,9 +326,10 @@ fn fill_vma_info(vma: u64, info: &mut VmaInfo) -> Result<(), i64> {
     info.end = read_kernel(vma, offset!(vma_vm_end))?;
     info.flags = read_kernel(vma, offset!(vma_vm_flags))?;
     info.pgoff = read_kernel(vma, offset!(vma_vm_pgoff))?;
-    info.dentry = read_kernel(info.file, offset!(file_dentry))?;
     let inode: u64 = read_kernel(info.file, offset!(file_f_inode))?;
     info.ino = read_kernel(inode, offset!(inode_i_ino))?;
+    info.generation = read_kernel(inode, offset!(inode_i_generation))?;
+    info.size = read_kernel(inode, offset!(inode_i_size))?;
     info.superblock = read_kernel(inode, offset!(inode_i_sb))?;
     info.dev = read_kernel(info.superblock, offset!(sb_s_dev))?;
     Ok(())
@@ -326,16 +352,16 @@ fn fill_header(
     out: &mut EventHeader,
     kind: u32,
     pid_tgid: u64,
-    dev: u32,
-    ino: u64,
+    file: &FileKey,
     now: u64,
     comm: &[u8; TASK_COMM_LEN],
 ) {
     out.kind = kind;
     out.pid = pid_tgid as u32;
     out.tgid = (pid_tgid >> 32) as u32;
-    out.dev = dev;
-    out.ino = ino;
+    out.dev = file.dev;
+    out.ino = file.ino;
+    out.generation = file.generation;
     out.boot_ns = now;
     // SAFETY: no arguments; always valid in tracing programs.
     out.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -346,16 +372,16 @@ fn fill_header(
 fn header(
     kind: u32,
     pid_tgid: u64,
-    dev: u32,
-    ino: u64,
+    file: &FileKey,
     now: u64,
     comm: &[u8; TASK_COMM_LEN],
 ) -> EventHeader {
     let mut out = EventHeader::default();
-    fill_header(&mut out, kind, pid_tgid, dev, ino, now, comm);
+    fill_header(&mut out, kind, pid_tgid, file, now, comm);
     out
 }
 
+#[inline(always)]
 fn submit_page_event(header: &EventHeader, kind: u32, page: u64, pages: u64) {
     match EVENTS.reserve::<PageEvent>(0) {
         Some(mut entry) => {
@@ -447,6 +473,13 @@ fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         offset!(dentry_d_parent),
         offset!(dentry_name),
     );
+    // No file (a window found without its mapping): no names to send.
+    let dentry_offset = offset!(file_dentry);
+    let dentry: u64 = if info.file == 0 {
+        0
+    } else {
+        read_kernel(info.file, dentry_offset).unwrap_or(0)
+    };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring-buffer memory of the right size;
     // fields are written in place because the record exceeds the BPF stack.
@@ -456,8 +489,8 @@ fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
         (*event).depth = 0;
         (*event).reached_root = 0;
-        let mut dentry = info.dentry;
-        let mut depth = 0;
+        let mut dentry = dentry;
+        let mut depth = if dentry == 0 { PATH_MAX_DEPTH } else { 0 };
         while depth < PATH_MAX_DEPTH {
             let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(dentry);
             if parent == dentry {
@@ -475,6 +508,23 @@ fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
     }
     entry.submit(0);
     bump(counter::EVENTS_SUBMITTED);
+}
+
+/// Creates the file's stats (and announces the file) if it has none yet,
+/// without counting a fault.
+fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info: &VmaInfo) {
+    if FILE_STATS.get_ptr(key).is_some() {
+        return;
+    }
+    let stats = FileStats {
+        last_write_boot_ns: now,
+        ..FileStats::default()
+    };
+    match FILE_STATS.insert(key, &stats, BPF_NOEXIST as u64) {
+        Ok(()) => submit_file_event(header, info),
+        Err(err) if err as i64 == -EEXIST => {}
+        Err(_) => bump(counter::FILE_STATS_FULL),
+    }
 }
 
 /// Counts the write fault in the file's stats; creates them (and announces
@@ -519,8 +569,20 @@ fn count_file_fault(stats: *mut FileStats, shared: bool, now: u64) {
     }
 }
 
+/// Out of line, as are the paths below it: Linux 6.1's verifier adds the
+/// frames of the deepest call chain against 512 bytes.
+#[inline(never)]
 fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
-    if error_code & X86_PF_WRITE == 0 || address >= USER_ADDRESS_LIMIT {
+    if address >= USER_ADDRESS_LIMIT {
+        return Ok(());
+    }
+    if error_code & X86_PF_WRITE == 0 {
+        note_read_fault(address);
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // SAFETY: read-only lookup of a plain u8 value.
+        if unsafe { SHARED_MAPPERS.get(&tgid) }.is_some() {
+            return try_read_fault(address);
+        }
         return Ok(());
     }
     let scratch = fault_scratch()?;
@@ -541,8 +603,96 @@ fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
     scratch.fault.address = address;
     scratch.fault.page =
         scratch.info.pgoff + ((address - scratch.info.start) >> config!(page_shift));
+    // Not a protection fault: no page was mapped there. The kernel may map
+    // the whole large folio around it.
+    scratch.fault.not_present = u64::from(error_code & X86_PF_PROT == 0);
     record_write(scratch);
     Ok(())
+}
+
+/// A read fault of a process with a shared writable mapping: on a file
+/// without write-notify (tmpfs, shmem, ramfs) the fault maps the page and
+/// its fault-around window writable, and later stores take no fault. They
+/// are reported as possibly written.
+///
+/// Out of line, and without the bpf_find_vma fallback: Linux 6.1's verifier
+/// adds every frame of the deepest call chain against 512 bytes. A walk
+/// that fails is counted (`VMA_WALK_FALLBACKS`) and the fault skipped.
+#[inline(never)]
+fn try_read_fault(address: u64) -> Result<(), i64> {
+    let scratch = fault_scratch()?;
+    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
+        return Ok(());
+    };
+    scratch.info.file = 0;
+    if !walk_maple_tree(address, scratch) {
+        bump(counter::VMA_WALK_FALLBACKS);
+        return Ok(());
+    }
+    let info = &scratch.info;
+    if info.file == 0 || info.flags & (VM_SHARED | VM_WRITE) != VM_SHARED | VM_WRITE {
+        return Ok(());
+    }
+    let magic: u64 = read_kernel(info.superblock, offset!(sb_s_magic))?;
+    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
+        return Ok(());
+    }
+    // mm/memory.c do_fault_around: the aligned window of page-table
+    // entries around the fault, clipped to the mapping and the table.
+    let shift = config!(page_shift);
+    let window = u64::from(config!(fault_around_pages)).max(1);
+    let page = info.pgoff + ((address - info.start) >> shift);
+    let table_offset = (address >> shift) & (PMD_PAGES - 1);
+    let vma_offset = (address - info.start) >> shift;
+    let vma_pages = (info.end - info.start) >> shift;
+    let from = (table_offset & !(window - 1)).max(table_offset - table_offset.min(vma_offset));
+    let to = (from + window)
+        .min(PMD_PAGES)
+        .min(table_offset + vma_pages - vma_offset)
+        - 1;
+    let first = page - (table_offset - from);
+    let last = (page + (to - table_offset)).min(pages_of(info.size).saturating_sub(1));
+    if first > last {
+        return Ok(());
+    }
+    report_possible_write(scratch, pid_tgid, first, last);
+    Ok(())
+}
+
+/// Reports pages `first..=last` of the file in `scratch.info` as possibly
+/// written by the current task.
+fn report_possible_write(scratch: &mut FaultScratch, pid_tgid: u64, first: u64, last: u64) {
+    bump(counter::POSSIBLE_WRITE_WINDOWS);
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let FaultScratch {
+        info,
+        fault,
+        header,
+        ..
+    } = scratch;
+    let key = info.file_key();
+    fill_header(
+        header,
+        event_kind::POSSIBLE_WRITE,
+        pid_tgid,
+        &key,
+        now,
+        &fault.comm,
+    );
+    announce_file(&key, now, header, info);
+    // Not through report_first_use: one frame less for Linux 6.1's
+    // 512-byte call-chain limit. Userspace deduplicates the pages.
+    submit_page_event(header, event_kind::POSSIBLE_WRITE, first, last - first + 1);
+}
+
+/// Remembers a user read fault for `mm_filemap_map_pages`.
+#[inline(always)]
+fn note_read_fault(address: u64) {
+    if let Some(slot) = LAST_READ_FAULT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a one-entry per-CPU array.
+        unsafe { *slot = [bpf_get_current_pid_tgid(), address] };
+    }
 }
 
 /// Per-CPU working memory of the fault programs: the BPF stack is 512
@@ -556,6 +706,8 @@ struct FaultScratch {
     pivots: [u64; MAPLE_MAX_PIVOTS],
     fault: WriteFault,
     header: EventHeader,
+    /// Built here, not on the stack (see above).
+    pending: PendingFault,
 }
 
 /// The current task's pid_tgid if it passes the pid and comm filters; its
@@ -632,6 +784,8 @@ struct WriteFault {
     address: u64,
     /// File page index.
     page: u64,
+    /// 1: no page was mapped at the address (not a protection fault).
+    not_present: u64,
     comm: [u8; TASK_COMM_LEN],
 }
 
@@ -643,14 +797,19 @@ fn record_write(scratch: &mut FaultScratch) -> i64 {
         info,
         fault,
         header,
+        pending,
         ..
     } = scratch;
     let info = &*info;
-    let (pid_tgid, address, page) = (fault.pid_tgid, fault.address, fault.page);
+    let (pid_tgid, page) = (fault.pid_tgid, fault.page);
     let comm = &fault.comm;
-    let tgid = (pid_tgid >> 32) as u32;
     // Anonymous memory, or a store the kernel will refuse.
     if info.file == 0 || info.flags & VM_WRITE == 0 {
+        return 0;
+    }
+    // Past the end of the file the fault ends in SIGBUS: nothing is written.
+    if page >= pages_of(info.size) {
+        bump(counter::FAULTS_PAST_EOF);
         return 0;
     }
     let shared = info.flags & VM_SHARED != 0;
@@ -668,39 +827,68 @@ fn record_write(scratch: &mut FaultScratch) -> i64 {
     } else {
         event_kind::COW_WRITE
     };
+    // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    fill_header(header, kind, pid_tgid, info.dev, info.ino, now, comm);
+    let file_key = info.file_key();
+    fill_header(header, kind, pid_tgid, &file_key, now, comm);
     let header = &*header;
-
-    let file_key = FileKey {
-        dev: info.dev,
-        _pad: 0,
-        ino: info.ino,
-    };
     account_fault(&file_key, shared, now, header, info);
+    report_first_use(header, kind, page, 1);
+    if shared && fault.not_present != 0 {
+        pending.room = folio_room(info, fault.address);
+        pending.page = page;
+        if let Some((first, pages)) = note_folio_span(header, info.file, pending) {
+            bump(counter::FOLIO_SPANS);
+            report_first_use(header, event_kind::FOLIO_SPAN, first, pages);
+        }
+    }
+    0
+}
 
+/// Pages a file of `size` bytes has, the last one partial.
+#[inline(always)]
+fn pages_of(size: u64) -> u64 {
+    let shift = config!(page_shift);
+    (size + (1 << shift) - 1) >> shift
+}
+
+/// Reports `pages` pages from `page` (one page, a folio span or a
+/// possibly-written window) unless this process reported them already.
+/// Another process touching them is reported as a new writer.
+fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages: u64) {
+    let tgid = header.tgid;
+    let file = FileKey {
+        dev: header.dev,
+        generation: header.generation,
+        ino: header.ino,
+    };
     let page_key = PageKey {
-        dev: info.dev,
-        kind,
-        ino: info.ino,
+        file,
         page,
+        kind,
+        _pad: 0,
     };
     // SAFETY: read-only lookup of a plain u32 value.
     match unsafe { PAGE_SEEN.get(&page_key) } {
         Some(&first_writer) if first_writer == tgid => {}
         // Another process copying the same page privately modifies nothing:
         // only writers of the file itself are attributed.
-        Some(_) if !shared => {}
+        Some(_) if kind == event_kind::COW_WRITE => {}
         Some(_) => {
             let writer_key = WriterKey {
-                dev: info.dev,
+                file,
                 tgid,
-                ino: info.ino,
+                _pad: 0,
             };
             // SAFETY: read-only lookup of a plain u8 value.
             if unsafe { WRITERS.get(&writer_key) }.is_none() {
                 match WRITERS.insert(&writer_key, &1, BPF_NOEXIST as u64) {
-                    Ok(()) => submit_page_event(header, event_kind::NEW_WRITER, page, 1),
+                    // A span or window goes out again whole: its pages are
+                    // this process's too.
+                    Ok(()) if kind == event_kind::SHARED_WRITE => {
+                        submit_page_event(header, event_kind::NEW_WRITER, page, 1)
+                    }
+                    Ok(()) => submit_page_event(header, kind, page, pages),
                     Err(err) if err as i64 == -EEXIST => {}
                     Err(_) => bump(counter::WRITER_INSERT_FAILED),
                 }
@@ -708,48 +896,106 @@ fn record_write(scratch: &mut FaultScratch) -> i64 {
         }
         None => match PAGE_SEEN.insert(&page_key, &tgid, BPF_NOEXIST as u64) {
             Ok(()) => {
-                // Only a first write can bring unseen pages along in a huge
-                // span: re-faults skip this bookkeeping.
-                if shared {
-                    remember_fault(pid_tgid, info, address, page);
-                }
                 bump(counter::DEDUP_INSERTS);
-                submit_page_event(header, kind, page, 1);
+                submit_page_event(header, kind, page, pages);
             }
             // Another CPU reported this page an instant ago.
             Err(err) if err as i64 == -EEXIST => {}
             Err(_) => {
                 // Report anyway: userspace deduplicates too.
                 bump(counter::DEDUP_INSERT_FAILED);
-                submit_page_event(header, kind, page, 1);
+                submit_page_event(header, kind, page, pages);
             }
         },
     }
-    0
 }
 
-/// Keeps this fault for `writeback_dirty_folio`: if the fault dirties a
-/// PMD-sized folio that the kernel can map with one PMD, every page of it
-/// becomes writable without further faults.
-fn remember_fault(pid_tgid: u64, info: &VmaInfo, address: u64, page: u64) {
-    let page_shift = config!(page_shift);
-    let region = PMD_PAGES << page_shift;
-    let region_start = address & !(region - 1);
-    let pmd_mappable = ((address >> page_shift).wrapping_sub(page)) % PMD_PAGES == 0
-        && region_start >= info.start
-        && region_start + region <= info.end;
-    // Smaller or misaligned mappings are always mapped page by page.
-    if !pmd_mappable {
-        return;
+/// How far a folio around the faulting page may reach and still be mapped
+/// whole: inside the mapping and inside the page table (2 MiB of address
+/// space) that holds the address.
+#[inline(always)]
+fn folio_room(info: &VmaInfo, address: u64) -> FolioRoom {
+    let shift = config!(page_shift);
+    let vma_offset = (address - info.start) >> shift;
+    let vma_pages = (info.end - info.start) >> shift;
+    let table_offset = (address >> shift) & (PMD_PAGES - 1);
+    FolioRoom {
+        before: vma_offset.min(table_offset),
+        from: (vma_pages - vma_offset).min(PMD_PAGES - table_offset),
     }
-    let pending = PendingFault {
-        pid_tgid,
-        ino: info.ino,
-        page,
-        dev: info.dev,
-        pmd_mappable: 1,
-    };
-    let _ = PENDING_FAULT.insert(&(pid_tgid as u32), &pending, 0);
+}
+
+/// A shared write fault on a page not mapped yet: the kernel maps the
+/// whole large folio holding the page writable when it fits the room, and
+/// later stores to its other pages never fault. A folio already in the
+/// page cache is found now (returned as its first page and size, when the
+/// fault maps it whole); a new one when the fault dirties it.
+#[inline(never)]
+fn note_folio_span(
+    header: &EventHeader,
+    file: u64,
+    pending: &mut PendingFault,
+) -> Option<(u64, u64)> {
+    let (page, room) = (pending.page, pending.room);
+    let mapping = read_kernel::<u64>(file, offset!(file_f_mapping)).ok()?;
+    match page_cache_folio(mapping, page) {
+        Some(folio) => {
+            let pages = folio_pages(folio).ok()?;
+            let first = read_kernel::<u64>(folio, offset!(folio_index)).ok()?;
+            (pages > 1 && room.fits(page, first, pages)).then_some((first, pages))
+        }
+        None => {
+            pending.pid_tgid = (u64::from(header.tgid) << 32) | u64::from(header.pid);
+            pending.file = FileKey {
+                dev: header.dev,
+                generation: header.generation,
+                ino: header.ino,
+            };
+            // An LRU map evicts an old entry rather than fail.
+            let _ = PENDING_FAULT.insert(&header.pid, pending, 0);
+            None
+        }
+    }
+}
+
+/// The folio caching `index` of a file, from its page-cache xarray
+/// (lib/xarray.c's encoding), or None when the page is not cached. Nodes
+/// and folios are freed by RCU, under which BPF programs run; the folio is
+/// checked to still belong to the mapping.
+#[inline(never)]
+fn page_cache_folio(mapping: u64, index: u64) -> Option<u64> {
+    let mut entry: u64 = read_kernel(mapping, offset!(mapping_xa_head)).ok()?;
+    let mut depth = 0;
+    // An internal entry (low bits 0b10) above 4096 is a node.
+    while entry & 3 == 2 && entry > 4096 && depth < XA_MAX_DEPTH {
+        depth += 1;
+        let node = entry - 2;
+        let shift: u8 = read_kernel(node, offset!(xa_node_shift)).ok()?;
+        let shift = u64::from(shift);
+        if shift < 64 && depth == 1 && (index >> shift) > XA_CHUNK_MASK {
+            return None;
+        }
+        let slot = (index >> (shift & 63)) & XA_CHUNK_MASK;
+        let slots = offset!(xa_node_slots);
+        entry = read_kernel(node, slots + slot * 8).ok()?;
+        // A sibling entry points at the slot holding a multi-slot folio.
+        if entry & 3 == 2 && entry < (XA_CHUNK_MASK << 2) + 2 {
+            entry = read_kernel(node, slots + ((entry >> 2) & XA_CHUNK_MASK) * 8).ok()?;
+        }
+        if shift == 0 {
+            break;
+        }
+    }
+    // A head that is no node holds index 0 only.
+    if depth == 0 && index != 0 {
+        return None;
+    }
+    // Empty, a value (shadow) entry or another internal entry.
+    if entry < 4096 || entry & 3 != 0 {
+        return None;
+    }
+    let owner: u64 = read_kernel(entry, offset!(folio_mapping)).ok()?;
+    (owner == mapping).then_some(entry)
 }
 
 // exceptions:page_fault_{user,kernel}: address@8, ip@16, error_code@24.
@@ -776,13 +1022,13 @@ pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Reads (dev, ino) of an inode.
+/// Reads (dev, generation, ino) of an inode.
 #[inline(always)]
 fn inode_key(inode: u64) -> Result<(FileKey, u64), i64> {
     let superblock: u64 = read_kernel(inode, offset!(inode_i_sb))?;
     let key = FileKey {
         dev: read_kernel(superblock, offset!(sb_s_dev))?,
-        _pad: 0,
+        generation: read_kernel(inode, offset!(inode_i_generation))?,
         ino: read_kernel(inode, offset!(inode_i_ino))?,
     };
     Ok((key, superblock))
@@ -819,45 +1065,37 @@ fn try_dirty_folio(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     // Only the first dirtying since the last completed writeback counts.
     let _ = DIRTY_SINCE.insert(&key, &now, BPF_NOEXIST as u64);
-    if pages == PMD_PAGES {
+    if pages > 1 {
         let index: u64 = read_kernel(folio, offset!(folio_index))?;
-        report_huge_span(&key, index, pages, now);
+        report_new_folio_span(&key, index, pages, now);
     }
     Ok(())
 }
 
-/// A write fault of this task dirtied this PMD-sized folio, and its region
-/// could be mapped with one PMD: the kernel maps it writable whole, so later
-/// stores to any of its pages never fault. Report the whole span.
-fn report_huge_span(key: &FileKey, index: u64, pages: u64, now: u64) {
+/// A shared write fault of this thread on a page not yet cached brought
+/// in this large folio, and dirties it now: if the folio fits the fault's
+/// room, the kernel maps it writable whole, so later stores to any of its
+/// pages never fault. Report the whole span.
+fn report_new_folio_span(key: &FileKey, index: u64, pages: u64, now: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let thread = pid_tgid as u32;
     // SAFETY: read-only lookup of a plain value, copied out at once.
     let Some(pending) = (unsafe { PENDING_FAULT.get(&thread) }).copied() else {
         return;
     };
-    let ours = pending.pid_tgid == pid_tgid
-        && pending.dev == key.dev
-        && pending.ino == key.ino
-        && pending.page >= index
-        && pending.page < index + pages;
-    if !ours || pending.pmd_mappable == 0 {
+    if pending.pid_tgid != pid_tgid || pending.file != *key {
         return;
     }
     let _ = PENDING_FAULT.remove(&thread);
-    bump(counter::HUGE_SPANS);
+    if !pending.room.fits(pending.page, index, pages) {
+        return;
+    }
+    bump(counter::FOLIO_SPANS);
     let Ok(comm) = bpf_get_current_comm() else {
         return;
     };
-    let header = header(
-        event_kind::HUGE_SPAN,
-        pid_tgid,
-        key.dev,
-        key.ino,
-        now,
-        &comm,
-    );
-    submit_page_event(&header, event_kind::HUGE_SPAN, index, pages);
+    let header = header(event_kind::FOLIO_SPAN, pid_tgid, key, now, &comm);
+    report_first_use(&header, event_kind::FOLIO_SPAN, index, pages);
 }
 
 /// A folio went clean to dirty (`folio_account_dirtied`). A raw tracepoint,
@@ -904,25 +1142,20 @@ pub fn writeback_single_inode(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-// ext4:ext4_writepages_result: dev@8 (u32), ino@16, pages_written@28 (i32).
-fn try_ext4_writepages_result(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offsets from the tracepoint's format file.
-    let key = unsafe {
-        FileKey {
-            dev: ctx.read_at(8).map_err(|err| err as i64)?,
-            _pad: 0,
-            ino: ctx.read_at(16).map_err(|err| err as i64)?,
-        }
-    };
-    let written: i32 = unsafe { ctx.read_at(28) }.map_err(|err| err as i64)?;
+/// Raw `ext4_writepages_result(inode, wbc, ret, pages_written)`: the inode
+/// pointer gives the generation, which the classic format lacks.
+fn try_ext4_writepages_result(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let (key, _) = inode_key(ctx.arg(0))?;
+    let written: i64 = ctx.arg(3);
+    let written = written as i32;
     if written > 0 {
         add_written_back(&key, written as u64);
     }
     Ok(())
 }
 
-#[tracepoint]
-pub fn ext4_writepages_result(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "ext4_writepages_result")]
+pub fn ext4_writepages_result(ctx: RawTracePointContext) -> i32 {
     let _ = try_ext4_writepages_result(&ctx);
     0
 }
@@ -991,14 +1224,106 @@ pub fn sb_clear_inode_writeback(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Raw `mm_filemap_map_pages(mapping, index, last_index)`: fault-around
+/// mapped cached pages `index..=last_index` of a file. On a filesystem
+/// without write-notify (tmpfs, shmem, ramfs) a shared writable mapping
+/// gets them writable at once, so stores to them never fault: they are
+/// reported as possibly written. Most calls end at the first check: files
+/// nobody maps shared and writable.
+fn try_filemap_map_pages(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let mapping: u64 = ctx.arg(0);
+    let writable_mappings: i32 = read_kernel(mapping, offset!(mapping_i_mmap_writable))?;
+    if writable_mappings <= 0 {
+        return Ok(());
+    }
+    let host: u64 = read_kernel(mapping, offset!(mapping_host))?;
+    let (key, superblock) = inode_key(host)?;
+    let magic: u64 = read_kernel(superblock, offset!(sb_s_magic))?;
+    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
+        return Ok(());
+    }
+    let scratch = fault_scratch()?;
+    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
+        return Ok(());
+    };
+    // A fault-around inside a user read fault of this thread was handled
+    // at the fault tracepoint, which knows the mapping. Any other (from
+    // get_user_pages, or after the task moved CPU) cannot tell which
+    // mapping it fills: the file's shared writable mapping is taken to be
+    // the one, and the window is reported as unverified.
+    let last_fault = LAST_READ_FAULT.get(0).copied().unwrap_or([0, 0]);
+    if last_fault[0] == pid_tgid {
+        return Ok(());
+    }
+    bump(counter::POSSIBLE_WRITE_UNVERIFIED);
+    let (first, last): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    scratch.info = VmaInfo::default();
+    scratch.info.superblock = superblock;
+    scratch.info.dev = key.dev;
+    scratch.info.generation = key.generation;
+    scratch.info.ino = key.ino;
+    scratch.info.size = read_kernel(host, offset!(inode_i_size))?;
+    let pages = pages_of(scratch.info.size);
+    if first >= pages || last < first {
+        return Ok(());
+    }
+    report_possible_write(scratch, pid_tgid, first, last.min(pages - 1));
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
+pub fn mm_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
+    let _ = try_filemap_map_pages(&ctx);
+    0
+}
+
+const MAP_SHARED: u64 = 0x01;
+const PROT_WRITE: u64 = 0x2;
+
+/// `syscalls:sys_enter_{mmap,mprotect}`: a process that may now have a
+/// shared writable mapping. prot@32 for both; mmap's flags@40.
+fn try_note_shared_mapper(ctx: &TracePointContext, shared: bool) -> Result<(), i64> {
+    // SAFETY: offsets from the tracepoints' format files.
+    let prot: u64 = unsafe { ctx.read_at(32) }.map_err(|err| err as i64)?;
+    if prot & PROT_WRITE == 0 || !shared {
+        return Ok(());
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    SHARED_MAPPERS
+        .insert(&tgid, &1, 0)
+        .map_err(|err| err as i64)
+}
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the tracepoint's format file.
+    let flags: u64 = unsafe { ctx.read_at(40) }.unwrap_or(0);
+    let _ = try_note_shared_mapper(&ctx, flags & MAP_SHARED != 0);
+    0
+}
+
+/// mprotect can make a shared mapping writable; whether it is shared is
+/// checked at the fault.
+#[tracepoint]
+pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
+    let _ = try_note_shared_mapper(&ctx, true);
+    0
+}
+
 /// Raw `sched_process_fork(parent, child)`: the classic format moved its
 /// fields between kernels (comm arrays became dynamic strings).
 fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
+    // The tracepoint runs in the parent.
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup of a plain u8 value.
+    if unsafe { SHARED_MAPPERS.get(&parent_tgid) }.is_some() {
+        // The child inherits the parent's shared mappings.
+        let child_pid: u32 = read_kernel(ctx.arg::<u64>(1), offset!(task_pid))?;
+        let _ = SHARED_MAPPERS.insert(&child_pid, &1, 0);
+    }
     if config!(filter_flags) & filter::BY_TGID == 0 {
         return Ok(());
     }
-    // The tracepoint runs in the parent.
-    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read-only lookup of a plain u32 value.
     match unsafe { TRACED.get(&parent_tgid) } {
         Some(&traced::FOLLOW_CHILDREN) => {}
@@ -1023,14 +1348,17 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 /// whole group is dead comes from `signal->live` (already decremented
 /// here), not a `group_dead` field that older kernels lack.
 fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    if config!(filter_flags) & filter::BY_TGID == 0 {
-        return Ok(());
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     let task: u64 = ctx.arg(0);
     let signal: u64 = read_kernel(task, offset!(task_signal))?;
     let live: i32 = read_kernel(signal, offset!(signal_live))?;
+    if live == 0 {
+        let _ = SHARED_MAPPERS.remove(&tgid);
+    }
+    if config!(filter_flags) & filter::BY_TGID == 0 {
+        return Ok(());
+    }
     // A thread's entry (forks record thread ids too) or, once the whole
     // group is gone, the process's: ids are reused.
     if pid != tgid {
@@ -1101,6 +1429,9 @@ fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
     scratch.fault.address = read_kernel(vmf, offset!(vmf_address))?;
     // The kernel's own page index for this fault (linear_page_index).
     scratch.fault.page = read_kernel(vmf, offset!(vmf_pgoff))?;
+    // finish_fault maps a page that was not mapped, and may map the whole
+    // large folio around it.
+    scratch.fault.not_present = u64::from(hook == FaultHook::FinishFault);
     record_write(scratch);
     Ok(())
 }
@@ -1155,8 +1486,7 @@ fn try_folio_written_back(folio: u64) -> Result<(), i64> {
     let header = header(
         event_kind::PAGES_WRITTEN_BACK,
         bpf_get_current_pid_tgid(),
-        key.dev,
-        key.ino,
+        &key,
         now,
         &[0; TASK_COMM_LEN],
     );

@@ -22,6 +22,8 @@ fn records(count: usize) -> Vec<Vec<u8>> {
                     boot_ns: i as u64 * 1000,
                     cgroup_id: 1,
                     comm,
+                    generation: 0,
+                    _pad: 0,
                 },
                 page: (i / 64) as u64 * 3,
                 pages: 1,

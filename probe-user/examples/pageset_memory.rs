@@ -37,7 +37,11 @@ fn main() {
         for i in 0..per_file {
             let page = if file % 2 == 0 { i } else { i * 3 };
             aggregate.apply(&Event::FirstWrite {
-                file: FileId { dev: 1, ino: file },
+                file: FileId {
+                    dev: 1,
+                    ino: file,
+                    generation: 0,
+                },
                 page,
                 kind: WriteKind::Shared,
                 task: task.clone(),

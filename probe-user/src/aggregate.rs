@@ -30,6 +30,9 @@ pub struct Writer {
     pub pages: u64,
     /// Pages this process wrote first through a private mapping.
     pub cow_pages: u64,
+    /// Pages this process got mapped writable by read faults on a file
+    /// without write-notify: possibly written.
+    pub possible_pages: u64,
 }
 
 /// Writers kept by name per file; beyond it the least significant are
@@ -51,7 +54,15 @@ pub struct FileRecord {
     pub path: Option<String>,
     pub path_source: Option<PathSource>,
     pub fs_magic: Option<u64>,
+    /// Pages written through shared mappings: those with a write fault of
+    /// their own (`exact_pages`) and the rest of the large folios such a
+    /// fault mapped writable whole (kernel granularity).
     pub pages_written: RoaringTreemap,
+    /// Pages with a write fault of their own.
+    pub exact_pages: RoaringTreemap,
+    /// Pages of a file without write-notify (tmpfs) mapped writable by
+    /// read faults: the kernel gives no signal when they are stored to.
+    pub possibly_written: RoaringTreemap,
     pub cow_pages: RoaringTreemap,
     pub writers: BTreeMap<u32, Writer>,
     pub other_writers: OtherWriters,
@@ -66,8 +77,10 @@ pub struct FileRecord {
     /// each stands for at least one fault.
     pub shared_fault_events: u64,
     pub cow_fault_events: u64,
-    /// Huge folios mapped writable whole by one write fault; all their pages
-    /// are in `pages_written`, since the kernel cannot tell which were stored to.
+    /// Large folios mapped writable whole by one write fault; all their
+    /// pages are in `pages_written`, since the kernel cannot tell which were
+    /// stored to. `huge_spans` counts those of 2 MiB (one PMD).
+    pub folio_spans: u64,
     pub huge_spans: u64,
     /// Function-hook backends: the filesystem's `->page_mkwrite`, by name.
     pub page_mkwrite: Option<String>,
@@ -86,6 +99,17 @@ impl FileRecord {
     /// Modified iff some page was written through a shared mapping.
     pub fn modified(&self) -> bool {
         !self.pages_written.is_empty()
+    }
+
+    /// Pages in `pages_written` only because a large folio was mapped
+    /// writable whole around a page that faulted.
+    pub fn span_pages(&self) -> RoaringTreemap {
+        &self.pages_written - &self.exact_pages
+    }
+
+    /// Possibly-written pages that are not known written.
+    pub fn only_possibly_written(&self) -> RoaringTreemap {
+        &self.possibly_written - &self.pages_written
     }
 
     fn note_written_back(&mut self, first_page: u64, pages: u64, boot_ns: u64) {
@@ -246,6 +270,7 @@ impl Aggregate {
                 let set = match kind {
                     WriteKind::Shared => {
                         record.shared_fault_events += 1;
+                        record.exact_pages.insert(*page);
                         &mut record.pages_written
                     }
                     WriteKind::Cow => {
@@ -279,12 +304,13 @@ impl Aggregate {
                 // The page was reported by its first writer; if that report
                 // was lost, this one still proves the page was written.
                 new_pages = u64::from(record.pages_written.insert(*page));
+                record.exact_pages.insert(*page);
                 record.shared_fault_events += 1;
                 record.writer(task);
                 record.note_write_time(*boot_ns);
                 (*file, task.tgid, created)
             }
-            Event::HugeSpan {
+            Event::FolioSpan {
                 file,
                 first_page,
                 pages,
@@ -296,8 +322,24 @@ impl Aggregate {
                 let added = record.pages_written.insert_range(*first_page..end);
                 record.writer(task).pages += added;
                 new_pages = added;
-                record.huge_spans += 1;
+                record.folio_spans += 1;
+                if *pages == probe_common::PMD_PAGES {
+                    record.huge_spans += 1;
+                }
                 record.note_write_time(*boot_ns);
+                (*file, task.tgid, created)
+            }
+            Event::PossibleWrite {
+                file,
+                first_page,
+                pages,
+                task,
+                ..
+            } => {
+                let (record, created) = self.record(*file);
+                let end = first_page.saturating_add(*pages);
+                let added = record.possibly_written.insert_range(*first_page..end);
+                record.writer(task).possible_pages += added;
                 (*file, task.tgid, created)
             }
             Event::WrittenBack {
@@ -433,6 +475,7 @@ mod tests {
     const FILE: FileId = FileId {
         dev: 1 << 20,
         ino: 12,
+        generation: 0,
     };
 
     fn task(tgid: u32, comm: &str) -> Task {
@@ -497,7 +540,7 @@ mod tests {
     fn huge_spans_add_every_page_once() {
         let mut agg = Aggregate::new();
         agg.apply(&write(7, 100, 1));
-        let applied = agg.apply(&Event::HugeSpan {
+        let applied = agg.apply(&Event::FolioSpan {
             file: FILE,
             first_page: 0,
             pages: 512,
@@ -510,8 +553,78 @@ mod tests {
         // Page 7 was already counted: 511 more, 512 in all.
         assert_eq!(rec.writers[&100].pages, 512);
         assert_eq!(rec.huge_spans, 1);
+        assert_eq!(rec.folio_spans, 1);
+        // Only page 7 had a fault of its own.
+        assert_eq!(page_ranges(&rec.exact_pages), vec![[7, 7]]);
+        assert_eq!(rec.span_pages().len(), 511);
         // A span is not a fault.
         assert_eq!(rec.write_faults(), 1);
+    }
+
+    #[test]
+    fn small_folio_spans_are_pages_written_but_not_exact() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(16, 100, 1));
+        agg.apply(&Event::FolioSpan {
+            file: FILE,
+            first_page: 16,
+            pages: 16,
+            task: task(100, "w"),
+            boot_ns: 2,
+        });
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(page_ranges(&rec.pages_written), vec![[16, 31]]);
+        assert_eq!(page_ranges(&rec.exact_pages), vec![[16, 16]]);
+        assert_eq!(page_ranges(&rec.span_pages()), vec![[17, 31]]);
+        assert_eq!((rec.folio_spans, rec.huge_spans), (1, 0));
+    }
+
+    #[test]
+    fn possibly_written_pages_do_not_make_a_file_modified() {
+        let mut agg = Aggregate::new();
+        let applied = agg.apply(&Event::PossibleWrite {
+            file: FILE,
+            first_page: 0,
+            pages: 16,
+            task: task(7, "reader"),
+            boot_ns: 1,
+        });
+        assert_eq!(applied.new_file, Some((FILE, 7)));
+        assert_eq!(applied.new_pages, 0);
+        let rec = agg.file(&FILE).unwrap();
+        assert!(!rec.modified());
+        assert_eq!(rec.possibly_written.len(), 16);
+        assert_eq!(rec.writers[&7].possible_pages, 16);
+        agg.apply(&write(3, 8, 2));
+        let rec = agg.file(&FILE).unwrap();
+        assert!(rec.modified());
+        assert_eq!(rec.only_possibly_written().len(), 15);
+    }
+
+    #[test]
+    fn a_reused_inode_number_is_another_file() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(1, 1, 1));
+        let reused = FileId {
+            generation: FILE.generation + 1,
+            ..FILE
+        };
+        agg.apply(&Event::FirstWrite {
+            file: reused,
+            page: 2,
+            kind: WriteKind::Shared,
+            task: task(2, "new"),
+            boot_ns: 2,
+        });
+        assert_eq!(agg.len(), 2);
+        assert_eq!(
+            page_ranges(&agg.file(&FILE).unwrap().pages_written),
+            vec![[1, 1]]
+        );
+        assert_eq!(
+            page_ranges(&agg.file(&reused).unwrap().pages_written),
+            vec![[2, 2]]
+        );
     }
 
     #[test]

@@ -329,7 +329,6 @@ impl KernelBtf {
             dentry_d_parent: self.offset_of("dentry", "d_parent")?,
             folio_flags: self.offset_of("folio", "flags")?,
             folio_index: self.offset_of("folio", "index")?,
-            folio_flags_1: self.offset_of("folio", "_flags_1")?,
             // Up to 6.5 the order had a byte of its own; since, it is the
             // low byte (first, on little-endian) of _flags_1.
             folio_order_byte: self
@@ -343,6 +342,14 @@ impl KernelBtf {
             wbc_nr_to_write: self.offset_of("writeback_control", "nr_to_write")?,
             pg_head_bit: u32::try_from(self.enumerator("pageflags", "PG_head")?)
                 .map_err(|_| BtfError::Lookup("PG_head out of range".into()))?,
+            inode_i_generation: self.offset_of("inode", "i_generation")?,
+            inode_i_size: self.offset_of("inode", "i_size")?,
+            file_f_mapping: self.offset_of("file", "f_mapping")?,
+            mapping_xa_head: self.offset_of("address_space", "i_pages.xa_head")?,
+            mapping_i_mmap_writable: self.offset_of("address_space", "i_mmap_writable")?,
+            xa_node_shift: self.offset_of("xa_node", "shift")?,
+            xa_node_slots: self.offset_of("xa_node", "slots")?,
+            vma_vm_page_prot: self.offset_of("vm_area_struct", "vm_page_prot")?,
             ..KernelOffsets::default()
         })
     }

@@ -8,9 +8,9 @@ use std::path::Path;
 use crate::{
     btf::KernelBtf,
     loader::{
-        effective_capabilities, has_capability, tracefs, tracepoint_exists, Mechanism,
-        ProbeOptions, Probes, Selection, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, RAW_TRACEPOINTS,
-        TRACEPOINTS,
+        effective_capabilities, has_capability, raw_tracepoint_exists, tracefs, tracepoint_exists,
+        Mechanism, ProbeOptions, Probes, Selection, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN,
+        RAW_TRACEPOINTS, TRACEPOINTS,
     },
 };
 
@@ -169,6 +169,18 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
                     ),
                 ));
             }
+            for tp in RAW_TRACEPOINTS.iter().filter(|tp| !tp.required) {
+                let present = raw_tracepoint_exists(&root, tp.name);
+                out.push(optional(
+                    format!("raw tracepoint {}", tp.name),
+                    present,
+                    format!(
+                        "{} ({}, optional)",
+                        if present { "present" } else { "absent" },
+                        tp.purpose
+                    ),
+                ));
+            }
         }
         Err(err) => out.push(check("tracefs", false, err.to_string())),
     }
@@ -189,7 +201,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
                     format!(
                         "verifier accepted all {} tracepoint programs (ring buffer, maple-tree walk, bpf_find_vma, raw tracepoints {})",
                         TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
-                        RAW_TRACEPOINTS.iter().map(|t| t.1).collect::<Vec<_>>().join(", ")
+                        RAW_TRACEPOINTS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
                     ),
                 ));
                 for mechanism in [Mechanism::Fentry, Mechanism::Kprobe] {

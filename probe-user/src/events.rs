@@ -3,19 +3,47 @@
 //! Records are checked for length and kind before use; a malformed record is
 //! an error, never a panic or an out-of-bounds read.
 
-use probe_common::{event_kind, EventHeader, FileEvent, PageEvent, PATH_MAX_DEPTH};
+use probe_common::{event_kind, EventHeader, FileEvent, FileKey, PageEvent, PATH_MAX_DEPTH};
 use zerocopy::FromBytes;
 
-/// Identity of a file: the kernel's `dev_t` (`major << 20 | minor`) and inode.
+/// Identity of a file: the kernel's `dev_t` (`major << 20 | minor`), inode
+/// number and the inode's generation, so that a file created with the
+/// inode number of a deleted one is another file.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct FileId {
     pub dev: u32,
     pub ino: u64,
+    #[serde(default)]
+    pub generation: u32,
 }
 
 impl FileId {
+    pub fn from_key(key: &FileKey) -> Self {
+        Self {
+            dev: key.dev,
+            ino: key.ino,
+            generation: key.generation,
+        }
+    }
+
+    /// Whether `(dev, ino)` seen from userspace (stat, /proc/PID/maps) can
+    /// be this file: userspace does not see generations.
+    pub fn same_inode(&self, dev: u32, ino: u64) -> bool {
+        self.dev == dev && self.ino == ino
+    }
+
     pub fn major(&self) -> u32 {
         self.dev >> 20
     }
@@ -27,16 +55,6 @@ impl FileId {
     /// `MAJ:MIN` as in /proc/self/mountinfo and the JSON report.
     pub fn dev_string(&self) -> String {
         format!("{}:{}", self.major(), self.minor())
-    }
-
-    /// From a userspace `st_dev` (glibc's encoding) and inode.
-    pub fn from_stat_dev(st_dev: u64, ino: u64) -> Self {
-        let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
-        let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
-        Self {
-            dev: ((major as u32) << 20) | (minor as u32 & 0xfffff),
-            ino,
-        }
     }
 }
 
@@ -76,9 +94,19 @@ pub enum Event {
         task: Task,
         boot_ns: u64,
     },
-    /// A write fault that made a whole huge folio writable at once (one
-    /// PMD): stores to any of its pages cause no further fault.
-    HugeSpan {
+    /// A write fault that made a whole large folio writable at once:
+    /// stores to any of its pages cause no further fault.
+    FolioSpan {
+        file: FileId,
+        first_page: u64,
+        pages: u64,
+        task: Task,
+        boot_ns: u64,
+    },
+    /// Pages a read fault mapped writable into a shared writable mapping of
+    /// a file without write-notify (tmpfs): stores to them take no fault,
+    /// so they may have been written.
+    PossibleWrite {
         file: FileId,
         first_page: u64,
         pages: u64,
@@ -167,6 +195,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let file = FileId {
         dev: header.dev,
         ino: header.ino,
+        generation: header.generation,
     };
     match header.kind {
         event_kind::SHARED_WRITE | event_kind::COW_WRITE => {
@@ -192,9 +221,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
-        event_kind::HUGE_SPAN => {
+        event_kind::FOLIO_SPAN => {
             let event = read_span(bytes)?;
-            Ok(Event::HugeSpan {
+            Ok(Event::FolioSpan {
+                file,
+                first_page: event.page,
+                pages: event.pages,
+                task: task(&header),
+                boot_ns: header.boot_ns,
+            })
+        }
+        event_kind::POSSIBLE_WRITE => {
+            let event = read_span(bytes)?;
+            Ok(Event::PossibleWrite {
                 file,
                 first_page: event.page,
                 pages: event.pages,
@@ -251,6 +290,8 @@ mod tests {
             boot_ns: 99,
             cgroup_id: 7,
             comm: comm("writer"),
+            generation: 0,
+            _pad: 0,
         }
     }
 
@@ -267,7 +308,8 @@ mod tests {
             Event::FirstWrite {
                 file: FileId {
                     dev: (254 << 20) | 1,
-                    ino: 4242
+                    ino: 4242,
+                    generation: 0
                 },
                 page: 17,
                 kind: WriteKind::Shared,
@@ -307,13 +349,13 @@ mod tests {
             Event::NewWriter { page: 5, .. }
         ));
         let span = PageEvent {
-            header: header(event_kind::HUGE_SPAN),
+            header: header(event_kind::FOLIO_SPAN),
             page: 512,
             pages: 512,
         };
         assert!(matches!(
             decode(span.as_bytes()).unwrap(),
-            Event::HugeSpan {
+            Event::FolioSpan {
                 first_page: 512,
                 pages: 512,
                 ..
@@ -409,7 +451,7 @@ mod tests {
     #[test]
     fn rejects_spans_that_are_not_huge_pages() {
         let span = |page, pages| PageEvent {
-            header: header(event_kind::HUGE_SPAN),
+            header: header(event_kind::FOLIO_SPAN),
             page,
             pages,
         };
@@ -426,19 +468,5 @@ mod tests {
         // Found by the fuzzer: a span of ~1.7e19 pages ran out of memory.
         let found = b"\x05\x00\x00\x00\x00\x00\x00\x4c\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xe2\xea\xea\xea\xea\xa2\xa2\xa2\xa2\xa2\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\x0a\x01\x00\x00\x00\x00\x00\x00\xea\xea\x00\x27\x27\x27\x27\x27\x27\x67\x27\x27\x01\x00\x00\x00\x27\xea\xea\x4c\xea\xea\xea\xea\xea\x00\x00";
         assert!(matches!(decode(found), Err(DecodeError::BadSpan { .. })));
-    }
-
-    #[test]
-    fn converts_stat_dev_to_kernel_dev() {
-        // makedev(254, 1) in glibc's encoding.
-        let st_dev = (254u64 << 8) | 1;
-        assert_eq!(FileId::from_stat_dev(st_dev, 5).dev, (254 << 20) | 1);
-        // A large minor (tmpfs anonymous devices) spans both minor fields.
-        let major = 0u64;
-        let minor = 300u64;
-        let st_dev = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12);
-        let id = FileId::from_stat_dev(st_dev, 5);
-        assert_eq!((id.major(), id.minor()), (0, 300));
-        assert_eq!(id.dev_string(), "0:300");
     }
 }

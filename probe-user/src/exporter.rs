@@ -405,6 +405,7 @@ impl Exporter {
             let file = FileId {
                 dev: label.dev,
                 ino: 0,
+                generation: 0,
             };
             let labels = self.writer_labels(&label.comm, label.cgroup_id, file);
             let shared = current.0.saturating_sub(previous.0);
@@ -762,7 +763,11 @@ mod tests {
     }
 
     fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
-        let file = FileId { dev, ino };
+        let file = FileId {
+            dev,
+            ino,
+            generation: 0,
+        };
         agg.apply(&Event::FirstWrite {
             file,
             page,
@@ -812,7 +817,18 @@ mod tests {
             },
         )]);
         let mut counts = HashMap::new();
-        counts.insert(("db".to_string(), 1, FileId { dev: 25, ino: 1 }), 1);
+        counts.insert(
+            (
+                "db".to_string(),
+                1,
+                FileId {
+                    dev: 25,
+                    ino: 1,
+                    generation: 0,
+                },
+            ),
+            1,
+        );
         exporter.add_page_counts(counts);
         let mut agg = Aggregate::new();
         write(&mut agg, 25, 1, 0, "/dev/shm/x");
@@ -852,7 +868,18 @@ mod tests {
         let (registry, mut exporter) = exporter(10, vec![]);
         let mut counts = HashMap::new();
         // Device 0:1 (an internal mount, as memfd's) is in no mountinfo.
-        counts.insert(("db".to_string(), 1, FileId { dev: 1, ino: 9 }), 3);
+        counts.insert(
+            (
+                "db".to_string(),
+                1,
+                FileId {
+                    dev: 1,
+                    ino: 9,
+                    generation: 0,
+                },
+            ),
+            3,
+        );
         exporter.add_page_counts(counts.clone());
         exporter.add_page_counts(counts);
         assert!(exporter.unmounted_devs.contains(&1));
@@ -883,12 +910,21 @@ mod tests {
                 FileId {
                     dev: (254 << 20) | 1,
                     ino: 5,
+                    generation: 0,
                 },
             ),
             7,
         );
         counts.insert(
-            ("redis".to_string(), 999_999_999, FileId { dev: 25, ino: 6 }),
+            (
+                "redis".to_string(),
+                999_999_999,
+                FileId {
+                    dev: 25,
+                    ino: 6,
+                    generation: 0,
+                },
+            ),
             2,
         );
         exporter.add_page_counts(counts);

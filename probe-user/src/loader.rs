@@ -59,46 +59,67 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "kernel stores into user mappings (read(2) into a mapping)",
     },
     Tracepoint {
-        program: "ext4_writepages_result",
-        category: "ext4",
-        name: "ext4_writepages_result",
+        program: "sys_enter_mmap",
+        category: "syscalls",
+        name: "sys_enter_mmap",
         required: false,
-        purpose: "pages ext4 wrote back (fsync, msync and flusher)",
+        purpose: "processes with shared writable mappings (tmpfs possibly-written pages)",
+    },
+    Tracepoint {
+        program: "sys_enter_mprotect",
+        category: "syscalls",
+        name: "sys_enter_mprotect",
+        required: false,
+        purpose: "mappings made writable later (tmpfs possibly-written pages)",
     },
 ];
 
-/// Raw tracepoints: they give the folio and inode pointers whose classic
-/// formats lack the device number.
-pub const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    (
-        "sched_process_fork",
-        "sched_process_fork",
-        "following -- CMD's descendants",
-    ),
-    (
-        "sched_process_exit",
-        "sched_process_exit",
-        "forgetting exited processes",
-    ),
-    (
-        "sb_mark_inode_writeback",
-        "sb_mark_inode_writeback",
-        "writeback start times",
-    ),
-    (
+/// A raw tracepoint the backend attaches to: they give the folio and
+/// inode pointers whose classic formats lack the device number or the
+/// inode's generation.
+#[derive(Clone, Copy, Debug)]
+pub struct RawTracepoint {
+    pub program: &'static str,
+    pub name: &'static str,
+    /// Without an optional one, mmapwatch still works but sees less (said
+    /// in `doctor` and in the report's warnings).
+    pub required: bool,
+    pub purpose: &'static str,
+}
+
+const fn raw(name: &'static str, required: bool, purpose: &'static str) -> RawTracepoint {
+    RawTracepoint {
+        program: name,
+        name,
+        required,
+        purpose,
+    }
+}
+
+pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
+    raw("sched_process_fork", true, "following -- CMD's descendants"),
+    raw("sched_process_exit", true, "forgetting exited processes"),
+    raw("sb_mark_inode_writeback", true, "writeback start times"),
+    raw(
         "sb_clear_inode_writeback",
-        "sb_clear_inode_writeback",
+        true,
         "writeback completion times",
     ),
-    (
-        "writeback_dirty_folio",
-        "writeback_dirty_folio",
-        "folios and pages dirtied",
-    ),
-    (
+    raw("writeback_dirty_folio", true, "folios and pages dirtied"),
+    raw(
         "writeback_single_inode",
-        "writeback_single_inode",
+        true,
         "pages written back by the flusher",
+    ),
+    raw(
+        "ext4_writepages_result",
+        false,
+        "pages ext4 wrote back (fsync, msync and flusher)",
+    ),
+    raw(
+        "mm_filemap_map_pages",
+        false,
+        "tmpfs/shmem pages mapped writable by read faults (possibly written)",
     ),
 ];
 
@@ -212,6 +233,16 @@ fn nix_mount_tracefs(target: &Path) -> std::io::Result<()> {
 }
 
 /// Whether tracefs has this tracepoint.
+/// Whether a tracepoint of this name exists in any category (raw
+/// tracepoints are named without one).
+pub fn raw_tracepoint_exists(tracefs: &Path, name: &str) -> bool {
+    std::fs::read_dir(tracefs.join("events")).is_ok_and(|categories| {
+        categories
+            .flatten()
+            .any(|category| category.path().join(name).is_dir())
+    })
+}
+
 pub fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
     tracefs
         .join("events")
@@ -249,7 +280,8 @@ pub struct KernelCounters {
     pub cow_faults: u64,
     pub events_submitted: u64,
     pub writer_insert_failed: u64,
-    pub huge_spans: u64,
+    /// Write faults that mapped a whole large folio writable.
+    pub folio_spans: u64,
     pub writer_stats_full: u64,
     /// Highest ring-buffer fill seen, in bytes.
     pub ring_peak_bytes: u64,
@@ -257,6 +289,12 @@ pub struct KernelCounters {
     pub ringbuf_drops_file_events: u64,
     /// Faults looked up with bpf_find_vma because the maple walk missed.
     pub vma_walk_fallbacks: u64,
+    /// Write faults past the end of the file (SIGBUS; nothing written).
+    pub faults_past_eof: u64,
+    /// Read faults that mapped tmpfs/shmem pages writable, and those whose
+    /// mapping could not be checked.
+    pub possible_write_windows: u64,
+    pub possible_write_unverified: u64,
 }
 
 impl KernelCounters {
@@ -393,12 +431,61 @@ pub struct WriterLabel {
     pub comm: String,
 }
 
+fn seed_shared_mappers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let map = ebpf.map_mut("SHARED_MAPPERS").ok_or(LoadError::Map {
+        map: "SHARED_MAPPERS",
+        reason: "missing from the object".into(),
+    })?;
+    let mut mappers: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(|err| LoadError::Map {
+            map: "SHARED_MAPPERS",
+            reason: err.to_string(),
+        })?;
+    for tgid in shared_writable_mappers(Path::new("/proc")) {
+        // A process gone meanwhile, or a full map: at worst an extra look.
+        let _ = mappers.insert(tgid, 1, 0);
+    }
+    Ok(())
+}
+
 fn comm_bytes(comm: &str) -> [u8; TASK_COMM_LEN] {
     let mut out = [0u8; TASK_COMM_LEN];
     let bytes = comm.as_bytes();
     let len = bytes.len().min(TASK_COMM_LEN - 1);
     out[..len].copy_from_slice(&bytes[..len]);
     out
+}
+
+/// Pages the kernel maps around a read fault: debugfs's fault_around_bytes
+/// when mounted, else the kernel's default (64 KiB).
+fn fault_around_pages() -> u32 {
+    let bytes = std::fs::read_to_string("/sys/kernel/debug/fault_around_bytes")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(65536);
+    u32::try_from((bytes / page_size()).clamp(1, 512)).unwrap_or(16)
+}
+
+/// Processes that already have a shared writable mapping ("rw-s" or
+/// "-w-s" in /proc/PID/maps): mappings made before mmapwatch started.
+fn shared_writable_mappers(proc_root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")).is_ok_and(
+                |maps| {
+                    maps.lines().any(|line| {
+                        let perms = line.split(' ').nth(1).unwrap_or("");
+                        perms.len() == 4 && &perms[1..2] == "w" && perms.ends_with('s')
+                    })
+                },
+            )
+        })
+        .collect()
 }
 
 /// First-write dedup entries: LRU maps are preallocated, so this is kernel
@@ -460,6 +547,7 @@ impl Probes {
             self_tgid: std::process::id(),
             page_shift: page_size().trailing_zeros(),
             comm_count: options.comms.len() as u32,
+            fault_around_pages: fault_around_pages(),
             ..ProbeConfig::default()
         };
         if !options.comms.is_empty() {
@@ -500,10 +588,11 @@ impl Probes {
         for tp in TRACEPOINTS {
             load_program::<TracePoint>(&mut ebpf, tp.program, |p| p.load())?;
         }
-        for (program, _, _) in RAW_TRACEPOINTS {
-            load_program::<RawTracePoint>(&mut ebpf, program, |p| p.load())?;
+        for tp in RAW_TRACEPOINTS {
+            load_program::<RawTracePoint>(&mut ebpf, tp.program, |p| p.load())?;
         }
         log::debug!("startup: programs verified in {:?}", phase.elapsed());
+        seed_shared_mappers(&mut ebpf)?;
         Ok(Self {
             ebpf,
             attached: Attached::default(),
@@ -755,15 +844,7 @@ impl Probes {
         Ok(map
             .iter()
             .filter_map(Result::ok)
-            .map(|(key, function)| {
-                (
-                    FileId {
-                        dev: key.dev,
-                        ino: key.ino,
-                    },
-                    function,
-                )
-            })
+            .map(|(key, function)| (FileId::from_key(&key), function))
             .collect())
     }
 
@@ -794,13 +875,22 @@ impl Probes {
         if faults {
             return Ok(());
         }
-        for (program, tracepoint, _) in RAW_TRACEPOINTS {
-            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
-            prog.attach(tracepoint).map_err(|err| LoadError::Attach {
-                program: format!("raw_tp/{tracepoint}"),
-                reason: err.to_string(),
-            })?;
-            self.attached.programs.push(format!("raw_tp/{tracepoint}"));
+        for tp in RAW_TRACEPOINTS {
+            let label = format!("raw_tp/{}", tp.name);
+            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, tp.program)?;
+            match prog.attach(tp.name) {
+                Ok(_) => self.attached.programs.push(label),
+                Err(err) if tp.required => {
+                    return Err(LoadError::Attach {
+                        program: label,
+                        reason: err.to_string(),
+                    })
+                }
+                Err(_) => self
+                    .attached
+                    .missing
+                    .push(format!("{label} ({})", tp.purpose)),
+            }
         }
         Ok(())
     }
@@ -872,11 +962,14 @@ impl Probes {
             cow_faults: totals[counter::COW_FAULTS as usize],
             events_submitted: totals[counter::EVENTS_SUBMITTED as usize],
             writer_insert_failed: totals[counter::WRITER_INSERT_FAILED as usize],
-            huge_spans: totals[counter::HUGE_SPANS as usize],
+            folio_spans: totals[counter::FOLIO_SPANS as usize],
             writer_stats_full: totals[counter::WRITER_STATS_FULL as usize],
             ring_peak_bytes: totals[counter::RING_PEAK_BYTES as usize],
             ringbuf_drops_file_events: totals[counter::RINGBUF_DROPS_FILE_EVENTS as usize],
             vma_walk_fallbacks: totals[counter::VMA_WALK_FALLBACKS as usize],
+            faults_past_eof: totals[counter::FAULTS_PAST_EOF as usize],
+            possible_write_windows: totals[counter::POSSIBLE_WRITE_WINDOWS as usize],
+            possible_write_unverified: totals[counter::POSSIBLE_WRITE_UNVERIFIED as usize],
         })
     }
 
@@ -940,13 +1033,7 @@ impl Probes {
         for item in map.iter() {
             // An entry can vanish between listing and lookup; skip it.
             let Ok((key, values)) = item else { continue };
-            out.insert(
-                FileId {
-                    dev: key.dev,
-                    ino: key.ino,
-                },
-                values.iter().copied().collect(),
-            );
+            out.insert(FileId::from_key(&key), values.iter().copied().collect());
         }
         Ok(out)
     }

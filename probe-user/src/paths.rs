@@ -195,11 +195,19 @@ garbage line
         let table = MountTable::parse(MOUNTINFO);
         assert_eq!(table.mounts.len(), 4);
         assert_eq!(table.mounts[2].mount_point, "/mnt/with space");
-        assert_eq!(table.fs_type(FileId { dev: 25, ino: 1 }), Some("tmpfs"));
+        assert_eq!(
+            table.fs_type(FileId {
+                dev: 25,
+                ino: 1,
+                generation: 0
+            }),
+            Some("tmpfs")
+        );
         assert_eq!(
             table.fs_type(FileId {
                 dev: (7 << 20) | 1,
-                ino: 1
+                ino: 1,
+                generation: 0
             }),
             Some("xfs")
         );
@@ -212,12 +220,17 @@ garbage line
         let loop0 = FileId {
             dev: 7 << 20,
             ino: 3,
+            generation: 0,
         };
         assert_eq!(
             table.dentry_full_path(loop0, &comps(&["f", "d"]), true),
             "/mnt/with space/d/f"
         );
-        let shm = FileId { dev: 25, ino: 3 };
+        let shm = FileId {
+            dev: 25,
+            ino: 3,
+            generation: 0,
+        };
         assert_eq!(
             table.dentry_full_path(shm, &comps(&["seg"]), true),
             "/dev/shm/seg"
@@ -226,6 +239,7 @@ garbage line
         let loop1 = FileId {
             dev: (7 << 20) | 1,
             ino: 3,
+            generation: 0,
         };
         assert_eq!(
             table.dentry_full_path(loop1, &comps(&["f", "exported"]), true),
@@ -235,6 +249,7 @@ garbage line
         let unknown = FileId {
             dev: 99 << 20,
             ino: 3,
+            generation: 0,
         };
         assert_eq!(table.dentry_full_path(unknown, &comps(&["f"]), true), "/f");
         assert_eq!(
@@ -256,14 +271,23 @@ garbage line
                 maps,
                 FileId {
                     dev: 7 << 20,
-                    ino: 77
+                    ino: 77,
+                    generation: 0
                 }
             )
             .as_deref(),
             Some("/mnt/data/file with space.db")
         );
         assert_eq!(
-            path_in_maps(maps, FileId { dev: 25, ino: 5 }).as_deref(),
+            path_in_maps(
+                maps,
+                FileId {
+                    dev: 25,
+                    ino: 5,
+                    generation: 0
+                }
+            )
+            .as_deref(),
             Some("/dev/shm/seg (deleted)")
         );
         assert_eq!(
@@ -271,11 +295,22 @@ garbage line
                 maps,
                 FileId {
                     dev: 7 << 20,
-                    ino: 78
+                    ino: 78,
+                    generation: 0
                 }
             ),
             None
         );
-        assert_eq!(path_in_maps(maps, FileId { dev: 0, ino: 0 }), None);
+        assert_eq!(
+            path_in_maps(
+                maps,
+                FileId {
+                    dev: 0,
+                    ino: 0,
+                    generation: 0
+                }
+            ),
+            None
+        );
     }
 }

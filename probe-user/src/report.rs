@@ -54,7 +54,8 @@ pub struct ReportFilter {
 impl ReportFilter {
     pub fn keeps(&self, record: &FileRecord) -> bool {
         let shown_cow = self.include_cow && !record.cow_pages.is_empty();
-        if !record.modified() && !shown_cow {
+        let possibly = !record.possibly_written.is_empty();
+        if !record.modified() && !shown_cow && !possibly {
             return false;
         }
         if self.path_prefixes.is_empty() {
@@ -76,6 +77,8 @@ pub struct WriterReport {
     /// Pages this process wrote first.
     pub pages: u64,
     pub cow_pages: u64,
+    /// Pages this process got mapped writable by read faults (tmpfs).
+    pub possible_pages: u64,
     pub cgroup_id: u64,
 }
 
@@ -85,10 +88,30 @@ pub struct FileReport {
     pub path_source: Option<PathSource>,
     pub dev: String,
     pub ino: u64,
+    /// The inode's generation: with `dev` and `ino`, the file's identity
+    /// (an inode number reused after unlink is another file).
+    pub generation: u32,
     pub fs: Option<String>,
     pub modified: bool,
     pub pages_written: Vec<[u64; 2]>,
     pub pages_written_count: u64,
+    /// Pages of `pages_written` with a write fault of their own.
+    pub exact_pages: Vec<[u64; 2]>,
+    pub exact_pages_count: u64,
+    /// Pages of `pages_written` without a fault of their own: the rest of
+    /// a large folio that one write fault mapped writable whole (the
+    /// kernel's granularity: stores to them never fault).
+    pub span_pages: Vec<[u64; 2]>,
+    pub span_pages_count: u64,
+    /// Write faults that mapped a whole large folio writable.
+    pub folio_spans: u64,
+    /// Pages a read fault mapped writable into a shared writable mapping
+    /// of a file without write-notify (tmpfs): possibly written, with no
+    /// store-time signal. Not in `pages_written`.
+    pub possibly_written_pages: Vec<[u64; 2]>,
+    pub possibly_written_pages_count: u64,
+    /// Why the file may have been modified beyond `pages_written`, or null.
+    pub possibly_modified: Option<&'static str>,
     pub cow_pages: Vec<[u64; 2]>,
     pub cow_pages_count: u64,
     pub write_faults: u64,
@@ -129,6 +152,9 @@ pub struct PageWriteback {
     pub written_back_unix_ns: u64,
 }
 
+/// Why pages are only possibly written.
+pub const POSSIBLY_MODIFIED_WHY: &str = "mapped writable by read faults on a filesystem without write-notify (tmpfs/shmem): stores to them take no fault";
+
 /// `page_writeback` entries per file in a report.
 pub const MAX_WRITEBACK_RUNS: usize = 4096;
 
@@ -166,8 +192,15 @@ pub struct ProbeStats {
     /// Faults whose mapping the lock-free maple-tree walk did not find,
     /// looked up with bpf_find_vma instead (slower with IRQs off).
     pub vma_walk_fallbacks: u64,
-    /// Write faults that mapped a whole huge folio writable.
-    pub huge_spans: u64,
+    /// Write faults that mapped a whole large folio writable.
+    pub folio_spans: u64,
+    /// Write faults past the end of the file: they end in SIGBUS, nothing
+    /// is written, and they are not reported as writes.
+    pub faults_past_eof: u64,
+    /// Read faults that mapped tmpfs/shmem pages writable (possibly
+    /// written), and those whose mapping could not be checked.
+    pub possible_write_windows: u64,
+    pub possible_write_unverified: u64,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -224,6 +257,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
             comm: w.comm.clone(),
             pages: w.pages,
             cow_pages: w.cow_pages,
+            possible_pages: w.possible_pages,
             cgroup_id: w.cgroup_id,
         })
         .collect();
@@ -250,15 +284,26 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         .last_write_boot_ns
         .unwrap_or(0)
         .max(kernel.last_write_boot_ns);
+    let span_pages = record.span_pages();
+    let possibly_written = record.only_possibly_written();
     FileReport {
         path: record.path.clone(),
         path_source: record.path_source,
         dev: id.dev_string(),
         ino: id.ino,
+        generation: id.generation,
         fs: (ctx.fs_type)(*id),
         modified: record.modified(),
         pages_written: page_ranges(&record.pages_written),
         pages_written_count: record.pages_written.len(),
+        exact_pages: page_ranges(&record.exact_pages),
+        exact_pages_count: record.exact_pages.len(),
+        span_pages: page_ranges(&span_pages),
+        span_pages_count: span_pages.len(),
+        folio_spans: record.folio_spans,
+        possibly_written_pages: page_ranges(&possibly_written),
+        possibly_written_pages_count: possibly_written.len(),
+        possibly_modified: (!possibly_written.is_empty()).then_some(POSSIBLY_MODIFIED_WHY),
         cow_pages: page_ranges(&record.cow_pages),
         cow_pages_count: record.cow_pages.len(),
         write_faults: record.write_faults(),
@@ -320,7 +365,10 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             shared_write_faults: counters.shared_write_faults,
             records_submitted: counters.events_submitted,
             vma_walk_fallbacks: counters.vma_walk_fallbacks,
-            huge_spans: counters.huge_spans,
+            folio_spans: counters.folio_spans,
+            faults_past_eof: counters.faults_past_eof,
+            possible_write_windows: counters.possible_write_windows,
+            possible_write_unverified: counters.possible_write_unverified,
         },
         events: aggregate.events(),
         warnings: ctx.warnings,
@@ -420,6 +468,7 @@ mod tests {
     const FILE: FileId = FileId {
         dev: (7 << 20) | 2,
         ino: 12,
+        generation: 0,
     };
 
     fn aggregate() -> Aggregate {
@@ -444,7 +493,11 @@ mod tests {
         }
         agg.set_path(FILE, "/mnt/f".into(), PathSource::ProcMaps);
         agg.apply(&Event::FirstWrite {
-            file: FileId { dev: 1, ino: 1 },
+            file: FileId {
+                dev: 1,
+                ino: 1,
+                generation: 0,
+            },
             page: 0,
             kind: WriteKind::Cow,
             task: Task {
@@ -507,6 +560,11 @@ mod tests {
             "first_write_unix_ns",
             "last_write_unix_ns",
             "writeback_pages",
+            "generation",
+            "exact_pages",
+            "span_pages",
+            "possibly_written_pages",
+            "possibly_modified",
         ] {
             assert!(file.get(key).is_some(), "missing files[].{key}");
         }
@@ -517,7 +575,7 @@ mod tests {
         assert_eq!(file["pages_written_count"], 3);
         assert_eq!(
             file["writers"],
-            serde_json::json!([{"pid": 5, "comm": "py", "pages": 3, "cow_pages": 0, "cgroup_id": 3}])
+            serde_json::json!([{"pid": 5, "comm": "py", "pages": 3, "cow_pages": 0, "possible_pages": 0, "cgroup_id": 3}])
         );
         assert_eq!(file["first_write_unix_ns"], 1_001_001);
         assert_eq!(file["last_write_unix_ns"], 1_001_008);

@@ -142,7 +142,8 @@ fn event_task(event: &Event) -> Option<&crate::events::Task> {
     match event {
         Event::FirstWrite { task, .. }
         | Event::NewWriter { task, .. }
-        | Event::HugeSpan { task, .. }
+        | Event::FolioSpan { task, .. }
+        | Event::PossibleWrite { task, .. }
         | Event::FileSeen { task, .. } => Some(task),
         Event::WrittenBack { .. } => None,
     }
@@ -156,7 +157,8 @@ fn event_file(event: &Event) -> FileId {
     match event {
         Event::FirstWrite { file, .. }
         | Event::NewWriter { file, .. }
-        | Event::HugeSpan { file, .. }
+        | Event::FolioSpan { file, .. }
+        | Event::PossibleWrite { file, .. }
         | Event::WrittenBack { file, .. }
         | Event::FileSeen { file, .. } => *file,
     }

@@ -43,7 +43,8 @@ fn replay() -> (Aggregate, MountTable, u64) {
             ),
             Event::FirstWrite { boot_ns, .. }
             | Event::NewWriter { boot_ns, .. }
-            | Event::HugeSpan { boot_ns, .. } => last_ns = last_ns.max(*boot_ns),
+            | Event::FolioSpan { boot_ns, .. }
+            | Event::PossibleWrite { boot_ns, .. } => last_ns = last_ns.max(*boot_ns),
             Event::WrittenBack { .. } => {}
         }
     }
@@ -158,7 +159,11 @@ fn ten_thousand_files_and_a_million_pages() {
     for ino in 0..10_000u64 {
         for page in 0..100u64 {
             aggregate.apply(&Event::FirstWrite {
-                file: FileId { dev: 1 << 20, ino },
+                file: FileId {
+                    dev: 1 << 20,
+                    ino,
+                    generation: 0,
+                },
                 page: page * 2,
                 kind: WriteKind::Shared,
                 task: task.clone(),

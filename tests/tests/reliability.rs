@@ -197,9 +197,12 @@ fn a_small_dedup_map_never_double_counts_or_loses_a_file() {
 
 /// mmapwatch's programs, by name (this bpftool cannot list owning pids;
 /// the tests run one at a time, so these names are ours).
-const PROGRAMS: [&str; 9] = [
+const PROGRAMS: [&str; 12] = [
     "page_fault_user",
     "page_fault_kernel",
+    "sys_enter_mmap",
+    "sys_enter_mprotect",
+    "mm_filemap_map_pages",
     "sched_process_fork",
     "sched_process_exit",
     "sb_mark_inode_writeback",

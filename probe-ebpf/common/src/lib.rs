@@ -27,14 +27,19 @@ pub mod event_kind {
     pub const FILE_SEEN: u32 = 3;
     /// A second (third, ...) process writing a page another process wrote first.
     pub const NEW_WRITER: u32 = 4;
-    /// A write fault that the kernel resolved by mapping a whole huge folio
-    /// writable at once (one PMD): every page of the span may be written
+    /// A write fault on a page not yet mapped, which the kernel resolves
+    /// by mapping the whole large folio around it writable (any order; a
+    /// 2 MiB one with one PMD): every page of the span may be written
     /// without another fault, so all of them are reported.
-    pub const HUGE_SPAN: u32 = 5;
+    pub const FOLIO_SPAN: u32 = 5;
     /// A folio of a file already seen finished writeback (function-hook
     /// backends: `folio_end_writeback`): `page` is its first page, `pages`
     /// its size.
     pub const PAGES_WRITTEN_BACK: u32 = 6;
+    /// Pages of a filesystem without write-notify (tmpfs, shmem) that a
+    /// read fault mapped writable into a shared writable mapping: later
+    /// stores to them take no fault, so they may have been written.
+    pub const POSSIBLE_WRITE: u32 = 7;
 }
 
 /// Bits of the `HOOKS` map's one entry: which function hooks are attached,
@@ -69,8 +74,8 @@ pub mod counter {
     pub const EVENTS_SUBMITTED: u32 = 7;
     /// The writer LRU refused an insert.
     pub const WRITER_INSERT_FAILED: u32 = 8;
-    /// Write faults that mapped a whole huge folio writable.
-    pub const HUGE_SPANS: u32 = 9;
+    /// Write faults that mapped a whole large folio writable.
+    pub const FOLIO_SPANS: u32 = 9;
     /// The per-writer stats map was full: a writer's fault counts were not kept.
     pub const WRITER_STATS_FULL: u32 = 10;
     /// Highest ring-buffer fill seen after a submit, in bytes (a maximum,
@@ -83,7 +88,17 @@ pub mod counter {
     /// the rest are page records, so pages reported plus those drops account
     /// for every first write.
     pub const RINGBUF_DROPS_FILE_EVENTS: u32 = 12;
-    pub const COUNT: u32 = 14;
+    /// Write faults past the end of the file: they end in SIGBUS and write
+    /// nothing, so they are not reported.
+    pub const FAULTS_PAST_EOF: u32 = 14;
+    /// Read faults that mapped pages of a write-notify-less file writable
+    /// (each a possibly-written window reported).
+    pub const POSSIBLE_WRITE_WINDOWS: u32 = 15;
+    /// Of those, windows whose mapping could not be checked (the fault did
+    /// not come through the user page-fault tracepoint, e.g. get_user_pages):
+    /// reported because the file has a shared writable mapping somewhere.
+    pub const POSSIBLE_WRITE_UNVERIFIED: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts
@@ -144,10 +159,15 @@ pub struct EventHeader {
     pub boot_ns: u64,
     pub cgroup_id: u64,
     pub comm: [u8; TASK_COMM_LEN],
+    /// `inode.i_generation`: tells a reused inode number from the file
+    /// that had it before.
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`],
-/// [`event_kind::NEW_WRITER`] and [`event_kind::HUGE_SPAN`].
+/// [`event_kind::NEW_WRITER`], [`event_kind::FOLIO_SPAN`],
+/// [`event_kind::PAGES_WRITTEN_BACK`] and [`event_kind::POSSIBLE_WRITE`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
@@ -160,18 +180,42 @@ pub struct PageEvent {
     pub pages: u64,
 }
 
-/// The last shared write fault on this CPU, kept for the dirty-folio
-/// program that runs inside the same fault.
+/// A thread's last shared write fault on a page not yet mapped, kept for
+/// the dirty-folio program that runs inside the same fault when the fault
+/// brings a new folio into the page cache.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingFault {
     pub pid_tgid: u64,
-    pub ino: u64,
+    pub file: FileKey,
     pub page: u64,
-    pub dev: u32,
-    /// 1 when the fault's 2 MiB region could be mapped by one PMD: inside
-    /// the VMA, with address and file offset equally aligned.
-    pub pmd_mappable: u32,
+    /// Where the kernel may map a folio around the page: pages of the
+    /// mapping before the faulting one, and from it to the mapping's end.
+    pub room: FolioRoom,
+}
+
+/// How far a folio around a faulting page may reach and still be mapped
+/// whole by the fault: the kernel maps a large folio at once only if it
+/// lies inside the mapping and inside one page table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FolioRoom {
+    /// Pages of room before the faulting page.
+    pub before: u64,
+    /// Pages of room from the faulting page on (itself included).
+    pub from: u64,
+}
+
+impl FolioRoom {
+    /// Whether a folio of `pages` pages starting at file page `first`
+    /// would be mapped whole by a fault on file page `page`.
+    pub fn fits(&self, page: u64, first: u64, pages: u64) -> bool {
+        if page < first || page - first >= pages {
+            return false;
+        }
+        let index = page - first;
+        index <= self.before && pages - index <= self.from
+    }
 }
 
 /// [`event_kind::FILE_SEEN`]: sent once per file, when its stats entry is
@@ -197,7 +241,8 @@ pub struct FileEvent {
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
 pub struct FileKey {
     pub dev: u32,
-    pub _pad: u32,
+    /// `inode.i_generation`: a reused inode number is another file.
+    pub generation: u32,
     pub ino: u64,
 }
 
@@ -206,11 +251,13 @@ pub struct FileKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
 pub struct PageKey {
-    pub dev: u32,
-    /// [`event_kind::SHARED_WRITE`] or [`event_kind::COW_WRITE`].
-    pub kind: u32,
-    pub ino: u64,
+    pub file: FileKey,
+    /// Page index; for spans and possibly-written windows, their first page.
     pub page: u64,
+    /// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`],
+    /// [`event_kind::FOLIO_SPAN`] or [`event_kind::POSSIBLE_WRITE`].
+    pub kind: u32,
+    pub _pad: u32,
 }
 
 /// Key of the writer LRU: one entry per (file, process) beyond the first writer.
@@ -218,9 +265,9 @@ pub struct PageKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
 pub struct WriterKey {
-    pub dev: u32,
+    pub file: FileKey,
     pub tgid: u32,
-    pub ino: u64,
+    pub _pad: u32,
 }
 
 /// Per-CPU value of the per-file stats map. Userspace sums counters and takes
@@ -272,8 +319,6 @@ pub struct KernelOffsets {
     /// `folio.flags` (first word of the head page's flags).
     pub folio_flags: u32,
     pub folio_index: u32,
-    /// `folio._flags_1`: its low byte is the order of a large folio.
-    pub folio_flags_1: u32,
     pub mapping_host: u32,
     pub wbc_nr_to_write: u32,
     /// Bit number of `PG_head` in `enum pageflags`.
@@ -313,6 +358,17 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     pub task_signal: u32,
     pub signal_live: u32,
+    pub inode_i_generation: u32,
+    pub inode_i_size: u32,
+    pub file_f_mapping: u32,
+    /// `address_space.i_pages.xa_head`: the page cache's xarray root.
+    pub mapping_xa_head: u32,
+    /// `address_space.i_mmap_writable`: shared writable mappings of the file.
+    pub mapping_i_mmap_writable: u32,
+    pub xa_node_shift: u32,
+    pub xa_node_slots: u32,
+    /// `vm_area_struct.vm_page_prot`: writable without write-notify?
+    pub vma_vm_page_prot: u32,
 }
 
 /// Run-time configuration, a global set at load time.
@@ -330,7 +386,9 @@ pub struct ProbeConfig {
     pub page_shift: u32,
     /// Entries used in `comms`.
     pub comm_count: u32,
-    pub _pad: u32,
+    /// Pages a read fault maps around the faulting one (the kernel's
+    /// fault_around_bytes / page size; 16 by default).
+    pub fault_around_pages: u32,
     pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
 }
 
@@ -352,7 +410,6 @@ impl KernelOffsets {
         dentry_d_parent: 0,
         folio_flags: 0,
         folio_index: 0,
-        folio_flags_1: 0,
         mapping_host: 0,
         wbc_nr_to_write: 0,
         pg_head_bit: 0,
@@ -380,6 +437,14 @@ impl KernelOffsets {
         task_pid: 0,
         task_signal: 0,
         signal_live: 0,
+        inode_i_generation: 0,
+        inode_i_size: 0,
+        file_f_mapping: 0,
+        mapping_xa_head: 0,
+        mapping_i_mmap_writable: 0,
+        xa_node_shift: 0,
+        xa_node_slots: 0,
+        vma_vm_page_prot: 0,
     };
 }
 
@@ -391,7 +456,7 @@ impl ProbeConfig {
         self_tgid: 0,
         page_shift: 0,
         comm_count: 0,
-        _pad: 0,
+        fault_around_pages: 0,
         comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
     };
 }
@@ -412,8 +477,22 @@ pub const MAPLE_MAX_PIVOTS: usize = 16;
 /// BTF, but unchanged since Linux 2.x.
 pub const VM_WRITE: u64 = 0x2;
 pub const VM_SHARED: u64 = 0x8;
-/// x86 page fault error code bit: the access was a write.
+/// x86 page fault error code bits: the page was present (a protection
+/// fault), the access was a write.
+pub const X86_PF_PROT: u64 = 0x1;
 pub const X86_PF_WRITE: u64 = 0x2;
+/// x86 `_PAGE_RW` in a `pgprot_t`: a mapping whose pages are mapped
+/// writable at once, with no write-notify fault before the first store.
+pub const X86_PAGE_RW: u64 = 0x2;
+/// xarray entry encoding (include/linux/xarray.h): #defines, stable since
+/// the xarray replaced the radix tree (4.20).
+pub const XA_CHUNK_SHIFT: u64 = 6;
+pub const XA_CHUNK_MASK: u64 = 63;
+/// Deepest page-cache xarray walked: 64^6 pages (1 EiB of 4 KiB pages).
+pub const XA_MAX_DEPTH: usize = 6;
+/// Filesystems whose shared mappings never write-protect clean pages.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
 /// ext4's superblock magic: ext4 reports its own written pages.
 pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
 

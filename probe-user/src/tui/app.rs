@@ -393,7 +393,11 @@ mod tests {
 
     fn row(ino: u64, path: &str, pages: u64, faults: u64) -> FileRow {
         FileRow {
-            id: FileId { dev: 1, ino },
+            id: FileId {
+                dev: 1,
+                ino,
+                generation: 0,
+            },
             path: path.into(),
             pages,
             write_faults: faults,
@@ -471,7 +475,14 @@ mod tests {
         }
         assert!(app.editing_filter);
         assert_eq!(paths(&app), ["/c/log"]);
-        assert_eq!(app.selected_file, Some(FileId { dev: 1, ino: 3 }));
+        assert_eq!(
+            app.selected_file,
+            Some(FileId {
+                dev: 1,
+                ino: 3,
+                generation: 0
+            })
+        );
         update(&mut app, key(KeyCode::Enter));
         assert!(!app.editing_filter);
         // Keys act normally again: 'q' would quit, Esc clears the filter.
@@ -520,7 +531,14 @@ mod tests {
         let b = app.files.iter().find(|f| f.row.path == "/b").unwrap();
         assert_eq!(b.pages_interval, 3);
         assert_eq!(b.faults_per_sec, 10.0, "20 faults in 2 s");
-        assert_eq!(app.history[&FileId { dev: 1, ino: 1 }], [10, 20]);
+        assert_eq!(
+            app.history[&FileId {
+                dev: 1,
+                ino: 1,
+                generation: 0
+            }],
+            [10, 20]
+        );
     }
 
     #[test]
@@ -528,7 +546,14 @@ mod tests {
         let mut app = app_with_files();
         update(&mut app, key(KeyCode::Enter));
         assert_eq!(app.view, View::Detail);
-        assert_eq!(app.detail_target(), Some(FileId { dev: 1, ino: 2 }));
+        assert_eq!(
+            app.detail_target(),
+            Some(FileId {
+                dev: 1,
+                ino: 2,
+                generation: 0
+            })
+        );
         update(&mut app, key(KeyCode::Esc));
         assert_eq!(app.view, View::Files);
         update(&mut app, key(KeyCode::Tab));

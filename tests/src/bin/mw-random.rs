@@ -1,0 +1,302 @@
+//! A seeded random mmap workload that logs exactly what it stores, for the
+//! differential test against `mmapwatch trace --json`.
+//!
+//! Usage: `mw-random SEED EXT4_DIR TMPFS_DIR LOG`. It creates files in
+//! both directories (sparse or filled by write(2), synced or not, so the
+//! kernel caches them in small or large folios), maps them shared or
+//! private, whole or through a window, and stores to random pages: from
+//! this process, from forked children and from threads, by user stores
+//! and by read(2) into the mapping, with reads, msync, MADV_DONTNEED and
+//! ftruncate in between. Every page stored through a shared mapping is
+//! written to LOG as `shared PATH PAGE`; through a private one,
+//! `private PATH PAGE`; every file, `file PATH PAGES`.
+
+use std::{
+    fs::OpenOptions,
+    io::Write as _,
+    os::unix::{ffi::OsStrExt as _, fs::FileExt as _},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use anyhow::{bail, Context, Result};
+
+const PAGE: usize = 4096;
+
+/// splitmix64: small, seedable and the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The log, shared by threads and inherited by children (O_APPEND, one
+/// write per line, so lines never interleave).
+struct Log(Mutex<std::fs::File>);
+
+impl Log {
+    fn line(&self, text: String) -> Result<()> {
+        let mut file = self.0.lock().map_err(|_| anyhow::anyhow!("log lock"))?;
+        file.write_all(format!("{text}\n").as_bytes())?;
+        Ok(())
+    }
+}
+
+struct Mapping {
+    base: *mut u8,
+    /// File page of the mapping's first page, and its length in pages.
+    offset_pages: u64,
+    len_pages: u64,
+    shared: bool,
+}
+
+impl Mapping {
+    fn new(file: &std::fs::File, offset_pages: u64, len_pages: u64, shared: bool) -> Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let flags = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        // SAFETY: a fresh mapping of a file we own; checked for failure.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len_pages as usize * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                file.as_raw_fd(),
+                (offset_pages as usize * PAGE) as libc::off_t,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            bail!("mmap: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            base: base.cast(),
+            offset_pages,
+            len_pages,
+            shared,
+        })
+    }
+
+    fn address(&self, page: u64) -> *mut u8 {
+        // SAFETY: callers pass pages inside the mapping.
+        unsafe { self.base.add(page as usize * PAGE + 8) }
+    }
+
+    fn store(&self, page: u64, value: u8) {
+        // SAFETY: inside the mapping, and inside the file (no SIGBUS).
+        unsafe { self.address(page).write_volatile(value) };
+    }
+
+    fn load(&self, page: u64) -> u8 {
+        // SAFETY: as for store.
+        unsafe { self.address(page).read_volatile() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new().
+        unsafe { libc::munmap(self.base.cast(), self.len_pages as usize * PAGE) };
+    }
+}
+
+struct Ctx<'a> {
+    log: &'a Log,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn stored(&self, map: &Mapping, page: u64) -> Result<()> {
+        let kind = if map.shared { "shared" } else { "private" };
+        self.log.line(format!(
+            "{kind} {} {}",
+            self.path.display(),
+            map.offset_pages + page
+        ))
+    }
+}
+
+fn run_file(rng: &mut Rng, log: &Log, path: &Path) -> Result<()> {
+    let max_pages = if rng.chance(30) { 600 } else { 64 };
+    let size_pages = 1 + rng.below(max_pages);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    if rng.chance(50) {
+        // Filled by write(2): ext4 caches it in large folios.
+        file.write_all_at(&vec![0x11; size_pages as usize * PAGE], 0)?;
+        if rng.chance(50) {
+            file.sync_all()?;
+        }
+    } else {
+        file.set_len(size_pages * PAGE as u64)?;
+    }
+    log.line(format!("file {} {size_pages}", path.display()))?;
+    let ctx = Ctx { log, path };
+    for _ in 0..1 + rng.below(3) {
+        let offset_pages = if rng.chance(30) {
+            rng.below(size_pages)
+        } else {
+            0
+        };
+        let len_pages = 1 + rng.below(size_pages - offset_pages);
+        let shared = rng.chance(80);
+        let map = Mapping::new(&file, offset_pages, len_pages, shared)?;
+        for _ in 0..1 + rng.below(12) {
+            operate(rng, &ctx, &file, &map)?;
+        }
+    }
+    Ok(())
+}
+
+fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &Mapping) -> Result<()> {
+    let page = rng.below(map.len_pages);
+    match rng.below(9) {
+        0 | 1 => {
+            map.store(page, rng.next() as u8);
+            ctx.stored(map, page)?;
+        }
+        2 => {
+            // Read first (fault-around may map neighbours), then store.
+            let _ = map.load(page);
+            let next = rng.below(map.len_pages);
+            let _ = map.load(next);
+            map.store(next, 1);
+            ctx.stored(map, next)?;
+        }
+        3 => {
+            // A run of stores.
+            let count = 1 + rng.below(8).min(map.len_pages - page - 1);
+            for p in page..page + count {
+                map.store(p, 2);
+                ctx.stored(map, p)?;
+            }
+        }
+        4 => {
+            // A child process stores.
+            let seed = rng.next();
+            // SAFETY: the child only stores, logs and exits.
+            match unsafe { libc::fork() } {
+                0 => {
+                    let mut child = Rng(seed);
+                    let p = child.below(map.len_pages);
+                    map.store(p, 3);
+                    let code = i32::from(ctx.stored(map, p).is_err());
+                    // SAFETY: leave the child without running destructors.
+                    unsafe { libc::_exit(code) };
+                }
+                -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+                pid => {
+                    let mut status = 0;
+                    // SAFETY: our child.
+                    unsafe { libc::waitpid(pid, &mut status, 0) };
+                }
+            }
+        }
+        5 => {
+            // A thread stores.
+            let p = rng.below(map.len_pages);
+            let address = map.address(p) as usize;
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    // SAFETY: inside the mapping, which outlives the scope.
+                    unsafe { (address as *mut u8).write_volatile(4) };
+                });
+            });
+            ctx.stored(map, p)?;
+        }
+        6 => {
+            // The kernel stores: read(2) of the file into the mapping.
+            let mut buf_file = tempfile::tempfile()?;
+            buf_file.write_all(&[5u8; 64])?;
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: 64 bytes into the mapping's page, inside the file.
+            let read =
+                unsafe { libc::pread(buf_file.as_raw_fd(), map.address(page).cast(), 64, 0) };
+            if read != 64 {
+                bail!("pread into the mapping: {read}");
+            }
+            ctx.stored(map, page)?;
+        }
+        7 => {
+            // msync (pages write-protected again) or MADV_DONTNEED
+            // (unmapped: the next store is a fault on a missing page).
+            let advice = if rng.chance(50) {
+                libc::MADV_DONTNEED
+            } else {
+                0
+            };
+            // SAFETY: the whole mapping.
+            unsafe {
+                if advice == 0 {
+                    libc::msync(
+                        map.base.cast(),
+                        map.len_pages as usize * PAGE,
+                        libc::MS_SYNC,
+                    );
+                } else {
+                    libc::madvise(map.base.cast(), map.len_pages as usize * PAGE, advice);
+                }
+            }
+        }
+        _ => {
+            // Grow the file (never shrink: a store past the end is SIGBUS).
+            let len = file.metadata()?.len();
+            file.set_len(len + PAGE as u64)?;
+            let _ = map.load(page);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, seed, ext4_dir, tmpfs_dir, log_path] = args.as_slice() else {
+        bail!("usage: mw-random SEED EXT4_DIR TMPFS_DIR LOG");
+    };
+    let seed: u64 = seed.parse().context("SEED")?;
+    let log = Log(Mutex::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .context("LOG")?,
+    ));
+    let mut rng = Rng(seed);
+    let files = 2 + rng.below(5);
+    for index in 0..files {
+        let dir = if rng.chance(65) { ext4_dir } else { tmpfs_dir };
+        let path = PathBuf::from(dir).join(format!("f{seed}-{index}"));
+        // Names the kernel must not confuse (a newline in one).
+        let path = if rng.chance(10) {
+            PathBuf::from(dir).join(std::ffi::OsStr::from_bytes(
+                format!("n{seed}-{index}\nx").as_bytes(),
+            ))
+        } else {
+            path
+        };
+        run_file(&mut rng, &log, &path)?;
+    }
+    Ok(())
+}
