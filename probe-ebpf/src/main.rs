@@ -505,6 +505,14 @@ fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
             (*event).depth = depth as u32;
             dentry = parent;
         }
+        // Every slot used: the walk still reached the root if the last
+        // parent is the root itself.
+        if depth == PATH_MAX_DEPTH && dentry != 0 {
+            let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(0);
+            if parent == dentry {
+                (*event).reached_root = 1;
+            }
+        }
     }
     entry.submit(0);
     bump(counter::EVENTS_SUBMITTED);

@@ -10,10 +10,12 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const TASK_COMM_LEN: usize = 16;
-/// Bytes kept of each path component the kernel sends for a newly seen file.
-pub const PATH_COMPONENT_LEN: usize = 48;
-/// Path components (dentries) walked towards the filesystem root.
-pub const PATH_MAX_DEPTH: usize = 8;
+/// Bytes kept of each path component the kernel sends for a newly seen
+/// file: NAME_MAX (255) and the NUL, so no name is ever cut.
+pub const PATH_COMPONENT_LEN: usize = 256;
+/// Path components (dentries) walked towards the filesystem root. Deeper
+/// files are named from /proc instead (and marked when that fails).
+pub const PATH_MAX_DEPTH: usize = 32;
 /// `--comm` filters evaluated in the kernel.
 pub const MAX_COMM_FILTERS: usize = 8;
 
