@@ -4,21 +4,50 @@
 //! touches the kernel, the clock or /proc, so it is unit-tested directly and
 //! shared by every front end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
 
 use probe_common::FileStats;
 use roaring::RoaringTreemap;
 
-use crate::events::{Event, FileId, Task, WriteKind};
+use crate::{
+    events::{Event, FileId, Task, WriteKind},
+    names::NameBytes,
+};
 
 /// Where a file's path came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathSource {
-    /// `/proc/<pid>/maps` of a writer: the full path.
+    /// The file opened by its handle when the report was made: its name
+    /// now (after any rename).
+    FileHandle,
+    /// `/proc/<pid>/map_files` of a writer: the full path in its view.
     ProcMaps,
     /// Dentry names sent by the kernel, joined to the mount point.
     Dentry,
+}
+
+impl PathSource {
+    /// Higher is better: a name read now beats one read at the first
+    /// write, which beats one rebuilt from dentry names.
+    fn rank(self) -> u8 {
+        match self {
+            PathSource::FileHandle => 2,
+            PathSource::ProcMaps => 1,
+            PathSource::Dentry => 0,
+        }
+    }
+}
+
+/// A file's name when the report is made, from its handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CurrentName {
+    Linked(PathBuf),
+    /// Its last link is gone (it may still be open or mapped).
+    Deleted,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,8 +80,14 @@ pub struct OtherWriters {
 
 #[derive(Clone, Debug, Default)]
 pub struct FileRecord {
-    pub path: Option<String>,
+    /// Exact bytes: the name as it is now when that could be read, else
+    /// as it was when the file was first written.
+    pub path: Option<PathBuf>,
     pub path_source: Option<PathSource>,
+    /// The name the file was written under, when it has since been renamed.
+    pub renamed_from: Option<PathBuf>,
+    /// The file had no link left when last looked at.
+    pub deleted: bool,
     pub fs_magic: Option<u64>,
     /// Pages written through shared mappings: those with a write fault of
     /// their own (`exact_pages`) and the rest of the large folios such a
@@ -391,17 +426,49 @@ impl Aggregate {
         }
     }
 
-    /// Sets a file's path; a `/proc/<pid>/maps` path beats a dentry one.
-    pub fn set_path(&mut self, file: FileId, path: String, source: PathSource) {
+    /// Sets a file's path from the first-write sources; a
+    /// `/proc/<pid>/map_files` path beats a dentry one.
+    pub fn set_path(&mut self, file: FileId, path: PathBuf, source: PathSource) {
         let (record, _) = self.record(file);
-        let better = match (record.path_source, source) {
-            (None, _) | (_, PathSource::ProcMaps) => true,
-            (Some(PathSource::Dentry), PathSource::Dentry) => true,
-            (Some(PathSource::ProcMaps), PathSource::Dentry) => false,
-        };
+        let better = record
+            .path_source
+            .is_none_or(|current| source.rank() >= current.rank());
         if better {
             record.path = Some(path);
             record.path_source = Some(source);
+        }
+    }
+
+    /// Marks a file deleted (its writer's mapping says so).
+    pub fn set_deleted(&mut self, file: FileId) {
+        if let Some(record) = self.files.get_mut(&file) {
+            record.deleted = true;
+        }
+    }
+
+    /// Records what the file is called now. A new name keeps the one it
+    /// was written under as `renamed_from`.
+    pub fn set_current_name(&mut self, file: FileId, name: CurrentName) {
+        let Some(record) = self.files.get_mut(&file) else {
+            return;
+        };
+        match name {
+            CurrentName::Deleted => record.deleted = true,
+            CurrentName::Linked(path) => {
+                record.deleted = false;
+                if record.path.as_deref() == Some(path.as_path()) {
+                    return;
+                }
+                if record.renamed_from.is_none() {
+                    record.renamed_from = record.path.take();
+                }
+                // Renamed back: no rename left to tell.
+                if record.renamed_from.as_deref() == Some(path.as_path()) {
+                    record.renamed_from = None;
+                }
+                record.path = Some(path);
+                record.path_source = Some(PathSource::FileHandle);
+            }
         }
     }
 
@@ -444,16 +511,20 @@ pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a FileStats>) -> FileSt
 
 /// Joins dentry names (leaf first) into a path under `mount_point`. A walk
 /// that stopped short of the filesystem root is marked with a leading `…`.
-pub fn dentry_path(components: &[String], reached_root: bool, mount_point: Option<&str>) -> String {
-    let relative: Vec<&str> = components.iter().rev().map(String::as_str).collect();
-    let joined = relative.join("/");
-    if !reached_root {
-        return format!("…/{joined}");
+pub fn dentry_path(
+    components: &[NameBytes],
+    reached_root: bool,
+    mount_point: Option<&Path>,
+) -> PathBuf {
+    let mut path = match (reached_root, mount_point) {
+        (false, _) => PathBuf::from("…"),
+        (true, Some(mount)) => mount.to_path_buf(),
+        (true, None) => PathBuf::from("/"),
+    };
+    for component in components.iter().rev() {
+        path.push(component.as_os_str());
     }
-    match mount_point {
-        Some(mount) if mount != "/" => format!("{}/{joined}", mount.trim_end_matches('/')),
-        _ => format!("/{joined}"),
-    }
+    path
 }
 
 /// Inclusive `[first, last]` runs of consecutive pages, in order.
@@ -689,12 +760,43 @@ mod tests {
             reached_root: true,
             task: task(1, "x"),
         });
-        assert_eq!(agg.file(&FILE).unwrap().path.as_deref(), Some("/d/f"));
+        assert_eq!(
+            agg.file(&FILE).unwrap().path.as_deref(),
+            Some(Path::new("/d/f"))
+        );
         agg.set_path(FILE, "/mnt/d/f".into(), PathSource::ProcMaps);
         agg.set_path(FILE, "/other".into(), PathSource::Dentry);
         let rec = agg.file(&FILE).unwrap();
-        assert_eq!(rec.path.as_deref(), Some("/mnt/d/f"));
+        assert_eq!(rec.path.as_deref(), Some(Path::new("/mnt/d/f")));
         assert_eq!(rec.path_source, Some(PathSource::ProcMaps));
+    }
+
+    #[test]
+    fn a_renamed_file_keeps_the_name_it_was_written_under() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(1, 1, 1));
+        agg.set_path(FILE, "/out/prog.tmp1".into(), PathSource::ProcMaps);
+        // Unchanged: nothing to tell, the source stays.
+        agg.set_current_name(FILE, CurrentName::Linked("/out/prog.tmp1".into()));
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.renamed_from, None);
+        assert_eq!(rec.path_source, Some(PathSource::ProcMaps));
+        agg.set_current_name(FILE, CurrentName::Linked("/out/prog".into()));
+        agg.set_current_name(FILE, CurrentName::Linked("/out/prog2".into()));
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.path.as_deref(), Some(Path::new("/out/prog2")));
+        assert_eq!(
+            rec.renamed_from.as_deref(),
+            Some(Path::new("/out/prog.tmp1"))
+        );
+        assert_eq!(rec.path_source, Some(PathSource::FileHandle));
+        // Renamed back: no rename left.
+        agg.set_current_name(FILE, CurrentName::Linked("/out/prog.tmp1".into()));
+        assert_eq!(agg.file(&FILE).unwrap().renamed_from, None);
+        agg.set_current_name(FILE, CurrentName::Deleted);
+        let rec = agg.file(&FILE).unwrap();
+        assert!(rec.deleted);
+        assert_eq!(rec.path.as_deref(), Some(Path::new("/out/prog.tmp1")));
     }
 
     #[test]
@@ -744,13 +846,25 @@ mod tests {
 
     #[test]
     fn dentry_paths() {
-        let comps = vec!["f.db".to_string(), "data".to_string()];
-        assert_eq!(dentry_path(&comps, true, None), "/data/f.db");
+        let comps = vec![NameBytes::from("f.db"), NameBytes::from("data")];
+        assert_eq!(dentry_path(&comps, true, None), Path::new("/data/f.db"));
         assert_eq!(
-            dentry_path(&comps, true, Some("/mnt/x/")),
-            "/mnt/x/data/f.db"
+            dentry_path(&comps, true, Some(Path::new("/mnt/x/"))),
+            Path::new("/mnt/x/data/f.db")
         );
-        assert_eq!(dentry_path(&comps, true, Some("/")), "/data/f.db");
-        assert_eq!(dentry_path(&comps, false, Some("/mnt")), "…/data/f.db");
+        assert_eq!(
+            dentry_path(&comps, true, Some(Path::new("/"))),
+            Path::new("/data/f.db")
+        );
+        assert_eq!(
+            dentry_path(&comps, false, Some(Path::new("/mnt"))),
+            Path::new("…/data/f.db")
+        );
+        // Names are bytes: a newline or an invalid byte is kept exactly.
+        let odd = vec![NameBytes(b"a\n\xff".to_vec())];
+        assert_eq!(
+            dentry_path(&odd, true, None),
+            crate::names::path_from_bytes(b"/a\n\xff")
+        );
     }
 }

@@ -6,6 +6,8 @@
 use probe_common::{event_kind, EventHeader, FileEvent, FileKey, PageEvent, PATH_MAX_DEPTH};
 use zerocopy::FromBytes;
 
+use crate::names::NameBytes;
+
 /// Identity of a file: the kernel's `dev_t` (`major << 20 | minor`), inode
 /// number and the inode's generation, so that a file created with the
 /// inode number of a deleted one is another file.
@@ -42,6 +44,14 @@ impl FileId {
     /// be this file: userspace does not see generations.
     pub fn same_inode(&self, dev: u32, ino: u64) -> bool {
         self.dev == dev && self.ino == ino
+    }
+
+    /// Whether stat(2)'s `st_dev` and `st_ino` are this file's (the
+    /// generation is not in stat; callers that need it check it apart).
+    pub fn is_stat_of(&self, st_dev: u64, st_ino: u64) -> bool {
+        let major = libc::major(st_dev);
+        let minor = libc::minor(st_dev);
+        self.major() == major && self.minor() == minor && self.ino == st_ino
     }
 
     pub fn major(&self) -> u32 {
@@ -125,7 +135,7 @@ pub enum Event {
     FileSeen {
         file: FileId,
         fs_magic: u64,
-        components: Vec<String>,
+        components: Vec<NameBytes>,
         reached_root: bool,
         task: Task,
     },
@@ -164,9 +174,14 @@ fn read_span(bytes: &[u8]) -> Result<PageEvent, DecodeError> {
 }
 
 /// Bytes up to the first NUL, lossily as UTF-8.
-fn c_string(bytes: &[u8]) -> String {
+/// The bytes before the first NUL.
+fn c_bytes(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(c_bytes(bytes)).into_owned()
 }
 
 fn task(header: &EventHeader) -> Task {
@@ -258,7 +273,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 fs_magic: event.fs_magic,
                 components: event.components[..depth]
                     .iter()
-                    .map(|c| c_string(c))
+                    .map(|c| NameBytes(c_bytes(c).to_vec()))
                     .collect(),
                 reached_root: event.reached_root != 0,
                 task: task(&header),

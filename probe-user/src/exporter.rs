@@ -468,10 +468,10 @@ impl Exporter {
             let Some(record) = aggregate.file(id) else {
                 continue;
             };
-            let path = record
-                .path
-                .clone()
-                .unwrap_or_else(|| format!("<dev {} ino {}>", id.dev_string(), id.ino));
+            let path = record.path.as_deref().map_or_else(
+                || format!("<dev {} ino {}>", id.dev_string(), id.ino),
+                |path| crate::names::json_text(path).into_owned(),
+            );
             let under_prefix = self
                 .path_prefixes
                 .iter()

@@ -476,14 +476,13 @@ fn shared_writable_mappers(proc_root: &Path) -> Vec<u32> {
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")).is_ok_and(
-                |maps| {
-                    maps.lines().any(|line| {
-                        let perms = line.split(' ').nth(1).unwrap_or("");
-                        perms.len() == 4 && &perms[1..2] == "w" && perms.ends_with('s')
-                    })
-                },
-            )
+            // Bytes: a mapped file's name need not be UTF-8.
+            std::fs::read(proc_root.join(pid.to_string()).join("maps")).is_ok_and(|maps| {
+                maps.split(|&b| b == b'\n').any(|line| {
+                    let perms = line.split(|&b| b == b' ').nth(1).unwrap_or(b"");
+                    perms.len() == 4 && perms[1] == b'w' && perms[3] == b's'
+                })
+            })
         })
         .collect()
 }

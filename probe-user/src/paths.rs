@@ -1,14 +1,18 @@
-//! File path resolution.
+//! File path resolution at first write.
 //!
-//! The best source is a writer's `/proc/<pid>/maps`, read when the file is
-//! first seen. Writers that have already exited leave only the dentry names
-//! the kernel sent; those are joined to the file's mount point from
-//! `/proc/self/mountinfo`.
+//! The best source is a writer's `/proc/<pid>/map_files`, read when the
+//! file is first seen: the exact bytes of the name in the writer's view
+//! (maps itself escapes newlines as `\012`). Writers that have already
+//! exited leave only the dentry names the kernel sent; those are joined to
+//! the file's mount point from `/proc/self/mountinfo`. The name at report
+//! time comes from [`crate::file_handle`].
 
-use std::path::Path;
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
-use crate::aggregate::dentry_path;
-use crate::events::FileId;
+use crate::{aggregate::dentry_path, events::FileId, names::NameBytes};
 
 /// Undoes the octal escapes (`\040` for a space) of mountinfo fields.
 fn unescape(field: &str) -> String {
@@ -124,9 +128,9 @@ impl MountTable {
     pub fn dentry_full_path(
         &self,
         file: FileId,
-        components: &[String],
+        components: &[NameBytes],
         reached_root: bool,
-    ) -> String {
+    ) -> PathBuf {
         if !reached_root {
             return dentry_path(components, false, None);
         }
@@ -135,47 +139,73 @@ impl MountTable {
         // root contains the file.
         let whole = self.for_file(file).find(|m| m.root == "/");
         if let Some(mount) = whole {
-            return dentry_path(components, true, Some(&mount.mount_point));
+            return dentry_path(components, true, Some(Path::new(&mount.mount_point)));
         }
         for mount in self.for_file(file) {
-            if let Some(rest) = in_fs.strip_prefix(mount.root.trim_end_matches('/')) {
-                if rest.starts_with('/') {
-                    let base = mount.mount_point.trim_end_matches('/');
-                    return format!("{base}{rest}");
-                }
+            if let Ok(rest) = in_fs.strip_prefix(&mount.root) {
+                return Path::new(&mount.mount_point).join(rest);
             }
         }
         in_fs
     }
 }
 
-/// Finds the path of `file` in the text of a `/proc/<pid>/maps`.
-pub fn path_in_maps(maps: &str, file: FileId) -> Option<String> {
+/// The address range (`start-end`, as `/proc/<pid>/map_files` names it)
+/// of a mapping of `file` in the text of a `/proc/<pid>/maps`.
+pub fn range_in_maps(maps: &[u8], file: FileId) -> Option<String> {
     let wanted_dev = format!("{:02x}:{:02x}", file.major(), file.minor());
     let wanted_ino = file.ino.to_string();
-    maps.lines().find_map(|line| {
-        // address perms offset dev inode pathname
-        let mut rest = line;
-        let mut fields = Vec::with_capacity(5);
-        for _ in 0..5 {
-            rest = rest.trim_start();
-            let end = rest.find(' ').unwrap_or(rest.len());
-            fields.push(&rest[..end]);
-            rest = &rest[end..];
-        }
-        let path = rest.trim_start();
-        (fields.len() == 5
-            && fields[3] == wanted_dev
-            && fields[4] == wanted_ino
-            && path.starts_with('/'))
-        .then(|| path.to_string())
+    maps.split(|&b| b == b'\n').find_map(|line| {
+        // address perms offset dev inode pathname; the first five are ASCII.
+        let mut fields = line
+            .split(|&b| b == b' ')
+            .filter(|f| !f.is_empty())
+            .take(5)
+            .map(|f| std::str::from_utf8(f).ok());
+        let range = fields.next()??;
+        let (_perms, _offset) = (fields.next()??, fields.next()??);
+        let (dev, ino) = (fields.next()??, fields.next()??);
+        // Inode 0 is an anonymous mapping, never a file.
+        (dev == wanted_dev && ino == wanted_ino && ino != "0").then(|| range.to_string())
     })
 }
 
-/// Path of `file` as mapped by process `tgid`, if it is alive and maps it.
-pub fn proc_maps_path(proc_root: &Path, tgid: u32, file: FileId) -> Option<String> {
-    let maps = std::fs::read_to_string(proc_root.join(tgid.to_string()).join("maps")).ok()?;
-    path_in_maps(&maps, file)
+/// A writer's name for a file it maps now, and whether its last link is
+/// gone (readlink then ends in " (deleted)", which is not part of it).
+pub struct MappedName {
+    pub path: PathBuf,
+    pub deleted: bool,
+}
+
+/// The name of `file` as process `tgid` maps it, if it is alive and maps
+/// it: exact bytes, from `/proc/<pid>/map_files/<range>`.
+pub fn proc_maps_path(proc_root: &Path, tgid: u32, file: FileId) -> Option<MappedName> {
+    let process = proc_root.join(tgid.to_string());
+    let maps = std::fs::read(process.join("maps")).ok()?;
+    let link = process.join("map_files").join(range_in_maps(&maps, file)?);
+    let path = std::fs::read_link(&link).ok()?;
+    // stat follows the link to the mapped file itself.
+    let meta = std::fs::metadata(&link).ok()?;
+    if !file.is_stat_of(meta.dev(), meta.ino()) {
+        return None;
+    }
+    let deleted = meta.nlink() == 0;
+    let path = if deleted {
+        strip_deleted_suffix(path)
+    } else {
+        path
+    };
+    path.is_absolute().then_some(MappedName { path, deleted })
+}
+
+/// d_path's " (deleted)" mark, removed from an unlinked file's name.
+fn strip_deleted_suffix(path: PathBuf) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    match bytes.strip_suffix(b" (deleted)") {
+        Some(name) => crate::names::path_from_bytes(name),
+        None => path,
+    }
 }
 
 #[cfg(test)]
@@ -216,7 +246,7 @@ garbage line
     #[test]
     fn joins_dentry_names_to_mount_points() {
         let table = MountTable::parse(MOUNTINFO);
-        let comps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let comps = |v: &[&str]| v.iter().map(|s| NameBytes::from(*s)).collect::<Vec<_>>();
         let loop0 = FileId {
             dev: 7 << 20,
             ino: 3,
@@ -224,7 +254,7 @@ garbage line
         };
         assert_eq!(
             table.dentry_full_path(loop0, &comps(&["f", "d"]), true),
-            "/mnt/with space/d/f"
+            Path::new("/mnt/with space/d/f")
         );
         let shm = FileId {
             dev: 25,
@@ -233,7 +263,7 @@ garbage line
         };
         assert_eq!(
             table.dentry_full_path(shm, &comps(&["seg"]), true),
-            "/dev/shm/seg"
+            Path::new("/dev/shm/seg")
         );
         // Bind mount of a subdirectory.
         let loop1 = FileId {
@@ -243,7 +273,7 @@ garbage line
         };
         assert_eq!(
             table.dentry_full_path(loop1, &comps(&["f", "exported"]), true),
-            "/srv/bind/f"
+            Path::new("/srv/bind/f")
         );
         // Unknown device: the path within its filesystem.
         let unknown = FileId {
@@ -251,66 +281,50 @@ garbage line
             ino: 3,
             generation: 0,
         };
-        assert_eq!(table.dentry_full_path(unknown, &comps(&["f"]), true), "/f");
+        assert_eq!(
+            table.dentry_full_path(unknown, &comps(&["f"]), true),
+            Path::new("/f")
+        );
         assert_eq!(
             table.dentry_full_path(loop0, &comps(&["f", "d"]), false),
-            "…/d/f"
+            Path::new("…/d/f")
         );
     }
 
     #[test]
-    fn finds_paths_in_maps_by_dev_and_inode() {
-        let maps = "\
+    fn finds_mapping_ranges_in_maps_by_dev_and_inode() {
+        let maps = b"\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234 /usr/bin/cat
 7f00aa000000-7f00aa004000 rw-s 00002000 07:00 77 /mnt/data/file with space.db
-7f00ab000000-7f00ab001000 rw-s 00000000 00:19 5 /dev/shm/seg (deleted)
+7f00ab000000-7f00ab001000 rw-s 00000000 00:19 5 /dev/shm/seg\xff (deleted)
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 ";
+        let file = |dev, ino| FileId {
+            dev,
+            ino,
+            generation: 0,
+        };
         assert_eq!(
-            path_in_maps(
-                maps,
-                FileId {
-                    dev: 7 << 20,
-                    ino: 77,
-                    generation: 0
-                }
-            )
-            .as_deref(),
-            Some("/mnt/data/file with space.db")
+            range_in_maps(maps, file(7 << 20, 77)).as_deref(),
+            Some("7f00aa000000-7f00aa004000")
         );
         assert_eq!(
-            path_in_maps(
-                maps,
-                FileId {
-                    dev: 25,
-                    ino: 5,
-                    generation: 0
-                }
-            )
-            .as_deref(),
-            Some("/dev/shm/seg (deleted)")
+            range_in_maps(maps, file(25, 5)).as_deref(),
+            Some("7f00ab000000-7f00ab001000")
+        );
+        assert_eq!(range_in_maps(maps, file(7 << 20, 78)), None);
+        assert_eq!(range_in_maps(maps, file(0, 0)), None);
+    }
+
+    #[test]
+    fn the_deleted_mark_is_not_part_of_the_name() {
+        assert_eq!(
+            strip_deleted_suffix(PathBuf::from("/dev/shm/seg (deleted)")),
+            PathBuf::from("/dev/shm/seg")
         );
         assert_eq!(
-            path_in_maps(
-                maps,
-                FileId {
-                    dev: 7 << 20,
-                    ino: 78,
-                    generation: 0
-                }
-            ),
-            None
-        );
-        assert_eq!(
-            path_in_maps(
-                maps,
-                FileId {
-                    dev: 0,
-                    ino: 0,
-                    generation: 0
-                }
-            ),
-            None
+            strip_deleted_suffix(PathBuf::from("/dev/shm/seg")),
+            PathBuf::from("/dev/shm/seg")
         );
     }
 }

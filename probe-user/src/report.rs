@@ -8,6 +8,7 @@ use crate::{
     aggregate::{page_ranges, Aggregate, FileRecord, OtherWriters, PathSource},
     events::FileId,
     loader::KernelCounters,
+    names,
 };
 
 /// Converts the kernel's boot-clock nanoseconds to Unix time.
@@ -61,12 +62,12 @@ impl ReportFilter {
         if self.path_prefixes.is_empty() {
             return true;
         }
-        let Some(path) = record.path.as_deref() else {
-            return false;
-        };
+        // The name now or the one it was written under: a linker's output
+        // is found by either directory.
+        let names = [record.path.as_deref(), record.renamed_from.as_deref()];
         self.path_prefixes
             .iter()
-            .any(|prefix| std::path::Path::new(path).starts_with(prefix))
+            .any(|prefix| names.iter().flatten().any(|path| path.starts_with(prefix)))
     }
 }
 
@@ -84,8 +85,17 @@ pub struct WriterReport {
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct FileReport {
+    /// The name as it is now (or when first written, if that cannot be
+    /// read): as is when UTF-8, else with each invalid byte as `\xNN` and
+    /// the exact bytes in `path_bytes_hex`.
     pub path: Option<String>,
+    /// The exact bytes of `path` in hex, only when they are not UTF-8.
+    pub path_bytes_hex: Option<String>,
     pub path_source: Option<PathSource>,
+    /// The name the file was written under, when it was renamed since.
+    pub renamed_from: Option<String>,
+    /// The file's last link is gone.
+    pub deleted: bool,
     pub dev: String,
     pub ino: u64,
     /// The inode's generation: with `dev` and `ino`, the file's identity
@@ -287,7 +297,16 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
     let span_pages = record.span_pages();
     let possibly_written = record.only_possibly_written();
     FileReport {
-        path: record.path.clone(),
+        path: record
+            .path
+            .as_deref()
+            .map(|p| names::json_text(p).into_owned()),
+        path_bytes_hex: record.path.as_deref().and_then(names::hex_if_not_utf8),
+        renamed_from: record
+            .renamed_from
+            .as_deref()
+            .map(|p| names::json_text(p).into_owned()),
+        deleted: record.deleted,
         path_source: record.path_source,
         dev: id.dev_string(),
         ino: id.ino,
@@ -409,10 +428,18 @@ pub fn render_table(report: &Report) -> String {
             .set_content_arrangement(ContentArrangement::Disabled)
             .set_header(["PATH", "PAGES", "RANGES", "FAULTS", "WRITERS", "WRITEBACK"]);
         for file in &report.files {
-            let path = file
-                .path
-                .clone()
-                .unwrap_or_else(|| format!("<dev {} ino {}>", file.dev, file.ino));
+            // Names and comms are escaped: a control character in one must
+            // never act on the terminal or fake a line of the report.
+            let mut path = file.path.as_deref().map_or_else(
+                || format!("<dev {} ino {}>", file.dev, file.ino),
+                |path| names::terminal_text(path).into_owned(),
+            );
+            if let Some(old) = &file.renamed_from {
+                path.push_str(&format!(" (was {})", names::terminal_text(old)));
+            }
+            if file.deleted {
+                path.push_str(" [deleted]");
+            }
             let pages = if file.modified {
                 file.pages_written_count.to_string()
             } else {
@@ -421,7 +448,7 @@ pub fn render_table(report: &Report) -> String {
             let writers = file
                 .writers
                 .iter()
-                .map(|w| format!("{}[{}]:{}", w.comm, w.pid, w.pages))
+                .map(|w| format!("{}[{}]:{}", names::terminal_text(&w.comm), w.pid, w.pages))
                 .collect::<Vec<_>>()
                 .join(" ");
             let no_writeback = !crate::paths::fs_has_writeback(file.fs.as_deref());

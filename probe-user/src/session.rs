@@ -18,6 +18,7 @@ use crate::{
     cli::{FilterArgs, KernelPaths},
     error::UserError,
     events::{decode, Event, FileId},
+    file_handle::current_name,
     kallsyms::Kallsyms,
     loader::{KernelCounters, ProbeOptions, Probes},
     paths::{proc_maps_path, MountTable},
@@ -56,8 +57,33 @@ impl Collector {
     }
 
     fn resolve_path(&mut self, file: FileId, tgid: u32) {
-        if let Some(path) = proc_maps_path(&self.proc_root, tgid, file) {
-            self.aggregate.set_path(file, path, PathSource::ProcMaps);
+        if let Some(mapped) = proc_maps_path(&self.proc_root, tgid, file) {
+            self.aggregate
+                .set_path(file, mapped.path, PathSource::ProcMaps);
+            if mapped.deleted {
+                self.aggregate.set_deleted(file);
+            }
+        }
+    }
+
+    /// Names every file as it is now (renamed, deleted or as first seen),
+    /// for a report made now.
+    pub fn name_files_now(&mut self) {
+        let files: Vec<_> = self
+            .aggregate
+            .files()
+            .map(|(file, record)| (*file, record.fs_magic, record.path.clone()))
+            .collect();
+        for (file, fs_magic, recorded) in files {
+            let mount_point = self
+                .mounts
+                .mount_of(file)
+                .map(|m| PathBuf::from(&m.mount_point));
+            if let Some(name) =
+                current_name(file, fs_magic, recorded.as_deref(), mount_point.as_deref())
+            {
+                self.aggregate.set_current_name(file, name);
+            }
         }
     }
 

@@ -58,6 +58,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     // Records submitted before the stop are still in the ring.
     session.drain_now();
     let counters = session.refresh()?;
+    session.collector.name_files_now();
     if let Stop::Signal(name) = &stop {
         log::info!("stopped by {name}");
     }

@@ -193,6 +193,122 @@ fn a_deep_path_with_a_long_name_is_named_in_full() {
     assert_eq!(entry["path"], identity(&file).2.as_str(), "{entry:#}");
 }
 
+/// A linker's pattern (lld, mold): the output is written through a shared
+/// mapping under a temporary name, then renamed. The report names the file
+/// as it is now, keeps the name it was written under, and finds it by the
+/// directory of either.
+#[test]
+fn a_file_renamed_after_its_write_is_named_as_it_is_now() {
+    require_root();
+    let dir = scratch_dir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).expect("out dir");
+    let temporary = dir.path().join("prog.tmp4f2a");
+    let final_name = out.join("prog");
+    let script = "import mmap,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,4*4096)\nm=mmap.mmap(fd,4*4096); m[1*4096]=1; m[3*4096]=1; m.close(); os.close(fd)\nos.rename(sys.argv[1],sys.argv[2])";
+    let command = python(script, &[&path_arg(&temporary), &path_arg(&final_name)]);
+    let run = trace(&["--path-prefix", &path_arg(&out)], &strs(&command));
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&final_name);
+    assert_eq!(entry["path"], identity(&final_name).2.as_str(), "{entry:#}");
+    assert_eq!(
+        entry["renamed_from"],
+        path_arg(&temporary).as_str(),
+        "{entry:#}"
+    );
+    assert_eq!(entry["deleted"], false);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(1, 1), (3, 3)]);
+}
+
+/// A file written through a mapping and unlinked while mapped: named once,
+/// without the kernel's " (deleted)" mark, and flagged deleted.
+#[test]
+fn a_deleted_file_is_flagged_once_not_renamed() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("gone.bin");
+    let (dev, _, canonical) = {
+        std::fs::write(&file, b"").unwrap();
+        let id = identity(&file);
+        std::fs::remove_file(&file).unwrap();
+        id
+    };
+    let script = "import mmap,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,4*4096)\nm=mmap.mmap(fd,4*4096); os.unlink(sys.argv[1]); m[2*4096]=1\nprint(os.fstat(fd).st_ino,file=sys.stderr)";
+    let command = python(script, &[&path_arg(&file)]);
+    let run = trace(&["--path-prefix", &path_arg(dir.path())], &strs(&command));
+    assert!(run.status.success(), "{}", run.stderr);
+    let ino: u64 = run.stderr.trim().lines().last().unwrap().parse().unwrap();
+    let entry = run
+        .files()
+        .iter()
+        .find(|f| f["ino"] == ino && f["dev"] == dev.as_str())
+        .unwrap_or_else(|| panic!("the deleted file is reported: {:#}", run.json));
+    assert_eq!(entry["path"], canonical.as_str(), "{entry:#}");
+    assert_eq!(entry["deleted"], true, "{entry:#}");
+    assert!(entry["renamed_from"].is_null(), "{entry:#}");
+    assert_eq!(ranges(&entry["pages_written"]), vec![(2, 2)]);
+}
+
+/// Names are bytes: a newline and an invalid UTF-8 byte are kept exactly
+/// (the JSON path as is, or escaped with the exact bytes in hex), and the
+/// table escapes control characters so a name cannot fake a report line.
+#[test]
+fn odd_names_are_exact_in_json_and_escaped_on_the_terminal() {
+    use std::os::unix::ffi::OsStrExt as _;
+    require_root();
+    let dir = scratch_dir();
+    let newline = dir.path().join("two\nlines\x1b[2J.bin");
+    let invalid = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9.bin"));
+    let script = "import mmap,os,sys\nfor p in sys.argv[1:]:\n    fd=os.open(os.fsencode(p),os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,2*4096)\n    m=mmap.mmap(fd,2*4096); m[4096]=1; m.close(); os.close(fd)";
+    let traced = |format: &[&str]| {
+        run(
+            mmapwatch(&["trace", "--path-prefix", &path_arg(dir.path())])
+                .args(format)
+                .args(["--", "python3", "-c", script])
+                .arg(&newline)
+                .arg(&invalid),
+        )
+    };
+    let output = traced(&["--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).expect("JSON report");
+    let files = report["files"].as_array().unwrap();
+    let named = |path: &Path| {
+        let meta = std::fs::metadata(path).unwrap();
+        files
+            .iter()
+            .find(|f| f["ino"].as_u64() == Some(meta.ino()))
+            .unwrap_or_else(|| panic!("{} reported: {report:#}", path.display()))
+    };
+    let entry = named(&newline);
+    assert_eq!(entry["path"], newline.to_str().unwrap(), "{entry:#}");
+    assert!(entry["path_bytes_hex"].is_null());
+    let entry = named(&invalid);
+    let hex: String = invalid
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(entry["path_bytes_hex"], hex.as_str(), "{entry:#}");
+    assert!(entry["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("latin1-\\xe9t\\xe9.bin"));
+
+    let output = traced(&[]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(!table.contains('\x1b'), "raw ESC on the terminal:\n{table}");
+    assert!(table.contains("two\\nlines\\u{1b}[2J.bin"), "{table}");
+}
+
 /// What a seeded run of mw-random stored, per file (dev, ino).
 #[derive(Default)]
 struct Truth {

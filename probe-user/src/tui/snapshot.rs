@@ -159,10 +159,12 @@ impl Snapshot {
         for (id, record) in aggregate.files().filter(|(_, record)| keep(record)) {
             let row = FileRow {
                 id: *id,
-                path: record
-                    .path
-                    .clone()
-                    .unwrap_or_else(|| format!("<dev {} ino {}>", id.dev_string(), id.ino)),
+                // Control characters escaped here, once: a name never acts
+                // on the terminal.
+                path: record.path.as_deref().map_or_else(
+                    || format!("<dev {} ino {}>", id.dev_string(), id.ino),
+                    |path| crate::names::terminal_text(&crate::names::json_text(path)).into_owned(),
+                ),
                 pages: record.pages_written.len(),
                 write_faults: record.write_faults(),
                 cow_pages: record.cow_pages.len(),
@@ -177,7 +179,7 @@ impl Snapshot {
             for writer in record.writers.values() {
                 let process = processes.entry(writer.tgid).or_insert_with(|| ProcessRow {
                     tgid: writer.tgid,
-                    comm: writer.comm.clone(),
+                    comm: crate::names::terminal_text(&writer.comm).into_owned(),
                     files: 0,
                     pages: 0,
                     cow_pages: 0,
@@ -196,7 +198,7 @@ impl Snapshot {
                 .values()
                 .map(|w| WriterRow {
                     tgid: w.tgid,
-                    comm: w.comm.clone(),
+                    comm: crate::names::terminal_text(&w.comm).into_owned(),
                     pages: w.pages,
                     cow_pages: w.cow_pages,
                 })

@@ -1,0 +1,157 @@
+//! A file's name now, from its identity alone: open_by_handle_at(2).
+//!
+//! Linkers write through a mapping into a temporary name and rename it;
+//! writers exit before the report. The kernel opens a file from its
+//! export handle — which for the filesystems below is just (inode number,
+//! generation), both known from the probes — and /proc/self/fd then
+//! names it as it is now. No crate wraps these handles (their layout is
+//! each filesystem's own), so they are built here from the kernel's
+//! encoders: ext4 and xfs `FILEID_INO32_GEN` {ino, gen}, xfs 64-bit
+//! {ino64, gen}, tmpfs {gen, ino_lo, ino_hi}.
+
+use std::{
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
+};
+
+use probe_common::TMPFS_MAGIC;
+
+use crate::{aggregate::CurrentName, events::FileId};
+
+const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
+/// `FILEID_INO32_GEN` (include/linux/exportfs.h).
+const FILEID_INO32_GEN: i32 = 1;
+/// xfs: `XFS_FILEID_TYPE_64FLAG | FILEID_INO32_GEN`.
+const XFS_FILEID_INO64_GEN: i32 = 0x81;
+
+/// `struct file_handle` with room for the handles built here.
+#[repr(C)]
+struct Handle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 16],
+}
+
+impl Handle {
+    fn new(handle_type: i32, words: &[u32]) -> Self {
+        let mut handle = Self {
+            handle_bytes: (words.len() * 4) as u32,
+            handle_type,
+            f_handle: [0; 16],
+        };
+        for (slot, word) in handle.f_handle.chunks_exact_mut(4).zip(words) {
+            slot.copy_from_slice(&word.to_ne_bytes());
+        }
+        handle
+    }
+
+    /// The handle the filesystem with this magic gives the file, if known.
+    fn for_file(fs_magic: u64, file: FileId) -> Option<Self> {
+        let generation = file.generation;
+        let (low, high) = (file.ino as u32, (file.ino >> 32) as u32);
+        match fs_magic {
+            EXT4_SUPER_MAGIC if high == 0 => Some(Self::new(FILEID_INO32_GEN, &[low, generation])),
+            XFS_SUPER_MAGIC if high == 0 => Some(Self::new(FILEID_INO32_GEN, &[low, generation])),
+            XFS_SUPER_MAGIC => Some(Self::new(XFS_FILEID_INO64_GEN, &[low, high, generation])),
+            TMPFS_MAGIC => Some(Self::new(FILEID_INO32_GEN, &[generation, low, high])),
+            _ => None,
+        }
+    }
+}
+
+/// What a file, known by identity and first named `recorded`, is called
+/// now. `None` when it cannot be told (an unsupported filesystem, no
+/// mount of it here, no CAP_DAC_READ_SEARCH): the recorded name stands.
+pub fn current_name(
+    file: FileId,
+    fs_magic: Option<u64>,
+    recorded: Option<&Path>,
+    mount_point: Option<&Path>,
+) -> Option<CurrentName> {
+    // The recorded name still leads to this inode number (the generation
+    // is checked by the handle when there is one).
+    let recorded_is_current = || {
+        let path = recorded?;
+        let meta = std::fs::metadata(path).ok()?;
+        (file.is_stat_of(meta.dev(), meta.ino()) && meta.nlink() > 0)
+            .then(|| CurrentName::Linked(path.to_path_buf()))
+    };
+    let Some(opened) = open_by_identity(file, fs_magic, mount_point) else {
+        return recorded_is_current();
+    };
+    let opened = match opened {
+        Ok(opened) => opened,
+        // ESTALE: no inode of that number and generation any more.
+        Err(err) if err.raw_os_error() == Some(libc::ESTALE) => return Some(CurrentName::Deleted),
+        Err(_) => return recorded_is_current(),
+    };
+    let meta = std::fs::File::from(opened.try_clone().ok()?)
+        .metadata()
+        .ok()?;
+    if meta.nlink() == 0 {
+        return Some(CurrentName::Deleted);
+    }
+    if let Some(name) = recorded_is_current() {
+        return Some(name);
+    }
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
+    // A name outside our root (another mount namespace's tree) does not
+    // start with "/": it is no name here.
+    link.is_absolute().then_some(CurrentName::Linked(link))
+}
+
+/// The file opened (O_PATH) from its handle; `None` when this filesystem
+/// has no handle we can build or is not mounted here.
+fn open_by_identity(
+    file: FileId,
+    fs_magic: Option<u64>,
+    mount_point: Option<&Path>,
+) -> Option<std::io::Result<OwnedFd>> {
+    let mut handle = Handle::for_file(fs_magic?, file)?;
+    let mount = std::fs::File::open(mount_point?).ok()?;
+    // SAFETY: `handle` is a `struct file_handle` whose header says how
+    // many of its bytes follow; the kernel reads no further.
+    let raw = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&raw mut handle).cast::<libc::file_handle>(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Some(Err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor the kernel just returned to us, owned here.
+    Some(Ok(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_follow_each_filesystem_s_encoder() {
+        let file = FileId {
+            dev: 1,
+            ino: 0x1_0000_0002,
+            generation: 7,
+        };
+        let small = FileId { ino: 12, ..file };
+        let ext4 = Handle::for_file(EXT4_SUPER_MAGIC, small).unwrap();
+        assert_eq!((ext4.handle_type, ext4.handle_bytes), (1, 8));
+        assert_eq!(&ext4.f_handle[..8], &[12, 0, 0, 0, 7, 0, 0, 0]);
+        // ext4 numbers never exceed 32 bits: no handle for a bigger one.
+        assert!(Handle::for_file(EXT4_SUPER_MAGIC, file).is_none());
+        let xfs = Handle::for_file(XFS_SUPER_MAGIC, file).unwrap();
+        assert_eq!((xfs.handle_type, xfs.handle_bytes), (0x81, 12));
+        assert_eq!(&xfs.f_handle[..12], &[2, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0]);
+        let tmpfs = Handle::for_file(TMPFS_MAGIC, file).unwrap();
+        assert_eq!((tmpfs.handle_type, tmpfs.handle_bytes), (1, 12));
+        assert_eq!(&tmpfs.f_handle[..12], &[7, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+        assert!(Handle::for_file(0x9123_683E, file).is_none(), "btrfs");
+    }
+}
