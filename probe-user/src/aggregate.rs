@@ -88,6 +88,9 @@ pub struct FileRecord {
     pub renamed_from: Option<PathBuf>,
     /// The file had no link left when last looked at.
     pub deleted: bool,
+    /// Mount namespace of the first writer (the view the path is in).
+    pub mount_ns: Option<u64>,
+    pub first_writer_cgroup_id: Option<u64>,
     pub fs_magic: Option<u64>,
     /// Pages written through shared mappings: those with a write fault of
     /// their own (`exact_pages`) and the rest of the large folios such a
@@ -398,6 +401,7 @@ impl Aggregate {
             } => {
                 let (record, created) = self.record(*file);
                 record.fs_magic = Some(*fs_magic);
+                record.first_writer_cgroup_id.get_or_insert(task.cgroup_id);
                 if record.path.is_none() {
                     record.path = Some(dentry_path(components, *reached_root, None));
                     record.path_source = Some(PathSource::Dentry);
@@ -436,6 +440,13 @@ impl Aggregate {
         if better {
             record.path = Some(path);
             record.path_source = Some(source);
+        }
+    }
+
+    /// Records the mount namespace the file's path is seen in.
+    pub fn set_mount_ns(&mut self, file: FileId, mount_ns: u64) {
+        if let Some(record) = self.files.get_mut(&file) {
+            record.mount_ns.get_or_insert(mount_ns);
         }
     }
 

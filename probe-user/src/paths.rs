@@ -42,6 +42,38 @@ pub fn fs_has_writeback(fs_type: Option<&str>) -> bool {
     !matches!(fs_type, Some("tmpfs" | "ramfs" | "hugetlbfs" | "devtmpfs"))
 }
 
+/// A filesystem's name from its superblock magic (statfs(2)'s f_type),
+/// for files on a mount we cannot see (another mount namespace, or
+/// unmounted since): the report always says which filesystem.
+pub fn fs_name_of_magic(magic: u64) -> String {
+    let name = match magic {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x8584_58f6 => "ramfs",
+        0x9584_58f6 => "hugetlbfs",
+        0x794C_7630 => "overlay",
+        0xF2F5_2010 => "f2fs",
+        0xCA45_1A4E => "bcachefs",
+        0x2FC1_2FC1 => "zfs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        0x0000_4d44 => "vfat",
+        0x2011_BAB0 => "exfat",
+        0x7366_746E => "ntfs3",
+        0x7371_7368 => "squashfs",
+        0xE0F5_E1E2 => "erofs",
+        0x00C3_6400 => "ceph",
+        0xFF53_4D42 | 0xFE53_4D42 => "cifs",
+        0x0102_1997 => "9p",
+        0x6265_6572 => "sysfs",
+        0x9FA0 => "proc",
+        _ => return format!("unknown (magic {magic:#x})"),
+    };
+    name.to_string()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     pub major: u32,
@@ -66,6 +98,12 @@ impl MountTable {
             .find_map(|path| std::fs::read_to_string(path).ok())
             .map(|text| Self::parse(&text))
             .unwrap_or_default()
+    }
+
+    /// The mounts process `tgid` sees (its mount namespace), if alive.
+    pub fn of_process(proc_root: &Path, tgid: u32) -> Option<Self> {
+        let text = std::fs::read_to_string(proc_root.join(tgid.to_string()).join("mountinfo"));
+        text.ok().map(|text| Self::parse(&text))
     }
 
     /// Parses mountinfo text; malformed lines are skipped.
@@ -168,6 +206,17 @@ pub fn range_in_maps(maps: &[u8], file: FileId) -> Option<String> {
         // Inode 0 is an anonymous mapping, never a file.
         (dev == wanted_dev && ino == wanted_ino && ino != "0").then(|| range.to_string())
     })
+}
+
+/// The mount namespace of process `tgid`: the inode number in the
+/// `mnt:[N]` link of /proc/PID/ns/mnt.
+pub fn mount_ns_of(proc_root: &Path, tgid: u32) -> Option<u64> {
+    let link = std::fs::read_link(proc_root.join(tgid.to_string()).join("ns/mnt")).ok()?;
+    parse_ns_link(link.to_str()?)
+}
+
+fn parse_ns_link(link: &str) -> Option<u64> {
+    link.strip_prefix("mnt:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// A writer's name for a file it maps now, and whether its last link is
@@ -314,6 +363,20 @@ garbage line
         );
         assert_eq!(range_in_maps(maps, file(7 << 20, 78)), None);
         assert_eq!(range_in_maps(maps, file(0, 0)), None);
+    }
+
+    #[test]
+    fn mount_namespaces_are_read_from_ns_links() {
+        assert_eq!(parse_ns_link("mnt:[4026531841]"), Some(4_026_531_841));
+        assert_eq!(parse_ns_link("net:[4026531840]"), None);
+        assert_eq!(parse_ns_link("mnt:[x]"), None);
+    }
+
+    #[test]
+    fn filesystems_are_named_by_magic_and_never_blank() {
+        assert_eq!(fs_name_of_magic(0xEF53), "ext4");
+        assert_eq!(fs_name_of_magic(0x0102_1994), "tmpfs");
+        assert_eq!(fs_name_of_magic(0x1234), "unknown (magic 0x1234)");
     }
 
     #[test]

@@ -101,7 +101,15 @@ pub struct FileReport {
     /// The inode's generation: with `dev` and `ino`, the file's identity
     /// (an inode number reused after unlink is another file).
     pub generation: u32,
-    pub fs: Option<String>,
+    /// The filesystem type: from the mount table, else from the
+    /// superblock's magic (a mount in another namespace); never null.
+    pub fs: String,
+    /// The mount namespace (inode number of /proc/PID/ns/mnt) of the
+    /// file's first writer: the view `path` is in. Files at one path in
+    /// two containers differ here.
+    pub mount_ns: Option<u64>,
+    /// The cgroup id of the file's first writer.
+    pub cgroup_id: Option<u64>,
     pub modified: bool,
     pub pages_written: Vec<[u64; 2]>,
     pub pages_written_count: u64,
@@ -311,7 +319,11 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         dev: id.dev_string(),
         ino: id.ino,
         generation: id.generation,
-        fs: (ctx.fs_type)(*id),
+        fs: (ctx.fs_type)(*id)
+            .or_else(|| record.fs_magic.map(crate::paths::fs_name_of_magic))
+            .unwrap_or_else(|| "unknown".into()),
+        mount_ns: record.mount_ns,
+        cgroup_id: record.first_writer_cgroup_id,
         modified: record.modified(),
         pages_written: page_ranges(&record.pages_written),
         pages_written_count: record.pages_written.len(),
@@ -451,7 +463,7 @@ pub fn render_table(report: &Report) -> String {
                 .map(|w| format!("{}[{}]:{}", names::terminal_text(&w.comm), w.pid, w.pages))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let no_writeback = !crate::paths::fs_has_writeback(file.fs.as_deref());
+            let no_writeback = !crate::paths::fs_has_writeback(Some(file.fs.as_str()));
             let writeback = if file.writeback_pages > 0 || file.writeback_starts > 0 {
                 format!("{} pg", file.writeback_pages)
             } else if file.modified && !no_writeback {

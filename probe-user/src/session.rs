@@ -21,7 +21,7 @@ use crate::{
     file_handle::current_name,
     kallsyms::Kallsyms,
     loader::{KernelCounters, ProbeOptions, Probes},
-    paths::{proc_maps_path, MountTable},
+    paths::{mount_ns_of, proc_maps_path, MountTable},
     report::{Clock, ReportFilter},
 };
 
@@ -117,12 +117,25 @@ impl Collector {
             if self.mounts.fs_type(*file).is_none() {
                 self.mounts = MountTable::read();
             }
-            let path = self
-                .mounts
+            let tgid = event_tgid(&event);
+            // Not mounted in our view: a mount of the writer's namespace
+            // (a container's tmpfs), named as the writer sees it.
+            let writers_mounts = match tgid {
+                Some(tgid) if self.mounts.fs_type(*file).is_none() => {
+                    MountTable::of_process(&self.proc_root, tgid)
+                }
+                _ => None,
+            };
+            let path = writers_mounts
+                .as_ref()
+                .unwrap_or(&self.mounts)
                 .dentry_full_path(*file, components, *reached_root);
             self.aggregate.apply(&event);
             self.aggregate.set_path(*file, path, PathSource::Dentry);
-            if let Some(tgid) = event_tgid(&event) {
+            if let Some(tgid) = tgid {
+                if let Some(mount_ns) = mount_ns_of(&self.proc_root, tgid) {
+                    self.aggregate.set_mount_ns(*file, mount_ns);
+                }
                 self.resolve_path(*file, tgid);
             }
             return;

@@ -309,6 +309,54 @@ fn odd_names_are_exact_in_json_and_escaped_on_the_terminal() {
     assert!(table.contains("two\\nlines\\u{1b}[2J.bin"), "{table}");
 }
 
+/// The same path in two mount namespaces is two files: a host file, and a
+/// file on a tmpfs mounted over its directory in a private namespace. Each
+/// has its own entry, filesystem and mount namespace.
+#[test]
+fn one_path_in_two_mount_namespaces_is_two_files() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("same-name");
+    let write = "import mmap,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,4*4096)\nm=mmap.mmap(fd,4*4096); m[int(sys.argv[2])*4096]=1";
+    let shell = format!(
+        "python3 -c \"$W\" '{f}' 1 && unshare -m sh -c 'mount --make-rprivate / && mount -t tmpfs none \"$0\" && python3 -c \"$W\" \"$1\" 3' '{d}' '{f}'",
+        f = path_arg(&file),
+        d = path_arg(dir.path()),
+    );
+    let output = run(
+        mmapwatch(&["trace", "--json", "--path-prefix", &path_arg(dir.path())])
+            .env("W", write)
+            .args(["--", "sh", "-c", &shell]),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).expect("JSON");
+    let wanted = path_arg(&file);
+    let entries: Vec<&Value> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["path"] == wanted.as_str())
+        .collect();
+    assert_eq!(entries.len(), 2, "{report:#}");
+    let host = entries
+        .iter()
+        .find(|f| f["fs"] == "ext4")
+        .expect("host file");
+    let private = entries
+        .iter()
+        .find(|f| f["fs"] == "tmpfs")
+        .expect("tmpfs file");
+    assert_eq!(ranges(&host["pages_written"]), vec![(1, 1)]);
+    assert_eq!(ranges(&private["pages_written"]), vec![(3, 3)]);
+    assert!(host["mount_ns"].is_u64() && private["mount_ns"].is_u64());
+    assert_ne!(host["mount_ns"], private["mount_ns"], "{report:#}");
+}
+
 /// What a seeded run of mw-random stored, per file (dev, ino).
 #[derive(Default)]
 struct Truth {
