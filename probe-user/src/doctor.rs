@@ -258,6 +258,10 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
         ),
     };
     out.push(check("backend auto", true, verdict));
+    let backend = chosen.map_or("tracepoint", |(mechanism, _)| mechanism.name());
+    for spot in crate::blind_spots::blind_spots(backend) {
+        out.push(optional("blind spot", false, spot));
+    }
     out
 }
 

@@ -193,6 +193,8 @@ pub struct Report {
     pub probe: ProbeStats,
     pub events: u64,
     pub warnings: Vec<String>,
+    /// What this backend cannot see (see README, "Blind spots").
+    pub blind_spots: Vec<&'static str>,
     pub files: Vec<FileReport>,
 }
 
@@ -376,6 +378,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
         version: 1,
         backend: ctx.backend.to_string(),
         backend_reason: ctx.backend_reason.to_string(),
+        blind_spots: crate::blind_spots::blind_spots(ctx.backend),
         duration_s: ctx.duration_s,
         lost_events: counters.lost() + ctx.undecodable_records,
         drops: Drops {

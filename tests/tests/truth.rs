@@ -357,6 +357,44 @@ fn one_path_in_two_mount_namespaces_is_two_files() {
     assert_ne!(host["mount_ns"], private["mount_ns"], "{report:#}");
 }
 
+/// A write by get_user_pages (here pwrite to /proc/self/mem, as debuggers
+/// do) into a shared mapping takes no user page fault. The function-hook
+/// backends see it below get_user_pages; the tracepoint backend cannot,
+/// and its report says so in `blind_spots`.
+#[test]
+fn a_get_user_pages_write_is_seen_or_declared_a_blind_spot() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("gup.bin");
+    let script = "import mmap,os,sys,ctypes\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,4*4096)\nm=mmap.mmap(fd,4*4096)\naddress=ctypes.addressof(ctypes.c_char.from_buffer(m))\nmem=os.open('/proc/self/mem',os.O_RDWR)\nassert os.pwrite(mem,b'gup',address+2*4096)==3\nos.fsync(fd)";
+    let command = python(script, &[&path_arg(&file)]);
+    let run = trace(&["--path-prefix", &path_arg(dir.path())], &strs(&command));
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(&file).unwrap()[2 * 4096..2 * 4096 + 3],
+        *b"gup"
+    );
+    let declared = run.json["blind_spots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s.as_str().unwrap().contains("get_user_pages"));
+    match run.json["backend"].as_str().unwrap() {
+        "tracepoint" => {
+            assert!(declared, "{:#}", run.json);
+            // Not invented either: no user fault, no page.
+            if let Some(entry) = run.file(&file) {
+                assert!(!pages(&entry["exact_pages"]).contains(&2), "{entry:#}");
+            }
+        }
+        _ => {
+            assert!(!declared, "{:#}", run.json);
+            let entry = run.expect_file(&file);
+            assert_eq!(ranges(&entry["pages_written"]), vec![(2, 2)], "{entry:#}");
+        }
+    }
+}
+
 /// What a seeded run of mw-random stored, per file (dev, ino).
 #[derive(Default)]
 struct Truth {
