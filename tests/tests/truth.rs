@@ -395,6 +395,65 @@ fn a_get_user_pages_write_is_seen_or_declared_a_blind_spot() {
     }
 }
 
+/// The kernel's own dirty state agrees: after stores into freshly synced
+/// files cached in folios of several sizes, every page /proc/kpageflags
+/// calls dirty (read through /proc/self/pagemap while still mapped) is in
+/// `pages_written`. The stores are the mappings' first touches, so each
+/// folio is mapped whole by its write fault and the span covers it.
+#[test]
+fn kernel_dirty_pages_are_a_subset_of_the_written_pages() {
+    require_root();
+    let dir = scratch_dir();
+    // Cached by write(2) in 64 KiB and 2 MiB runs, or sparse (faulted in
+    // page by page); stores to scattered pages; then the pagemap walk.
+    let script = r#"import mmap,os,sys,struct,random
+path,kind=sys.argv[1],sys.argv[2]
+pages=1024
+fd=os.open(path,os.O_RDWR|os.O_CREAT|os.O_TRUNC)
+if kind=='sparse': os.ftruncate(fd,pages*4096)
+else:
+    chunk=65536 if kind=='64k' else 2<<20
+    for off in range(0,pages*4096,chunk): os.pwrite(fd,b'\1'*chunk,off)
+os.fsync(fd)
+m=mmap.mmap(fd,pages*4096)
+random.seed(7)
+for p in random.sample(range(pages),40): m[p*4096]=2
+import ctypes
+base=ctypes.addressof(ctypes.c_char.from_buffer(m))
+pm=open('/proc/self/pagemap','rb'); kf=open('/proc/kpageflags','rb')
+dirty=[]
+for p in range(pages):
+    pm.seek((base//4096+p)*8); e=struct.unpack('<Q',pm.read(8))[0]
+    if not e>>63&1: continue
+    pfn=e&((1<<55)-1)
+    kf.seek(pfn*8); f=struct.unpack('<Q',kf.read(8))[0]
+    if f>>4&1: dirty.append(p)
+print('dirty',*dirty,file=sys.stderr)"#;
+    for kind in ["sparse", "64k", "2m"] {
+        let file = dir.path().join(format!("dirty-{kind}.bin"));
+        let command = python(script, &[&path_arg(&file), kind]);
+        let run = trace(&["--path-prefix", &path_arg(dir.path())], &strs(&command));
+        assert!(run.status.success(), "{kind}: {}", run.stderr);
+        let dirty: BTreeSet<u64> = run
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("dirty"))
+            .unwrap_or_else(|| panic!("{kind}: no dirty line: {}", run.stderr))
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert!(dirty.len() >= 40, "{kind}: the kernel saw the stores: {dirty:?}");
+        let entry = run.expect_file(&file);
+        let written = pages(&entry["pages_written"]);
+        eprintln!("{kind}: dirty {} written {}", dirty.len(), written.len());
+        let missing: Vec<&u64> = dirty.difference(&written).collect();
+        assert!(
+            missing.is_empty(),
+            "{kind}: dirty in the kernel, absent from the report: {missing:?}\n{entry:#}"
+        );
+    }
+}
+
 /// What a seeded run of mw-random stored, per file (dev, ino).
 #[derive(Default)]
 struct Truth {
