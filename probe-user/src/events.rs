@@ -40,12 +40,6 @@ impl FileId {
         }
     }
 
-    /// Whether `(dev, ino)` seen from userspace (stat, /proc/PID/maps) can
-    /// be this file: userspace does not see generations.
-    pub fn same_inode(&self, dev: u32, ino: u64) -> bool {
-        self.dev == dev && self.ino == ino
-    }
-
     /// Whether stat(2)'s `st_dev` and `st_ino` are this file's (the
     /// generation is not in stat; callers that need it check it apart).
     pub fn is_stat_of(&self, st_dev: u64, st_ino: u64) -> bool {
