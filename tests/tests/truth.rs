@@ -442,7 +442,10 @@ print('dirty',*dirty,file=sys.stderr)"#;
             .split_whitespace()
             .map(|p| p.parse().unwrap())
             .collect();
-        assert!(dirty.len() >= 40, "{kind}: the kernel saw the stores: {dirty:?}");
+        assert!(
+            dirty.len() >= 40,
+            "{kind}: the kernel saw the stores: {dirty:?}"
+        );
         let entry = run.expect_file(&file);
         let written = pages(&entry["pages_written"]);
         eprintln!("{kind}: dirty {} written {}", dirty.len(), written.len());
