@@ -23,9 +23,8 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_get_func_ip},
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_get_func_ip, bpf_jiffies64},
     },
     macros::{fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -34,12 +33,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    counter, event_kind, filter, hooks, traced, EventHeader, FileEvent, FileKey, FileStats,
-    FolioRoom, KernelOffsets, PageEvent, PageKey, PendingFault, ProbeConfig, WriterKey,
-    WriterStats, WriterStatsKey, EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAPLE_MAX_DEPTH,
-    MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK, MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT,
-    MAPLE_ROOT_NODE, MAX_COMM_FILTERS, PATH_MAX_DEPTH, PMD_PAGES, RAMFS_MAGIC, TASK_COMM_LEN,
-    TMPFS_MAGIC, VM_SHARED, VM_WRITE, X86_PF_PROT, X86_PF_WRITE, XA_CHUNK_MASK, XA_MAX_DEPTH,
+    counter, event_kind, filter, hooks, mm_lock_seq_kind, traced, EventHeader, FileEvent, FileKey,
+    FileStats, FolioRoom, KernelOffsets, PageChunk, PageChunkKey, PageEvent, PendingCounts,
+    PendingFault, ProbeConfig, WriterKey, WriterStats, WriterStatsKey, CHUNK_PAGES,
+    EXT4_SUPER_MAGIC, LATENCY_BUCKETS, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK,
+    MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE, MAX_COMM_FILTERS, PATH_MAX_DEPTH,
+    PMD_PAGES, RAMFS_MAGIC, TASK_COMM_LEN, TMPFS_MAGIC, VM_SHARED, VM_WRITE, X86_PF_PROT,
+    X86_PF_WRITE, XA_CHUNK_MASK, XA_MAX_DEPTH,
 };
 
 /// Field offsets resolved from vmlinux BTF by userspace.
@@ -54,9 +54,18 @@ static CONFIG: ProbeConfig = ProbeConfig::ZEROED;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// (file, page, kind) -> tgid of the first writer.
+/// (file, chunk of pages, kind) -> which of its pages were reported, and
+/// by whom first.
 #[map]
-static PAGE_SEEN: LruHashMap<PageKey, u32> = LruHashMap::with_max_entries(1 << 20, 0);
+static PAGE_SEEN: LruHashMap<PageChunkKey, PageChunk> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// What a new dedup entry starts from (an insert copies it; it is too big
+/// for the fault path's stack).
+static EMPTY_CHUNK: PageChunk = PageChunk {
+    first_tgid: 0,
+    _pad: 0,
+    reported: [0; (CHUNK_PAGES / 64) as usize],
+};
 
 /// (file, tgid) for processes that wrote a page another process wrote first.
 #[map]
@@ -64,6 +73,10 @@ static WRITERS: LruHashMap<WriterKey, u8> = LruHashMap::with_max_entries(1 << 16
 
 #[map]
 static FILE_STATS: PerCpuHashMap<FileKey, FileStats> = PerCpuHashMap::with_max_entries(1 << 16, 0);
+
+/// This CPU's open run of fault counts (see [`PendingCounts`]).
+#[map]
+static PENDING_COUNTS: PerCpuArray<PendingCounts> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -159,14 +172,10 @@ fn comm_words(comm: &[u8; TASK_COMM_LEN]) -> (u64, u64) {
 /// Whether the current task passes the pid and comm filters.
 #[inline(always)]
 fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
-    if tgid == config!(self_tgid) {
+    if !tgid_selected(tgid) {
         return false;
     }
     let flags = config!(filter_flags);
-    // SAFETY: read-only lookup of a plain u32 value.
-    if flags & filter::BY_TGID != 0 && unsafe { TRACED.get(&tgid) }.is_none() {
-        return false;
-    }
     if flags & filter::BY_COMM != 0 {
         let count = config!(comm_count) as usize;
         let wanted = comm_words(comm);
@@ -187,6 +196,17 @@ fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
     true
 }
 
+/// The process filters alone (not ourselves; --pid, -- CMD), which need
+/// no command name.
+#[inline(always)]
+fn tgid_selected(tgid: u32) -> bool {
+    if tgid == config!(self_tgid) {
+        return false;
+    }
+    // SAFETY: read-only lookup of a plain u32 value.
+    config!(filter_flags) & filter::BY_TGID == 0 || unsafe { TRACED.get(&tgid) }.is_some()
+}
+
 /// Finds the VMA holding `address` by walking the current mm's maple tree
 /// with plain kernel reads: no mmap lock, so no deferred unlock (with IRQs
 /// off, as in the fault tracepoint, bpf_find_vma must queue an irq_work to
@@ -195,16 +215,8 @@ fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
 /// this mm and to hold the address, and any doubt falls back to
 /// bpf_find_vma.
 #[inline(never)]
-fn walk_maple_tree(address: u64, scratch: &mut FaultScratch) -> bool {
+fn walk_maple_tree(address: u64, mm: u64, scratch: &mut FaultScratch) -> bool {
     let FaultScratch { info, pivots, .. } = scratch;
-    if offset!(maple_walk) == 0 {
-        return false;
-    }
-    // SAFETY: no arguments; the current task.
-    let task = unsafe { bpf_get_current_task() };
-    let Ok(mm) = read_kernel::<u64>(task, offset!(task_mm)) else {
-        return false;
-    };
     let Ok(root) = read_kernel::<u64>(mm, offset!(mm_ma_root)) else {
         return false;
     };
@@ -264,7 +276,14 @@ fn walk_maple_tree(address: u64, scratch: &mut FaultScratch) -> bool {
         // Leaves (types below maple_range_64) hold VMA pointers; internal
         // nodes hold their children, whose type is in the pointer's bits.
         if kind < range64 {
-            return next != 0 && vma_holds(next, mm, address, info);
+            if next == 0 {
+                // A gap: no mapping here. The fault grows the stack (anonymous
+                // memory) or ends in SIGSEGV; either way no file is written,
+                // and bpf_find_vma would find nothing either.
+                *info = VmaInfo::default();
+                return true;
+            }
+            return vma_holds(next, mm, address, info);
         }
         if next < 4096 {
             return false;
@@ -279,19 +298,94 @@ fn vma_holds(vma: u64, mm: u64, address: u64, info: &mut VmaInfo) -> bool {
     if read_kernel::<u64>(vma, offset!(vma_vm_mm)) != Ok(mm) || fill_vma_info(vma, info).is_err() {
         return false;
     }
-    if info.file == 0 {
-        // Anonymous: the range still has to hold the address.
-        let start = read_kernel::<u64>(vma, offset!(vma_vm_start)).unwrap_or(u64::MAX);
-        let end = read_kernel::<u64>(vma, offset!(vma_vm_end)).unwrap_or(0);
-        return start <= address && address < end;
-    }
     info.start <= address && address < info.end
+}
+
+/// The mm's `mm_lock_seq` if a VMA cached under it can be trusted now:
+/// None on kernels without it, and while the mmap write lock is held (a
+/// seqcount is odd then).
+#[inline(always)]
+fn mm_sequence(mm: *const u8) -> Option<u64> {
+    let kind = offset!(mm_lock_seq_kind) as u32;
+    if kind == mm_lock_seq_kind::NONE {
+        return None;
+    }
+    let at = offset!(mm_lock_seq) as usize;
+    // SAFETY: a direct load through the mm's BTF pointer (see find_mapping).
+    let seq = unsafe { core::ptr::read_volatile(mm.add(at) as *const u32) };
+    if kind == mm_lock_seq_kind::SEQCOUNT && seq & 1 != 0 {
+        return None;
+    }
+    Some(u64::from(seq))
+}
+
+/// The last mapping a fault was found in on this CPU. Faults come in runs
+/// on one mapping (a loop over a buffer, first touches of a heap), and the
+/// mm's sequence tells cheaply whether any mapping changed since.
+#[repr(C)]
+struct VmaCache {
+    mm: u64,
+    /// The mm's `mm_lock_seq` when cached.
+    seq: u64,
+    /// With the mm: a freed mm's memory may come back as another
+    /// process's, whose sequence could happen to match.
+    tgid: u64,
+    info: VmaInfo,
+}
+
+/// Finds the mapping holding `address` of the current task into
+/// `scratch.info`: from this CPU's cache while the mm's mappings have not
+/// changed, else by walking the maple tree (then cached). False when
+/// neither finds it; the caller may fall back to `bpf_find_vma`.
+#[inline(always)]
+fn find_mapping(address: u64, tgid: u64, scratch: &mut FaultScratch) -> bool {
+    if offset!(maple_walk) == 0 {
+        return false;
+    }
+    // Direct loads through the task's BTF pointer, not bpf_probe_read_kernel
+    // calls (~45 ns each here): the verifier checks them against the
+    // kernel's BTF (the offsets are constants of the frozen .rodata) and
+    // the JIT guards them (a fault reads 0).
+    // SAFETY: no arguments; the current task, valid while the program runs.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let at = offset!(task_mm) as usize;
+    // SAFETY: `task_struct.mm`, at its BTF offset.
+    let mm_ptr = unsafe { core::ptr::read_volatile(task.add(at) as *const *const u8) };
+    if mm_ptr.is_null() {
+        return false;
+    }
+    let mm = mm_ptr as u64;
+    let seq = mm_sequence(mm_ptr);
+    let cache = &scratch.cache;
+    if let Some(seq) = seq {
+        if cache.mm == mm
+            && cache.seq == seq
+            && cache.tgid == tgid
+            && cache.info.start <= address
+            && address < cache.info.end
+        {
+            // `size` may be stale: it changes without the mmap lock
+            // (truncate, extending writes). Read it afresh where it matters.
+            scratch.info = cache.info;
+            return true;
+        }
+    }
+    if !walk_maple_tree(address, mm, scratch) {
+        return false;
+    }
+    if let Some(seq) = seq {
+        scratch.cache.mm = mm;
+        scratch.cache.seq = seq;
+        scratch.cache.tgid = tgid;
+        scratch.cache.info = scratch.info;
+    }
+    true
 }
 
 /// What the fault path learns about the faulting mapping, filled in by
 /// [`vma_callback`] while `bpf_find_vma` holds the mmap lock.
 #[repr(C)]
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct VmaInfo {
     start: u64,
     end: u64,
@@ -304,6 +398,7 @@ struct VmaInfo {
     generation: u32,
     /// `inode.i_size` in bytes.
     size: u64,
+    inode: u64,
 }
 
 impl VmaInfo {
@@ -318,15 +413,18 @@ impl VmaInfo {
 
 #[inline(always)]
 fn fill_vma_info(vma: u64, info: &mut VmaInfo) -> Result<(), i64> {
+    // The range and flags of anonymous mappings too: the cache keeps them,
+    // so that their faults end after a range check.
+    info.start = read_kernel(vma, offset!(vma_vm_start))?;
+    info.end = read_kernel(vma, offset!(vma_vm_end))?;
+    info.flags = read_kernel(vma, offset!(vma_vm_flags))?;
     info.file = read_kernel(vma, offset!(vma_vm_file))?;
     if info.file == 0 {
         return Ok(());
     }
-    info.start = read_kernel(vma, offset!(vma_vm_start))?;
-    info.end = read_kernel(vma, offset!(vma_vm_end))?;
-    info.flags = read_kernel(vma, offset!(vma_vm_flags))?;
     info.pgoff = read_kernel(vma, offset!(vma_vm_pgoff))?;
     let inode: u64 = read_kernel(info.file, offset!(file_f_inode))?;
+    info.inode = inode;
     info.ino = read_kernel(inode, offset!(inode_i_ino))?;
     info.generation = read_kernel(inode, offset!(inode_i_generation))?;
     info.size = read_kernel(inode, offset!(inode_i_size))?;
@@ -355,6 +453,7 @@ fn fill_header(
     file: &FileKey,
     now: u64,
     comm: &[u8; TASK_COMM_LEN],
+    cgroup_id: u64,
 ) {
     out.kind = kind;
     out.pid = pid_tgid as u32;
@@ -363,9 +462,14 @@ fn fill_header(
     out.ino = file.ino;
     out.generation = file.generation;
     out.boot_ns = now;
-    // SAFETY: no arguments; always valid in tracing programs.
-    out.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    out.cgroup_id = cgroup_id;
     out.comm = *comm;
+}
+
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
+    // SAFETY: no arguments; always valid in tracing programs.
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 /// A record header on the stack, for records outside the fault path.
@@ -377,7 +481,15 @@ fn header(
     comm: &[u8; TASK_COMM_LEN],
 ) -> EventHeader {
     let mut out = EventHeader::default();
-    fill_header(&mut out, kind, pid_tgid, file, now, comm);
+    fill_header(
+        &mut out,
+        kind,
+        pid_tgid,
+        file,
+        now,
+        comm,
+        current_cgroup_id(),
+    );
     out
 }
 
@@ -418,45 +530,34 @@ fn note_ring_fill() {
     }
 }
 
-/// Counts a fault for its (cgroup, filesystem, command) label set.
-fn account_writer(dev: u32, comm: &[u8; TASK_COMM_LEN], shared: bool) {
-    let key = WriterStatsKey {
-        // SAFETY: no arguments; always valid in tracing programs.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        dev,
-        _pad: 0,
-        comm: *comm,
-    };
-    if let Some(stats) = WRITER_STATS.get_ptr_mut(&key) {
-        count_writer_fault(stats, shared);
+/// Adds faults to a (cgroup, filesystem, command) label set's counts.
+fn add_writer_faults(key: &WriterStatsKey, shared: u64, cow: u64) {
+    if let Some(stats) = WRITER_STATS.get_ptr_mut(key) {
+        count_writer_faults(stats, shared, cow);
         return;
     }
     let stats = WriterStats {
-        shared_write_faults: u64::from(shared),
-        cow_faults: u64::from(!shared),
+        shared_write_faults: shared,
+        cow_faults: cow,
     };
-    match WRITER_STATS.insert(&key, &stats, BPF_NOEXIST as u64) {
+    match WRITER_STATS.insert(key, &stats, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU created it: count on this CPU's slot.
         Err(err) if err as i64 == -EEXIST => {
-            if let Some(stats) = WRITER_STATS.get_ptr_mut(&key) {
-                count_writer_fault(stats, shared);
+            if let Some(stats) = WRITER_STATS.get_ptr_mut(key) {
+                count_writer_faults(stats, shared, cow);
             }
         }
         Err(_) => bump(counter::WRITER_STATS_FULL),
     }
 }
 
-/// One more fault on this CPU's slot of a writer's stats.
 #[inline(always)]
-fn count_writer_fault(stats: *mut WriterStats, shared: bool) {
+fn count_writer_faults(stats: *mut WriterStats, shared: u64, cow: u64) {
     // SAFETY: a per-CPU map value slot from get_ptr_mut.
     unsafe {
-        if shared {
-            (*stats).shared_write_faults += 1;
-        } else {
-            (*stats).cow_faults += 1;
-        }
+        (*stats).shared_write_faults += shared;
+        (*stats).cow_faults += cow;
     }
 }
 
@@ -535,46 +636,85 @@ fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info: &VmaInfo) 
     }
 }
 
-/// Counts the write fault in the file's stats; creates them (and announces
-/// the file) on first sight.
-fn account_fault(key: &FileKey, shared: bool, now: u64, header: &EventHeader, info: &VmaInfo) {
-    if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
-        count_file_fault(stats, shared, now);
-        return;
-    }
-    let mut stats = FileStats {
-        last_write_boot_ns: now,
-        ..FileStats::default()
+/// Counts a write fault, the one `header` describes, in this CPU's open
+/// run of faults (no map update) when it continues that run. False when
+/// it opens a new run: the run so far is then added to the maps.
+#[inline(always)]
+fn count_in_run(header: &EventHeader, shared: bool, closing: &mut PendingCounts) -> bool {
+    let Some(run) = PENDING_COUNTS.get_ptr_mut(0) else {
+        return true;
     };
+    // SAFETY: this CPU's slot of a one-entry per-CPU array; programs on
+    // one CPU do not interleave on it (see FaultScratch).
+    let run = unsafe { &mut *run };
+    let continues = run.file.ino == header.ino
+        && run.file.dev == header.dev
+        && run.file.generation == header.generation
+        && run.writer.cgroup_id == header.cgroup_id
+        && comm_words(&run.writer.comm) == comm_words(&header.comm);
+    if !continues {
+        // Closed before it is added to the maps: a reader (the maps first,
+        // then the runs) may miss a run for an instant, never count it twice.
+        *closing = *run;
+        run.file = FileKey {
+            dev: header.dev,
+            generation: header.generation,
+            ino: header.ino,
+        };
+        run.writer = WriterStatsKey {
+            cgroup_id: header.cgroup_id,
+            dev: header.dev,
+            _pad: 0,
+            comm: header.comm,
+        };
+        run.shared_write_faults = 0;
+        run.cow_faults = 0;
+    }
     if shared {
-        stats.shared_write_faults = 1;
+        run.shared_write_faults += 1;
     } else {
-        stats.cow_faults = 1;
+        run.cow_faults += 1;
     }
-    match FILE_STATS.insert(key, &stats, BPF_NOEXIST as u64) {
-        Ok(()) => submit_file_event(header, info),
-        // Another CPU created it first: count on this CPU's slot.
-        Err(err) if err as i64 == -EEXIST => {
-            if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
-                count_file_fault(stats, shared, now);
-            }
-        }
-        Err(_) => bump(counter::FILE_STATS_FULL),
+    run.last_write_boot_ns = header.boot_ns;
+    if !continues {
+        close_run(closing);
     }
+    continues
 }
 
-/// One more fault on this CPU's slot of a file's stats.
-#[inline(always)]
-fn count_file_fault(stats: *mut FileStats, shared: bool, now: u64) {
-    // SAFETY: a per-CPU map value slot from get_ptr_mut.
-    unsafe {
-        if shared {
-            (*stats).shared_write_faults += 1;
-        } else {
-            (*stats).cow_faults += 1;
-        }
-        (*stats).last_write_boot_ns = now;
+/// Adds a closed run of faults to its file's and writer's stats.
+#[inline(never)]
+fn close_run(run: &PendingCounts) {
+    if run.shared_write_faults == 0 && run.cow_faults == 0 {
+        return;
     }
+    match FILE_STATS.get_ptr_mut(&run.file) {
+        // SAFETY: this CPU's slot of a per-CPU map value.
+        Some(stats) => unsafe {
+            (*stats).shared_write_faults += run.shared_write_faults;
+            (*stats).cow_faults += run.cow_faults;
+            if run.last_write_boot_ns > (*stats).last_write_boot_ns {
+                (*stats).last_write_boot_ns = run.last_write_boot_ns;
+            }
+        },
+        None => {
+            let stats = FileStats {
+                shared_write_faults: run.shared_write_faults,
+                cow_faults: run.cow_faults,
+                last_write_boot_ns: run.last_write_boot_ns,
+                ..FileStats::default()
+            };
+            // The file was announced when its run opened; its entry is
+            // missing only when the map was full then, and still is.
+            if FILE_STATS
+                .insert(&run.file, &stats, BPF_NOEXIST as u64)
+                .is_err()
+            {
+                bump(counter::FILE_STATS_FULL);
+            }
+        }
+    }
+    add_writer_faults(&run.writer, run.shared_write_faults, run.cow_faults);
 }
 
 /// Out of line, as are the paths below it: Linux 6.1's verifier adds the
@@ -585,29 +725,31 @@ fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
         return Ok(());
     }
     if error_code & X86_PF_WRITE == 0 {
-        note_read_fault(address);
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        // SAFETY: read-only lookup of a plain u8 value.
-        if unsafe { SHARED_MAPPERS.get(&tgid) }.is_some() {
-            return try_read_fault(address);
-        }
+        return read_fault(address);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Processes outside --pid / -- CMD: no lookup at all.
+    if !tgid_selected((pid_tgid >> 32) as u32) {
         return Ok(());
     }
     let scratch = fault_scratch()?;
-    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
-        return Ok(());
-    };
     scratch.info.file = 0;
-    if !walk_maple_tree(address, scratch) {
+    if !find_mapping(address, pid_tgid >> 32, scratch) {
         bump(counter::VMA_WALK_FALLBACKS);
         if !find_vma_locked(address, &mut scratch.info) {
             return Ok(());
         }
     }
-    if scratch.info.file == 0 {
+    // Anonymous memory (most faults on a host), or a store the kernel
+    // will refuse: done before any other work.
+    if scratch.info.file == 0 || scratch.info.flags & VM_WRITE == 0 {
         return Ok(());
     }
+    let Some(now) = current_writer(pid_tgid, scratch)? else {
+        return Ok(());
+    };
     scratch.fault.pid_tgid = pid_tgid;
+    scratch.fault.now = now;
     scratch.fault.address = address;
     scratch.fault.page =
         scratch.info.pgoff + ((address - scratch.info.start) >> config!(page_shift));
@@ -629,11 +771,12 @@ fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
 #[inline(never)]
 fn try_read_fault(address: u64) -> Result<(), i64> {
     let scratch = fault_scratch()?;
-    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
         return Ok(());
-    };
+    }
     scratch.info.file = 0;
-    if !walk_maple_tree(address, scratch) {
+    if !find_mapping(address, pid_tgid >> 32, scratch) {
         bump(counter::VMA_WALK_FALLBACKS);
         return Ok(());
     }
@@ -659,7 +802,9 @@ fn try_read_fault(address: u64) -> Result<(), i64> {
         .min(table_offset + vma_pages - vma_offset)
         - 1;
     let first = page - (table_offset - from);
-    let last = (page + (to - table_offset)).min(pages_of(info.size).saturating_sub(1));
+    // Afresh: a cached mapping's size may be stale.
+    let size: u64 = read_kernel(info.inode, offset!(inode_i_size))?;
+    let last = (page + (to - table_offset)).min(pages_of(size).saturating_sub(1));
     if first > last {
         return Ok(());
     }
@@ -687,11 +832,25 @@ fn report_possible_write(scratch: &mut FaultScratch, pid_tgid: u64, first: u64, 
         &key,
         now,
         &fault.comm,
+        current_cgroup_id(),
     );
     announce_file(&key, now, header, info);
     // Not through report_first_use: one frame less for Linux 6.1's
     // 512-byte call-chain limit. Userspace deduplicates the pages.
     submit_page_event(header, event_kind::POSSIBLE_WRITE, first, last - first + 1);
+}
+
+/// A read fault: only those of processes with a shared writable mapping
+/// can map pages writable without a later write fault.
+#[inline(always)]
+fn read_fault(address: u64) -> Result<(), i64> {
+    note_read_fault(address);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup of a plain u8 value.
+    if unsafe { SHARED_MAPPERS.get(&tgid) }.is_some() {
+        return try_read_fault(address);
+    }
+    Ok(())
 }
 
 /// Remembers a user read fault for `mm_filemap_map_pages`.
@@ -716,15 +875,18 @@ struct FaultScratch {
     header: EventHeader,
     /// Built here, not on the stack (see above).
     pending: PendingFault,
+    cache: VmaCache,
+    writer: WriterCache,
+    chunk_cache: ChunkCache,
+    closing_run: PendingCounts,
 }
 
-/// The current task's pid_tgid if it passes the pid and comm filters; its
-/// command name is left in `comm`.
+/// Whether the current task (`pid_tgid`) passes the pid and comm
+/// filters; its command name is left in `comm`.
 #[inline(always)]
-fn selected_current_task(comm: &mut [u8; TASK_COMM_LEN]) -> Result<Option<u64>, i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
+fn selected_current_task(pid_tgid: u64, comm: &mut [u8; TASK_COMM_LEN]) -> Result<bool, i64> {
     current_comm_into(comm)?;
-    Ok(task_selected((pid_tgid >> 32) as u32, comm).then_some(pid_tgid))
+    Ok(task_selected((pid_tgid >> 32) as u32, comm))
 }
 
 /// The current task's command name, into scratch memory (a by-value copy
@@ -794,7 +956,111 @@ struct WriteFault {
     page: u64,
     /// 1: no page was mapped at the address (not a protection fault).
     not_present: u64,
+    now: u64,
+    cgroup_id: u64,
     comm: [u8; TASK_COMM_LEN],
+}
+
+/// This CPU's last writing thread: its command name, cgroup and filter
+/// verdict. Read afresh when another thread faults here, and at least
+/// every [`WRITER_CACHE_NS`]: a thread can rename itself (prctl) or move
+/// to another cgroup, and is labelled by its old ones for at most that.
+#[repr(C)]
+struct WriterCache {
+    pid_tgid: u64,
+    /// The clock tick (jiffies) when read.
+    tick: u64,
+    /// The boot clock then.
+    boot_ns: u64,
+    selected: u64,
+    cgroup_id: u64,
+    comm: [u8; TASK_COMM_LEN],
+}
+
+/// The time of the fault, if the current thread (`pid_tgid`) passes the
+/// filters; its command name and cgroup are left in `scratch.fault`.
+///
+/// The cache is read afresh when another thread faults here and on every
+/// clock tick: a thread renamed (prctl) or moved to another cgroup is
+/// labelled by its old ones for at most a tick. The time is that of the
+/// thread's first fault on this CPU in this tick, so within a tick: the
+/// boot clock reads the TSC, ~110 ns per call in a VM here, and the coarse
+/// clock is not for tracing programs. Records of first writes carry the
+/// fine time (see record_write).
+#[inline(always)]
+fn current_writer(pid_tgid: u64, scratch: &mut FaultScratch) -> Result<Option<u64>, i64> {
+    let FaultScratch { writer, fault, .. } = scratch;
+    // SAFETY: no arguments.
+    let tick = unsafe { bpf_jiffies64() };
+    if writer.pid_tgid != pid_tgid || writer.tick != tick {
+        current_comm_into(&mut writer.comm)?;
+        writer.cgroup_id = current_cgroup_id();
+        writer.selected = u64::from(task_selected((pid_tgid >> 32) as u32, &writer.comm));
+        writer.pid_tgid = pid_tgid;
+        writer.tick = tick;
+        // SAFETY: no arguments.
+        writer.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    }
+    if writer.selected == 0 {
+        return Ok(None);
+    }
+    fault.comm = writer.comm;
+    fault.cgroup_id = writer.cgroup_id;
+    Ok(Some(writer.boot_ns))
+}
+
+/// This CPU's copy of the dedup entry it used last. Bits only ever get
+/// set, so a bit set here was reported: a repeated fault on the page by
+/// the chunk's first writer needs no map lookup.
+#[repr(C)]
+struct ChunkCache {
+    key: PageChunkKey,
+    chunk: PageChunk,
+}
+
+/// Whether this CPU's copy of the dedup entry shows page `page` of
+/// `kind` reported, with nothing left to do for this writer.
+#[inline(always)]
+fn reported_here(cache: &ChunkCache, header: &EventHeader, kind: u32, page: u64) -> bool {
+    let key = &cache.key;
+    if key.chunk != page / CHUNK_PAGES
+        || key.kind != kind
+        || key.file.ino != header.ino
+        || key.file.dev != header.dev
+        || key.file.generation != header.generation
+    {
+        return false;
+    }
+    let Some(word) = cache
+        .chunk
+        .reported
+        .get(((page % CHUNK_PAGES) / 64) as usize)
+    else {
+        return false;
+    };
+    word & (1u64 << (page % 64)) != 0
+        && (cache.chunk.first_tgid == header.tgid || kind == event_kind::COW_WRITE)
+}
+
+/// Copies the dedup entry of `page` into this CPU's cache.
+#[inline(never)]
+fn cache_chunk(cache: &mut ChunkCache, header: &EventHeader, kind: u32, page: u64) {
+    cache.key = PageChunkKey {
+        file: FileKey {
+            dev: header.dev,
+            generation: header.generation,
+            ino: header.ino,
+        },
+        chunk: page / CHUNK_PAGES,
+        kind,
+        _pad: 0,
+    };
+    // SAFETY: a plain value of the dedup map, copied out at once.
+    match unsafe { PAGE_SEEN.get(&cache.key) } {
+        Some(chunk) => cache.chunk = *chunk,
+        // Not kept (the map refused it): nothing cached.
+        None => cache.key.kind = 0,
+    }
 }
 
 /// Records a write fault whose mapping is known. Out of line: every backend's
@@ -806,42 +1072,73 @@ fn record_write(scratch: &mut FaultScratch) -> i64 {
         fault,
         header,
         pending,
+        chunk_cache,
+        closing_run,
         ..
     } = scratch;
     let info = &*info;
-    let (pid_tgid, page) = (fault.pid_tgid, fault.page);
+    let (pid_tgid, page, now) = (fault.pid_tgid, fault.page, fault.now);
     let comm = &fault.comm;
     // Anonymous memory, or a store the kernel will refuse.
     if info.file == 0 || info.flags & VM_WRITE == 0 {
         return 0;
     }
-    // Past the end of the file the fault ends in SIGBUS: nothing is written.
-    if page >= pages_of(info.size) {
-        bump(counter::FAULTS_PAST_EOF);
-        return 0;
-    }
     let shared = info.flags & VM_SHARED != 0;
-    account_writer(info.dev, comm, shared);
-    if !shared {
-        bump(counter::COW_FAULTS);
-        if config!(include_cow) == 0 {
-            return 0;
-        }
-    } else {
-        bump(counter::SHARED_WRITE_FAULTS);
-    }
     let kind = if shared {
         event_kind::SHARED_WRITE
     } else {
         event_kind::COW_WRITE
     };
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let file_key = info.file_key();
-    fill_header(header, kind, pid_tgid, &file_key, now, comm);
+    fill_header(
+        header,
+        kind,
+        pid_tgid,
+        &file_key,
+        now,
+        comm,
+        fault.cgroup_id,
+    );
+    // A repeated fault of the page's writer: only counted. Otherwise the
+    // page is reported, if it lies inside the file: past the end the fault
+    // ends in SIGBUS and nothing is written. (The size is read afresh: a
+    // cached mapping's is not. A repeated fault skips the check; if the
+    // file shrank under it, that fault is counted but no page reported.)
+    let reported = reported_here(chunk_cache, header, kind, page);
+    if !reported {
+        let size = read_kernel(info.inode, offset!(inode_i_size)).unwrap_or(info.size);
+        if page >= pages_of(size) {
+            bump(counter::FAULTS_PAST_EOF);
+            return 0;
+        }
+        // Records carry the fine time.
+        // SAFETY: no arguments.
+        header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    }
     let header = &*header;
-    account_fault(&file_key, shared, now, header, info);
-    report_first_use(header, kind, page, 1);
+    if !shared {
+        bump(counter::COW_FAULTS);
+        if config!(include_cow) == 0 {
+            // Counted per writer only: the file is not reported.
+            let writer = WriterStatsKey {
+                cgroup_id: header.cgroup_id,
+                dev: header.dev,
+                _pad: 0,
+                comm: header.comm,
+            };
+            add_writer_faults(&writer, 0, 1);
+            return 0;
+        }
+    } else {
+        bump(counter::SHARED_WRITE_FAULTS);
+    }
+    if !count_in_run(header, shared, closing_run) {
+        announce_file(&file_key, now, header, info);
+    }
+    if !reported {
+        report_first_use(header, kind, page, 1);
+        cache_chunk(chunk_cache, header, kind, page);
+    }
     if shared && fault.not_present != 0 {
         pending.room = folio_room(info, fault.address);
         pending.page = page;
@@ -870,19 +1167,38 @@ fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages: u64) {
         generation: header.generation,
         ino: header.ino,
     };
-    let page_key = PageKey {
+    let chunk_key = PageChunkKey {
         file,
-        page,
+        chunk: page / CHUNK_PAGES,
         kind,
         _pad: 0,
     };
-    // SAFETY: read-only lookup of a plain u32 value.
-    match unsafe { PAGE_SEEN.get(&page_key) } {
-        Some(&first_writer) if first_writer == tgid => {}
+    let word = ((page % CHUNK_PAGES) / 64) as usize;
+    let bit = 1u64 << (page % 64);
+    let Some(chunk) = PAGE_SEEN.get_ptr_mut(&chunk_key) else {
+        new_chunk(&chunk_key, header, kind, page, pages);
+        return;
+    };
+    // SAFETY: a value of the shared dedup map. Other CPUs may update the
+    // same word at once; a bit lost that way only makes its page be
+    // reported again, which userspace deduplicates (no atomic OR in BPF
+    // before cpu v3).
+    let chunk = unsafe { &mut *chunk };
+    let Some(reported) = chunk.reported.get_mut(word) else {
+        return;
+    };
+    if *reported & bit == 0 {
+        *reported |= bit;
+        submit_page_event(header, kind, page, pages);
+        return;
+    }
+    match chunk.first_tgid {
+        // The chunk's first writer already writes this file.
+        first_writer if first_writer == tgid => {}
         // Another process copying the same page privately modifies nothing:
         // only writers of the file itself are attributed.
-        Some(_) if kind == event_kind::COW_WRITE => {}
-        Some(_) => {
+        _ if kind == event_kind::COW_WRITE => {}
+        _ => {
             let writer_key = WriterKey {
                 file,
                 tgid,
@@ -902,20 +1218,32 @@ fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages: u64) {
                 }
             }
         }
-        None => match PAGE_SEEN.insert(&page_key, &tgid, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                bump(counter::DEDUP_INSERTS);
-                submit_page_event(header, kind, page, pages);
-            }
-            // Another CPU reported this page an instant ago.
-            Err(err) if err as i64 == -EEXIST => {}
-            Err(_) => {
-                // Report anyway: userspace deduplicates too.
-                bump(counter::DEDUP_INSERT_FAILED);
-                submit_page_event(header, kind, page, pages);
-            }
-        },
     }
+}
+
+/// The first page reported of a chunk: creates its dedup entry (evicting
+/// the least recently used one when full) and reports the page.
+#[inline(never)]
+fn new_chunk(key: &PageChunkKey, header: &EventHeader, kind: u32, page: u64, pages: u64) {
+    match PAGE_SEEN.insert(key, &EMPTY_CHUNK, BPF_NOEXIST as u64) {
+        Ok(()) => bump(counter::DEDUP_INSERTS),
+        // Another CPU created it an instant ago: mark the page there.
+        Err(err) if err as i64 == -EEXIST => {}
+        Err(_) => bump(counter::DEDUP_INSERT_FAILED),
+    }
+    if let Some(chunk) = PAGE_SEEN.get_ptr_mut(key) {
+        // SAFETY: a value of the shared dedup map (see report_first_use).
+        let chunk = unsafe { &mut *chunk };
+        if chunk.first_tgid == 0 {
+            chunk.first_tgid = header.tgid;
+        }
+        if let Some(reported) = chunk.reported.get_mut(((page % CHUNK_PAGES) / 64) as usize) {
+            *reported |= 1u64 << (page % 64);
+        }
+    }
+    // Reported even when the entry could not be made: userspace
+    // deduplicates too.
+    submit_page_event(header, kind, page, pages);
 }
 
 /// How far a folio around the faulting page may reach and still be mapped
@@ -1006,17 +1334,18 @@ fn page_cache_folio(mapping: u64, index: u64) -> Option<u64> {
     (owner == mapping).then_some(entry)
 }
 
-// exceptions:page_fault_{user,kernel}: address@8, ip@16, error_code@24.
-fn fault_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offsets from the tracepoint's format file, stable since 3.13.
-    let address: u64 = unsafe { ctx.read_at(8) }.map_err(|err| err as i64)?;
-    let error_code: u64 = unsafe { ctx.read_at(24) }.map_err(|err| err as i64)?;
-    try_write_fault(address, error_code)
+/// `exceptions:page_fault_{user,kernel}` as raw tracepoints: (address,
+/// regs, error_code), read straight from the context. The classic
+/// tracepoint would first copy its record through the perf buffer.
+#[inline(always)]
+fn fault_args(ctx: &RawTracePointContext) -> (u64, u64) {
+    (ctx.arg(0), ctx.arg(2))
 }
 
-#[tracepoint]
-pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    if let Err(err) = fault_tracepoint(&ctx) {
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    if let Err(err) = try_write_fault(address, error_code) {
         debug!(&ctx, "page_fault_user: kernel read failed: {}", err);
     }
     0
@@ -1024,9 +1353,21 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
 
 /// Kernel-mode faults on user addresses: read(2) or a copy_to_user into a
 /// shared mapping stores into the file just as a user store does.
-#[tracepoint]
-pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
-    let _ = fault_tracepoint(&ctx);
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    let _ = try_write_fault(address, error_code);
+    0
+}
+
+/// The function-hook backends' read faults (their hooks see the writes):
+/// tmpfs pages a read fault maps writable are possibly written.
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
+        let _ = read_fault(address);
+    }
     0
 }
 
@@ -1251,9 +1592,10 @@ fn try_filemap_map_pages(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let scratch = fault_scratch()?;
-    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
         return Ok(());
-    };
+    }
     // A fault-around inside a user read fault of this thread was handled
     // at the fault tracepoint, which knows the mapping. Any other (from
     // get_user_pages, or after the task moved CPU) cannot tell which
@@ -1416,14 +1758,16 @@ fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
         }
     }
     let scratch = fault_scratch()?;
-    let Some(pid_tgid) = selected_current_task(&mut scratch.fault.comm)? else {
-        return Ok(());
-    };
     let vma: u64 = read_kernel(vmf, offset!(vmf_vma))?;
     fill_vma_info(vma, &mut scratch.info)?;
-    if scratch.info.file == 0 {
+    // Anonymous memory or a refused store: no more work.
+    if scratch.info.file == 0 || scratch.info.flags & VM_WRITE == 0 {
         return Ok(());
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(now) = current_writer(pid_tgid, scratch)? else {
+        return Ok(());
+    };
     let shared = scratch.info.flags & VM_SHARED != 0;
     let cow_at_copy = HOOKS
         .get(0)
@@ -1434,6 +1778,7 @@ fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
         _ => {}
     }
     scratch.fault.pid_tgid = pid_tgid;
+    scratch.fault.now = now;
     scratch.fault.address = read_kernel(vmf, offset!(vmf_address))?;
     // The kernel's own page index for this fault (linear_page_index).
     scratch.fault.page = read_kernel(vmf, offset!(vmf_pgoff))?;
@@ -1449,7 +1794,7 @@ fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
 /// `vm_ops->page_mkwrite` (the program is on `do_page_mkwrite`).
 fn try_page_mkwrite(vmf: u64, hook_fn: u64) -> Result<(), i64> {
     let mut comm = [0u8; TASK_COMM_LEN];
-    if selected_current_task(&mut comm)?.is_none() {
+    if !selected_current_task(bpf_get_current_pid_tgid(), &mut comm)? {
         return Ok(());
     }
     let vma: u64 = read_kernel(vmf, offset!(vmf_vma))?;
@@ -1617,6 +1962,18 @@ pub fn kprobe_folio_end_writeback(ctx: ProbeContext) -> u32 {
     if let Some(folio) = ctx.arg::<u64>(0) {
         let _ = try_folio_written_back(folio);
     }
+    0
+}
+
+/// `mmapwatch bench-floor`: empty programs on the fault path's attach
+/// points, the floor `cargo xtask bench` compares mmapwatch's cost with.
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn floor_page_fault_user(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "writeback_dirty_folio")]
+pub fn floor_writeback_dirty_folio(_ctx: RawTracePointContext) -> i32 {
     0
 }
 

@@ -483,7 +483,9 @@ impl Aggregate {
         }
     }
 
-    /// Replaces a file's kernel counters with a fresh per-CPU snapshot.
+    /// Takes a file's kernel counters from a fresh per-CPU snapshot. They
+    /// never go back: a snapshot taken while a CPU moves its open run of
+    /// faults into the maps can miss that run for an instant.
     pub fn set_kernel_stats<'a>(
         &mut self,
         file: FileId,
@@ -493,7 +495,7 @@ impl Aggregate {
         // Counters for files with no reported page (their first-write record
         // was dropped) still show up: nothing is lost silently.
         let (record, _) = self.record(file);
-        record.kernel = summed;
+        record.kernel = max_stats(&record.kernel, &summed);
     }
 }
 
@@ -518,6 +520,27 @@ pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a FileStats>) -> FileSt
             .max(s.last_writeback_end_boot_ns);
     }
     total
+}
+
+/// Each counter and timestamp at the larger of the two.
+fn max_stats(a: &FileStats, b: &FileStats) -> FileStats {
+    FileStats {
+        shared_write_faults: a.shared_write_faults.max(b.shared_write_faults),
+        cow_faults: a.cow_faults.max(b.cow_faults),
+        folios_dirtied: a.folios_dirtied.max(b.folios_dirtied),
+        pages_dirtied: a.pages_dirtied.max(b.pages_dirtied),
+        writeback_pages: a.writeback_pages.max(b.writeback_pages),
+        writeback_starts: a.writeback_starts.max(b.writeback_starts),
+        writeback_ends: a.writeback_ends.max(b.writeback_ends),
+        last_write_boot_ns: a.last_write_boot_ns.max(b.last_write_boot_ns),
+        last_dirty_boot_ns: a.last_dirty_boot_ns.max(b.last_dirty_boot_ns),
+        last_writeback_start_boot_ns: a
+            .last_writeback_start_boot_ns
+            .max(b.last_writeback_start_boot_ns),
+        last_writeback_end_boot_ns: a
+            .last_writeback_end_boot_ns
+            .max(b.last_writeback_end_boot_ns),
+    }
 }
 
 /// Joins dentry names (leaf first) into a path under `mount_point`. A walk

@@ -253,7 +253,28 @@ impl KernelBtf {
             return Err(BtfError::Lookup("maple nodes wider than expected".into()));
         }
         offsets.maple_walk = 1;
+        self.mm_lock_seq(offsets);
         Ok(())
+    }
+
+    /// `mm_struct.mm_lock_seq`, which validates the fault path's cached
+    /// VMA; without it (before 6.4) every fault walks the tree.
+    fn mm_lock_seq(&self, offsets: &mut KernelOffsets) {
+        use probe_common::mm_lock_seq_kind;
+        let found = self
+            .composite("mm_struct")
+            .and_then(|mm| self.member(&mm, "mm_struct", "mm_lock_seq", 0));
+        let Ok(Some((offset, ty))) = found else {
+            offsets.mm_lock_seq_kind = mm_lock_seq_kind::NONE;
+            return;
+        };
+        offsets.mm_lock_seq = offset;
+        // seqcount_t's first member is the sequence; an int is the count.
+        offsets.mm_lock_seq_kind = if self.resolve_composite(ty, "mm_lock_seq").is_ok() {
+            mm_lock_seq_kind::SEQCOUNT
+        } else {
+            mm_lock_seq_kind::COUNTER
+        };
     }
 
     /// Value of enumerator `name` of `enum enum_name`, such as `PG_head`
@@ -551,6 +572,12 @@ mod tests {
             (offsets.range64_pivot_count, offsets.arange64_pivot_count),
             (15, 9)
         );
+        // 6.13+: a seqcount, whose sequence lies past the maple tree.
+        assert_eq!(
+            offsets.mm_lock_seq_kind,
+            probe_common::mm_lock_seq_kind::SEQCOUNT
+        );
+        assert!(offsets.mm_lock_seq > offsets.mm_ma_root);
         assert_ne!(offsets.file_dentry, 0);
         assert!(offsets.pg_head_bit < 64);
     }

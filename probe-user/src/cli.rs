@@ -52,6 +52,10 @@ pub enum Command {
     Export(ExportArgs),
     /// Show what this kernel supports and which backend `auto` picks.
     Doctor,
+    /// Empty programs on the fault path's attach points until stopped: the
+    /// floor `cargo xtask bench` compares mmapwatch's cost with.
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -128,7 +132,7 @@ pub struct FilterArgs {
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
 
-    /// Capacity of the kernel's first-write dedup map.
+    /// Capacity of the kernel's first-write dedup map, in chunks of 512 pages.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub dedup_entries: Option<u32>,
 }

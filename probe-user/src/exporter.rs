@@ -397,11 +397,14 @@ impl Exporter {
     /// Per-writer kernel fault counts (cumulative) into counter increments.
     pub fn add_writer_stats(&mut self, stats: Vec<(WriterLabel, probe_common::WriterStats)>) {
         for (label, totals) in stats {
-            let current = (totals.shared_write_faults, totals.cow_faults);
-            let previous = self
-                .previous_writers
-                .insert(label.clone(), current)
-                .unwrap_or((0, 0));
+            // Never back: a read can miss a CPU's run of faults for an
+            // instant (see Probes::writer_stats).
+            let previous = self.previous_writers.get(&label).copied().unwrap_or((0, 0));
+            let current = (
+                totals.shared_write_faults.max(previous.0),
+                totals.cow_faults.max(previous.1),
+            );
+            self.previous_writers.insert(label.clone(), current);
             let file = FileId {
                 dev: label.dev,
                 ino: 0,

@@ -2,6 +2,7 @@
 //! pages, by whom, and when they were written back.
 
 pub mod aggregate;
+pub mod bench_floor;
 pub mod blind_spots;
 pub mod btf;
 pub mod cli;

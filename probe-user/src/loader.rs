@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probe_common::{
-    counter, filter, FileKey, FileStats, ProbeConfig, WriterStats, WriterStatsKey, LATENCY_BUCKETS,
-    MAX_COMM_FILTERS, TASK_COMM_LEN,
+    counter, filter, FileKey, FileStats, PendingCounts, ProbeConfig, WriterStats, WriterStatsKey,
+    LATENCY_BUCKETS, MAX_COMM_FILTERS, TASK_COMM_LEN,
 };
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The eBPF object built by build.rs.
-static PROBES_OBJECT: &[u8] =
+pub(crate) static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmapwatch-probes"));
 
 pub const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -41,6 +41,10 @@ pub struct Tracepoint {
     /// and in the report's warnings).
     pub required: bool,
     pub purpose: &'static str,
+    /// Attached as a raw tracepoint: the fault programs run on every page
+    /// fault of the host, and a raw one reads its arguments straight from
+    /// the context instead of having the kernel copy a record first.
+    pub raw: bool,
 }
 
 pub const TRACEPOINTS: &[Tracepoint] = &[
@@ -50,6 +54,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         name: "page_fault_user",
         required: true,
         purpose: "write faults from user space",
+        raw: true,
     },
     Tracepoint {
         program: "page_fault_kernel",
@@ -57,6 +62,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         name: "page_fault_kernel",
         required: false,
         purpose: "kernel stores into user mappings (read(2) into a mapping)",
+        raw: true,
     },
     Tracepoint {
         program: "sys_enter_mmap",
@@ -64,6 +70,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         name: "sys_enter_mmap",
         required: false,
         purpose: "processes with shared writable mappings (tmpfs possibly-written pages)",
+        raw: false,
     },
     Tracepoint {
         program: "sys_enter_mprotect",
@@ -71,8 +78,21 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         name: "sys_enter_mprotect",
         required: false,
         purpose: "mappings made writable later (tmpfs possibly-written pages)",
+        raw: false,
     },
 ];
+
+/// The function-hook backends' own program on the user fault tracepoint:
+/// read faults only (the hooks see every write), for tmpfs pages that a
+/// read fault maps writable.
+pub const READ_FAULTS: Tracepoint = Tracepoint {
+    program: "page_fault_user_reads",
+    category: "exceptions",
+    name: "page_fault_user",
+    required: false,
+    purpose: "tmpfs/shmem pages mapped writable by read faults (possibly written)",
+    raw: true,
+};
 
 /// A raw tracepoint the backend attaches to: they give the folio and
 /// inode pointers whose classic formats lack the device number or the
@@ -584,8 +604,12 @@ impl Probes {
             spawn_kernel_logger(&mut ebpf);
         }
 
-        for tp in TRACEPOINTS {
-            load_program::<TracePoint>(&mut ebpf, tp.program, |p| p.load())?;
+        for tp in TRACEPOINTS.iter().chain([&READ_FAULTS]) {
+            if tp.raw {
+                load_program::<RawTracePoint>(&mut ebpf, tp.program, |p| p.load())?;
+            } else {
+                load_program::<TracePoint>(&mut ebpf, tp.program, |p| p.load())?;
+            }
         }
         for tp in RAW_TRACEPOINTS {
             load_program::<RawTracePoint>(&mut ebpf, tp.program, |p| p.load())?;
@@ -655,7 +679,17 @@ impl Probes {
         };
         self.selection.reason = reason;
         match chosen {
-            Some(mechanism) => self.selection.backend = mechanism.name(),
+            Some(mechanism) => {
+                self.selection.backend = mechanism.name();
+                let label = format!("raw_tp/{}", READ_FAULTS.name);
+                match self.attach_tracepoint(&READ_FAULTS, &label) {
+                    Ok(()) => self.attached.programs.push(label),
+                    Err(_) => self
+                        .attached
+                        .missing
+                        .push(format!("{label} ({})", READ_FAULTS.purpose)),
+                }
+            }
             None => {
                 self.selection.backend = "tracepoint";
                 self.attach_tracepoints(&tracefs, true)?;
@@ -862,13 +896,7 @@ impl Probes {
                     .push(format!("{label} ({})", tp.purpose));
                 continue;
             }
-            let program: &mut TracePoint = program_mut(&mut self.ebpf, tp.program)?;
-            program
-                .attach(tp.category, tp.name)
-                .map_err(|err| LoadError::Attach {
-                    program: label.clone(),
-                    reason: err.to_string(),
-                })?;
+            self.attach_tracepoint(tp, &label)?;
             self.attached.programs.push(label);
         }
         if faults {
@@ -890,6 +918,21 @@ impl Probes {
                     .missing
                     .push(format!("{label} ({})", tp.purpose)),
             }
+        }
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self, tp: &Tracepoint, label: &str) -> Result<(), LoadError> {
+        let failed = |err: aya::programs::ProgramError| LoadError::Attach {
+            program: label.to_string(),
+            reason: err.to_string(),
+        };
+        if tp.raw {
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, tp.program)?;
+            program.attach(tp.name).map_err(failed)?;
+        } else {
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, tp.program)?;
+            program.attach(tp.category, tp.name).map_err(failed)?;
         }
         Ok(())
     }
@@ -972,17 +1015,42 @@ impl Probes {
         })
     }
 
+    /// Each CPU's open run of fault counts, not yet in the stats maps.
+    /// Read after those maps: a run closing in between is then missed for
+    /// an instant, never counted twice (the kernel closes a run before it
+    /// adds it to the maps).
+    fn open_runs(&self) -> Result<Vec<PendingCounts>, LoadError> {
+        let map: PerCpuArray<_, PendingCounts> = self.typed_map("PENDING_COUNTS")?;
+        let runs = map.get(&0, 0).map_err(|err| LoadError::Map {
+            map: "PENDING_COUNTS",
+            reason: err.to_string(),
+        })?;
+        Ok(runs
+            .iter()
+            .filter(|run| run.shared_write_faults + run.cow_faults > 0)
+            .copied()
+            .collect())
+    }
+
     /// Fault counts per (cgroup, filesystem, command), summed over CPUs.
     pub fn writer_stats(&self) -> Result<Vec<(WriterLabel, WriterStats)>, LoadError> {
         let map: PerCpuHashMap<_, WriterStatsKey, WriterStats> = self.typed_map("WRITER_STATS")?;
-        let mut out = Vec::new();
+        let mut totals: StdHashMap<WriterStatsKey, WriterStats> = StdHashMap::new();
         for item in map.iter() {
             let Ok((key, values)) = item else { continue };
-            let mut total = WriterStats::default();
+            let total = totals.entry(key).or_default();
             for v in values.iter() {
                 total.shared_write_faults += v.shared_write_faults;
                 total.cow_faults += v.cow_faults;
             }
+        }
+        for run in self.open_runs()? {
+            let total = totals.entry(run.writer).or_default();
+            total.shared_write_faults += run.shared_write_faults;
+            total.cow_faults += run.cow_faults;
+        }
+        let mut out = Vec::new();
+        for (key, total) in totals {
             let end = key
                 .comm
                 .iter()
@@ -1025,14 +1093,24 @@ impl Probes {
             .collect()
     }
 
-    /// Every file's per-CPU counters.
+    /// Every file's per-CPU counters, with the CPUs' open runs of faults.
     pub fn file_stats(&self) -> Result<StdHashMap<FileId, Vec<FileStats>>, LoadError> {
         let map: PerCpuHashMap<_, FileKey, FileStats> = self.typed_map("FILE_STATS")?;
-        let mut out = StdHashMap::new();
+        let mut out: StdHashMap<FileId, Vec<FileStats>> = StdHashMap::new();
         for item in map.iter() {
             // An entry can vanish between listing and lookup; skip it.
             let Ok((key, values)) = item else { continue };
             out.insert(FileId::from_key(&key), values.iter().copied().collect());
+        }
+        for run in self.open_runs()? {
+            out.entry(FileId::from_key(&run.file))
+                .or_default()
+                .push(FileStats {
+                    shared_write_faults: run.shared_write_faults,
+                    cow_faults: run.cow_faults,
+                    last_write_boot_ns: run.last_write_boot_ns,
+                    ..FileStats::default()
+                });
         }
         Ok(out)
     }

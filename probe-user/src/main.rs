@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use probe_user::{
+    bench_floor,
     cli::{Cli, Command},
     doctor,
     error::{exit_code, exit_code_for},
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
             Command::Trace(args) => trace::run(&kernel, args).await,
             Command::Export(args) => exporter::run(&kernel, args).await,
             Command::Top(args) => tui::run(&kernel, args).await,
+            Command::BenchFloor => bench_floor::run().await,
             Command::Doctor => {
                 print!("{}", doctor::render(&doctor::checks(&kernel.btf)));
                 Ok(0)

@@ -119,6 +119,23 @@ pub struct WriterStatsKey {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+/// This CPU's current run of write faults by one writer (command name and
+/// cgroup) on one file, not yet added to the per-file and per-writer
+/// stats: a repeated fault then updates no hash map. A run ends when
+/// another writer or file faults on this CPU, and is added to the maps
+/// then; userspace adds the runs still open when it reads those maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct PendingCounts {
+    pub file: FileKey,
+    /// `writer.dev` is the file's.
+    pub writer: WriterStatsKey,
+    pub shared_write_faults: u64,
+    pub cow_faults: u64,
+    pub last_write_boot_ns: u64,
+}
+
 /// Per-CPU value of the per-writer fault counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -248,18 +265,37 @@ pub struct FileKey {
     pub ino: u64,
 }
 
-/// Key of the dedup LRU: one entry per (file, page, kind).
+/// Pages per entry of the dedup LRU: one entry holds a bitmap of 512
+/// consecutive pages (2 MiB of file with 4 KiB pages), so that faults on
+/// neighbouring pages hit one hot entry rather than 512 cold ones.
+pub const CHUNK_PAGES: u64 = 512;
+
+/// Key of the dedup LRU: one entry per (file, chunk of [`CHUNK_PAGES`], kind).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
-pub struct PageKey {
+pub struct PageChunkKey {
     pub file: FileKey,
-    /// Page index; for spans and possibly-written windows, their first page.
-    pub page: u64,
-    /// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`],
-    /// [`event_kind::FOLIO_SPAN`] or [`event_kind::POSSIBLE_WRITE`].
+    /// Page index / [`CHUNK_PAGES`]; for spans, that of their first page.
+    pub chunk: u64,
+    /// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`] or
+    /// [`event_kind::FOLIO_SPAN`].
     pub kind: u32,
     pub _pad: u32,
+}
+
+/// Value of the dedup LRU: which pages of the chunk were reported, and
+/// the process that reported the chunk's first page. A page reported by
+/// another process is checked against the writer LRU (a new writer of
+/// the file is reported once); the chunk's own first writer is already
+/// a writer of the file, so its faults need no more work.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct PageChunk {
+    pub first_tgid: u32,
+    pub _pad: u32,
+    pub reported: [u64; (CHUNK_PAGES / 64) as usize],
 }
 
 /// Key of the writer LRU: one entry per (file, process) beyond the first writer.
@@ -371,6 +407,21 @@ pub struct KernelOffsets {
     pub xa_node_slots: u32,
     /// `vm_area_struct.vm_page_prot`: writable without write-notify?
     pub vma_vm_page_prot: u32,
+    /// `mm_struct.mm_lock_seq` (Linux 6.4+), which changes whenever the
+    /// mm's mappings change: a cached VMA is valid while it is unchanged.
+    pub mm_lock_seq: u32,
+    /// One of [`mm_lock_seq_kind`].
+    pub mm_lock_seq_kind: u32,
+}
+
+/// What `mm_struct.mm_lock_seq` is on this kernel.
+pub mod mm_lock_seq_kind {
+    /// Absent (before 6.4): every fault walks the maple tree.
+    pub const NONE: u32 = 0;
+    /// An int bumped when the mmap write lock is released (6.4 to 6.12).
+    pub const COUNTER: u32 = 1;
+    /// A seqcount, odd while the mmap write lock is held (6.13+).
+    pub const SEQCOUNT: u32 = 2;
 }
 
 /// Run-time configuration, a global set at load time.
@@ -447,6 +498,8 @@ impl KernelOffsets {
         xa_node_shift: 0,
         xa_node_slots: 0,
         vma_vm_page_prot: 0,
+        mm_lock_seq: 0,
+        mm_lock_seq_kind: 0,
     };
 }
 
@@ -503,7 +556,9 @@ mod pod {
     // SAFETY: all these are repr(C), contain only integers and byte arrays,
     // and have no implicit padding (zerocopy's IntoBytes derive checks that).
     unsafe impl aya::Pod for super::FileKey {}
-    unsafe impl aya::Pod for super::PageKey {}
+    unsafe impl aya::Pod for super::PageChunkKey {}
+    unsafe impl aya::Pod for super::PageChunk {}
+    unsafe impl aya::Pod for super::PendingCounts {}
     unsafe impl aya::Pod for super::WriterKey {}
     unsafe impl aya::Pod for super::FileStats {}
     unsafe impl aya::Pod for super::WriterStatsKey {}

@@ -151,6 +151,10 @@ enum Case {
         /// Re-arm faults with MADV_DONTNEED instead of msync.
         #[arg(long)]
         dontneed: bool,
+        /// Anonymous private memory instead of the file (first touches,
+        /// re-armed with MADV_DONTNEED; `--file` is not opened).
+        #[arg(long)]
+        anonymous: bool,
     },
     /// Benchmark: create a file, write every page through a shared mapping,
     /// unlink it; repeat for `seconds`. Every write is a first write.
@@ -516,11 +520,24 @@ fn main() -> Result<()> {
             pages,
             rounds,
             dontneed,
+            anonymous,
         } => {
-            let handle = open_sized(&file, pages)?;
             let len = pages as usize * PAGE;
-            // SAFETY: the file is private to the benchmark.
-            let mut map = unsafe { MmapOptions::new().len(len).map_mut(&handle)? };
+            let mut map = if anonymous {
+                let map = MmapOptions::new().len(len).map_anon()?;
+                // One fault per 4 KiB page, not one per 2 MiB huge page.
+                // SAFETY: advice on our own mapping.
+                if unsafe { libc::madvise(map.as_ptr() as *mut _, len, libc::MADV_NOHUGEPAGE) } != 0
+                {
+                    bail!("madvise: {}", std::io::Error::last_os_error());
+                }
+                map
+            } else {
+                let handle = open_sized(&file, pages)?;
+                // SAFETY: the file is private to the benchmark.
+                unsafe { MmapOptions::new().len(len).map_mut(&handle)? }
+            };
+            let dontneed = dontneed || anonymous;
             let mut per_fault = Vec::new();
             for round in 0..rounds {
                 let start = std::time::Instant::now();
