@@ -364,6 +364,11 @@ fn find_mapping(address: u64, tgid: u64, scratch: &mut FaultScratch) -> bool {
             && cache.info.start <= address
             && address < cache.info.end
         {
+            // Anonymous: the caller needs to know only that.
+            if cache.info.file == 0 {
+                scratch.info.file = 0;
+                return true;
+            }
             // `size` may be stale: it changes without the mmap lock
             // (truncate, extending writes). Read it afresh where it matters.
             scratch.info = cache.info;
@@ -1274,6 +1279,15 @@ fn note_folio_span(
 ) -> Option<(u64, u64)> {
     let (page, room) = (pending.page, pending.room);
     let mapping = read_kernel::<u64>(file, offset!(file_f_mapping)).ok()?;
+    // A file that cannot have large folios (tmpfs without huge=, most
+    // filesystems before 6.16) needs no page-cache walk.
+    let mask = offset!(large_folio_mask);
+    if mask != 0 {
+        let flags: u64 = read_kernel(mapping, offset!(mapping_flags)).ok()?;
+        if flags & mask == 0 {
+            return None;
+        }
+    }
     match page_cache_folio(mapping, page) {
         Some(folio) => {
             let pages = folio_pages(folio).ok()?;
@@ -1412,8 +1426,13 @@ fn try_dirty_folio(ctx: &RawTracePointContext) -> Result<(), i64> {
         (*stats).pages_dirtied += pages;
         (*stats).last_dirty_boot_ns = now;
     }
-    // Only the first dirtying since the last completed writeback counts.
-    let _ = DIRTY_SINCE.insert(&key, &now, BPF_NOEXIST as u64);
+    // Only the first dirtying since the last completed writeback counts. A
+    // lookup first: most dirtyings find the entry, and a refused insert
+    // takes the bucket lock.
+    // SAFETY: read-only lookup of a plain u64 value.
+    if unsafe { DIRTY_SINCE.get(&key) }.is_none() {
+        let _ = DIRTY_SINCE.insert(&key, &now, BPF_NOEXIST as u64);
+    }
     if pages > 1 {
         let index: u64 = read_kernel(folio, offset!(folio_index))?;
         report_new_folio_span(&key, index, pages, now);

@@ -371,8 +371,28 @@ impl KernelBtf {
             xa_node_shift: self.offset_of("xa_node", "shift")?,
             xa_node_slots: self.offset_of("xa_node", "slots")?,
             vma_vm_page_prot: self.offset_of("vm_area_struct", "vm_page_prot")?,
+            mapping_flags: self.offset_of("address_space", "flags")?,
+            large_folio_mask: self.large_folio_mask(),
             ..KernelOffsets::default()
         })
+    }
+
+    /// The bits of `address_space.flags` that allow a file large folios;
+    /// 0 when this kernel says neither way (every file is then looked up).
+    fn large_folio_mask(&self) -> u32 {
+        let flag = |name: &str| self.enumerator("mapping_flags", name).ok();
+        let mask = match (
+            flag("AS_LARGE_FOLIO_SUPPORT"),
+            flag("AS_FOLIO_ORDER_MAX"),
+            flag("AS_FOLIO_ORDER_BITS"),
+        ) {
+            (Some(bit), _, _) => 1u64.checked_shl(bit as u32).unwrap_or(0),
+            (None, Some(shift), Some(bits)) => ((1u64 << bits.min(32)) - 1)
+                .checked_shl(shift as u32)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        u32::try_from(mask).unwrap_or(0)
     }
 }
 
@@ -578,6 +598,8 @@ mod tests {
             probe_common::mm_lock_seq_kind::SEQCOUNT
         );
         assert!(offsets.mm_lock_seq > offsets.mm_ma_root);
+        // 6.10+: AS_FOLIO_ORDER_MAX (bit 21), 5 bits wide.
+        assert_eq!(offsets.large_folio_mask, 0b11111 << 21);
         assert_ne!(offsets.file_dentry, 0);
         assert!(offsets.pg_head_bit < 64);
     }

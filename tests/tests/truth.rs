@@ -10,7 +10,8 @@ use std::{
 };
 
 use integration_tests::{
-    identity, mmapwatch, path_arg, ranges, require_root, run, scratch_dir, shm_dir, TraceRun,
+    function_hooks_under_test, identity, mmapwatch, path_arg, ranges, require_root, run,
+    scratch_dir, shm_dir, TraceRun,
 };
 use serde_json::Value;
 
@@ -69,14 +70,29 @@ fn a_large_folio_mapped_whole_by_one_fault_is_reported_as_a_span() {
         "the unfaulted store is missing: {entry:#}"
     );
     assert!(pages(&entry["exact_pages"]).contains(&0), "{entry:#}");
-    // Page 5 had no fault of its own: it is there as the folio's span.
-    assert!(!pages(&entry["exact_pages"]).contains(&5), "{entry:#}");
-    assert!(pages(&entry["span_pages"]).contains(&5), "{entry:#}");
-    assert!(entry["folio_spans"].as_u64().unwrap() >= 1, "{entry:#}");
+    if ext4_has_large_folios() {
+        // Page 5 had no fault of its own: it is there as the folio's span.
+        assert!(!pages(&entry["exact_pages"]).contains(&5), "{entry:#}");
+        assert!(pages(&entry["span_pages"]).contains(&5), "{entry:#}");
+        assert!(entry["folio_spans"].as_u64().unwrap() >= 1, "{entry:#}");
+    } else {
+        // One page per folio: the store to page 5 faulted itself.
+        assert!(pages(&entry["exact_pages"]).contains(&5), "{entry:#}");
+    }
     // The span is one folio of the 16-page file: nothing beyond it.
     assert!(written.iter().all(|&p| p < 16), "{entry:#}");
     // The kernel's own dirty count agrees with the superset.
     assert!(entry["pages_dirtied"].as_u64().unwrap() <= written.len() as u64);
+}
+
+/// ext4 caches files in large folios from Linux 6.16.
+fn ext4_has_large_folios() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 16)
 }
 
 /// tmpfs never write-protects shared pages: a read fault maps page 3 (and
@@ -123,7 +139,11 @@ fn a_store_past_eof_is_not_a_written_page() {
     );
     let entry = run.expect_file(&file);
     assert_eq!(ranges(&entry["pages_written"]), vec![(0, 0)], "{entry:#}");
-    assert!(run.json["probe"]["faults_past_eof"].as_u64().unwrap() >= 1);
+    // The fault tracepoint sees the store and counts it; function hooks
+    // never run for it (the kernel refuses it before finish_fault).
+    if !function_hooks_under_test() {
+        assert!(run.json["probe"]["faults_past_eof"].as_u64().unwrap() >= 1);
+    }
 }
 
 /// A file mmap-written and deleted; a new file gets its inode number and is
@@ -166,7 +186,7 @@ fn a_reused_inode_number_is_a_new_file() {
     let old = entries
         .iter()
         .find(|f| f["path"] != second_path.as_str())
-        .unwrap();
+        .unwrap_or_else(|| panic!("the old file keeps its own name: {:#}", run.json));
     assert_eq!(ranges(&old["pages_written"]), vec![(1, 1)]);
     assert_ne!(old["generation"], current["generation"]);
 }

@@ -226,17 +226,27 @@ fn program_run_times(workload: &Path, file: &Path, extra: &[&str]) -> Result<(f6
     set_stats(false)?;
     drop(tracer);
     result?;
-    // Kernel program names are cut to 15 bytes.
-    let per_call = |name: &str| {
-        let (t1, c1) = after.get(name).copied().unwrap_or((0, 0));
-        let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
+    // The kernel cuts names to 15 bytes; bpftool may show them whole
+    // (from BTF). Exact names: page_fault_user_reads is not attached here.
+    let per_call = |names: &[&str]| {
+        let find = |stats: &std::collections::HashMap<String, (u64, u64)>| {
+            names
+                .iter()
+                .find_map(|name| stats.get(*name).copied())
+                .unwrap_or((0, 0))
+        };
+        let (t1, c1) = find(&after);
+        let (t0, c0) = find(&before);
         if c1 > c0 {
             (t1 - t0) as f64 / (c1 - c0) as f64
         } else {
             f64::NAN
         }
     };
-    Ok((per_call("page_fault_user"), per_call("writeback_dirty")))
+    Ok((
+        per_call(&["page_fault_user"]),
+        per_call(&["writeback_dirty_folio", "writeback_dirty"]),
+    ))
 }
 
 /// Run time (ns) and run count of each BPF program, by name.

@@ -413,7 +413,10 @@ fn test() -> Result<()> {
 
 /// What runs in the VM on every `cargo xtask test`: the suites that
 /// exercise the probes. The exporter and dashboard suites only read what
-/// the backend records, and run on the host.
+/// the backend records, and run on the host. Not yet `truth` (~3 min per
+/// backend under TCG): on Debian 6.1 it passes under fentry and
+/// tracepoint, but the kprobe backend names a deleted file after the file
+/// that reused its inode number (issue 11).
 const VM_SUITES: &[&str] = &["trace", "reliability"];
 
 /// The cargo-fuzz targets in fuzz/: what the kernel hands us (ring records,

@@ -323,11 +323,17 @@ mkfs.ext4 -q -F /tmp/scratch.img
         for (name, exe) in suites {
             script.push_str(&format!(
                 r#"start=$(date +%s)
-MMAPWATCH_BACKEND={backend} MMAPWATCH_BIN={bin} MMAPWATCH_IN_VM=1 {exe} --test-threads=1{filter}
+{seeds}MMAPWATCH_BACKEND={backend} MMAPWATCH_BIN={bin} MMAPWATCH_IN_VM=1 {exe} --test-threads=1{filter}
 echo "{RESULT_MARK} backend={backend} suite={name} exit=$? seconds=$(( $(date +%s) - start ))"
 "#,
                 bin = crate::mmapwatch_release().display(),
                 exe = exe.display(),
+                // The randomized test's seed count, as the host was given it.
+                seeds = std::env::var("MW_RANDOM_SEEDS")
+                    .ok()
+                    .filter(|n| n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty())
+                    .map(|n| format!("MW_RANDOM_SEEDS={n} "))
+                    .unwrap_or_default(),
             ));
         }
     }

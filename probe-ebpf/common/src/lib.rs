@@ -412,6 +412,11 @@ pub struct KernelOffsets {
     pub mm_lock_seq: u32,
     /// One of [`mm_lock_seq_kind`].
     pub mm_lock_seq_kind: u32,
+    /// `address_space.flags`, and the bits of it that allow large folios
+    /// (`AS_LARGE_FOLIO_SUPPORT`, or `AS_FOLIO_ORDER_MAX`'s field from
+    /// 6.10); 0: unknown, every file may have them.
+    pub mapping_flags: u32,
+    pub large_folio_mask: u32,
 }
 
 /// What `mm_struct.mm_lock_seq` is on this kernel.
@@ -500,6 +505,8 @@ impl KernelOffsets {
         vma_vm_page_prot: 0,
         mm_lock_seq: 0,
         mm_lock_seq_kind: 0,
+        mapping_flags: 0,
+        large_folio_mask: 0,
     };
 }
 
