@@ -471,6 +471,27 @@ fn fill_header(
     out.comm = *comm;
 }
 
+/// The file a record header names.
+#[inline(always)]
+fn header_file(header: &EventHeader) -> FileKey {
+    FileKey {
+        dev: header.dev,
+        generation: header.generation,
+        ino: header.ino,
+    }
+}
+
+/// The (cgroup, filesystem, command) label set of a record header.
+#[inline(always)]
+fn header_writer(header: &EventHeader) -> WriterStatsKey {
+    WriterStatsKey {
+        cgroup_id: header.cgroup_id,
+        dev: header.dev,
+        _pad: 0,
+        comm: header.comm,
+    }
+}
+
 #[inline(always)]
 fn current_cgroup_id() -> u64 {
     // SAFETY: no arguments; always valid in tracing programs.
@@ -652,26 +673,15 @@ fn count_in_run(header: &EventHeader, shared: bool, closing: &mut PendingCounts)
     // SAFETY: this CPU's slot of a one-entry per-CPU array; programs on
     // one CPU do not interleave on it (see FaultScratch).
     let run = unsafe { &mut *run };
-    let continues = run.file.ino == header.ino
-        && run.file.dev == header.dev
-        && run.file.generation == header.generation
+    let continues = run.file == header_file(header)
         && run.writer.cgroup_id == header.cgroup_id
         && comm_words(&run.writer.comm) == comm_words(&header.comm);
     if !continues {
         // Closed before it is added to the maps: a reader (the maps first,
         // then the runs) may miss a run for an instant, never count it twice.
         *closing = *run;
-        run.file = FileKey {
-            dev: header.dev,
-            generation: header.generation,
-            ino: header.ino,
-        };
-        run.writer = WriterStatsKey {
-            cgroup_id: header.cgroup_id,
-            dev: header.dev,
-            _pad: 0,
-            comm: header.comm,
-        };
+        run.file = header_file(header);
+        run.writer = header_writer(header);
         run.shared_write_faults = 0;
         run.cow_faults = 0;
     }
@@ -1028,12 +1038,7 @@ struct ChunkCache {
 #[inline(always)]
 fn reported_here(cache: &ChunkCache, header: &EventHeader, kind: u32, page: u64) -> bool {
     let key = &cache.key;
-    if key.chunk != page / CHUNK_PAGES
-        || key.kind != kind
-        || key.file.ino != header.ino
-        || key.file.dev != header.dev
-        || key.file.generation != header.generation
-    {
+    if key.chunk != page / CHUNK_PAGES || key.kind != kind || key.file != header_file(header) {
         return false;
     }
     let Some(word) = cache
@@ -1051,11 +1056,7 @@ fn reported_here(cache: &ChunkCache, header: &EventHeader, kind: u32, page: u64)
 #[inline(never)]
 fn cache_chunk(cache: &mut ChunkCache, header: &EventHeader, kind: u32, page: u64) {
     cache.key = PageChunkKey {
-        file: FileKey {
-            dev: header.dev,
-            generation: header.generation,
-            ino: header.ino,
-        },
+        file: header_file(header),
         chunk: page / CHUNK_PAGES,
         kind,
         _pad: 0,
@@ -1125,13 +1126,7 @@ fn record_write(scratch: &mut FaultScratch) -> i64 {
         bump(counter::COW_FAULTS);
         if config!(include_cow) == 0 {
             // Counted per writer only: the file is not reported.
-            let writer = WriterStatsKey {
-                cgroup_id: header.cgroup_id,
-                dev: header.dev,
-                _pad: 0,
-                comm: header.comm,
-            };
-            add_writer_faults(&writer, 0, 1);
+            add_writer_faults(&header_writer(header), 0, 1);
             return 0;
         }
     } else {
@@ -1167,11 +1162,7 @@ fn pages_of(size: u64) -> u64 {
 /// Another process touching them is reported as a new writer.
 fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages: u64) {
     let tgid = header.tgid;
-    let file = FileKey {
-        dev: header.dev,
-        generation: header.generation,
-        ino: header.ino,
-    };
+    let file = header_file(header);
     let chunk_key = PageChunkKey {
         file,
         chunk: page / CHUNK_PAGES,
@@ -1296,11 +1287,7 @@ fn note_folio_span(
         }
         None => {
             pending.pid_tgid = (u64::from(header.tgid) << 32) | u64::from(header.pid);
-            pending.file = FileKey {
-                dev: header.dev,
-                generation: header.generation,
-                ino: header.ino,
-            };
+            pending.file = header_file(header);
             // An LRU map evicts an old entry rather than fail.
             let _ = PENDING_FAULT.insert(&header.pid, pending, 0);
             None

@@ -52,34 +52,14 @@ impl Tracer {
     fn start(mode: Mode) -> Result<Self> {
         let child = match mode {
             Mode::Bare => return Ok(Self(None)),
-            Mode::Mmapwatch => {
-                let mut child = Command::new(mmapwatch_release())
-                    .args(["trace", "--json"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("starting mmapwatch")?;
-                let mut line = String::new();
-                BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut line)?;
-                if !line.contains("tracing") {
-                    bail!("mmapwatch did not start: {line}");
-                }
-                child
-            }
-            Mode::Floor => {
-                let mut child = Command::new(mmapwatch_release())
-                    .arg("bench-floor")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("starting mmapwatch bench-floor")?;
-                let mut line = String::new();
-                BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut line)?;
-                if !line.contains("floor attached") {
-                    bail!("mmapwatch bench-floor did not start: {line}");
-                }
-                child
-            }
+            Mode::Mmapwatch => spawn_until_ready(
+                Command::new(mmapwatch_release()).args(["trace", "--json"]),
+                "tracing",
+            )?,
+            Mode::Floor => spawn_until_ready(
+                Command::new(mmapwatch_release()).arg("bench-floor"),
+                "floor attached",
+            )?,
             Mode::Bpftrace => {
                 let mut child = Command::new("bpftrace")
                     .args(["-e", BPFTRACE_SCRIPT])
@@ -99,6 +79,22 @@ impl Tracer {
         };
         Ok(Self(Some(child)))
     }
+}
+
+/// Starts mmapwatch and waits for its first line on stderr, which says
+/// its probes are attached (it must contain `ready`).
+fn spawn_until_ready(command: &mut Command, ready: &str) -> Result<Child> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut line)?;
+    if !line.contains(ready) {
+        bail!("{command:?} did not start: {line}");
+    }
+    Ok(child)
 }
 
 impl Drop for Tracer {
