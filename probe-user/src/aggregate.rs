@@ -511,7 +511,6 @@ pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a FileStats>) -> FileSt
         total.writeback_starts += s.writeback_starts;
         total.writeback_ends += s.writeback_ends;
         total.last_write_boot_ns = total.last_write_boot_ns.max(s.last_write_boot_ns);
-        total.last_dirty_boot_ns = total.last_dirty_boot_ns.max(s.last_dirty_boot_ns);
         total.last_writeback_start_boot_ns = total
             .last_writeback_start_boot_ns
             .max(s.last_writeback_start_boot_ns);
@@ -533,7 +532,6 @@ fn max_stats(a: &FileStats, b: &FileStats) -> FileStats {
         writeback_starts: a.writeback_starts.max(b.writeback_starts),
         writeback_ends: a.writeback_ends.max(b.writeback_ends),
         last_write_boot_ns: a.last_write_boot_ns.max(b.last_write_boot_ns),
-        last_dirty_boot_ns: a.last_dirty_boot_ns.max(b.last_dirty_boot_ns),
         last_writeback_start_boot_ns: a
             .last_writeback_start_boot_ns
             .max(b.last_writeback_start_boot_ns),

@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, Program, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -105,6 +105,10 @@ pub struct RawTracepoint {
     /// in `doctor` and in the report's warnings).
     pub required: bool,
     pub purpose: &'static str,
+    /// Loaded as tp_btf: its program reads fields through the typed
+    /// arguments directly instead of one `bpf_probe_read_kernel` each
+    /// (worth it on a hot one; the load needs aya's BTF parse).
+    pub typed: bool,
 }
 
 const fn raw(name: &'static str, required: bool, purpose: &'static str) -> RawTracepoint {
@@ -113,6 +117,14 @@ const fn raw(name: &'static str, required: bool, purpose: &'static str) -> RawTr
         name,
         required,
         purpose,
+        typed: false,
+    }
+}
+
+const fn typed(name: &'static str, required: bool, purpose: &'static str) -> RawTracepoint {
+    RawTracepoint {
+        typed: true,
+        ..raw(name, required, purpose)
     }
 }
 
@@ -125,7 +137,7 @@ pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
         true,
         "writeback completion times",
     ),
-    raw("writeback_dirty_folio", true, "folios and pages dirtied"),
+    typed("writeback_dirty_folio", true, "folios and pages dirtied"),
     raw(
         "writeback_single_inode",
         true,
@@ -347,8 +359,8 @@ pub struct Probes {
     /// Filesystem `->page_mkwrite` functions in vmlinux BTF (fentry
     /// fallback where do_page_mkwrite is inlined).
     fs_mkwrite_in_btf: Vec<&'static str>,
-    /// aya's own parse of vmlinux BTF, made only when fentry is tried.
-    aya_btf: Option<aya::Btf>,
+    /// aya's own parse of vmlinux BTF, for tp_btf and fentry loads.
+    aya_btf: aya::Btf,
     pub selection: Selection,
 }
 
@@ -522,6 +534,11 @@ impl Probes {
         if !privileged() {
             return Err(LoadError::NotPrivileged);
         }
+        // aya's own parse of the same BTF (tp_btf and fentry loads need
+        // it) runs while the object's maps are created.
+        let btf_path = options.btf_path.clone();
+        let aya_btf_parse =
+            std::thread::spawn(move || aya::Btf::parse_file(btf_path, aya::Endianness::default()));
         let phase = Instant::now();
         let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
         log::debug!("startup: kernel BTF parsed in {:?}", phase.elapsed());
@@ -604,16 +621,28 @@ impl Probes {
             spawn_kernel_logger(&mut ebpf);
         }
 
-        for tp in TRACEPOINTS.iter().chain([&READ_FAULTS]) {
-            if tp.raw {
-                load_program::<RawTracePoint>(&mut ebpf, tp.program, |p| p.load())?;
-            } else {
-                load_program::<TracePoint>(&mut ebpf, tp.program, |p| p.load())?;
-            }
-        }
-        for tp in RAW_TRACEPOINTS {
-            load_program::<RawTracePoint>(&mut ebpf, tp.program, |p| p.load())?;
-        }
+        let aya_btf = aya_btf_parse
+            .join()
+            .map_err(|_| LoadError::Object("kernel BTF: the parse panicked".into()))?
+            .map_err(|err| LoadError::Object(format!("kernel BTF: {err}")))?;
+        let plan: Vec<(&str, LoadAs)> = TRACEPOINTS
+            .iter()
+            .map(|tp| {
+                (
+                    tp.program,
+                    if tp.raw { LoadAs::Raw } else { LoadAs::Classic },
+                )
+            })
+            .chain(RAW_TRACEPOINTS.iter().map(|tp| {
+                let how = if tp.typed {
+                    LoadAs::Typed(tp.name)
+                } else {
+                    LoadAs::Raw
+                };
+                (tp.program, how)
+            }))
+            .collect();
+        load_programs(&mut ebpf, &plan, &aya_btf)?;
         log::debug!("startup: programs verified in {:?}", phase.elapsed());
         seed_shared_mappers(&mut ebpf)?;
         Ok(Self {
@@ -623,7 +652,7 @@ impl Probes {
             ring_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
             fault_offsets_missing,
             fs_mkwrite_in_btf,
-            aya_btf: None,
+            aya_btf,
             selection: Selection::default(),
         })
     }
@@ -778,15 +807,10 @@ impl Probes {
         } = *hook;
         match mechanism {
             Mechanism::Fentry => {
-                if self.aya_btf.is_none() {
-                    self.aya_btf =
-                        Some(aya::Btf::from_sys_fs().map_err(|err| format!("kernel BTF: {err}"))?);
-                }
-                let btf = self.aya_btf.as_ref().ok_or("kernel BTF")?;
                 let program: &mut FEntry =
                     program_mut(&mut self.ebpf, fentry).map_err(|e| e.to_string())?;
                 program
-                    .load(function, btf)
+                    .load(function, &self.aya_btf)
                     .map_err(|err| short_error(&err.to_string()))?;
                 program
                     .attach()
@@ -904,9 +928,15 @@ impl Probes {
         }
         for tp in RAW_TRACEPOINTS {
             let label = format!("raw_tp/{}", tp.name);
-            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, tp.program)?;
-            match prog.attach(tp.name) {
-                Ok(_) => self.attached.programs.push(label),
+            let attached = if tp.typed {
+                let prog: &mut BtfTracePoint = program_mut(&mut self.ebpf, tp.program)?;
+                prog.attach().map(drop)
+            } else {
+                let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, tp.program)?;
+                prog.attach(tp.name).map(drop)
+            };
+            match attached {
+                Ok(()) => self.attached.programs.push(label),
                 Err(err) if tp.required => {
                     return Err(LoadError::Attach {
                         program: label,
@@ -929,6 +959,11 @@ impl Probes {
         };
         if tp.raw {
             let program: &mut RawTracePoint = program_mut(&mut self.ebpf, tp.program)?;
+            // Loaded here if not at start-up (READ_FAULTS: function
+            // backends only).
+            if program.fd().is_err() {
+                program.load().map_err(failed)?;
+            }
             program.attach(tp.name).map_err(failed)?;
         } else {
             let program: &mut TracePoint = program_mut(&mut self.ebpf, tp.program)?;
@@ -1156,20 +1191,63 @@ where
         .map_err(|err: aya::programs::ProgramError| LoadError::Object(err.to_string()))
 }
 
-fn load_program<'a, T>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-    load: impl FnOnce(&mut T) -> Result<(), aya::programs::ProgramError>,
-) -> Result<(), LoadError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-    T: 'a,
-{
-    let program: &mut T = program_mut(ebpf, name)?;
-    load(program).map_err(|err| LoadError::Rejected {
-        program: name.into(),
-        reason: first_line(&err.to_string()),
-    })
+/// How a program of the object is loaded.
+#[derive(Clone, Copy)]
+enum LoadAs {
+    Raw,
+    Classic,
+    /// tp_btf, on this tracepoint.
+    Typed(&'static str),
+}
+
+/// Loads the `plan`'s programs, each in its own thread: the verifier runs
+/// on every core (most of the start-up time), and each thread has its
+/// own program.
+fn load_programs(
+    ebpf: &mut Ebpf,
+    plan: &[(&str, LoadAs)],
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
+    fn load(
+        program: &mut Program,
+        how: LoadAs,
+        btf: &aya::Btf,
+    ) -> Result<(), aya::programs::ProgramError> {
+        match how {
+            LoadAs::Raw => <&mut RawTracePoint>::try_from(program)?.load(),
+            LoadAs::Classic => <&mut TracePoint>::try_from(program)?.load(),
+            LoadAs::Typed(tracepoint) => {
+                <&mut BtfTracePoint>::try_from(program)?.load(tracepoint, btf)
+            }
+        }
+    }
+    let results: Vec<(String, Result<(), aya::programs::ProgramError>)> =
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = ebpf
+                .programs_mut()
+                .filter_map(|(name, program)| {
+                    let (_, how) = *plan.iter().find(|(planned, _)| *planned == name)?;
+                    Some(scope.spawn(move || (name.to_string(), load(program, how, btf))))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .filter_map(|thread| thread.join().ok())
+                .collect()
+        });
+    for (name, _) in plan {
+        match results.iter().find(|(loaded, _)| loaded == name) {
+            None => return Err(LoadError::Object(format!("program {name} not loaded"))),
+            Some((_, Err(err))) => {
+                return Err(LoadError::Rejected {
+                    program: name.to_string(),
+                    reason: first_line(&err.to_string()),
+                })
+            }
+            Some((_, Ok(()))) => {}
+        }
+    }
+    Ok(())
 }
 
 /// One line of a load or attach error, without the verifier log's heading.

@@ -328,7 +328,6 @@ pub struct FileStats {
     pub writeback_ends: u64,
     /// Boot-clock times of the latest events of each kind.
     pub last_write_boot_ns: u64,
-    pub last_dirty_boot_ns: u64,
     pub last_writeback_start_boot_ns: u64,
     pub last_writeback_end_boot_ns: u64,
 }
@@ -560,16 +559,23 @@ pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all these are repr(C), contain only integers and byte arrays,
-    // and have no implicit padding (zerocopy's IntoBytes derive checks that).
-    unsafe impl aya::Pod for super::FileKey {}
-    unsafe impl aya::Pod for super::PageChunkKey {}
-    unsafe impl aya::Pod for super::PageChunk {}
-    unsafe impl aya::Pod for super::PendingCounts {}
-    unsafe impl aya::Pod for super::WriterKey {}
-    unsafe impl aya::Pod for super::FileStats {}
-    unsafe impl aya::Pod for super::WriterStatsKey {}
-    unsafe impl aya::Pod for super::WriterStats {}
-    unsafe impl aya::Pod for super::KernelOffsets {}
-    unsafe impl aya::Pod for super::ProbeConfig {}
+    macro_rules! pod {
+        ($($shared:ident),*) => {$(
+            // SAFETY: repr(C), only integers and byte arrays, and no
+            // implicit padding (zerocopy's IntoBytes derive checks that).
+            unsafe impl aya::Pod for super::$shared {}
+        )*};
+    }
+    pod!(
+        FileKey,
+        PageChunkKey,
+        PageChunk,
+        PendingCounts,
+        WriterKey,
+        FileStats,
+        WriterStatsKey,
+        WriterStats,
+        KernelOffsets,
+        ProbeConfig
+    );
 }

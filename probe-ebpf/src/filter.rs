@@ -1,0 +1,111 @@
+//! Whether the current task is traced (`--pid`, `-- CMD`, `--comm`), and
+//! this CPU's cache of the last writing thread's name, cgroup and verdict.
+
+use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, generated::bpf_jiffies64};
+use probe_common::{filter, MAX_COMM_FILTERS, TASK_COMM_LEN};
+
+use crate::{
+    kernel::{comm_words, current_cgroup_id, current_comm_into},
+    maps::TRACED,
+    scratch::FaultScratch,
+};
+
+/// Whether the current task passes the pid and comm filters.
+#[inline(always)]
+pub(crate) fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
+    if !tgid_selected(tgid) {
+        return false;
+    }
+    let flags = config!(filter_flags);
+    if flags & filter::BY_COMM != 0 {
+        let count = config!(comm_count) as usize;
+        let wanted = comm_words(comm);
+        let mut index = 0;
+        while index < MAX_COMM_FILTERS {
+            if index >= count {
+                return false;
+            }
+            // SAFETY: a read of a global that the loader fills in and freezes.
+            let filter_comm = unsafe { core::ptr::read_volatile(&crate::CONFIG.comms[index]) };
+            if comm_words(&filter_comm) == wanted {
+                return true;
+            }
+            index += 1;
+        }
+        return false;
+    }
+    true
+}
+
+/// The process filters alone (not ourselves; --pid, -- CMD), which need
+/// no command name.
+#[inline(always)]
+pub(crate) fn tgid_selected(tgid: u32) -> bool {
+    if tgid == config!(self_tgid) {
+        return false;
+    }
+    // SAFETY: read-only lookup of a plain u32 value.
+    config!(filter_flags) & filter::BY_TGID == 0 || unsafe { TRACED.get(&tgid) }.is_some()
+}
+
+/// Whether the current task (`pid_tgid`) passes the pid and comm
+/// filters; its command name is left in `comm`.
+#[inline(always)]
+pub(crate) fn selected_current_task(
+    pid_tgid: u64,
+    comm: &mut [u8; TASK_COMM_LEN],
+) -> Result<bool, i64> {
+    current_comm_into(comm)?;
+    Ok(task_selected((pid_tgid >> 32) as u32, comm))
+}
+
+/// This CPU's last writing thread: its command name, cgroup and filter
+/// verdict. Read afresh when another thread faults here, and at least
+/// every [`WRITER_CACHE_NS`]: a thread can rename itself (prctl) or move
+/// to another cgroup, and is labelled by its old ones for at most that.
+#[repr(C)]
+pub(crate) struct WriterCache {
+    pub(crate) pid_tgid: u64,
+    /// The clock tick (jiffies) when read.
+    pub(crate) tick: u64,
+    /// The boot clock then.
+    pub(crate) boot_ns: u64,
+    pub(crate) selected: u64,
+    pub(crate) cgroup_id: u64,
+    pub(crate) comm: [u8; TASK_COMM_LEN],
+}
+
+/// The time of the fault, if the current thread (`pid_tgid`) passes the
+/// filters; its command name and cgroup are left in `scratch.fault`.
+///
+/// The cache is read afresh when another thread faults here and on every
+/// clock tick: a thread renamed (prctl) or moved to another cgroup is
+/// labelled by its old ones for at most a tick. The time is that of the
+/// thread's first fault on this CPU in this tick, so within a tick: the
+/// boot clock reads the TSC, ~110 ns per call in a VM here, and the coarse
+/// clock is not for tracing programs. Records of first writes carry the
+/// fine time (see record_write).
+#[inline(always)]
+pub(crate) fn current_writer(
+    pid_tgid: u64,
+    scratch: &mut FaultScratch,
+) -> Result<Option<u64>, i64> {
+    let FaultScratch { writer, fault, .. } = scratch;
+    // SAFETY: no arguments.
+    let tick = unsafe { bpf_jiffies64() };
+    if writer.pid_tgid != pid_tgid || writer.tick != tick {
+        current_comm_into(&mut writer.comm)?;
+        writer.cgroup_id = current_cgroup_id();
+        writer.selected = u64::from(task_selected((pid_tgid >> 32) as u32, &writer.comm));
+        writer.pid_tgid = pid_tgid;
+        writer.tick = tick;
+        // SAFETY: no arguments.
+        writer.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    }
+    if writer.selected == 0 {
+        return Ok(None);
+    }
+    fault.comm = writer.comm;
+    fault.cgroup_id = writer.cgroup_id;
+    Ok(Some(writer.boot_ns))
+}

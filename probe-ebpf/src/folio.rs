@@ -1,0 +1,137 @@
+//! Large folios: a write fault that maps a large folio writable makes
+//! all its pages writable, so the span is reported with the page.
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns};
+use probe_common::{
+    counter, event_kind, EventHeader, FileKey, FolioRoom, PendingFault, PMD_PAGES, XA_CHUNK_MASK,
+    XA_MAX_DEPTH,
+};
+
+use crate::{
+    dedup::report_first_use,
+    kernel::{folio_pages, read_kernel},
+    maps::{bump, PENDING_FAULT},
+    record::{header, header_file},
+    vma::VmaInfo,
+};
+
+/// How far a folio around the faulting page may reach and still be mapped
+/// whole: inside the mapping and inside the page table (2 MiB of address
+/// space) that holds the address.
+#[inline(always)]
+pub(crate) fn folio_room(info: &VmaInfo, address: u64) -> FolioRoom {
+    let shift = config!(page_shift);
+    let vma_offset = (address - info.start) >> shift;
+    let vma_pages = (info.end - info.start) >> shift;
+    let table_offset = (address >> shift) & (PMD_PAGES - 1);
+    FolioRoom {
+        before: vma_offset.min(table_offset),
+        from: (vma_pages - vma_offset).min(PMD_PAGES - table_offset),
+    }
+}
+
+/// A shared write fault on a page not mapped yet: the kernel maps the
+/// whole large folio holding the page writable when it fits the room, and
+/// later stores to its other pages never fault. A folio already in the
+/// page cache is found now (returned as its first page and size, when the
+/// fault maps it whole); a new one when the fault dirties it.
+#[inline(never)]
+pub(crate) fn note_folio_span(
+    header: &EventHeader,
+    file: u64,
+    pending: &mut PendingFault,
+) -> Option<(u64, u64)> {
+    let (page, room) = (pending.page, pending.room);
+    let mapping = read_kernel::<u64>(file, offset!(file_f_mapping)).ok()?;
+    // A file that cannot have large folios (tmpfs without huge=, most
+    // filesystems before 6.16) needs no page-cache walk.
+    let mask = offset!(large_folio_mask);
+    if mask != 0 {
+        let flags: u64 = read_kernel(mapping, offset!(mapping_flags)).ok()?;
+        if flags & mask == 0 {
+            return None;
+        }
+    }
+    match page_cache_folio(mapping, page) {
+        Some(folio) => {
+            let pages = folio_pages(folio).ok()?;
+            let first = read_kernel::<u64>(folio, offset!(folio_index)).ok()?;
+            (pages > 1 && room.fits(page, first, pages)).then_some((first, pages))
+        }
+        None => {
+            pending.pid_tgid = (u64::from(header.tgid) << 32) | u64::from(header.pid);
+            pending.file = header_file(header);
+            // An LRU map evicts an old entry rather than fail.
+            let _ = PENDING_FAULT.insert(&header.pid, pending, 0);
+            None
+        }
+    }
+}
+
+/// The folio caching `index` of a file, from its page-cache xarray
+/// (lib/xarray.c's encoding), or None when the page is not cached. Nodes
+/// and folios are freed by RCU, under which BPF programs run; the folio is
+/// checked to still belong to the mapping.
+#[inline(never)]
+pub(crate) fn page_cache_folio(mapping: u64, index: u64) -> Option<u64> {
+    let mut entry: u64 = read_kernel(mapping, offset!(mapping_xa_head)).ok()?;
+    let mut depth = 0;
+    // An internal entry (low bits 0b10) above 4096 is a node.
+    while entry & 3 == 2 && entry > 4096 && depth < XA_MAX_DEPTH {
+        depth += 1;
+        let node = entry - 2;
+        let shift: u8 = read_kernel(node, offset!(xa_node_shift)).ok()?;
+        let shift = u64::from(shift);
+        if shift < 64 && depth == 1 && (index >> shift) > XA_CHUNK_MASK {
+            return None;
+        }
+        let slot = (index >> (shift & 63)) & XA_CHUNK_MASK;
+        let slots = offset!(xa_node_slots);
+        entry = read_kernel(node, slots + slot * 8).ok()?;
+        // A sibling entry points at the slot holding a multi-slot folio.
+        if entry & 3 == 2 && entry < (XA_CHUNK_MASK << 2) + 2 {
+            entry = read_kernel(node, slots + ((entry >> 2) & XA_CHUNK_MASK) * 8).ok()?;
+        }
+        if shift == 0 {
+            break;
+        }
+    }
+    // A head that is no node holds index 0 only.
+    if depth == 0 && index != 0 {
+        return None;
+    }
+    // Empty, a value (shadow) entry or another internal entry.
+    if entry < 4096 || entry & 3 != 0 {
+        return None;
+    }
+    let owner: u64 = read_kernel(entry, offset!(folio_mapping)).ok()?;
+    (owner == mapping).then_some(entry)
+}
+
+/// A shared write fault of this thread on a page not yet cached brought
+/// in this large folio, and dirties it now: if the folio fits the fault's
+/// room, the kernel maps it writable whole, so later stores to any of its
+/// pages never fault. Report the whole span.
+pub(crate) fn report_new_folio_span(key: &FileKey, index: u64, pages: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let thread = pid_tgid as u32;
+    // SAFETY: read-only lookup of a plain value, copied out at once.
+    let Some(pending) = (unsafe { PENDING_FAULT.get(&thread) }).copied() else {
+        return;
+    };
+    if pending.pid_tgid != pid_tgid || pending.file != *key {
+        return;
+    }
+    let _ = PENDING_FAULT.remove(&thread);
+    if !pending.room.fits(pending.page, index, pages) {
+        return;
+    }
+    bump(counter::FOLIO_SPANS);
+    let Ok(comm) = bpf_get_current_comm() else {
+        return;
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let header = header(event_kind::FOLIO_SPAN, pid_tgid, key, now, &comm);
+    report_first_use(&header, event_kind::FOLIO_SPAN, index, pages);
+}

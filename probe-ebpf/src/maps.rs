@@ -1,0 +1,104 @@
+//! The maps the programs share with each other and with userspace, and
+//! the per-CPU counters.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use probe_common::{
+    counter, FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts, PendingFault, WriterKey,
+    WriterStats, WriterStatsKey, CHUNK_PAGES, LATENCY_BUCKETS,
+};
+
+use crate::scratch::FaultScratch;
+
+// Sizes below are defaults; userspace may resize maps before load.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// (file, chunk of pages, kind) -> which of its pages were reported, and
+/// by whom first.
+#[map]
+pub(crate) static PAGE_SEEN: LruHashMap<PageChunkKey, PageChunk> =
+    LruHashMap::with_max_entries(1 << 16, 0);
+
+/// What a new dedup entry starts from (an insert copies it; it is too big
+/// for the fault path's stack).
+pub(crate) static EMPTY_CHUNK: PageChunk = PageChunk {
+    first_tgid: 0,
+    _pad: 0,
+    reported: [0; (CHUNK_PAGES / 64) as usize],
+};
+
+/// (file, tgid) for processes that wrote a page another process wrote first.
+#[map]
+pub(crate) static WRITERS: LruHashMap<WriterKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
+
+#[map]
+pub(crate) static FILE_STATS: PerCpuHashMap<FileKey, FileStats> =
+    PerCpuHashMap::with_max_entries(1 << 16, 0);
+
+/// This CPU's open run of fault counts (see [`PendingCounts`]).
+#[map]
+pub(crate) static PENDING_COUNTS: PerCpuArray<PendingCounts> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// (cgroup, filesystem, command name) -> fault counts, for metrics labels.
+#[map]
+pub(crate) static WRITER_STATS: PerCpuHashMap<WriterStatsKey, WriterStats> =
+    PerCpuHashMap::with_max_entries(1 << 14, 0);
+
+/// File -> when it was first dirtied since its last completed writeback.
+#[map]
+pub(crate) static DIRTY_SINCE: HashMap<FileKey, u64> = HashMap::with_max_entries(1 << 16, 0);
+
+/// log2 histogram of dirty-to-writeback-complete latency in nanoseconds.
+#[map]
+pub(crate) static WRITEBACK_LATENCY: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(LATENCY_BUCKETS, 0);
+
+/// Thread id -> its last shared write fault on a page not yet in the page
+/// cache, for `writeback_dirty_folio`, which runs later in the same fault
+/// (possibly on another CPU: page_mkwrite may sleep) with the new folio.
+#[map]
+pub(crate) static PENDING_FAULT: LruHashMap<u32, PendingFault> =
+    LruHashMap::with_max_entries(1 << 14, 0);
+
+/// Processes that made a shared writable mapping (seen at mmap/mprotect,
+/// inherited at fork, seeded from /proc at start): only their read faults
+/// are looked at, for write-notify-less files mapped writable at once.
+#[map]
+pub(crate) static SHARED_MAPPERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1 << 15, 0);
+
+/// This CPU's last user read fault: (pid_tgid, address), for
+/// `mm_filemap_map_pages`, which runs inside that fault and must find the
+/// mapping. A fault runs on one CPU until it sleeps; a mismatch (another
+/// thread, a migration, a fault from get_user_pages) is handled there.
+#[map]
+pub(crate) static LAST_READ_FAULT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// File -> address of the `->page_mkwrite` its filesystem ran (function-hook
+/// backends); userspace names it from /proc/kallsyms.
+#[map]
+pub(crate) static PAGE_MKWRITE: LruHashMap<FileKey, u64> = LruHashMap::with_max_entries(1 << 14, 0);
+
+/// One entry: bits of `hooks::*`, set by userspace as hooks attach.
+#[map]
+pub(crate) static HOOKS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// tgid -> `traced::*`, used when `filter::BY_TGID` is set.
+#[map]
+pub(crate) static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
+
+#[inline(always)]
+pub(crate) fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; BPF programs do not migrate while running.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<FaultScratch> = PerCpuArray::with_max_entries(1, 0);

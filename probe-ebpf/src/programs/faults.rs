@@ -1,0 +1,263 @@
+//! The page-fault tracepoints: write faults (tracepoint backend), read
+//! faults that map tmpfs pages writable, and fault-around windows.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use aya_log_ebpf::debug;
+use probe_common::{
+    counter, event_kind, PMD_PAGES, RAMFS_MAGIC, TMPFS_MAGIC, VM_SHARED, VM_WRITE, X86_PF_PROT,
+    X86_PF_WRITE,
+};
+
+use crate::{
+    filter::{current_writer, selected_current_task, tgid_selected},
+    kernel::{current_cgroup_id, inode_key, pages_of, read_kernel, USER_ADDRESS_LIMIT},
+    maps::{bump, LAST_READ_FAULT, SHARED_MAPPERS},
+    record::{announce_file, fill_header, record_write, submit_page_event},
+    scratch::{fault_scratch, FaultScratch},
+    vma::{find_mapping, find_vma_locked, VmaInfo},
+};
+
+/// Out of line, as are the paths below it: Linux 6.1's verifier adds the
+/// frames of the deepest call chain against 512 bytes.
+#[inline(never)]
+pub(crate) fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
+    if address >= USER_ADDRESS_LIMIT {
+        return Ok(());
+    }
+    if error_code & X86_PF_WRITE == 0 {
+        return read_fault(address);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Processes outside --pid / -- CMD: no lookup at all.
+    if !tgid_selected((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let scratch = fault_scratch()?;
+    scratch.info.file = 0;
+    if !find_mapping(address, pid_tgid >> 32, scratch) {
+        bump(counter::VMA_WALK_FALLBACKS);
+        if !find_vma_locked(address, &mut scratch.info) {
+            return Ok(());
+        }
+    }
+    // Anonymous memory (most faults on a host), or a store the kernel
+    // will refuse: done before any other work.
+    if scratch.info.file == 0 || scratch.info.flags & VM_WRITE == 0 {
+        return Ok(());
+    }
+    let Some(now) = current_writer(pid_tgid, scratch)? else {
+        return Ok(());
+    };
+    scratch.fault.pid_tgid = pid_tgid;
+    scratch.fault.now = now;
+    scratch.fault.address = address;
+    scratch.fault.page =
+        scratch.info.pgoff + ((address - scratch.info.start) >> config!(page_shift));
+    // Not a protection fault: no page was mapped there. The kernel may map
+    // the whole large folio around it.
+    scratch.fault.not_present = u64::from(error_code & X86_PF_PROT == 0);
+    record_write(scratch);
+    Ok(())
+}
+
+/// A read fault of a process with a shared writable mapping: on a file
+/// without write-notify (tmpfs, shmem, ramfs) the fault maps the page and
+/// its fault-around window writable, and later stores take no fault. They
+/// are reported as possibly written.
+///
+/// Out of line, and without the bpf_find_vma fallback: Linux 6.1's verifier
+/// adds every frame of the deepest call chain against 512 bytes. A walk
+/// that fails is counted (`VMA_WALK_FALLBACKS`) and the fault skipped.
+#[inline(never)]
+pub(crate) fn try_read_fault(address: u64) -> Result<(), i64> {
+    let scratch = fault_scratch()?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
+        return Ok(());
+    }
+    scratch.info.file = 0;
+    if !find_mapping(address, pid_tgid >> 32, scratch) {
+        bump(counter::VMA_WALK_FALLBACKS);
+        return Ok(());
+    }
+    let info = &scratch.info;
+    if info.file == 0 || info.flags & (VM_SHARED | VM_WRITE) != VM_SHARED | VM_WRITE {
+        return Ok(());
+    }
+    let magic: u64 = read_kernel(info.superblock, offset!(sb_s_magic))?;
+    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
+        return Ok(());
+    }
+    // mm/memory.c do_fault_around: the aligned window of page-table
+    // entries around the fault, clipped to the mapping and the table.
+    let shift = config!(page_shift);
+    let window = u64::from(config!(fault_around_pages)).max(1);
+    let page = info.pgoff + ((address - info.start) >> shift);
+    let table_offset = (address >> shift) & (PMD_PAGES - 1);
+    let vma_offset = (address - info.start) >> shift;
+    let vma_pages = (info.end - info.start) >> shift;
+    let from = (table_offset & !(window - 1)).max(table_offset - table_offset.min(vma_offset));
+    let to = (from + window)
+        .min(PMD_PAGES)
+        .min(table_offset + vma_pages - vma_offset)
+        - 1;
+    let first = page - (table_offset - from);
+    // Afresh: a cached mapping's size may be stale.
+    let size: u64 = read_kernel(info.inode, offset!(inode_i_size))?;
+    let last = (page + (to - table_offset)).min(pages_of(size).saturating_sub(1));
+    if first > last {
+        return Ok(());
+    }
+    report_possible_write(scratch, pid_tgid, first, last);
+    Ok(())
+}
+
+/// Reports pages `first..=last` of the file in `scratch.info` as possibly
+/// written by the current task.
+pub(crate) fn report_possible_write(
+    scratch: &mut FaultScratch,
+    pid_tgid: u64,
+    first: u64,
+    last: u64,
+) {
+    bump(counter::POSSIBLE_WRITE_WINDOWS);
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let FaultScratch {
+        info,
+        fault,
+        header,
+        ..
+    } = scratch;
+    let key = info.file_key();
+    fill_header(
+        header,
+        event_kind::POSSIBLE_WRITE,
+        pid_tgid,
+        &key,
+        now,
+        &fault.comm,
+        current_cgroup_id(),
+    );
+    announce_file(&key, now, header, info);
+    // Not through report_first_use: one frame less for Linux 6.1's
+    // 512-byte call-chain limit. Userspace deduplicates the pages.
+    submit_page_event(header, event_kind::POSSIBLE_WRITE, first, last - first + 1);
+}
+
+/// A read fault: only those of processes with a shared writable mapping
+/// can map pages writable without a later write fault.
+#[inline(always)]
+pub(crate) fn read_fault(address: u64) -> Result<(), i64> {
+    note_read_fault(address);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup of a plain u8 value.
+    if unsafe { SHARED_MAPPERS.get(&tgid) }.is_some() {
+        return try_read_fault(address);
+    }
+    Ok(())
+}
+
+/// Remembers a user read fault for `mm_filemap_map_pages`.
+#[inline(always)]
+pub(crate) fn note_read_fault(address: u64) {
+    if let Some(slot) = LAST_READ_FAULT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a one-entry per-CPU array.
+        unsafe { *slot = [bpf_get_current_pid_tgid(), address] };
+    }
+}
+
+/// `exceptions:page_fault_{user,kernel}` as raw tracepoints: (address,
+/// regs, error_code), read straight from the context. The classic
+/// tracepoint would first copy its record through the perf buffer.
+#[inline(always)]
+pub(crate) fn fault_args(ctx: &RawTracePointContext) -> (u64, u64) {
+    (ctx.arg(0), ctx.arg(2))
+}
+
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    if let Err(err) = try_write_fault(address, error_code) {
+        debug!(&ctx, "page_fault_user: kernel read failed: {}", err);
+    }
+    0
+}
+
+/// Kernel-mode faults on user addresses: read(2) or a copy_to_user into a
+/// shared mapping stores into the file just as a user store does.
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    let _ = try_write_fault(address, error_code);
+    0
+}
+
+/// The function-hook backends' read faults (their hooks see the writes):
+/// tmpfs pages a read fault maps writable are possibly written.
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
+        let _ = read_fault(address);
+    }
+    0
+}
+
+/// Raw `mm_filemap_map_pages(mapping, index, last_index)`: fault-around
+/// mapped cached pages `index..=last_index` of a file. On a filesystem
+/// without write-notify (tmpfs, shmem, ramfs) a shared writable mapping
+/// gets them writable at once, so stores to them never fault: they are
+/// reported as possibly written. Most calls end at the first check: files
+/// nobody maps shared and writable.
+pub(crate) fn try_filemap_map_pages(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let mapping: u64 = ctx.arg(0);
+    let writable_mappings: i32 = read_kernel(mapping, offset!(mapping_i_mmap_writable))?;
+    if writable_mappings <= 0 {
+        return Ok(());
+    }
+    let host: u64 = read_kernel(mapping, offset!(mapping_host))?;
+    let (key, superblock) = inode_key(host)?;
+    let magic: u64 = read_kernel(superblock, offset!(sb_s_magic))?;
+    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
+        return Ok(());
+    }
+    let scratch = fault_scratch()?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
+        return Ok(());
+    }
+    // A fault-around inside a user read fault of this thread was handled
+    // at the fault tracepoint, which knows the mapping. Any other (from
+    // get_user_pages, or after the task moved CPU) cannot tell which
+    // mapping it fills: the file's shared writable mapping is taken to be
+    // the one, and the window is reported as unverified.
+    let last_fault = LAST_READ_FAULT.get(0).copied().unwrap_or([0, 0]);
+    if last_fault[0] == pid_tgid {
+        return Ok(());
+    }
+    bump(counter::POSSIBLE_WRITE_UNVERIFIED);
+    let (first, last): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    scratch.info = VmaInfo::default();
+    scratch.info.superblock = superblock;
+    scratch.info.dev = key.dev;
+    scratch.info.generation = key.generation;
+    scratch.info.ino = key.ino;
+    scratch.info.size = read_kernel(host, offset!(inode_i_size))?;
+    let pages = pages_of(scratch.info.size);
+    if first >= pages || last < first {
+        return Ok(());
+    }
+    report_possible_write(scratch, pid_tgid, first, last.min(pages - 1));
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
+pub fn mm_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
+    let _ = try_filemap_map_pages(&ctx);
+    0
+}

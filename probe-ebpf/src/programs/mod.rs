@@ -1,0 +1,7 @@
+//! The entry points the loader attaches, one file per family.
+
+mod faults;
+mod floor;
+mod functions;
+mod process;
+mod writeback;

@@ -1,0 +1,113 @@
+//! Process lifetime: following `-- CMD`'s descendants, forgetting exited
+//! processes, and noting which processes map files shared and writable.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use probe_common::{filter, traced};
+
+use crate::{
+    kernel::read_kernel,
+    maps::{SHARED_MAPPERS, TRACED},
+};
+
+pub(crate) const MAP_SHARED: u64 = 0x01;
+pub(crate) const PROT_WRITE: u64 = 0x2;
+
+/// `syscalls:sys_enter_{mmap,mprotect}`: a process that may now have a
+/// shared writable mapping. prot@32 for both; mmap's flags@40.
+pub(crate) fn try_note_shared_mapper(ctx: &TracePointContext, shared: bool) -> Result<(), i64> {
+    // SAFETY: offsets from the tracepoints' format files.
+    let prot: u64 = unsafe { ctx.read_at(32) }.map_err(|err| err as i64)?;
+    if prot & PROT_WRITE == 0 || !shared {
+        return Ok(());
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    SHARED_MAPPERS
+        .insert(&tgid, &1, 0)
+        .map_err(|err| err as i64)
+}
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the tracepoint's format file.
+    let flags: u64 = unsafe { ctx.read_at(40) }.unwrap_or(0);
+    let _ = try_note_shared_mapper(&ctx, flags & MAP_SHARED != 0);
+    0
+}
+
+/// mprotect can make a shared mapping writable; whether it is shared is
+/// checked at the fault.
+#[tracepoint]
+pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
+    let _ = try_note_shared_mapper(&ctx, true);
+    0
+}
+
+/// Raw `sched_process_fork(parent, child)`: the classic format moved its
+/// fields between kernels (comm arrays became dynamic strings).
+pub(crate) fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
+    // The tracepoint runs in the parent.
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup of a plain u8 value.
+    if unsafe { SHARED_MAPPERS.get(&parent_tgid) }.is_some() {
+        // The child inherits the parent's shared mappings.
+        let child_pid: u32 = read_kernel(ctx.arg::<u64>(1), offset!(task_pid))?;
+        let _ = SHARED_MAPPERS.insert(&child_pid, &1, 0);
+    }
+    if config!(filter_flags) & filter::BY_TGID == 0 {
+        return Ok(());
+    }
+    // SAFETY: read-only lookup of a plain u32 value.
+    match unsafe { TRACED.get(&parent_tgid) } {
+        Some(&traced::FOLLOW_CHILDREN) => {}
+        _ => return Ok(()),
+    }
+    let child: u64 = ctx.arg(1);
+    // The child's thread id: for a new process, its tgid.
+    let child_pid: u32 = read_kernel(child, offset!(task_pid))?;
+    TRACED
+        .insert(&child_pid, &traced::FOLLOW_CHILDREN, 0)
+        .map_err(|err| err as i64)
+}
+
+/// Follows `-- CMD`'s descendants.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let _ = try_process_fork(&ctx);
+    0
+}
+
+/// Raw `sched_process_exit(task, ...)`, in the exiting task. Whether the
+/// whole group is dead comes from `signal->live` (already decremented
+/// here), not a `group_dead` field that older kernels lack.
+pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let task: u64 = ctx.arg(0);
+    let signal: u64 = read_kernel(task, offset!(task_signal))?;
+    let live: i32 = read_kernel(signal, offset!(signal_live))?;
+    if live == 0 {
+        let _ = SHARED_MAPPERS.remove(&tgid);
+    }
+    if config!(filter_flags) & filter::BY_TGID == 0 {
+        return Ok(());
+    }
+    // A thread's entry (forks record thread ids too) or, once the whole
+    // group is gone, the process's: ids are reused.
+    if pid != tgid {
+        let _ = TRACED.remove(&pid);
+    }
+    if live == 0 {
+        let _ = TRACED.remove(&tgid);
+    }
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = try_process_exit(&ctx);
+    0
+}

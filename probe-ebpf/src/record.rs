@@ -1,0 +1,278 @@
+//! From a write fault whose mapping is known to the records userspace
+//! reads: headers, page and file records, the ring buffer.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes},
+};
+use probe_common::{
+    counter, event_kind, EventHeader, FileEvent, FileKey, FileStats, PageEvent, WriterStatsKey,
+    PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
+};
+
+use crate::{
+    dedup::{cache_chunk, report_first_use, reported_here},
+    folio::{folio_room, note_folio_span},
+    kernel::{current_cgroup_id, pages_of, read_kernel, EEXIST},
+    maps::{bump, COUNTERS, EVENTS, FILE_STATS},
+    scratch::FaultScratch,
+    stats::{add_writer_faults, count_in_run},
+    vma::VmaInfo,
+};
+
+/// Fills a record header in place (scratch memory, not the stack).
+#[inline(always)]
+pub(crate) fn fill_header(
+    out: &mut EventHeader,
+    kind: u32,
+    pid_tgid: u64,
+    file: &FileKey,
+    now: u64,
+    comm: &[u8; TASK_COMM_LEN],
+    cgroup_id: u64,
+) {
+    out.kind = kind;
+    out.pid = pid_tgid as u32;
+    out.tgid = (pid_tgid >> 32) as u32;
+    out.dev = file.dev;
+    out.ino = file.ino;
+    out.generation = file.generation;
+    out.boot_ns = now;
+    out.cgroup_id = cgroup_id;
+    out.comm = *comm;
+}
+
+/// The file a record header names.
+#[inline(always)]
+pub(crate) fn header_file(header: &EventHeader) -> FileKey {
+    FileKey {
+        dev: header.dev,
+        generation: header.generation,
+        ino: header.ino,
+    }
+}
+
+/// The (cgroup, filesystem, command) label set of a record header.
+#[inline(always)]
+pub(crate) fn header_writer(header: &EventHeader) -> WriterStatsKey {
+    WriterStatsKey {
+        cgroup_id: header.cgroup_id,
+        dev: header.dev,
+        _pad: 0,
+        comm: header.comm,
+    }
+}
+
+/// A record header on the stack, for records outside the fault path.
+pub(crate) fn header(
+    kind: u32,
+    pid_tgid: u64,
+    file: &FileKey,
+    now: u64,
+    comm: &[u8; TASK_COMM_LEN],
+) -> EventHeader {
+    let mut out = EventHeader::default();
+    fill_header(
+        &mut out,
+        kind,
+        pid_tgid,
+        file,
+        now,
+        comm,
+        current_cgroup_id(),
+    );
+    out
+}
+
+#[inline(always)]
+pub(crate) fn submit_page_event(header: &EventHeader, kind: u32, page: u64, pages: u64) {
+    match EVENTS.reserve::<PageEvent>(0) {
+        Some(mut entry) => {
+            let event = entry.as_mut_ptr();
+            // SAFETY: reserved ring-buffer memory of the right size, filled
+            // in place (a record built on the stack would cost its size in
+            // the 512-byte stack).
+            unsafe {
+                (*event).header = *header;
+                (*event).header.kind = kind;
+                (*event).page = page;
+                (*event).pages = pages;
+            }
+            entry.submit(0);
+            bump(counter::EVENTS_SUBMITTED);
+            note_ring_fill();
+        }
+        None => bump(counter::RINGBUF_DROPS),
+    }
+}
+
+/// Keeps the highest ring-buffer fill seen on this CPU.
+#[inline(always)]
+pub(crate) fn note_ring_fill() {
+    // BPF_RB_AVAIL_DATA: bytes submitted and not yet consumed.
+    let used = EVENTS.query(0);
+    if let Some(peak) = COUNTERS.get_ptr_mut(counter::RING_PEAK_BYTES) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if used > *peak {
+                *peak = used;
+            }
+        }
+    }
+}
+
+/// Sends the file's dentry names (leaf first) so userspace can name files
+/// whose writers have already exited.
+pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
+    let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
+        bump(counter::RINGBUF_DROPS);
+        bump(counter::RINGBUF_DROPS_FILE_EVENTS);
+        return;
+    };
+    let (magic_offset, parent_offset, name_offset) = (
+        offset!(sb_s_magic),
+        offset!(dentry_d_parent),
+        offset!(dentry_name),
+    );
+    // No file (a window found without its mapping): no names to send.
+    let dentry_offset = offset!(file_dentry);
+    let dentry: u64 = if info.file == 0 {
+        0
+    } else {
+        read_kernel(info.file, dentry_offset).unwrap_or(0)
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at reserved ring-buffer memory of the right size;
+    // fields are written in place because the record exceeds the BPF stack.
+    unsafe {
+        (*event).header = *header;
+        (*event).header.kind = event_kind::FILE_SEEN;
+        (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
+        (*event).depth = 0;
+        (*event).reached_root = 0;
+        let mut dentry = dentry;
+        let mut depth = if dentry == 0 { PATH_MAX_DEPTH } else { 0 };
+        while depth < PATH_MAX_DEPTH {
+            let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(dentry);
+            if parent == dentry {
+                (*event).reached_root = 1;
+                break;
+            }
+            let component = &mut (*event).components[depth];
+            component[0] = 0;
+            let name: u64 = read_kernel(dentry, name_offset).unwrap_or(0);
+            let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, component);
+            depth += 1;
+            (*event).depth = depth as u32;
+            dentry = parent;
+        }
+        // Every slot used: the walk still reached the root if the last
+        // parent is the root itself.
+        if depth == PATH_MAX_DEPTH && dentry != 0 {
+            let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(0);
+            if parent == dentry {
+                (*event).reached_root = 1;
+            }
+        }
+    }
+    entry.submit(0);
+    bump(counter::EVENTS_SUBMITTED);
+}
+
+/// Creates the file's stats (and announces the file) if it has none yet,
+/// without counting a fault.
+pub(crate) fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info: &VmaInfo) {
+    if FILE_STATS.get_ptr(key).is_some() {
+        return;
+    }
+    let stats = FileStats {
+        last_write_boot_ns: now,
+        ..FileStats::default()
+    };
+    match FILE_STATS.insert(key, &stats, BPF_NOEXIST as u64) {
+        Ok(()) => submit_file_event(header, info),
+        Err(err) if err as i64 == -EEXIST => {}
+        Err(_) => bump(counter::FILE_STATS_FULL),
+    }
+}
+
+/// Records a write fault whose mapping is known. Out of line: every backend's
+/// fault programs call it, and its frame stays off the lookup's call chain.
+#[inline(never)]
+pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
+    let FaultScratch {
+        info,
+        fault,
+        header,
+        pending,
+        chunk_cache,
+        closing_run,
+        ..
+    } = scratch;
+    let info = &*info;
+    let (pid_tgid, page, now) = (fault.pid_tgid, fault.page, fault.now);
+    let comm = &fault.comm;
+    // Anonymous memory, or a store the kernel will refuse.
+    if info.file == 0 || info.flags & VM_WRITE == 0 {
+        return 0;
+    }
+    let shared = info.flags & VM_SHARED != 0;
+    let kind = if shared {
+        event_kind::SHARED_WRITE
+    } else {
+        event_kind::COW_WRITE
+    };
+    let file_key = info.file_key();
+    fill_header(
+        header,
+        kind,
+        pid_tgid,
+        &file_key,
+        now,
+        comm,
+        fault.cgroup_id,
+    );
+    // A repeated fault of the page's writer: only counted. Otherwise the
+    // page is reported, if it lies inside the file: past the end the fault
+    // ends in SIGBUS and nothing is written. (The size is read afresh: a
+    // cached mapping's is not. A repeated fault skips the check; if the
+    // file shrank under it, that fault is counted but no page reported.)
+    let reported = reported_here(chunk_cache, header, kind, page);
+    if !reported {
+        let size = read_kernel(info.inode, offset!(inode_i_size)).unwrap_or(info.size);
+        if page >= pages_of(size) {
+            bump(counter::FAULTS_PAST_EOF);
+            return 0;
+        }
+        // Records carry the fine time.
+        // SAFETY: no arguments.
+        header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    }
+    let header = &*header;
+    if !shared {
+        bump(counter::COW_FAULTS);
+        if config!(include_cow) == 0 {
+            // Counted per writer only: the file is not reported.
+            add_writer_faults(&header_writer(header), 0, 1);
+            return 0;
+        }
+    } else {
+        bump(counter::SHARED_WRITE_FAULTS);
+    }
+    if !count_in_run(header, shared, closing_run) {
+        announce_file(&file_key, now, header, info);
+    }
+    if !reported {
+        report_first_use(header, kind, page, 1);
+        cache_chunk(chunk_cache, header, kind, page);
+    }
+    if shared && fault.not_present != 0 {
+        pending.room = folio_room(info, fault.address);
+        pending.page = page;
+        if let Some((first, pages)) = note_folio_span(header, info.file, pending) {
+            bump(counter::FOLIO_SPANS);
+            report_first_use(header, event_kind::FOLIO_SPAN, first, pages);
+        }
+    }
+    0
+}

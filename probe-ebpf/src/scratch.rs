@@ -1,0 +1,52 @@
+//! Per-CPU working memory of the fault path (the BPF stack is 512 bytes
+//! for a whole call chain).
+
+use probe_common::{EventHeader, PendingCounts, PendingFault, MAPLE_MAX_PIVOTS, TASK_COMM_LEN};
+
+use crate::{
+    dedup::ChunkCache,
+    filter::WriterCache,
+    kernel::ENOENT,
+    maps::SCRATCH,
+    vma::{VmaCache, VmaInfo},
+};
+
+/// Per-CPU working memory of the fault programs: the BPF stack is 512
+/// bytes for a whole call chain (Linux 6.1 counts callbacks in it too).
+/// Programs on one CPU do not interleave here: the fault programs do not
+/// run in interrupts, and a BPF program is not preempted by another fault
+/// program on its CPU.
+#[repr(C)]
+pub(crate) struct FaultScratch {
+    pub(crate) info: VmaInfo,
+    pub(crate) pivots: [u64; MAPLE_MAX_PIVOTS],
+    pub(crate) fault: WriteFault,
+    pub(crate) header: EventHeader,
+    /// Built here, not on the stack (see above).
+    pub(crate) pending: PendingFault,
+    pub(crate) cache: VmaCache,
+    pub(crate) writer: WriterCache,
+    pub(crate) chunk_cache: ChunkCache,
+    pub(crate) closing_run: PendingCounts,
+}
+
+#[inline(always)]
+pub(crate) fn fault_scratch() -> Result<&'static mut FaultScratch, i64> {
+    let slot = SCRATCH.get_ptr_mut(0).ok_or(-ENOENT)?;
+    // SAFETY: this CPU's slot of a one-entry per-CPU array (see above).
+    Ok(unsafe { &mut *slot })
+}
+
+/// A write fault whose page is known.
+#[repr(C)]
+pub(crate) struct WriteFault {
+    pub(crate) pid_tgid: u64,
+    pub(crate) address: u64,
+    /// File page index.
+    pub(crate) page: u64,
+    /// 1: no page was mapped at the address (not a protection fault).
+    pub(crate) not_present: u64,
+    pub(crate) now: u64,
+    pub(crate) cgroup_id: u64,
+    pub(crate) comm: [u8; TASK_COMM_LEN],
+}

@@ -1,0 +1,127 @@
+//! Per-file and per-writer counts: runs of faults kept per CPU and added
+//! to the per-CPU stats maps when they end.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+use probe_common::{
+    counter, EventHeader, FileKey, FileStats, PendingCounts, WriterStats, WriterStatsKey,
+};
+
+use crate::{
+    kernel::{comm_words, EEXIST},
+    maps::{bump, FILE_STATS, PENDING_COUNTS, WRITER_STATS},
+    record::{header_file, header_writer},
+};
+
+/// Adds to this CPU's slot of a per-CPU stats entry (`add`), or creates
+/// the entry as `created` (the additions already in it). Another CPU may
+/// create it between the lookup and the insert: the additions then go to
+/// this CPU's slot of that entry. False when the map is full.
+#[inline(always)]
+fn upsert<K, V>(map: &PerCpuHashMap<K, V>, key: &K, created: &V, add: impl Fn(&mut V)) -> bool {
+    if let Some(slot) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a per-CPU map value; programs on one
+        // CPU do not interleave on it.
+        add(unsafe { &mut *slot });
+        return true;
+    }
+    match map.insert(key, created, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(err) if err as i64 == -EEXIST => {
+            if let Some(slot) = map.get_ptr_mut(key) {
+                // SAFETY: as above.
+                add(unsafe { &mut *slot });
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Adds faults to a (cgroup, filesystem, command) label set's counts.
+pub(crate) fn add_writer_faults(key: &WriterStatsKey, shared: u64, cow: u64) {
+    let created = WriterStats {
+        shared_write_faults: shared,
+        cow_faults: cow,
+    };
+    let added = upsert(&WRITER_STATS, key, &created, |stats| {
+        stats.shared_write_faults += shared;
+        stats.cow_faults += cow;
+    });
+    if !added {
+        bump(counter::WRITER_STATS_FULL);
+    }
+}
+
+/// Counts a write fault, the one `header` describes, in this CPU's open
+/// run of faults (no map update) when it continues that run. False when
+/// it opens a new run: the run so far is then added to the maps.
+#[inline(always)]
+pub(crate) fn count_in_run(
+    header: &EventHeader,
+    shared: bool,
+    closing: &mut PendingCounts,
+) -> bool {
+    let Some(run) = PENDING_COUNTS.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot of a one-entry per-CPU array; programs on
+    // one CPU do not interleave on it (see FaultScratch).
+    let run = unsafe { &mut *run };
+    let continues = run.file == header_file(header)
+        && run.writer.cgroup_id == header.cgroup_id
+        && comm_words(&run.writer.comm) == comm_words(&header.comm);
+    if !continues {
+        // Closed before it is added to the maps: a reader (the maps first,
+        // then the runs) may miss a run for an instant, never count it twice.
+        *closing = *run;
+        run.file = header_file(header);
+        run.writer = header_writer(header);
+        run.shared_write_faults = 0;
+        run.cow_faults = 0;
+    }
+    if shared {
+        run.shared_write_faults += 1;
+    } else {
+        run.cow_faults += 1;
+    }
+    run.last_write_boot_ns = header.boot_ns;
+    if !continues {
+        close_run(closing);
+    }
+    continues
+}
+
+/// Adds a closed run of faults to its file's and writer's stats.
+#[inline(never)]
+pub(crate) fn close_run(run: &PendingCounts) {
+    if run.shared_write_faults == 0 && run.cow_faults == 0 {
+        return;
+    }
+    let created = FileStats {
+        shared_write_faults: run.shared_write_faults,
+        cow_faults: run.cow_faults,
+        last_write_boot_ns: run.last_write_boot_ns,
+        ..FileStats::default()
+    };
+    // The file was announced when its run opened: its entry is missing
+    // only when the map was full then.
+    let added = upsert(&FILE_STATS, &run.file, &created, |stats| {
+        stats.shared_write_faults += run.shared_write_faults;
+        stats.cow_faults += run.cow_faults;
+        stats.last_write_boot_ns = stats.last_write_boot_ns.max(run.last_write_boot_ns);
+    });
+    if !added {
+        bump(counter::FILE_STATS_FULL);
+    }
+    add_writer_faults(&run.writer, run.shared_write_faults, run.cow_faults);
+}
+
+pub(crate) fn add_written_back(key: &FileKey, pages: u64) {
+    if pages == 0 {
+        return;
+    }
+    if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value slot.
+        unsafe { (*stats).writeback_pages += pages };
+    }
+}

@@ -1,0 +1,289 @@
+//! Which mapping holds a faulting address: a per-CPU cache checked by the
+//! mm's `mm_lock_seq`, a lock-free maple-tree walk, and `bpf_find_vma` as
+//! the slow path.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf};
+use probe_common::{
+    counter, mm_lock_seq_kind, FileKey, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK,
+    MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE,
+};
+
+use crate::{
+    kernel::{read_kernel, ENOENT},
+    maps::bump,
+    scratch::FaultScratch,
+};
+
+/// Finds the VMA holding `address` by walking the current mm's maple tree
+/// with plain kernel reads: no mmap lock, so no deferred unlock (with IRQs
+/// off, as in the fault tracepoint, bpf_find_vma must queue an irq_work to
+/// unlock; a self-IPI costs microseconds in a VM). Nodes and VMAs are freed
+/// by RCU, under which BPF programs run; a VMA found is checked to belong to
+/// this mm and to hold the address, and any doubt falls back to
+/// bpf_find_vma.
+#[inline(never)]
+pub(crate) fn walk_maple_tree(address: u64, mm: u64, scratch: &mut FaultScratch) -> bool {
+    let FaultScratch { info, pivots, .. } = scratch;
+    let Ok(root) = read_kernel::<u64>(mm, offset!(mm_ma_root)) else {
+        return false;
+    };
+    // Only the root pointer is tagged (MAPLE_ROOT_NODE, 0b10); without the
+    // tag the tree holds a single entry, not nodes.
+    if root & 3 != MAPLE_ROOT_NODE || root < 4096 {
+        return false;
+    }
+    let mut enode = root & !MAPLE_ROOT_NODE;
+    let (range64, arange64) = (offset!(maple_range_64), offset!(maple_arange_64));
+    let mut depth = 0;
+    while depth < MAPLE_MAX_DEPTH {
+        depth += 1;
+        let node = enode & !MAPLE_NODE_MASK;
+        let kind = (enode >> MAPLE_NODE_TYPE_SHIFT) & MAPLE_NODE_TYPE_MASK;
+        let (pivots_at, slots_at, count) = if kind == arange64 {
+            (
+                offset!(arange64_pivots),
+                offset!(arange64_slots),
+                offset!(arange64_pivot_count),
+            )
+        } else {
+            (
+                offset!(range64_pivots),
+                offset!(range64_slots),
+                offset!(range64_pivot_count),
+            )
+        };
+        // Into scratch memory: 128 bytes more of stack would break the
+        // 512-byte limit on the fault path's call chain.
+        // SAFETY: `pivots` is a map value of exactly this size; the helper
+        // validates the kernel address.
+        let read = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                pivots.as_mut_ptr() as *mut c_void,
+                (MAPLE_MAX_PIVOTS * 8) as u32,
+                (node + pivots_at) as *const c_void,
+            )
+        };
+        if read != 0 {
+            return false;
+        }
+        // The first slot whose pivot (its range's last index) reaches the
+        // address; a zero pivot past the first ends the node's data, and
+        // the slot there runs to the node's end.
+        let mut slot = 0u64;
+        while slot < count && (slot as usize) < MAPLE_MAX_PIVOTS {
+            let pivot = pivots[slot as usize];
+            if pivot >= address || (pivot == 0 && slot > 0) {
+                break;
+            }
+            slot += 1;
+        }
+        let Ok(next) = read_kernel::<u64>(node, slots_at + slot * 8) else {
+            return false;
+        };
+        // Leaves (types below maple_range_64) hold VMA pointers; internal
+        // nodes hold their children, whose type is in the pointer's bits.
+        if kind < range64 {
+            if next == 0 {
+                // A gap: no mapping here. The fault grows the stack (anonymous
+                // memory) or ends in SIGSEGV; either way no file is written,
+                // and bpf_find_vma would find nothing either.
+                *info = VmaInfo::default();
+                return true;
+            }
+            return vma_holds(next, mm, address, info);
+        }
+        if next < 4096 {
+            return false;
+        }
+        enode = next;
+    }
+    false
+}
+
+/// Fills `info` from `vma` if it is this mm's and holds `address`.
+pub(crate) fn vma_holds(vma: u64, mm: u64, address: u64, info: &mut VmaInfo) -> bool {
+    if read_kernel::<u64>(vma, offset!(vma_vm_mm)) != Ok(mm) || fill_vma_info(vma, info).is_err() {
+        return false;
+    }
+    info.start <= address && address < info.end
+}
+
+/// The mm's `mm_lock_seq` if a VMA cached under it can be trusted now:
+/// None on kernels without it, and while the mmap write lock is held (a
+/// seqcount is odd then).
+#[inline(always)]
+pub(crate) fn mm_sequence(mm: *const u8) -> Option<u64> {
+    let kind = offset!(mm_lock_seq_kind) as u32;
+    if kind == mm_lock_seq_kind::NONE {
+        return None;
+    }
+    let at = offset!(mm_lock_seq) as usize;
+    // SAFETY: a direct load through the mm's BTF pointer (see find_mapping).
+    let seq = unsafe { core::ptr::read_volatile(mm.add(at) as *const u32) };
+    if kind == mm_lock_seq_kind::SEQCOUNT && seq & 1 != 0 {
+        return None;
+    }
+    Some(u64::from(seq))
+}
+
+/// The last mapping a fault was found in on this CPU. Faults come in runs
+/// on one mapping (a loop over a buffer, first touches of a heap), and the
+/// mm's sequence tells cheaply whether any mapping changed since.
+#[repr(C)]
+pub(crate) struct VmaCache {
+    pub(crate) mm: u64,
+    /// The mm's `mm_lock_seq` when cached.
+    pub(crate) seq: u64,
+    /// With the mm: a freed mm's memory may come back as another
+    /// process's, whose sequence could happen to match.
+    pub(crate) tgid: u64,
+    pub(crate) info: VmaInfo,
+}
+
+/// Finds the mapping holding `address` of the current task into
+/// `scratch.info`: from this CPU's cache while the mm's mappings have not
+/// changed, else by walking the maple tree (then cached). False when
+/// neither finds it; the caller may fall back to `bpf_find_vma`.
+#[inline(always)]
+pub(crate) fn find_mapping(address: u64, tgid: u64, scratch: &mut FaultScratch) -> bool {
+    if offset!(maple_walk) == 0 {
+        return false;
+    }
+    // Direct loads through the task's BTF pointer, not bpf_probe_read_kernel
+    // calls (~45 ns each here): the verifier checks them against the
+    // kernel's BTF (the offsets are constants of the frozen .rodata) and
+    // the JIT guards them (a fault reads 0).
+    // SAFETY: no arguments; the current task, valid while the program runs.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let at = offset!(task_mm) as usize;
+    // SAFETY: `task_struct.mm`, at its BTF offset.
+    let mm_ptr = unsafe { core::ptr::read_volatile(task.add(at) as *const *const u8) };
+    if mm_ptr.is_null() {
+        return false;
+    }
+    let mm = mm_ptr as u64;
+    let seq = mm_sequence(mm_ptr);
+    let cache = &scratch.cache;
+    if let Some(seq) = seq {
+        if cache.mm == mm
+            && cache.seq == seq
+            && cache.tgid == tgid
+            && cache.info.start <= address
+            && address < cache.info.end
+        {
+            // Anonymous: the caller needs to know only that.
+            if cache.info.file == 0 {
+                scratch.info.file = 0;
+                return true;
+            }
+            // `size` may be stale: it changes without the mmap lock
+            // (truncate, extending writes). Read it afresh where it matters.
+            scratch.info = cache.info;
+            return true;
+        }
+    }
+    if !walk_maple_tree(address, mm, scratch) {
+        return false;
+    }
+    if let Some(seq) = seq {
+        scratch.cache.mm = mm;
+        scratch.cache.seq = seq;
+        scratch.cache.tgid = tgid;
+        scratch.cache.info = scratch.info;
+    }
+    true
+}
+
+/// What the fault path learns about the faulting mapping, filled in by
+/// [`vma_callback`] while `bpf_find_vma` holds the mmap lock.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct VmaInfo {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) flags: u64,
+    pub(crate) pgoff: u64,
+    pub(crate) file: u64,
+    pub(crate) superblock: u64,
+    pub(crate) ino: u64,
+    pub(crate) dev: u32,
+    pub(crate) generation: u32,
+    /// `inode.i_size` in bytes.
+    pub(crate) size: u64,
+    pub(crate) inode: u64,
+}
+
+impl VmaInfo {
+    pub(crate) fn file_key(&self) -> FileKey {
+        FileKey {
+            dev: self.dev,
+            generation: self.generation,
+            ino: self.ino,
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn fill_vma_info(vma: u64, info: &mut VmaInfo) -> Result<(), i64> {
+    // The range and flags of anonymous mappings too: the cache keeps them,
+    // so that their faults end after a range check.
+    info.start = read_kernel(vma, offset!(vma_vm_start))?;
+    info.end = read_kernel(vma, offset!(vma_vm_end))?;
+    info.flags = read_kernel(vma, offset!(vma_vm_flags))?;
+    info.file = read_kernel(vma, offset!(vma_vm_file))?;
+    if info.file == 0 {
+        return Ok(());
+    }
+    info.pgoff = read_kernel(vma, offset!(vma_vm_pgoff))?;
+    let inode: u64 = read_kernel(info.file, offset!(file_f_inode))?;
+    info.inode = inode;
+    info.ino = read_kernel(inode, offset!(inode_i_ino))?;
+    info.generation = read_kernel(inode, offset!(inode_i_generation))?;
+    info.size = read_kernel(inode, offset!(inode_i_size))?;
+    info.superblock = read_kernel(inode, offset!(inode_i_sb))?;
+    info.dev = read_kernel(info.superblock, offset!(sb_s_dev))?;
+    Ok(())
+}
+
+/// `bpf_find_vma` callback. Runs as its own BPF subprogram.
+#[inline(never)]
+pub(crate) extern "C" fn vma_callback(
+    _task: *mut c_void,
+    vma: *mut c_void,
+    data: *mut c_void,
+) -> i64 {
+    // SAFETY: `data` is the `VmaInfo` on the caller's stack passed to bpf_find_vma.
+    let info = unsafe { &mut *(data as *mut VmaInfo) };
+    if fill_vma_info(vma as u64, info).is_err() {
+        info.file = 0;
+    }
+    0
+}
+
+/// `bpf_find_vma`, the slow path. Out of line so that its callback's frame
+/// is not stacked on the recording path's (Linux 6.1's verifier counts
+/// them together against the 512-byte limit).
+#[inline(never)]
+pub(crate) fn find_vma_locked(address: u64, out: &mut VmaInfo) -> bool {
+    // The callback's context must be on the stack, not in a map.
+    let mut info = VmaInfo::default();
+    // SAFETY: the task pointer comes from the kernel; the callback is a
+    // subprogram with the signature bpf_find_vma expects.
+    let found = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            address,
+            vma_callback as *mut c_void,
+            &mut info as *mut VmaInfo as *mut c_void,
+            0,
+        )
+    };
+    // -ENOENT: no VMA, the fault ends in SIGSEGV and nothing was written.
+    if found != 0 && found != -ENOENT {
+        bump(counter::VMA_LOOKUP_FAILED);
+    }
+    *out = info;
+    found == 0
+}
