@@ -2,6 +2,7 @@
 //! the per-CPU counters.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -34,9 +35,12 @@ pub(crate) static EMPTY_CHUNK: PageChunk = PageChunk {
 #[map]
 pub(crate) static WRITERS: LruHashMap<WriterKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
 
+/// File -> its counts. Per-CPU hashes are not preallocated: a
+/// preallocated one costs its whole size in per-CPU memory at start-up
+/// (~70 ms here); entries are made once per file and writer.
 #[map]
 pub(crate) static FILE_STATS: PerCpuHashMap<FileKey, FileStats> =
-    PerCpuHashMap::with_max_entries(1 << 16, 0);
+    PerCpuHashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
 
 /// This CPU's open run of fault counts (see [`PendingCounts`]).
 #[map]
@@ -48,7 +52,7 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 /// (cgroup, filesystem, command name) -> fault counts, for metrics labels.
 #[map]
 pub(crate) static WRITER_STATS: PerCpuHashMap<WriterStatsKey, WriterStats> =
-    PerCpuHashMap::with_max_entries(1 << 14, 0);
+    PerCpuHashMap::with_max_entries(1 << 14, BPF_F_NO_PREALLOC);
 
 /// File -> when it was first dirtied since its last completed writeback.
 #[map]

@@ -5,7 +5,7 @@
 //! inside anonymous structs and unions (6.18 hides `file.f_path` and
 //! `dentry.d_name` in unions) are found by searching through them.
 
-use std::path::Path;
+use std::{cell::RefCell, collections::HashMap, path::Path};
 
 use btf_rs::{Btf, Type};
 use probe_common::KernelOffsets;
@@ -35,12 +35,47 @@ pub enum BtfError {
     Lookup(String),
 }
 
+/// The structs and enums start-up looks up by name (kernel_offsets,
+/// maple_offsets, fault_hook_offsets), found in one scan.
+const STARTUP_TYPES: &[&str] = &[
+    "address_space",
+    "dentry",
+    "file",
+    "folio",
+    "inode",
+    "mm_struct",
+    "signal_struct",
+    "super_block",
+    "task_struct",
+    "vm_area_struct",
+    "vm_fault",
+    "vm_operations_struct",
+    "writeback_control",
+    "xa_node",
+    "maple_range_64",
+    "maple_arange_64",
+    "fault_flag",
+    "maple_type",
+    "mapping_flags",
+    "pageflags",
+    "zoneflags",
+];
+
 /// Parsed vmlinux BTF with the lookups mmapwatch needs.
 pub struct KernelBtf {
     btf: Btf,
+    /// Types by name, as looked up so far.
+    named: RefCell<HashMap<String, Vec<Type>>>,
 }
 
 impl KernelBtf {
+    fn new(btf: Btf) -> Self {
+        Self {
+            btf,
+            named: RefCell::default(),
+        }
+    }
+
     /// Maps BTF from `path` and parses types as they are looked up: a dozen
     /// lookups need not parse all of vmlinux's ~100,000 types (that took
     /// ~90 ms of start-up). The file is validated first like any input.
@@ -56,7 +91,7 @@ impl KernelBtf {
         let parsed =
             std::panic::catch_unwind(|| Btf::from_file_with_backend(path, btf_rs::Backend::Mmap));
         match parsed {
-            Ok(Ok(btf)) => Ok(Self { btf }),
+            Ok(Ok(btf)) => Ok(Self::new(btf)),
             // sysfs BTF can be mapped only since Linux 6.17 (ENODEV before):
             // read it instead.
             Ok(Err(err)) => {
@@ -94,7 +129,7 @@ impl KernelBtf {
         // error, never a crash, so a panic is caught and reported as such.
         let parsed = std::panic::catch_unwind(|| Btf::from_bytes(bytes));
         match parsed {
-            Ok(Ok(btf)) => Ok(Self { btf }),
+            Ok(Ok(btf)) => Ok(Self::new(btf)),
             Ok(Err(err)) => Err(BtfError::Corrupt {
                 path: "<bytes>".into(),
                 reason: err.to_string(),
@@ -106,13 +141,50 @@ impl KernelBtf {
         }
     }
 
-    fn composite(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| BtfError::NoStruct(name.into()))?;
-        // Forward declarations share the name; take the definition.
+    /// Types named `name`. Each lookup by name scans all of vmlinux's
+    /// ~100,000 types (~2 ms here), so results are kept, and the names
+    /// start-up needs are found together in one scan ([`Self::prefetch`]).
+    fn types_named(&self, name: &str) -> Vec<Type> {
+        if let Some(types) = self.named.borrow().get(name) {
+            return types.clone();
+        }
+        let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
+        self.named
+            .borrow_mut()
+            .insert(name.to_string(), types.clone());
         types
+    }
+
+    /// Looks all of `names` up in one scan of the types.
+    fn prefetch(&self, names: &[&str]) {
+        let alternatives: Vec<String> = names.iter().map(|name| regex::escape(name)).collect();
+        let Ok(pattern) = regex::Regex::new(&format!("^(?:{})$", alternatives.join("|"))) else {
+            return;
+        };
+        let Ok(ids) = self.btf.resolve_ids_by_regex(&pattern) else {
+            return;
+        };
+        let mut found: HashMap<String, Vec<Type>> = names
+            .iter()
+            .map(|name| (name.to_string(), Vec::new()))
+            .collect();
+        for id in ids {
+            let Ok(ty) = self.btf.resolve_type_by_id(id) else {
+                continue;
+            };
+            let Some(name) = ty.as_btf_type().and_then(|t| self.btf.resolve_name(t).ok()) else {
+                continue;
+            };
+            if let Some(types) = found.get_mut(&name) {
+                types.push(ty);
+            }
+        }
+        self.named.borrow_mut().extend(found);
+    }
+
+    fn composite(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        // Forward declarations share the name; take the definition.
+        self.types_named(name)
             .into_iter()
             .find_map(|ty| match ty {
                 Type::Struct(s) | Type::Union(s) => Some(s),
@@ -281,11 +353,7 @@ impl KernelBtf {
     /// of `pageflags`.
     pub fn enumerator(&self, enum_name: &str, name: &str) -> Result<u64, BtfError> {
         let missing = || BtfError::NoEnumerator(format!("{enum_name}::{name}"));
-        let types = self
-            .btf
-            .resolve_types_by_name(enum_name)
-            .map_err(|_| missing())?;
-        for ty in types {
+        for ty in self.types_named(enum_name) {
             match ty {
                 Type::Enum(e) => {
                     if let Some(m) = e
@@ -311,7 +379,6 @@ impl KernelBtf {
         Err(missing())
     }
 
-    /// Whether a function of this name exists (for fentry/kprobe targets).
     /// What the fentry and kprobe backends read from a `struct vm_fault`.
     pub fn fault_hook_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
         offsets.vmf_vma = self.offset_of("vm_fault", "vma")?;
@@ -326,14 +393,16 @@ impl KernelBtf {
         Ok(())
     }
 
+    /// Whether a function of this name exists (for fentry/kprobe targets).
     pub fn has_function(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .is_ok_and(|types| types.iter().any(|ty| matches!(ty, Type::Func(_))))
+        self.types_named(name)
+            .iter()
+            .any(|ty| matches!(ty, Type::Func(_)))
     }
 
     /// All offsets the tracepoint backend needs.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        self.prefetch(STARTUP_TYPES);
         Ok(KernelOffsets {
             vma_vm_start: self.offset_of("vm_area_struct", "vm_start")?,
             vma_vm_end: self.offset_of("vm_area_struct", "vm_end")?,

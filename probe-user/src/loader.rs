@@ -356,9 +356,9 @@ pub struct Probes {
     /// Why the function-hook backends cannot read a `struct vm_fault`
     /// here, if they cannot.
     fault_offsets_missing: Option<String>,
-    /// Filesystem `->page_mkwrite` functions in vmlinux BTF (fentry
-    /// fallback where do_page_mkwrite is inlined).
-    fs_mkwrite_in_btf: Vec<&'static str>,
+    /// Kept for lookups only the fentry backend needs (each scans all
+    /// of vmlinux's types: not at start-up).
+    kernel_btf: KernelBtf,
     /// aya's own parse of vmlinux BTF, for tp_btf and fentry loads.
     aya_btf: aya::Btf,
     pub selection: Selection,
@@ -519,11 +519,12 @@ fn shared_writable_mappers(proc_root: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// First-write dedup entries: LRU maps are preallocated, so this is kernel
-/// memory (~64 B each) and start-up time. Evicted pages written again are
-/// reported again and deduplicated in userspace, so a smaller map costs
-/// only ring traffic.
-const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 18;
+/// First-write dedup entries, each a 512-page chunk of one file: 2^15 of
+/// them follow 16 M pages (64 GiB of 4 KiB pages). LRU maps are
+/// preallocated, so this is kernel memory (~150 B each, ~5 MiB) and
+/// start-up time. Evicted chunks written again are reported again and
+/// deduplicated in userspace, so a smaller map costs only ring traffic.
+const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 15;
 /// The ring buffer's size in the eBPF object.
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
@@ -550,11 +551,7 @@ impl Probes {
             .fault_hook_offsets(&mut offsets)
             .err()
             .map(|err| format!("struct vm_fault: {err}"));
-        let fs_mkwrite_in_btf = FS_MKWRITE_HOOKS
-            .iter()
-            .copied()
-            .filter(|f| kernel_btf.has_function(f))
-            .collect();
+        log::debug!("startup: offsets resolved in {:?}", phase.elapsed());
         let tracefs = match &options.tracefs_override {
             Some(path) => path.clone(),
             None => tracefs()?,
@@ -651,7 +648,7 @@ impl Probes {
             dedup_capacity,
             ring_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
             fault_offsets_missing,
-            fs_mkwrite_in_btf,
+            kernel_btf,
             aya_btf,
             selection: Selection::default(),
         })
@@ -837,7 +834,12 @@ impl Probes {
         let mut attached = Vec::new();
         match mechanism {
             Mechanism::Fentry => {
-                let targets = self.fs_mkwrite_in_btf.clone();
+                // Filesystem `->page_mkwrite` functions in vmlinux BTF.
+                let targets: Vec<&str> = FS_MKWRITE_HOOKS
+                    .iter()
+                    .copied()
+                    .filter(|f| self.kernel_btf.has_function(f))
+                    .collect();
                 for (slot, function) in targets.iter().take(FENTRY_FS_MKWRITE_SLOTS).enumerate() {
                     let program = format!("fentry_fs_mkwrite_{slot}");
                     let hook = Hook {
