@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(btf) = probe_user::btf::KernelBtf::from_bytes(data) {
+    if let Ok(btf) = probe_user::probe::btf::KernelBtf::from_bytes(data) {
         let _ = btf.kernel_offsets();
         let _ = btf.offset_of("file", "f_path.dentry");
         let _ = btf.enumerator("pageflags", "PG_head");

@@ -5,9 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(event) = probe_user::events::decode(data) {
+    if let Ok(event) = probe_user::model::events::decode(data) {
         // What decodes must also aggregate without panicking.
-        let mut aggregate = probe_user::aggregate::Aggregate::new();
+        let mut aggregate = probe_user::model::aggregate::Aggregate::new();
         aggregate.apply(&event);
     }
 });

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use probe_common::{event_kind, EventHeader, PageEvent};
-use probe_user::{aggregate::Aggregate, events::decode};
+use probe_user::model::{aggregate::Aggregate, events::decode};
 use zerocopy::IntoBytes;
 
 /// Records like a busy host's: 64 files, pages in runs, a few writers.

@@ -2,7 +2,7 @@
 //! process's RSS growth in KiB as JSON. Pages are spread over 1,000 files,
 //! half in runs and half every third page (the sparse worst case for runs).
 
-use probe_user::{
+use probe_user::model::{
     aggregate::Aggregate,
     events::{Event, FileId, Task, WriteKind},
 };

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use aya::{programs::RawTracePoint, EbpfLoader};
 use tokio::signal::unix::SignalKind;
 
-use crate::loader::PROBES_OBJECT;
+use crate::probe::load::PROBES_OBJECT;
 
 /// (program, raw tracepoint): the fault path's attach points.
 const FLOOR_PROGRAMS: [(&str, &str); 2] = [

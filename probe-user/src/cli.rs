@@ -2,9 +2,9 @@
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::btf::VMLINUX_BTF;
+use crate::probe::{btf::VMLINUX_BTF, BackendChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,20 +93,6 @@ pub struct ExportArgs {
 
     #[command(flatten)]
     pub filter: FilterArgs,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    /// The best backend this kernel loads: fentry, else kprobe, else tracepoint.
-    #[default]
-    Auto,
-    /// BTF trampolines on do_wp_page, finish_fault, wp_page_copy,
-    /// do_page_mkwrite and folio_end_writeback.
-    Fentry,
-    /// kprobes on the same functions (kernels without BTF trampolines).
-    Kprobe,
-    /// exceptions:page_fault_* with a maple-tree VMA walk, writeback tracepoints.
-    Tracepoint,
 }
 
 /// Which processes and files to watch; shared by every front end.

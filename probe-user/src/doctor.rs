@@ -5,13 +5,16 @@
 
 use std::path::Path;
 
-use crate::{
+use crate::probe::{
+    backend,
+    backend::{BackendChoice, Mechanism, Selection},
     btf::KernelBtf,
-    loader::{
-        effective_capabilities, has_capability, raw_tracepoint_exists, tracefs, tracepoint_exists,
-        Mechanism, ProbeOptions, Probes, Selection, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN,
-        RAW_TRACEPOINTS, TRACEPOINTS,
+    catalog::{RAW_TRACEPOINTS, TRACEPOINTS},
+    env::{
+        self, effective_capabilities, has_capability, raw_tracepoint_exists, tracefs,
+        tracepoint_exists, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN,
     },
+    load::{ProbeOptions, Probes},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,8 +99,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
     out.push(check("kernel", true, kernel_release()));
 
     let caps = effective_capabilities();
-    let privileged = has_capability(caps, CAP_SYS_ADMIN)
-        || (has_capability(caps, CAP_BPF) && has_capability(caps, CAP_PERFMON));
+    let privileged = env::has_tracing_capabilities(caps);
     out.push(check(
         "privileges",
         privileged,
@@ -233,33 +235,24 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
     }
 
     out.push(check("lockdown", true, lockdown()));
-    let chosen = findings.iter().find(|(_, result)| result.is_ok());
-    let refusals: Vec<String> = findings
+    // What `--backend auto` would pick from these results (the same
+    // decision as `attach`: the first that attaches, in its order).
+    let tried: Vec<(Mechanism, Result<(), String>)> = findings
         .iter()
-        .take_while(|(_, result)| result.is_err())
-        .map(|(mechanism, _)| format!("{} does not attach", mechanism.name()))
+        .map(|(mechanism, result)| (*mechanism, result.as_ref().map(drop).map_err(Clone::clone)))
         .collect();
-    let verdict = match chosen {
-        Some((mechanism, _)) if refusals.is_empty() => format!(
-            "{}: its hooks on do_wp_page and finish_fault load and attach",
-            mechanism.name()
-        ),
-        Some((mechanism, _)) => format!(
-            "{}: {}; its hooks load and attach",
-            mechanism.name(),
-            refusals.join(", ")
-        ),
-        None if findings.is_empty() => {
-            "tracepoint: function hooks not probed (no privileges)".to_string()
-        }
-        None => format!(
-            "tracepoint: {}; the tracepoint backend needs only tracepoints, raw tracepoints and BTF",
-            refusals.join(", ")
-        ),
+    let choice = backend::choose(BackendChoice::Auto, &tried);
+    let verdict = match (&choice, findings.is_empty()) {
+        (_, true) => "tracepoint: function hooks not probed (no privileges)".to_string(),
+        (Ok(choice), false) => choice.reason.clone(),
+        (Err(err), false) => err.to_string(),
     };
     out.push(check("backend auto", true, verdict));
-    let backend = chosen.map_or("tracepoint", |(mechanism, _)| mechanism.name());
-    for spot in crate::blind_spots::blind_spots(backend) {
+    let backend = choice
+        .ok()
+        .and_then(|choice| choice.mechanism)
+        .map_or("tracepoint", Mechanism::name);
+    for spot in crate::model::blind_spots::blind_spots(backend) {
         out.push(optional("blind spot", false, spot));
     }
     out

@@ -54,7 +54,7 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
         if let Some(user) = cause.downcast_ref::<UserError>() {
             return user.exit_code();
         }
-        if let Some(load) = cause.downcast_ref::<crate::loader::LoadError>() {
+        if let Some(load) = cause.downcast_ref::<crate::probe::error::LoadError>() {
             return load.exit_code();
         }
     }

@@ -11,21 +11,28 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use probe_common::{WriterStats, LATENCY_BUCKETS};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
-    aggregate::{Aggregate, Applied, PathSource},
     cli::{FilterArgs, KernelPaths},
     error::UserError,
-    events::{decode, Event, FileId},
-    file_handle::current_name,
-    kallsyms::Kallsyms,
-    loader::{KernelCounters, ProbeOptions, Probes},
-    paths::{mount_ns_of, proc_maps_path, MountTable},
-    report::{Clock, ReportFilter},
+    model::{
+        aggregate::{Aggregate, Applied, PathSource},
+        clock::Clock,
+        events::{decode, Event, FileId},
+        file_handle::current_name,
+        paths::{mount_ns_of, proc_maps_path, MountTable},
+        report_filter::ReportFilter,
+    },
+    probe::{
+        kallsyms::Kallsyms,
+        load::{ProbeOptions, Probes},
+        maps::KernelCounters,
+        Selection, WriterLabel,
+    },
 };
 
-/// The chosen backend and why (only the tracepoint backend exists so far).
 /// Collects events from the ring buffer into the aggregate, naming files
 /// while their writers are alive.
 pub struct Collector {
@@ -177,7 +184,7 @@ impl Default for Collector {
     }
 }
 
-fn event_task(event: &Event) -> Option<&crate::events::Task> {
+fn event_task(event: &Event) -> Option<&crate::model::events::Task> {
     match event {
         Event::FirstWrite { task, .. }
         | Event::NewWriter { task, .. }
@@ -411,8 +418,29 @@ impl Session {
         Ok(self.counters)
     }
 
-    pub fn probes(&self) -> &Probes {
-        &self.probes
+    /// The kernel functions hooked and the fallbacks taken.
+    pub fn selection(&self) -> &Selection {
+        &self.probes.selection
+    }
+
+    /// Fault counts per (cgroup, filesystem, command).
+    pub fn writer_stats(&self) -> anyhow::Result<Vec<(WriterLabel, WriterStats)>> {
+        Ok(self.probes.writer_stats()?)
+    }
+
+    /// The dirty-to-written-back latency histogram (log2 ns buckets).
+    pub fn writeback_latency(&self) -> anyhow::Result<[u64; LATENCY_BUCKETS as usize]> {
+        Ok(self.probes.writeback_latency()?)
+    }
+
+    /// Run time and runs of each program (with kernel.bpf_stats_enabled).
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self.probes.program_stats()
+    }
+
+    /// The event ring's size in bytes.
+    pub fn ring_bytes(&self) -> u32 {
+        self.probes.ring_bytes
     }
 }
 
@@ -453,21 +481,5 @@ fn spawn_followed(
 
 /// The report filter matching a session's options.
 pub fn report_filter(options: &SessionOptions) -> ReportFilter {
-    ReportFilter {
-        include_cow: options.include_cow,
-        path_prefixes: options
-            .filter
-            .path_prefixes
-            .iter()
-            .map(|p| canonical_prefix(p))
-            .collect(),
-    }
-}
-
-/// Reports carry canonical paths, so prefixes are made canonical too
-/// (relative paths, `..` and symlinks); one that does not exist yet is made
-/// absolute.
-pub fn canonical_prefix(prefix: &Path) -> PathBuf {
-    std::fs::canonicalize(prefix)
-        .unwrap_or_else(|_| std::path::absolute(prefix).unwrap_or_else(|_| prefix.to_path_buf()))
+    ReportFilter::new(options.include_cow, &options.filter.path_prefixes)
 }

@@ -6,11 +6,13 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use probe_user::{
-    aggregate::{Aggregate, PathSource},
-    events::Event,
-    loader::KernelCounters,
-    paths::MountTable,
-    report::ReportFilter,
+    model::{
+        aggregate::{Aggregate, PathSource},
+        events::Event,
+        paths::MountTable,
+        report_filter::ReportFilter,
+    },
+    probe::KernelCounters,
     tui::{
         app::{update, App, Info, Message, SnapshotMessage, View},
         has_writeback,
@@ -148,7 +150,7 @@ fn help_and_filter_overlays() {
 /// from buckets, not pages.
 #[test]
 fn ten_thousand_files_and_a_million_pages() {
-    use probe_user::events::{FileId, Task, WriteKind};
+    use probe_user::model::events::{FileId, Task, WriteKind};
     let mut aggregate = Aggregate::new();
     let task = Task {
         pid: 7,

@@ -20,17 +20,14 @@ use self::{
     snapshot::Snapshot,
 };
 use crate::{
-    cli::KernelPaths,
-    cli::TopArgs,
-    events::FileId,
-    paths::MountTable,
-    report::ReportFilter,
-    session::{canonical_prefix, exit_code_of, Activity, Session, SessionOptions},
+    cli::{KernelPaths, TopArgs},
+    model::{events::FileId, paths::MountTable, report_filter::ReportFilter},
+    session::{exit_code_of, Activity, Session, SessionOptions},
 };
 
 /// Filesystems without writeback: their pages are never "written back".
 pub fn has_writeback(mounts: &MountTable, file: FileId) -> bool {
-    crate::paths::fs_has_writeback(mounts.fs_type(file))
+    crate::model::paths::fs_has_writeback(mounts.fs_type(file))
 }
 
 fn boot_ns() -> u64 {
@@ -75,15 +72,7 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
     };
     // Load before taking over the terminal: errors print as one plain line.
     let mut session = Session::start(&options)?;
-    let filter = ReportFilter {
-        include_cow: args.include_cow,
-        path_prefixes: args
-            .filter
-            .path_prefixes
-            .iter()
-            .map(|p| canonical_prefix(p))
-            .collect(),
-    };
+    let filter = ReportFilter::new(args.include_cow, &args.filter.path_prefixes);
     // ratatui::init restores the terminal on panic too.
     let mut terminal = ratatui::init();
     let result = event_loop(&mut terminal, &mut session, &filter, &args).await;
@@ -140,7 +129,7 @@ async fn event_loop(
                     // Entering a file's detail shows it now, not next tick.
                     if app.detail_target() != target && app.detail_target().is_some() {
                         let snapshot = snapshot(session, filter, app.detail_target(), boot_ns());
-                        app.detail = snapshot.detail;
+                        update(&mut app, Message::Detail(Box::new(snapshot.detail)));
                     }
                 }
                 Some(Ok(_)) => {}

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use roaring::RoaringTreemap;
 
-use crate::{aggregate::Aggregate, events::FileId, loader::KernelCounters};
+use crate::{
+    model::{aggregate::Aggregate, events::FileId},
+    probe::maps::KernelCounters,
+};
 
 /// Heatmap resolution computed per tick; rendering folds it into the cells
 /// it has, so its cost depends on the screen, not on the file.
@@ -125,12 +128,12 @@ pub struct Snapshot {
     pub now_boot_ns: u64,
 }
 
-fn writeback_state(record: &crate::aggregate::FileRecord, has_writeback: bool) -> WritebackState {
+fn writeback_state(
+    record: &crate::model::aggregate::FileRecord,
+    has_writeback: bool,
+) -> WritebackState {
     let k = &record.kernel;
-    let last_write = record
-        .last_write_boot_ns
-        .unwrap_or(0)
-        .max(k.last_write_boot_ns);
+    let last_write = record.latest_write_boot_ns();
     if !has_writeback {
         WritebackState::NoWriteback
     } else if k.writeback_starts > k.writeback_ends {
@@ -151,7 +154,7 @@ impl Snapshot {
         selected: Option<FileId>,
         counters: KernelCounters,
         now_boot_ns: u64,
-        keep: &dyn Fn(&crate::aggregate::FileRecord) -> bool,
+        keep: &dyn Fn(&crate::model::aggregate::FileRecord) -> bool,
         has_writeback: &dyn Fn(FileId) -> bool,
     ) -> Self {
         let mut files = Vec::with_capacity(aggregate.len());
@@ -161,25 +164,19 @@ impl Snapshot {
                 id: *id,
                 // Control characters escaped here, once: a name never acts
                 // on the terminal.
-                path: record.path.as_deref().map_or_else(
-                    || format!("<dev {} ino {}>", id.dev_string(), id.ino),
-                    |path| crate::names::terminal_text(&crate::names::json_text(path)).into_owned(),
-                ),
+                path: crate::model::names::terminal_text(&record.display_path(id)).into_owned(),
                 pages: record.pages_written.len(),
                 write_faults: record.write_faults(),
                 cow_pages: record.cow_pages.len(),
                 writers: record.writers.len(),
                 writeback_pages: record.kernel.writeback_pages,
                 writeback: writeback_state(record, has_writeback(*id)),
-                last_write_boot_ns: record
-                    .last_write_boot_ns
-                    .unwrap_or(0)
-                    .max(record.kernel.last_write_boot_ns),
+                last_write_boot_ns: record.latest_write_boot_ns(),
             };
             for writer in record.writers.values() {
                 let process = processes.entry(writer.tgid).or_insert_with(|| ProcessRow {
                     tgid: writer.tgid,
-                    comm: crate::names::terminal_text(&writer.comm).into_owned(),
+                    comm: crate::model::names::terminal_text(&writer.comm).into_owned(),
                     files: 0,
                     pages: 0,
                     cow_pages: 0,
@@ -198,7 +195,7 @@ impl Snapshot {
                 .values()
                 .map(|w| WriterRow {
                     tgid: w.tgid,
-                    comm: crate::names::terminal_text(&w.comm).into_owned(),
+                    comm: crate::model::names::terminal_text(&w.comm).into_owned(),
                     pages: w.pages,
                     cow_pages: w.cow_pages,
                 })

@@ -6,11 +6,15 @@ use anyhow::Context as _;
 use tokio::signal::unix::SignalKind;
 
 use crate::{
-    cli::KernelPaths,
-    cli::TraceArgs,
-    loader::KernelCounters,
-    report::{self, ReportContext},
+    cli::{KernelPaths, TraceArgs},
+    probe::maps::KernelCounters,
+};
+
+pub mod report;
+
+use crate::{
     session::{exit_code_of, report_filter, Activity, Session, SessionOptions},
+    trace::report::ReportContext,
 };
 
 enum Stop {
@@ -78,9 +82,9 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         ReportContext {
             backend: session.backend(),
             backend_reason: session.backend_reason(),
-            hooks: &session.probes().selection.hooks,
-            fallbacks: &session.probes().selection.fallbacks,
-            page_writeback: session.probes().selection.page_writeback,
+            hooks: &session.selection().hooks,
+            fallbacks: &session.selection().fallbacks,
+            page_writeback: session.selection().page_writeback,
             duration_s: round_seconds(duration),
             counters,
             dedup_capacity: session.dedup_capacity(),

@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{aggregate::dentry_path, events::FileId, names::NameBytes};
+use crate::model::{aggregate::dentry_path, events::FileId, names::NameBytes};
 
 /// Undoes the octal escapes (`\040` for a space) of mountinfo fields.
 fn unescape(field: &str) -> String {
@@ -252,7 +252,7 @@ fn strip_deleted_suffix(path: PathBuf) -> PathBuf {
     use std::os::unix::ffi::OsStrExt as _;
     let bytes = path.as_os_str().as_bytes();
     match bytes.strip_suffix(b" (deleted)") {
-        Some(name) => crate::names::path_from_bytes(name),
+        Some(name) => crate::model::names::path_from_bytes(name),
         None => path,
     }
 }

@@ -1,75 +1,19 @@
 //! The trace report: the JSON contract and the human table.
-
-use std::path::PathBuf;
+//!
+//! Over 500 lines only with its unit tests (the code is ~440).
 
 use serde::Serialize;
 
 use crate::{
-    aggregate::{page_ranges, Aggregate, FileRecord, OtherWriters, PathSource},
-    events::FileId,
-    loader::KernelCounters,
-    names,
+    model::{
+        aggregate::{page_ranges, Aggregate, FileRecord, OtherWriters, PathSource},
+        clock::Clock,
+        events::FileId,
+        names,
+        report_filter::ReportFilter,
+    },
+    probe::maps::KernelCounters,
 };
-
-/// Converts the kernel's boot-clock nanoseconds to Unix time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// Unix ns minus boot ns, sampled once.
-    offset_ns: i128,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let read = |clock| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `ts` is a valid out-pointer.
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-        };
-        let boot = read(libc::CLOCK_BOOTTIME);
-        let real = read(libc::CLOCK_REALTIME);
-        Self {
-            offset_ns: real - boot,
-        }
-    }
-
-    pub fn with_offset(offset_ns: i128) -> Self {
-        Self { offset_ns }
-    }
-
-    pub fn unix_ns(&self, boot_ns: u64) -> u64 {
-        u64::try_from(i128::from(boot_ns) + self.offset_ns).unwrap_or(0)
-    }
-}
-
-/// Which files the report keeps.
-#[derive(Clone, Debug, Default)]
-pub struct ReportFilter {
-    pub include_cow: bool,
-    pub path_prefixes: Vec<PathBuf>,
-}
-
-impl ReportFilter {
-    pub fn keeps(&self, record: &FileRecord) -> bool {
-        let shown_cow = self.include_cow && !record.cow_pages.is_empty();
-        let possibly = !record.possibly_written.is_empty();
-        if !record.modified() && !shown_cow && !possibly {
-            return false;
-        }
-        if self.path_prefixes.is_empty() {
-            return true;
-        }
-        // The name now or the one it was written under: a linker's output
-        // is found by either directory.
-        let names = [record.path.as_deref(), record.renamed_from.as_deref()];
-        self.path_prefixes
-            .iter()
-            .any(|prefix| names.iter().flatten().any(|path| path.starts_with(prefix)))
-    }
-}
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct WriterReport {
@@ -300,10 +244,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         (None, 0)
     };
     let kernel = &record.kernel;
-    let last_write = record
-        .last_write_boot_ns
-        .unwrap_or(0)
-        .max(kernel.last_write_boot_ns);
+    let last_write = record.latest_write_boot_ns();
     let span_pages = record.span_pages();
     let possibly_written = record.only_possibly_written();
     FileReport {
@@ -322,7 +263,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         ino: id.ino,
         generation: id.generation,
         fs: (ctx.fs_type)(*id)
-            .or_else(|| record.fs_magic.map(crate::paths::fs_name_of_magic))
+            .or_else(|| record.fs_magic.map(crate::model::paths::fs_name_of_magic))
             .unwrap_or_else(|| "unknown".into()),
         mount_ns: record.mount_ns,
         cgroup_id: record.first_writer_cgroup_id,
@@ -378,7 +319,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
         version: 1,
         backend: ctx.backend.to_string(),
         backend_reason: ctx.backend_reason.to_string(),
-        blind_spots: crate::blind_spots::blind_spots(ctx.backend),
+        blind_spots: crate::model::blind_spots::blind_spots(ctx.backend),
         duration_s: ctx.duration_s,
         lost_events: counters.lost() + ctx.undecodable_records,
         drops: Drops {
@@ -466,7 +407,7 @@ pub fn render_table(report: &Report) -> String {
                 .map(|w| format!("{}[{}]:{}", names::terminal_text(&w.comm), w.pid, w.pages))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let no_writeback = !crate::paths::fs_has_writeback(Some(file.fs.as_str()));
+            let no_writeback = !crate::model::paths::fs_has_writeback(Some(file.fs.as_str()));
             let writeback = if file.writeback_pages > 0 || file.writeback_starts > 0 {
                 format!("{} pg", file.writeback_pages)
             } else if file.modified && !no_writeback {
@@ -505,7 +446,7 @@ pub fn render_table(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Event, Task, WriteKind};
+    use crate::model::events::{Event, Task, WriteKind};
 
     const FILE: FileId = FileId {
         dev: (7 << 20) | 2,

@@ -46,10 +46,6 @@ impl Kallsyms {
     pub fn has_function(&self, name: &str) -> bool {
         self.symbols.iter().any(|(_, symbol)| symbol == name)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.symbols.is_empty()
-    }
 }
 
 #[cfg(test)]

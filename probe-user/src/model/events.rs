@@ -6,7 +6,7 @@
 use probe_common::{event_kind, EventHeader, FileEvent, FileKey, PageEvent, PATH_MAX_DEPTH};
 use zerocopy::FromBytes;
 
-use crate::names::NameBytes;
+use crate::model::names::NameBytes;
 
 /// Identity of a file: the kernel's `dev_t` (`major << 20 | minor`), inode
 /// number and the inode's generation, so that a file created with the
@@ -279,9 +279,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use probe_common::{PATH_COMPONENT_LEN, TASK_COMM_LEN};
     use zerocopy::IntoBytes;
+
+    use super::*;
 
     fn comm(name: &str) -> [u8; TASK_COMM_LEN] {
         let mut out = [0; TASK_COMM_LEN];

@@ -1,0 +1,343 @@
+//! From the session's aggregate and the kernel's totals to metric values:
+//! label resolution, per-file series, and cumulative totals turned into
+//! counter increments.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use probe_common::LATENCY_BUCKETS;
+
+use super::{labels::*, metrics::*};
+use crate::{
+    model::{aggregate::Aggregate, events::FileId, paths::MountTable},
+    probe::maps::{KernelCounters, WriterLabel},
+    session::Session,
+};
+
+/// Label resolution and the previous kernel totals, so that kernel
+/// cumulative counts become counter increments.
+pub struct Exporter {
+    pub metrics: Metrics,
+    per_file_top: usize,
+    path_prefixes: Vec<PathBuf>,
+    comms: LabelCap,
+    cgroups_cap: LabelCap,
+    cgroups: CgroupNames,
+    mounts: MountTable,
+    previous_writers: HashMap<WriterLabel, (u64, u64)>,
+    previous_fs: HashMap<FsLabels, (u64, u64, u64)>,
+    previous_lost: HashMap<&'static str, u64>,
+    previous_latency: [u64; LATENCY_BUCKETS as usize],
+    previous_programs: HashMap<String, (Duration, u64)>,
+    previous_events: u64,
+    file_series: HashSet<FileLabels>,
+    /// Devices not in the mount table even after re-reading it (memfd files
+    /// live on an internal mount mountinfo never lists): not re-read again.
+    pub(super) unmounted_devs: HashSet<u32>,
+}
+
+impl Exporter {
+    pub fn new(
+        metrics: Metrics,
+        per_file_top: usize,
+        path_prefixes: Vec<PathBuf>,
+        mounts: MountTable,
+    ) -> Self {
+        Self {
+            metrics,
+            per_file_top,
+            path_prefixes,
+            comms: LabelCap::new(32),
+            cgroups_cap: LabelCap::new(64),
+            cgroups: CgroupNames::new(&mounts),
+            mounts,
+            previous_writers: HashMap::new(),
+            previous_fs: HashMap::new(),
+            previous_lost: HashMap::new(),
+            previous_latency: [0; LATENCY_BUCKETS as usize],
+            previous_programs: HashMap::new(),
+            previous_events: 0,
+            file_series: HashSet::new(),
+            unmounted_devs: HashSet::new(),
+        }
+    }
+
+    fn fs_labels(&mut self, file: FileId) -> FsLabels {
+        // A mount made since start-up: re-read the table, once per device,
+        // not on every refresh of every such file.
+        if self.mounts.fs_type(file).is_none() && !self.unmounted_devs.contains(&file.dev) {
+            self.mounts = MountTable::read();
+            if self.mounts.fs_type(file).is_none() {
+                self.unmounted_devs.insert(file.dev);
+            }
+        }
+        let (fs, mount) = self
+            .mounts
+            .mount_of(file)
+            .map(|m| (m.fs_type.clone(), m.mount_point.clone()))
+            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+        FsLabels { fs, mount }
+    }
+
+    fn writer_labels(&mut self, comm: &str, cgroup_id: u64, file: FileId) -> WriterLabels {
+        let cgroup = self.cgroups.name(cgroup_id);
+        let FsLabels { fs, mount } = self.fs_labels(file);
+        WriterLabels {
+            comm: self.comms.label(comm),
+            cgroup: self.cgroups_cap.label(&cgroup),
+            fs,
+            mount,
+        }
+    }
+
+    /// Pages newly written, from the collector's counts.
+    pub fn add_page_counts(&mut self, counts: HashMap<(String, u64, FileId), u64>) {
+        for ((comm, cgroup_id, file), pages) in counts {
+            let labels = self.writer_labels(&comm, cgroup_id, file);
+            self.metrics
+                .pages_first_written
+                .get_or_create(&labels)
+                .inc_by(pages);
+        }
+    }
+
+    /// Per-writer kernel fault counts (cumulative) into counter increments.
+    pub fn add_writer_stats(&mut self, stats: Vec<(WriterLabel, probe_common::WriterStats)>) {
+        for (label, totals) in stats {
+            // Never back: a read can miss a CPU's run of faults for an
+            // instant (see Probes::writer_stats).
+            let previous = self.previous_writers.get(&label).copied().unwrap_or((0, 0));
+            let current = (
+                totals.shared_write_faults.max(previous.0),
+                totals.cow_faults.max(previous.1),
+            );
+            self.previous_writers.insert(label.clone(), current);
+            let file = FileId {
+                dev: label.dev,
+                ino: 0,
+                generation: 0,
+            };
+            let labels = self.writer_labels(&label.comm, label.cgroup_id, file);
+            let shared = current.0.saturating_sub(previous.0);
+            let cow = current.1.saturating_sub(previous.1);
+            if shared > 0 {
+                self.metrics
+                    .write_faults
+                    .get_or_create(&labels)
+                    .inc_by(shared);
+            }
+            if cow > 0 {
+                self.metrics.cow_faults.get_or_create(&labels).inc_by(cow);
+            }
+        }
+    }
+
+    /// Per-file series, per-filesystem sums and losses from the aggregate.
+    pub fn update_files(&mut self, aggregate: &Aggregate) {
+        let mut by_fs: HashMap<FsLabels, (u64, u64, u64)> = HashMap::new();
+        let mut ranked: Vec<(FileId, u64)> = Vec::new();
+        for (id, record) in aggregate.files() {
+            let labels = self.fs_labels(*id);
+            let sums = by_fs.entry(labels).or_default();
+            sums.0 += record.kernel.folios_dirtied;
+            sums.1 += record.kernel.pages_dirtied;
+            sums.2 += record.kernel.writeback_pages;
+            if record.modified() {
+                ranked.push((*id, record.pages_written.len()));
+            }
+        }
+        for (labels, current) in by_fs {
+            let previous = self
+                .previous_fs
+                .insert(labels.clone(), current)
+                .unwrap_or_default();
+            let deltas = [
+                (
+                    &self.metrics.folios_dirtied,
+                    current.0.saturating_sub(previous.0),
+                ),
+                (
+                    &self.metrics.pages_dirtied,
+                    current.1.saturating_sub(previous.1),
+                ),
+                (
+                    &self.metrics.pages_written_back,
+                    current.2.saturating_sub(previous.2),
+                ),
+            ];
+            for (family, delta) in deltas {
+                // Create the series even at zero, so rate() sees its start.
+                family.get_or_create(&labels).inc_by(delta);
+            }
+        }
+
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut shown: HashSet<FileLabels> = HashSet::new();
+        let mut other = (0i64, 0i64, 0i64);
+        for (rank, (id, _)) in ranked.iter().enumerate() {
+            let Some(record) = aggregate.file(id) else {
+                continue;
+            };
+            let path = record.display_path(id);
+            let under_prefix = self
+                .path_prefixes
+                .iter()
+                .any(|p| Path::new(&path).starts_with(p));
+            let values = (
+                record.pages_written.len() as i64,
+                record.write_faults() as i64,
+                record.kernel.writeback_pages as i64,
+            );
+            if rank < self.per_file_top || under_prefix {
+                let FsLabels { fs, mount } = self.fs_labels(*id);
+                let labels = FileLabels { path, fs, mount };
+                self.metrics
+                    .file_pages_written
+                    .get_or_create(&labels)
+                    .set(values.0);
+                self.metrics
+                    .file_write_faults
+                    .get_or_create(&labels)
+                    .set(values.1);
+                self.metrics
+                    .file_writeback_pages
+                    .get_or_create(&labels)
+                    .set(values.2);
+                shown.insert(labels);
+            } else {
+                other.0 += values.0;
+                other.1 += values.1;
+                other.2 += values.2;
+            }
+        }
+        let other_labels = FileLabels {
+            path: OTHER.into(),
+            fs: OTHER.into(),
+            mount: OTHER.into(),
+        };
+        self.metrics
+            .file_pages_written
+            .get_or_create(&other_labels)
+            .set(other.0);
+        self.metrics
+            .file_write_faults
+            .get_or_create(&other_labels)
+            .set(other.1);
+        self.metrics
+            .file_writeback_pages
+            .get_or_create(&other_labels)
+            .set(other.2);
+        shown.insert(other_labels);
+        // Files that left the top N lose their series.
+        for stale in self.file_series.difference(&shown) {
+            self.metrics.file_pages_written.remove(stale);
+            self.metrics.file_write_faults.remove(stale);
+            self.metrics.file_writeback_pages.remove(stale);
+        }
+        self.file_series = shown;
+        self.metrics.files_tracked.set(aggregate.len() as i64);
+        let events = aggregate.events();
+        self.metrics
+            .events
+            .inc_by(events.saturating_sub(self.previous_events));
+        self.previous_events = events;
+    }
+
+    pub fn update_counters(
+        &mut self,
+        counters: &KernelCounters,
+        undecodable: u64,
+        ring_bytes: u32,
+    ) {
+        for (reason, total) in [
+            ("ringbuf_full", counters.ringbuf_drops),
+            ("vma_lookup_failed", counters.vma_lookup_failed),
+            ("file_stats_full", counters.file_stats_full),
+            ("writer_map_full", counters.writer_insert_failed),
+            ("writer_stats_full", counters.writer_stats_full),
+            ("undecodable_records", undecodable),
+        ] {
+            let previous = self.previous_lost.insert(reason, total).unwrap_or(0);
+            self.metrics
+                .lost_events
+                .get_or_create(&ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc_by(total.saturating_sub(previous));
+        }
+        self.metrics.ring_size_bytes.set(i64::from(ring_bytes));
+        self.metrics
+            .ring_peak_used_bytes
+            .set(counters.ring_peak_bytes as i64);
+    }
+
+    /// Kernel log2 buckets into the histogram: a latency in [2^k, 2^(k+1))
+    /// ns is observed just under 2^(k+1), so it lands in the bucket whose
+    /// bound is 2^(k+1).
+    pub fn update_latency(&mut self, buckets: &[u64; LATENCY_BUCKETS as usize]) {
+        for (k, (&now, previous)) in buckets
+            .iter()
+            .zip(self.previous_latency.iter_mut())
+            .enumerate()
+        {
+            let delta = now.saturating_sub(*previous);
+            *previous = now;
+            let upper_ns = if k + 1 >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << (k + 1)) - 1
+            };
+            for _ in 0..delta {
+                self.metrics
+                    .writeback_latency
+                    .observe(upper_ns as f64 / 1e9);
+            }
+        }
+    }
+
+    pub fn update_programs(&mut self, stats: Vec<(String, Duration, u64)>) {
+        for (program, run_time, runs) in stats {
+            let (previous_time, previous_runs) = self
+                .previous_programs
+                .insert(program.clone(), (run_time, runs))
+                .unwrap_or_default();
+            let labels = ProgramLabels { program };
+            self.metrics
+                .bpf_run_seconds
+                .get_or_create(&labels)
+                .inc_by(run_time.saturating_sub(previous_time).as_secs_f64());
+            self.metrics
+                .bpf_runs
+                .get_or_create(&labels)
+                .inc_by(runs.saturating_sub(previous_runs));
+        }
+    }
+
+    /// Everything that comes from the kernel maps, once per interval.
+    pub fn refresh(&mut self, session: &mut Session) -> anyhow::Result<()> {
+        let counters = session.refresh()?;
+        if let Some(counts) = session.collector.page_counts.as_mut() {
+            let counts = std::mem::take(counts);
+            self.add_page_counts(counts);
+        }
+        self.add_writer_stats(session.writer_stats()?);
+        self.update_files(&session.collector.aggregate);
+        self.update_counters(
+            &counters,
+            session.collector.undecodable,
+            session.ring_bytes(),
+        );
+        self.update_latency(&session.writeback_latency()?);
+        if bpf_stats_enabled() {
+            self.update_programs(session.program_stats());
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}

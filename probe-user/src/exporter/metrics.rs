@@ -1,0 +1,158 @@
+//! The metric families, their registry and the OpenMetrics rendering.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use super::labels::*;
+
+/// Every metric mmapwatch exports.
+pub struct Metrics {
+    pub write_faults: Family<WriterLabels, Counter>,
+    pub cow_faults: Family<WriterLabels, Counter>,
+    pub pages_first_written: Family<WriterLabels, Counter>,
+    pub folios_dirtied: Family<FsLabels, Counter>,
+    pub pages_dirtied: Family<FsLabels, Counter>,
+    pub pages_written_back: Family<FsLabels, Counter>,
+    pub lost_events: Family<ReasonLabels, Counter>,
+    pub file_pages_written: Family<FileLabels, Gauge>,
+    pub file_write_faults: Family<FileLabels, Gauge>,
+    pub file_writeback_pages: Family<FileLabels, Gauge>,
+    pub writeback_latency: Histogram,
+    pub events: Counter,
+    pub files_tracked: Gauge,
+    pub ring_size_bytes: Gauge,
+    pub ring_peak_used_bytes: Gauge,
+    pub bpf_run_seconds: Family<ProgramLabels, Counter<f64>>,
+    pub bpf_runs: Family<ProgramLabels, Counter>,
+    pub backend: Family<BackendLabels, Gauge>,
+}
+
+/// Histogram buckets matching the kernel's log2 buckets: upper bounds
+/// 2^k ns, from about 1 ms to about 69 s.
+pub(crate) fn latency_bounds() -> impl Iterator<Item = f64> {
+    (20..=36).map(|k| (1u64 << k) as f64 / 1e9)
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            write_faults: Family::default(),
+            cow_faults: Family::default(),
+            pages_first_written: Family::default(),
+            folios_dirtied: Family::default(),
+            pages_dirtied: Family::default(),
+            pages_written_back: Family::default(),
+            lost_events: Family::default(),
+            file_pages_written: Family::default(),
+            file_write_faults: Family::default(),
+            file_writeback_pages: Family::default(),
+            writeback_latency: Histogram::new(latency_bounds()),
+            events: Counter::default(),
+            files_tracked: Gauge::default(),
+            ring_size_bytes: Gauge::default(),
+            ring_peak_used_bytes: Gauge::default(),
+            bpf_run_seconds: Family::default(),
+            bpf_runs: Family::default(),
+            backend: Family::default(),
+        };
+        let r = registry;
+        r.register(
+            "mmapwatch_write_faults",
+            "Write faults through shared file mappings",
+            metrics.write_faults.clone(),
+        );
+        r.register(
+            "mmapwatch_cow_faults",
+            "Write faults through private file mappings (copy-on-write)",
+            metrics.cow_faults.clone(),
+        );
+        r.register(
+            "mmapwatch_pages_first_written",
+            "File pages written through shared mappings for the first time since mmapwatch started",
+            metrics.pages_first_written.clone(),
+        );
+        r.register(
+            "mmapwatch_folios_dirtied",
+            "Clean-to-dirty folio transitions of files written through mmap",
+            metrics.folios_dirtied.clone(),
+        );
+        r.register(
+            "mmapwatch_pages_dirtied",
+            "Pages in those folios",
+            metrics.pages_dirtied.clone(),
+        );
+        r.register(
+            "mmapwatch_pages_written_back",
+            "Pages of files written through mmap that were written back",
+            metrics.pages_written_back.clone(),
+        );
+        r.register(
+            "mmapwatch_lost_events",
+            "Events the kernel side could not report, by reason",
+            metrics.lost_events.clone(),
+        );
+        r.register("mmapwatch_file_pages_written", "Distinct pages written through shared mappings, per file (top N and --path-prefix; the rest in path=\"other\")", metrics.file_pages_written.clone());
+        r.register(
+            "mmapwatch_file_write_faults",
+            "Shared write faults per file (same files as mmapwatch_file_pages_written)",
+            metrics.file_write_faults.clone(),
+        );
+        r.register(
+            "mmapwatch_file_writeback_pages",
+            "Pages written back per file (same files as mmapwatch_file_pages_written)",
+            metrics.file_writeback_pages.clone(),
+        );
+        r.register(
+            "mmapwatch_dirty_to_writeback_seconds",
+            "Time from a file's first dirtying to the completion of the writeback that cleaned it",
+            metrics.writeback_latency.clone(),
+        );
+        r.register(
+            "mmapwatch_events",
+            "Ring-buffer records processed",
+            metrics.events.clone(),
+        );
+        r.register(
+            "mmapwatch_files_tracked",
+            "Files written through mmap since start",
+            metrics.files_tracked.clone(),
+        );
+        r.register(
+            "mmapwatch_ringbuf_size_bytes",
+            "Size of the event ring buffer",
+            metrics.ring_size_bytes.clone(),
+        );
+        r.register(
+            "mmapwatch_ringbuf_peak_used_bytes",
+            "Highest ring-buffer fill seen",
+            metrics.ring_peak_used_bytes.clone(),
+        );
+        r.register(
+            "mmapwatch_bpf_program_run_seconds",
+            "Time spent in each BPF program (kernel.bpf_stats_enabled=1)",
+            metrics.bpf_run_seconds.clone(),
+        );
+        r.register(
+            "mmapwatch_bpf_program_runs",
+            "Runs of each BPF program (kernel.bpf_stats_enabled=1)",
+            metrics.bpf_runs.clone(),
+        );
+        r.register(
+            "mmapwatch_backend",
+            "The probe backend in use (value 1)",
+            metrics.backend.clone(),
+        );
+        metrics
+    }
+}
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut body = String::new();
+    encode(&mut body, registry)?;
+    Ok(body)
+}

@@ -1,0 +1,22 @@
+//! `mmapwatch export`: Prometheus metrics over HTTP (OpenMetrics text).
+//!
+//! Label cardinality is bounded: never a pid; `comm` and `cgroup` are
+//! capped (the rest is `other`); per-file series exist only for the top N
+//! files by pages written and files under `--path-prefix`, and everything
+//! else is summed into `path="other"`.
+//!
+//! `labels` (label sets and caps), `metrics` (families and rendering),
+//! `collect` (aggregate and kernel totals to values), `server` (HTTP and
+//! the export loop).
+
+mod collect;
+mod labels;
+mod metrics;
+mod server;
+#[cfg(test)]
+mod tests;
+
+pub use collect::Exporter;
+pub use labels::OTHER;
+pub use metrics::{render, Metrics, OPENMETRICS};
+pub use server::{run, sorted_series};

@@ -1,0 +1,121 @@
+//! The HTTP side: `/metrics` and `/healthz`, and the export loop.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::SignalKind;
+
+use super::{collect::*, labels::*, metrics::*};
+use crate::{
+    cli::{ExportArgs, KernelPaths},
+    error::UserError,
+    model::report_filter::canonical_prefixes,
+    session::{Activity, Session, SessionOptions},
+};
+
+pub(crate) fn router(registry: Arc<Registry>) -> axum::Router {
+    use axum::{http::header, response::IntoResponse, routing::get};
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    match render(&registry) {
+                        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+                        Err(_) => (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "encoding failed",
+                        )
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Runs `export` until SIGINT or SIGTERM.
+pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
+    // Bind first: a port in use fails before anything is loaded.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                anyhow::Error::new(UserError::AddressInUse(args.listen))
+            }
+            _ => anyhow::Error::new(err).context(format!("listening on {}", args.listen)),
+        })?;
+    let local: SocketAddr = listener.local_addr()?;
+    let options = SessionOptions {
+        kernel: kernel.clone(),
+        filter: args.filter.clone(),
+        // COW faults are counted per writer in the kernel; their pages need
+        // not cross the ring buffer.
+        include_cow: false,
+        command: Vec::new(),
+    };
+    let mut session = Session::start(&options)?;
+    session.collector.page_counts = Some(HashMap::new());
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    metrics
+        .backend
+        .get_or_create(&BackendLabels {
+            backend: session.backend().into(),
+        })
+        .set(1);
+    let prefixes = canonical_prefixes(&args.filter.path_prefixes);
+    let mut exporter = Exporter::new(
+        metrics,
+        args.per_file_top,
+        prefixes,
+        session.collector.mounts().clone(),
+    );
+    exporter.refresh(&mut session)?;
+    let registry = Arc::new(registry);
+    // The server runs on its own task; it ends only with the process.
+    let mut server = tokio::spawn(async move { axum::serve(listener, router(registry)).await });
+    eprintln!(
+        "mmapwatch: serving metrics on http://{local}/metrics ({} programs attached in {} ms)",
+        session.attached_programs(),
+        session.attach_time().as_millis()
+    );
+
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut tick = tokio::time::interval(args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            activity = session.next_activity() => { let _: Activity = activity.context("tracing")?; }
+            _ = tick.tick() => exporter.refresh(&mut session)?,
+            served = &mut server => {
+                served.context("metrics server task")?.context("metrics server")?;
+                break;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    Ok(0)
+}
+
+/// A deterministic snapshot for tests and docs: no kernel involved.
+pub fn sorted_series(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}

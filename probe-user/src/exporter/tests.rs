@@ -1,0 +1,311 @@
+//! The exporter's labels, series and increments on a real aggregate.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
+
+use probe_common::LATENCY_BUCKETS;
+use prometheus_client::registry::Registry;
+
+use super::{collect::*, labels::*, metrics::*, server::*};
+use crate::{
+    model::{
+        aggregate::Aggregate,
+        events::{Event, FileId, Task, WriteKind},
+        paths::MountTable,
+    },
+    probe::maps::{KernelCounters, WriterLabel},
+};
+
+const MOUNTINFO: &str =
+    "22 1 254:1 / / rw - ext4 /dev/vda1 rw\n30 22 0:25 / /dev/shm rw - tmpfs tmpfs rw\n";
+
+fn exporter(top: usize, prefixes: Vec<PathBuf>) -> (Registry, Exporter) {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let exporter = Exporter::new(metrics, top, prefixes, MountTable::parse(MOUNTINFO));
+    (registry, exporter)
+}
+
+fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
+    let file = FileId {
+        dev,
+        ino,
+        generation: 0,
+    };
+    agg.apply(&Event::FirstWrite {
+        file,
+        page,
+        kind: WriteKind::Shared,
+        task: Task {
+            pid: 1,
+            tgid: 1,
+            comm: "db".into(),
+            cgroup_id: 1,
+        },
+        boot_ns: 1,
+    });
+    agg.set_path(
+        file,
+        path.into(),
+        crate::model::aggregate::PathSource::ProcMaps,
+    );
+}
+
+/// The shipped Grafana dashboard queries only metrics that exist.
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let (registry, mut exporter) = exporter(1, vec![]);
+    // Families without series print nothing: give each one.
+    let mut buckets = [0u64; LATENCY_BUCKETS as usize];
+    buckets[25] = 1;
+    exporter.update_latency(&buckets);
+    exporter.update_programs(vec![(
+        "page_fault_user".into(),
+        Duration::from_millis(3),
+        10,
+    )]);
+    exporter.update_counters(&KernelCounters::default(), 0, 1 << 20);
+    exporter
+        .metrics
+        .backend
+        .get_or_create(&BackendLabels {
+            backend: "tracepoint".into(),
+        })
+        .set(1);
+    let label = WriterLabel {
+        cgroup_id: 1,
+        dev: 25,
+        comm: "db".into(),
+    };
+    exporter.add_writer_stats(vec![(
+        label,
+        probe_common::WriterStats {
+            shared_write_faults: 1,
+            cow_faults: 1,
+        },
+    )]);
+    let mut counts = HashMap::new();
+    counts.insert(
+        (
+            "db".to_string(),
+            1,
+            FileId {
+                dev: 25,
+                ino: 1,
+                generation: 0,
+            },
+        ),
+        1,
+    );
+    exporter.add_page_counts(counts);
+    let mut agg = Aggregate::new();
+    write(&mut agg, 25, 1, 0, "/dev/shm/x");
+    exporter.update_files(&agg);
+    let body = render(&registry).unwrap();
+    let exported: HashSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let dashboard = include_str!("../../../deploy/grafana-dashboard.json");
+    let mut referenced = 0;
+    for (start, _) in dashboard.match_indices("mmapwatch_") {
+        let name: String = dashboard[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // Series suffixes of counters and histograms.
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        if family == "mmapwatch_" {
+            continue;
+        }
+        assert!(
+            exported.contains(family),
+            "dashboard uses {name}, not exported"
+        );
+        referenced += 1;
+    }
+    assert!(referenced >= 9, "{referenced}");
+}
+
+#[test]
+fn unmounted_devices_are_labelled_unknown() {
+    let (registry, mut exporter) = exporter(10, vec![]);
+    let mut counts = HashMap::new();
+    // Device 0:1 (an internal mount, as memfd's) is in no mountinfo.
+    counts.insert(
+        (
+            "db".to_string(),
+            1,
+            FileId {
+                dev: 1,
+                ino: 9,
+                generation: 0,
+            },
+        ),
+        3,
+    );
+    exporter.add_page_counts(counts.clone());
+    exporter.add_page_counts(counts);
+    assert!(exporter.unmounted_devs.contains(&1));
+    let series = sorted_series(&render(&registry).unwrap());
+    assert_eq!(
+        series[r#"mmapwatch_pages_first_written_total{comm="db",cgroup="id:1",fs="unknown",mount="unknown"}"#],
+        6.0
+    );
+}
+
+#[test]
+fn label_cap_admits_then_folds_into_other() {
+    let mut cap = LabelCap::new(2);
+    assert_eq!(cap.label("a"), "a");
+    assert_eq!(cap.label("b"), "b");
+    assert_eq!(cap.label("c"), OTHER);
+    assert_eq!(cap.label("a"), "a");
+}
+
+#[test]
+fn page_counts_become_labelled_counters() {
+    let (registry, mut exporter) = exporter(10, vec![]);
+    let mut counts = HashMap::new();
+    counts.insert(
+        (
+            "postgres".to_string(),
+            999_999_999,
+            FileId {
+                dev: (254 << 20) | 1,
+                ino: 5,
+                generation: 0,
+            },
+        ),
+        7,
+    );
+    counts.insert(
+        (
+            "redis".to_string(),
+            999_999_999,
+            FileId {
+                dev: 25,
+                ino: 6,
+                generation: 0,
+            },
+        ),
+        2,
+    );
+    exporter.add_page_counts(counts);
+    let series = sorted_series(&render(&registry).unwrap());
+    assert_eq!(
+        series[r#"mmapwatch_pages_first_written_total{comm="postgres",cgroup="id:999999999",fs="ext4",mount="/"}"#],
+        7.0
+    );
+    assert_eq!(
+        series[r#"mmapwatch_pages_first_written_total{comm="redis",cgroup="id:999999999",fs="tmpfs",mount="/dev/shm"}"#],
+        2.0
+    );
+}
+
+#[test]
+fn kernel_totals_become_increments() {
+    let (registry, mut exporter) = exporter(10, vec![]);
+    let label = WriterLabel {
+        cgroup_id: 424_242,
+        dev: 25,
+        comm: "db".into(),
+    };
+    let stats = |shared, cow| probe_common::WriterStats {
+        shared_write_faults: shared,
+        cow_faults: cow,
+    };
+    exporter.add_writer_stats(vec![(label.clone(), stats(5, 1))]);
+    exporter.add_writer_stats(vec![(label, stats(8, 1))]);
+    let series = sorted_series(&render(&registry).unwrap());
+    let key = r#"{comm="db",cgroup="id:424242",fs="tmpfs",mount="/dev/shm"}"#;
+    assert_eq!(series[&format!("mmapwatch_write_faults_total{key}")], 8.0);
+    assert_eq!(series[&format!("mmapwatch_cow_faults_total{key}")], 1.0);
+}
+
+#[test]
+fn per_file_series_are_bounded_to_top_n_and_prefixes() {
+    let (registry, mut exporter) = exporter(1, vec![PathBuf::from("/srv")]);
+    let mut agg = Aggregate::new();
+    for page in 0..5 {
+        write(&mut agg, (254 << 20) | 1, 1, page, "/big");
+    }
+    write(&mut agg, (254 << 20) | 1, 2, 0, "/srv/watched");
+    write(&mut agg, (254 << 20) | 1, 3, 0, "/small-a");
+    write(&mut agg, (254 << 20) | 1, 3, 1, "/small-a");
+    write(&mut agg, (254 << 20) | 1, 4, 0, "/small-b");
+    exporter.update_files(&agg);
+    let series = sorted_series(&render(&registry).unwrap());
+    let pages: BTreeMap<_, _> = series
+        .iter()
+        .filter(|(k, _)| k.starts_with("mmapwatch_file_pages_written{"))
+        .collect();
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert_eq!(
+        series[r#"mmapwatch_file_pages_written{path="/big",fs="ext4",mount="/"}"#],
+        5.0
+    );
+    assert_eq!(
+        series[r#"mmapwatch_file_pages_written{path="/srv/watched",fs="ext4",mount="/"}"#],
+        1.0
+    );
+    assert_eq!(
+        series[r#"mmapwatch_file_pages_written{path="other",fs="other",mount="other"}"#],
+        3.0
+    );
+    assert_eq!(series["mmapwatch_files_tracked"], 4.0);
+}
+
+#[test]
+fn latency_buckets_map_onto_histogram_bounds() {
+    let (registry, mut exporter) = exporter(1, vec![]);
+    let mut buckets = [0u64; LATENCY_BUCKETS as usize];
+    buckets[20] = 2; // [1.05 ms, 2.1 ms)
+    buckets[30] = 1; // [1.07 s, 2.1 s)
+    exporter.update_latency(&buckets);
+    exporter.update_latency(&buckets); // no change: no new observation
+    let series = sorted_series(&render(&registry).unwrap());
+    assert_eq!(series["mmapwatch_dirty_to_writeback_seconds_count"], 3.0);
+    assert_eq!(
+        series[r#"mmapwatch_dirty_to_writeback_seconds_bucket{le="0.001048576"}"#],
+        0.0
+    );
+    assert_eq!(
+        series[r#"mmapwatch_dirty_to_writeback_seconds_bucket{le="0.002097152"}"#],
+        2.0
+    );
+    assert_eq!(
+        series[r#"mmapwatch_dirty_to_writeback_seconds_bucket{le="2.147483648"}"#],
+        3.0
+    );
+}
+
+#[test]
+fn losses_are_counted_by_reason() {
+    let (registry, mut exporter) = exporter(1, vec![]);
+    let counters = KernelCounters {
+        ringbuf_drops: 4,
+        ring_peak_bytes: 4096,
+        ..KernelCounters::default()
+    };
+    exporter.update_counters(&counters, 1, 1 << 20);
+    let body = render(&registry).unwrap();
+    let series = sorted_series(&body);
+    assert_eq!(
+        series[r#"mmapwatch_lost_events_total{reason="ringbuf_full"}"#],
+        4.0
+    );
+    assert_eq!(
+        series[r#"mmapwatch_lost_events_total{reason="undecodable_records"}"#],
+        1.0
+    );
+    assert_eq!(series["mmapwatch_ringbuf_peak_used_bytes"], 4096.0);
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+}

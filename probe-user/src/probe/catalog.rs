@@ -1,0 +1,189 @@
+//! What the backends attach to: tracepoints, raw and BTF tracepoints, and
+//! the kernel functions the fentry and kprobe backends hook.
+
+/// A classic tracepoint the backend attaches to.
+#[derive(Clone, Copy, Debug)]
+pub struct Tracepoint {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Without it, mmapwatch still works but sees less (said in `doctor`
+    /// and in the report's warnings).
+    pub required: bool,
+    pub purpose: &'static str,
+    /// Attached as a raw tracepoint: the fault programs run on every page
+    /// fault of the host, and a raw one reads its arguments straight from
+    /// the context instead of having the kernel copy a record first.
+    pub raw: bool,
+}
+
+pub const TRACEPOINTS: &[Tracepoint] = &[
+    Tracepoint {
+        program: "page_fault_user",
+        category: "exceptions",
+        name: "page_fault_user",
+        required: true,
+        purpose: "write faults from user space",
+        raw: true,
+    },
+    Tracepoint {
+        program: "page_fault_kernel",
+        category: "exceptions",
+        name: "page_fault_kernel",
+        required: false,
+        purpose: "kernel stores into user mappings (read(2) into a mapping)",
+        raw: true,
+    },
+    Tracepoint {
+        program: "sys_enter_mmap",
+        category: "syscalls",
+        name: "sys_enter_mmap",
+        required: false,
+        purpose: "processes with shared writable mappings (tmpfs possibly-written pages)",
+        raw: false,
+    },
+    Tracepoint {
+        program: "sys_enter_mprotect",
+        category: "syscalls",
+        name: "sys_enter_mprotect",
+        required: false,
+        purpose: "mappings made writable later (tmpfs possibly-written pages)",
+        raw: false,
+    },
+];
+
+/// The function-hook backends' own program on the user fault tracepoint:
+/// read faults only (the hooks see every write), for tmpfs pages that a
+/// read fault maps writable.
+pub const READ_FAULTS: Tracepoint = Tracepoint {
+    program: "page_fault_user_reads",
+    category: "exceptions",
+    name: "page_fault_user",
+    required: false,
+    purpose: "tmpfs/shmem pages mapped writable by read faults (possibly written)",
+    raw: true,
+};
+
+/// A raw tracepoint the backend attaches to: they give the folio and
+/// inode pointers whose classic formats lack the device number or the
+/// inode's generation.
+#[derive(Clone, Copy, Debug)]
+pub struct RawTracepoint {
+    pub program: &'static str,
+    pub name: &'static str,
+    /// Without an optional one, mmapwatch still works but sees less (said
+    /// in `doctor` and in the report's warnings).
+    pub required: bool,
+    pub purpose: &'static str,
+    /// Loaded as tp_btf: its program reads fields through the typed
+    /// arguments directly instead of one `bpf_probe_read_kernel` each
+    /// (worth it on a hot one; the load needs aya's BTF parse).
+    pub typed: bool,
+}
+
+pub(crate) const fn raw(
+    name: &'static str,
+    required: bool,
+    purpose: &'static str,
+) -> RawTracepoint {
+    RawTracepoint {
+        program: name,
+        name,
+        required,
+        purpose,
+        typed: false,
+    }
+}
+
+pub(crate) const fn typed(
+    name: &'static str,
+    required: bool,
+    purpose: &'static str,
+) -> RawTracepoint {
+    RawTracepoint {
+        typed: true,
+        ..raw(name, required, purpose)
+    }
+}
+
+pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
+    raw("sched_process_fork", true, "following -- CMD's descendants"),
+    raw("sched_process_exit", true, "forgetting exited processes"),
+    raw("sb_mark_inode_writeback", true, "writeback start times"),
+    raw(
+        "sb_clear_inode_writeback",
+        true,
+        "writeback completion times",
+    ),
+    typed("writeback_dirty_folio", true, "folios and pages dirtied"),
+    raw(
+        "writeback_single_inode",
+        true,
+        "pages written back by the flusher",
+    ),
+    raw(
+        "ext4_writepages_result",
+        false,
+        "pages ext4 wrote back (fsync, msync and flusher)",
+    ),
+    raw(
+        "mm_filemap_map_pages",
+        false,
+        "tmpfs/shmem pages mapped writable by read faults (possibly written)",
+    ),
+];
+
+/// Filesystem `->page_mkwrite` implementations, hooked one by one where
+/// `do_page_mkwrite` is inlined. ext4, xfs, btrfs and fuse are usually
+/// modules, whose functions kprobes reach (kallsyms) and fentry here does
+/// not (aya resolves fentry targets in vmlinux BTF only).
+pub const FS_MKWRITE_HOOKS: &[&str] = &[
+    "filemap_page_mkwrite",
+    "ext4_page_mkwrite",
+    "iomap_page_mkwrite",
+    "xfs_write_fault",
+    "xfs_filemap_page_mkwrite",
+    "btrfs_page_mkwrite",
+    "fuse_page_mkwrite",
+    "nfs_vm_page_mkwrite",
+    "f2fs_vm_page_mkwrite",
+    "ceph_page_mkwrite",
+];
+/// fentry programs available for filesystem hooks (one per target).
+pub(crate) const FENTRY_FS_MKWRITE_SLOTS: usize = 4;
+
+/// A kernel function and the programs that hook it either way.
+pub(crate) struct Hook<'a> {
+    pub(crate) function: &'a str,
+    pub(crate) fentry: &'a str,
+    pub(crate) kprobe: &'a str,
+}
+
+/// Fault hooks. `do_wp_page` and `finish_fault` must both attach for a
+/// function-hook backend; `wp_page_copy` is optional (without it
+/// `do_wp_page` records private copies too).
+pub(crate) const WP_PAGE: Hook = Hook {
+    function: "do_wp_page",
+    fentry: "fentry_do_wp_page",
+    kprobe: "kprobe_do_wp_page",
+};
+pub(crate) const FINISH_FAULT: Hook = Hook {
+    function: "finish_fault",
+    fentry: "fentry_finish_fault",
+    kprobe: "kprobe_finish_fault",
+};
+pub(crate) const WP_PAGE_COPY: Hook = Hook {
+    function: "wp_page_copy",
+    fentry: "fentry_wp_page_copy",
+    kprobe: "kprobe_wp_page_copy",
+};
+pub(crate) const DO_PAGE_MKWRITE: Hook = Hook {
+    function: "do_page_mkwrite",
+    fentry: "fentry_do_page_mkwrite",
+    kprobe: "kprobe_do_page_mkwrite",
+};
+pub(crate) const FOLIO_END_WRITEBACK: Hook = Hook {
+    function: "folio_end_writeback",
+    fentry: "fentry_folio_end_writeback",
+    kprobe: "kprobe_folio_end_writeback",
+};

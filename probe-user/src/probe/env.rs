@@ -1,0 +1,148 @@
+//! What this kernel and process offer: capabilities, tracefs, the kprobe
+//! PMU, page and fault-around sizes, processes already mapping files
+//! shared and writable.
+
+use std::path::{Path, PathBuf};
+
+use super::error::LoadError;
+
+pub const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Effective capabilities of this process.
+pub fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+pub fn has_capability(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// Root, or the two capabilities that replace it for tracing.
+pub fn privileged() -> bool {
+    has_tracing_capabilities(effective_capabilities())
+}
+
+/// Whether `caps` (a CapEff mask) allow loading and attaching tracing
+/// programs: CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON.
+pub fn has_tracing_capabilities(caps: u64) -> bool {
+    has_capability(caps, CAP_SYS_ADMIN)
+        || (has_capability(caps, CAP_BPF) && has_capability(caps, CAP_PERFMON))
+}
+
+/// The mounted tracefs, mounting it at /sys/kernel/tracing if needed.
+pub fn tracefs() -> Result<PathBuf, LoadError> {
+    if let Some(root) = TRACEFS_ROOTS
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("events").is_dir())
+    {
+        return Ok(root.to_path_buf());
+    }
+    let target = Path::new(TRACEFS_ROOTS[0]);
+    let mounted = nix_mount_tracefs(target);
+    match mounted {
+        Ok(()) if target.join("events").is_dir() => Ok(target.to_path_buf()),
+        Ok(()) => Err(LoadError::NoTracefs("mounted, but it has no events".into())),
+        Err(err) => Err(LoadError::NoTracefs(err.to_string())),
+    }
+}
+
+pub(crate) fn nix_mount_tracefs(target: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    let path = CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("path has a NUL byte"))?;
+    let fstype = c"tracefs";
+    let source = c"nodev";
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether tracefs has this tracepoint.
+/// Whether a tracepoint of this name exists in any category (raw
+/// tracepoints are named without one).
+pub fn raw_tracepoint_exists(tracefs: &Path, name: &str) -> bool {
+    std::fs::read_dir(tracefs.join("events")).is_ok_and(|categories| {
+        categories
+            .flatten()
+            .any(|category| category.path().join(name).is_dir())
+    })
+}
+
+pub fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
+    tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("id")
+        .exists()
+}
+
+/// Whether the kernel has the kprobe PMU that aya attaches kprobes with.
+pub fn kprobe_pmu() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+/// Pages the kernel maps around a read fault: debugfs's fault_around_bytes
+/// when mounted, else the kernel's default (64 KiB).
+pub(crate) fn fault_around_pages() -> u32 {
+    let bytes = std::fs::read_to_string("/sys/kernel/debug/fault_around_bytes")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(65536);
+    u32::try_from((bytes / page_size()).clamp(1, 512)).unwrap_or(16)
+}
+
+/// Processes that already have a shared writable mapping ("rw-s" or
+/// "-w-s" in /proc/PID/maps): mappings made before mmapwatch started.
+pub(crate) fn shared_writable_mappers(proc_root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // Bytes: a mapped file's name need not be UTF-8.
+            std::fs::read(proc_root.join(pid.to_string()).join("maps")).is_ok_and(|maps| {
+                maps.split(|&b| b == b'\n').any(|line| {
+                    let perms = line.split(|&b| b == b' ').nth(1).unwrap_or(b"");
+                    perms.len() == 4 && perms[1] == b'w' && perms[3] == b's'
+                })
+            })
+        })
+        .collect()
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
+}

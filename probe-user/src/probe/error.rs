@@ -1,0 +1,65 @@
+//! Why probes could not be loaded or attached, and the exit code for each.
+
+use super::btf::BtfError;
+use crate::error::exit_code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("must run as root, or with CAP_BPF and CAP_PERFMON (try sudo)")]
+    NotPrivileged,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("tracefs is not mounted and could not be mounted at /sys/kernel/tracing: {0}")]
+    NoTracefs(String),
+    #[error("this kernel has no tracepoint {0}, which mmapwatch needs for {1}")]
+    MissingTracepoint(String, &'static str),
+    #[error("the kernel rejected program {program}: {reason}")]
+    Rejected { program: String, reason: String },
+    #[error("could not attach {program}: {reason}")]
+    Attach { program: String, reason: String },
+    #[error("eBPF object: {0}")]
+    Object(String),
+    #[error("{map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("--backend {backend} does not work on this kernel: {reason}")]
+    Backend {
+        backend: &'static str,
+        reason: String,
+    },
+}
+
+impl LoadError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoadError::NotPrivileged => exit_code::PRIVILEGES,
+            LoadError::Btf(_)
+            | LoadError::NoTracefs(_)
+            | LoadError::MissingTracepoint(..)
+            | LoadError::Rejected { .. }
+            | LoadError::Attach { .. }
+            | LoadError::Backend { .. } => exit_code::KERNEL,
+            LoadError::Object(_) | LoadError::Map { .. } => exit_code::RUNTIME,
+        }
+    }
+}
+
+/// One line of a load or attach error, without the verifier log's heading.
+pub(crate) fn short_error(text: &str) -> String {
+    first_line(text)
+        .trim_end()
+        .trim_end_matches("Verifier output:")
+        .trim_end()
+        .to_string()
+}
+
+/// The verifier log can run to thousands of lines; the error keeps the first
+/// (full logs: RUST_LOG=debug).
+pub(crate) fn first_line(text: &str) -> String {
+    log::debug!("{text}");
+    let line = text.lines().next().unwrap_or(text);
+    if line.len() > 300 {
+        format!("{}…", &line[..line.floor_char_boundary(300)])
+    } else {
+        line.to_string()
+    }
+}

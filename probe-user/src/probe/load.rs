@@ -1,0 +1,324 @@
+//! Loading the eBPF object: offsets from BTF, configuration, maps, and
+//! every program through the verifier. Nothing is attached here.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use aya::{
+    programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use probe_common::{filter, ProbeConfig, MAX_COMM_FILTERS, TASK_COMM_LEN};
+
+use super::{
+    backend::{Attached, Selection},
+    btf::KernelBtf,
+    catalog::{RAW_TRACEPOINTS, TRACEPOINTS},
+    env::{
+        fault_around_pages, page_size, privileged, shared_writable_mappers, tracefs,
+        tracepoint_exists,
+    },
+    error::{first_line, LoadError},
+};
+
+/// The eBPF object built by build.rs.
+pub(crate) static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmapwatch-probes"));
+
+#[derive(Clone, Debug, Default)]
+pub struct ProbeOptions {
+    pub btf_path: PathBuf,
+    /// Where to look tracepoints up instead of the mounted tracefs (tests
+    /// simulate a kernel that lacks one).
+    pub tracefs_override: Option<PathBuf>,
+    /// Trace only the tgids put in TRACED (`--pid`, and `-- CMD` with its
+    /// descendants).
+    pub filter_by_tgid: bool,
+    pub comms: Vec<String>,
+    pub include_cow: bool,
+    pub ring_bytes: Option<u32>,
+    pub dedup_entries: Option<u32>,
+    /// Enable the kernel side's debug logs (aya-log).
+    pub kernel_debug_logs: bool,
+}
+
+/// The loaded eBPF object and, once attached, its backend.
+pub struct Probes {
+    pub(super) ebpf: Ebpf,
+    pub attached: Attached,
+    pub dedup_capacity: u32,
+    pub ring_bytes: u32,
+    /// Why the function-hook backends cannot read a `struct vm_fault`
+    /// here, if they cannot.
+    pub(super) fault_offsets_missing: Option<String>,
+    /// Kept for lookups only the fentry backend needs (each scans all
+    /// of vmlinux's types: not at start-up).
+    pub(super) kernel_btf: KernelBtf,
+    /// aya's own parse of vmlinux BTF, for tp_btf and fentry loads.
+    pub(super) aya_btf: aya::Btf,
+    pub selection: Selection,
+}
+
+pub(crate) fn seed_shared_mappers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let map = ebpf.map_mut("SHARED_MAPPERS").ok_or(LoadError::Map {
+        map: "SHARED_MAPPERS",
+        reason: "missing from the object".into(),
+    })?;
+    let mut mappers: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(|err| LoadError::Map {
+            map: "SHARED_MAPPERS",
+            reason: err.to_string(),
+        })?;
+    for tgid in shared_writable_mappers(Path::new("/proc")) {
+        // A process gone meanwhile, or a full map: at worst an extra look.
+        let _ = mappers.insert(tgid, 1, 0);
+    }
+    Ok(())
+}
+
+pub(crate) fn comm_bytes(comm: &str) -> [u8; TASK_COMM_LEN] {
+    let mut out = [0u8; TASK_COMM_LEN];
+    let bytes = comm.as_bytes();
+    let len = bytes.len().min(TASK_COMM_LEN - 1);
+    out[..len].copy_from_slice(&bytes[..len]);
+    out
+}
+
+/// First-write dedup entries, each a 512-page chunk of one file: 2^15 of
+/// them follow 16 M pages (64 GiB of 4 KiB pages). LRU maps are
+/// preallocated, so this is kernel memory (~150 B each, ~5 MiB) and
+/// start-up time. Evicted chunks written again are reported again and
+/// deduplicated in userspace, so a smaller map costs only ring traffic.
+pub(crate) const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 15;
+/// The ring buffer's size in the eBPF object.
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+impl Probes {
+    /// Checks privileges and kernel support, then loads the eBPF object with
+    /// offsets and configuration filled in. Nothing is attached yet.
+    pub fn load(options: &ProbeOptions) -> Result<Self, LoadError> {
+        if !privileged() {
+            return Err(LoadError::NotPrivileged);
+        }
+        // aya's own parse of the same BTF (tp_btf and fentry loads need
+        // it) runs while the object's maps are created.
+        let btf_path = options.btf_path.clone();
+        let aya_btf_parse =
+            std::thread::spawn(move || aya::Btf::parse_file(btf_path, aya::Endianness::default()));
+        let phase = Instant::now();
+        let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
+        log::debug!("startup: kernel BTF parsed in {:?}", phase.elapsed());
+        let mut offsets = kernel_btf.kernel_offsets()?;
+        if let Err(err) = kernel_btf.maple_offsets(&mut offsets) {
+            log::info!("no maple-tree walk ({err}): mappings are looked up with bpf_find_vma");
+        }
+        let fault_offsets_missing = kernel_btf
+            .fault_hook_offsets(&mut offsets)
+            .err()
+            .map(|err| format!("struct vm_fault: {err}"));
+        log::debug!("startup: offsets resolved in {:?}", phase.elapsed());
+        let tracefs = match &options.tracefs_override {
+            Some(path) => path.clone(),
+            None => tracefs()?,
+        };
+        for tp in TRACEPOINTS.iter().filter(|tp| tp.required) {
+            if !tracepoint_exists(&tracefs, tp.category, tp.name) {
+                return Err(LoadError::MissingTracepoint(
+                    format!("{}:{}", tp.category, tp.name),
+                    tp.purpose,
+                ));
+            }
+        }
+
+        if options.comms.len() > MAX_COMM_FILTERS {
+            return Err(LoadError::Object(format!(
+                "at most {MAX_COMM_FILTERS} --comm filters"
+            )));
+        }
+        let mut config = ProbeConfig {
+            filter_flags: if options.filter_by_tgid {
+                filter::BY_TGID
+            } else {
+                0
+            },
+            include_cow: u32::from(options.include_cow),
+            self_tgid: std::process::id(),
+            page_shift: page_size().trailing_zeros(),
+            comm_count: options.comms.len() as u32,
+            fault_around_pages: fault_around_pages(),
+            ..ProbeConfig::default()
+        };
+        if !options.comms.is_empty() {
+            config.filter_flags |= filter::BY_COMM;
+        }
+        for (slot, comm) in config.comms.iter_mut().zip(&options.comms) {
+            *slot = comm_bytes(comm);
+        }
+
+        let dedup_capacity = options.dedup_entries.unwrap_or(DEFAULT_DEDUP_ENTRIES);
+        let log_level: u8 = if options.kernel_debug_logs { 0xff } else { 0 };
+        let mut loader = EbpfLoader::new();
+        loader
+            // No program is BTF-typed (raw tracepoints, not tp_btf) and
+            // offsets come from our own parse: aya need not parse the
+            // kernel's BTF a second time.
+            .btf(None)
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("CONFIG", &config, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .map_max_entries("PAGE_SEEN", dedup_capacity);
+        if let Some(bytes) = options.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let phase = Instant::now();
+        let mut ebpf = loader
+            .load(PROBES_OBJECT)
+            .map_err(|err| LoadError::Object(err.to_string()))?;
+        log::debug!(
+            "startup: object loaded, maps created in {:?}",
+            phase.elapsed()
+        );
+        let phase = Instant::now();
+        if options.kernel_debug_logs {
+            spawn_kernel_logger(&mut ebpf);
+        }
+
+        let aya_btf = aya_btf_parse
+            .join()
+            .map_err(|_| LoadError::Object("kernel BTF: the parse panicked".into()))?
+            .map_err(|err| LoadError::Object(format!("kernel BTF: {err}")))?;
+        let plan: Vec<(&str, LoadAs)> = TRACEPOINTS
+            .iter()
+            .map(|tp| {
+                (
+                    tp.program,
+                    if tp.raw { LoadAs::Raw } else { LoadAs::Classic },
+                )
+            })
+            .chain(RAW_TRACEPOINTS.iter().map(|tp| {
+                let how = if tp.typed {
+                    LoadAs::Typed(tp.name)
+                } else {
+                    LoadAs::Raw
+                };
+                (tp.program, how)
+            }))
+            .collect();
+        load_programs(&mut ebpf, &plan, &aya_btf)?;
+        log::debug!("startup: programs verified in {:?}", phase.elapsed());
+        seed_shared_mappers(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            attached: Attached::default(),
+            dedup_capacity,
+            ring_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
+            fault_offsets_missing,
+            kernel_btf,
+            aya_btf,
+            selection: Selection::default(),
+        })
+    }
+}
+
+pub(crate) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoadError::Object(format!("program {name} missing from the object")))?;
+    program
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| LoadError::Object(err.to_string()))
+}
+
+/// How a program of the object is loaded.
+#[derive(Clone, Copy)]
+pub(crate) enum LoadAs {
+    Raw,
+    Classic,
+    /// tp_btf, on this tracepoint.
+    Typed(&'static str),
+}
+
+/// Loads the `plan`'s programs, each in its own thread: the verifier runs
+/// on every core (most of the start-up time), and each thread has its
+/// own program.
+pub(crate) fn load_programs(
+    ebpf: &mut Ebpf,
+    plan: &[(&str, LoadAs)],
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
+    fn load(
+        program: &mut Program,
+        how: LoadAs,
+        btf: &aya::Btf,
+    ) -> Result<(), aya::programs::ProgramError> {
+        match how {
+            LoadAs::Raw => <&mut RawTracePoint>::try_from(program)?.load(),
+            LoadAs::Classic => <&mut TracePoint>::try_from(program)?.load(),
+            LoadAs::Typed(tracepoint) => {
+                <&mut BtfTracePoint>::try_from(program)?.load(tracepoint, btf)
+            }
+        }
+    }
+    let results: Vec<(String, Result<(), aya::programs::ProgramError>)> =
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = ebpf
+                .programs_mut()
+                .filter_map(|(name, program)| {
+                    let (_, how) = *plan.iter().find(|(planned, _)| *planned == name)?;
+                    Some(scope.spawn(move || (name.to_string(), load(program, how, btf))))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .filter_map(|thread| thread.join().ok())
+                .collect()
+        });
+    for (name, _) in plan {
+        match results.iter().find(|(loaded, _)| loaded == name) {
+            None => return Err(LoadError::Object(format!("program {name} not loaded"))),
+            Some((_, Err(err))) => {
+                return Err(LoadError::Rejected {
+                    program: name.to_string(),
+                    reason: first_line(&err.to_string()),
+                })
+            }
+            Some((_, Ok(()))) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Forwards the kernel side's aya-log records to the `log` crate.
+pub(crate) fn spawn_kernel_logger(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring fd until it is dropped, and
+            // as_raw_fd always returns that fd.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            let Ok(mut fd) = registered else {
+                log::warn!("kernel logs: cannot poll the log ring");
+                return;
+            };
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        break;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(err) => log::warn!("kernel logs unavailable: {err}"),
+    }
+}

@@ -1,0 +1,271 @@
+//! Reading and writing the loaded object's maps: counters, per-file and
+//! per-writer stats, the event ring, the traced processes.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use probe_common::{
+    counter, FileKey, FileStats, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS,
+};
+
+use super::{error::LoadError, load::Probes};
+use crate::model::events::FileId;
+
+/// Totals of the kernel's per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub ringbuf_drops: u64,
+    pub vma_lookup_failed: u64,
+    pub dedup_inserts: u64,
+    pub dedup_insert_failed: u64,
+    pub file_stats_full: u64,
+    pub shared_write_faults: u64,
+    pub cow_faults: u64,
+    pub events_submitted: u64,
+    pub writer_insert_failed: u64,
+    /// Write faults that mapped a whole large folio writable.
+    pub folio_spans: u64,
+    pub writer_stats_full: u64,
+    /// Highest ring-buffer fill seen, in bytes.
+    pub ring_peak_bytes: u64,
+    /// The part of `ringbuf_drops` that were file announcements.
+    pub ringbuf_drops_file_events: u64,
+    /// Faults looked up with bpf_find_vma because the maple walk missed.
+    pub vma_walk_fallbacks: u64,
+    /// Write faults past the end of the file (SIGBUS; nothing written).
+    pub faults_past_eof: u64,
+    /// Read faults that mapped tmpfs/shmem pages writable, and those whose
+    /// mapping could not be checked.
+    pub possible_write_windows: u64,
+    pub possible_write_unverified: u64,
+}
+
+impl KernelCounters {
+    /// Everything the kernel side failed to report.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_drops
+            + self.vma_lookup_failed
+            + self.file_stats_full
+            + self.writer_insert_failed
+    }
+}
+
+/// (cgroup id, kernel dev, command name) of a writer label set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriterLabel {
+    pub cgroup_id: u64,
+    pub dev: u32,
+    pub comm: String,
+}
+
+impl Probes {
+    /// File -> address of the `->page_mkwrite` its filesystem ran.
+    pub fn page_mkwrite_functions(&self) -> Result<StdHashMap<FileId, u64>, LoadError> {
+        let map: HashMap<_, FileKey, u64> = self.typed_map("PAGE_MKWRITE")?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, function)| (FileId::from_key(&key), function))
+            .collect())
+    }
+
+    /// Starts tracing `tgid`; with `follow_children`, its future descendants too.
+    pub fn trace_tgid(&mut self, tgid: u32, follow_children: bool) -> Result<(), LoadError> {
+        let mut map: HashMap<_, u32, u32> = self.typed_map_mut("TRACED")?;
+        let value = if follow_children {
+            probe_common::traced::FOLLOW_CHILDREN
+        } else {
+            probe_common::traced::EXACT
+        };
+        map.insert(tgid, value, 0).map_err(|err| LoadError::Map {
+            map: "TRACED",
+            reason: err.to_string(),
+        })
+    }
+
+    pub fn untrace_tgid(&mut self, tgid: u32) -> Result<(), LoadError> {
+        let mut map: HashMap<_, u32, u32> = self.typed_map_mut("TRACED")?;
+        // Already gone is fine: it may have exited.
+        let _ = map.remove(&tgid);
+        Ok(())
+    }
+
+    /// The event ring buffer, taken out so it can be polled on its own.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Map {
+            map: "EVENTS",
+            reason: "missing from the object".into(),
+        })?;
+        RingBuf::try_from(map).map_err(|err| LoadError::Map {
+            map: "EVENTS",
+            reason: err.to_string(),
+        })
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters, LoadError> {
+        let map: PerCpuArray<_, u64> = self.typed_map("COUNTERS")?;
+        let mut totals = [0u64; counter::COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let values = map.get(&(index as u32), 0).map_err(|err| LoadError::Map {
+                map: "COUNTERS",
+                reason: err.to_string(),
+            })?;
+            // Every slot is a per-CPU count but the peak, a per-CPU maximum.
+            *total = if index as u32 == counter::RING_PEAK_BYTES {
+                values.iter().copied().max().unwrap_or(0)
+            } else {
+                values.iter().sum()
+            };
+        }
+        Ok(KernelCounters {
+            ringbuf_drops: totals[counter::RINGBUF_DROPS as usize],
+            vma_lookup_failed: totals[counter::VMA_LOOKUP_FAILED as usize],
+            dedup_inserts: totals[counter::DEDUP_INSERTS as usize],
+            dedup_insert_failed: totals[counter::DEDUP_INSERT_FAILED as usize],
+            file_stats_full: totals[counter::FILE_STATS_FULL as usize],
+            shared_write_faults: totals[counter::SHARED_WRITE_FAULTS as usize],
+            cow_faults: totals[counter::COW_FAULTS as usize],
+            events_submitted: totals[counter::EVENTS_SUBMITTED as usize],
+            writer_insert_failed: totals[counter::WRITER_INSERT_FAILED as usize],
+            folio_spans: totals[counter::FOLIO_SPANS as usize],
+            writer_stats_full: totals[counter::WRITER_STATS_FULL as usize],
+            ring_peak_bytes: totals[counter::RING_PEAK_BYTES as usize],
+            ringbuf_drops_file_events: totals[counter::RINGBUF_DROPS_FILE_EVENTS as usize],
+            vma_walk_fallbacks: totals[counter::VMA_WALK_FALLBACKS as usize],
+            faults_past_eof: totals[counter::FAULTS_PAST_EOF as usize],
+            possible_write_windows: totals[counter::POSSIBLE_WRITE_WINDOWS as usize],
+            possible_write_unverified: totals[counter::POSSIBLE_WRITE_UNVERIFIED as usize],
+        })
+    }
+
+    /// Each CPU's open run of fault counts, not yet in the stats maps.
+    /// Read after those maps: a run closing in between is then missed for
+    /// an instant, never counted twice (the kernel closes a run before it
+    /// adds it to the maps).
+    fn open_runs(&self) -> Result<Vec<PendingCounts>, LoadError> {
+        let map: PerCpuArray<_, PendingCounts> = self.typed_map("PENDING_COUNTS")?;
+        let runs = map.get(&0, 0).map_err(|err| LoadError::Map {
+            map: "PENDING_COUNTS",
+            reason: err.to_string(),
+        })?;
+        Ok(runs
+            .iter()
+            .filter(|run| run.shared_write_faults + run.cow_faults > 0)
+            .copied()
+            .collect())
+    }
+
+    /// Fault counts per (cgroup, filesystem, command), summed over CPUs.
+    pub fn writer_stats(&self) -> Result<Vec<(WriterLabel, WriterStats)>, LoadError> {
+        let map: PerCpuHashMap<_, WriterStatsKey, WriterStats> = self.typed_map("WRITER_STATS")?;
+        let mut totals: StdHashMap<WriterStatsKey, WriterStats> = StdHashMap::new();
+        for item in map.iter() {
+            let Ok((key, values)) = item else { continue };
+            let total = totals.entry(key).or_default();
+            for v in values.iter() {
+                total.shared_write_faults += v.shared_write_faults;
+                total.cow_faults += v.cow_faults;
+            }
+        }
+        for run in self.open_runs()? {
+            let total = totals.entry(run.writer).or_default();
+            total.shared_write_faults += run.shared_write_faults;
+            total.cow_faults += run.cow_faults;
+        }
+        let mut out = Vec::new();
+        for (key, total) in totals {
+            let end = key
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(key.comm.len());
+            out.push((
+                WriterLabel {
+                    cgroup_id: key.cgroup_id,
+                    dev: key.dev,
+                    comm: String::from_utf8_lossy(&key.comm[..end]).into_owned(),
+                },
+                total,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Dirty-to-writeback latency: count per log2(ns) bucket.
+    pub fn writeback_latency(&self) -> Result<[u64; LATENCY_BUCKETS as usize], LoadError> {
+        let map: PerCpuArray<_, u64> = self.typed_map("WRITEBACK_LATENCY")?;
+        let mut buckets = [0u64; LATENCY_BUCKETS as usize];
+        for (index, bucket) in buckets.iter_mut().enumerate() {
+            let values = map.get(&(index as u32), 0).map_err(|err| LoadError::Map {
+                map: "WRITEBACK_LATENCY",
+                reason: err.to_string(),
+            })?;
+            *bucket = values.iter().sum();
+        }
+        Ok(buckets)
+    }
+
+    /// (program name, run time, run count) when kernel.bpf_stats_enabled is on.
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_string(), info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
+    /// Every file's per-CPU counters, with the CPUs' open runs of faults.
+    pub fn file_stats(&self) -> Result<StdHashMap<FileId, Vec<FileStats>>, LoadError> {
+        let map: PerCpuHashMap<_, FileKey, FileStats> = self.typed_map("FILE_STATS")?;
+        let mut out: StdHashMap<FileId, Vec<FileStats>> = StdHashMap::new();
+        for item in map.iter() {
+            // An entry can vanish between listing and lookup; skip it.
+            let Ok((key, values)) = item else { continue };
+            out.insert(FileId::from_key(&key), values.iter().copied().collect());
+        }
+        for run in self.open_runs()? {
+            out.entry(FileId::from_key(&run.file))
+                .or_default()
+                .push(FileStats {
+                    shared_write_faults: run.shared_write_faults,
+                    cow_faults: run.cow_faults,
+                    last_write_boot_ns: run.last_write_boot_ns,
+                    ..FileStats::default()
+                });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn typed_map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a self,
+        name: &'static str,
+    ) -> Result<T, LoadError> {
+        let map = self.ebpf.map(name).ok_or(LoadError::Map {
+            map: name,
+            reason: "missing from the object".into(),
+        })?;
+        T::try_from(map).map_err(|err| LoadError::Map {
+            map: name,
+            reason: err.to_string(),
+        })
+    }
+
+    pub(super) fn typed_map_mut<
+        'a,
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    >(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<T, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::Map {
+            map: name,
+            reason: "missing from the object".into(),
+        })?;
+        T::try_from(map).map_err(|err| LoadError::Map {
+            map: name,
+            reason: err.to_string(),
+        })
+    }
+}

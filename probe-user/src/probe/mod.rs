@@ -1,0 +1,18 @@
+//! The kernel side seen from userspace: what this kernel offers (`env`),
+//! what the backends attach to (`catalog`), loading the eBPF object
+//! (`load`), choosing and attaching a backend (`backend`), and reading
+//! its maps (`maps`). The session is the only user outside `doctor`.
+
+pub mod backend;
+pub mod btf;
+pub mod catalog;
+pub mod env;
+pub mod error;
+pub mod kallsyms;
+pub mod load;
+pub mod maps;
+
+pub use backend::{Attached, BackendChoice, Mechanism, Selection};
+pub use error::LoadError;
+pub use load::{ProbeOptions, Probes, DEFAULT_RING_BYTES};
+pub use maps::{KernelCounters, WriterLabel};
