@@ -99,7 +99,7 @@ pub struct ExportArgs {
 #[derive(Clone, Debug, Default, Args)]
 pub struct FilterArgs {
     /// Only this process (repeatable).
-    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
 
     /// Only processes with this command name, as in /proc/PID/comm (repeatable, up to 8).
@@ -126,7 +126,7 @@ pub struct FilterArgs {
 #[derive(Clone, Debug, Args)]
 pub struct TraceArgs {
     /// Stop after this long (e.g. 10s, 1m30s); without it and without CMD, run until Ctrl-C.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(short = 'd', long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
     #[command(flatten)]
@@ -137,8 +137,13 @@ pub struct TraceArgs {
     pub include_cow: bool,
 
     /// Print one JSON document instead of a table.
-    #[arg(long)]
+    #[arg(short = 'j', long)]
     pub json: bool,
+
+    /// Write the report to FILE instead of standard output (CMD's own
+    /// output then never mixes with it).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 
     /// Write every decoded event to FILE as JSON lines (for replay and debugging).
     #[arg(long, hide = true, value_name = "FILE")]
@@ -149,13 +154,42 @@ pub struct TraceArgs {
     pub command: Vec<OsString>,
 }
 
+/// The longest duration or interval accepted: ten years. Longer ones
+/// overflow clock arithmetic and mean "forever", which is no flag at all.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|err| format!("'{text}' is not a duration like 10s or 1m30s ({err})"))?;
     if duration.is_zero() {
         return Err("the duration must be more than zero".into());
     }
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "'{text}' is longer than ten years (leave it out to run until stopped)"
+        ));
+    }
     Ok(duration)
+}
+
+impl Cli {
+    /// What clap's per-value checks cannot see: limits across values.
+    pub fn check(&self) -> Result<(), String> {
+        let filter = match &self.command {
+            Command::Trace(args) => &args.filter,
+            Command::Top(args) => &args.filter,
+            Command::Export(args) => &args.filter,
+            Command::Doctor | Command::BenchFloor => return Ok(()),
+        };
+        if filter.comms.len() > probe_common::MAX_COMM_FILTERS {
+            return Err(format!(
+                "at most {} --comm filters ({} given)",
+                probe_common::MAX_COMM_FILTERS,
+                filter.comms.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn parse_comm(text: &str) -> Result<String, String> {

@@ -14,6 +14,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    if let Err(why) = cli.check() {
+        eprintln!("mmapwatch: {why} (see 'mmapwatch --help')");
+        return ExitCode::from(exit_code::USAGE);
+    }
+    if matches!(cli.command, Command::Trace(_) | Command::Doctor) {
+        // A report piped into `head` ends quietly, as `cat`'s does: the
+        // default SIGPIPE action instead of Rust's ignore-then-panic.
+        // (Not for `export`, whose clients may hang up, nor `top`.)
+        // SAFETY: setting a signal's disposition to its default, before
+        // any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -34,8 +46,11 @@ fn main() -> ExitCode {
             Command::Top(args) => tui::run(&kernel, args).await,
             Command::BenchFloor => bench_floor::run().await,
             Command::Doctor => {
-                print!("{}", doctor::render(&doctor::checks(&kernel.btf)));
-                Ok(0)
+                let checks = doctor::checks(&kernel.btf);
+                print!("{}", doctor::render(&checks));
+                // A needed check failed: mmapwatch cannot run here.
+                let failed = checks.iter().any(|c| c.status == doctor::Status::Fail);
+                Ok(if failed { exit_code::KERNEL } else { 0 })
             }
         }
     });

@@ -815,6 +815,93 @@ fn bad_input_gets_one_line_and_a_distinct_exit_code() {
     );
 }
 
+/// Odd environments get one line and an exit code, never a panic: a
+/// duration too long for the clock, too many --comm, a BTF "file" that is a
+/// device, `top` without a terminal.
+#[test]
+fn odd_environments_get_one_line_not_a_panic() {
+    require_root();
+    expect_one_line_failure(
+        &mut mmapwatch(&["trace", "--duration", "18446744073709551615s"]),
+        2,
+        "longer than ten years",
+    );
+    let mut nine = vec!["trace", "--duration", "1s"];
+    for _ in 0..9 {
+        nine.extend(["--comm", "x"]);
+    }
+    expect_one_line_failure(&mut mmapwatch(&nine), 2, "at most 8 --comm");
+    let mut zero = mmapwatch(&["trace", "--duration", "1s"]);
+    zero.env("MMAPWATCH_BTF", "/dev/zero");
+    expect_one_line_failure(&mut zero, 4, "not a regular file");
+    let mut top = mmapwatch(&["top"]);
+    top.stdin(std::process::Stdio::null());
+    expect_one_line_failure(&mut top, 2, "terminal");
+}
+
+/// A report written into a pipe whose reader is gone ends quietly (killed
+/// by SIGPIPE, as `cat` is), not with a panic.
+#[test]
+fn a_closed_pipe_ends_the_report_quietly() {
+    require_root();
+    for args in [&["trace", "--", "true"][..], &["doctor"][..]] {
+        let mut child = mmapwatch(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn mmapwatch");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        use std::os::unix::process::ExitStatusExt as _;
+        assert!(
+            output.status.signal() == Some(libc::SIGPIPE) || output.status.success(),
+            "{args:?}: {:?} {stderr}",
+            output.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// `-o FILE` keeps the report apart from CMD's own output: the file is
+/// the JSON report with the exact pages, stdout is CMD's alone.
+#[test]
+fn output_file_keeps_the_report_apart_from_the_commands_output() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("data.bin");
+    let report = dir.path().join("report.json");
+    let script = format!(
+        "echo hi; exec {WORKLOAD} shared --file {} --size-pages 8 --pages 1,6",
+        path_arg(&file)
+    );
+    let output = run(&mut mmapwatch(&[
+        "trace",
+        "-j",
+        "-o",
+        &path_arg(&report),
+        "--path-prefix",
+        &path_arg(dir.path()),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{:?}", output);
+    assert!(stdout.starts_with("hi\n"), "{stdout}");
+    assert!(
+        !stdout.contains("version"),
+        "the report went to stdout: {stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report file"))
+            .expect("the report file is JSON");
+    let files = json["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1, "{json:#}");
+    assert_eq!(ranges(&files[0]["pages_written"]), vec![(1, 1), (6, 6)]);
+}
+
 #[test]
 fn non_root_is_refused_with_one_line() {
     require_root();

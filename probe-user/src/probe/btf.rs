@@ -64,6 +64,33 @@ const STARTUP_TYPES: &[&str] = &[
     "zoneflags",
 ];
 
+/// vmlinux BTF is a few MiB; a file past this is not BTF.
+const MAX_BTF_BYTES: u64 = 256 << 20;
+
+/// The BTF file exists, is a regular file (not a device such as /dev/zero,
+/// which would be read forever) and has a plausible size. Checked before
+/// anything reads it, aya's parse included.
+pub fn check_btf_file(path: &Path) -> Result<(), BtfError> {
+    let corrupt = |reason: String| BtfError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
+    let metadata = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => BtfError::Missing(path.display().to_string()),
+        _ => corrupt(err.to_string()),
+    })?;
+    if !metadata.is_file() {
+        return Err(corrupt("not a regular file".into()));
+    }
+    if metadata.len() > MAX_BTF_BYTES {
+        return Err(corrupt(format!(
+            "{} bytes, more than any kernel's BTF",
+            metadata.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Parsed vmlinux BTF with the lookups mmapwatch needs.
 pub struct KernelBtf {
     btf: Btf,
@@ -83,9 +110,7 @@ impl KernelBtf {
     /// lookups need not parse all of vmlinux's ~100,000 types (that took
     /// ~90 ms of start-up). The file is validated first like any input.
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        if !path.exists() {
-            return Err(BtfError::Missing(path.display().to_string()));
-        }
+        check_btf_file(path)?;
         // Any other file (tests, simulated kernels) may be corrupt: the
         // full parser checks all of it, so corruption is an error up front.
         if path != Path::new(VMLINUX_BTF) {
@@ -110,6 +135,7 @@ impl KernelBtf {
 
     /// Reads and parses all of the BTF in `path`.
     pub fn from_file_parsed(path: &Path) -> Result<Self, BtfError> {
+        check_btf_file(path)?;
         let bytes = std::fs::read(path).map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => BtfError::Missing(path.display().to_string()),
             _ => BtfError::Corrupt {

@@ -102,13 +102,13 @@ impl Probes {
         if !privileged() {
             return Err(LoadError::NotPrivileged);
         }
-        // aya's own parse of the same BTF (tp_btf and fentry loads need
-        // it) runs while the object's maps are created.
+        let phase = Instant::now();
+        let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
+        // aya's own parse of the same (checked) file, which tp_btf and
+        // fentry loads need, runs while offsets and maps are made.
         let btf_path = options.btf_path.clone();
         let aya_btf_parse =
             std::thread::spawn(move || aya::Btf::parse_file(btf_path, aya::Endianness::default()));
-        let phase = Instant::now();
-        let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
         log::debug!("startup: kernel BTF parsed in {:?}", phase.elapsed());
         let mut offsets = kernel_btf.kernel_offsets()?;
         if let Err(err) = kernel_btf.maple_offsets(&mut offsets) {

@@ -31,6 +31,14 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         include_cow: args.include_cow,
         command: args.command.clone(),
     };
+    // Opened first: a path that cannot be written fails before CMD runs.
+    let output = match &args.output {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        ),
+        None => None,
+    };
     let mut session = Session::start(&options)?;
     if let Some(path) = &args.record {
         let file =
@@ -99,13 +107,21 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         recorder.flush().context("writing the recording")?;
     }
     drop(session);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("serializing the report")?
-        );
+    let text = if args.json {
+        let mut json = serde_json::to_string(&report).context("serializing the report")?;
+        json.push('\n');
+        json
     } else {
-        print!("{}", report::render_table(&report));
+        report::render_table(&report)
+    };
+    match output {
+        Some(mut file) => {
+            use std::io::Write as _;
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.flush())
+                .context("writing the report")?;
+        }
+        None => print!("{text}"),
     }
     if report.lost_events > 0 {
         eprintln!(

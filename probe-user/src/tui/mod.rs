@@ -62,6 +62,13 @@ pub fn snapshot(
 
 /// Runs `top`; returns the traced command's exit code, or 0.
 pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return Err(crate::error::UserError::Usage(
+            "top draws on a terminal: run it in one (for a report, use `mmapwatch trace`)".into(),
+        )
+        .into());
+    }
     let options = SessionOptions {
         kernel: kernel.clone(),
         filter: args.filter.clone(),
