@@ -10,10 +10,7 @@ use crate::probe::{
     backend::{BackendChoice, Mechanism, Selection},
     btf::KernelBtf,
     catalog::{RAW_TRACEPOINTS, TRACEPOINTS},
-    env::{
-        self, effective_capabilities, has_capability, raw_tracepoint_exists, tracefs,
-        tracepoint_exists, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN,
-    },
+    env::{self, has_capability, raw_tracepoint_exists, tracefs, tracepoint_exists, Capability},
     load::{ProbeOptions, Probes},
 };
 
@@ -77,37 +74,29 @@ fn lockdown() -> String {
 }
 
 fn mount_securityfs() -> std::io::Result<()> {
-    // SAFETY: all pointers are valid NUL-terminated strings for the call.
-    let rc = unsafe {
-        libc::mount(
-            c"securityfs".as_ptr(),
-            c"/sys/kernel/security".as_ptr(),
-            c"securityfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    rustix::mount::mount(
+        "securityfs",
+        "/sys/kernel/security",
+        "securityfs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(std::io::Error::from)
 }
 
 pub fn checks(btf_path: &Path) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(check("kernel", true, kernel_release()));
 
-    let caps = effective_capabilities();
-    let privileged = env::has_tracing_capabilities(caps);
+    let privileged = env::privileged();
     out.push(check(
         "privileges",
         privileged,
         format!(
             "CAP_SYS_ADMIN {} CAP_BPF {} CAP_PERFMON {}",
-            yes_no(has_capability(caps, CAP_SYS_ADMIN)),
-            yes_no(has_capability(caps, CAP_BPF)),
-            yes_no(has_capability(caps, CAP_PERFMON))
+            yes_no(has_capability(Capability::CAP_SYS_ADMIN)),
+            yes_no(has_capability(Capability::CAP_BPF)),
+            yes_no(has_capability(Capability::CAP_PERFMON))
         ),
     ));
 

@@ -3,7 +3,6 @@
 //! refreshed on demand, and an optional traced command.
 
 use std::{
-    collections::HashMap,
     ffi::OsString,
     path::{Path, PathBuf},
     process::ExitStatus,
@@ -33,16 +32,20 @@ use crate::{
     },
 };
 
+/// A front end's tap on the decoded event stream, called for every event
+/// as the aggregate takes it: what a front end keeps of the stream (a
+/// recording, counts per interval) stays in the front end.
+pub trait EventObserver {
+    fn observe(&mut self, event: &Event, applied: &Applied);
+}
+
 /// Collects events from the ring buffer into the aggregate, naming files
 /// while their writers are alive.
 pub struct Collector {
     pub aggregate: Aggregate,
     pub undecodable: u64,
-    /// When set, every decoded event is written here as a JSON line.
-    pub recorder: Option<std::io::BufWriter<std::fs::File>>,
-    /// When set, pages newly written per (comm, cgroup id, file) are summed
-    /// here until taken (for metrics).
-    pub page_counts: Option<HashMap<(String, u64, FileId), u64>>,
+    /// Front ends' taps on the event stream (see [`EventObserver`]).
+    observers: Vec<Box<dyn EventObserver>>,
     mounts: MountTable,
     proc_root: PathBuf,
 }
@@ -52,8 +55,7 @@ impl Collector {
         Self {
             aggregate: Aggregate::new(),
             undecodable: 0,
-            recorder: None,
-            page_counts: None,
+            observers: Vec::new(),
             mounts: MountTable::read(),
             proc_root: PathBuf::from("/proc"),
         }
@@ -103,16 +105,6 @@ impl Collector {
                 return;
             }
         };
-        if let Some(recorder) = self.recorder.as_mut() {
-            use std::io::Write as _;
-            let written = serde_json::to_writer(&mut *recorder, &event)
-                .map_err(std::io::Error::from)
-                .and_then(|()| recorder.write_all(b"\n"));
-            if let Err(err) = written {
-                log::warn!("recording stopped: {err}");
-                self.recorder = None;
-            }
-        }
         if let Event::FileSeen {
             file,
             components,
@@ -124,7 +116,7 @@ impl Collector {
             if self.mounts.fs_type(*file).is_none() {
                 self.mounts = MountTable::read();
             }
-            let tgid = event_tgid(&event);
+            let tgid = event.task().map(|task| task.tgid);
             // Not mounted in our view: a mount of the writer's namespace
             // (a container's tmpfs), named as the writer sees it.
             let writers_mounts = match tgid {
@@ -137,7 +129,8 @@ impl Collector {
                 .as_ref()
                 .unwrap_or(&self.mounts)
                 .dentry_full_path(*file, components, *reached_root);
-            self.aggregate.apply(&event);
+            let applied = self.aggregate.apply(&event);
+            self.notify(&event, &applied);
             self.aggregate.set_path(*file, path, PathSource::Dentry);
             if let Some(tgid) = tgid {
                 if let Some(mount_ns) = mount_ns_of(&self.proc_root, tgid) {
@@ -154,17 +147,19 @@ impl Collector {
 
     fn apply(&mut self, event: &Event) -> Applied {
         let applied = self.aggregate.apply(event);
-        if let (Some(counts), Some(task), true) = (
-            self.page_counts.as_mut(),
-            event_task(event),
-            applied.new_pages > 0,
-        ) {
-            let file = event_file(event);
-            *counts
-                .entry((task.comm.clone(), task.cgroup_id, file))
-                .or_default() += applied.new_pages;
-        }
+        self.notify(event, &applied);
         applied
+    }
+
+    fn notify(&mut self, event: &Event, applied: &Applied) {
+        for observer in &mut self.observers {
+            observer.observe(event, applied);
+        }
+    }
+
+    /// Adds a tap on the event stream.
+    pub fn observe(&mut self, observer: Box<dyn EventObserver>) {
+        self.observers.push(observer);
     }
 
     /// Reads every record available now.
@@ -181,32 +176,6 @@ impl Collector {
 impl Default for Collector {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-fn event_task(event: &Event) -> Option<&crate::model::events::Task> {
-    match event {
-        Event::FirstWrite { task, .. }
-        | Event::NewWriter { task, .. }
-        | Event::FolioSpan { task, .. }
-        | Event::PossibleWrite { task, .. }
-        | Event::FileSeen { task, .. } => Some(task),
-        Event::WrittenBack { .. } => None,
-    }
-}
-
-fn event_tgid(event: &Event) -> Option<u32> {
-    event_task(event).map(|task| task.tgid)
-}
-
-fn event_file(event: &Event) -> FileId {
-    match event {
-        Event::FirstWrite { file, .. }
-        | Event::NewWriter { file, .. }
-        | Event::FolioSpan { file, .. }
-        | Event::PossibleWrite { file, .. }
-        | Event::WrittenBack { file, .. }
-        | Event::FileSeen { file, .. } => *file,
     }
 }
 
@@ -246,11 +215,8 @@ pub fn resolve_command(program: &std::ffi::OsStr) -> Result<PathBuf, UserError> 
     let found = if candidate.components().count() > 1 {
         candidate.exists().then(|| candidate.to_path_buf())
     } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(program))
-                .find(|path| path.is_file())
-        })
+        // A name alone: the first executable of that name on PATH.
+        which::which(program).ok()
     };
     let path = found.ok_or_else(|| UserError::CommandNotFound(name.clone()))?;
     let executable = std::fs::metadata(&path)

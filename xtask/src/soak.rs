@@ -3,8 +3,7 @@
 //! sampled; after warm-up they must stay flat.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
+    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -47,24 +46,21 @@ fn open_fds(pid: u32) -> Result<usize> {
 }
 
 fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    if !response.starts_with("HTTP/1.1 200") {
-        bail!("scrape failed: {}", response.lines().next().unwrap_or(""));
-    }
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default())
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    // A status other than 2xx is an error here: a failed scrape.
+    let mut response = agent
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .context("scrape failed")?;
+    Ok(response.body_mut().read_to_string()?)
 }
 
-/// The sum of every series of a metric family.
+/// The sum of every series of a metric family (a line filter, not a
+/// parser crate: `prometheus-parse` reads the 0.0.4 text format, not the
+/// OpenMetrics the exporter serves).
 fn metric_sum(body: &str, name: &str) -> f64 {
     body.lines()
         .filter(|l| {

@@ -3,8 +3,10 @@
 //! counter increments.
 
 use std::{
+    cell::RefCell,
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
+    rc::Rc,
     time::Duration,
 };
 
@@ -12,9 +14,13 @@ use probe_common::LATENCY_BUCKETS;
 
 use super::{labels::*, metrics::*};
 use crate::{
-    model::{aggregate::Aggregate, events::FileId, paths::MountTable},
+    model::{
+        aggregate::{Aggregate, Applied},
+        events::{Event, FileId},
+        paths::MountTable,
+    },
     probe::maps::{KernelCounters, WriterLabel},
-    session::Session,
+    session::{EventObserver, Session},
 };
 
 /// Label resolution and the previous kernel totals, so that kernel
@@ -37,6 +43,38 @@ pub struct Exporter {
     /// Devices not in the mount table even after re-reading it (memfd files
     /// live on an internal mount mountinfo never lists): not re-read again.
     pub(super) unmounted_devs: HashSet<u32>,
+    /// Pages newly written since the last refresh, tapped from the
+    /// session's event stream.
+    new_pages: NewPages,
+}
+
+/// Pages newly written per (comm, cgroup id, file), summed as the session
+/// applies events, until taken at a refresh.
+#[derive(Clone, Default)]
+pub struct NewPages(Rc<RefCell<PageCounts>>);
+
+/// (comm, cgroup id, file) -> pages.
+pub type PageCounts = HashMap<(String, u64, FileId), u64>;
+
+impl NewPages {
+    fn take(&self) -> PageCounts {
+        std::mem::take(&mut self.0.borrow_mut())
+    }
+}
+
+impl EventObserver for NewPages {
+    fn observe(&mut self, event: &Event, applied: &Applied) {
+        let Some(task) = event.task() else {
+            return;
+        };
+        if applied.new_pages > 0 {
+            *self
+                .0
+                .borrow_mut()
+                .entry((task.comm.clone(), task.cgroup_id, event.file()))
+                .or_default() += applied.new_pages;
+        }
+    }
 }
 
 impl Exporter {
@@ -62,7 +100,13 @@ impl Exporter {
             previous_events: 0,
             file_series: HashSet::new(),
             unmounted_devs: HashSet::new(),
+            new_pages: NewPages::default(),
         }
+    }
+
+    /// Counts the session's newly written pages from now on.
+    pub fn watch(&self, session: &mut Session) {
+        session.collector.observe(Box::new(self.new_pages.clone()));
     }
 
     fn fs_labels(&mut self, file: FileId) -> FsLabels {
@@ -94,7 +138,7 @@ impl Exporter {
     }
 
     /// Pages newly written, from the collector's counts.
-    pub fn add_page_counts(&mut self, counts: HashMap<(String, u64, FileId), u64>) {
+    pub fn add_page_counts(&mut self, counts: PageCounts) {
         for ((comm, cgroup_id, file), pages) in counts {
             let labels = self.writer_labels(&comm, cgroup_id, file);
             self.metrics
@@ -319,10 +363,8 @@ impl Exporter {
     /// Everything that comes from the kernel maps, once per interval.
     pub fn refresh(&mut self, session: &mut Session) -> anyhow::Result<()> {
         let counters = session.refresh()?;
-        if let Some(counts) = session.collector.page_counts.as_mut() {
-            let counts = std::mem::take(counts);
-            self.add_page_counts(counts);
-        }
+        let counts = self.new_pages.take();
+        self.add_page_counts(counts);
         self.add_writer_stats(session.writer_stats()?);
         self.update_files(&session.collector.aggregate);
         self.update_counters(

@@ -19,4 +19,4 @@ mod tests;
 pub use collect::Exporter;
 pub use labels::OTHER;
 pub use metrics::{render, Metrics, OPENMETRICS};
-pub use server::{run, sorted_series};
+pub use server::run;

@@ -1,10 +1,6 @@
 //! The HTTP side: `/metrics` and `/healthz`, and the export loop.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
@@ -61,7 +57,6 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         command: Vec::new(),
     };
     let mut session = Session::start(&options)?;
-    session.collector.page_counts = Some(HashMap::new());
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -78,6 +73,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         prefixes,
         session.collector.mounts().clone(),
     );
+    exporter.watch(&mut session);
     exporter.refresh(&mut session)?;
     let registry = Arc::new(registry);
     // The server runs on its own task; it ends only with the process.
@@ -107,15 +103,4 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-/// A deterministic snapshot for tests and docs: no kernel involved.
-pub fn sorted_series(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }

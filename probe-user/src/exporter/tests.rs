@@ -9,7 +9,7 @@ use std::{
 use probe_common::LATENCY_BUCKETS;
 use prometheus_client::registry::Registry;
 
-use super::{collect::*, labels::*, metrics::*, server::*};
+use super::{collect::*, labels::*, metrics::*};
 use crate::{
     model::{
         aggregate::Aggregate,
@@ -308,4 +308,17 @@ fn losses_are_counted_by_reason() {
     );
     assert_eq!(series["mmapwatch_ringbuf_peak_used_bytes"], 4096.0);
     assert!(body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+}
+
+/// Series name (with labels) -> value, from rendered metrics. Not a
+/// parser crate: `prometheus-parse` reads the 0.0.4 text format, not the
+/// OpenMetrics this renders (`# EOF`, `# UNIT`).
+fn sorted_series(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }

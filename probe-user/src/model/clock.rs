@@ -9,17 +9,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        let read = |clock| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `ts` is a valid out-pointer.
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-        };
-        let boot = read(libc::CLOCK_BOOTTIME);
-        let real = read(libc::CLOCK_REALTIME);
+        let boot = i128::from(boot_ns());
+        let real = timespec_ns(rustix::time::clock_gettime(rustix::time::ClockId::Realtime));
         Self {
             offset_ns: real - boot,
         }
@@ -32,4 +23,14 @@ impl Clock {
     pub fn unix_ns(&self, boot_ns: u64) -> u64 {
         u64::try_from(i128::from(boot_ns) + self.offset_ns).unwrap_or(0)
     }
+}
+
+/// The boot clock now, in ns: the clock the kernel's records carry.
+pub fn boot_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    u64::try_from(timespec_ns(now)).unwrap_or(0)
+}
+
+fn timespec_ns(ts: rustix::time::Timespec) -> i128 {
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }

@@ -48,6 +48,8 @@ impl FileId {
         self.major() == major && self.minor() == minor && self.ino == st_ino
     }
 
+    /// The kernel's own encoding (MINORBITS = 20), not userspace's st_dev
+    /// one that `libc::major`/`minor` decode.
     pub fn major(&self) -> u32 {
         self.dev >> 20
     }
@@ -133,6 +135,32 @@ pub enum Event {
         reached_root: bool,
         task: Task,
     },
+}
+
+impl Event {
+    /// The task the record came from (writeback completions have none).
+    pub fn task(&self) -> Option<&Task> {
+        match self {
+            Event::FirstWrite { task, .. }
+            | Event::NewWriter { task, .. }
+            | Event::FolioSpan { task, .. }
+            | Event::PossibleWrite { task, .. }
+            | Event::FileSeen { task, .. } => Some(task),
+            Event::WrittenBack { .. } => None,
+        }
+    }
+
+    /// The file the record is about.
+    pub fn file(&self) -> FileId {
+        match self {
+            Event::FirstWrite { file, .. }
+            | Event::NewWriter { file, .. }
+            | Event::FolioSpan { file, .. }
+            | Event::PossibleWrite { file, .. }
+            | Event::WrittenBack { file, .. }
+            | Event::FileSeen { file, .. } => *file,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

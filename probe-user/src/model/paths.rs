@@ -5,7 +5,13 @@
 //! (maps itself escapes newlines as `\012`). Writers that have already
 //! exited leave only the dentry names the kernel sent; those are joined to
 //! the file's mount point from `/proc/self/mountinfo`. The name at report
-//! time comes from [`crate::file_handle`].
+//! time comes from [`crate::model::file_handle`].
+//!
+//! Not the `procfs` crate: its maps and mountinfo parsers give names as
+//! `String`s and paths after its own unescaping, while a name here must be
+//! the exact bytes (not UTF-8, `\012`, ` (deleted)` suffixes) and a
+//! map_files link is read by (start, end) of the mapping; mountinfo is read
+//! for four fields only, with the kernel's octal escapes undone below.
 
 use std::{
     os::unix::fs::MetadataExt as _,

@@ -8,37 +8,18 @@ use super::error::LoadError;
 
 pub const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// Effective capabilities of this process.
-pub fn effective_capabilities() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+pub use caps::Capability;
+
+/// Whether this process has `cap` in its effective set.
+pub fn has_capability(cap: Capability) -> bool {
+    caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false)
 }
 
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
-
-pub fn has_capability(caps: u64, cap: u32) -> bool {
-    caps & (1u64 << cap) != 0
-}
-
-/// Root, or the two capabilities that replace it for tracing.
+/// Root, or the two capabilities that replace it for tracing:
+/// CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON.
 pub fn privileged() -> bool {
-    has_tracing_capabilities(effective_capabilities())
-}
-
-/// Whether `caps` (a CapEff mask) allow loading and attaching tracing
-/// programs: CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON.
-pub fn has_tracing_capabilities(caps: u64) -> bool {
-    has_capability(caps, CAP_SYS_ADMIN)
-        || (has_capability(caps, CAP_BPF) && has_capability(caps, CAP_PERFMON))
+    has_capability(Capability::CAP_SYS_ADMIN)
+        || (has_capability(Capability::CAP_BPF) && has_capability(Capability::CAP_PERFMON))
 }
 
 /// The mounted tracefs, mounting it at /sys/kernel/tracing if needed.
@@ -60,26 +41,14 @@ pub fn tracefs() -> Result<PathBuf, LoadError> {
 }
 
 pub(crate) fn nix_mount_tracefs(target: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    let path = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::other("path has a NUL byte"))?;
-    let fstype = c"tracefs";
-    let source = c"nodev";
-    // SAFETY: all pointers are valid NUL-terminated strings for the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            path.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    rustix::mount::mount(
+        "nodev",
+        target,
+        "tracefs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Whether tracefs has this tracepoint.
@@ -119,6 +88,9 @@ pub(crate) fn fault_around_pages() -> u32 {
 
 /// Processes that already have a shared writable mapping ("rw-s" or
 /// "-w-s" in /proc/PID/maps): mappings made before mmapwatch started.
+/// Only the permission field of each line is read, as bytes (a mapped
+/// file's name need not be UTF-8, which a full parser such as `procfs`
+/// would need).
 pub(crate) fn shared_writable_mappers(proc_root: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return Vec::new();
@@ -139,10 +111,5 @@ pub(crate) fn shared_writable_mappers(proc_root: &Path) -> Vec<u32> {
 }
 
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size)
-        .ok()
-        .filter(|s| s.is_power_of_two())
-        .unwrap_or(4096)
+    rustix::param::page_size() as u64
 }

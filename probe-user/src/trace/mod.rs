@@ -10,7 +10,10 @@ use crate::{
     probe::maps::KernelCounters,
 };
 
+pub mod recorder;
 pub mod report;
+
+use recorder::Recorder;
 
 use crate::{
     session::{exit_code_of, report_filter, Activity, Session, SessionOptions},
@@ -40,11 +43,16 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let mut session = Session::start(&options)?;
-    if let Some(path) = &args.record {
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        session.collector.recorder = Some(std::io::BufWriter::new(file));
-    }
+    let recorder = match &args.record {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let recorder = Recorder::new(file);
+            session.collector.observe(Box::new(recorder.clone()));
+            Some(recorder)
+        }
+        None => None,
+    };
     // Handlers first: whoever reads "tracing" may signal at once.
     let mut sigint =
         tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -102,9 +110,8 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             fs_type: &fs_type,
         },
     );
-    if let Some(mut recorder) = session.collector.recorder.take() {
-        use std::io::Write as _;
-        recorder.flush().context("writing the recording")?;
+    if let Some(recorder) = &recorder {
+        recorder.finish().context("writing the recording")?;
     }
     drop(session);
     let text = if args.json {

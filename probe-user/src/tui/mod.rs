@@ -21,23 +21,13 @@ use self::{
 };
 use crate::{
     cli::{KernelPaths, TopArgs},
-    model::{events::FileId, paths::MountTable, report_filter::ReportFilter},
+    model::{clock::boot_ns, events::FileId, paths::MountTable, report_filter::ReportFilter},
     session::{exit_code_of, Activity, Session, SessionOptions},
 };
 
 /// Filesystems without writeback: their pages are never "written back".
 pub fn has_writeback(mounts: &MountTable, file: FileId) -> bool {
     crate::model::paths::fs_has_writeback(mounts.fs_type(file))
-}
-
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// The snapshot of what the report filter keeps.
