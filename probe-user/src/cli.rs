@@ -9,7 +9,7 @@ use crate::probe::{btf::VMLINUX_BTF, BackendChoice};
 #[derive(Debug, Parser)]
 #[command(
     name = "mmapwatch",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MMAPWATCH_REVISION"), ")"),
     about = "Which memory-mapped files were modified through mmap, which pages, by whom, and when they were written back"
 )]
 pub struct Cli {

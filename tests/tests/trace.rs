@@ -902,6 +902,24 @@ fn output_file_keeps_the_report_apart_from_the_commands_output() {
     assert_eq!(ranges(&files[0]["pages_written"]), vec![(1, 1), (6, 6)]);
 }
 
+/// `--version` names the commit it was built from, as bug reports need.
+#[test]
+fn version_names_the_git_revision() {
+    let output = run(&mut mmapwatch(&["--version"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let revision = text
+        .trim()
+        .strip_prefix(concat!("mmapwatch ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version: {text}"));
+    assert!(
+        revision == "unknown"
+            || (revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+}
+
 #[test]
 fn non_root_is_refused_with_one_line() {
     require_root();

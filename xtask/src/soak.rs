@@ -46,13 +46,11 @@ fn open_fds(pid: u32) -> Result<usize> {
 }
 
 fn http_get(port: u16, path: &str) -> Result<String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    // A status other than 2xx is an error here: a failed scrape.
+    let mut response = ureq::get(format!("http://127.0.0.1:{port}{path}"))
+        .config()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
-        .into();
-    // A status other than 2xx is an error here: a failed scrape.
-    let mut response = agent
-        .get(format!("http://127.0.0.1:{port}{path}"))
         .call()
         .context("scrape failed")?;
     Ok(response.body_mut().read_to_string()?)

@@ -242,14 +242,7 @@ impl Probes {
         &'a self,
         name: &'static str,
     ) -> Result<T, LoadError> {
-        let map = self.ebpf.map(name).ok_or(LoadError::Map {
-            map: name,
-            reason: "missing from the object".into(),
-        })?;
-        T::try_from(map).map_err(|err| LoadError::Map {
-            map: name,
-            reason: err.to_string(),
-        })
+        typed(name, self.ebpf.map(name))
     }
 
     pub(super) fn typed_map_mut<
@@ -259,13 +252,21 @@ impl Probes {
         &'a mut self,
         name: &'static str,
     ) -> Result<T, LoadError> {
-        let map = self.ebpf.map_mut(name).ok_or(LoadError::Map {
-            map: name,
-            reason: "missing from the object".into(),
-        })?;
-        T::try_from(map).map_err(|err| LoadError::Map {
-            map: name,
-            reason: err.to_string(),
-        })
+        typed(name, self.ebpf.map_mut(name))
     }
+}
+
+/// The map `name` (shared or mutable) as its typed view, or why not.
+fn typed<M, T: TryFrom<M, Error = aya::maps::MapError>>(
+    name: &'static str,
+    map: Option<M>,
+) -> Result<T, LoadError> {
+    let map = map.ok_or(LoadError::Map {
+        map: name,
+        reason: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|err| LoadError::Map {
+        map: name,
+        reason: err.to_string(),
+    })
 }
