@@ -1,5 +1,7 @@
 //! Failures the user can act on, each with its own exit code.
 
+use crate::probe::LoadError;
+
 /// Exit codes of mmapwatch's own failures. A traced `-- CMD` that runs
 /// passes its own exit code through instead.
 pub mod exit_code {
@@ -48,14 +50,28 @@ impl UserError {
     }
 }
 
+/// The exit code for a failure to load or attach the probes.
+fn load_exit_code(error: &LoadError) -> u8 {
+    match error {
+        LoadError::NotPrivileged => exit_code::PRIVILEGES,
+        LoadError::Btf(_)
+        | LoadError::NoTracefs(_)
+        | LoadError::MissingTracepoint(..)
+        | LoadError::Rejected { .. }
+        | LoadError::Attach { .. }
+        | LoadError::Backend { .. } => exit_code::KERNEL,
+        LoadError::Object(_) | LoadError::Map { .. } => exit_code::RUNTIME,
+    }
+}
+
 /// The exit code for an error chain: the first error in it that has one.
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
         if let Some(user) = cause.downcast_ref::<UserError>() {
             return user.exit_code();
         }
-        if let Some(load) = cause.downcast_ref::<crate::probe::error::LoadError>() {
-            return load.exit_code();
+        if let Some(load) = cause.downcast_ref::<LoadError>() {
+            return load_exit_code(load);
         }
     }
     exit_code::RUNTIME

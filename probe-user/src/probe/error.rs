@@ -1,7 +1,7 @@
-//! Why probes could not be loaded or attached, and the exit code for each.
+//! Why probes could not be loaded or attached (exit codes are the
+//! command line's: `crate::error`).
 
 use super::btf::BtfError;
-use crate::error::exit_code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -26,21 +26,6 @@ pub enum LoadError {
         backend: &'static str,
         reason: String,
     },
-}
-
-impl LoadError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            LoadError::NotPrivileged => exit_code::PRIVILEGES,
-            LoadError::Btf(_)
-            | LoadError::NoTracefs(_)
-            | LoadError::MissingTracepoint(..)
-            | LoadError::Rejected { .. }
-            | LoadError::Attach { .. }
-            | LoadError::Backend { .. } => exit_code::KERNEL,
-            LoadError::Object(_) | LoadError::Map { .. } => exit_code::RUNTIME,
-        }
-    }
 }
 
 /// One line of a load or attach error, without the verifier log's heading.
