@@ -2,6 +2,8 @@
 //!
 //! Records are checked for length and kind before use; a malformed record is
 //! an error, never a panic or an out-of-bounds read.
+//!
+//! Over 500 lines only with its unit tests (the code is ~310).
 
 use probe_common::{event_kind, EventHeader, FileEvent, FileKey, PageEvent, PATH_MAX_DEPTH};
 use zerocopy::FromBytes;
