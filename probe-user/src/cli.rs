@@ -181,6 +181,13 @@ impl Cli {
             Command::Export(args) => &args.filter,
             Command::Doctor | Command::BenchFloor => return Ok(()),
         };
+        // A prefix that does not exist would silently keep nothing.
+        if let Some(missing) = filter.path_prefixes.iter().find(|p| !p.exists()) {
+            return Err(format!(
+                "--path-prefix {}: no such file or directory",
+                missing.display()
+            ));
+        }
         if filter.comms.len() > probe_common::MAX_COMM_FILTERS {
             return Err(format!(
                 "at most {} --comm filters ({} given)",

@@ -831,6 +831,11 @@ fn odd_environments_get_one_line_not_a_panic() {
         nine.extend(["--comm", "x"]);
     }
     expect_one_line_failure(&mut mmapwatch(&nine), 2, "at most 8 --comm");
+    expect_one_line_failure(
+        &mut mmapwatch(&["trace", "--path-prefix", "/nonexistent/dir", "--", "true"]),
+        2,
+        "--path-prefix /nonexistent/dir: no such file or directory",
+    );
     let mut zero = mmapwatch(&["trace", "--duration", "1s"]);
     zero.env("MMAPWATCH_BTF", "/dev/zero");
     expect_one_line_failure(&mut zero, 4, "not a regular file");
