@@ -51,11 +51,23 @@ pub enum Command {
     /// Serve Prometheus metrics (OpenMetrics) until stopped.
     Export(ExportArgs),
     /// Show what this kernel supports and which backend `auto` picks.
-    Doctor,
+    Doctor(DoctorArgs),
     /// Empty programs on the fault path's attach points until stopped: the
     /// floor `cargo xtask bench` compares mmapwatch's cost with.
     #[command(hide = true)]
     BenchFloor,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+pub struct DoctorArgs {
+    /// Print the checks as one JSON document.
+    #[arg(short = 'j', long)]
+    pub json: bool,
+
+    /// Mount tracefs and securityfs where they are not (otherwise doctor
+    /// changes nothing and says what is missing).
+    #[arg(long)]
+    pub mount: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -179,7 +191,7 @@ impl Cli {
             Command::Trace(args) => &args.filter,
             Command::Top(args) => &args.filter,
             Command::Export(args) => &args.filter,
-            Command::Doctor | Command::BenchFloor => return Ok(()),
+            Command::Doctor(_) | Command::BenchFloor => return Ok(()),
         };
         // A prefix that does not exist would silently keep nothing.
         if let Some(missing) = filter.path_prefixes.iter().find(|p| !p.exists()) {

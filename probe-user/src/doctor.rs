@@ -10,11 +10,15 @@ use crate::probe::{
     backend::{BackendChoice, Mechanism, Selection},
     btf::KernelBtf,
     catalog::{RAW_TRACEPOINTS, TRACEPOINTS},
-    env::{self, has_capability, raw_tracepoint_exists, tracefs, tracepoint_exists, Capability},
+    env::{
+        self, find_tracefs, has_capability, raw_tracepoint_exists, tracefs, tracepoint_exists,
+        Capability, TracefsProblem,
+    },
     load::{ProbeOptions, Probes},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
     /// Needed and missing: mmapwatch cannot run.
@@ -23,7 +27,7 @@ pub enum Status {
     No,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Check {
     pub name: String,
     pub status: Status,
@@ -52,11 +56,11 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn lockdown() -> String {
+fn lockdown(mount: bool) -> String {
     let path = Path::new("/sys/kernel/security/lockdown");
-    if !path.exists() {
-        // securityfs is often not mounted; mount it like tracefs (root only,
-        // a failure just leaves the answer unknown).
+    if !path.exists() && mount {
+        // securityfs is often not mounted (root only; a failure just
+        // leaves the answer unknown).
         let _ = mount_securityfs();
     }
     match std::fs::read_to_string(path) {
@@ -67,7 +71,7 @@ fn lockdown() -> String {
             .unwrap_or("unknown")
             .to_string(),
         Err(_) if !Path::new("/sys/kernel/security").join("lsm").exists() => {
-            "unknown (securityfs not mounted)".into()
+            "unknown (securityfs not mounted; `doctor --mount` mounts it)".into()
         }
         Err(_) => "none (no lockdown LSM)".into(),
     }
@@ -84,7 +88,9 @@ fn mount_securityfs() -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
-pub fn checks(btf_path: &Path) -> Vec<Check> {
+/// Every check, for real. With `mount`, tracefs and securityfs are
+/// mounted where missing; otherwise nothing on the system changes.
+pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(check("kernel", true, kernel_release()));
 
@@ -139,11 +145,21 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
         Err(err) => out.push(check("btf", false, err.to_string())),
     }
 
-    match tracefs() {
+    let found = if mount {
+        tracefs().map_err(|err| err.to_string())
+    } else {
+        find_tracefs().map_err(|problem| match problem {
+            TracefsProblem::NotMounted => {
+                format!("{problem}; `mmapwatch trace` and `doctor --mount` mount it")
+            }
+            TracefsProblem::NotReadable(_) => problem.to_string(),
+        })
+    };
+    match &found {
         Ok(root) => {
             out.push(check("tracefs", true, root.display().to_string()));
             for tp in TRACEPOINTS {
-                let present = tracepoint_exists(&root, tp.category, tp.name);
+                let present = tracepoint_exists(root, tp.category, tp.name);
                 let make = if tp.required { check } else { optional };
                 out.push(make(
                     format!("tracepoint {}:{}", tp.category, tp.name),
@@ -161,7 +177,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
                 ));
             }
             for tp in RAW_TRACEPOINTS.iter().filter(|tp| !tp.required) {
-                let present = raw_tracepoint_exists(&root, tp.name);
+                let present = raw_tracepoint_exists(root, tp.name);
                 out.push(optional(
                     format!("raw tracepoint {}", tp.name),
                     present,
@@ -173,15 +189,19 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
                 ));
             }
         }
-        Err(err) => out.push(check("tracefs", false, err.to_string())),
+        Err(why) => out.push(check("tracefs", false, why.clone())),
     }
 
     // Each function-hook backend is attached for real (and detached): what
     // `--backend auto` would pick follows from these results.
     let mut findings: Vec<(Mechanism, Result<Selection, String>)> = Vec::new();
-    if privileged {
+    if privileged && found.is_err() {
+        out.push(check("programs", false, "not checked: tracefs is needed"));
+    } else if privileged {
+        // The tracefs found above: loading must not mount one either.
         let options = ProbeOptions {
             btf_path: btf_path.to_path_buf(),
+            tracefs_override: found.as_ref().ok().cloned(),
             ..ProbeOptions::default()
         };
         match Probes::load(&options) {
@@ -198,7 +218,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
                 for mechanism in [Mechanism::Fentry, Mechanism::Kprobe] {
                     let result = probes.probe_mechanism(mechanism).map_err(|why| {
                         // Lockdown refuses BPF_PROG_TYPE_TRACING; say so.
-                        let mode = lockdown();
+                        let mode = lockdown(mount);
                         if why.contains("not permitted")
                             && !mode.starts_with("none")
                             && !mode.starts_with("unknown")
@@ -223,7 +243,7 @@ pub fn checks(btf_path: &Path) -> Vec<Check> {
         }
     }
 
-    out.push(check("lockdown", true, lockdown()));
+    out.push(check("lockdown", true, lockdown(mount)));
     // What `--backend auto` would pick from these results (the same
     // decision as `attach`: the first that attaches, in its order).
     let tried: Vec<(Mechanism, Result<(), String>)> = findings
@@ -267,6 +287,13 @@ fn yes_no(value: bool) -> &'static str {
     } else {
         "no"
     }
+}
+
+/// The checks as one JSON document: `ok` is false when a needed check
+/// failed (the exit code says the same).
+pub fn render_json(checks: &[Check]) -> String {
+    let ok = !checks.iter().any(|c| c.status == Status::Fail);
+    serde_json::json!({ "ok": ok, "checks": checks }).to_string()
 }
 
 pub fn render(checks: &[Check]) -> String {

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         eprintln!("mmapwatch: {why} (see 'mmapwatch --help')");
         return ExitCode::from(exit_code::USAGE);
     }
-    if matches!(cli.command, Command::Trace(_) | Command::Doctor) {
+    if matches!(cli.command, Command::Trace(_) | Command::Doctor(_)) {
         // A report piped into `head` ends quietly, as `cat`'s does: the
         // default SIGPIPE action instead of Rust's ignore-then-panic.
         // (Not for `export`, whose clients may hang up, nor `top`.)
@@ -45,9 +45,13 @@ fn main() -> ExitCode {
             Command::Export(args) => exporter::run(&kernel, args).await,
             Command::Top(args) => tui::run(&kernel, args).await,
             Command::BenchFloor => bench_floor::run().await,
-            Command::Doctor => {
-                let checks = doctor::checks(&kernel.btf);
-                print!("{}", doctor::render(&checks));
+            Command::Doctor(args) => {
+                let checks = doctor::checks(&kernel.btf, args.mount);
+                if args.json {
+                    println!("{}", doctor::render_json(&checks));
+                } else {
+                    print!("{}", doctor::render(&checks));
+                }
                 // A needed check failed: mmapwatch cannot run here.
                 let failed = checks.iter().any(|c| c.status == doctor::Status::Fail);
                 Ok(if failed { exit_code::KERNEL } else { 0 })

@@ -940,6 +940,41 @@ fn non_root_is_refused_with_one_line() {
     assert!(stderr.contains("must run as root"), "{stderr}");
 }
 
+/// `doctor --json` gives the same checks as the table, as data: what a
+/// fleet script or a container's health check reads.
+#[test]
+fn doctor_json_lists_every_check_with_its_status() {
+    require_root();
+    let output = run(&mut mmapwatch(&["doctor", "--json"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("doctor --json is JSON");
+    assert_eq!(json["ok"], true, "{json:#}");
+    let checks = json["checks"].as_array().expect("checks");
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    for needed in [
+        "kernel",
+        "privileges",
+        "btf",
+        "tracefs",
+        "programs",
+        "backend auto",
+    ] {
+        assert!(names.contains(&needed), "no {needed} check: {json:#}");
+    }
+    for check in checks {
+        let status = check["status"].as_str().unwrap_or("");
+        assert!(["ok", "fail", "no"].contains(&status), "{check}");
+        assert!(check["detail"].is_string(), "{check}");
+    }
+    // The table shows the same checks, one line each.
+    let table = run(&mut mmapwatch(&["doctor"]));
+    assert_eq!(
+        String::from_utf8_lossy(&table.stdout).lines().count(),
+        checks.len()
+    );
+}
+
 /// `doctor` checks the running kernel for real: the programs load, the
 /// backend choice is explained, optional features are "no", not failures.
 #[test]

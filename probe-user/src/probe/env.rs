@@ -22,14 +22,37 @@ pub fn privileged() -> bool {
         || (has_capability(Capability::CAP_BPF) && has_capability(Capability::CAP_PERFMON))
 }
 
+/// Why no tracefs can be used, without mounting one.
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsProblem {
+    #[error("tracefs is not mounted (at /sys/kernel/tracing or /sys/kernel/debug/tracing)")]
+    NotMounted,
+    #[error("{0} is not readable by this process (tracefs is mode 0700: run as root, or make it readable)")]
+    NotReadable(PathBuf),
+}
+
+/// The mounted tracefs, as found: no mount is made.
+pub fn find_tracefs() -> Result<PathBuf, TracefsProblem> {
+    for root in TRACEFS_ROOTS.iter().map(Path::new) {
+        match std::fs::read_dir(root.join("events")) {
+            Ok(_) => return Ok(root.to_path_buf()),
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(TracefsProblem::NotReadable(root.to_path_buf()))
+            }
+            Err(_) => {}
+        }
+    }
+    Err(TracefsProblem::NotMounted)
+}
+
 /// The mounted tracefs, mounting it at /sys/kernel/tracing if needed.
 pub fn tracefs() -> Result<PathBuf, LoadError> {
-    if let Some(root) = TRACEFS_ROOTS
-        .iter()
-        .map(Path::new)
-        .find(|p| p.join("events").is_dir())
-    {
-        return Ok(root.to_path_buf());
+    match find_tracefs() {
+        Ok(root) => return Ok(root),
+        Err(problem @ TracefsProblem::NotReadable(_)) => {
+            return Err(LoadError::NoTracefs(problem.to_string()))
+        }
+        Err(TracefsProblem::NotMounted) => {}
     }
     let target = Path::new(TRACEFS_ROOTS[0]);
     let mounted = nix_mount_tracefs(target);
