@@ -4,6 +4,7 @@
 
 use std::{
     ffi::OsString,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::ExitStatus,
     time::Instant,
@@ -255,6 +256,9 @@ pub struct Session {
     probes: Probes,
     ring: AsyncFd<RingBuf<MapData>>,
     child: Option<tokio::process::Child>,
+    /// `--pid` targets still alive, each a pidfd that turns readable
+    /// when its process exits.
+    targets: Vec<AsyncFd<OwnedFd>>,
     pub collector: Collector,
     pub started: Instant,
     pub clock: Clock,
@@ -280,8 +284,12 @@ impl Session {
         );
         let mut probes = Probes::load(&probe_options)?;
         probes.attach(options.filter.backend)?;
+        // Each target with the children it forks from now on, as
+        // `strace -f -p` does; the trace ends when all targets have exited.
+        let mut targets = Vec::new();
         for &pid in &options.filter.pids {
-            probes.trace_tgid(pid, false)?;
+            probes.trace_tgid(pid, true)?;
+            targets.push(exit_watch(pid)?);
         }
         // SAFETY: the ring buffer owns its map fd until it is dropped, and
         // as_raw_fd always returns that fd.
@@ -296,6 +304,7 @@ impl Session {
             probes,
             ring,
             child,
+            targets,
             collector: Collector::new(),
             started: Instant::now(),
             clock: Clock::now(),
@@ -337,10 +346,15 @@ impl Session {
         let Self {
             ring,
             child,
+            targets,
             collector,
             ..
         } = self;
         tokio::select! {
+            exited = first_exit(targets) => {
+                targets.remove(exited);
+                Ok(if targets.is_empty() { Activity::TargetsExited } else { Activity::Events(0) })
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let count = collector.drain(guard.get_inner_mut());
@@ -414,6 +428,33 @@ pub enum Activity {
     /// This many records were read.
     Events(usize),
     CommandExited(ExitStatus),
+    /// Every `--pid` target has exited.
+    TargetsExited,
+}
+
+/// A pidfd for `pid`, readable once the process exits.
+fn exit_watch(pid: u32) -> anyhow::Result<AsyncFd<OwnedFd>> {
+    let raw = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let fd = raw.ok_or(UserError::NoSuchProcess(pid)).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .map_err(|_| UserError::NoSuchProcess(pid.as_raw_nonzero().get() as u32))
+    })?;
+    // SAFETY: an OwnedFd is a valid open descriptor, owned by the AsyncFd
+    // from here on, and as_raw_fd always returns that same descriptor.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("watching pid {pid}: {err}"))
+}
+
+/// The index of the first target to exit; never resolves without targets.
+async fn first_exit(targets: &[AsyncFd<OwnedFd>]) -> usize {
+    if targets.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = targets.iter().map(|fd| Box::pin(fd.readable()));
+    let (_, index, _) = futures_util::future::select_all(waits).await;
+    index
 }
 
 /// The command's exit; never resolves without a command.

@@ -907,6 +907,40 @@ fn output_file_keeps_the_report_apart_from_the_commands_output() {
     assert_eq!(ranges(&files[0]["pages_written"]), vec![(1, 1), (6, 6)]);
 }
 
+/// `--pid P` follows the children P forks after the trace starts (as
+/// `strace -f -p` does) and ends the trace by itself when P exits.
+#[test]
+fn a_pid_is_followed_into_its_children_and_ends_the_trace() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("child.bin");
+    let ready = dir.path().join("ready");
+    // The target waits for the trace, then forks the writer (no exec: the
+    // writer is a child, not the target itself) and exits after it.
+    let script = format!(
+        "while [ ! -e {ready} ]; do sleep 0.05; done; {WORKLOAD} shared --file {file} --size-pages 8 --pages 2,5; true",
+        ready = path_arg(&ready),
+        file = path_arg(&file),
+    );
+    let mut target = Command::new("sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("spawn the target");
+    let pid = target.id().to_string();
+    let (trace, _) = start_trace(&["--json", "-p", &pid, "--path-prefix", &path_arg(dir.path())]);
+    std::fs::write(&ready, b"").expect("signal the target");
+    assert!(target.wait().expect("wait for the target").success());
+    // No --duration and no signal: the trace ends because its target did.
+    let output = trace.wait_with_output().expect("the trace ends");
+    assert!(output.status.success(), "{output:?}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the report is JSON");
+    let files = json["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1, "{json:#}");
+    assert_eq!(ranges(&files[0]["pages_written"]), vec![(2, 2), (5, 5)]);
+    assert_eq!(files[0]["writers"][0]["comm"], COMM);
+}
+
 /// `--version` names the commit it was built from, as bug reports need.
 #[test]
 fn version_names_the_git_revision() {

@@ -24,6 +24,8 @@ enum Stop {
     Duration,
     Signal(&'static str),
     CommandExited(ExitStatus),
+    /// Every `--pid` target exited.
+    TargetsExited,
 }
 
 /// Runs `trace`; returns the process exit code.
@@ -65,8 +67,10 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     let stop = loop {
         tokio::select! {
             activity = session.next_activity() => {
-                if let Activity::CommandExited(status) = activity.context("tracing")? {
-                    break Stop::CommandExited(status);
+                match activity.context("tracing")? {
+                    Activity::CommandExited(status) => break Stop::CommandExited(status),
+                    Activity::TargetsExited => break Stop::TargetsExited,
+                    Activity::Events(_) => {}
                 }
             }
             _ = sleep_until(deadline) => break Stop::Duration,
@@ -138,7 +142,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     }
     Ok(match stop {
         Stop::CommandExited(status) => exit_code_of(status),
-        Stop::Duration | Stop::Signal(_) => 0,
+        Stop::Duration | Stop::Signal(_) | Stop::TargetsExited => 0,
     })
 }
 

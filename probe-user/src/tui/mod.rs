@@ -106,8 +106,9 @@ async fn event_loop(
                         exit_code = exit_code_of(status);
                         update(&mut app, Message::CommandExited(exit_code));
                     }
-                    // The screen changes on ticks, not on every record.
-                    Activity::Events(_) => redraw = false,
+                    // The screen changes on ticks, not on every record;
+                    // with its --pid targets gone it keeps what they wrote.
+                    Activity::Events(_) | Activity::TargetsExited => redraw = false,
                 }
             }
             _ = tick.tick() => {
