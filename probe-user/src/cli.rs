@@ -56,6 +56,12 @@ pub enum Command {
     /// floor `cargo xtask bench` compares mmapwatch's cost with.
     #[command(hide = true)]
     BenchFloor,
+    /// Print shell completions (for packaging: `cargo xtask docs`).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page, roff (for packaging: `cargo xtask docs`).
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -191,7 +197,10 @@ impl Cli {
             Command::Trace(args) => &args.filter,
             Command::Top(args) => &args.filter,
             Command::Export(args) => &args.filter,
-            Command::Doctor(_) | Command::BenchFloor => return Ok(()),
+            Command::Doctor(_)
+            | Command::BenchFloor
+            | Command::Completions { .. }
+            | Command::Manpage => return Ok(()),
         };
         // A prefix that does not exist would silently keep nothing.
         if let Some(missing) = filter.path_prefixes.iter().find(|p| !p.exists()) {

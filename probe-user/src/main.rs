@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use probe_user::{
     bench_floor,
     cli::{Cli, Command},
@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         eprintln!("mmapwatch: {why} (see 'mmapwatch --help')");
         return ExitCode::from(exit_code::USAGE);
     }
-    if matches!(cli.command, Command::Trace(_) | Command::Doctor(_)) {
+    if matches!(
+        cli.command,
+        Command::Trace(_) | Command::Doctor(_) | Command::Completions { .. } | Command::Manpage
+    ) {
         // A report piped into `head` ends quietly, as `cat`'s does: the
         // default SIGPIPE action instead of Rust's ignore-then-panic.
         // (Not for `export`, whose clients may hang up, nor `top`.)
@@ -45,6 +48,16 @@ fn main() -> ExitCode {
             Command::Export(args) => exporter::run(&kernel, args).await,
             Command::Top(args) => tui::run(&kernel, args).await,
             Command::BenchFloor => bench_floor::run().await,
+            // Generated from the command-line definition itself.
+            Command::Completions { shell } => {
+                let mut command = Cli::command();
+                clap_complete::generate(shell, &mut command, "mmapwatch", &mut std::io::stdout());
+                Ok(0)
+            }
+            Command::Manpage => clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map(|()| 0)
+                .map_err(|err| anyhow::anyhow!("writing the man page: {err}")),
             Command::Doctor(args) => {
                 let checks = doctor::checks(&kernel.btf, args.mount);
                 if args.json {

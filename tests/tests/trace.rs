@@ -941,6 +941,38 @@ fn a_pid_is_followed_into_its_children_and_ends_the_trace() {
     assert_eq!(files[0]["writers"][0]["comm"], COMM);
 }
 
+/// Completions and the man page come from the command line's definition:
+/// they name the real flags, and bash accepts the script.
+#[test]
+fn completions_and_man_page_are_generated_from_the_flags() {
+    let bash = run(&mut mmapwatch(&["completions", "bash"]));
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(bash.status.success(), "{bash:?}");
+    for flag in [
+        "--path-prefix",
+        "--duration",
+        "--json",
+        "--output",
+        "--backend",
+    ] {
+        assert!(script.contains(flag), "no {flag} in the bash completions");
+    }
+    let dir = scratch_dir();
+    let path = dir.path().join("mmapwatch.bash");
+    std::fs::write(&path, script.as_bytes()).unwrap();
+    let syntax = run(Command::new("bash").arg("-n").arg(&path));
+    assert!(syntax.status.success(), "{syntax:?}");
+    let man = run(&mut mmapwatch(&["manpage"]));
+    let roff = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        man.status.success() && roff.contains(".TH mmapwatch 1"),
+        "{roff}"
+    );
+    for command in ["trace", "top", "export", "doctor"] {
+        assert!(roff.contains(command), "no {command} in the man page");
+    }
+}
+
 /// `--version` names the commit it was built from, as bug reports need.
 #[test]
 fn version_names_the_git_revision() {

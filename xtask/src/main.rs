@@ -77,6 +77,9 @@ enum Task {
         #[arg(long)]
         command: Option<String>,
     },
+    /// Write the man page and shell completions (bash, zsh, fish) into
+    /// target/dist, generated from mmapwatch's own command line.
+    Docs,
     /// Fuzz the event decoder and the BTF parser (cargo-fuzz, nightly).
     Fuzz {
         /// Seconds per target.
@@ -135,7 +138,44 @@ fn main() -> Result<()> {
             setup()?;
             fuzz(seconds)
         }
+        Task::Docs => {
+            setup()?;
+            build()?;
+            docs()
+        }
     }
+}
+
+/// The man page and completions, from the built binary (xtask cannot link
+/// probe-user: that would build the eBPF side before `setup`).
+fn docs() -> Result<()> {
+    let dist = workspace_root().join("target/dist");
+    std::fs::create_dir_all(dist.join("completions"))?;
+    let generate = |args: &[&str], out: PathBuf| -> Result<()> {
+        let output = Command::new(mmapwatch_release())
+            .args(args)
+            .output()
+            .context("running mmapwatch")?;
+        if !output.status.success() || output.stdout.is_empty() {
+            bail!(
+                "mmapwatch {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::fs::write(&out, &output.stdout)?;
+        step(&format!("wrote {}", out.display()));
+        Ok(())
+    };
+    generate(&["manpage"], dist.join("mmapwatch.1"))?;
+    for (shell, name) in [
+        ("bash", "mmapwatch.bash"),
+        ("zsh", "_mmapwatch"),
+        ("fish", "mmapwatch.fish"),
+    ] {
+        generate(&["completions", shell], dist.join("completions").join(name))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn workspace_root() -> PathBuf {
