@@ -151,6 +151,17 @@ fn metrics_and_healthz_over_loopback() {
             .any(|b| body.contains(&format!(r#"mmapwatch_backend{{backend="{b}"}} 1"#))),
         "{body}"
     );
+    // The build, as `--version` names it.
+    let build_info = body
+        .lines()
+        .find(|l| l.starts_with("mmapwatch_build_info{"))
+        .unwrap_or_else(|| panic!("no mmapwatch_build_info: {body}"));
+    assert!(
+        build_info.contains(concat!("version=\"", env!("CARGO_PKG_VERSION"), "\""))
+            && build_info.contains("revision=\"")
+            && build_info.ends_with(" 1"),
+        "{build_info}"
+    );
     // No label is per process.
     assert!(!body.contains("pid="), "{body}");
 }

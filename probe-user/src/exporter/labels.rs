@@ -49,6 +49,14 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// What `mmapwatch_build_info` says: which build runs, with which backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub revision: String,
+    pub backend: String,
+}
+
 /// Admits the first `cap` distinct values; later ones map to `other`.
 #[derive(Debug)]
 pub struct LabelCap {

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub bpf_run_seconds: Family<ProgramLabels, Counter<f64>>,
     pub bpf_runs: Family<ProgramLabels, Counter>,
     pub backend: Family<BackendLabels, Gauge>,
+    pub build_info: Family<BuildLabels, Gauge>,
 }
 
 /// Histogram buckets matching the kernel's log2 buckets: upper bounds
@@ -57,6 +58,7 @@ impl Metrics {
             bpf_run_seconds: Family::default(),
             bpf_runs: Family::default(),
             backend: Family::default(),
+            build_info: Family::default(),
         };
         let r = registry;
         r.register(
@@ -144,6 +146,11 @@ impl Metrics {
             "mmapwatch_backend",
             "The probe backend in use (value 1)",
             metrics.backend.clone(),
+        );
+        r.register(
+            "mmapwatch_build_info",
+            "The running build: version, git revision and probe backend (value 1)",
+            metrics.build_info.clone(),
         );
         metrics
     }

@@ -66,6 +66,14 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
             backend: session.backend().into(),
         })
         .set(1);
+    metrics
+        .build_info
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            revision: env!("MMAPWATCH_REVISION").into(),
+            backend: session.backend().into(),
+        })
+        .set(1);
     let prefixes = canonical_prefixes(&args.filter.path_prefixes);
     let mut exporter = Exporter::new(
         metrics,
@@ -83,6 +91,12 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         session.attached_programs(),
         session.attach_time().as_millis()
     );
+    if !local.ip().is_loopback() {
+        // File paths, command names and cgroups are in the metrics.
+        eprintln!(
+            "mmapwatch: warning: {local} is reachable beyond this host and /metrics has no authentication; put it behind a proxy or a network policy"
+        );
+    }
 
     let mut sigint =
         tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
