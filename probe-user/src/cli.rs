@@ -89,6 +89,15 @@ pub struct TopArgs {
     #[arg(long)]
     pub include_cow: bool,
 
+    /// Plain text instead of the dashboard: one table per interval on
+    /// stdout (no terminal needed).
+    #[arg(short = 'b', long)]
+    pub batch: bool,
+
+    /// With --batch: stop after this many tables.
+    #[arg(short = 'n', long, requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
     /// Run CMD and trace it and all its descendants.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,

@@ -137,3 +137,34 @@ fn top_shows_the_workload_and_quits_cleanly() {
     assert!(!tmux.alternate_screen(), "the terminal is restored");
     assert!(!screen.contains("panicked"), "{screen}");
 }
+
+/// `top --batch` prints plain tables with no terminal: the written file
+/// with its exact page count, numbers right-aligned, and CMD's exit code.
+#[test]
+fn batch_mode_prints_tables_without_a_terminal() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("batch.bin");
+    let script = format!(
+        "{WORKLOAD} shared --file {} --size-pages 8 --pages 1,2,6 >/dev/null; exit 3",
+        path_arg(&file)
+    );
+    let output = std::process::Command::new(mmapwatch_bin())
+        .args(["top", "--batch", "--interval", "200ms", "--path-prefix"])
+        .arg(dir.path())
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run top --batch");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{text}");
+    assert!(text.starts_with("mmapwatch top: "), "{text}");
+    let row = text
+        .lines()
+        .rev()
+        .find(|line| line.ends_with(&path_arg(&file)))
+        .unwrap_or_else(|| panic!("no row for the file:\n{text}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[0], "3", "pages written: {row}");
+    assert_eq!(columns[4], "1", "writers: {row}");
+}

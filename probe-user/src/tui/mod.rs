@@ -5,6 +5,7 @@
 //! the loop that turns probe data, keys and ticks into messages.
 
 pub mod app;
+pub mod batch;
 pub mod snapshot;
 pub mod view;
 
@@ -53,9 +54,9 @@ pub fn snapshot(
 /// Runs `top`; returns the traced command's exit code, or 0.
 pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
     use std::io::IsTerminal as _;
-    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+    if !args.batch && (!std::io::stdin().is_terminal() || !std::io::stdout().is_terminal()) {
         return Err(crate::error::UserError::Usage(
-            "top draws on a terminal: run it in one (for a report, use `mmapwatch trace`)".into(),
+            "top draws on a terminal: run it in one, or use --batch for plain text".into(),
         )
         .into());
     }
@@ -70,6 +71,9 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
     // Load before taking over the terminal: errors print as one plain line.
     let mut session = Session::start(&options)?;
     let filter = ReportFilter::new(args.include_cow, &args.filter.path_prefixes);
+    if args.batch {
+        return batch::run(&mut session, &filter, &args).await;
+    }
     // ratatui::init restores the terminal on panic too.
     let mut terminal = ratatui::init();
     let result = event_loop(&mut terminal, &mut session, &filter, &args).await;
