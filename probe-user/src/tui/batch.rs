@@ -6,15 +6,14 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use tokio::signal::unix::SignalKind;
 
 use super::{
-    app::{update, App, FileLine, Info, Message, SnapshotMessage},
-    snapshot,
+    app::{App, FileLine},
+    new_app, Ticker,
 };
 use crate::{
     cli::TopArgs,
-    model::{clock::boot_ns, report_filter::ReportFilter},
+    model::report_filter::ReportFilter,
     session::{exit_code_of, Activity, Session},
 };
 
@@ -25,20 +24,12 @@ pub async fn run(
     filter: &ReportFilter,
     args: &TopArgs,
 ) -> anyhow::Result<u8> {
-    let mut app = App::new(Info {
-        backend: session.backend().to_string(),
-        interval_ms: args.interval.as_millis() as u64,
-    });
-    let mut sigterm =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint =
-        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut tick = tokio::time::interval(args.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut app = new_app(session, args);
+    let mut ticker = Ticker::new(args)?;
     // The first tick is immediate: skip it, so that each table covers one
     // whole interval.
-    tick.tick().await;
-    let mut last_tick = Instant::now();
+    ticker.tick.tick().await;
+    ticker.last_tick = Instant::now();
     let mut printed = 0u64;
     let mut exit_code = 0;
     loop {
@@ -49,34 +40,21 @@ pub async fn run(
                     break;
                 }
             }
-            _ = tick.tick() => {
-                session.refresh()?;
-                let interval_s = last_tick.elapsed().as_secs_f64();
-                last_tick = Instant::now();
-                let snapshot = snapshot(session, filter, None, boot_ns());
-                update(&mut app, Message::Tick(Box::new(SnapshotMessage { snapshot, interval_s })));
+            _ = ticker.tick.tick() => {
+                let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
                 print!("{}", table(&app, interval_s));
                 printed += 1;
                 if args.count.is_some_and(|count| printed >= count) {
                     return Ok(exit_code);
                 }
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = ticker.sigterm.recv() => break,
+            _ = ticker.sigint.recv() => break,
         }
     }
     // What the last partial interval saw.
     session.drain_now();
-    session.refresh()?;
-    let interval_s = last_tick.elapsed().as_secs_f64();
-    let snapshot = snapshot(session, filter, None, boot_ns());
-    update(
-        &mut app,
-        Message::Tick(Box::new(SnapshotMessage {
-            snapshot,
-            interval_s,
-        })),
-    );
+    let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
     print!("{}", table(&app, interval_s));
     Ok(exit_code)
 }

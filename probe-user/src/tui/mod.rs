@@ -87,18 +87,9 @@ async fn event_loop(
     filter: &ReportFilter,
     args: &TopArgs,
 ) -> anyhow::Result<u8> {
-    let mut app = App::new(Info {
-        backend: session.backend().to_string(),
-        interval_ms: args.interval.as_millis() as u64,
-    });
+    let mut app = new_app(session, args);
     let mut keys = EventStream::new();
-    let mut sigterm =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint =
-        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut tick = tokio::time::interval(args.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_tick = Instant::now();
+    let mut ticker = Ticker::new(args)?;
     let mut exit_code = 0;
 
     loop {
@@ -115,12 +106,8 @@ async fn event_loop(
                     Activity::Events(_) | Activity::TargetsExited => redraw = false,
                 }
             }
-            _ = tick.tick() => {
-                session.refresh()?;
-                let interval_s = last_tick.elapsed().as_secs_f64();
-                last_tick = Instant::now();
-                let snapshot = snapshot(session, filter, app.detail_target(), boot_ns());
-                update(&mut app, Message::Tick(Box::new(SnapshotMessage { snapshot, interval_s })));
+            _ = ticker.tick.tick() => {
+                ticker.take_snapshot(&mut app, session, filter)?;
             }
             event = keys.next() => match event {
                 Some(Ok(TermEvent::Key(key))) => {
@@ -138,8 +125,8 @@ async fn event_loop(
                 Some(Err(err)) => return Err(err).context("reading the terminal"),
                 None => break,
             },
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = ticker.sigterm.recv() => break,
+            _ = ticker.sigint.recv() => break,
         }
         if redraw {
             terminal
@@ -148,4 +135,57 @@ async fn event_loop(
         }
     }
     Ok(exit_code)
+}
+
+fn new_app(session: &Session, args: &TopArgs) -> App {
+    App::new(Info {
+        backend: session.backend().to_string(),
+        interval_ms: args.interval.as_millis() as u64,
+    })
+}
+
+/// What the dashboard and batch mode both run on: the refresh interval and
+/// the signals that end them.
+struct Ticker {
+    tick: tokio::time::Interval,
+    last_tick: Instant,
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Ticker {
+    fn new(args: &TopArgs) -> anyhow::Result<Self> {
+        let mut tick = tokio::time::interval(args.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            tick,
+            last_tick: Instant::now(),
+            sigterm: tokio::signal::unix::signal(SignalKind::terminate())
+                .context("SIGTERM handler")?,
+            sigint: tokio::signal::unix::signal(SignalKind::interrupt())
+                .context("SIGINT handler")?,
+        })
+    }
+
+    /// Reads the kernel's counts and gives the model a snapshot of the
+    /// interval since the last one; returns that interval in seconds.
+    fn take_snapshot(
+        &mut self,
+        app: &mut App,
+        session: &mut Session,
+        filter: &ReportFilter,
+    ) -> anyhow::Result<f64> {
+        session.refresh()?;
+        let interval_s = self.last_tick.elapsed().as_secs_f64();
+        self.last_tick = Instant::now();
+        let snapshot = snapshot(session, filter, app.detail_target(), boot_ns());
+        update(
+            app,
+            Message::Tick(Box::new(SnapshotMessage {
+                snapshot,
+                interval_s,
+            })),
+        );
+        Ok(interval_s)
+    }
 }
