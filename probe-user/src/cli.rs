@@ -94,6 +94,11 @@ pub struct TopArgs {
     #[arg(short = 'b', long)]
     pub batch: bool,
 
+    /// Where CMD's stdout and stderr go (default: mmapwatch-top-PID.log in
+    /// the temporary directory, named on stderr): never over the screen.
+    #[arg(long, value_name = "FILE")]
+    pub cmd_output: Option<PathBuf>,
+
     /// With --batch: stop after this many tables.
     #[arg(short = 'n', long, requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,

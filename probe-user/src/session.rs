@@ -10,6 +10,7 @@ use std::{
     time::Instant,
 };
 
+use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use probe_common::{WriterStats, LATENCY_BUCKETS};
 use tokio::io::{unix::AsyncFd, Interest};
@@ -243,13 +244,15 @@ pub fn exit_code_of(status: ExitStatus) -> u8 {
 }
 
 /// What to trace.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct SessionOptions {
     pub kernel: KernelPaths,
     pub filter: FilterArgs,
     pub include_cow: bool,
     /// `-- CMD ARGS`: run it and trace it with its descendants.
     pub command: Vec<OsString>,
+    /// Where CMD's stdout and stderr go; inherited when None.
+    pub command_output: Option<std::fs::File>,
 }
 
 pub struct Session {
@@ -297,7 +300,12 @@ impl Session {
             unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
                 .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
         let child = match command {
-            Some((path, args)) => Some(spawn_followed(&mut probes, &path, &args)?),
+            Some((path, args)) => Some(spawn_followed(
+                &mut probes,
+                &path,
+                &args,
+                options.command_output.as_ref(),
+            )?),
             None => None,
         };
         Ok(Self {
@@ -472,13 +480,18 @@ fn spawn_followed(
     probes: &mut Probes,
     path: &Path,
     args: &[OsString],
+    output: Option<&std::fs::File>,
 ) -> anyhow::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(path);
+    command.args(args).kill_on_drop(false);
+    if let Some(file) = output {
+        command
+            .stdout(file.try_clone().context("CMD's output file")?)
+            .stderr(file.try_clone().context("CMD's output file")?);
+    }
     let me = std::process::id();
     probes.trace_tgid(me, true)?;
-    let spawned = tokio::process::Command::new(path)
-        .args(args)
-        .kill_on_drop(false)
-        .spawn();
+    let spawned = command.spawn();
     probes.untrace_tgid(me)?;
     Ok(spawned.map_err(|err| match err.kind() {
         std::io::ErrorKind::NotFound => UserError::CommandNotFound(path.display().to_string()),

@@ -97,9 +97,12 @@ fn top_shows_the_workload_and_quits_cleanly() {
     require_root();
     let dir = scratch_dir();
     let file = dir.path().join("tui.bin");
+    let log = dir.path().join("cmd.log");
+    // CMD prints on stdout and stderr: none of it may reach the screen.
     let command = format!(
-        "{} top --interval 300ms --path-prefix {} -- {WORKLOAD} shared --file {} --size-pages 32 --pages 0,1,2,3,4,20 2>/dev/null; echo MMAPWATCH-EXIT=$?; sleep 60",
+        "{} top --interval 300ms --cmd-output {} --path-prefix {} -- sh -c 'echo CMD-SAYS-HELLO; {WORKLOAD} shared --file {} --size-pages 32 --pages 0,1,2,3,4,20'; echo MMAPWATCH-EXIT=$?; sleep 60",
         mmapwatch_bin().display(),
+        path_arg(&log),
         path_arg(dir.path()),
         path_arg(&file),
     );
@@ -120,6 +123,12 @@ fn top_shows_the_workload_and_quits_cleanly() {
         tmux.alternate_screen(),
         "the dashboard runs on the alternate screen"
     );
+    assert!(!screen.contains("CMD-SAYS-HELLO"), "{screen}");
+    let said = std::fs::read_to_string(&log).expect("CMD's output file");
+    assert!(
+        said.contains("CMD-SAYS-HELLO") && said.contains("workload:"),
+        "stdout and stderr of CMD go to --cmd-output: {said}"
+    );
 
     // Detail and processes views answer keys in the real terminal too.
     tmux.send("Enter");
@@ -135,6 +144,10 @@ fn top_shows_the_workload_and_quits_cleanly() {
     let screen = tmux.wait_for("a clean exit", |s| s.contains("MMAPWATCH-EXIT="));
     assert!(screen.contains("MMAPWATCH-EXIT=0"), "{screen}");
     assert!(!tmux.alternate_screen(), "the terminal is restored");
+    assert!(
+        screen.contains(&format!("CMD's output is in {}", path_arg(&log))),
+        "{screen}"
+    );
     assert!(!screen.contains("panicked"), "{screen}");
 }
 
@@ -146,7 +159,7 @@ fn batch_mode_prints_tables_without_a_terminal() {
     let dir = scratch_dir();
     let file = dir.path().join("batch.bin");
     let script = format!(
-        "{WORKLOAD} shared --file {} --size-pages 8 --pages 1,2,6 >/dev/null; exit 3",
+        "echo CMD-SAYS-HELLO; {WORKLOAD} shared --file {} --size-pages 8 --pages 1,2,6; exit 3",
         path_arg(&file)
     );
     let output = std::process::Command::new(mmapwatch_bin())
@@ -158,6 +171,16 @@ fn batch_mode_prints_tables_without_a_terminal() {
         .expect("run top --batch");
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(3), "{text}");
+    // CMD's output goes to a file that stderr names, never into the tables.
+    assert!(!text.contains("CMD-SAYS-HELLO"), "{text}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let log = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("mmapwatch: CMD's output goes to "))
+        .unwrap_or_else(|| panic!("no CMD output file named: {stderr}"));
+    let said = std::fs::read_to_string(log).expect("CMD's output file");
+    assert!(said.contains("CMD-SAYS-HELLO"), "{said}");
+    let _ = std::fs::remove_file(log);
     assert!(text.starts_with("mmapwatch top: "), "{text}");
     let row = text
         .lines()

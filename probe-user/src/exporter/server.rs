@@ -55,6 +55,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         // not cross the ring buffer.
         include_cow: false,
         command: Vec::new(),
+        command_output: None,
     };
     let mut session = Session::start(&options)?;
 

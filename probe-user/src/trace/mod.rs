@@ -35,6 +35,8 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         filter: args.filter.clone(),
         include_cow: args.include_cow,
         command: args.command.clone(),
+        // trace -o keeps the report apart; CMD's output stays the user's.
+        command_output: None,
     };
     // Opened first: a path that cannot be written fails before CMD runs.
     let output = match &args.output {

@@ -67,9 +67,27 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         // without --include-cow.
         include_cow: true,
         command: args.command.clone(),
+        command_output: None,
+    };
+    // CMD's output would draw over the dashboard, or mix into the batch
+    // tables: it goes to a file, named on stderr.
+    let mut options = options;
+    let command_log = if args.command.is_empty() {
+        None
+    } else {
+        let path = args.cmd_output.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("mmapwatch-top-{}.log", std::process::id()))
+        });
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot write CMD's output to {}", path.display()))?;
+        options.command_output = Some(file);
+        Some(path)
     };
     // Load before taking over the terminal: errors print as one plain line.
     let mut session = Session::start(&options)?;
+    if let (Some(path), true) = (&command_log, args.batch) {
+        eprintln!("mmapwatch: CMD's output goes to {}", path.display());
+    }
     let filter = ReportFilter::new(args.include_cow, &args.filter.path_prefixes);
     if args.batch {
         return batch::run(&mut session, &filter, &args).await;
@@ -78,6 +96,9 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
     let mut terminal = ratatui::init();
     let result = event_loop(&mut terminal, &mut session, &filter, &args).await;
     ratatui::restore();
+    if let Some(path) = &command_log {
+        eprintln!("mmapwatch: CMD's output is in {}", path.display());
+    }
     result
 }
 
