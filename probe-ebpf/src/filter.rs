@@ -60,12 +60,13 @@ pub(crate) fn selected_current_task(
 }
 
 /// This CPU's last writing thread: its command name, cgroup and filter
-/// verdict. Read afresh when another thread faults here, and at least
-/// every [`WRITER_CACHE_NS`]: a thread can rename itself (prctl) or move
-/// to another cgroup, and is labelled by its old ones for at most that.
+/// verdict (see [`current_writer`] for when it is read afresh).
 #[repr(C)]
 pub(crate) struct WriterCache {
     pub(crate) pid_tgid: u64,
+    /// The thread's mm when read: exec keeps the thread id but replaces
+    /// the mm (and the command name).
+    pub(crate) mm: u64,
     /// The clock tick (jiffies) when read.
     pub(crate) tick: u64,
     /// The boot clock then.
@@ -75,11 +76,14 @@ pub(crate) struct WriterCache {
     pub(crate) comm: [u8; TASK_COMM_LEN],
 }
 
-/// The time of the fault, if the current thread (`pid_tgid`) passes the
-/// filters; its command name and cgroup are left in `scratch.fault`.
+/// The time of the fault, if the current thread (`pid_tgid`, running in
+/// `mm`; 0 where unknown) passes the filters; its command name and cgroup
+/// are left in `scratch.fault`.
 ///
-/// The cache is read afresh when another thread faults here and on every
-/// clock tick: a thread renamed (prctl) or moved to another cgroup is
+/// The cache is read afresh when another thread faults here, after an
+/// exec (a new mm: the old name must not label the new program's writes)
+/// and on every clock tick: a thread renamed (prctl) or moved to another
+/// cgroup is
 /// labelled by its old ones for at most a tick. The time is that of the
 /// thread's first fault on this CPU in this tick, so within a tick: the
 /// boot clock reads the TSC, ~110 ns per call in a VM here, and the coarse
@@ -88,16 +92,18 @@ pub(crate) struct WriterCache {
 #[inline(always)]
 pub(crate) fn current_writer(
     pid_tgid: u64,
+    mm: u64,
     scratch: &mut FaultScratch,
 ) -> Result<Option<u64>, i64> {
     let FaultScratch { writer, fault, .. } = scratch;
     // SAFETY: no arguments.
     let tick = unsafe { bpf_jiffies64() };
-    if writer.pid_tgid != pid_tgid || writer.tick != tick {
+    if writer.pid_tgid != pid_tgid || writer.mm != mm || writer.tick != tick {
         current_comm_into(&mut writer.comm)?;
         writer.cgroup_id = current_cgroup_id();
         writer.selected = u64::from(task_selected((pid_tgid >> 32) as u32, &writer.comm));
         writer.pid_tgid = pid_tgid;
+        writer.mm = mm;
         writer.tick = tick;
         // SAFETY: no arguments.
         writer.boot_ns = unsafe { bpf_ktime_get_boot_ns() };

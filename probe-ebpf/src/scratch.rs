@@ -41,6 +41,9 @@ pub(crate) fn fault_scratch() -> Result<&'static mut FaultScratch, i64> {
 #[repr(C)]
 pub(crate) struct WriteFault {
     pub(crate) pid_tgid: u64,
+    /// The faulting task's mm, as the mapping lookup found it (0 when it
+    /// did not look).
+    pub(crate) mm: u64,
     pub(crate) address: u64,
     /// File page index.
     pub(crate) page: u64,

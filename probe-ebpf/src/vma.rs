@@ -164,6 +164,7 @@ pub(crate) fn find_mapping(address: u64, tgid: u64, scratch: &mut FaultScratch) 
         return false;
     }
     let mm = mm_ptr as u64;
+    scratch.fault.mm = mm;
     let seq = mm_sequence(mm_ptr);
     let cache = &scratch.cache;
     if let Some(seq) = seq {

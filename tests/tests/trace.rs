@@ -973,6 +973,33 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     }
 }
 
+/// A program started by exec in the same process is named as itself: the
+/// writer cache must not keep the shell's name for the new program's
+/// writes (exec keeps the thread id). Several runs: the stale name showed
+/// only when both faults fell in one clock tick.
+#[test]
+fn writes_after_exec_carry_the_new_programs_name() {
+    require_root();
+    for round in 0..5 {
+        let dir = scratch_dir();
+        let file = dir.path().join("exec.bin");
+        let script = format!(
+            "exec {WORKLOAD} shared --file {} --size-pages 8 --pages 1,6",
+            path_arg(&file)
+        );
+        let run = trace_command(
+            "sh",
+            &["--path-prefix", &path_arg(dir.path())],
+            &["-c", &script],
+        );
+        assert!(run.status.success(), "{}", run.stderr);
+        let entry = run.expect_file(&file);
+        let writers = entry["writers"].as_array().expect("writers");
+        assert_eq!(writers.len(), 1, "round {round}: {entry:#}");
+        assert_eq!(writers[0]["comm"], COMM, "round {round}: {entry:#}");
+    }
+}
+
 /// `--version` names the commit it was built from, as bug reports need.
 #[test]
 fn version_names_the_git_revision() {

@@ -38,6 +38,7 @@ pub(crate) fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> 
     }
     let scratch = fault_scratch()?;
     scratch.info.file = 0;
+    scratch.fault.mm = 0;
     if !find_mapping(address, pid_tgid >> 32, scratch) {
         bump(counter::VMA_WALK_FALLBACKS);
         if !find_vma_locked(address, &mut scratch.info) {
@@ -49,7 +50,7 @@ pub(crate) fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> 
     if scratch.info.file == 0 || scratch.info.flags & VM_WRITE == 0 {
         return Ok(());
     }
-    let Some(now) = current_writer(pid_tgid, scratch)? else {
+    let Some(now) = current_writer(pid_tgid, scratch.fault.mm, scratch)? else {
         return Ok(());
     };
     scratch.fault.pid_tgid = pid_tgid;

@@ -57,7 +57,14 @@ pub(crate) fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(now) = current_writer(pid_tgid, scratch)? else {
+    // The mapping's mm, which exec replaces (0 where its offset is unknown).
+    let mm_offset = offset!(vma_vm_mm);
+    let mm = if mm_offset == 0 {
+        0
+    } else {
+        read_kernel::<u64>(vma, mm_offset).unwrap_or(0)
+    };
+    let Some(now) = current_writer(pid_tgid, mm, scratch)? else {
         return Ok(());
     };
     let shared = scratch.info.flags & VM_SHARED != 0;
