@@ -124,7 +124,7 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages
 
 /// The first page reported of a chunk: creates its dedup entry (evicting
 /// the least recently used one when full) and reports the page.
-#[inline(never)]
+#[inline(always)]
 pub(crate) fn new_chunk(
     key: &PageChunkKey,
     header: &EventHeader,

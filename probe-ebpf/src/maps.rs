@@ -31,6 +31,16 @@ pub(crate) static EMPTY_CHUNK: PageChunk = PageChunk {
     reported: [0; (CHUNK_PAGES / 64) as usize],
 };
 
+/// What a new per-file stats entry starts from (an insert copies it; on
+/// the stack it would lengthen the fault path's deepest frame chain).
+pub(crate) static EMPTY_FILE_STATS: FileStats = FileStats::ZEROED;
+
+/// What a new per-writer stats entry starts from (as above).
+pub(crate) static EMPTY_WRITER_STATS: WriterStats = WriterStats {
+    shared_write_faults: 0,
+    cow_faults: 0,
+};
+
 /// (file, tgid) for processes that wrote a page another process wrote first.
 #[map]
 pub(crate) static WRITERS: LruHashMap<WriterKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes},
 };
 use probe_common::{
-    counter, event_kind, EventHeader, FileEvent, FileKey, FileStats, PageEvent, WriterStatsKey,
+    counter, event_kind, EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey,
     PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     dedup::{cache_chunk, report_first_use, reported_here},
     folio::{folio_room, note_folio_span},
     kernel::{current_cgroup_id, pages_of, read_kernel, EEXIST},
-    maps::{bump, COUNTERS, EVENTS, FILE_STATS},
+    maps::{bump, COUNTERS, EMPTY_FILE_STATS, EVENTS, FILE_STATS},
     scratch::FaultScratch,
     stats::{add_writer_faults, count_in_run},
     vma::VmaInfo,
@@ -185,12 +185,17 @@ pub(crate) fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info:
     if FILE_STATS.get_ptr(key).is_some() {
         return;
     }
-    let stats = FileStats {
-        last_write_boot_ns: now,
-        ..FileStats::default()
-    };
-    match FILE_STATS.insert(key, &stats, BPF_NOEXIST as u64) {
-        Ok(()) => submit_file_event(header, info),
+    match FILE_STATS.insert(key, &EMPTY_FILE_STATS, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            // Userspace takes the latest time across CPUs: this CPU's
+            // slot is enough.
+            if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
+                // SAFETY: this CPU's slot of a per-CPU map value; programs
+                // on one CPU do not interleave on it.
+                unsafe { (*stats).last_write_boot_ns = now };
+            }
+            submit_file_event(header, info)
+        }
         Err(err) if err as i64 == -EEXIST => {}
         Err(_) => bump(counter::FILE_STATS_FULL),
     }

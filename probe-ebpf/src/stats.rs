@@ -2,48 +2,44 @@
 //! to the per-CPU stats maps when they end.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
-use probe_common::{
-    counter, EventHeader, FileKey, FileStats, PendingCounts, WriterStats, WriterStatsKey,
-};
+use probe_common::{counter, EventHeader, FileKey, PendingCounts, WriterStatsKey};
 
 use crate::{
     kernel::{comm_words, EEXIST},
-    maps::{bump, FILE_STATS, PENDING_COUNTS, WRITER_STATS},
+    maps::{bump, EMPTY_FILE_STATS, EMPTY_WRITER_STATS, FILE_STATS, PENDING_COUNTS, WRITER_STATS},
     record::{header_file, header_writer},
 };
 
-/// Adds to this CPU's slot of a per-CPU stats entry (`add`), or creates
-/// the entry as `created` (the additions already in it). Another CPU may
-/// create it between the lookup and the insert: the additions then go to
-/// this CPU's slot of that entry. False when the map is full.
+/// Adds to this CPU's slot of a per-CPU stats entry (`add`), creating the
+/// entry from zeroes first when it has none. The zeroes are a static: a
+/// value built on the stack would lengthen the fault path's frame chain,
+/// which Linux 6.1's verifier holds to 512 bytes (32-byte rounded frames).
+/// Another CPU may create the entry between the lookup and the insert: the
+/// additions then go to this CPU's slot of that entry. False when the map
+/// is full.
 #[inline(always)]
-fn upsert<K, V>(map: &PerCpuHashMap<K, V>, key: &K, created: &V, add: impl Fn(&mut V)) -> bool {
+fn upsert<K, V>(map: &PerCpuHashMap<K, V>, key: &K, zeroes: &V, add: impl Fn(&mut V)) -> bool {
     if let Some(slot) = map.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a per-CPU map value; programs on one
         // CPU do not interleave on it.
         add(unsafe { &mut *slot });
         return true;
     }
-    match map.insert(key, created, BPF_NOEXIST as u64) {
-        Ok(()) => true,
-        Err(err) if err as i64 == -EEXIST => {
-            if let Some(slot) = map.get_ptr_mut(key) {
-                // SAFETY: as above.
-                add(unsafe { &mut *slot });
-            }
-            true
-        }
-        Err(_) => false,
+    match map.insert(key, zeroes, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(err) if err as i64 == -EEXIST => {}
+        Err(_) => return false,
     }
+    if let Some(slot) = map.get_ptr_mut(key) {
+        // SAFETY: as above.
+        add(unsafe { &mut *slot });
+    }
+    true
 }
 
 /// Adds faults to a (cgroup, filesystem, command) label set's counts.
 pub(crate) fn add_writer_faults(key: &WriterStatsKey, shared: u64, cow: u64) {
-    let created = WriterStats {
-        shared_write_faults: shared,
-        cow_faults: cow,
-    };
-    let added = upsert(&WRITER_STATS, key, &created, |stats| {
+    let added = upsert(&WRITER_STATS, key, &EMPTY_WRITER_STATS, |stats| {
         stats.shared_write_faults += shared;
         stats.cow_faults += cow;
     });
@@ -97,15 +93,9 @@ pub(crate) fn close_run(run: &PendingCounts) {
     if run.shared_write_faults == 0 && run.cow_faults == 0 {
         return;
     }
-    let created = FileStats {
-        shared_write_faults: run.shared_write_faults,
-        cow_faults: run.cow_faults,
-        last_write_boot_ns: run.last_write_boot_ns,
-        ..FileStats::default()
-    };
     // The file was announced when its run opened: its entry is missing
     // only when the map was full then.
-    let added = upsert(&FILE_STATS, &run.file, &created, |stats| {
+    let added = upsert(&FILE_STATS, &run.file, &EMPTY_FILE_STATS, |stats| {
         stats.shared_write_faults += run.shared_write_faults;
         stats.cow_faults += run.cow_faults;
         stats.last_write_boot_ns = stats.last_write_boot_ns.max(run.last_write_boot_ns);

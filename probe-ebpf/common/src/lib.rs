@@ -332,6 +332,21 @@ pub struct FileStats {
     pub last_writeback_end_boot_ns: u64,
 }
 
+impl FileStats {
+    pub const ZEROED: Self = Self {
+        shared_write_faults: 0,
+        cow_faults: 0,
+        folios_dirtied: 0,
+        pages_dirtied: 0,
+        writeback_pages: 0,
+        writeback_starts: 0,
+        writeback_ends: 0,
+        last_write_boot_ns: 0,
+        last_writeback_start_boot_ns: 0,
+        last_writeback_end_boot_ns: 0,
+    };
+}
+
 /// Kernel struct field offsets (bytes) resolved from vmlinux BTF in userspace.
 /// Rust eBPF has no CO-RE relocations, so these are passed as a global.
 #[repr(C)]
