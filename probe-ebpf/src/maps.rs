@@ -114,5 +114,14 @@ pub(crate) fn bump(index: u32) {
     }
 }
 
+/// Counts a probe's failure instead of dropping it: no error path in the
+/// programs goes uncounted.
+#[inline(always)]
+pub(crate) fn count_failure<T>(result: Result<T, i64>) {
+    if result.is_err() {
+        bump(counter::PROBE_ERRORS);
+    }
+}
+
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<FaultScratch> = PerCpuArray::with_max_entries(1, 0);

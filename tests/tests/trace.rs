@@ -78,7 +78,7 @@ fn shared_writes_report_exactly_the_pages_written() {
             }
         }
     }
-    assert_eq!(run.json["lost_events"], 0);
+    assert_eq!(run.json["lost_events"], 0, "drops: {}", run.json["drops"]);
     assert!(run.json["duration_s"].as_f64().unwrap() > 0.0);
 }
 

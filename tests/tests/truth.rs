@@ -560,7 +560,11 @@ fn randomized_workloads_report_every_stored_page() {
             ],
         );
         assert!(run.status.success(), "seed {seed}: {}", run.stderr);
-        assert_eq!(run.json["lost_events"], 0, "seed {seed}");
+        assert_eq!(
+            run.json["lost_events"], 0,
+            "seed {seed}, drops: {}",
+            run.json["drops"]
+        );
         let truth = read_truth(&log);
         let mut seen = BTreeSet::new();
         for entry in run.files() {

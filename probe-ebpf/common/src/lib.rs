@@ -100,7 +100,11 @@ pub mod counter {
     /// not come through the user page-fault tracepoint, e.g. get_user_pages):
     /// reported because the file has a shared writable mapping somewhere.
     pub const POSSIBLE_WRITE_UNVERIFIED: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// A probe's kernel read or map update failed (other than those
+    /// counted above): the fault, followed child, shared-mapper note or
+    /// writeback sample it concerned may be missing.
+    pub const PROBE_ERRORS: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts

@@ -15,7 +15,7 @@ use probe_common::{
 use crate::{
     filter::{current_writer, selected_current_task, tgid_selected},
     kernel::{current_cgroup_id, inode_key, pages_of, read_kernel, USER_ADDRESS_LIMIT},
-    maps::{bump, LAST_READ_FAULT, SHARED_MAPPERS},
+    maps::{bump, count_failure, LAST_READ_FAULT, SHARED_MAPPERS},
     record::{announce_file, fill_header, record_write, submit_page_event},
     scratch::{fault_scratch, FaultScratch},
     vma::{find_mapping, find_vma_locked, VmaInfo},
@@ -189,10 +189,12 @@ pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Out of line: the log record's frame stays off the fault path's call
-/// chain, whose frames Linux 6.1's verifier adds against 512 bytes.
+/// Counted, and logged at debug level. Out of line: the log record's
+/// frame stays off the fault path's call chain, whose frames Linux 6.1's
+/// verifier adds against 512 bytes.
 #[inline(never)]
 fn log_failed_read(ctx: &RawTracePointContext, err: i64) {
+    bump(counter::PROBE_ERRORS);
     debug!(ctx, "page_fault_user: kernel read failed: {}", err);
 }
 
@@ -201,7 +203,7 @@ fn log_failed_read(ctx: &RawTracePointContext, err: i64) {
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
-    let _ = try_write_fault(address, error_code);
+    count_failure(try_write_fault(address, error_code));
     0
 }
 
@@ -211,7 +213,7 @@ pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
 pub fn page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
-        let _ = read_fault(address);
+        count_failure(read_fault(address));
     }
     0
 }
@@ -266,6 +268,6 @@ pub(crate) fn try_filemap_map_pages(ctx: &RawTracePointContext) -> Result<(), i6
 
 #[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
 pub fn mm_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
-    let _ = try_filemap_map_pages(&ctx);
+    count_failure(try_filemap_map_pages(&ctx));
     0
 }

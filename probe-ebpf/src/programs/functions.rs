@@ -12,7 +12,7 @@ use probe_common::{event_kind, hooks, TASK_COMM_LEN, VM_SHARED, VM_WRITE};
 use crate::{
     filter::{current_writer, selected_current_task},
     kernel::{folio_pages, inode_key, read_kernel},
-    maps::{FILE_STATS, HOOKS, PAGE_MKWRITE},
+    maps::{count_failure, FILE_STATS, HOOKS, PAGE_MKWRITE},
     record::{header, record_write, submit_page_event},
     scratch::fault_scratch,
     vma::fill_vma_info,
@@ -156,33 +156,25 @@ pub(crate) fn attached_function<C: EbpfContext>(ctx: &C) -> u64 {
 
 #[fentry(function = "do_wp_page")]
 pub fn fentry_do_wp_page(ctx: FEntryContext) -> u32 {
-    if let Ok(vmf) = fentry_arg(&ctx, 0) {
-        let _ = try_vmf_write(vmf, FaultHook::WpPage);
-    }
+    count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::WpPage)));
     0
 }
 
 #[fentry(function = "finish_fault")]
 pub fn fentry_finish_fault(ctx: FEntryContext) -> u32 {
-    if let Ok(vmf) = fentry_arg(&ctx, 0) {
-        let _ = try_vmf_write(vmf, FaultHook::FinishFault);
-    }
+    count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::FinishFault)));
     0
 }
 
 #[fentry(function = "wp_page_copy")]
 pub fn fentry_wp_page_copy(ctx: FEntryContext) -> u32 {
-    if let Ok(vmf) = fentry_arg(&ctx, 0) {
-        let _ = try_vmf_write(vmf, FaultHook::WpPageCopy);
-    }
+    count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::WpPageCopy)));
     0
 }
 
 #[fentry(function = "do_page_mkwrite")]
 pub fn fentry_do_page_mkwrite(ctx: FEntryContext) -> u32 {
-    if let Ok(vmf) = fentry_arg(&ctx, 0) {
-        let _ = try_page_mkwrite(vmf, 0);
-    }
+    count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_page_mkwrite(vmf, 0)));
     0
 }
 
@@ -193,9 +185,9 @@ macro_rules! fentry_fs_mkwrite {
     ($($name:ident),*) => {$(
         #[fentry(function = "filemap_page_mkwrite")]
         pub fn $name(ctx: FEntryContext) -> u32 {
-            if let Ok(vmf) = fentry_arg(&ctx, 0) {
-                let _ = try_page_mkwrite(vmf, attached_function(&ctx));
-            }
+            count_failure(
+                fentry_arg(&ctx, 0).and_then(|vmf| try_page_mkwrite(vmf, attached_function(&ctx))),
+            );
             0
         }
     )*};
@@ -209,16 +201,14 @@ fentry_fs_mkwrite!(
 
 #[fentry(function = "folio_end_writeback")]
 pub fn fentry_folio_end_writeback(ctx: FEntryContext) -> u32 {
-    if let Ok(folio) = fentry_arg(&ctx, 0) {
-        let _ = try_folio_written_back(folio);
-    }
+    count_failure(fentry_arg(&ctx, 0).and_then(try_folio_written_back));
     0
 }
 
 #[kprobe]
 pub fn kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        let _ = try_vmf_write(vmf, FaultHook::WpPage);
+        count_failure(try_vmf_write(vmf, FaultHook::WpPage));
     }
     0
 }
@@ -226,7 +216,7 @@ pub fn kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_finish_fault(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        let _ = try_vmf_write(vmf, FaultHook::FinishFault);
+        count_failure(try_vmf_write(vmf, FaultHook::FinishFault));
     }
     0
 }
@@ -234,7 +224,7 @@ pub fn kprobe_finish_fault(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        let _ = try_vmf_write(vmf, FaultHook::WpPageCopy);
+        count_failure(try_vmf_write(vmf, FaultHook::WpPageCopy));
     }
     0
 }
@@ -242,7 +232,7 @@ pub fn kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_do_page_mkwrite(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        let _ = try_page_mkwrite(vmf, 0);
+        count_failure(try_page_mkwrite(vmf, 0));
     }
     0
 }
@@ -252,7 +242,7 @@ pub fn kprobe_do_page_mkwrite(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_fs_mkwrite(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        let _ = try_page_mkwrite(vmf, attached_function(&ctx));
+        count_failure(try_page_mkwrite(vmf, attached_function(&ctx)));
     }
     0
 }
@@ -260,7 +250,7 @@ pub fn kprobe_fs_mkwrite(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_folio_end_writeback(ctx: ProbeContext) -> u32 {
     if let Some(folio) = ctx.arg::<u64>(0) {
-        let _ = try_folio_written_back(folio);
+        count_failure(try_folio_written_back(folio));
     }
     0
 }

@@ -10,19 +10,36 @@ use probe_common::{filter, traced};
 
 use crate::{
     kernel::read_kernel,
-    maps::{SHARED_MAPPERS, TRACED},
+    maps::{count_failure, SHARED_MAPPERS, TRACED},
 };
 
-pub(crate) const MAP_SHARED: u64 = 0x01;
-pub(crate) const PROT_WRITE: u64 = 0x2;
+const MAP_SHARED: u64 = 0x01;
+const PROT_WRITE: u64 = 0x2;
+
+/// Offsets in the `syscalls:sys_enter_{mmap,mprotect}` formats: prot for
+/// both, mmap's flags.
+const PROT_AT: usize = 32;
+const MMAP_FLAGS_AT: usize = 40;
 
 /// `syscalls:sys_enter_{mmap,mprotect}`: a process that may now have a
-/// shared writable mapping. prot@32 for both; mmap's flags@40.
-pub(crate) fn try_note_shared_mapper(ctx: &TracePointContext, shared: bool) -> Result<(), i64> {
+/// shared writable mapping. mprotect has no flags (`flags_at` None): it
+/// can make a shared mapping writable, and whether it is shared is checked
+/// at the fault.
+pub(crate) fn try_note_shared_mapper(
+    ctx: &TracePointContext,
+    flags_at: Option<usize>,
+) -> Result<(), i64> {
     // SAFETY: offsets from the tracepoints' format files.
-    let prot: u64 = unsafe { ctx.read_at(32) }.map_err(|err| err as i64)?;
-    if prot & PROT_WRITE == 0 || !shared {
+    let prot: u64 = unsafe { ctx.read_at(PROT_AT) }.map_err(|err| err as i64)?;
+    if prot & PROT_WRITE == 0 {
         return Ok(());
+    }
+    if let Some(flags_at) = flags_at {
+        // SAFETY: as above.
+        let flags: u64 = unsafe { ctx.read_at(flags_at) }.map_err(|err| err as i64)?;
+        if flags & MAP_SHARED == 0 {
+            return Ok(());
+        }
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     SHARED_MAPPERS
@@ -32,17 +49,13 @@ pub(crate) fn try_note_shared_mapper(ctx: &TracePointContext, shared: bool) -> R
 
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the tracepoint's format file.
-    let flags: u64 = unsafe { ctx.read_at(40) }.unwrap_or(0);
-    let _ = try_note_shared_mapper(&ctx, flags & MAP_SHARED != 0);
+    count_failure(try_note_shared_mapper(&ctx, Some(MMAP_FLAGS_AT)));
     0
 }
 
-/// mprotect can make a shared mapping writable; whether it is shared is
-/// checked at the fault.
 #[tracepoint]
 pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
-    let _ = try_note_shared_mapper(&ctx, true);
+    count_failure(try_note_shared_mapper(&ctx, None));
     0
 }
 
@@ -55,7 +68,11 @@ pub(crate) fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     if unsafe { SHARED_MAPPERS.get(&parent_tgid) }.is_some() {
         // The child inherits the parent's shared mappings.
         let child_pid: u32 = read_kernel(ctx.arg::<u64>(1), offset!(task_pid))?;
-        let _ = SHARED_MAPPERS.insert(&child_pid, &1, 0);
+        count_failure(
+            SHARED_MAPPERS
+                .insert(&child_pid, &1, 0)
+                .map_err(|err| err as i64),
+        );
     }
     if config!(filter_flags) & filter::BY_TGID == 0 {
         return Ok(());
@@ -76,7 +93,7 @@ pub(crate) fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 /// Follows `-- CMD`'s descendants.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let _ = try_process_fork(&ctx);
+    count_failure(try_process_fork(&ctx));
     0
 }
 
@@ -89,6 +106,8 @@ pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let task: u64 = ctx.arg(0);
     let signal: u64 = read_kernel(task, offset!(task_signal))?;
     let live: i32 = read_kernel(signal, offset!(signal_live))?;
+    // Removals below: an entry already absent is no error (most exiting
+    // processes have none).
     if live == 0 {
         let _ = SHARED_MAPPERS.remove(&tgid);
     }
@@ -108,6 +127,6 @@ pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
-    let _ = try_process_exit(&ctx);
+    count_failure(try_process_exit(&ctx));
     0
 }

@@ -7,12 +7,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use probe_common::{FileKey, EXT4_SUPER_MAGIC};
+use probe_common::{counter, FileKey, EXT4_SUPER_MAGIC};
 
 use crate::{
     folio::report_new_folio_span,
-    kernel::{inode_key, load_typed, read_kernel, typed_folio_pages, typed_inode_key},
-    maps::{DIRTY_SINCE, FILE_STATS, WRITEBACK_LATENCY},
+    kernel::{inode_key, load_typed, read_kernel, typed_folio_pages, typed_inode_key, EEXIST},
+    maps::{bump, count_failure, DIRTY_SINCE, FILE_STATS, WRITEBACK_LATENCY},
     stats::add_written_back,
 };
 
@@ -47,7 +47,12 @@ pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if unsafe { DIRTY_SINCE.get(&key) }.is_none() {
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_boot_ns() };
-        let _ = DIRTY_SINCE.insert(&key, &now, BPF_NOEXIST as u64);
+        match DIRTY_SINCE.insert(&key, &now, BPF_NOEXIST as u64) {
+            // Another CPU's folio of the file came first: its time stands.
+            Ok(()) => {}
+            Err(err) if err as i64 == -EEXIST => {}
+            Err(_) => bump(counter::PROBE_ERRORS),
+        }
     }
     if pages > 1 {
         let index_at = offset!(folio_index);
@@ -64,7 +69,7 @@ pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// `bpf_probe_read_kernel` call (~45 ns here) per field.
 #[btf_tracepoint(function = "writeback_dirty_folio")]
 pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_dirty_folio(&ctx);
+    count_failure(try_dirty_folio(&ctx));
     0
 }
 
@@ -89,7 +94,7 @@ pub(crate) fn try_writeback_single_inode(ctx: &RawTracePointContext) -> Result<(
 /// The flusher (or sync(2)) wrote an inode's pages.
 #[raw_tracepoint(tracepoint = "writeback_single_inode")]
 pub fn writeback_single_inode(ctx: RawTracePointContext) -> i32 {
-    let _ = try_writeback_single_inode(&ctx);
+    count_failure(try_writeback_single_inode(&ctx));
     0
 }
 
@@ -107,7 +112,7 @@ pub(crate) fn try_ext4_writepages_result(ctx: &RawTracePointContext) -> Result<(
 
 #[raw_tracepoint(tracepoint = "ext4_writepages_result")]
 pub fn ext4_writepages_result(ctx: RawTracePointContext) -> i32 {
-    let _ = try_ext4_writepages_result(&ctx);
+    count_failure(try_ext4_writepages_result(&ctx));
     0
 }
 
@@ -139,6 +144,7 @@ pub(crate) fn record_writeback_latency(key: &FileKey, now: u64) {
     let Some(since) = (unsafe { DIRTY_SINCE.get(key) }).copied() else {
         return;
     };
+    // Absent only if another CPU took it an instant ago: no error.
     let _ = DIRTY_SINCE.remove(key);
     let bucket = log2(now.saturating_sub(since));
     if let Some(slot) = WRITEBACK_LATENCY.get_ptr_mut(bucket) {
@@ -164,13 +170,13 @@ pub(crate) fn log2(mut value: u64) -> u32 {
 /// The inode's first folio went under writeback.
 #[raw_tracepoint(tracepoint = "sb_mark_inode_writeback")]
 pub fn sb_mark_inode_writeback(ctx: RawTracePointContext) -> i32 {
-    let _ = try_inode_writeback(&ctx, true);
+    count_failure(try_inode_writeback(&ctx, true));
     0
 }
 
 /// The inode's last folio under writeback completed.
 #[raw_tracepoint(tracepoint = "sb_clear_inode_writeback")]
 pub fn sb_clear_inode_writeback(ctx: RawTracePointContext) -> i32 {
-    let _ = try_inode_writeback(&ctx, false);
+    count_failure(try_inode_writeback(&ctx, false));
     0
 }

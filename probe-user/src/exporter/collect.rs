@@ -302,6 +302,7 @@ impl Exporter {
             ("file_stats_full", counters.file_stats_full),
             ("writer_map_full", counters.writer_insert_failed),
             ("writer_stats_full", counters.writer_stats_full),
+            ("probe_errors", counters.probe_errors),
             ("undecodable_records", undecodable),
         ] {
             let previous = self.previous_lost.insert(reason, total).unwrap_or(0);

@@ -38,6 +38,8 @@ pub struct KernelCounters {
     /// mapping could not be checked.
     pub possible_write_windows: u64,
     pub possible_write_unverified: u64,
+    /// A probe's kernel read or map update failed.
+    pub probe_errors: u64,
 }
 
 impl KernelCounters {
@@ -47,6 +49,7 @@ impl KernelCounters {
             + self.vma_lookup_failed
             + self.file_stats_full
             + self.writer_insert_failed
+            + self.probe_errors
     }
 }
 
@@ -135,6 +138,7 @@ impl Probes {
             faults_past_eof: totals[counter::FAULTS_PAST_EOF as usize],
             possible_write_windows: totals[counter::POSSIBLE_WRITE_WINDOWS as usize],
             possible_write_unverified: totals[counter::POSSIBLE_WRITE_UNVERIFIED as usize],
+            probe_errors: totals[counter::PROBE_ERRORS as usize],
         })
     }
 

@@ -180,6 +180,9 @@ pub struct Drops {
     pub file_stats_full: u64,
     /// The writer map refused an entry.
     pub writer_map_full: u64,
+    /// A probe's kernel read or map update failed: the fault, followed
+    /// child or writeback sample it concerned may be missing.
+    pub probe_errors: u64,
     /// Entries the kernel's first-write dedup map evicted (inserts beyond
     /// its capacity). Not lost: an evicted page written again is reported
     /// again and deduplicated here (`dedup_repeats`).
@@ -328,6 +331,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             vma_lookup_failed: counters.vma_lookup_failed,
             file_stats_full: counters.file_stats_full,
             writer_map_full: counters.writer_insert_failed,
+            probe_errors: counters.probe_errors,
             dedup_evictions: counters
                 .dedup_inserts
                 .saturating_sub(u64::from(ctx.dedup_capacity)),
