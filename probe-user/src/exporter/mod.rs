@@ -7,9 +7,10 @@
 //!
 //! `labels` (label sets and caps), `metrics` (families and rendering),
 //! `collect` (aggregate and kernel totals to values), `server` (HTTP and
-//! the export loop).
+//! the export loop), `health` (`/healthz` fails when that loop stalls).
 
 mod collect;
+mod health;
 mod labels;
 mod metrics;
 mod server;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::SignalKind;
 
-use super::{collect::*, labels::*, metrics::*};
+use super::{collect::*, health::Heartbeat, labels::*, metrics::*};
 use crate::{
     cli::{ExportArgs, KernelPaths},
     error::UserError,
@@ -14,7 +14,7 @@ use crate::{
     session::{Activity, Session, SessionOptions},
 };
 
-pub(crate) fn router(registry: Arc<Registry>) -> axum::Router {
+pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Router {
     use axum::{http::header, response::IntoResponse, routing::get};
     axum::Router::new()
         .route(
@@ -33,7 +33,17 @@ pub(crate) fn router(registry: Arc<Registry>) -> axum::Router {
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let (status, body) = heartbeat.answer();
+                async move {
+                    let status = axum::http::StatusCode::from_u16(status)
+                        .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                    (status, body)
+                }
+            }),
+        )
 }
 
 /// Runs `export` until SIGINT or SIGTERM.
@@ -85,8 +95,14 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     exporter.watch(&mut session);
     exporter.refresh(&mut session)?;
     let registry = Arc::new(registry);
+    let heartbeat = Heartbeat::new(args.interval);
+    heartbeat.beat();
     // The server runs on its own task; it ends only with the process.
-    let mut server = tokio::spawn(async move { axum::serve(listener, router(registry)).await });
+    let served_heartbeat = heartbeat.clone();
+    let mut server =
+        tokio::spawn(
+            async move { axum::serve(listener, router(registry, served_heartbeat)).await },
+        );
     eprintln!(
         "mmapwatch: serving metrics on http://{local}/metrics ({} programs attached in {} ms)",
         session.attached_programs(),
@@ -106,6 +122,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        heartbeat.beat();
         tokio::select! {
             activity = session.next_activity() => { let _: Activity = activity.context("tracing")?; }
             _ = tick.tick() => exporter.refresh(&mut session)?,
