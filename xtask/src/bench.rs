@@ -487,7 +487,7 @@ fn render(
     drops: &DropResult,
 ) -> String {
     let mut out = format!(
-        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {machine}; backend: tracepoint (the only one this kernel allows).\nAbsolute times vary between machines; the ratios, measured side by side in one run, are what compare.\n\n![ns per write fault](benchmarks.svg)\n\n"
+        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {machine}; backend: tracepoint (the only one this kernel allows).\nAbsolute times vary between machines, and between runs on a small VM (other guests' load): the ratios, measured side by side in one interleaved run, are what compare; `--rounds N` narrows the medians.\n\n![ns per write fault](benchmarks.svg)\n\n"
     );
     out.push_str("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
     for f in faults {
