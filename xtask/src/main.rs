@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _, Result};
 
 mod bench;
 mod soak;
+mod stack;
 mod vm;
 use clap::{Parser, Subcommand};
 
@@ -77,6 +78,13 @@ enum Task {
         #[arg(long)]
         command: Option<String>,
     },
+    /// Build, then check that every eBPF program's deepest call chain fits
+    /// Linux 6.1's stack limit (part of `test`; seconds instead of the VM).
+    StackCheck {
+        /// Check this object instead of building (e.g. an older build's).
+        #[arg(long)]
+        object: Option<PathBuf>,
+    },
     /// Write the man page and shell completions (bash, zsh, fish) into
     /// target/dist, generated from mmapwatch's own command line.
     Docs,
@@ -138,6 +146,14 @@ fn main() -> Result<()> {
             setup()?;
             fuzz(seconds)
         }
+        Task::StackCheck { object } => match object {
+            Some(object) => stack::check(&object),
+            None => {
+                setup()?;
+                build()?;
+                stack::check(&stack::probes_object()?)
+            }
+        },
         Task::Docs => {
             setup()?;
             build()?;
@@ -422,6 +438,8 @@ fn test() -> Result<()> {
         "xtask",
     ]))?;
     build()?;
+    step("eBPF call chains within Linux 6.1's stack limit");
+    stack::check(&stack::probes_object()?)?;
     step("integration tests against the running kernel (root, one at a time)");
     let mut integration = privileged("env");
     integration
