@@ -1,0 +1,161 @@
+//! The collector: ring-buffer records decoded into the aggregate, files
+//! named while their writers are alive, and the front ends' taps on the
+//! event stream.
+
+use std::path::PathBuf;
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::model::{
+    aggregate::{Aggregate, Applied, PathSource},
+    events::{decode, Event, FileId},
+    file_handle::current_name,
+    paths::{mount_ns_of, proc_maps_path, MountTable},
+};
+
+/// A front end's tap on the decoded event stream, called for every event
+/// as the aggregate takes it: what a front end keeps of the stream (a
+/// recording, counts per interval) stays in the front end.
+pub trait EventObserver {
+    fn observe(&mut self, event: &Event, applied: &Applied);
+}
+
+/// Collects events from the ring buffer into the aggregate, naming files
+/// while their writers are alive.
+pub struct Collector {
+    pub aggregate: Aggregate,
+    pub undecodable: u64,
+    /// Front ends' taps on the event stream (see [`EventObserver`]).
+    observers: Vec<Box<dyn EventObserver>>,
+    mounts: MountTable,
+    proc_root: PathBuf,
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Self {
+            aggregate: Aggregate::new(),
+            undecodable: 0,
+            observers: Vec::new(),
+            mounts: MountTable::read(),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    pub fn mounts(&self) -> &MountTable {
+        &self.mounts
+    }
+
+    fn resolve_path(&mut self, file: FileId, tgid: u32) {
+        if let Some(mapped) = proc_maps_path(&self.proc_root, tgid, file) {
+            self.aggregate
+                .set_path(file, mapped.path, PathSource::ProcMaps);
+            if mapped.deleted {
+                self.aggregate.set_deleted(file);
+            }
+        }
+    }
+
+    /// Names every file as it is now (renamed, deleted or as first seen),
+    /// for a report made now.
+    pub fn name_files_now(&mut self) {
+        let files: Vec<_> = self
+            .aggregate
+            .files()
+            .map(|(file, record)| (*file, record.fs_magic, record.path.clone()))
+            .collect();
+        for (file, fs_magic, recorded) in files {
+            let mount_point = self
+                .mounts
+                .mount_of(file)
+                .map(|m| PathBuf::from(&m.mount_point));
+            if let Some(name) =
+                current_name(file, fs_magic, recorded.as_deref(), mount_point.as_deref())
+            {
+                self.aggregate.set_current_name(file, name);
+            }
+        }
+    }
+
+    pub fn record(&mut self, bytes: &[u8]) {
+        let event = match decode(bytes) {
+            Ok(event) => event,
+            Err(err) => {
+                self.undecodable += 1;
+                log::warn!("undecodable record: {err}");
+                return;
+            }
+        };
+        if let Event::FileSeen {
+            file,
+            components,
+            reached_root,
+            ..
+        } = &event
+        {
+            // A mount made after start-up: read the table again.
+            if self.mounts.fs_type(*file).is_none() {
+                self.mounts = MountTable::read();
+            }
+            let tgid = event.task().map(|task| task.tgid);
+            // Not mounted in our view: a mount of the writer's namespace
+            // (a container's tmpfs), named as the writer sees it.
+            let writers_mounts = match tgid {
+                Some(tgid) if self.mounts.fs_type(*file).is_none() => {
+                    MountTable::of_process(&self.proc_root, tgid)
+                }
+                _ => None,
+            };
+            let path = writers_mounts
+                .as_ref()
+                .unwrap_or(&self.mounts)
+                .dentry_full_path(*file, components, *reached_root);
+            let applied = self.aggregate.apply(&event);
+            self.notify(&event, &applied);
+            self.aggregate.set_path(*file, path, PathSource::Dentry);
+            if let Some(tgid) = tgid {
+                if let Some(mount_ns) = mount_ns_of(&self.proc_root, tgid) {
+                    self.aggregate.set_mount_ns(*file, mount_ns);
+                }
+                self.resolve_path(*file, tgid);
+            }
+            return;
+        }
+        if let Some((file, tgid)) = self.apply(&event).new_file {
+            self.resolve_path(file, tgid);
+        }
+    }
+
+    fn apply(&mut self, event: &Event) -> Applied {
+        let applied = self.aggregate.apply(event);
+        self.notify(event, &applied);
+        applied
+    }
+
+    fn notify(&mut self, event: &Event, applied: &Applied) {
+        for observer in &mut self.observers {
+            observer.observe(event, applied);
+        }
+    }
+
+    /// Adds a tap on the event stream.
+    pub fn observe(&mut self, observer: Box<dyn EventObserver>) {
+        self.observers.push(observer);
+    }
+
+    /// Reads every record available now.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut count = 0;
+        while let Some(item) = ring.next() {
+            self.record(&item);
+            count += 1;
+        }
+        count
+    }
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
