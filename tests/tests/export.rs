@@ -2,7 +2,7 @@
 //! real Prometheus server, and under concurrent scrapes.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
@@ -74,7 +74,16 @@ impl Drop for Exporter {
 }
 
 /// GET over loopback: the status and the body, whatever the status.
+/// What Prometheus sends: OpenMetrics first.
+const PROMETHEUS_ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// A GET as Prometheus scrapes.
 fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_accepting(port, path, PROMETHEUS_ACCEPT)
+}
+
+fn http_get_accepting(port: u16, path: &str, accept: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -82,6 +91,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
         .into();
     let mut response = agent
         .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("Accept", accept)
         .call()
         .expect("GET");
     let status = response.status().as_u16();
@@ -334,6 +344,53 @@ fn concurrent_scrapes_under_load_all_succeed_with_flat_memory() {
     assert!(
         rss_after < rss_before + 16 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB over {scrapes} scrapes"
+    );
+}
+
+/// A scraper that does not ask for OpenMetrics (curl, promtool, older
+/// agents) gets the Prometheus text format, which promtool accepts.
+#[test]
+fn a_plain_scrape_is_prometheus_text_that_promtool_accepts() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("plain.bin");
+    let exporter = Exporter::start(&["--path-prefix", &path_arg(dir.path())]);
+    write_pages(&file, 8, "1,2");
+    let path = std::fs::canonicalize(&file).unwrap();
+    let series = format!(
+        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
+        path.display()
+    );
+    wait_for("the file's series", Duration::from_secs(10), || {
+        exporter.value(&series) == 2.0
+    });
+    let (status, body) = http_get_accepting(exporter.port, "/metrics", "*/*");
+    assert_eq!(status, 200);
+    assert!(!body.contains("# EOF"), "{body}");
+    assert!(
+        body.contains("# TYPE mmapwatch_pages_first_written_total counter"),
+        "{body}"
+    );
+    assert!(body.contains(&format!("{series} 2")), "{body}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
     );
 }
 

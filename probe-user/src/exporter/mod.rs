@@ -1,4 +1,5 @@
-//! `mmapwatch export`: Prometheus metrics over HTTP (OpenMetrics text).
+//! `mmapwatch export`: Prometheus metrics over HTTP (OpenMetrics text, or
+//! the Prometheus text format when the scraper does not ask for it).
 //!
 //! Label cardinality is bounded: never a pid; `comm` and `cgroup` are
 //! capped (the rest is `other`); per-file series exist only for the top N
@@ -7,7 +8,9 @@
 //!
 //! `labels` (label sets and caps), `metrics` (families and rendering),
 //! `collect` (aggregate and kernel totals to values), `server` (HTTP and
-//! the export loop), `health` (`/healthz` fails when that loop stalls).
+//! the export loop), `health` (`/healthz` fails when that loop stalls),
+//! `text_format` (the Prometheus text format for scrapers that do not ask
+//! for OpenMetrics).
 
 mod collect;
 mod health;
@@ -16,6 +19,7 @@ mod metrics;
 mod server;
 #[cfg(test)]
 mod tests;
+mod text_format;
 
 pub use collect::Exporter;
 pub use labels::OTHER;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::SignalKind;
 
-use super::{collect::*, health::Heartbeat, labels::*, metrics::*};
+use super::{collect::*, health::Heartbeat, labels::*, metrics::*, text_format::*};
 use crate::{
     cli::{ExportArgs, KernelPaths},
     error::UserError,
@@ -19,11 +19,25 @@ pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Rou
     axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let registry = registry.clone();
+                // OpenMetrics for scrapers that ask for it (Prometheus
+                // does), the Prometheus text format for everything else.
+                let openmetrics = wants_openmetrics(
+                    headers
+                        .get(header::ACCEPT)
+                        .and_then(|accept| accept.to_str().ok()),
+                );
                 async move {
                     match render(&registry) {
-                        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+                        Ok(body) if openmetrics => {
+                            ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+                        }
+                        Ok(body) => (
+                            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                            to_prometheus_text(&body),
+                        )
+                            .into_response(),
                         Err(_) => (
                             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                             "encoding failed",
