@@ -46,8 +46,13 @@ fn open_fds(pid: u32) -> Result<usize> {
 }
 
 fn http_get(port: u16, path: &str) -> Result<String> {
-    // A status other than 2xx is an error here: a failed scrape.
+    // A status other than 2xx is an error here: a failed scrape. Asks for
+    // OpenMetrics first, as Prometheus does.
     let mut response = ureq::get(format!("http://127.0.0.1:{port}{path}"))
+        .header(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
         .config()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
@@ -58,7 +63,7 @@ fn http_get(port: u16, path: &str) -> Result<String> {
 
 /// The sum of every series of a metric family (a line filter, not a
 /// parser crate: `prometheus-parse` reads the 0.0.4 text format, not the
-/// OpenMetrics the exporter serves).
+/// OpenMetrics the soak scrapes, as Prometheus does).
 fn metric_sum(body: &str, name: &str) -> f64 {
     body.lines()
         .filter(|l| {
