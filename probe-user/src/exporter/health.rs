@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use axum::http::StatusCode;
+
 /// The loop's last turn, in milliseconds since the heartbeat was made.
 #[derive(Clone)]
 pub struct Heartbeat {
@@ -48,11 +50,11 @@ impl Heartbeat {
     }
 
     /// The `/healthz` answer: 200 while the loop turns, 503 once it stalls.
-    pub fn answer(&self) -> (u16, String) {
+    pub fn answer(&self) -> (StatusCode, String) {
         match self.stalled_for() {
-            None => (200, "ok\n".into()),
+            None => (StatusCode::OK, "ok\n".into()),
             Some(silent) => (
-                503,
+                StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "stalled: the event loop (ring drain and refresh) has not run for {} s\n",
                     silent.as_secs()
@@ -71,13 +73,13 @@ mod tests {
         let mut heartbeat = Heartbeat::new(Duration::from_millis(1));
         heartbeat.limit = Duration::from_millis(30);
         heartbeat.beat();
-        assert_eq!(heartbeat.answer(), (200, "ok\n".to_string()));
+        assert_eq!(heartbeat.answer(), (StatusCode::OK, "ok\n".to_string()));
         std::thread::sleep(Duration::from_millis(60));
         let (status, body) = heartbeat.answer();
-        assert_eq!(status, 503, "{body}");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.starts_with("stalled: "), "{body}");
         heartbeat.beat();
-        assert_eq!(heartbeat.answer().0, 200);
+        assert_eq!(heartbeat.answer().0, StatusCode::OK);
     }
 
     #[test]

@@ -50,12 +50,8 @@ pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Rou
         .route(
             "/healthz",
             get(move || {
-                let (status, body) = heartbeat.answer();
-                async move {
-                    let status = axum::http::StatusCode::from_u16(status)
-                        .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
-                    (status, body)
-                }
+                let answer = heartbeat.answer();
+                async move { answer }
             }),
         )
 }

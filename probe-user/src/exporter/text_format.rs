@@ -23,8 +23,8 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     // HELP comes before TYPE in OpenMetrics; the name it is written under
     // depends on the type.
     let mut pending_help: Option<(&str, &str)> = None;
-    // The current family's counters: their `_created` samples are dropped.
-    let mut counter_family: Option<&str> = None;
+    // The current counter family's `_created` sample name: dropped.
+    let mut created: Option<String> = None;
     for line in openmetrics.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -39,7 +39,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
                 "gauge" | "histogram" | "summary" => (name.to_string(), kind),
                 _ => (name.to_string(), "untyped"),
             };
-            counter_family = (kind == "counter").then_some(name);
+            created = (kind == "counter").then(|| format!("{name}_created"));
             if let Some((help_name, text)) = pending_help.take() {
                 if help_name == name {
                     // OpenMetrics also escapes `"` in HELP; 0.0.4 does not.
@@ -54,9 +54,8 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
             // `# UNIT`, `# EOF`: not in the Prometheus text format.
             continue;
         }
-        if let Some(family) = counter_family {
-            let created = format!("{family}_created");
-            if line.starts_with(&created) && line[created.len()..].starts_with(['{', ' ']) {
+        if let Some(rest) = created.as_deref().and_then(|name| line.strip_prefix(name)) {
+            if rest.starts_with(['{', ' ']) {
                 continue;
             }
         }
