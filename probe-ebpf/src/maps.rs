@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     counter, FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts, PendingFault, WriterKey,
-    WriterStats, WriterStatsKey, CHUNK_PAGES, LATENCY_BUCKETS,
+    WriterStats, WriterStatsKey, CHUNK_PAGES, FILE_STATS_ENTRIES, LATENCY_BUCKETS,
 };
 
 use crate::scratch::FaultScratch;
@@ -50,7 +50,7 @@ pub(crate) static WRITERS: LruHashMap<WriterKey, u8> = LruHashMap::with_max_entr
 /// (~70 ms here); entries are made once per file and writer.
 #[map]
 pub(crate) static FILE_STATS: PerCpuHashMap<FileKey, FileStats> =
-    PerCpuHashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(FILE_STATS_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// This CPU's open run of fault counts (see [`PendingCounts`]).
 #[map]

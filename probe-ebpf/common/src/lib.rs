@@ -56,6 +56,10 @@ pub mod hooks {
 /// Pages in a PMD-mapped folio (2 MiB / 4 KiB on x86-64).
 pub const PMD_PAGES: u64 = 512;
 
+/// Entries of the per-file stats map (`FILE_STATS`); userspace hands idle
+/// files over sooner when it is half full.
+pub const FILE_STATS_ENTRIES: u32 = 1 << 16;
+
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
     /// `bpf_ringbuf_reserve` failed: the record was lost.

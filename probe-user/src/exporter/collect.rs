@@ -313,6 +313,15 @@ impl Exporter {
                 })
                 .inc_by(total.saturating_sub(previous));
         }
+        for (counter, total) in [
+            (&self.metrics.files_handed_over, counters.files_handed_over),
+            (
+                &self.metrics.dirty_files_handed_over,
+                counters.dirty_files_handed_over,
+            ),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         self.metrics.ring_size_bytes.set(i64::from(ring_bytes));
         self.metrics
             .ring_peak_used_bytes

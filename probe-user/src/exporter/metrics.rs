@@ -23,6 +23,8 @@ pub struct Metrics {
     pub writeback_latency: Histogram,
     pub events: Counter,
     pub files_tracked: Gauge,
+    pub files_handed_over: Counter,
+    pub dirty_files_handed_over: Counter,
     pub ring_size_bytes: Gauge,
     pub ring_peak_used_bytes: Gauge,
     pub bpf_run_seconds: Family<ProgramLabels, Counter<f64>>,
@@ -53,6 +55,8 @@ impl Metrics {
             writeback_latency: Histogram::new(latency_bounds()),
             events: Counter::default(),
             files_tracked: Gauge::default(),
+            files_handed_over: Counter::default(),
+            dirty_files_handed_over: Counter::default(),
             ring_size_bytes: Gauge::default(),
             ring_peak_used_bytes: Gauge::default(),
             bpf_run_seconds: Family::default(),
@@ -121,6 +125,16 @@ impl Metrics {
             "mmapwatch_files_tracked",
             "Files written through mmap since start",
             metrics.files_tracked.clone(),
+        );
+        r.register(
+            "mmapwatch_kernel_files_handed_over",
+            "Idle files whose kernel entry moved into userspace (the kernel's per-file map stays bounded)",
+            metrics.files_handed_over.clone(),
+        );
+        r.register(
+            "mmapwatch_kernel_dirty_files_handed_over",
+            "Of those, files still dirty (deleted or truncated while dirty, or the map was half full): later writeback of theirs is not counted",
+            metrics.dirty_files_handed_over.clone(),
         );
         r.register(
             "mmapwatch_ringbuf_size_bytes",

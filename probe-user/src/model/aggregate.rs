@@ -112,6 +112,9 @@ pub struct FileRecord {
     pub last_write_boot_ns: Option<u64>,
     /// Kernel counters, summed over CPUs, as of the latest snapshot.
     pub kernel: FileStats,
+    /// Counts of the file's kernel entries already handed over (freed in
+    /// the kernel): later snapshots add to them.
+    pub handed_over: FileStats,
     /// First-write reports of a page already in the set: the kernel's dedup
     /// LRU evicted it. They are not counted twice.
     pub repeated_reports: u64,
@@ -508,11 +511,28 @@ impl Aggregate {
         file: FileId,
         per_cpu: impl IntoIterator<Item = &'a FileStats>,
     ) {
-        let summed = sum_stats(per_cpu);
         // Counters for files with no reported page (their first-write record
         // was dropped) still show up: nothing is lost silently.
         let (record, _) = self.record(file);
+        let mut all: Vec<FileStats> = per_cpu.into_iter().copied().collect();
+        all.push(record.handed_over);
+        let summed = sum_stats(&all);
         record.kernel = max_stats(&record.kernel, &summed);
+    }
+
+    /// Takes a file's kernel entry, removed from the kernel map: its counts
+    /// are kept here, and a new entry (from the file's next fault) adds to
+    /// them.
+    pub fn take_kernel_stats<'a>(
+        &mut self,
+        file: FileId,
+        per_cpu: impl IntoIterator<Item = &'a FileStats>,
+    ) {
+        let (record, _) = self.record(file);
+        let mut all: Vec<FileStats> = per_cpu.into_iter().copied().collect();
+        all.push(record.handed_over);
+        record.handed_over = sum_stats(&all);
+        record.kernel = max_stats(&record.kernel, &record.handed_over);
     }
 }
 
@@ -872,6 +892,37 @@ mod tests {
         assert_eq!(rec.write_faults(), 7);
         assert_eq!(rec.kernel.writeback_pages, 3);
         assert_eq!(rec.kernel.last_writeback_end_boot_ns, 70);
+    }
+
+    #[test]
+    fn handed_over_counts_stay_and_later_entries_add_to_them() {
+        let mut agg = Aggregate::new();
+        agg.apply(&write(1, 1, 1));
+        let first = [FileStats {
+            shared_write_faults: 5,
+            writeback_pages: 2,
+            last_write_boot_ns: 40,
+            ..FileStats::default()
+        }];
+        agg.set_kernel_stats(FILE, &first);
+        agg.take_kernel_stats(FILE, &first);
+        assert_eq!(agg.file(&FILE).unwrap().write_faults(), 5);
+        // The kernel's entry is gone: a snapshot without it changes nothing.
+        agg.set_kernel_stats(FILE, &[]);
+        assert_eq!(agg.file(&FILE).unwrap().write_faults(), 5);
+        // A new entry from the next fault counts from zero.
+        let second = [FileStats {
+            shared_write_faults: 3,
+            last_write_boot_ns: 90,
+            ..FileStats::default()
+        }];
+        agg.set_kernel_stats(FILE, &second);
+        let rec = agg.file(&FILE).unwrap();
+        assert_eq!(rec.write_faults(), 8);
+        assert_eq!(rec.kernel.writeback_pages, 2);
+        assert_eq!(rec.kernel.last_write_boot_ns, 90);
+        agg.take_kernel_stats(FILE, &second);
+        assert_eq!(agg.file(&FILE).unwrap().write_faults(), 8);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod blind_spots;
 pub mod clock;
 pub mod events;
 pub mod file_handle;
+pub mod hand_over;
 pub mod names;
 pub mod paths;
 pub mod report_filter;

@@ -4,9 +4,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use probe_common::{
-    counter, FileKey, FileStats, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS,
-};
+use probe_common::{counter, FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS};
 
 use super::{error::LoadError, load::Probes};
 use crate::model::events::FileId;
@@ -40,6 +38,11 @@ pub struct KernelCounters {
     pub possible_write_unverified: u64,
     /// A probe's kernel read or map update failed.
     pub probe_errors: u64,
+    /// Idle files' entries the session moved out of the kernel's per-file
+    /// map (it fills otherwise), and those of them still dirty, whose
+    /// later writeback goes uncounted. Filled by the session, not the kernel.
+    pub files_handed_over: u64,
+    pub dirty_files_handed_over: u64,
 }
 
 impl KernelCounters {
@@ -139,6 +142,8 @@ impl Probes {
             possible_write_windows: totals[counter::POSSIBLE_WRITE_WINDOWS as usize],
             possible_write_unverified: totals[counter::POSSIBLE_WRITE_UNVERIFIED as usize],
             probe_errors: totals[counter::PROBE_ERRORS as usize],
+            files_handed_over: 0,
+            dirty_files_handed_over: 0,
         })
     }
 
@@ -146,7 +151,7 @@ impl Probes {
     /// Read after those maps: a run closing in between is then missed for
     /// an instant, never counted twice (the kernel closes a run before it
     /// adds it to the maps).
-    fn open_runs(&self) -> Result<Vec<PendingCounts>, LoadError> {
+    pub(super) fn open_runs(&self) -> Result<Vec<PendingCounts>, LoadError> {
         let map: PerCpuArray<_, PendingCounts> = self.typed_map("PENDING_COUNTS")?;
         let runs = map.get(&0, 0).map_err(|err| LoadError::Map {
             map: "PENDING_COUNTS",
@@ -218,28 +223,6 @@ impl Probes {
                 Some((name.to_string(), info.run_time(), info.run_count()))
             })
             .collect()
-    }
-
-    /// Every file's per-CPU counters, with the CPUs' open runs of faults.
-    pub fn file_stats(&self) -> Result<StdHashMap<FileId, Vec<FileStats>>, LoadError> {
-        let map: PerCpuHashMap<_, FileKey, FileStats> = self.typed_map("FILE_STATS")?;
-        let mut out: StdHashMap<FileId, Vec<FileStats>> = StdHashMap::new();
-        for item in map.iter() {
-            // An entry can vanish between listing and lookup; skip it.
-            let Ok((key, values)) = item else { continue };
-            out.insert(FileId::from_key(&key), values.iter().copied().collect());
-        }
-        for run in self.open_runs()? {
-            out.entry(FileId::from_key(&run.file))
-                .or_default()
-                .push(FileStats {
-                    shared_write_faults: run.shared_write_faults,
-                    cow_faults: run.cow_faults,
-                    last_write_boot_ns: run.last_write_boot_ns,
-                    ..FileStats::default()
-                });
-        }
-        Ok(out)
     }
 
     pub(super) fn typed_map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(

@@ -8,6 +8,7 @@ pub mod btf;
 pub mod catalog;
 pub mod env;
 pub mod error;
+pub mod hand_over;
 pub mod kallsyms;
 pub mod load;
 pub mod maps;

@@ -16,7 +16,9 @@ use probe_common::{WriterStats, LATENCY_BUCKETS};
 use tokio::io::{unix::AsyncFd, Interest};
 
 mod collector;
+mod kernel_files;
 pub use collector::{Collector, EventObserver};
+pub use kernel_files::HandOverCounts;
 
 use crate::{
     cli::{FilterArgs, KernelPaths},
@@ -117,6 +119,8 @@ pub struct Session {
     pub counters: KernelCounters,
     /// Read on first need: naming `->page_mkwrite` functions.
     kallsyms: Option<Kallsyms>,
+    /// Idle files' kernel entries moved into the aggregate.
+    pub hand_over: HandOverCounts,
 }
 
 impl Session {
@@ -167,6 +171,7 @@ impl Session {
             clock: Clock::now(),
             counters: KernelCounters::default(),
             kallsyms: None,
+            hand_over: HandOverCounts::default(),
         })
     }
 
@@ -236,9 +241,9 @@ impl Session {
 
     /// Pulls the kernel's per-file stats and counters into the aggregate.
     pub fn refresh(&mut self) -> anyhow::Result<KernelCounters> {
-        for (file, per_cpu) in self.probes.file_stats()? {
-            self.collector.aggregate.set_kernel_stats(file, &per_cpu);
-        }
+        let started = Instant::now();
+        self.pull_file_stats()?;
+        log::debug!("per-file stats read in {:?}", started.elapsed());
         if self.probes.selection.page_mkwrite {
             for (file, function) in self.probes.page_mkwrite_functions()? {
                 if self.collector.aggregate.has_page_mkwrite(file) {
@@ -251,7 +256,11 @@ impl Session {
                 self.collector.aggregate.set_page_mkwrite(file, name);
             }
         }
-        self.counters = self.probes.counters()?;
+        self.counters = KernelCounters {
+            files_handed_over: self.hand_over.files,
+            dirty_files_handed_over: self.hand_over.dirty_files,
+            ..self.probes.counters()?
+        };
         Ok(self.counters)
     }
 

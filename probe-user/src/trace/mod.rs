@@ -20,6 +20,8 @@ use crate::{
     trace::report::ReportContext,
 };
 
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 enum Stop {
     Duration,
     Signal(&'static str),
@@ -66,8 +68,15 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         announce(&session, &args);
     }
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    // Kernel counters are read each second, not only at the end: idle
+    // files' entries then leave the kernel's per-file map before it fills.
+    let mut refresh = tokio::time::interval(REFRESH_EVERY);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = loop {
         tokio::select! {
+            _ = refresh.tick() => {
+                session.refresh().context("reading kernel counters")?;
+            }
             activity = session.next_activity() => {
                 match activity.context("tracing")? {
                     Activity::CommandExited(status) => break Stop::CommandExited(status),

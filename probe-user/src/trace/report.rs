@@ -165,6 +165,12 @@ pub struct ProbeStats {
     /// written), and those whose mapping could not be checked.
     pub possible_write_windows: u64,
     pub possible_write_unverified: u64,
+    /// Idle files whose kernel entry was moved into userspace so the
+    /// kernel map never fills; of those, files still dirty (deleted or
+    /// truncated while dirty, most likely): later writeback of theirs is
+    /// not counted.
+    pub files_handed_over: u64,
+    pub dirty_files_handed_over: u64,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -344,6 +350,8 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             shared_write_faults: counters.shared_write_faults,
             records_submitted: counters.events_submitted,
             vma_walk_fallbacks: counters.vma_walk_fallbacks,
+            files_handed_over: counters.files_handed_over,
+            dirty_files_handed_over: counters.dirty_files_handed_over,
             folio_spans: counters.folio_spans,
             faults_past_eof: counters.faults_past_eof,
             possible_write_windows: counters.possible_write_windows,

@@ -166,6 +166,20 @@ enum Case {
         #[arg(long)]
         seconds: f64,
     },
+    /// Many distinct files, as a host that keeps making new ones: file `i`
+    /// of `files` (`many-i`, 2 pages) gets page `i % 2` written through a
+    /// shared mapping. At most `per_second` files a second; syncfs after
+    /// every `sync_every` files, as the flusher would.
+    ManyFiles {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        files: u64,
+        #[arg(long, default_value_t = 10_000)]
+        per_second: u64,
+        #[arg(long, default_value_t = 5_000)]
+        sync_every: u64,
+    },
     /// Wait for a line on stdin, then do the shared case (for --pid tests).
     WaitThenShared {
         #[arg(long)]
@@ -604,6 +618,12 @@ fn main() -> Result<()> {
             println!("{{\"first_writes\":{written},\"seconds\":{secs:.3},\"files\":{index}}}");
             Ok(())
         }
+        Case::ManyFiles {
+            dir,
+            files,
+            per_second,
+            sync_every,
+        } => many_files(&dir, files, per_second, sync_every),
         Case::WaitThenShared {
             file,
             size_pages,
@@ -615,4 +635,38 @@ fn main() -> Result<()> {
             write_shared(&file, size_pages, 0, &pages, false)
         }
     }
+}
+
+fn many_files(dir: &std::path::Path, files: u64, per_second: u64, sync_every: u64) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(dir)?;
+    let started = std::time::Instant::now();
+    let gap = std::time::Duration::from_secs_f64(1.0 / per_second.max(1) as f64);
+    let mut last = started;
+    for index in 0..files {
+        let path = dir.join(format!("many-{index}"));
+        let handle = open_sized(&path, 2)?;
+        // SAFETY: the file is private to the test.
+        let mut map = unsafe { MmapOptions::new().len(2 * PAGE).map_mut(&handle)? };
+        map[(index % 2) as usize * PAGE] = 1;
+        drop(map);
+        if sync_every > 0 && (index + 1) % sync_every == 0 {
+            // SAFETY: a valid descriptor, no pointers.
+            if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+                bail!("syncfs: {}", std::io::Error::last_os_error());
+            }
+        }
+        // Paced, never catching up after a slow syncfs: bursts are the
+        // ring-overflow test's subject, not this case's.
+        if let Some(rest) = gap.checked_sub(last.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        last = std::time::Instant::now();
+    }
+    // stderr: stdout is mmapwatch's report when it runs this.
+    eprintln!(
+        "workload: many_files={files} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -1,0 +1,209 @@
+//! Which files' kernel entries are handed over to userspace (and freed):
+//! those idle long enough that no program is about to touch them. Pure:
+//! the session reads the maps, asks here, and moves the counts.
+//!
+//! An entry also marks a file as seen, so that its dirtying and writeback
+//! are counted; a handed-over file is counted again from its next write
+//! fault. So a file with dirty pages waits until the kernel would have
+//! written them back (dirty_expire_centisecs, 30 s, plus a flusher
+//! period): past that, it was most likely deleted or truncated while dirty.
+//! When the kernel map is half full, dirty files wait no longer than clean
+//! ones: the map must not fill (those are counted, as their writeback is
+//! then not seen).
+
+use std::collections::HashMap;
+
+use probe_common::{FileKey, FileStats, PendingCounts};
+
+/// Idle this long with nothing dirty: handed over.
+pub const IDLE_CLEAN_NS: u64 = 2_000_000_000;
+/// Idle this long with dirty pages: handed over all the same.
+pub const IDLE_DIRTY_NS: u64 = 40_000_000_000;
+
+/// What to do with one file's entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// Hand over; `dirty`: its dirty time is forgotten too, and its later
+    /// writeback, if any, is not counted.
+    HandOver {
+        dirty: bool,
+    },
+}
+
+/// How full the kernel's per-file map is, as a fraction.
+pub fn under_pressure(entries: usize, capacity: u32) -> bool {
+    entries >= capacity as usize / 2
+}
+
+/// The verdict for an entry (per-CPU values) read at `now_boot_ns`.
+/// `dirty_since` is when the file was first dirtied, if it is now.
+pub fn verdict(
+    per_cpu: &[FileStats],
+    now_boot_ns: u64,
+    dirty_since: Option<u64>,
+    has_open_run: bool,
+    pressure: bool,
+) -> Verdict {
+    if has_open_run {
+        return Verdict::Keep;
+    }
+    let last_activity = per_cpu
+        .iter()
+        .flat_map(|s| {
+            [
+                s.last_write_boot_ns,
+                s.last_writeback_start_boot_ns,
+                s.last_writeback_end_boot_ns,
+            ]
+        })
+        .chain(dirty_since)
+        .max()
+        .unwrap_or(0);
+    let idle = now_boot_ns.saturating_sub(last_activity);
+    let dirty = dirty_since.is_some();
+    let limit = if dirty && !pressure {
+        IDLE_DIRTY_NS
+    } else {
+        IDLE_CLEAN_NS
+    };
+    if idle >= limit {
+        Verdict::HandOver { dirty }
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// Dirty times of files with no entry left, older than a dirty file is
+/// kept: a dirtying that raced with its file's hand-over left them, and
+/// nothing else would remove them.
+pub fn orphaned_dirty_times<'a>(
+    dirty_since: &'a HashMap<FileKey, u64>,
+    entries: &'a HashMap<FileKey, Vec<FileStats>>,
+    now_boot_ns: u64,
+) -> impl Iterator<Item = &'a FileKey> {
+    dirty_since.iter().filter_map(move |(key, since)| {
+        (!entries.contains_key(key) && now_boot_ns.saturating_sub(*since) >= IDLE_DIRTY_NS)
+            .then_some(key)
+    })
+}
+
+/// The CPUs' open runs of faults as per-CPU counts, by file (a file
+/// written on several CPUs has a run on each).
+pub fn open_runs_by_file(runs: &[PendingCounts]) -> HashMap<FileKey, Vec<FileStats>> {
+    let mut by_file: HashMap<FileKey, Vec<FileStats>> = HashMap::new();
+    for run in runs {
+        by_file.entry(run.file).or_default().push(FileStats {
+            shared_write_faults: run.shared_write_faults,
+            cow_faults: run.cow_faults,
+            last_write_boot_ns: run.last_write_boot_ns,
+            ..FileStats::default()
+        });
+    }
+    by_file
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn written_at(ns: u64) -> FileStats {
+        FileStats {
+            shared_write_faults: 1,
+            last_write_boot_ns: ns,
+            ..FileStats::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_file_idle_two_seconds_is_handed_over() {
+        let cpus = [written_at(10 * SECOND), written_at(11 * SECOND)];
+        assert_eq!(
+            verdict(&cpus, 12 * SECOND, None, false, false),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(&cpus, 13 * SECOND, None, false, false),
+            Verdict::HandOver { dirty: false }
+        );
+    }
+
+    #[test]
+    fn a_file_with_an_open_run_is_kept_however_old() {
+        let cpus = [written_at(SECOND)];
+        assert_eq!(
+            verdict(&cpus, 1000 * SECOND, None, true, false),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn a_dirty_file_waits_for_writeback_then_is_handed_over() {
+        let cpus = [written_at(10 * SECOND)];
+        let dirty = Some(10 * SECOND);
+        assert_eq!(
+            verdict(&cpus, 30 * SECOND, dirty, false, false),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(&cpus, 50 * SECOND, dirty, false, false),
+            Verdict::HandOver { dirty: true }
+        );
+    }
+
+    #[test]
+    fn a_dirty_file_waits_no_longer_than_a_clean_one_when_the_map_is_half_full() {
+        let cpus = [written_at(10 * SECOND)];
+        assert!(!under_pressure(32_767, 65_536));
+        assert!(under_pressure(32_768, 65_536));
+        assert_eq!(
+            verdict(&cpus, 13 * SECOND, Some(10 * SECOND), false, true),
+            Verdict::HandOver { dirty: true }
+        );
+    }
+
+    #[test]
+    fn writeback_activity_counts_as_activity() {
+        let cpus = [FileStats {
+            last_write_boot_ns: SECOND,
+            last_writeback_end_boot_ns: 20 * SECOND,
+            ..FileStats::default()
+        }];
+        assert_eq!(
+            verdict(&cpus, 21 * SECOND, None, false, false),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn runs_of_one_file_on_two_cpus_are_both_kept() {
+        let file = FileKey {
+            dev: 1,
+            generation: 0,
+            ino: 7,
+        };
+        let run = |faults| PendingCounts {
+            file,
+            shared_write_faults: faults,
+            ..PendingCounts::default()
+        };
+        let by_file = open_runs_by_file(&[run(2), run(3)]);
+        let total: u64 = by_file[&file].iter().map(|s| s.shared_write_faults).sum();
+        assert_eq!(total, 5);
+    }
+
+    #[test]
+    fn only_old_dirty_times_without_an_entry_are_orphans() {
+        let key = |ino| FileKey {
+            dev: 1,
+            generation: 0,
+            ino,
+        };
+        let dirty = HashMap::from([(key(1), SECOND), (key(2), SECOND), (key(3), 50 * SECOND)]);
+        let entries = HashMap::from([(key(1), vec![written_at(SECOND)])]);
+        let orphans: Vec<_> = orphaned_dirty_times(&dirty, &entries, 60 * SECOND).collect();
+        assert_eq!(orphans, vec![&key(2)]);
+    }
+}

@@ -1,0 +1,76 @@
+//! Pulling the kernel's per-file counters into the aggregate, and handing
+//! idle files' entries over so the kernel maps stay bounded (policy:
+//! `model::hand_over`).
+
+use super::Session;
+use crate::model::{
+    clock::boot_ns,
+    events::FileId,
+    hand_over::{open_runs_by_file, orphaned_dirty_times, under_pressure, verdict, Verdict},
+};
+use probe_common::FILE_STATS_ENTRIES;
+
+/// What the hand-over did over the session.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandOverCounts {
+    pub files: u64,
+    /// Of those, files still dirty (most likely deleted or truncated while
+    /// dirty): a writeback of theirs after it is not counted.
+    pub dirty_files: u64,
+    /// True once the kernel refused (lookup-and-delete needs Linux 5.14):
+    /// entries then stay, as before, until the map is full.
+    pub disabled: bool,
+}
+
+impl Session {
+    /// Reads every file's kernel counters into the aggregate; entries idle
+    /// long enough are removed from the kernel and kept here.
+    pub(super) fn pull_file_stats(&mut self) -> anyhow::Result<()> {
+        let snapshot = self.probes.file_stats_snapshot()?;
+        let dirty_since = self.probes.dirty_since()?;
+        let now = boot_ns();
+        let aggregate = &mut self.collector.aggregate;
+        let mut runs_by_file = open_runs_by_file(&snapshot.open_runs);
+        let pressure = under_pressure(snapshot.entries.len(), FILE_STATS_ENTRIES);
+        for (key, per_cpu) in &snapshot.entries {
+            let file = FileId::from_key(key);
+            let runs = runs_by_file.remove(key).unwrap_or_default();
+            let dirty = dirty_since.get(key).copied();
+            let verdict = if self.hand_over.disabled {
+                Verdict::Keep
+            } else {
+                verdict(per_cpu, now, dirty, !runs.is_empty(), pressure)
+            };
+            if let Verdict::HandOver { dirty } = verdict {
+                match self.probes.take_file_stats(key) {
+                    Ok(Some(taken)) => {
+                        aggregate.take_kernel_stats(file, &taken);
+                        self.hand_over.files += 1;
+                        if dirty {
+                            self.probes.forget_dirty(key)?;
+                            self.hand_over.dirty_files += 1;
+                        }
+                        continue;
+                    }
+                    Ok(None) => continue,
+                    Err(err) => {
+                        log::warn!("kernel maps are not emptied while tracing: {err}");
+                        self.hand_over.disabled = true;
+                    }
+                }
+            }
+            aggregate.set_kernel_stats(file, per_cpu.iter().chain(&runs));
+        }
+        // Runs of files whose entry is not in the map (yet, or any more).
+        for (key, runs) in &runs_by_file {
+            aggregate.set_kernel_stats(FileId::from_key(key), runs);
+        }
+        let orphans: Vec<_> = orphaned_dirty_times(&dirty_since, &snapshot.entries, now)
+            .copied()
+            .collect();
+        for key in orphans {
+            self.probes.forget_dirty(&key)?;
+        }
+        Ok(())
+    }
+}
