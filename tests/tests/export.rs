@@ -21,9 +21,14 @@ struct Exporter {
 
 impl Exporter {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(mmapwatch_bin())
             .args(["export", "--listen", "127.0.0.1:0", "--interval", "200ms"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -408,4 +413,107 @@ fn shipped_scrape_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+/// Idle clients do not exhaust the exporter's descriptors: past its cap
+/// of open connections, the least recently active are closed, so a
+/// scrape still gets in, and its descriptors stay bounded.
+#[test]
+fn twenty_thousand_idle_connections_do_not_stop_metrics() {
+    require_root();
+    let exporter = Exporter::start(&[]);
+    // Four holders of 5,000 each (a process may open 20,000 descriptors
+    // here, and the exporter may too: it would run out without its cap),
+    // connecting in parallel: a SYN the loopback drops costs a second.
+    const HOLDERS: usize = 4;
+    const PER_HOLDER: usize = 5_000;
+    let port = exporter.port.to_string();
+    let mut holders: Vec<Child> = (0..HOLDERS)
+        .map(|_| {
+            Command::new(WORKLOAD)
+                .args([
+                    "idle-connections",
+                    "--port",
+                    &port,
+                    "--count",
+                    &PER_HOLDER.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the connection holder")
+        })
+        .collect();
+    for holder in &mut holders {
+        let mut line = String::new();
+        BufReader::new(holder.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), format!("workload: connected={PER_HOLDER}"));
+    }
+    let (status, body) = exporter.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("mmapwatch_build_info"), "{body}");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", exporter.child.id()))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 1_000,
+        "{fds} descriptors open with 20,000 idle clients"
+    );
+    assert_eq!(exporter.get("/healthz").0, 200);
+    for mut holder in holders {
+        drop(holder.stdin.take());
+        assert!(holder.wait().unwrap().success());
+    }
+}
+
+/// The shipped dashboard's `$node` picker applies to every metric of
+/// every panel.
+#[test]
+fn shipped_dashboard_filters_every_metric_by_node() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(!exprs.is_empty());
+    for expr in exprs {
+        let selectors = expr.matches("mmapwatch_").count();
+        let filtered = expr.matches("{node=~\"$node\"").count();
+        assert_eq!(
+            selectors, filtered,
+            "a metric without the $node filter: {expr}"
+        );
+    }
+}
+
+/// A stuck export loop (here a test hook blocks it 15 s, as a long cgroup
+/// walk would) turns /healthz unhealthy, while /metrics, served on a
+/// thread of its own, still answers; the loop recovers and so does /healthz.
+#[test]
+fn healthz_fails_while_the_export_loop_is_stuck_and_metrics_still_answer() {
+    require_root();
+    let exporter = Exporter::start_with_env(&[], &[("MMAPWATCH_TEST_STALL_SECS", "15")]);
+    let started = Instant::now();
+    // Unhealthy past ten seconds without a turn (the limit at --interval 200ms).
+    wait_for("/healthz to fail", Duration::from_secs(14), || {
+        let (status, body) = exporter.get("/healthz");
+        status == 503 && body.starts_with("stalled: ")
+    });
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "not before the limit"
+    );
+    let (status, body) = exporter.get("/metrics");
+    assert_eq!(status, 200, "/metrics answers while the loop is stuck");
+    assert!(body.contains("mmapwatch_build_info"), "{body}");
+    wait_for("/healthz to recover", Duration::from_secs(20), || {
+        exporter.get("/healthz").0 == 200
+    });
 }

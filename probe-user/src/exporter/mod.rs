@@ -10,9 +10,11 @@
 //! `collect` (aggregate and kernel totals to values), `server` (HTTP and
 //! the export loop), `health` (`/healthz` fails when that loop stalls),
 //! `text_format` (the Prometheus text format for scrapers that do not ask
-//! for OpenMetrics).
+//! for OpenMetrics), `connections` (open connections capped, idle ones
+//! closed).
 
 mod collect;
+mod connections;
 mod health;
 mod labels;
 mod metrics;

@@ -1,12 +1,15 @@
 //! The HTTP side: `/metrics` and `/healthz`, and the export loop.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::SignalKind;
 
-use super::{collect::*, health::Heartbeat, labels::*, metrics::*, text_format::*};
+use super::{
+    collect::*, connections::BoundedListener, health::Heartbeat, labels::*, metrics::*,
+    text_format::*,
+};
 use crate::{
     cli::{ExportArgs, KernelPaths},
     error::UserError,
@@ -56,17 +59,55 @@ pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Rou
         )
 }
 
+/// Serves HTTP on a thread (and runtime) of its own: the export loop may
+/// block (a cgroup walk, /proc reads), and scrapes and `/healthz` must
+/// still be answered meanwhile. The receiver resolves if the server ends.
+fn spawn_server(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            let serve = || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let listener =
+                        BoundedListener::new(tokio::net::TcpListener::from_std(listener)?);
+                    tokio::spawn(listener.idle_sweeper());
+                    axum::serve(listener, app).await?;
+                    Ok(())
+                })
+            };
+            let _ = done.send(serve());
+        })
+        .context("starting the metrics server thread")?;
+    Ok(ended)
+}
+
+/// A listening socket with a deep accept queue (tokio's default is 1,024):
+/// a burst of connections waits there instead of having its SYNs dropped.
+fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
 /// Runs `export` until SIGINT or SIGTERM.
 pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     // Bind first: a port in use fails before anything is loaded.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                anyhow::Error::new(UserError::AddressInUse(args.listen))
-            }
-            _ => anyhow::Error::new(err).context(format!("listening on {}", args.listen)),
-        })?;
+    let listener = listen(args.listen).map_err(|err| match err.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::Error::new(UserError::AddressInUse(args.listen)),
+        _ => anyhow::Error::new(err).context(format!("listening on {}", args.listen)),
+    })?;
     let local: SocketAddr = listener.local_addr()?;
     let options = SessionOptions {
         kernel: kernel.clone(),
@@ -107,12 +148,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     let registry = Arc::new(registry);
     let heartbeat = Heartbeat::new(args.interval);
     heartbeat.beat();
-    // The server runs on its own task; it ends only with the process.
-    let served_heartbeat = heartbeat.clone();
-    let mut server =
-        tokio::spawn(
-            async move { axum::serve(listener, router(registry, served_heartbeat)).await },
-        );
+    let mut server = spawn_server(listener.into_std()?, router(registry, heartbeat.clone()))?;
     eprintln!(
         "mmapwatch: serving metrics on http://{local}/metrics ({} programs attached in {} ms)",
         session.attached_programs(),
@@ -131,13 +167,24 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Test hook: block the loop once, after its first refresh, as a long
+    // walk of /sys/fs/cgroup would; /healthz must then answer 503.
+    let mut stall_once = std::env::var("MMAPWATCH_TEST_STALL_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map(Duration::from_secs);
     loop {
         heartbeat.beat();
         tokio::select! {
             activity = session.next_activity() => { let _: Activity = activity.context("tracing")?; }
-            _ = tick.tick() => exporter.refresh(&mut session)?,
+            _ = tick.tick() => {
+                exporter.refresh(&mut session)?;
+                if let Some(stall) = stall_once.take() {
+                    std::thread::sleep(stall);
+                }
+            }
             served = &mut server => {
-                served.context("metrics server task")?.context("metrics server")?;
+                served.context("metrics server thread")?.context("metrics server")?;
                 break;
             }
             _ = sigint.recv() => break,

@@ -180,6 +180,14 @@ enum Case {
         #[arg(long, default_value_t = 5_000)]
         sync_every: u64,
     },
+    /// Open `count` TCP connections to 127.0.0.1:`port` and hold them, idle,
+    /// until stdin closes (for the exporter's connection cap).
+    IdleConnections {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        count: usize,
+    },
     /// Wait for a line on stdin, then do the shared case (for --pid tests).
     WaitThenShared {
         #[arg(long)]
@@ -624,6 +632,16 @@ fn main() -> Result<()> {
             per_second,
             sync_every,
         } => many_files(&dir, files, per_second, sync_every),
+        Case::IdleConnections { port, count } => {
+            let held = (0..count)
+                .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("connect")?;
+            eprintln!("workload: connected={}", held.len());
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest)?;
+            Ok(())
+        }
         Case::WaitThenShared {
             file,
             size_pages,
