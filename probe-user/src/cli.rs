@@ -82,6 +82,11 @@ pub struct TopArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
 
+    /// Forget files idle longer than this (no write, no writeback): their
+    /// rows and per-file series go; totals already counted stay.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub retain: Duration,
+
     #[command(flatten)]
     pub filter: FilterArgs,
 
@@ -122,6 +127,11 @@ pub struct ExportArgs {
     /// How often kernel counters are read into the metrics.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+
+    /// Forget files idle longer than this (no write, no writeback): their
+    /// rows and per-file series go; totals already counted stay.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub retain: Duration,
 
     #[command(flatten)]
     pub filter: FilterArgs,

@@ -517,3 +517,62 @@ fn healthz_fails_while_the_export_loop_is_stuck_and_metrics_still_answer() {
         exporter.get("/healthz").0 == 200
     });
 }
+
+/// `--retain`: a file idle that long (written back, no write) leaves the
+/// per-file series and `mmapwatch_files_tracked`; counters already
+/// exported do not go back; written again, it is reported anew, all its
+/// pages included.
+#[test]
+fn idle_files_are_forgotten_after_retain_and_counters_stay() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("forgotten.bin");
+    let exporter = Exporter::start(&["--retain", "2s", "--path-prefix", &path_arg(dir.path())]);
+    write_pages(&file, 8, "1,3,5");
+    let path = std::fs::canonicalize(&file).unwrap();
+    let series = format!(
+        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
+        path.display()
+    );
+    wait_for("the file's series", Duration::from_secs(10), || {
+        exporter.value(&series) == 3.0
+    });
+    let first_written = |exporter: &Exporter| -> f64 {
+        let (_, body) = exporter.get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with("mmapwatch_pages_first_written_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = first_written(&exporter);
+    assert!(before >= 3.0, "{before}");
+    // Written back, the file is idle: handed over from the kernel (2 s),
+    // then forgotten (2 s more). Each CPU's last file stays counted in an
+    // open run until that CPU takes a write fault on another file: give
+    // every CPU one, outside --path-prefix.
+    assert!(Command::new("sync").status().unwrap().success());
+    let elsewhere = scratch_dir();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in 0..cpus {
+        let other = elsewhere.path().join(format!("cpu-{cpu}.bin"));
+        let status = Command::new("taskset")
+            .args(["-c", &cpu.to_string(), WORKLOAD, "shared", "--file"])
+            .arg(&other)
+            .args(["--size-pages", "1", "--pages", "0"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    assert!(Command::new("sync").status().unwrap().success());
+    wait_for("the file to be forgotten", Duration::from_secs(20), || {
+        let (_, body) = exporter.get("/metrics");
+        !body.contains(&series) && exporter.value("mmapwatch_files_forgotten_total") >= 1.0
+    });
+    assert!(first_written(&exporter) >= before, "counters never go back");
+    // Written again (other pages, and one of the old ones): a new file.
+    write_pages(&file, 8, "3,6");
+    wait_for("the file's series again", Duration::from_secs(10), || {
+        exporter.value(&series) == 2.0
+    });
+}

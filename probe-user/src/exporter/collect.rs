@@ -319,6 +319,7 @@ impl Exporter {
                 &self.metrics.dirty_files_handed_over,
                 counters.dirty_files_handed_over,
             ),
+            (&self.metrics.files_forgotten, counters.files_forgotten),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub files_tracked: Gauge,
     pub files_handed_over: Counter,
     pub dirty_files_handed_over: Counter,
+    pub files_forgotten: Counter,
     pub ring_size_bytes: Gauge,
     pub ring_peak_used_bytes: Gauge,
     pub bpf_run_seconds: Family<ProgramLabels, Counter<f64>>,
@@ -57,6 +58,7 @@ impl Metrics {
             files_tracked: Gauge::default(),
             files_handed_over: Counter::default(),
             dirty_files_handed_over: Counter::default(),
+            files_forgotten: Counter::default(),
             ring_size_bytes: Gauge::default(),
             ring_peak_used_bytes: Gauge::default(),
             bpf_run_seconds: Family::default(),
@@ -123,7 +125,7 @@ impl Metrics {
         );
         r.register(
             "mmapwatch_files_tracked",
-            "Files written through mmap since start",
+            "Files written through mmap and not forgotten (--retain)",
             metrics.files_tracked.clone(),
         );
         r.register(
@@ -135,6 +137,11 @@ impl Metrics {
             "mmapwatch_kernel_dirty_files_handed_over",
             "Of those, files still dirty (deleted or truncated while dirty, or the map was half full): later writeback of theirs is not counted",
             metrics.dirty_files_handed_over.clone(),
+        );
+        r.register(
+            "mmapwatch_files_forgotten",
+            "Files dropped from the per-file series and mmapwatch_files_tracked after --retain without a write or writeback",
+            metrics.files_forgotten.clone(),
         );
         r.register(
             "mmapwatch_ringbuf_size_bytes",

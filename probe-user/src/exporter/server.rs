@@ -117,6 +117,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         include_cow: false,
         command: Vec::new(),
         command_output: None,
+        retain: Some(args.retain),
     };
     let mut session = Session::start(&options)?;
 

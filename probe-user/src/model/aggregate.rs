@@ -148,6 +148,13 @@ impl FileRecord {
             .max(self.kernel.last_write_boot_ns)
     }
 
+    /// The latest write or writeback seen.
+    pub fn last_activity_boot_ns(&self) -> u64 {
+        self.latest_write_boot_ns()
+            .max(self.kernel.last_writeback_start_boot_ns)
+            .max(self.kernel.last_writeback_end_boot_ns)
+    }
+
     /// The path as text for labels and screens (invalid UTF-8 replaced),
     /// or `<dev D ino I>` when the file was never named.
     pub fn display_path(&self, id: &FileId) -> String {
@@ -304,6 +311,26 @@ impl Aggregate {
 
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
+    }
+
+    /// Forgets files with no write or writeback since `cutoff_boot_ns`,
+    /// except those `live` holds (the kernel still counts for them).
+    /// Returns the files forgotten.
+    pub fn forget_idle(
+        &mut self,
+        cutoff_boot_ns: u64,
+        live: impl Fn(&FileId) -> bool,
+    ) -> Vec<FileId> {
+        let forgotten: Vec<FileId> = self
+            .files
+            .iter()
+            .filter(|(id, record)| !live(id) && record.last_activity_boot_ns() < cutoff_boot_ns)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &forgotten {
+            self.files.remove(id);
+        }
+        forgotten
     }
 
     fn record(&mut self, file: FileId) -> (&mut FileRecord, bool) {
@@ -892,6 +919,35 @@ mod tests {
         assert_eq!(rec.write_faults(), 7);
         assert_eq!(rec.kernel.writeback_pages, 3);
         assert_eq!(rec.kernel.last_writeback_end_boot_ns, 70);
+    }
+
+    #[test]
+    fn idle_files_are_forgotten_unless_the_kernel_still_counts_them() {
+        let mut agg = Aggregate::new();
+        let old = FileId { ino: 100, ..FILE };
+        let live = FileId { ino: 101, ..FILE };
+        for file in [FILE, old, live] {
+            agg.set_kernel_stats(
+                file,
+                &[FileStats {
+                    shared_write_faults: 1,
+                    last_write_boot_ns: if file == FILE { 500 } else { 10 },
+                    ..FileStats::default()
+                }],
+            );
+        }
+        // `old` wrote at 10 and then was written back at 450: still active.
+        agg.set_kernel_stats(
+            old,
+            &[FileStats {
+                last_writeback_end_boot_ns: 450,
+                ..FileStats::default()
+            }],
+        );
+        assert!(agg.forget_idle(400, |id| *id == live).is_empty());
+        assert_eq!(agg.forget_idle(460, |id| *id == live), vec![old]);
+        assert!(agg.file(&old).is_none());
+        assert!(agg.file(&live).is_some() && agg.file(&FILE).is_some());
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub fn verdict(
     has_open_run: bool,
     pressure: bool,
 ) -> Verdict {
+    // Still counting in a CPU's open run: continuing faults would not put
+    // the entry back, and its dirtying would go uncounted. At most one
+    // file per CPU, until that CPU faults on another file.
     if has_open_run {
         return Verdict::Keep;
     }

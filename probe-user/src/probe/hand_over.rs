@@ -10,10 +10,11 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map};
-use probe_common::{FileKey, FileStats, PendingCounts};
+use probe_common::{FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts};
 use zerocopy::FromBytes as _;
 
 use super::{error::LoadError, load::Probes};
+use crate::model::events::FileId;
 
 /// The per-file map as read, with the CPUs' open runs of faults apart (a
 /// file with an open run is still being written: it is never handed over).
@@ -108,6 +109,25 @@ impl Probes {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(per_cpu))
+    }
+}
+
+impl Probes {
+    /// Removes forgotten files' pages from the kernel's first-write dedup
+    /// map, so that a forgotten file written again is reported as a new
+    /// one, all its pages included. Returns the entries removed.
+    pub fn forget_pages_of(
+        &mut self,
+        files: &std::collections::HashSet<FileId>,
+    ) -> Result<usize, LoadError> {
+        let mut map: HashMap<_, PageChunkKey, PageChunk> = self.typed_map_mut("PAGE_SEEN")?;
+        let stale: Vec<PageChunkKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| files.contains(&FileId::from_key(&key.file)))
+            .collect();
+        // One already evicted by the kernel is fine.
+        Ok(stale.iter().filter(|key| map.remove(key).is_ok()).count())
     }
 }
 

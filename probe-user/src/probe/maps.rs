@@ -43,6 +43,8 @@ pub struct KernelCounters {
     /// later writeback goes uncounted. Filled by the session, not the kernel.
     pub files_handed_over: u64,
     pub dirty_files_handed_over: u64,
+    /// Files forgotten after `--retain` without a write or writeback.
+    pub files_forgotten: u64,
 }
 
 impl KernelCounters {
@@ -144,6 +146,7 @@ impl Probes {
             probe_errors: totals[counter::PROBE_ERRORS as usize],
             files_handed_over: 0,
             dirty_files_handed_over: 0,
+            files_forgotten: 0,
         })
     }
 

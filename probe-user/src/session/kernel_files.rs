@@ -2,6 +2,8 @@
 //! idle files' entries over so the kernel maps stay bounded (policy:
 //! `model::hand_over`).
 
+use std::collections::HashSet;
+
 use super::Session;
 use crate::model::{
     clock::boot_ns,
@@ -17,6 +19,8 @@ pub struct HandOverCounts {
     /// Of those, files still dirty (most likely deleted or truncated while
     /// dirty): a writeback of theirs after it is not counted.
     pub dirty_files: u64,
+    /// Idle files forgotten (`--retain`).
+    pub forgotten: u64,
     /// True once the kernel refused (lookup-and-delete needs Linux 5.14):
     /// entries then stay, as before, until the map is full.
     pub disabled: bool,
@@ -64,6 +68,24 @@ impl Session {
         // Runs of files whose entry is not in the map (yet, or any more).
         for (key, runs) in &runs_by_file {
             aggregate.set_kernel_stats(FileId::from_key(key), runs);
+        }
+        if let Some(retain) = self.retain {
+            // Files the kernel still counts for stay, however old.
+            let live: HashSet<FileId> = snapshot
+                .entries
+                .keys()
+                .chain(runs_by_file.keys())
+                .map(FileId::from_key)
+                .collect();
+            let cutoff = now.saturating_sub(u64::try_from(retain.as_nanos()).unwrap_or(u64::MAX));
+            let forgotten: HashSet<FileId> = aggregate
+                .forget_idle(cutoff, |id| live.contains(id))
+                .into_iter()
+                .collect();
+            if !forgotten.is_empty() {
+                self.hand_over.forgotten += forgotten.len() as u64;
+                self.probes.forget_pages_of(&forgotten)?;
+            }
         }
         let orphans: Vec<_> = orphaned_dirty_times(&dirty_since, &snapshot.entries, now)
             .copied()

@@ -104,6 +104,8 @@ pub struct SessionOptions {
     pub command: Vec<OsString>,
     /// Where CMD's stdout and stderr go; inherited when None.
     pub command_output: Option<std::fs::File>,
+    /// Forget files idle this long (`export`, `top`); a trace keeps all.
+    pub retain: Option<std::time::Duration>,
 }
 
 pub struct Session {
@@ -121,6 +123,7 @@ pub struct Session {
     kallsyms: Option<Kallsyms>,
     /// Idle files' kernel entries moved into the aggregate.
     pub hand_over: HandOverCounts,
+    retain: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -172,6 +175,7 @@ impl Session {
             counters: KernelCounters::default(),
             kallsyms: None,
             hand_over: HandOverCounts::default(),
+            retain: options.retain,
         })
     }
 
@@ -259,6 +263,7 @@ impl Session {
         self.counters = KernelCounters {
             files_handed_over: self.hand_over.files,
             dirty_files_handed_over: self.hand_over.dirty_files,
+            files_forgotten: self.hand_over.forgotten,
             ..self.probes.counters()?
         };
         Ok(self.counters)

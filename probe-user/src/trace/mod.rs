@@ -39,6 +39,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         command: args.command.clone(),
         // trace -o keeps the report apart; CMD's output stays the user's.
         command_output: None,
+        retain: None,
     };
     // Opened first: a path that cannot be written fails before CMD runs.
     let output = match &args.output {

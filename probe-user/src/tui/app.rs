@@ -277,6 +277,11 @@ impl App {
                 row,
             });
         }
+        // Files gone from the snapshot (forgotten after --retain) take
+        // their history with them.
+        let present: std::collections::HashSet<FileId> = files.iter().map(|f| f.row.id).collect();
+        self.history.retain(|id, _| present.contains(id));
+        self.previous.retain(|id, _| present.contains(id));
         self.files = files;
         self.sort_visible();
         self.processes = snapshot.processes;

@@ -68,6 +68,7 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         include_cow: true,
         command: args.command.clone(),
         command_output: None,
+        retain: Some(args.retain),
     };
     // CMD's output would draw over the dashboard, or mix into the batch
     // tables: it goes to a file, named on stderr.
