@@ -47,6 +47,10 @@ enum Task {
     Soak {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
+        /// New files all the time (2,000 a second, each written through a
+        /// mapping and deleted) instead of a steady set.
+        #[arg(long)]
+        churn: bool,
     },
     /// Measure probe overhead, userspace throughput and memory, drops and
     /// attach time; write BENCHMARKS.md and benchmarks.svg.
@@ -112,9 +116,9 @@ fn main() -> Result<()> {
             setup()?;
             test()
         }
-        Task::Soak { minutes } => {
+        Task::Soak { minutes, churn } => {
             setup()?;
-            soak::run(minutes)
+            soak::run(minutes, churn)
         }
         Task::Bench { rounds } => {
             setup()?;

@@ -1,6 +1,8 @@
-//! `cargo xtask soak --minutes N`: the exporter and the dashboard under a
-//! steady mmap write load, scraped every 2 s. RSS and open fds of both are
-//! sampled; after warm-up they must stay flat.
+//! `cargo xtask soak --minutes N [--churn]`: the exporter and the dashboard
+//! under a steady mmap write load (or, with `--churn`, 2,000 new files a
+//! second, each written through a mapping and deleted), scraped every 2 s.
+//! RSS and open fds of both are sampled; after warm-up they must stay flat,
+//! and no event may be lost.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -19,6 +21,13 @@ use crate::{ensure_apt, mmapwatch_release, step, workspace_root};
 const TMUX_SESSION: &str = "mmapwatch-soak";
 /// Memory may wobble (allocator, scrape buffers); more than this is growth.
 const RSS_SLACK_KIB: u64 = 8 * 1024;
+/// Under churn the tracked files turn over all the time: allocator
+/// fragmentation moves RSS more, with no growth trend.
+const CHURN_RSS_SLACK_KIB: u64 = 32 * 1024;
+/// Churn: new files a second (1.2 M in 10 minutes), and how long idle ones
+/// are kept (`--retain`).
+const CHURN_FILES_PER_SECOND: u32 = 2_000;
+const CHURN_RETAIN: &str = "30s";
 
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -29,6 +38,9 @@ struct Sample {
     dashboard_fds: usize,
     records: f64,
     write_faults: f64,
+    lost: f64,
+    kernel_file_entries: f64,
+    files_tracked: f64,
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -93,7 +105,7 @@ impl Drop for TmuxSession {
     }
 }
 
-pub fn run(minutes: u64) -> Result<()> {
+pub fn run(minutes: u64, churn: bool) -> Result<()> {
     if minutes == 0 {
         bail!("--minutes must be at least 1");
     }
@@ -110,8 +122,14 @@ pub fn run(minutes: u64) -> Result<()> {
         .local_addr()?
         .port();
     step(&format!(
-        "soak: exporter on 127.0.0.1:{port}, dashboard in tmux, {minutes} min"
+        "soak: exporter on 127.0.0.1:{port}, dashboard in tmux, {minutes} min{}",
+        if churn { ", churn" } else { "" }
     ));
+    let retain: &[&str] = if churn {
+        &["--retain", CHURN_RETAIN]
+    } else {
+        &[]
+    };
     let mut exporter = KillOnDrop(
         Command::new(&mmapwatch)
             .args([
@@ -121,6 +139,7 @@ pub fn run(minutes: u64) -> Result<()> {
                 "--interval",
                 "1s",
             ])
+            .args(retain)
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the exporter")?,
@@ -135,7 +154,11 @@ pub fn run(minutes: u64) -> Result<()> {
         .args(["kill-session", "-t", TMUX_SESSION])
         .stderr(Stdio::null())
         .status();
-    let dashboard = format!("exec {} top --interval 500ms", mmapwatch.display());
+    let dashboard = format!(
+        "exec {} top --interval 500ms {}",
+        mmapwatch.display(),
+        retain.join(" ")
+    );
     if !Command::new("tmux")
         .args([
             "new-session",
@@ -163,16 +186,35 @@ pub fn run(minutes: u64) -> Result<()> {
         .context("dashboard pid")?;
 
     let total = Duration::from_secs(minutes * 60);
-    let seconds = (total.as_secs() + 30).to_string();
-    let _load = KillOnDrop(
+    // Churn: the tracked set turns over after --retain plus the kernel's
+    // dirty wait (40 s); samples start once it has.
+    let warmup = if churn {
+        Duration::from_secs(90)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut load = if churn {
+        let seconds = (warmup + total).as_secs().to_string();
+        Command::new(&workload)
+            .args(["churn", "--dir"])
+            .arg(&data)
+            .args(["--pages", "1", "--seconds", &seconds, "--per-second"])
+            .arg(CHURN_FILES_PER_SECOND.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    } else {
+        let seconds = (warmup + total).as_secs() + 30;
         Command::new(&workload)
             .args(["loop", "--dir"])
             .arg(&data)
-            .args(["--files", "16", "--pages", "64", "--seconds", &seconds])
+            .args(["--files", "16", "--pages", "64", "--seconds"])
+            .arg(seconds.to_string())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting the workload")?,
-    );
+    }
+    .map(KillOnDrop)
+    .context("starting the workload")?;
 
     // Scrapes every 2 s in the background; every one must succeed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -200,7 +242,6 @@ pub fn run(minutes: u64) -> Result<()> {
     } else {
         Duration::from_secs(60)
     };
-    let warmup = Duration::from_secs(10);
     let started = Instant::now();
     std::thread::sleep(warmup);
     let mut samples = Vec::new();
@@ -214,6 +255,9 @@ pub fn run(minutes: u64) -> Result<()> {
             dashboard_fds: open_fds(dashboard_pid)?,
             records: metric_sum(&body, "mmapwatch_events_total"),
             write_faults: metric_sum(&body, "mmapwatch_write_faults_total"),
+            lost: metric_sum(&body, "mmapwatch_lost_events_total"),
+            kernel_file_entries: metric_sum(&body, "mmapwatch_kernel_file_entries"),
+            files_tracked: metric_sum(&body, "mmapwatch_files_tracked"),
         })
     };
     samples.push(sample(started.elapsed())?);
@@ -224,30 +268,51 @@ pub fn run(minutes: u64) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = scraper.join();
 
-    let report = render(
+    let mut report = render(
         &samples,
         scrapes.load(Ordering::Relaxed),
         failures.load(Ordering::Relaxed),
     );
+    if churn {
+        // The churn workload ends on its own and says how many files it made.
+        let mut summary = String::new();
+        if let Some(stdout) = load.0.stdout.as_mut() {
+            std::io::Read::read_to_string(stdout, &mut summary)?;
+        }
+        let files = summary
+            .split("\"files\":")
+            .nth(1)
+            .and_then(|rest| rest.trim_end().trim_end_matches('}').parse::<u64>().ok())
+            .with_context(|| format!("no file count from the churn workload: {summary}"))?;
+        report.push_str(&format!("distinct files written and deleted: {files}\n"));
+    }
     print!("{report}");
     std::fs::write(root.join("target/soak-report.md"), &report)?;
-    verdict(&samples, failures.load(Ordering::Relaxed))
+    let slack = if churn {
+        CHURN_RSS_SLACK_KIB
+    } else {
+        RSS_SLACK_KIB
+    };
+    verdict(&samples, failures.load(Ordering::Relaxed), slack)
 }
 
 fn render(samples: &[Sample], scrapes: u64, failures: u64) -> String {
     let mut out = String::from(
-        "| t (s) | exporter RSS (KiB) | exporter fds | dashboard RSS (KiB) | dashboard fds | records | write faults |\n|---|---|---|---|---|---|---|\n",
+        "| t (s) | exporter RSS (KiB) | exporter fds | dashboard RSS (KiB) | dashboard fds | records | write faults | lost | kernel file entries | files tracked |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for s in samples {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.at_s,
             s.exporter_rss_kib,
             s.exporter_fds,
             s.dashboard_rss_kib,
             s.dashboard_fds,
             s.records,
-            s.write_faults
+            s.write_faults,
+            s.lost,
+            s.kernel_file_entries,
+            s.files_tracked
         ));
     }
     out.push_str(&format!("\nscrapes: {scrapes} ok, {failures} failed\n"));
@@ -261,12 +326,15 @@ fn flat(label: &str, first: u64, last: u64, slack: u64) -> Result<()> {
     Ok(())
 }
 
-fn verdict(samples: &[Sample], failures: u64) -> Result<()> {
+fn verdict(samples: &[Sample], failures: u64, rss_slack_kib: u64) -> Result<()> {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         bail!("no samples");
     };
     if failures > 0 {
         bail!("{failures} scrape(s) failed");
+    }
+    if last.lost > 0.0 {
+        bail!("{} event(s) lost", last.lost);
     }
     if last.write_faults <= first.write_faults {
         bail!("the workload's faults did not reach the exporter");
@@ -275,13 +343,13 @@ fn verdict(samples: &[Sample], failures: u64) -> Result<()> {
         "exporter RSS (KiB)",
         first.exporter_rss_kib,
         last.exporter_rss_kib,
-        RSS_SLACK_KIB,
+        rss_slack_kib,
     )?;
     flat(
         "dashboard RSS (KiB)",
         first.dashboard_rss_kib,
         last.dashboard_rss_kib,
-        RSS_SLACK_KIB,
+        rss_slack_kib,
     )?;
     flat(
         "exporter fds",

@@ -323,6 +323,9 @@ impl Exporter {
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+        self.metrics
+            .kernel_file_entries
+            .set(i64::try_from(counters.file_entries).unwrap_or(i64::MAX));
         self.metrics.ring_size_bytes.set(i64::from(ring_bytes));
         self.metrics
             .ring_peak_used_bytes

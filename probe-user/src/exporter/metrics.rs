@@ -26,6 +26,7 @@ pub struct Metrics {
     pub files_handed_over: Counter,
     pub dirty_files_handed_over: Counter,
     pub files_forgotten: Counter,
+    pub kernel_file_entries: Gauge,
     pub ring_size_bytes: Gauge,
     pub ring_peak_used_bytes: Gauge,
     pub bpf_run_seconds: Family<ProgramLabels, Counter<f64>>,
@@ -59,6 +60,7 @@ impl Metrics {
             files_handed_over: Counter::default(),
             dirty_files_handed_over: Counter::default(),
             files_forgotten: Counter::default(),
+            kernel_file_entries: Gauge::default(),
             ring_size_bytes: Gauge::default(),
             ring_peak_used_bytes: Gauge::default(),
             bpf_run_seconds: Family::default(),
@@ -142,6 +144,11 @@ impl Metrics {
             "mmapwatch_files_forgotten",
             "Files dropped from the per-file series and mmapwatch_files_tracked after --retain without a write or writeback",
             metrics.files_forgotten.clone(),
+        );
+        r.register(
+            "mmapwatch_kernel_file_entries",
+            "Entries in the kernel's per-file map (65536 at most; idle files are handed over before it fills)",
+            metrics.kernel_file_entries.clone(),
         );
         r.register(
             "mmapwatch_ringbuf_size_bytes",

@@ -45,6 +45,8 @@ pub struct KernelCounters {
     pub dirty_files_handed_over: u64,
     /// Files forgotten after `--retain` without a write or writeback.
     pub files_forgotten: u64,
+    /// Entries in the kernel's per-file map at the last read.
+    pub file_entries: u64,
 }
 
 impl KernelCounters {
@@ -147,6 +149,7 @@ impl Probes {
             files_handed_over: 0,
             dirty_files_handed_over: 0,
             files_forgotten: 0,
+            file_entries: 0,
         })
     }
 

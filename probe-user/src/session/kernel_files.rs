@@ -21,6 +21,8 @@ pub struct HandOverCounts {
     pub dirty_files: u64,
     /// Idle files forgotten (`--retain`).
     pub forgotten: u64,
+    /// Entries in the kernel's per-file map at the last read.
+    pub live_entries: u64,
     /// True once the kernel refused (lookup-and-delete needs Linux 5.14):
     /// entries then stay, as before, until the map is full.
     pub disabled: bool,
@@ -36,6 +38,7 @@ impl Session {
         let aggregate = &mut self.collector.aggregate;
         let mut runs_by_file = open_runs_by_file(&snapshot.open_runs);
         let pressure = under_pressure(snapshot.entries.len(), FILE_STATS_ENTRIES);
+        let mut live_entries = snapshot.entries.len() as u64;
         for (key, per_cpu) in &snapshot.entries {
             let file = FileId::from_key(key);
             let runs = runs_by_file.remove(key).unwrap_or_default();
@@ -50,6 +53,7 @@ impl Session {
                     Ok(Some(taken)) => {
                         aggregate.take_kernel_stats(file, &taken);
                         self.hand_over.files += 1;
+                        live_entries -= 1;
                         if dirty {
                             self.probes.forget_dirty(key)?;
                             self.hand_over.dirty_files += 1;
@@ -87,6 +91,7 @@ impl Session {
                 self.probes.forget_pages_of(&forgotten)?;
             }
         }
+        self.hand_over.live_entries = live_entries;
         let orphans: Vec<_> = orphaned_dirty_times(&dirty_since, &snapshot.entries, now)
             .copied()
             .collect();

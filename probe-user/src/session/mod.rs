@@ -264,6 +264,7 @@ impl Session {
             files_handed_over: self.hand_over.files,
             dirty_files_handed_over: self.hand_over.dirty_files,
             files_forgotten: self.hand_over.forgotten,
+            file_entries: self.hand_over.live_entries,
             ..self.probes.counters()?
         };
         Ok(self.counters)

@@ -165,6 +165,9 @@ enum Case {
         pages: u64,
         #[arg(long)]
         seconds: f64,
+        /// At most this many files a second (0: as fast as it goes).
+        #[arg(long, default_value_t = 0)]
+        per_second: u64,
     },
     /// Many distinct files, as a host that keeps making new ones: file `i`
     /// of `files` (`many-i`, 2 pages) gets page `i % 2` written through a
@@ -598,8 +601,12 @@ fn main() -> Result<()> {
             dir,
             pages,
             seconds,
+            per_second,
         } => {
             std::fs::create_dir_all(&dir)?;
+            let gap = (per_second > 0)
+                .then(|| std::time::Duration::from_secs_f64(1.0 / per_second as f64));
+            let mut last = std::time::Instant::now();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
             let started = std::time::Instant::now();
             let mut written = 0u64;
@@ -621,6 +628,14 @@ fn main() -> Result<()> {
                 drop(map);
                 drop(handle);
                 std::fs::remove_file(&path)?;
+                // Paced file by file, never catching up after a slow spell:
+                // a burst would be another test.
+                if let Some(gap) = gap {
+                    if let Some(rest) = gap.checked_sub(last.elapsed()) {
+                        std::thread::sleep(rest);
+                    }
+                    last = std::time::Instant::now();
+                }
             }
             let secs = started.elapsed().as_secs_f64();
             println!("{{\"first_writes\":{written},\"seconds\":{secs:.3},\"files\":{index}}}");
