@@ -187,6 +187,13 @@ pub struct TraceArgs {
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Stream events as JSON lines to FILE, or to standard output with
+    /// '-' (the report then goes only to -o FILE, and CMD's output to
+    /// standard error): first writes, folio spans, new writers, possible
+    /// writes, COW writes with --include-cow, writebacks. Schema in README.
+    #[arg(short = 'e', long, value_name = "FILE|-")]
+    pub events: Option<PathBuf>,
+
     /// Write every decoded event to FILE as JSON lines (for replay and debugging).
     #[arg(long, hide = true, value_name = "FILE")]
     pub record: Option<PathBuf>,

@@ -849,7 +849,11 @@ fn odd_environments_get_one_line_not_a_panic() {
 #[test]
 fn a_closed_pipe_ends_the_report_quietly() {
     require_root();
-    for args in [&["trace", "--", "true"][..], &["doctor"][..]] {
+    for args in [
+        &["trace", "--", "true"][..],
+        &["trace", "-e", "-", "--", "true"][..],
+        &["doctor"][..],
+    ] {
         let mut child = mmapwatch(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -905,6 +909,68 @@ fn output_file_keeps_the_report_apart_from_the_commands_output() {
     let files = json["files"].as_array().expect("files");
     assert_eq!(files.len(), 1, "{json:#}");
     assert_eq!(ranges(&files[0]["pages_written"]), vec![(1, 1), (6, 6)]);
+}
+
+/// `--events -`: standard output is the event stream alone, one JSON
+/// object per line (`jq` reads it), with the exact pages and the writer;
+/// CMD's own output goes to standard error, the report nowhere.
+#[test]
+fn the_event_stream_on_stdout_carries_nothing_else() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("data.bin");
+    let script = format!(
+        "echo hi; exec {WORKLOAD} shared --file {} --size-pages 8 --pages 1,6",
+        path_arg(&file)
+    );
+    let output = run(&mut mmapwatch(&[
+        "trace",
+        "-e",
+        "-",
+        "--path-prefix",
+        &path_arg(dir.path()),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.lines().any(|l| l == "hi"), "CMD's output: {stderr}");
+    let mut jq = Command::new("jq")
+        .args([
+            "-r",
+            r#""\(.type) \(.path) \(.first_page) \(.pages) \(.comm) \(.pid > 0)""#,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jq");
+    jq.stdin
+        .take()
+        .expect("jq's stdin")
+        .write_all(&output.stdout)
+        .expect("feeding jq");
+    let parsed = jq.wait_with_output().expect("jq ran");
+    assert!(
+        parsed.status.success(),
+        "stdout is not JSON lines: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let path = path_arg(&file);
+    let lines: Vec<String> = String::from_utf8_lossy(&parsed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("write {path} 1 1 {COMM} true"),
+            format!("write {path} 6 1 {COMM} true"),
+        ]
+    );
 }
 
 /// `--pid P` follows the children P forks after the trace starts (as

@@ -427,7 +427,7 @@ fn run_mmapwatch(args: &[OsString]) -> Result<()> {
 /// What the integration tests drive besides mmapwatch: a real Prometheus
 /// server (and its promtool) for the exporter, tmux for the dashboard,
 /// bpftool to check nothing stays loaded.
-const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool"];
+const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool", "jq"];
 
 fn test() -> Result<()> {
     ensure_apt(TEST_PACKAGES)?;

@@ -15,7 +15,7 @@ use probe_common::LATENCY_BUCKETS;
 use super::{labels::*, metrics::*};
 use crate::{
     model::{
-        aggregate::{Aggregate, Applied},
+        aggregate::{Aggregate, Applied, FileRecord},
         events::{Event, FileId},
         paths::MountTable,
     },
@@ -63,7 +63,7 @@ impl NewPages {
 }
 
 impl EventObserver for NewPages {
-    fn observe(&mut self, event: &Event, applied: &Applied) {
+    fn observe(&mut self, event: &Event, applied: &Applied, _file: Option<&FileRecord>) {
         let Some(task) = event.task() else {
             return;
         };

@@ -28,6 +28,12 @@ impl ReportFilter {
         if !record.modified() && !shown_cow && !possibly {
             return false;
         }
+        self.keeps_name(record)
+    }
+
+    /// Whether the file is under one of the `--path-prefix` directories
+    /// (all files if none), by its name now or the one it was written under.
+    pub fn keeps_name(&self, record: &FileRecord) -> bool {
         if self.path_prefixes.is_empty() {
             return true;
         }

@@ -7,17 +7,18 @@ use std::path::PathBuf;
 use aya::maps::{MapData, RingBuf};
 
 use crate::model::{
-    aggregate::{Aggregate, Applied, PathSource},
+    aggregate::{Aggregate, Applied, FileRecord, PathSource},
     events::{decode, Event, FileId},
     file_handle::current_name,
     paths::{mount_ns_of, proc_maps_path, MountTable},
 };
 
 /// A front end's tap on the decoded event stream, called for every event
-/// as the aggregate takes it: what a front end keeps of the stream (a
-/// recording, counts per interval) stays in the front end.
+/// once the aggregate has taken it and the file is named (`file` is its
+/// record then): what a front end keeps of the stream (a recording, counts
+/// per interval) stays in the front end.
 pub trait EventObserver {
-    fn observe(&mut self, event: &Event, applied: &Applied);
+    fn observe(&mut self, event: &Event, applied: &Applied, file: Option<&FileRecord>);
 }
 
 /// Collects events from the ring buffer into the aggregate, naming files
@@ -111,7 +112,6 @@ impl Collector {
                 .unwrap_or(&self.mounts)
                 .dentry_full_path(*file, components, *reached_root);
             let applied = self.aggregate.apply(&event);
-            self.notify(&event, &applied);
             self.aggregate.set_path(*file, path, PathSource::Dentry);
             if let Some(tgid) = tgid {
                 if let Some(mount_ns) = mount_ns_of(&self.proc_root, tgid) {
@@ -119,22 +119,25 @@ impl Collector {
                 }
                 self.resolve_path(*file, tgid);
             }
+            self.notify(&event, &applied);
             return;
         }
-        if let Some((file, tgid)) = self.apply(&event).new_file {
+        let applied = self.aggregate.apply(&event);
+        if let Some((file, tgid)) = applied.new_file {
             self.resolve_path(file, tgid);
         }
+        self.notify(&event, &applied);
     }
 
-    fn apply(&mut self, event: &Event) -> Applied {
-        let applied = self.aggregate.apply(event);
-        self.notify(event, &applied);
-        applied
-    }
-
+    /// Observers hear of an event after the file is named, so what they
+    /// keep (an event stream's path) is the name the report would give now.
     fn notify(&mut self, event: &Event, applied: &Applied) {
+        if self.observers.is_empty() {
+            return;
+        }
+        let file = self.aggregate.file(&event.file());
         for observer in &mut self.observers {
-            observer.observe(event, applied);
+            observer.observe(event, applied, file);
         }
     }
 

@@ -10,9 +10,13 @@ use crate::{
     probe::maps::KernelCounters,
 };
 
+pub mod events;
+pub mod json_lines;
 pub mod recorder;
 pub mod report;
 
+use events::EventStream;
+use json_lines::JsonLines;
 use recorder::Recorder;
 
 use crate::{
@@ -32,13 +36,19 @@ enum Stop {
 
 /// Runs `trace`; returns the process exit code.
 pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
+    let events_to_stdout = args.events.as_deref() == Some(std::path::Path::new("-"));
     let options = SessionOptions {
         kernel: kernel.clone(),
         filter: args.filter.clone(),
         include_cow: args.include_cow,
         command: args.command.clone(),
-        // trace -o keeps the report apart; CMD's output stays the user's.
-        command_output: None,
+        // trace -o keeps the report apart; CMD's output stays the user's,
+        // except that a stream on stdout carries nothing else.
+        command_output: if events_to_stdout {
+            Some(stderr_file()?)
+        } else {
+            None
+        },
         retain: None,
     };
     // Opened first: a path that cannot be written fails before CMD runs.
@@ -49,17 +59,32 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         ),
         None => None,
     };
+    let event_lines = match &args.events {
+        Some(_) if events_to_stdout => Some(JsonLines::new(Box::new(std::io::stdout()))),
+        Some(path) => Some(JsonLines::new(Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write events to {}", path.display()))?,
+        ))),
+        None => None,
+    };
     let mut session = Session::start(&options)?;
-    let recorder = match &args.record {
+    let recording = match &args.record {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            let recorder = Recorder::new(file);
-            session.collector.observe(Box::new(recorder.clone()));
-            Some(recorder)
+            let lines = JsonLines::new(Box::new(file));
+            session.collector.observe(Box::new(Recorder(lines.clone())));
+            Some(lines)
         }
         None => None,
     };
+    if let Some(lines) = &event_lines {
+        session.collector.observe(Box::new(EventStream {
+            lines: lines.clone(),
+            filter: report_filter(&options),
+            clock: session.clock,
+        }));
+    }
     // Handlers first: whoever reads "tracing" may signal at once.
     let mut sigint =
         tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -82,7 +107,11 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
                 match activity.context("tracing")? {
                     Activity::CommandExited(status) => break Stop::CommandExited(status),
                     Activity::TargetsExited => break Stop::TargetsExited,
-                    Activity::Events(_) => {}
+                    Activity::Events(_) => {
+                        if let Some(lines) = &event_lines {
+                            lines.flush();
+                        }
+                    }
                 }
             }
             _ = sleep_until(deadline) => break Stop::Duration,
@@ -126,8 +155,11 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             fs_type: &fs_type,
         },
     );
-    if let Some(recorder) = &recorder {
-        recorder.finish().context("writing the recording")?;
+    if let Some(lines) = &recording {
+        lines.finish().context("writing the recording")?;
+    }
+    if let Some(lines) = &event_lines {
+        lines.finish().context("writing the event stream")?;
     }
     drop(session);
     let text = if args.json {
@@ -144,6 +176,8 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
                 .and_then(|()| file.flush())
                 .context("writing the report")?;
         }
+        // Standard output carries the stream only.
+        None if events_to_stdout => {}
         None => print!("{text}"),
     }
     if report.lost_events > 0 {
@@ -160,6 +194,16 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         Stop::CommandExited(status) => exit_code_of(status),
         Stop::Duration | Stop::Signal(_) | Stop::TargetsExited => 0,
     })
+}
+
+/// Our standard error as a file of its own, for CMD's output.
+fn stderr_file() -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsFd as _;
+    let fd = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating standard error for CMD")?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// Sleeps until the deadline; forever without one.

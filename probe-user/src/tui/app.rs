@@ -304,6 +304,15 @@ impl App {
             .min(self.processes.len().saturating_sub(1));
     }
 
+    /// While paused the screen stays as it was, but the counts each rate
+    /// is measured from move on: the first interval after resuming is
+    /// divided by its own length, not by the whole pause.
+    fn keep_baseline(&mut self, snapshot: &Snapshot) {
+        for row in &snapshot.files {
+            self.previous.insert(row.id, (row.pages, row.write_faults));
+        }
+    }
+
     fn key(&mut self, key: KeyEvent) -> Action {
         if key.kind == KeyEventKind::Release {
             return Action::None;
@@ -391,7 +400,9 @@ impl App {
 pub fn update(app: &mut App, message: Message) -> Action {
     match message {
         Message::Tick(snapshot) => {
-            if !app.paused {
+            if app.paused {
+                app.keep_baseline(&snapshot.snapshot);
+            } else {
                 app.ingest(*snapshot);
             }
             Action::None
@@ -601,6 +612,20 @@ mod tests {
         update(&mut app, tick(vec![row(9, "/new", 1, 1)]));
         assert_eq!(paths(&app), ["/new"]);
         assert_eq!(update(&mut app, key(KeyCode::Char('q'))), Action::Quit);
+    }
+
+    #[test]
+    fn rates_after_a_pause_are_of_the_last_interval_only() {
+        let mut app = App::new(Info::default());
+        update(&mut app, tick(vec![row(1, "/a", 1, 10)]));
+        update(&mut app, key(KeyCode::Char('p')));
+        // 1,000 faults while paused, then 4 in the interval after resuming.
+        update(&mut app, tick(vec![row(1, "/a", 50, 1_010)]));
+        update(&mut app, key(KeyCode::Char('p')));
+        update(&mut app, tick(vec![row(1, "/a", 51, 1_014)]));
+        let a = &app.files[0];
+        assert_eq!(a.faults_per_sec, 2.0, "4 faults in 2 s, not 1,004");
+        assert_eq!(a.pages_interval, 1);
     }
 
     #[test]

@@ -1,0 +1,378 @@
+//! `trace --events FILE|-`: the public event stream, one JSON object per
+//! line as the kernel reports it, for `jq` and log shippers. The schema is
+//! in README.md ("Event stream"); its pages add up to the report's.
+
+use std::{
+    borrow::Cow,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::{
+    model::{
+        aggregate::{Applied, FileRecord},
+        clock::Clock,
+        events::{Event, WriteKind},
+        names,
+        report_filter::ReportFilter,
+    },
+    session::EventObserver,
+    trace::json_lines::JsonLines,
+};
+
+/// One line of the stream.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct StreamEvent<'a> {
+    /// RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    pub unix_ns: u64,
+    #[serde(rename = "type")]
+    pub kind: StreamKind,
+    /// The file's name when the event was read (as the report's `path`:
+    /// `\xNN` for bytes that are not UTF-8, exact bytes in
+    /// `path_bytes_hex`); null when it could not be named.
+    pub path: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes_hex: Option<String>,
+    pub dev: String,
+    pub ino: u64,
+    pub generation: u32,
+    /// Pages `first_page .. first_page + pages - 1` (4 KiB page indexes).
+    pub first_page: u64,
+    pub pages: u64,
+    /// Who: process id, thread id, command, cgroup id; null on writeback
+    /// (done by the kernel on nobody's behalf).
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup_id: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// The first store to a page through a shared mapping (a write fault).
+    Write,
+    /// One write fault that mapped a large folio writable whole: stores
+    /// to these pages take no fault of their own (the kernel's granularity).
+    FolioSpan,
+    /// Another process wrote a page already written.
+    NewWriter,
+    /// Pages a read fault mapped writable on a filesystem without
+    /// write-notify (tmpfs): possibly written, no store-time signal.
+    PossibleWrite,
+    /// First store through a private mapping: the file is not modified
+    /// (only with `--include-cow`).
+    CowWrite,
+    /// Pages whose writeback to disk completed (fentry and kprobe backends).
+    Writeback,
+}
+
+/// The stream's line for an event, or None for events it does not carry
+/// (a file seen, a first write the aggregate already had) or files the
+/// filters leave out.
+pub fn stream_event<'a>(
+    event: &Event,
+    applied: &Applied,
+    file: Option<&'a FileRecord>,
+    filter: &ReportFilter,
+    clock: &Clock,
+) -> Option<StreamEvent<'a>> {
+    let (kind, id, first_page, pages, task, boot_ns) = match event {
+        Event::FirstWrite {
+            file,
+            page,
+            kind: WriteKind::Shared,
+            task,
+            boot_ns,
+        } => {
+            // The kernel reports a page again when its dedup entry was
+            // evicted; the stream keeps first writes first.
+            if applied.new_pages == 0 {
+                return None;
+            }
+            (StreamKind::Write, file, *page, 1, Some(task), *boot_ns)
+        }
+        Event::FirstWrite {
+            file,
+            page,
+            kind: WriteKind::Cow,
+            task,
+            boot_ns,
+        } => {
+            if !filter.include_cow {
+                return None;
+            }
+            (StreamKind::CowWrite, file, *page, 1, Some(task), *boot_ns)
+        }
+        Event::NewWriter {
+            file,
+            page,
+            task,
+            boot_ns,
+        } => (StreamKind::NewWriter, file, *page, 1, Some(task), *boot_ns),
+        Event::FolioSpan {
+            file,
+            first_page,
+            pages,
+            task,
+            boot_ns,
+        } => (
+            StreamKind::FolioSpan,
+            file,
+            *first_page,
+            *pages,
+            Some(task),
+            *boot_ns,
+        ),
+        Event::PossibleWrite {
+            file,
+            first_page,
+            pages,
+            task,
+            boot_ns,
+        } => (
+            StreamKind::PossibleWrite,
+            file,
+            *first_page,
+            *pages,
+            Some(task),
+            *boot_ns,
+        ),
+        Event::WrittenBack {
+            file,
+            first_page,
+            pages,
+            boot_ns,
+        } => (
+            StreamKind::Writeback,
+            file,
+            *first_page,
+            *pages,
+            None,
+            *boot_ns,
+        ),
+        Event::FileSeen { .. } => return None,
+    };
+    if file.is_some_and(|record| !filter.keeps_name(record))
+        || (file.is_none() && !filter.path_prefixes.is_empty())
+    {
+        return None;
+    }
+    let path = file.and_then(|record| record.path.as_deref());
+    let unix_ns = clock.unix_ns(boot_ns);
+    Some(StreamEvent {
+        time: rfc3339(unix_ns),
+        unix_ns,
+        kind,
+        path: path.map(names::json_text),
+        path_bytes_hex: path.and_then(names::hex_if_not_utf8),
+        dev: id.dev_string(),
+        ino: id.ino,
+        generation: id.generation,
+        first_page,
+        pages,
+        pid: task.map(|t| t.tgid),
+        tid: task.map(|t| t.pid),
+        comm: task.map(|t| t.comm.clone()),
+        cgroup_id: task.map(|t| t.cgroup_id),
+    })
+}
+
+fn rfc3339(unix_ns: u64) -> String {
+    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
+}
+
+/// The session's tap that writes the stream.
+pub struct EventStream {
+    pub lines: JsonLines,
+    pub filter: ReportFilter,
+    pub clock: Clock,
+}
+
+impl EventObserver for EventStream {
+    fn observe(&mut self, event: &Event, applied: &Applied, file: Option<&FileRecord>) {
+        if let Some(line) = stream_event(event, applied, file, &self.filter, &self.clock) {
+            self.lines.write(&line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::model::events::{FileId, Task};
+
+    fn task() -> Task {
+        Task {
+            pid: 11,
+            tgid: 10,
+            comm: "db".into(),
+            cgroup_id: 7,
+        }
+    }
+
+    const FILE: FileId = FileId {
+        dev: (8 << 20) | 1,
+        ino: 42,
+        generation: 3,
+    };
+
+    fn named(path: &str) -> FileRecord {
+        FileRecord {
+            path: Some(PathBuf::from(path)),
+            ..FileRecord::default()
+        }
+    }
+
+    fn new_page() -> Applied {
+        Applied {
+            new_file: None,
+            new_pages: 1,
+        }
+    }
+
+    #[test]
+    fn a_first_write_carries_who_where_and_when() {
+        let record = named("/data/db");
+        let event = Event::FirstWrite {
+            file: FILE,
+            page: 5,
+            kind: WriteKind::Shared,
+            task: task(),
+            boot_ns: 1_000,
+        };
+        let clock = Clock::with_offset(1_700_000_000_000_000_000);
+        let line = stream_event(
+            &event,
+            &new_page(),
+            Some(&record),
+            &ReportFilter::default(),
+            &clock,
+        )
+        .expect("a line");
+        let json = serde_json::to_value(&line).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "time": "2023-11-14T22:13:20.000001000Z",
+                "unix_ns": 1_700_000_000_000_001_000_u64,
+                "type": "write",
+                "path": "/data/db",
+                "dev": "8:1",
+                "ino": 42,
+                "generation": 3,
+                "first_page": 5,
+                "pages": 1,
+                "pid": 10,
+                "tid": 11,
+                "comm": "db",
+                "cgroup_id": 7,
+            })
+        );
+    }
+
+    #[test]
+    fn a_page_reported_again_is_not_a_first_write() {
+        let record = named("/data/db");
+        let event = Event::FirstWrite {
+            file: FILE,
+            page: 5,
+            kind: WriteKind::Shared,
+            task: task(),
+            boot_ns: 1,
+        };
+        let again = stream_event(
+            &event,
+            &Applied::default(),
+            Some(&record),
+            &ReportFilter::default(),
+            &Clock::with_offset(0),
+        );
+        assert_eq!(again, None);
+    }
+
+    #[test]
+    fn cow_writes_only_with_include_cow() {
+        let record = named("/lib/x.so");
+        let event = Event::FirstWrite {
+            file: FILE,
+            page: 0,
+            kind: WriteKind::Cow,
+            task: task(),
+            boot_ns: 1,
+        };
+        let clock = Clock::with_offset(0);
+        let without = ReportFilter::default();
+        let with = ReportFilter {
+            include_cow: true,
+            ..ReportFilter::default()
+        };
+        let applied = Applied::default();
+        assert_eq!(
+            stream_event(&event, &applied, Some(&record), &without, &clock),
+            None
+        );
+        let line =
+            stream_event(&event, &applied, Some(&record), &with, &clock).expect("a COW line");
+        assert_eq!(line.kind, StreamKind::CowWrite);
+    }
+
+    #[test]
+    fn path_prefixes_filter_the_stream_as_the_report() {
+        let event = Event::FolioSpan {
+            file: FILE,
+            first_page: 16,
+            pages: 16,
+            task: task(),
+            boot_ns: 1,
+        };
+        let filter = ReportFilter {
+            include_cow: false,
+            path_prefixes: vec![PathBuf::from("/data")],
+        };
+        let clock = Clock::with_offset(0);
+        let inside = named("/data/db");
+        let outside = named("/tmp/x");
+        let line = stream_event(&event, &new_page(), Some(&inside), &filter, &clock)
+            .expect("kept under /data");
+        assert_eq!(
+            (line.kind, line.first_page, line.pages),
+            (StreamKind::FolioSpan, 16, 16)
+        );
+        assert_eq!(
+            stream_event(&event, &new_page(), Some(&outside), &filter, &clock),
+            None
+        );
+    }
+
+    #[test]
+    fn writeback_has_no_writer_and_names_that_are_not_utf8_are_exact() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let record = FileRecord {
+            path: Some(PathBuf::from(std::ffi::OsStr::from_bytes(b"/d/a\xffb"))),
+            ..FileRecord::default()
+        };
+        let event = Event::WrittenBack {
+            file: FILE,
+            first_page: 0,
+            pages: 4,
+            boot_ns: 1,
+        };
+        let line = stream_event(
+            &event,
+            &Applied::default(),
+            Some(&record),
+            &ReportFilter::default(),
+            &Clock::with_offset(0),
+        )
+        .expect("a writeback line");
+        assert_eq!(line.kind, StreamKind::Writeback);
+        assert_eq!((line.pid, line.comm.as_deref()), (None, None));
+        assert_eq!(line.path.as_deref(), Some("/d/a\\xffb"));
+        assert_eq!(line.path_bytes_hex.as_deref(), Some("2f642f61ff62"));
+    }
+}
