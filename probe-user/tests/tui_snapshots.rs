@@ -145,6 +145,40 @@ fn help_and_filter_overlays() {
     insta::assert_snapshot!("help_80x24", draw(&app, 80, 24));
 }
 
+/// The processes view sorts, filters by command, and opens one process's
+/// files; Esc comes back to the processes.
+#[test]
+fn a_process_opens_its_files() {
+    let mut app = app_in(View::Processes);
+    let pids = |app: &App| app.processes.visible().map(|p| p.tgid).collect::<Vec<_>>();
+    update(&mut app, key(KeyCode::Char('1')));
+    assert_eq!(pids(&app), [5942, 5943, 5944, 5945, 5946], "by pid");
+    update(&mut app, key(KeyCode::Char('/')));
+    for c in "db".chars() {
+        update(&mut app, key(KeyCode::Char(c)));
+    }
+    update(&mut app, key(KeyCode::Enter));
+    assert_eq!(pids(&app), [5942, 5943]);
+    insta::assert_snapshot!("processes_filtered_80x24", draw(&app, 80, 24));
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Enter));
+    assert_eq!(app.view, View::Files);
+    let files: Vec<&str> = app
+        .visible_files()
+        .iter()
+        .map(|f| f.row.path.as_str())
+        .collect();
+    assert_eq!(
+        files,
+        ["/tmp/mmapwatch-demo/data/orders.db"],
+        "5943's files"
+    );
+    insta::assert_snapshot!("process_files_80x24", draw(&app, 80, 24));
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.view, View::Processes);
+    assert_eq!(app.visible_files().len(), 4, "all files again");
+}
+
 /// Scale: 10,000 files and 1,000,000 pages go through a snapshot, an update
 /// and a render; drawing shows only what fits, and the heatmap is built
 /// from buckets, not pages.
@@ -190,7 +224,10 @@ fn ten_thousand_files_and_a_million_pages() {
         started.elapsed()
     );
     assert_eq!(app.files.len(), 10_000);
-    assert_eq!(app.processes[0].pages, 1_000_000);
+    assert_eq!(
+        app.processes.visible().next().map(|p| p.pages),
+        Some(1_000_000)
+    );
     let detail = app.detail.as_ref().expect("detail");
     assert_eq!(detail.row.pages, 100);
     assert_eq!(detail.heatmap.written.iter().sum::<u64>(), 100);

@@ -139,6 +139,21 @@ fn top_shows_the_workload_and_quits_cleanly() {
     tmux.wait_for("the processes view", |s| {
         s.contains("processes (") && s.contains("mw-workload")
     });
+    // Filter the processes, open the writer's files, come back.
+    for key in ["/", "m", "w", "Enter"] {
+        tmux.send(key);
+    }
+    tmux.wait_for("the filtered processes", |s| {
+        s.contains("processes matching /mw (1)")
+    });
+    tmux.send("Enter");
+    tmux.wait_for("the workload's files", |s| {
+        s.contains("of mw-workload[") && pages_on_screen(s, "tui.bin") == Some(6)
+    });
+    tmux.send("Escape");
+    tmux.wait_for("the processes view again", |s| {
+        s.contains("processes matching /mw (1)")
+    });
 
     tmux.send("q");
     let screen = tmux.wait_for("a clean exit", |s| s.contains("MMAPWATCH-EXIT="));

@@ -7,7 +7,10 @@ use std::collections::{HashMap, VecDeque};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::snapshot::{Detail, FileRow, ProcessRow, Snapshot};
+use super::{
+    processes::{ProcessColumn, ProcessTable},
+    snapshot::{Detail, FileRow, Snapshot},
+};
 use crate::model::events::FileId;
 
 /// Intervals of write-fault history kept per file (the detail sparkline).
@@ -78,6 +81,13 @@ impl Column {
     }
 }
 
+/// A process whose files the files view shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub tgid: u32,
+    pub comm: String,
+}
+
 /// A file row with what the dashboard derives between ticks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FileLine {
@@ -129,9 +139,11 @@ pub struct App {
     pub show_help: bool,
     /// Selection in the files view, by identity so it survives re-sorting.
     pub selected_file: Option<FileId>,
-    pub selected_process: usize,
     pub files: Vec<FileLine>,
-    pub processes: Vec<ProcessRow>,
+    pub processes: ProcessTable,
+    /// The files view shows only this process's files (opened from the
+    /// processes view).
+    pub scope: Option<Scope>,
     pub detail: Option<Detail>,
     pub history: HashMap<FileId, VecDeque<u64>>,
     /// Indices into `files` as the files view shows them (filtered,
@@ -156,9 +168,9 @@ impl App {
             paused: false,
             show_help: false,
             selected_file: None,
-            selected_process: 0,
             files: Vec::new(),
-            processes: Vec::new(),
+            processes: ProcessTable::default(),
+            scope: None,
             detail: None,
             history: HashMap::new(),
             visible: Vec::new(),
@@ -191,8 +203,10 @@ impl App {
     fn sort_visible(&mut self) {
         let needle = self.filter.to_lowercase();
         let files = &self.files;
+        let scope = self.scope.as_ref().map(|s| s.tgid);
         let mut rows: Vec<usize> = (0..files.len())
             .filter(|&i| needle.is_empty() || files[i].row.path.to_lowercase().contains(&needle))
+            .filter(|&i| scope.is_none_or(|tgid| files[i].row.writer_tgids.contains(&tgid)))
             .collect();
         rows.sort_by(|&a, &b| {
             let (a, b) = (&files[a], &files[b]);
@@ -243,13 +257,7 @@ impl App {
                 let index = self.selected_index() as isize + delta;
                 self.select_index(index.clamp(0, len as isize - 1) as usize);
             }
-            View::Processes => {
-                let len = self.processes.len();
-                if len > 0 {
-                    let index = self.selected_process as isize + delta;
-                    self.selected_process = index.clamp(0, len as isize - 1) as usize;
-                }
-            }
+            View::Processes => self.processes.move_selection(delta),
             View::Detail => {}
         }
     }
@@ -284,9 +292,7 @@ impl App {
         self.previous.retain(|id, _| present.contains(id));
         self.files = files;
         self.sort_visible();
-        self.processes = snapshot.processes;
-        self.processes
-            .sort_by(|a, b| b.pages.cmp(&a.pages).then(a.tgid.cmp(&b.tgid)));
+        self.processes.set_rows(snapshot.processes);
         self.detail = snapshot.detail;
         self.lost_events = snapshot.lost_events;
         self.events = snapshot.events;
@@ -299,9 +305,43 @@ impl App {
         {
             self.select_index(0);
         }
-        self.selected_process = self
-            .selected_process
-            .min(self.processes.len().saturating_sub(1));
+    }
+
+    /// The processes view's own keys: sort, filter, open a process's
+    /// files. None: a key every view shares.
+    fn process_key(&mut self, code: KeyCode) -> Option<Action> {
+        match code {
+            KeyCode::Char('s') => self.processes.sort_by(self.processes.sort.next()),
+            KeyCode::Char('r') => {
+                self.processes.descending = !self.processes.descending;
+                self.processes.refresh();
+            }
+            KeyCode::Char(c @ '1'..='5') => {
+                self.processes
+                    .sort_by(ProcessColumn::ALL[c as usize - '1' as usize]);
+            }
+            KeyCode::Char('/') => {
+                self.editing_filter = true;
+                self.processes.filter.clear();
+                self.processes.refresh();
+            }
+            KeyCode::Esc if !self.processes.filter.is_empty() => {
+                self.processes.filter.clear();
+                self.processes.refresh();
+            }
+            KeyCode::Enter => {
+                let process = self.processes.selected()?;
+                self.scope = Some(Scope {
+                    tgid: process.tgid,
+                    comm: process.comm.clone(),
+                });
+                self.view = View::Files;
+                self.sort_visible();
+                self.select_index(0);
+            }
+            _ => return None,
+        }
+        Some(Action::None)
     }
 
     /// While paused the screen stays as it was, but the counts each rate
@@ -321,20 +361,30 @@ impl App {
             return Action::Quit;
         }
         if self.editing_filter {
+            let filter = match self.view {
+                View::Processes => &mut self.processes.filter,
+                View::Files | View::Detail => &mut self.filter,
+            };
             match key.code {
                 KeyCode::Enter => self.editing_filter = false,
                 KeyCode::Esc => {
                     self.editing_filter = false;
-                    self.filter.clear();
+                    filter.clear();
                 }
                 KeyCode::Backspace => {
-                    self.filter.pop();
+                    filter.pop();
                 }
-                KeyCode::Char(c) => self.filter.push(c),
+                KeyCode::Char(c) => filter.push(c),
                 _ => {}
             }
+            self.processes.refresh();
             self.select_index(0);
             return Action::None;
+        }
+        if self.view == View::Processes {
+            if let Some(action) = self.process_key(key.code) {
+                return action;
+            }
         }
         if self.show_help {
             // Any key closes help; q still quits.
@@ -353,6 +403,11 @@ impl App {
                     self.filter.clear();
                     self.select_index(0);
                 }
+                // Back from one process's files to the processes.
+                _ if self.scope.is_some() => {
+                    self.scope = None;
+                    self.view = View::Processes;
+                }
                 _ => return Action::Quit,
             },
             KeyCode::Char('?') => self.show_help = true,
@@ -364,7 +419,11 @@ impl App {
             KeyCode::Tab => {
                 self.view = match self.view {
                     View::Processes => View::Files,
-                    View::Files | View::Detail => View::Processes,
+                    View::Files | View::Detail => {
+                        // Back to all processes: the files view shows all again.
+                        self.scope = None;
+                        View::Processes
+                    }
                 }
             }
             KeyCode::Enter if self.view == View::Files && self.selected_file.is_some() => {
@@ -447,6 +506,7 @@ mod tests {
             writeback_pages: 0,
             writeback: WritebackState::Dirty,
             last_write_boot_ns: ino,
+            writer_tgids: vec![7],
         }
     }
 

@@ -6,8 +6,10 @@
 
 pub mod app;
 pub mod batch;
+pub mod processes;
 pub mod snapshot;
 pub mod view;
+mod view_processes;
 
 use std::time::Instant;
 

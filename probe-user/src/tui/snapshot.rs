@@ -52,6 +52,8 @@ pub struct FileRow {
     pub writeback_pages: u64,
     pub writeback: WritebackState,
     pub last_write_boot_ns: u64,
+    /// Processes that wrote it (the processes view opens their files).
+    pub writer_tgids: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +174,7 @@ impl Snapshot {
                 writeback_pages: record.kernel.writeback_pages,
                 writeback: writeback_state(record, has_writeback(*id)),
                 last_write_boot_ns: record.latest_write_boot_ns(),
+                writer_tgids: record.writers.keys().copied().collect(),
             };
             for writer in record.writers.values() {
                 let process = processes.entry(writer.tgid).or_insert_with(|| ProcessRow {

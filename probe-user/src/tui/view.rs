@@ -22,11 +22,28 @@ pub fn render(app: &App, frame: &mut Frame) {
             Some(detail) => render_detail(app, detail, frame, main),
             None => render_files(app, frame, main),
         },
-        View::Processes => render_processes(app, frame, main),
+        View::Processes => super::view_processes::render(app, frame, main),
     }
     render_status(app, frame, status);
     if app.show_help {
         render_help(frame, main);
+    }
+}
+
+/// A number, right-aligned so digits line up.
+pub(super) fn number(text: String) -> Cell<'static> {
+    Cell::from(Line::from(text).right_aligned())
+}
+
+/// Pages of 4 KiB as a size: "4 KiB", "1.5 MiB", "2.0 GiB".
+pub(super) fn size_of_pages(pages: u64) -> String {
+    let kib = pages.saturating_mul(4);
+    if kib < 1024 {
+        format!("{kib} KiB")
+    } else if kib < 1024 * 1024 {
+        format!("{:.1} MiB", kib as f64 / 1024.0)
+    } else {
+        format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0))
     }
 }
 
@@ -95,15 +112,24 @@ fn header_cells(app: &App, wide: bool) -> Vec<Cell<'static>> {
             } else {
                 column.short_title()
             };
-            Cell::from(format!("{}{title}{mark}", i + 1))
+            let text = format!("{}{title}{mark}", i + 1);
+            // Titles sit over their values: numbers are right-aligned.
+            match column {
+                Column::Path | Column::Writeback => Cell::from(text),
+                _ => number(text),
+            }
         })
         .collect()
 }
 
 fn render_files(app: &App, frame: &mut Frame, area: Rect) {
     let rows = app.visible_files();
+    let whose = match &app.scope {
+        Some(scope) => format!(" of {}[{}] (Esc: all)", scope.comm, scope.tgid),
+        None => String::new(),
+    };
     let title = if app.filter.is_empty() && !app.editing_filter {
-        format!(" files written through mmap ({}) ", rows.len())
+        format!(" files written through mmap{whose} ({}) ", rows.len())
     } else {
         format!(
             " files matching /{}{} ({}) ",
@@ -122,19 +148,11 @@ fn render_files(app: &App, frame: &mut Frame, area: Rect) {
             let row = &file.row;
             Row::new(vec![
                 Cell::from(elide_left(&row.path, path_width)),
-                Cell::from(row.pages.to_string()),
-                Cell::from(if file.pages_interval > 0 {
-                    format!("+{}", file.pages_interval)
-                } else {
-                    String::new()
-                }),
-                Cell::from(format!("{:.1}", file.faults_per_sec)),
-                Cell::from(if row.cow_pages > 0 {
-                    row.cow_pages.to_string()
-                } else {
-                    String::new()
-                }),
-                Cell::from(row.writers.to_string()),
+                number(row.pages.to_string()),
+                number(format!("+{}", file.pages_interval)),
+                number(format!("{:.1}", file.faults_per_sec)),
+                number(row.cow_pages.to_string()),
+                number(row.writers.to_string()),
                 Cell::from(Span::styled(
                     match row.writeback {
                         WritebackState::NoWriteback => row.writeback.label().to_string(),
@@ -142,7 +160,7 @@ fn render_files(app: &App, frame: &mut Frame, area: Rect) {
                     },
                     writeback_style(row.writeback),
                 )),
-                Cell::from(age(app.now_boot_ns, row.last_write_boot_ns)),
+                number(age(app.now_boot_ns, row.last_write_boot_ns)),
             ])
         })
         .collect();
@@ -224,10 +242,11 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
             Span::from(elide_left(&row.path, area.width as usize)).bold()
         ]),
         Line::from(format!(
-            "dev {} ino {}  pages {}  faults {}  cow {}  huge spans {}",
+            "dev {} ino {}  pages {} ({})  faults {}  cow {}  huge spans {}",
             row.id.dev_string(),
             row.id.ino,
             row.pages,
+            size_of_pages(row.pages),
             row.write_faults,
             row.cow_pages,
             detail.huge_spans,
@@ -307,47 +326,6 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
     );
 }
 
-fn render_processes(app: &App, frame: &mut Frame, area: Rect) {
-    let rows: Vec<Row> = app
-        .processes
-        .iter()
-        .map(|p| {
-            Row::new(vec![
-                p.tgid.to_string(),
-                p.comm.clone(),
-                p.files.to_string(),
-                p.pages.to_string(),
-                p.cow_pages.to_string(),
-            ])
-        })
-        .collect();
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(8),
-            Constraint::Fill(1),
-            Constraint::Length(7),
-            Constraint::Length(10),
-            Constraint::Length(10),
-        ],
-    )
-    .header(
-        Row::new(["PID", "COMM", "FILES", "PAGES", "COW PAGES"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(
-        Block::new()
-            .borders(Borders::TOP)
-            .title(format!(" processes ({}) ", app.processes.len())),
-    )
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-    let mut state = TableState::default();
-    if !app.processes.is_empty() {
-        state.select(Some(app.selected_process));
-    }
-    frame.render_stateful_widget(table, area, &mut state);
-}
-
 fn render_status(app: &App, frame: &mut Frame, area: Rect) {
     let lost = if app.lost_events > 0 {
         Span::styled(
@@ -385,12 +363,12 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
 fn render_help(frame: &mut Frame, area: Rect) {
     let lines = [
         "↑↓ j k PgUp PgDn Home End   move",
-        "Enter          file detail (Esc back)",
+        "Enter          file detail / a process's files (Esc back)",
         "Tab            files / processes",
         "s              next sort column",
         "1-8            sort by column (again: reverse)",
         "r              reverse the sort",
-        "/              filter paths (Enter keep, Esc clear)",
+        "/              filter paths or processes (Enter keep, Esc clear)",
         "p              pause / resume",
         "q  Ctrl-C      quit",
     ];
@@ -414,6 +392,14 @@ fn render_help(frame: &mut Frame, area: Rect) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_have_units() {
+        assert_eq!(size_of_pages(0), "0 KiB");
+        assert_eq!(size_of_pages(255), "1020 KiB");
+        assert_eq!(size_of_pages(256), "1.0 MiB");
+        assert_eq!(size_of_pages(384 * 1024), "1.5 GiB");
+    }
 
     #[test]
     fn elides_paths_from_the_left() {
