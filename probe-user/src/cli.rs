@@ -133,8 +133,27 @@ pub struct ExportArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub retain: Duration,
 
+    /// Commands matching this regular expression always get a `comm`
+    /// label of their own (others share 32 slots by activity, the rest
+    /// count under comm="other").
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    pub keep_comm: Option<regex::Regex>,
+
+    /// cgroup paths matching this regular expression always get a
+    /// `cgroup` label of their own (others share 64 slots by activity).
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    pub keep_cgroup: Option<regex::Regex>,
+
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+fn parse_regex(text: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(text).map_err(|err| {
+        let why = err.to_string();
+        let last = why.lines().last().unwrap_or("invalid").trim().to_string();
+        format!("'{text}' is not a regular expression ({last})")
+    })
 }
 
 /// Which processes and files to watch; shared by every front end.

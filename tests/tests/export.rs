@@ -576,3 +576,82 @@ fn idle_files_are_forgotten_after_retain_and_counters_stay() {
         exporter.value(&series) == 2.0
     });
 }
+
+/// The fairness case on the real kernel: 40 short-lived commands
+/// that only copy-on-write (more than the 32 `comm` slots), then a real
+/// shared writer. Shared and COW writers are admitted apart, so
+/// `dbwriter` is exported under its own name; a pinned command keeps its
+/// own label too.
+#[test]
+fn cow_only_commands_do_not_push_a_shared_writer_into_other() {
+    require_root();
+    let dir = scratch_dir();
+    let exporter = Exporter::start(&["--keep-comm", "^pinned-"]);
+    let link = |name: &str| {
+        let path = dir.path().join(name);
+        std::os::unix::fs::symlink(WORKLOAD, &path).expect("a symlink: the comm is its name");
+        path
+    };
+    for i in 0..40 {
+        let program = link(&format!("cow{i:02}"));
+        let status = Command::new(&program)
+            .args([
+                "private",
+                "--file",
+                &path_arg(&dir.path().join(format!("cow{i:02}.bin"))),
+                "--size-pages",
+                "4",
+                "--pages",
+                "0,1",
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    wait_for(
+        "the COW-only commands counted",
+        Duration::from_secs(20),
+        || {
+            let (_, body) = exporter.get("/metrics");
+            body.lines().any(|l| {
+                l.starts_with("mmapwatch_cow_faults_total{comm=\"cow39\"")
+                    || l.starts_with("mmapwatch_cow_faults_total{comm=\"other\"")
+            })
+        },
+    );
+    for name in ["dbwriter", "pinned-writer"] {
+        let status = Command::new(link(name))
+            .args([
+                "shared",
+                "--file",
+                &path_arg(&dir.path().join(format!("{name}.bin"))),
+                "--size-pages",
+                "8",
+                "--pages",
+                "0,3,5",
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let pages_of = |comm: &str, body: &str| -> f64 {
+        body.lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "mmapwatch_pages_first_written_total{{comm=\"{comm}\""
+                ))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_for(
+        "the shared writers under their own names",
+        Duration::from_secs(20),
+        || {
+            let (_, body) = exporter.get("/metrics");
+            pages_of("dbwriter", &body) == 3.0 && pages_of("pinned-writer", &body) == 3.0
+        },
+    );
+}

@@ -799,6 +799,11 @@ fn bad_input_gets_one_line_and_a_distinct_exit_code() {
     expect_one_line_failure(&mut mmapwatch(&["trace", "--duration", "soon"]), 2, "soon");
     expect_one_line_failure(&mut mmapwatch(&["trace", "--backend", "magic"]), 2, "magic");
     expect_one_line_failure(
+        &mut mmapwatch(&["export", "--keep-comm", "("]),
+        2,
+        "not a regular expression",
+    );
+    expect_one_line_failure(
         &mut mmapwatch(&["trace", "--pid", "999999999"]),
         5,
         "no process with pid 999999999",

@@ -7,16 +7,20 @@ use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     rc::Rc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use probe_common::LATENCY_BUCKETS;
 
-use super::{labels::*, metrics::*};
+use super::{
+    admission::{LabelPins, WriterLabeler},
+    labels::*,
+    metrics::*,
+};
 use crate::{
     model::{
         aggregate::{Aggregate, Applied, FileRecord},
-        events::{Event, FileId},
+        events::{Event, FileId, WriteKind},
         paths::MountTable,
     },
     probe::maps::{KernelCounters, WriterLabel},
@@ -29,8 +33,9 @@ pub struct Exporter {
     pub metrics: Metrics,
     per_file_top: usize,
     path_prefixes: Vec<PathBuf>,
-    comms: LabelCap,
-    cgroups_cap: LabelCap,
+    /// Shared and COW writers are admitted to labels apart.
+    shared_writers: WriterLabeler,
+    cow_writers: WriterLabeler,
     cgroups: CgroupNames,
     mounts: MountTable,
     previous_writers: HashMap<WriterLabel, (u64, u64)>,
@@ -83,13 +88,14 @@ impl Exporter {
         per_file_top: usize,
         path_prefixes: Vec<PathBuf>,
         mounts: MountTable,
+        pins: &LabelPins,
     ) -> Self {
         Self {
             metrics,
             per_file_top,
             path_prefixes,
-            comms: LabelCap::new(32),
-            cgroups_cap: LabelCap::new(64),
+            shared_writers: pins.labeler(),
+            cow_writers: pins.labeler(),
             cgroups: CgroupNames::new(&mounts),
             mounts,
             previous_writers: HashMap::new(),
@@ -126,21 +132,40 @@ impl Exporter {
         FsLabels { fs, mount }
     }
 
-    fn writer_labels(&mut self, comm: &str, cgroup_id: u64, file: FileId) -> WriterLabels {
+    /// Labels for a writer active now; an idle value it displaced loses
+    /// its series.
+    fn writer_labels(
+        &mut self,
+        kind: WriteKind,
+        comm: &str,
+        cgroup_id: u64,
+        file: FileId,
+    ) -> WriterLabels {
         let cgroup = self.cgroups.name(cgroup_id);
         let FsLabels { fs, mount } = self.fs_labels(file);
-        WriterLabels {
-            comm: self.comms.label(comm),
-            cgroup: self.cgroups_cap.label(&cgroup),
-            fs,
-            mount,
+        let labeler = match kind {
+            WriteKind::Shared => &mut self.shared_writers,
+            WriteKind::Cow => &mut self.cow_writers,
+        };
+        let labelled = labeler.label(comm, &cgroup, fs, mount, Instant::now());
+        for stale in &labelled.stale {
+            match kind {
+                WriteKind::Shared => {
+                    self.metrics.write_faults.remove(stale);
+                    self.metrics.pages_first_written.remove(stale);
+                }
+                WriteKind::Cow => {
+                    self.metrics.cow_faults.remove(stale);
+                }
+            }
         }
+        labelled.labels
     }
 
     /// Pages newly written, from the collector's counts.
     pub fn add_page_counts(&mut self, counts: PageCounts) {
         for ((comm, cgroup_id, file), pages) in counts {
-            let labels = self.writer_labels(&comm, cgroup_id, file);
+            let labels = self.writer_labels(WriteKind::Shared, &comm, cgroup_id, file);
             self.metrics
                 .pages_first_written
                 .get_or_create(&labels)
@@ -164,16 +189,20 @@ impl Exporter {
                 ino: 0,
                 generation: 0,
             };
-            let labels = self.writer_labels(&label.comm, label.cgroup_id, file);
+            // Labelled only when active: an idle writer's cumulative
+            // totals must not keep its label slot.
             let shared = current.0.saturating_sub(previous.0);
             let cow = current.1.saturating_sub(previous.1);
             if shared > 0 {
+                let labels =
+                    self.writer_labels(WriteKind::Shared, &label.comm, label.cgroup_id, file);
                 self.metrics
                     .write_faults
                     .get_or_create(&labels)
                     .inc_by(shared);
             }
             if cow > 0 {
+                let labels = self.writer_labels(WriteKind::Cow, &label.comm, label.cgroup_id, file);
                 self.metrics.cow_faults.get_or_create(&labels).inc_by(cow);
             }
         }

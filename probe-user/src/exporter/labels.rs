@@ -1,8 +1,9 @@
-//! Label sets and their caps: never a pid; `comm` and `cgroup` capped,
-//! the rest folded into `other`; cgroup ids named from cgroupfs.
+//! Label sets: never a pid; `comm` and `cgroup` admitted by activity
+//! (`admission`), the rest folded into `other`; cgroup ids named from
+//! cgroupfs.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -57,33 +58,6 @@ pub struct BuildLabels {
     pub backend: String,
 }
 
-/// Admits the first `cap` distinct values; later ones map to `other`.
-#[derive(Debug)]
-pub struct LabelCap {
-    admitted: HashSet<String>,
-    cap: usize,
-}
-
-impl LabelCap {
-    pub fn new(cap: usize) -> Self {
-        Self {
-            admitted: HashSet::new(),
-            cap,
-        }
-    }
-
-    pub fn label(&mut self, value: &str) -> String {
-        if self.admitted.contains(value) {
-            return value.to_string();
-        }
-        if self.admitted.len() < self.cap {
-            self.admitted.insert(value.to_string());
-            return value.to_string();
-        }
-        OTHER.to_string()
-    }
-}
-
 /// cgroup v2 ids are the inode numbers of the cgroup directories.
 #[derive(Debug, Default)]
 pub struct CgroupNames {
@@ -134,10 +108,11 @@ impl CgroupNames {
         }
     }
 
-    /// The cgroup's path, rescanning at most every 10 s for new cgroups.
+    /// The cgroup's container (see [`container_name`]) or its path,
+    /// rescanning at most every 10 s for new cgroups.
     pub fn name(&mut self, id: u64) -> String {
         if let Some(name) = self.by_id.get(&id) {
-            return name.clone();
+            return container_name(name).unwrap_or_else(|| name.clone());
         }
         if self
             .last_scan
@@ -145,9 +120,101 @@ impl CgroupNames {
         {
             self.scan();
         }
-        self.by_id
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("id:{id}"))
+        self.by_id.get(&id).map_or_else(
+            || format!("id:{id}"),
+            |name| container_name(name).unwrap_or_else(|| name.clone()),
+        )
+    }
+}
+
+/// `pod:UID/container:ID12` or `container:ID12` for a cgroup path that
+/// shows a container (Kubernetes with the systemd or cgroupfs driver;
+/// containerd, CRI-O, Docker, Podman scopes), so series are per container
+/// rather than per long path; None for any other cgroup.
+pub fn container_name(path: &str) -> Option<String> {
+    let mut pod = None;
+    let mut container = None;
+    for part in path.split('/') {
+        let part = part.strip_suffix(".slice").unwrap_or(part);
+        if let Some(at) = part
+            .rfind("-pod")
+            .map(|i| i + 4)
+            .or_else(|| part.starts_with("pod").then_some(3))
+        {
+            let uid = &part[at..];
+            if uid.len() >= 32
+                && uid
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == '_' || c == '-')
+            {
+                pod = Some(uid.replace('_', "-"));
+                continue;
+            }
+        }
+        let id = part.strip_suffix(".scope").unwrap_or(part);
+        let id = [
+            "cri-containerd-",
+            "crio-",
+            "docker-",
+            "libpod-",
+            "containerd-",
+        ]
+        .iter()
+        .find_map(|prefix| id.strip_prefix(prefix))
+        .unwrap_or(id);
+        if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            container = Some(id[..12].to_string());
+        }
+    }
+    match (pod, container) {
+        (Some(pod), Some(id)) => Some(format!("pod:{pod}/container:{id}")),
+        (Some(pod), None) => Some(format!("pod:{pod}")),
+        (None, Some(id)) => Some(format!("container:{id}")),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::container_name;
+
+    const ID: &str = "4f1c2a7e9b3d5f60718293a4b5c6d7e8f9012345678901234567890abcdef123";
+
+    #[test]
+    fn kubernetes_systemd_driver() {
+        let path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6f0d4c1e_2a3b_4c5d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-{ID}.scope");
+        assert_eq!(
+            container_name(&path).as_deref(),
+            Some("pod:6f0d4c1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f/container:4f1c2a7e9b3d")
+        );
+    }
+
+    #[test]
+    fn kubernetes_cgroupfs_driver_and_plain_containers() {
+        let path = format!("/kubepods/besteffort/pod6f0d4c1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f/{ID}");
+        assert_eq!(
+            container_name(&path).as_deref(),
+            Some("pod:6f0d4c1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f/container:4f1c2a7e9b3d")
+        );
+        assert_eq!(
+            container_name(&format!("/system.slice/docker-{ID}.scope")).as_deref(),
+            Some("container:4f1c2a7e9b3d")
+        );
+        assert_eq!(
+            container_name(&format!("/machine.slice/libpod-{ID}.scope/container")).as_deref(),
+            Some("container:4f1c2a7e9b3d")
+        );
+    }
+
+    #[test]
+    fn other_cgroups_keep_their_path() {
+        for path in [
+            "/",
+            "/user.slice/user-0.slice/session-3.scope",
+            "/system.slice/postgresql.service",
+            "/podman-pause.scope",
+        ] {
+            assert_eq!(container_name(path), None, "{path}");
+        }
     }
 }

@@ -1,18 +1,20 @@
 //! `mmapwatch export`: Prometheus metrics over HTTP (OpenMetrics text, or
 //! the Prometheus text format when the scraper does not ask for it).
 //!
-//! Label cardinality is bounded: never a pid; `comm` and `cgroup` are
-//! capped (the rest is `other`); per-file series exist only for the top N
+//! Label cardinality is bounded: never a pid; `comm` and `cgroup` values
+//! are admitted by activity, shared and COW writers apart (the rest is
+//! `other`); per-file series exist only for the top N
 //! files by pages written and files under `--path-prefix`, and everything
 //! else is summed into `path="other"`.
 //!
-//! `labels` (label sets and caps), `metrics` (families and rendering),
+//! `labels` (label sets), `admission` (which values get their own), `metrics` (families and rendering),
 //! `collect` (aggregate and kernel totals to values), `server` (HTTP and
 //! the export loop), `health` (`/healthz` fails when that loop stalls),
 //! `text_format` (the Prometheus text format for scrapers that do not ask
 //! for OpenMetrics), `connections` (open connections capped, idle ones
 //! closed).
 
+mod admission;
 mod collect;
 mod connections;
 mod health;
@@ -23,6 +25,7 @@ mod server;
 mod tests;
 mod text_format;
 
+pub use admission::LabelPins;
 pub use collect::Exporter;
 pub use labels::OTHER;
 pub use metrics::{render, Metrics, OPENMETRICS};

@@ -7,8 +7,8 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::SignalKind;
 
 use super::{
-    collect::*, connections::BoundedListener, health::Heartbeat, labels::*, metrics::*,
-    text_format::*,
+    admission::LabelPins, collect::*, connections::BoundedListener, health::Heartbeat, labels::*,
+    metrics::*, text_format::*,
 };
 use crate::{
     cli::{ExportArgs, KernelPaths},
@@ -143,6 +143,10 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         args.per_file_top,
         prefixes,
         session.collector.mounts().clone(),
+        &LabelPins {
+            comm: args.keep_comm.clone(),
+            cgroup: args.keep_cgroup.clone(),
+        },
     );
     exporter.watch(&mut session);
     exporter.refresh(&mut session)?;

@@ -25,7 +25,13 @@ const MOUNTINFO: &str =
 fn exporter(top: usize, prefixes: Vec<PathBuf>) -> (Registry, Exporter) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let exporter = Exporter::new(metrics, top, prefixes, MountTable::parse(MOUNTINFO));
+    let exporter = Exporter::new(
+        metrics,
+        top,
+        prefixes,
+        MountTable::parse(MOUNTINFO),
+        &super::LabelPins::default(),
+    );
     (registry, exporter)
 }
 
@@ -162,15 +168,6 @@ fn unmounted_devices_are_labelled_unknown() {
 }
 
 #[test]
-fn label_cap_admits_then_folds_into_other() {
-    let mut cap = LabelCap::new(2);
-    assert_eq!(cap.label("a"), "a");
-    assert_eq!(cap.label("b"), "b");
-    assert_eq!(cap.label("c"), OTHER);
-    assert_eq!(cap.label("a"), "a");
-}
-
-#[test]
 fn page_counts_become_labelled_counters() {
     let (registry, mut exporter) = exporter(10, vec![]);
     let mut counts = HashMap::new();
@@ -228,6 +225,47 @@ fn kernel_totals_become_increments() {
     let key = r#"{comm="db",cgroup="id:424242",fs="tmpfs",mount="/dev/shm"}"#;
     assert_eq!(series[&format!("mmapwatch_write_faults_total{key}")], 8.0);
     assert_eq!(series[&format!("mmapwatch_cow_faults_total{key}")], 1.0);
+}
+
+/// The issue's case: 40 short-lived commands that only copy-on-write their
+/// libraries, then a real shared writer. COW and shared writers are
+/// admitted apart, so the shared writer keeps its own `comm`.
+#[test]
+fn cow_only_commands_never_push_a_shared_writer_into_other() {
+    let (registry, mut exporter) = exporter(10, vec![]);
+    let writer = |comm: &str| WriterLabel {
+        cgroup_id: 1,
+        dev: 25,
+        comm: comm.into(),
+    };
+    let stats = |shared, cow| probe_common::WriterStats {
+        shared_write_faults: shared,
+        cow_faults: cow,
+    };
+    let cow_only: Vec<_> = (0..40)
+        .map(|i| (writer(&format!("cmd{i}")), stats(0, 3)))
+        .collect();
+    exporter.add_writer_stats(cow_only);
+    exporter.add_writer_stats(vec![(writer("dbwriter"), stats(7, 0))]);
+    let series = sorted_series(&render(&registry).unwrap());
+    let shared = |comm: &str| {
+        series
+            .get(&format!(
+                r#"mmapwatch_write_faults_total{{comm="{comm}",cgroup="id:1",fs="tmpfs",mount="/dev/shm"}}"#
+            ))
+            .copied()
+    };
+    assert_eq!(shared("dbwriter"), Some(7.0));
+    assert_eq!(shared("other"), None, "no shared writer was folded");
+    let cow = |comm: &str| {
+        series
+            .get(&format!(
+                r#"mmapwatch_cow_faults_total{{comm="{comm}",cgroup="id:1",fs="tmpfs",mount="/dev/shm"}}"#
+            ))
+            .copied()
+    };
+    assert_eq!(cow("cmd0"), Some(3.0));
+    assert_eq!(cow("other"), Some(8.0 * 3.0), "COW writers past 32 slots");
 }
 
 #[test]
