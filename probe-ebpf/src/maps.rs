@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    counter, FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts, PendingFault, WriterKey,
-    WriterStats, WriterStatsKey, CHUNK_PAGES, FILE_STATS_ENTRIES, LATENCY_BUCKETS,
+    counter, FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts, PendingFault, PendingSync,
+    WriterKey, WriterStats, WriterStatsKey, CHUNK_PAGES, FILE_STATS_ENTRIES, LATENCY_BUCKETS,
 };
 
 use crate::scratch::FaultScratch;
@@ -79,6 +79,13 @@ pub(crate) static WRITEBACK_LATENCY: PerCpuArray<u64> =
 #[map]
 pub(crate) static PENDING_FAULT: LruHashMap<u32, PendingFault> =
     LruHashMap::with_max_entries(1 << 14, 0);
+
+/// Thread id -> the msync/fsync/fdatasync/sync_file_range call it is in
+/// (its file and start time), until the call returns. LRU: a thread that
+/// never returns (killed in the call) does not hold an entry for good.
+#[map]
+pub(crate) static PENDING_SYNC: LruHashMap<u32, PendingSync> =
+    LruHashMap::with_max_entries(1 << 12, 0);
 
 /// Processes that made a shared writable mapping (seen at mmap/mprotect,
 /// inherited at fork, seeded from /proc at start): only their read faults

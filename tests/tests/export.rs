@@ -369,7 +369,23 @@ fn a_plain_scrape_is_prometheus_text_that_promtool_accepts() {
     wait_for("the file's series", Duration::from_secs(10), || {
         exporter.value(&series) == 2.0
     });
+    // An msync too: its counter and labelled histogram go through promtool.
+    let status = Command::new(WORKLOAD)
+        .args(["shared", "--file", &path_arg(&file), "--size-pages", "8"])
+        .args(["--pages", "3", "--msync-and-rewrite"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let msyncs = r#"mmapwatch_sync_calls_total{call="msync",fs="ext4",mount="/"}"#;
+    wait_for("the msync counted", Duration::from_secs(10), || {
+        exporter.value(msyncs) >= 1.0
+    });
     let (status, body) = http_get_accepting(exporter.port, "/metrics", "*/*");
+    assert!(
+        body.contains(r#"mmapwatch_sync_seconds_count{call="msync"}"#),
+        "{body}"
+    );
     assert_eq!(status, 200);
     assert!(!body.contains("# EOF"), "{body}");
     assert!(

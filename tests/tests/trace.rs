@@ -709,6 +709,103 @@ fn python_mmap_script_reports_exactly_its_pages() {
     assert_eq!(entry["writeback_pages"], 5);
 }
 
+/// Durability: msync, fsync, fdatasync and sync_file_range on a file
+/// written through mmap are counted per call (in the report and the event
+/// stream); a write(2) file's fsync is not reported; the page written last
+/// and never synced is still not on disk when the trace ends (its writer
+/// exited without msync), where the page cache can tell (cachestat, 6.5+).
+#[test]
+fn durability_calls_are_counted_and_unsynced_pages_are_not_on_disk() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("durable.bin");
+    let other = dir.path().join("log.bin");
+    let events = dir.path().join("events.ndjson");
+    let script = format!(
+        "import ctypes, mmap, os\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]\n\
+         fd = os.open({path:?}, os.O_RDWR | os.O_CREAT)\n\
+         os.ftruncate(fd, 8 * 4096)\n\
+         m = mmap.mmap(fd, 8 * 4096, mmap.MAP_SHARED)\n\
+         m[1 * 4096] = 1; m[5 * 4096] = 1\n\
+         m.flush()\n\
+         m[6 * 4096] = 1\n\
+         os.fsync(fd); os.fdatasync(fd)\n\
+         m[7 * 4096] = 1\n\
+         assert libc.sync_file_range(fd, 0, 8 * 4096, 7) == 0\n\
+         m[3 * 4096] = 1\n\
+         g = os.open({other:?}, os.O_RDWR | os.O_CREAT)\n\
+         os.write(g, b'x'); os.fsync(g)\n",
+        path = path_arg(&file),
+        other = path_arg(&other),
+    );
+    let run = trace_command(
+        "python3",
+        &[
+            "--path-prefix",
+            &path_arg(dir.path()),
+            "--events",
+            &path_arg(&events),
+        ],
+        &["-c", &script],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        run.files().len(),
+        1,
+        "only the mmap-written file: {:#}",
+        run.json
+    );
+    let entry = run.expect_file(&file);
+    assert_eq!(
+        ranges(&entry["pages_written"]),
+        vec![(1, 1), (3, 3), (5, 7)]
+    );
+    let syncs = &entry["syncs"];
+    for call in ["msync", "fsync", "fdatasync", "sync_file_range"] {
+        assert_eq!(syncs[call]["calls"], 1, "{call}: {syncs:#}");
+        assert_eq!(syncs[call]["errors"], 0, "{call}: {syncs:#}");
+        assert!(syncs[call]["max_latency_ns"].as_u64().unwrap() > 0);
+        assert!(syncs[call]["last_unix_ns"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(
+        run.json["probe"]["syncs_of_other_files"], 1,
+        "the write(2) file's fsync"
+    );
+    match entry["not_yet_written_back_pages"].as_u64() {
+        Some(pages) => assert_eq!(pages, 1, "page 3 was never synced: {entry:#}"),
+        None => assert!(
+            entry["not_yet_written_back_why"]
+                .as_str()
+                .is_some_and(|why| why.contains("Linux 6.5")),
+            "{entry:#}"
+        ),
+    }
+    let text = std::fs::read_to_string(&events).expect("the event stream");
+    let synced: Vec<(String, u64, u64)> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line"))
+        .filter(|line| line["type"] == "sync")
+        .map(|line| {
+            (
+                line["call"].as_str().unwrap().to_string(),
+                line["first_page"].as_u64().unwrap(),
+                line["pages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        synced,
+        [
+            ("msync".to_string(), 0, 8),
+            ("fsync".to_string(), 0, 0),
+            ("fdatasync".to_string(), 0, 0),
+            ("sync_file_range".to_string(), 0, 8),
+        ]
+    );
+}
+
 /// The fault path finds mappings by walking the maple tree without locks
 /// (bpf_find_vma costs microseconds with IRQs off). A process with hundreds
 /// of mappings has a multi-level tree: every fault must still be resolved
@@ -974,6 +1071,8 @@ fn the_event_stream_on_stdout_carries_nothing_else() {
         vec![
             format!("write {path} 1 1 {COMM} true"),
             format!("write {path} 6 1 {COMM} true"),
+            // The workload msyncs its whole 8-page mapping before exiting.
+            format!("sync {path} 0 8 {COMM} true"),
         ]
     );
 }

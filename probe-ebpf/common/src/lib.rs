@@ -42,6 +42,17 @@ pub mod event_kind {
     /// read fault mapped writable into a shared writable mapping: later
     /// stores to them take no fault, so they may have been written.
     pub const POSSIBLE_WRITE: u32 = 7;
+    /// An msync, fsync, fdatasync or sync_file_range call returned
+    /// ([`SyncEvent`]).
+    pub const SYNC: u32 = 8;
+}
+
+/// The calls that ask for a file's pages to reach disk.
+pub mod sync_call {
+    pub const MSYNC: u32 = 1;
+    pub const FSYNC: u32 = 2;
+    pub const FDATASYNC: u32 = 3;
+    pub const SYNC_FILE_RANGE: u32 = 4;
 }
 
 /// Bits of the `HOOKS` map's one entry: which function hooks are attached,
@@ -108,7 +119,10 @@ pub mod counter {
     /// counted above): the fault, followed child, shared-mapper note or
     /// writeback sample it concerned may be missing.
     pub const PROBE_ERRORS: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// The part of `RINGBUF_DROPS` that were sync-call records (msync,
+    /// fsync...), not pages.
+    pub const RINGBUF_DROPS_SYNC_EVENTS: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts
@@ -204,6 +218,37 @@ pub struct PageEvent {
     /// its first page.
     pub page: u64,
     /// Pages covered: 1, or the span's length.
+    pub pages: u64,
+}
+
+/// [`event_kind::SYNC`]: one call, sent when it returns. The header's
+/// `boot_ns` is the return time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct SyncEvent {
+    pub header: EventHeader,
+    /// One of [`sync_call`].
+    pub call: u32,
+    pub _pad: u32,
+    /// The syscall's return value (0, or a negative errno).
+    pub ret: i64,
+    pub latency_ns: u64,
+    /// The file pages asked for (msync, sync_file_range); `pages` 0 for
+    /// the whole file (fsync, fdatasync, sync_file_range to the end).
+    pub first_page: u64,
+    pub pages: u64,
+}
+
+/// A sync call entered and not yet returned, per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSync {
+    pub file: FileKey,
+    pub call: u32,
+    pub _pad: u32,
+    pub start_ns: u64,
+    pub first_page: u64,
     pub pages: u64,
 }
 
@@ -439,6 +484,13 @@ pub struct KernelOffsets {
     /// 6.10); 0: unknown, every file may have them.
     pub mapping_flags: u32,
     pub large_folio_mask: u32,
+    /// fd to file, for fsync and friends: `task_struct.files`,
+    /// `files_struct.fdt`, `fdtable.fd` and `fdtable.max_fds`; zero
+    /// `task_files` when BTF lacks one (those calls are then not seen).
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
 }
 
 /// What `mm_struct.mm_lock_seq` is on this kernel.
@@ -529,6 +581,10 @@ impl KernelOffsets {
         mm_lock_seq_kind: 0,
         mapping_flags: 0,
         large_folio_mask: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_fd: 0,
+        fdtable_max_fds: 0,
     };
 }
 

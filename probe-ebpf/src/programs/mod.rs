@@ -4,4 +4,5 @@ mod faults;
 mod floor;
 mod functions;
 mod process;
+mod sync;
 mod writeback;

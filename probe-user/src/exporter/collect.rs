@@ -16,6 +16,7 @@ use super::{
     admission::{LabelPins, WriterLabeler},
     labels::*,
     metrics::*,
+    syncs::{SyncSeen, SyncTap},
 };
 use crate::{
     model::{
@@ -51,6 +52,8 @@ pub struct Exporter {
     /// Pages newly written since the last refresh, tapped from the
     /// session's event stream.
     new_pages: NewPages,
+    /// Sync calls since the last refresh, tapped likewise.
+    syncs: SyncTap,
 }
 
 /// Pages newly written per (comm, cgroup id, file), summed as the session
@@ -107,12 +110,14 @@ impl Exporter {
             file_series: HashSet::new(),
             unmounted_devs: HashSet::new(),
             new_pages: NewPages::default(),
+            syncs: SyncTap::default(),
         }
     }
 
     /// Counts the session's newly written pages from now on.
     pub fn watch(&self, session: &mut Session) {
         session.collector.observe(Box::new(self.new_pages.clone()));
+        session.collector.observe(Box::new(self.syncs.clone()));
     }
 
     fn fs_labels(&mut self, file: FileId) -> FsLabels {
@@ -170,6 +175,28 @@ impl Exporter {
                 .pages_first_written
                 .get_or_create(&labels)
                 .inc_by(pages);
+        }
+    }
+
+    /// Sync calls into counters and the latency histogram.
+    pub fn add_syncs(&mut self, syncs: Vec<SyncSeen>) {
+        for sync in syncs {
+            let FsLabels { fs, mount } = self.fs_labels(sync.file);
+            let labels = SyncLabels {
+                call: sync.call.name().into(),
+                fs,
+                mount,
+            };
+            self.metrics.sync_calls.get_or_create(&labels).inc();
+            if sync.failed {
+                self.metrics.sync_errors.get_or_create(&labels).inc();
+            }
+            self.metrics
+                .sync_seconds
+                .get_or_create(&CallLabels {
+                    call: sync.call.name().into(),
+                })
+                .observe(sync.latency_ns as f64 / 1e9);
         }
     }
 
@@ -408,6 +435,8 @@ impl Exporter {
         let counters = session.refresh()?;
         let counts = self.new_pages.take();
         self.add_page_counts(counts);
+        let syncs = self.syncs.take();
+        self.add_syncs(syncs);
         self.add_writer_stats(session.writer_stats()?);
         self.update_files(&session.collector.aggregate);
         self.update_counters(

@@ -33,6 +33,16 @@ pub struct Metrics {
     pub bpf_runs: Family<ProgramLabels, Counter>,
     pub backend: Family<BackendLabels, Gauge>,
     pub build_info: Family<BuildLabels, Gauge>,
+    pub sync_calls: Family<SyncLabels, Counter>,
+    pub sync_errors: Family<SyncLabels, Counter>,
+    pub sync_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
+}
+
+/// msync/fsync latency buckets: 10 µs to about 10 s, by fours.
+fn sync_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1e-5, 4.0, 11,
+    ))
 }
 
 /// Histogram buckets matching the kernel's log2 buckets: upper bounds
@@ -67,6 +77,9 @@ impl Metrics {
             bpf_runs: Family::default(),
             backend: Family::default(),
             build_info: Family::default(),
+            sync_calls: Family::default(),
+            sync_errors: Family::default(),
+            sync_seconds: Family::new_with_constructor(sync_histogram),
         };
         let r = registry;
         r.register(
@@ -119,6 +132,21 @@ impl Metrics {
             "mmapwatch_dirty_to_writeback_seconds",
             "Time from a file's first dirtying to the completion of the writeback that cleaned it",
             metrics.writeback_latency.clone(),
+        );
+        r.register(
+            "mmapwatch_sync_calls",
+            "msync, fsync, fdatasync and sync_file_range calls on files written through mmap",
+            metrics.sync_calls.clone(),
+        );
+        r.register(
+            "mmapwatch_sync_errors",
+            "Of those, calls that failed (an EIO from fsync is a lost write)",
+            metrics.sync_errors.clone(),
+        );
+        r.register(
+            "mmapwatch_sync_seconds",
+            "How long those calls took",
+            metrics.sync_seconds.clone(),
         );
         r.register(
             "mmapwatch_events",

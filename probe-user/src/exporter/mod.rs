@@ -10,6 +10,7 @@
 //! `labels` (label sets), `admission` (which values get their own), `metrics` (families and rendering),
 //! `collect` (aggregate and kernel totals to values), `server` (HTTP and
 //! the export loop), `health` (`/healthz` fails when that loop stalls),
+//! `syncs` (msync/fsync calls tapped from the event stream),
 //! `text_format` (the Prometheus text format for scrapers that do not ask
 //! for OpenMetrics), `connections` (open connections capped, idle ones
 //! closed).
@@ -21,6 +22,7 @@ mod health;
 mod labels;
 mod metrics;
 mod server;
+mod syncs;
 #[cfg(test)]
 mod tests;
 mod text_format;

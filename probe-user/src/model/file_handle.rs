@@ -104,6 +104,29 @@ pub fn current_name(
     link.is_absolute().then_some(CurrentName::Linked(link))
 }
 
+/// The file opened read-only for a look at its page cache: by its name
+/// when that still leads to it, else by its handle (renamed or deleted).
+pub fn open_for_reading(
+    file: FileId,
+    fs_magic: Option<u64>,
+    path: Option<&Path>,
+    mount_point: Option<&Path>,
+) -> std::io::Result<std::fs::File> {
+    if let Some(path) = path {
+        if let Ok(opened) = std::fs::File::open(path) {
+            let meta = opened.metadata()?;
+            if file.is_stat_of(meta.dev(), meta.ino()) {
+                return Ok(opened);
+            }
+        }
+    }
+    let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+    let by_handle = open_by_identity(file, fs_magic, mount_point).ok_or_else(not_found)??;
+    // An O_PATH descriptor reads nothing; its /proc link opens the inode
+    // itself, deleted or not.
+    std::fs::File::open(format!("/proc/self/fd/{}", by_handle.as_raw_fd()))
+}
+
 /// The file opened (O_PATH) from its handle; `None` when this filesystem
 /// has no handle we can build or is not mounted here.
 fn open_by_identity(

@@ -1,11 +1,13 @@
 //! From kernel records to what the front ends show: typed events
 //! (`events`), the pure aggregate of files, pages and writers
 //! (`aggregate`), file identity and names (`file_handle`, `names`,
-//! `paths`), and what a backend cannot see (`blind_spots`).
+//! `paths`), durability calls per file (`durability`), and what a backend
+//! cannot see (`blind_spots`).
 
 pub mod aggregate;
 pub mod blind_spots;
 pub mod clock;
+pub mod durability;
 pub mod events;
 pub mod file_handle;
 pub mod hand_over;

@@ -471,7 +471,25 @@ impl KernelBtf {
             vma_vm_page_prot: self.offset_of("vm_area_struct", "vm_page_prot")?,
             mapping_flags: self.offset_of("address_space", "flags")?,
             large_folio_mask: self.large_folio_mask(),
-            ..KernelOffsets::default()
+            ..self.fd_offsets()
+        })
+    }
+
+    /// fd to file (fsync and friends); all zero when one is missing, and
+    /// then those calls are not seen (the rest works).
+    fn fd_offsets(&self) -> KernelOffsets {
+        let offsets = || -> Result<KernelOffsets, BtfError> {
+            Ok(KernelOffsets {
+                task_files: self.offset_of("task_struct", "files")?,
+                files_fdt: self.offset_of("files_struct", "fdt")?,
+                fdtable_fd: self.offset_of("fdtable", "fd")?,
+                fdtable_max_fds: self.offset_of("fdtable", "max_fds")?,
+                ..KernelOffsets::default()
+            })
+        };
+        offsets().unwrap_or_else(|err| {
+            log::warn!("fsync, fdatasync and sync_file_range are not traced: {err}");
+            KernelOffsets::default()
         })
     }
 

@@ -50,7 +50,34 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "mappings made writable later (tmpfs possibly-written pages)",
         raw: false,
     },
+    sync("sys_enter_msync", "msync calls (durability)"),
+    sync("sys_exit_msync", "msync calls (durability)"),
+    sync("sys_enter_fsync", "fsync calls (durability)"),
+    sync("sys_exit_fsync", "fsync calls (durability)"),
+    sync("sys_enter_fdatasync", "fdatasync calls (durability)"),
+    sync("sys_exit_fdatasync", "fdatasync calls (durability)"),
+    sync(
+        "sys_enter_sync_file_range",
+        "sync_file_range calls (durability)",
+    ),
+    sync(
+        "sys_exit_sync_file_range",
+        "sync_file_range calls (durability)",
+    ),
 ];
+
+/// A durability call's entry or return: optional, classic (they fire only
+/// for that call).
+const fn sync(name: &'static str, purpose: &'static str) -> Tracepoint {
+    Tracepoint {
+        program: name,
+        category: "syscalls",
+        name,
+        required: false,
+        purpose,
+        raw: false,
+    }
+}
 
 /// The function-hook backends' own program on the user fault tracepoint:
 /// read faults only (the hooks see every write), for tmpfs pages that a

@@ -17,6 +17,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 mod collector;
 mod kernel_files;
+pub mod page_cache;
 pub use collector::{Collector, EventObserver};
 pub use kernel_files::HandOverCounts;
 

@@ -47,6 +47,14 @@ pub struct StreamEvent<'a> {
     pub tid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup_id: Option<u64>,
+    /// `sync` lines: which call, how long it took, what it returned (0 or
+    /// a negative errno). `pages` 0 there means the whole file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -67,6 +75,9 @@ pub enum StreamKind {
     CowWrite,
     /// Pages whose writeback to disk completed (fentry and kprobe backends).
     Writeback,
+    /// An msync, fsync, fdatasync or sync_file_range call on the file
+    /// returned.
+    Sync,
 }
 
 /// The stream's line for an event, or None for events it does not carry
@@ -79,6 +90,7 @@ pub fn stream_event<'a>(
     filter: &ReportFilter,
     clock: &Clock,
 ) -> Option<StreamEvent<'a>> {
+    let mut sync = None;
     let (kind, id, first_page, pages, task, boot_ns) = match event {
         Event::FirstWrite {
             file,
@@ -153,6 +165,28 @@ pub fn stream_event<'a>(
             None,
             *boot_ns,
         ),
+        Event::Sync {
+            file: id,
+            call,
+            first_page,
+            pages,
+            latency_ns,
+            result,
+            task,
+            boot_ns,
+        } => {
+            // As in the report: only files written through a mapping.
+            file?;
+            sync = Some((call.name(), *latency_ns, *result));
+            (
+                StreamKind::Sync,
+                id,
+                *first_page,
+                *pages,
+                Some(task),
+                *boot_ns,
+            )
+        }
         Event::FileSeen { .. } => return None,
     };
     if file.is_some_and(|record| !filter.keeps_name(record))
@@ -177,6 +211,9 @@ pub fn stream_event<'a>(
         tid: task.map(|t| t.pid),
         comm: task.map(|t| t.comm.clone()),
         cgroup_id: task.map(|t| t.cgroup_id),
+        call: sync.map(|s| s.0),
+        latency_ns: sync.map(|s| s.1),
+        result: sync.map(|s| s.2),
     })
 }
 
@@ -346,6 +383,39 @@ mod tests {
         assert_eq!(
             stream_event(&event, &new_page(), Some(&outside), &filter, &clock),
             None
+        );
+    }
+
+    #[test]
+    fn a_sync_line_says_which_call_how_long_and_its_result() {
+        let record = named("/data/db");
+        let event = Event::Sync {
+            file: FILE,
+            call: crate::model::events::SyncCall::Msync,
+            first_page: 2,
+            pages: 3,
+            latency_ns: 4_000,
+            result: 0,
+            task: task(),
+            boot_ns: 1,
+        };
+        let filter = ReportFilter::default();
+        let clock = Clock::with_offset(0);
+        let line = stream_event(&event, &Applied::default(), Some(&record), &filter, &clock)
+            .expect("a sync line");
+        let json = serde_json::to_value(&line).expect("serializes");
+        assert_eq!(json["type"], "sync");
+        assert_eq!(json["call"], "msync");
+        assert_eq!(json["latency_ns"], 4_000);
+        assert_eq!(json["result"], 0);
+        assert_eq!(
+            (json["first_page"].as_u64(), json["pages"].as_u64()),
+            (Some(2), Some(3))
+        );
+        assert_eq!(
+            stream_event(&event, &Applied::default(), None, &filter, &clock),
+            None,
+            "a file never written through a mapping"
         );
     }
 

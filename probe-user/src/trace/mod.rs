@@ -1,19 +1,22 @@
 //! `mmapwatch trace`: attach, collect until the end condition, report once.
 
-use std::{process::ExitStatus, time::Duration};
+use std::{path::PathBuf, process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::SignalKind;
 
 use crate::{
     cli::{KernelPaths, TraceArgs},
+    model::aggregate::FileRecord,
     probe::maps::KernelCounters,
+    session::page_cache::written_pages_not_on_disk,
 };
 
 pub mod events;
 pub mod json_lines;
 pub mod recorder;
 pub mod report;
+pub mod table;
 
 use events::EventStream;
 use json_lines::JsonLines;
@@ -136,7 +139,12 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             .map(|tp| format!("tracepoint {tp} is absent on this kernel")),
     );
     let mounts = session.collector.mounts().clone();
-    let fs_type = move |file| mounts.fs_type(file).map(str::to_string);
+    let fs_type = |file| mounts.fs_type(file).map(str::to_string);
+    let not_on_disk = |file, record: &FileRecord| {
+        let mount_point = mounts.mount_of(file).map(|m| PathBuf::from(&m.mount_point));
+        let has_writeback = crate::model::paths::fs_has_writeback(mounts.fs_type(file));
+        written_pages_not_on_disk(file, record, mount_point.as_deref(), has_writeback)
+    };
     let report = report::build(
         &session.collector.aggregate,
         &report_filter(&options),
@@ -153,6 +161,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             warnings,
             clock: session.clock,
             fs_type: &fs_type,
+            not_on_disk: &not_on_disk,
         },
     );
     if let Some(lines) = &recording {
@@ -167,7 +176,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         json.push('\n');
         json
     } else {
-        report::render_table(&report)
+        table::render_table(&report)
     };
     match output {
         Some(mut file) => {

@@ -116,6 +116,8 @@ pub struct Detail {
     pub huge_spans: u64,
     pub folios_dirtied: u64,
     pub pages_dirtied: u64,
+    /// msync/fsync/fdatasync/sync_file_range calls on the file.
+    pub syncs: crate::model::durability::Syncs,
 }
 
 /// Everything one tick brings.
@@ -210,6 +212,7 @@ impl Snapshot {
                 huge_spans: record.huge_spans,
                 folios_dirtied: record.kernel.folios_dirtied,
                 pages_dirtied: record.kernel.pages_dirtied,
+                syncs: record.syncs.clone(),
                 row,
             })
         });

@@ -189,6 +189,33 @@ fn render_files(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
+/// "msync 2 (max 1.8 ms, last 3.1s ago)  fsync 1 ...": whether and when
+/// the writers asked for their pages to reach disk.
+fn sync_text(app: &App, detail: &Detail) -> String {
+    if detail.syncs.0.is_empty() {
+        return "syncs: none (no msync/fsync/fdatasync/sync_file_range)".into();
+    }
+    let calls: Vec<String> = detail
+        .syncs
+        .0
+        .iter()
+        .map(|(call, stats)| {
+            let failed = match stats.errors {
+                0 => String::new(),
+                n => format!(", {n} failed"),
+            };
+            format!(
+                "{} {} (max {:.1} ms, last {} ago{failed})",
+                call.name(),
+                stats.calls,
+                stats.max_latency_ns as f64 / 1e6,
+                age(app.now_boot_ns, stats.last_boot_ns)
+            )
+        })
+        .collect();
+    format!("syncs: {}", calls.join("  "))
+}
+
 /// One character per cell: how much of the cell's pages were written.
 fn heatmap_lines(heatmap: &Heatmap, width: u16, height: u16) -> Vec<Line<'static>> {
     let cells = (width as usize * height as usize).max(1);
@@ -231,7 +258,7 @@ fn heatmap_lines(heatmap: &Heatmap, width: u16, height: u16) -> Vec<Line<'static
 fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
     let row = &detail.row;
     let [summary, heat, lower] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Min(4),
         Constraint::Length(8),
     ])
@@ -261,6 +288,7 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
                 age(app.now_boot_ns, row.last_write_boot_ns)
             )),
         ]),
+        Line::from(sync_text(app, detail)),
     ];
     frame.render_widget(Paragraph::new(summary_text), summary);
 

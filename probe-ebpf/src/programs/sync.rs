@@ -1,0 +1,232 @@
+//! Durability calls: msync, fsync, fdatasync and sync_file_range, each
+//! timed from entry to return and sent with its file, so a report can say
+//! whether and when the writer asked for its pages to reach disk.
+//!
+//! Classic `syscalls:sys_{enter,exit}_*` tracepoints: they fire only for
+//! these calls, and their arguments sit at fixed offsets (16 + 8 * n).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use probe_common::{
+    counter, event_kind, sync_call, FileKey, PendingSync, SyncEvent, TASK_COMM_LEN, VM_SHARED,
+};
+
+use crate::{
+    filter::{selected_current_task, tgid_selected},
+    kernel::{current_cgroup_id, inode_key, read_kernel},
+    maps::{bump, count_failure, EVENTS, PENDING_SYNC},
+    record::{fill_header, note_ring_fill},
+    vma::{find_vma_locked, VmaInfo},
+};
+
+/// Offset of the syscall's `n`th argument (and of `ret` on exit).
+const fn arg_at(n: usize) -> usize {
+    16 + 8 * n
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, i64> {
+    // SAFETY: offsets from the tracepoints' format files.
+    unsafe { ctx.read_at::<u64>(arg_at(n)) }.map_err(|err| err as i64)
+}
+
+/// The file open at `fd` in the current task: `task->files->fdt->fd[fd]`.
+/// None for a closed or out-of-range fd (the call fails with EBADF).
+#[inline(always)]
+fn file_of_fd(fd: u64) -> Result<Option<FileKey>, i64> {
+    let files_at = offset!(task_files);
+    if files_at == 0 {
+        return Ok(None);
+    }
+    // SAFETY: no arguments; the current task, read through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read_kernel(task, files_at)?;
+    let fdt: u64 = read_kernel(files, offset!(files_fdt))?;
+    let max_fds: u32 = read_kernel(fdt, offset!(fdtable_max_fds))?;
+    if fd >= u64::from(max_fds) {
+        return Ok(None);
+    }
+    let array: u64 = read_kernel(fdt, offset!(fdtable_fd))?;
+    let file: u64 = read_kernel(array, fd * 8)?;
+    if file == 0 {
+        return Ok(None);
+    }
+    let inode: u64 = read_kernel(file, offset!(file_f_inode))?;
+    Ok(Some(inode_key(inode)?.0))
+}
+
+/// Pages from byte `offset` for `bytes` bytes (0: to the end of the file).
+#[inline(always)]
+fn page_range(offset: u64, bytes: u64) -> (u64, u64) {
+    let shift = config!(page_shift);
+    let first = offset >> shift;
+    if bytes == 0 {
+        return (first, 0);
+    }
+    let last = (offset.saturating_add(bytes) - 1) >> shift;
+    (first, last - first + 1)
+}
+
+/// The call's file and pages; None when it names no file mapped or open.
+#[inline(always)]
+fn target(ctx: &TracePointContext, call: u32) -> Result<Option<PendingSync>, i64> {
+    let mut pending = PendingSync {
+        call,
+        ..PendingSync::default()
+    };
+    match call {
+        sync_call::MSYNC => {
+            let (start, len) = (arg(ctx, 0)?, arg(ctx, 1)?);
+            let mut info = VmaInfo::default();
+            if !find_vma_locked(start, &mut info)
+                || info.file == 0
+                || info.flags & VM_SHARED == 0
+                || start < info.start
+            {
+                return Ok(None);
+            }
+            let shift = config!(page_shift);
+            // The first mapping of the range only: msync of several
+            // mappings is rare, and each has its own file.
+            let end = if start.saturating_add(len) < info.end {
+                start.saturating_add(len)
+            } else {
+                info.end
+            };
+            pending.file = info.file_key();
+            pending.first_page = info.pgoff + ((start - info.start) >> shift);
+            pending.pages = (end.saturating_sub(start) + (1 << shift) - 1) >> shift;
+        }
+        sync_call::SYNC_FILE_RANGE => {
+            let Some(file) = file_of_fd(arg(ctx, 0)?)? else {
+                return Ok(None);
+            };
+            pending.file = file;
+            let (first, pages) = page_range(arg(ctx, 1)?, arg(ctx, 2)?);
+            pending.first_page = first;
+            pending.pages = pages;
+        }
+        _ => {
+            let Some(file) = file_of_fd(arg(ctx, 0)?)? else {
+                return Ok(None);
+            };
+            pending.file = file;
+        }
+    }
+    Ok(Some(pending))
+}
+
+pub(crate) fn try_sync_enter(ctx: &TracePointContext, call: u32) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // The command-name filter is applied on return, once per call.
+    if !tgid_selected((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let Some(mut pending) = target(ctx, call)? else {
+        return Ok(());
+    };
+    // SAFETY: no arguments.
+    pending.start_ns = unsafe { bpf_ktime_get_boot_ns() };
+    PENDING_SYNC
+        .insert(&(pid_tgid as u32), &pending, 0)
+        .map_err(|err| err as i64)
+}
+
+pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: a plain value copied out at once.
+    let Some(pending) = (unsafe { PENDING_SYNC.get(&tid) }).copied() else {
+        return Ok(());
+    };
+    // Gone either way; an entry another thread reused would only be
+    // overwritten at its own entry.
+    let _removed = PENDING_SYNC.remove(&tid);
+    let ret = arg(ctx, 0)? as i64;
+    let mut comm = [0u8; TASK_COMM_LEN];
+    if !selected_current_task(pid_tgid, &mut comm)? {
+        return Ok(());
+    }
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let Some(mut entry) = EVENTS.reserve::<SyncEvent>(0) else {
+        bump(counter::RINGBUF_DROPS);
+        bump(counter::RINGBUF_DROPS_SYNC_EVENTS);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: reserved ring-buffer memory of the right size, filled in place.
+    unsafe {
+        fill_header(
+            &mut (*event).header,
+            event_kind::SYNC,
+            pid_tgid,
+            &pending.file,
+            now,
+            &comm,
+            current_cgroup_id(),
+        );
+        (*event).header._pad = 0;
+        (*event).call = pending.call;
+        (*event)._pad = 0;
+        (*event).ret = ret;
+        (*event).latency_ns = now.saturating_sub(pending.start_ns);
+        (*event).first_page = pending.first_page;
+        (*event).pages = pending.pages;
+    }
+    entry.submit(0);
+    bump(counter::EVENTS_SUBMITTED);
+    note_ring_fill();
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_enter_msync(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_enter(&ctx, sync_call::MSYNC));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fsync(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_enter(&ctx, sync_call::FSYNC));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fdatasync(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_enter(&ctx, sync_call::FDATASYNC));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sync_file_range(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_enter(&ctx, sync_call::SYNC_FILE_RANGE));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_msync(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_exit(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_fsync(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_exit(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_fdatasync(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_exit(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_sync_file_range(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_exit(&ctx));
+    0
+}

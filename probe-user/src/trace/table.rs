@@ -1,0 +1,125 @@
+//! The trace report as a human table: one row per file, then a summary
+//! line and the warnings.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    model::names,
+    trace::report::{Report, SyncReport},
+};
+
+/// "msync 2, fsync 1" (failures said); "-" when none.
+fn sync_summary(syncs: &BTreeMap<&'static str, SyncReport>) -> String {
+    if syncs.is_empty() {
+        return "-".into();
+    }
+    syncs
+        .iter()
+        .map(|(call, report)| match report.errors {
+            0 => format!("{call} {}", report.calls),
+            errors => format!("{call} {} ({errors} failed)", report.calls),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn short_ranges(ranges: &[[u64; 2]]) -> String {
+    const SHOWN: usize = 4;
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .take(SHOWN)
+        .map(|[a, b]| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    if ranges.len() > SHOWN {
+        parts.push(format!("+{} more", ranges.len() - SHOWN));
+    }
+    parts.join(",")
+}
+
+/// The human table: one row per file, most pages written first.
+pub fn render_table(report: &Report) -> String {
+    use comfy_table::{presets::NOTHING, Cell, CellAlignment, ContentArrangement, Table};
+
+    let mut out = String::new();
+    if report.files.is_empty() {
+        out.push_str("No file was modified through a shared mapping.\n");
+    } else {
+        let mut table = Table::new();
+        table
+            .load_preset(NOTHING)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header([
+                "PATH",
+                "PAGES",
+                "RANGES",
+                "FAULTS",
+                "WRITERS",
+                "WRITEBACK",
+                "SYNCS",
+            ]);
+        for file in &report.files {
+            // Names and comms are escaped: a control character in one must
+            // never act on the terminal or fake a line of the report.
+            let mut path = file.path.as_deref().map_or_else(
+                || format!("<dev {} ino {}>", file.dev, file.ino),
+                |path| names::terminal_text(path).into_owned(),
+            );
+            if let Some(old) = &file.renamed_from {
+                path.push_str(&format!(" (was {})", names::terminal_text(old)));
+            }
+            if file.deleted {
+                path.push_str(" [deleted]");
+            }
+            let pages = if file.modified {
+                file.pages_written_count.to_string()
+            } else {
+                format!("0 (cow {})", file.cow_pages_count)
+            };
+            let writers = file
+                .writers
+                .iter()
+                .map(|w| format!("{}[{}]:{}", names::terminal_text(&w.comm), w.pid, w.pages))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let no_writeback = !crate::model::paths::fs_has_writeback(Some(file.fs.as_str()));
+            let writeback = if file.writeback_pages > 0 || file.writeback_starts > 0 {
+                format!("{} pg", file.writeback_pages)
+            } else if file.modified && !no_writeback {
+                "dirty".to_string()
+            } else {
+                "-".to_string()
+            };
+            table.add_row(vec![
+                Cell::new(path),
+                Cell::new(pages).set_alignment(CellAlignment::Right),
+                Cell::new(short_ranges(if file.modified {
+                    &file.pages_written
+                } else {
+                    &file.cow_pages
+                })),
+                Cell::new(file.write_faults).set_alignment(CellAlignment::Right),
+                Cell::new(writers),
+                Cell::new(writeback),
+                Cell::new(sync_summary(&file.syncs)),
+            ]);
+        }
+        out.push_str(&table.to_string());
+        out.push('\n');
+    }
+    let modified = report.files.iter().filter(|f| f.modified).count();
+    let pages: u64 = report.files.iter().map(|f| f.pages_written_count).sum();
+    out.push_str(&format!(
+        "{modified} file(s) modified through mmap, {pages} page(s); {:.1}s, backend {}, lost events {}\n",
+        report.duration_s, report.backend, report.lost_events
+    ));
+    for warning in &report.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
