@@ -47,7 +47,7 @@ fn replay() -> (Aggregate, MountTable, u64) {
             | Event::NewWriter { boot_ns, .. }
             | Event::FolioSpan { boot_ns, .. }
             | Event::PossibleWrite { boot_ns, .. } => last_ns = last_ns.max(*boot_ns),
-            Event::WrittenBack { .. } | Event::Sync { .. } => {}
+            Event::WrittenBack { .. } | Event::Sync { .. } | Event::ProcessExit { .. } => {}
         }
     }
     (aggregate, mounts, last_ns)

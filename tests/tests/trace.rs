@@ -806,6 +806,74 @@ fn durability_calls_are_counted_and_unsynced_pages_are_not_on_disk() {
     );
 }
 
+/// A writer that exits before msync: the file's written pages are not on
+/// disk at its exit, said on its writer entry; a later writer that msyncs
+/// finds every page written back, with the msync counted.
+#[test]
+fn a_writer_that_exits_before_msync_leaves_its_pages_not_on_disk() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("exits.bin");
+    let first = format!(
+        "import mmap, os\n\
+         fd = os.open({path:?}, os.O_RDWR | os.O_CREAT)\n\
+         os.ftruncate(fd, 8 * 4096)\n\
+         m = mmap.mmap(fd, 8 * 4096, mmap.MAP_SHARED)\n\
+         m[0] = 1; m[4096] = 1\n",
+        path = path_arg(&file)
+    );
+    let second = format!(
+        "import mmap, os\n\
+         fd = os.open({path:?}, os.O_RDWR)\n\
+         m = mmap.mmap(fd, 8 * 4096, mmap.MAP_SHARED)\n\
+         m[2 * 4096] = 1\n\
+         m.flush()\n",
+        path = path_arg(&file)
+    );
+    let script = "python3 -c \"$FIRST\"; sleep 0.3; python3 -c \"$SECOND\"";
+    let output = run(mmapwatch(&[
+        "trace",
+        "--json",
+        "--path-prefix",
+        &path_arg(dir.path()),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .env("FIRST", &first)
+    .env("SECOND", &second));
+    assert!(output.status.success(), "{output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the report");
+    let entry = &json["files"][0];
+    assert_eq!(ranges(&entry["pages_written"]), vec![(0, 2)], "{json:#}");
+    assert_eq!(entry["syncs"]["msync"]["calls"], 1);
+    let writers = entry["writers"].as_array().expect("writers");
+    let by_pages = |pages: u64| {
+        writers
+            .iter()
+            .find(|w| w["pages"] == pages)
+            .unwrap_or_else(|| panic!("a writer of {pages} page(s): {entry:#}"))
+    };
+    let (early, late) = (by_pages(2), by_pages(1));
+    for writer in [early, late] {
+        assert!(writer["exited_unix_ns"].as_u64().is_some(), "{writer:#}");
+    }
+    if let Some(why) = early["not_on_disk_at_exit_why"].as_str() {
+        assert!(why.contains("Linux 6.5"), "{why}");
+        return;
+    }
+    assert_eq!(
+        early["pages_not_on_disk_at_exit"], 2,
+        "the first writer exited without msync: {entry:#}"
+    );
+    assert_eq!(
+        late["pages_not_on_disk_at_exit"], 0,
+        "the second msynced all three before exiting: {entry:#}"
+    );
+    assert_eq!(entry["not_yet_written_back_pages"], 0, "{entry:#}");
+}
+
 /// The fault path finds mappings by walking the maple tree without locks
 /// (bpf_find_vma costs microseconds with IRQs off). A process with hundreds
 /// of mappings has a multi-level tree: every fault must still be resolved
@@ -974,6 +1042,15 @@ fn a_closed_pipe_ends_the_report_quietly() {
     }
 }
 
+/// A shell script for `sh -c`: CMD's own output ("hi"), then the
+/// workload writing pages 1 and 6 of an 8-page `file` (and msyncing it).
+fn say_hi_then_write_pages_1_and_6(file: &std::path::Path) -> String {
+    format!(
+        "echo hi; exec {WORKLOAD} shared --file {} --size-pages 8 --pages 1,6",
+        path_arg(file)
+    )
+}
+
 /// `-o FILE` keeps the report apart from CMD's own output: the file is
 /// the JSON report with the exact pages, stdout is CMD's alone.
 #[test]
@@ -982,10 +1059,7 @@ fn output_file_keeps_the_report_apart_from_the_commands_output() {
     let dir = scratch_dir();
     let file = dir.path().join("data.bin");
     let report = dir.path().join("report.json");
-    let script = format!(
-        "echo hi; exec {WORKLOAD} shared --file {} --size-pages 8 --pages 1,6",
-        path_arg(&file)
-    );
+    let script = say_hi_then_write_pages_1_and_6(&file);
     let output = run(&mut mmapwatch(&[
         "trace",
         "-j",
@@ -1021,10 +1095,7 @@ fn the_event_stream_on_stdout_carries_nothing_else() {
     require_root();
     let dir = scratch_dir();
     let file = dir.path().join("data.bin");
-    let script = format!(
-        "echo hi; exec {WORKLOAD} shared --file {} --size-pages 8 --pages 1,6",
-        path_arg(&file)
-    );
+    let script = say_hi_then_write_pages_1_and_6(&file);
     let output = run(&mut mmapwatch(&[
         "trace",
         "-e",

@@ -45,6 +45,10 @@ pub mod event_kind {
     /// An msync, fsync, fdatasync or sync_file_range call returned
     /// ([`SyncEvent`]).
     pub const SYNC: u32 = 8;
+    /// A process that had a shared writable mapping exited (only when
+    /// [`super::ProbeConfig::report_exits`] is set): a plain header with
+    /// no file.
+    pub const PROCESS_EXIT: u32 = 9;
 }
 
 /// The calls that ask for a file's pages to reach disk.
@@ -119,9 +123,9 @@ pub mod counter {
     /// counted above): the fault, followed child, shared-mapper note or
     /// writeback sample it concerned may be missing.
     pub const PROBE_ERRORS: u32 = 17;
-    /// The part of `RINGBUF_DROPS` that were sync-call records (msync,
-    /// fsync...), not pages.
-    pub const RINGBUF_DROPS_SYNC_EVENTS: u32 = 18;
+    /// The part of `RINGBUF_DROPS` that were sync-call or process-exit
+    /// records, not pages.
+    pub const RINGBUF_DROPS_OTHER_EVENTS: u32 = 18;
     pub const COUNT: u32 = 19;
 }
 
@@ -521,6 +525,9 @@ pub struct ProbeConfig {
     /// Pages a read fault maps around the faulting one (the kernel's
     /// fault_around_bytes / page size; 16 by default).
     pub fault_around_pages: u32,
+    /// Non-zero: send [`event_kind::PROCESS_EXIT`] records (`trace`, which
+    /// reports each writer's unwritten pages at its exit).
+    pub report_exits: u32,
     pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
 }
 
@@ -597,6 +604,7 @@ impl ProbeConfig {
         page_shift: 0,
         comm_count: 0,
         fault_around_pages: 0,
+        report_exits: 0,
         comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
     };
 }

@@ -1,16 +1,19 @@
 //! Process lifetime: following `-- CMD`'s descendants, forgetting exited
 //! processes, and noting which processes map files shared and writable.
 
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use probe_common::{filter, traced};
+use probe_common::{counter, event_kind, filter, traced, EventHeader, FileKey, TASK_COMM_LEN};
 
 use crate::{
-    kernel::read_kernel,
-    maps::{count_failure, SHARED_MAPPERS, TRACED},
+    filter::task_selected,
+    kernel::{current_cgroup_id, current_comm_into, read_kernel},
+    maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
+    record::fill_header,
 };
 
 const MAP_SHARED: u64 = 0x01;
@@ -109,7 +112,11 @@ pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // Removals below: an entry already absent is no error (most exiting
     // processes have none).
     if live == 0 {
-        let _ = SHARED_MAPPERS.remove(&tgid);
+        // Ok: the process had a shared writable mapping.
+        let was_mapper = SHARED_MAPPERS.remove(&tgid).is_ok();
+        if was_mapper && config!(report_exits) != 0 {
+            report_exit(pid_tgid);
+        }
     }
     if config!(filter_flags) & filter::BY_TGID == 0 {
         return Ok(());
@@ -123,6 +130,40 @@ pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         let _ = TRACED.remove(&tgid);
     }
     Ok(())
+}
+
+/// Tells userspace that a process which may have written through a
+/// shared mapping exited, so it can look at what of its writes is on disk.
+fn report_exit(pid_tgid: u64) {
+    let mut comm = [0u8; TASK_COMM_LEN];
+    // An unreadable name is sent empty rather than losing the exit.
+    let _unnamed = current_comm_into(&mut comm);
+    if !task_selected((pid_tgid >> 32) as u32, &comm) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        bump(counter::RINGBUF_DROPS);
+        bump(counter::RINGBUF_DROPS_OTHER_EVENTS);
+        return;
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let event = entry.as_mut_ptr();
+    // SAFETY: reserved ring-buffer memory of the right size, filled in place.
+    unsafe {
+        fill_header(
+            &mut *event,
+            event_kind::PROCESS_EXIT,
+            pid_tgid,
+            &FileKey::default(),
+            now,
+            &comm,
+            current_cgroup_id(),
+        );
+        (*event)._pad = 0;
+    }
+    entry.submit(0);
+    bump(counter::EVENTS_SUBMITTED);
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]

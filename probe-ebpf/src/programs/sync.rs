@@ -154,7 +154,7 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let Some(mut entry) = EVENTS.reserve::<SyncEvent>(0) else {
         bump(counter::RINGBUF_DROPS);
-        bump(counter::RINGBUF_DROPS_SYNC_EVENTS);
+        bump(counter::RINGBUF_DROPS_OTHER_EVENTS);
         return Ok(());
     };
     let event = entry.as_mut_ptr();

@@ -46,6 +46,9 @@ pub struct Exporter {
     previous_programs: HashMap<String, (Duration, u64)>,
     previous_events: u64,
     file_series: HashSet<FileLabels>,
+    /// Each file's write faults and pages written back at the last
+    /// refresh: per-file counters move by the difference.
+    previous_file_counts: HashMap<FileId, (u64, u64)>,
     /// Devices not in the mount table even after re-reading it (memfd files
     /// live on an internal mount mountinfo never lists): not re-read again.
     pub(super) unmounted_devs: HashSet<u32>,
@@ -72,14 +75,14 @@ impl NewPages {
 
 impl EventObserver for NewPages {
     fn observe(&mut self, event: &Event, applied: &Applied, _file: Option<&FileRecord>) {
-        let Some(task) = event.task() else {
+        let (Some(task), Some(file)) = (event.task(), event.file()) else {
             return;
         };
         if applied.new_pages > 0 {
             *self
                 .0
                 .borrow_mut()
-                .entry((task.comm.clone(), task.cgroup_id, event.file()))
+                .entry((task.comm.clone(), task.cgroup_id, file))
                 .or_default() += applied.new_pages;
         }
     }
@@ -108,6 +111,7 @@ impl Exporter {
             previous_programs: HashMap::new(),
             previous_events: 0,
             file_series: HashSet::new(),
+            previous_file_counts: HashMap::new(),
             unmounted_devs: HashSet::new(),
             new_pages: NewPages::default(),
             syncs: SyncTap::default(),
@@ -275,8 +279,14 @@ impl Exporter {
         }
 
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let other_labels = FileLabels {
+            path: OTHER.into(),
+            fs: OTHER.into(),
+            mount: OTHER.into(),
+        };
         let mut shown: HashSet<FileLabels> = HashSet::new();
-        let mut other = (0i64, 0i64, 0i64);
+        let mut other_pages = 0i64;
+        let mut other_counts = (0u64, 0u64);
         for (rank, (id, _)) in ranked.iter().enumerate() {
             let Some(record) = aggregate.file(id) else {
                 continue;
@@ -286,10 +296,17 @@ impl Exporter {
                 .path_prefixes
                 .iter()
                 .any(|p| Path::new(&path).starts_with(p));
-            let values = (
-                record.pages_written.len() as i64,
-                record.write_faults() as i64,
-                record.kernel.writeback_pages as i64,
+            // Counters move by what the file did since the last refresh:
+            // in its own series while it is shown, in path="other" while
+            // it is not, so sum(rate(...)) is exact whoever is in the top N.
+            let counts = (record.write_faults(), record.kernel.writeback_pages);
+            let before = self
+                .previous_file_counts
+                .insert(*id, counts)
+                .unwrap_or_default();
+            let deltas = (
+                counts.0.saturating_sub(before.0),
+                counts.1.saturating_sub(before.1),
             );
             if rank < self.per_file_top || under_prefix {
                 let FsLabels { fs, mount } = self.fs_labels(*id);
@@ -297,39 +314,38 @@ impl Exporter {
                 self.metrics
                     .file_pages_written
                     .get_or_create(&labels)
-                    .set(values.0);
+                    .set(record.pages_written.len() as i64);
                 self.metrics
                     .file_write_faults
                     .get_or_create(&labels)
-                    .set(values.1);
+                    .inc_by(deltas.0);
                 self.metrics
                     .file_writeback_pages
                     .get_or_create(&labels)
-                    .set(values.2);
+                    .inc_by(deltas.1);
                 shown.insert(labels);
             } else {
-                other.0 += values.0;
-                other.1 += values.1;
-                other.2 += values.2;
+                other_pages += record.pages_written.len() as i64;
+                other_counts.0 += deltas.0;
+                other_counts.1 += deltas.1;
             }
         }
-        let other_labels = FileLabels {
-            path: OTHER.into(),
-            fs: OTHER.into(),
-            mount: OTHER.into(),
-        };
+        // Files no longer in the aggregate (forgotten) are not counted
+        // again if they come back.
+        self.previous_file_counts
+            .retain(|id, _| aggregate.file(id).is_some());
         self.metrics
             .file_pages_written
             .get_or_create(&other_labels)
-            .set(other.0);
+            .set(other_pages);
         self.metrics
             .file_write_faults
             .get_or_create(&other_labels)
-            .set(other.1);
+            .inc_by(other_counts.0);
         self.metrics
             .file_writeback_pages
             .get_or_create(&other_labels)
-            .set(other.2);
+            .inc_by(other_counts.1);
         shown.insert(other_labels);
         // Files that left the top N lose their series.
         for stale in self.file_series.difference(&shown) {

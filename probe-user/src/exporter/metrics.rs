@@ -18,8 +18,8 @@ pub struct Metrics {
     pub pages_written_back: Family<FsLabels, Counter>,
     pub lost_events: Family<ReasonLabels, Counter>,
     pub file_pages_written: Family<FileLabels, Gauge>,
-    pub file_write_faults: Family<FileLabels, Gauge>,
-    pub file_writeback_pages: Family<FileLabels, Gauge>,
+    pub file_write_faults: Family<FileLabels, Counter>,
+    pub file_writeback_pages: Family<FileLabels, Counter>,
     pub writeback_latency: Histogram,
     pub events: Counter,
     pub files_tracked: Gauge,
@@ -120,12 +120,12 @@ impl Metrics {
         r.register("mmapwatch_file_pages_written", "Distinct pages written through shared mappings, per file (top N and --path-prefix; the rest in path=\"other\")", metrics.file_pages_written.clone());
         r.register(
             "mmapwatch_file_write_faults",
-            "Shared write faults per file (same files as mmapwatch_file_pages_written)",
+            "Shared write faults per file since it entered the top N (same files as mmapwatch_file_pages_written; the others' faults count under path=\"other\")",
             metrics.file_write_faults.clone(),
         );
         r.register(
             "mmapwatch_file_writeback_pages",
-            "Pages written back per file (same files as mmapwatch_file_pages_written)",
+            "Pages written back per file since it entered the top N (as mmapwatch_file_write_faults_total)",
             metrics.file_writeback_pages.clone(),
         );
         r.register(

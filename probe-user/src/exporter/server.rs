@@ -118,6 +118,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         command: Vec::new(),
         command_output: None,
         retain: Some(args.retain),
+        report_writer_exits: false,
     };
     let mut session = Session::start(&options)?;
 

@@ -301,6 +301,45 @@ fn per_file_series_are_bounded_to_top_n_and_prefixes() {
     assert_eq!(series["mmapwatch_files_tracked"], 4.0);
 }
 
+/// Per-file fault counts are counters: a file's own series moves by what
+/// it did while shown; a file outside the top N adds to path="other";
+/// the sum over all series is every fault, whoever is shown.
+#[test]
+fn per_file_counters_move_by_increments_wherever_the_file_is_shown() {
+    let (registry, mut exporter) = exporter(1, vec![]);
+    let mut agg = Aggregate::new();
+    let dev = (254 << 20) | 1;
+    for page in 0..3 {
+        write(&mut agg, dev, 1, page, "/a");
+    }
+    write(&mut agg, dev, 2, 0, "/b");
+    exporter.update_files(&agg);
+    // /b overtakes /a: 4 new faults while /b is shown.
+    for page in 1..5 {
+        write(&mut agg, dev, 2, page, "/b");
+    }
+    exporter.update_files(&agg);
+    let series = sorted_series(&render(&registry).unwrap());
+    let faults = |path: &str| {
+        series
+            .get(&format!(
+                r#"mmapwatch_file_write_faults_total{{path="{path}",fs="ext4",mount="/"}}"#
+            ))
+            .copied()
+    };
+    assert_eq!(faults("/a"), None, "/a left the top 1");
+    assert_eq!(faults("/b"), Some(4.0), "only what /b did while shown");
+    assert_eq!(
+        series[r#"mmapwatch_file_write_faults_total{path="other",fs="other",mount="other"}"#], 1.0,
+        "/b's first fault, made while /a was shown"
+    );
+    // /a's 3 faults were counted while shown (series gone with it); the
+    // rest add up: 4 + 1.
+    assert!(render(&registry)
+        .unwrap()
+        .contains("# TYPE mmapwatch_file_write_faults counter"));
+}
+
 #[test]
 fn latency_buckets_map_onto_histogram_bounds() {
     let (registry, mut exporter) = exporter(1, vec![]);

@@ -184,6 +184,8 @@ pub enum Event {
         task: Task,
         boot_ns: u64,
     },
+    /// A process that had a shared writable mapping exited (`trace`).
+    ProcessExit { task: Task, boot_ns: u64 },
     /// A file seen for the first time, with its dentry names, leaf first.
     FileSeen {
         file: FileId,
@@ -203,14 +205,15 @@ impl Event {
             | Event::FolioSpan { task, .. }
             | Event::PossibleWrite { task, .. }
             | Event::Sync { task, .. }
+            | Event::ProcessExit { task, .. }
             | Event::FileSeen { task, .. } => Some(task),
             Event::WrittenBack { .. } => None,
         }
     }
 
-    /// The file the record is about.
-    pub fn file(&self) -> FileId {
-        match self {
+    /// The file the record is about (a process exit is about none).
+    pub fn file(&self) -> Option<FileId> {
+        Some(match self {
             Event::FirstWrite { file, .. }
             | Event::NewWriter { file, .. }
             | Event::FolioSpan { file, .. }
@@ -218,7 +221,8 @@ impl Event {
             | Event::WrittenBack { file, .. }
             | Event::Sync { file, .. }
             | Event::FileSeen { file, .. } => *file,
-        }
+            Event::ProcessExit { .. } => return None,
+        })
     }
 }
 
@@ -367,6 +371,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
+        event_kind::PROCESS_EXIT => Ok(Event::ProcessExit {
+            task: task(&header),
+            boot_ns: header.boot_ns,
+        }),
         event_kind::FILE_SEEN => {
             let event: FileEvent = read(bytes)?;
             let depth = (event.depth as usize).min(PATH_MAX_DEPTH);

@@ -42,6 +42,8 @@ pub struct ProbeOptions {
     pub dedup_entries: Option<u32>,
     /// Enable the kernel side's debug logs (aya-log).
     pub kernel_debug_logs: bool,
+    /// Send a record when a process with a shared writable mapping exits.
+    pub report_exits: bool,
 }
 
 /// The loaded eBPF object and, once attached, its backend.
@@ -148,6 +150,7 @@ impl Probes {
             page_shift: page_size().trailing_zeros(),
             comm_count: options.comms.len() as u32,
             fault_around_pages: fault_around_pages(),
+            report_exits: u32::from(options.report_exits),
             ..ProbeConfig::default()
         };
         if !options.comms.is_empty() {

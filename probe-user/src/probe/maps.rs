@@ -28,8 +28,8 @@ pub struct KernelCounters {
     pub ring_peak_bytes: u64,
     /// The part of `ringbuf_drops` that were file announcements.
     pub ringbuf_drops_file_events: u64,
-    /// The part of `ringbuf_drops` that were sync-call records.
-    pub ringbuf_drops_sync_events: u64,
+    /// The part of `ringbuf_drops` that were sync-call or exit records.
+    pub ringbuf_drops_other_events: u64,
     /// Faults looked up with bpf_find_vma because the maple walk missed.
     pub vma_walk_fallbacks: u64,
     /// Write faults past the end of the file (SIGBUS; nothing written).
@@ -148,7 +148,7 @@ impl Probes {
             possible_write_windows: totals[counter::POSSIBLE_WRITE_WINDOWS as usize],
             possible_write_unverified: totals[counter::POSSIBLE_WRITE_UNVERIFIED as usize],
             probe_errors: totals[counter::PROBE_ERRORS as usize],
-            ringbuf_drops_sync_events: totals[counter::RINGBUF_DROPS_SYNC_EVENTS as usize],
+            ringbuf_drops_other_events: totals[counter::RINGBUF_DROPS_OTHER_EVENTS as usize],
             files_handed_over: 0,
             dirty_files_handed_over: 0,
             files_forgotten: 0,

@@ -6,12 +6,19 @@ use std::path::PathBuf;
 
 use aya::maps::{MapData, RingBuf};
 
-use crate::model::{
-    aggregate::{Aggregate, Applied, FileRecord, PathSource},
-    events::{decode, Event, FileId},
-    file_handle::current_name,
-    paths::{mount_ns_of, proc_maps_path, MountTable},
+use crate::{
+    model::{
+        aggregate::{Aggregate, Applied, FileRecord, PathSource},
+        events::{decode, Event, FileId},
+        file_handle::current_name,
+        paths::{fs_has_writeback, mount_ns_of, proc_maps_path, MountTable},
+    },
+    session::page_cache::written_pages_not_on_disk,
 };
+
+/// Files looked at when one writer exits (a cachestat call per written
+/// range each).
+const MAX_FILES_AT_EXIT: usize = 1024;
 
 /// A front end's tap on the decoded event stream, called for every event
 /// once the aggregate has taken it and the file is named (`file` is its
@@ -126,7 +133,34 @@ impl Collector {
         if let Some((file, tgid)) = applied.new_file {
             self.resolve_path(file, tgid);
         }
+        if let Event::ProcessExit { task, .. } = &event {
+            self.look_at_pages_of(task.tgid, &applied.exited_writer_of);
+        }
         self.notify(&event, &applied);
+    }
+
+    /// A writer exited: how much of what was written to each of its files
+    /// is not on disk yet (the first [`MAX_FILES_AT_EXIT`]; a process
+    /// writing more files than that is told of as unknown for the rest).
+    fn look_at_pages_of(&mut self, tgid: u32, files: &[FileId]) {
+        for (index, &file) in files.iter().enumerate() {
+            let pages = if index < MAX_FILES_AT_EXIT {
+                let Some(record) = self.aggregate.file(&file) else {
+                    continue;
+                };
+                let mount_point = self
+                    .mounts
+                    .mount_of(file)
+                    .map(|m| PathBuf::from(&m.mount_point));
+                let has_writeback = fs_has_writeback(self.mounts.fs_type(file));
+                written_pages_not_on_disk(file, record, mount_point.as_deref(), has_writeback)
+            } else {
+                Err(format!(
+                    "not looked at: the process wrote more than {MAX_FILES_AT_EXIT} files"
+                ))
+            };
+            self.aggregate.set_not_on_disk_at_exit(file, tgid, pages);
+        }
     }
 
     /// Observers hear of an event after the file is named, so what they
@@ -135,7 +169,7 @@ impl Collector {
         if self.observers.is_empty() {
             return;
         }
-        let file = self.aggregate.file(&event.file());
+        let file = event.file().and_then(|id| self.aggregate.file(&id));
         for observer in &mut self.observers {
             observer.observe(event, applied, file);
         }

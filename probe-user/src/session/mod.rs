@@ -38,6 +38,7 @@ pub fn probe_options(
     filter: &FilterArgs,
     include_cow: bool,
     follow: bool,
+    report_exits: bool,
 ) -> ProbeOptions {
     ProbeOptions {
         btf_path: kernel.btf.clone(),
@@ -48,6 +49,7 @@ pub fn probe_options(
         ring_bytes: filter.ring_bytes,
         dedup_entries: filter.dedup_entries,
         kernel_debug_logs: log::log_enabled!(log::Level::Debug),
+        report_exits,
     }
 }
 
@@ -107,6 +109,9 @@ pub struct SessionOptions {
     pub command_output: Option<std::fs::File>,
     /// Forget files idle this long (`export`, `top`); a trace keeps all.
     pub retain: Option<std::time::Duration>,
+    /// Look at each writer's files when it exits (what is not on disk
+    /// yet): `trace`, whose report says it per writer.
+    pub report_writer_exits: bool,
 }
 
 pub struct Session {
@@ -141,6 +146,7 @@ impl Session {
             &options.filter,
             options.include_cow,
             command.is_some(),
+            options.report_writer_exits,
         );
         let mut probes = Probes::load(&probe_options)?;
         probes.attach(options.filter.backend)?;

@@ -187,7 +187,7 @@ pub fn stream_event<'a>(
                 *boot_ns,
             )
         }
-        Event::FileSeen { .. } => return None,
+        Event::FileSeen { .. } | Event::ProcessExit { .. } => return None,
     };
     if file.is_some_and(|record| !filter.keeps_name(record))
         || (file.is_none() && !filter.path_prefixes.is_empty())
@@ -267,21 +267,25 @@ mod tests {
 
     fn new_page() -> Applied {
         Applied {
-            new_file: None,
             new_pages: 1,
+            ..Applied::default()
+        }
+    }
+
+    fn first_write(kind: WriteKind, page: u64, boot_ns: u64) -> Event {
+        Event::FirstWrite {
+            file: FILE,
+            page,
+            kind,
+            task: task(),
+            boot_ns,
         }
     }
 
     #[test]
     fn a_first_write_carries_who_where_and_when() {
         let record = named("/data/db");
-        let event = Event::FirstWrite {
-            file: FILE,
-            page: 5,
-            kind: WriteKind::Shared,
-            task: task(),
-            boot_ns: 1_000,
-        };
+        let event = first_write(WriteKind::Shared, 5, 1_000);
         let clock = Clock::with_offset(1_700_000_000_000_000_000);
         let line = stream_event(
             &event,
@@ -315,13 +319,7 @@ mod tests {
     #[test]
     fn a_page_reported_again_is_not_a_first_write() {
         let record = named("/data/db");
-        let event = Event::FirstWrite {
-            file: FILE,
-            page: 5,
-            kind: WriteKind::Shared,
-            task: task(),
-            boot_ns: 1,
-        };
+        let event = first_write(WriteKind::Shared, 5, 1);
         let again = stream_event(
             &event,
             &Applied::default(),
@@ -335,13 +333,7 @@ mod tests {
     #[test]
     fn cow_writes_only_with_include_cow() {
         let record = named("/lib/x.so");
-        let event = Event::FirstWrite {
-            file: FILE,
-            page: 0,
-            kind: WriteKind::Cow,
-            task: task(),
-            boot_ns: 1,
-        };
+        let event = first_write(WriteKind::Cow, 0, 1);
         let clock = Clock::with_offset(0);
         let without = ReportFilter::default();
         let with = ReportFilter {

@@ -53,6 +53,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             None
         },
         retain: None,
+        report_writer_exits: true,
     };
     // Opened first: a path that cannot be written fails before CMD runs.
     let output = match &args.output {

@@ -1,7 +1,6 @@
-//! The trace report: the JSON contract and the human table.
+//! The trace report: the JSON contract (the table is in `table`).
 //!
-//! Over 500 lines only with its unit tests (the code is ~430); the table
-//! is in `table`.
+//! Over 500 lines only with its unit tests (the code is ~435).
 
 use std::collections::BTreeMap;
 
@@ -28,6 +27,16 @@ pub struct WriterReport {
     /// Pages this process got mapped writable by read faults (tmpfs).
     pub possible_pages: u64,
     pub cgroup_id: u64,
+    /// When the process exited during the trace (if it had a shared
+    /// writable mapping), and how many of the file's written pages were
+    /// not on disk then (cachestat; null with the reason in
+    /// `not_on_disk_at_exit_why` when that could not be told).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exited_unix_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages_not_on_disk_at_exit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_on_disk_at_exit_why: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -209,8 +218,9 @@ pub struct Drops {
     /// The part of `ringbuf_full` that were file announcements (the rest
     /// were page records).
     pub ringbuf_full_file_events: u64,
-    /// The part that were sync-call records (msync, fsync...).
-    pub ringbuf_full_sync_events: u64,
+    /// The part that were sync-call (msync, fsync...) or process-exit
+    /// records.
+    pub ringbuf_full_other_events: u64,
     /// The faulting mapping could not be looked up (mmap lock contended).
     pub vma_lookup_failed: u64,
     /// The per-file stats map was full.
@@ -266,6 +276,9 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
             cow_pages: w.cow_pages,
             possible_pages: w.possible_pages,
             cgroup_id: w.cgroup_id,
+            exited_unix_ns: w.exited_boot_ns.map(|ns| ctx.clock.unix_ns(ns)),
+            pages_not_on_disk_at_exit: w.not_on_disk_at_exit.clone().and_then(Result::ok),
+            not_on_disk_at_exit_why: w.not_on_disk_at_exit.clone().and_then(Result::err),
         })
         .collect();
     writers.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.pid.cmp(&b.pid)));
@@ -387,7 +400,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
         drops: Drops {
             ringbuf_full: counters.ringbuf_drops,
             ringbuf_full_file_events: counters.ringbuf_drops_file_events,
-            ringbuf_full_sync_events: counters.ringbuf_drops_sync_events,
+            ringbuf_full_other_events: counters.ringbuf_drops_other_events,
             vma_lookup_failed: counters.vma_lookup_failed,
             file_stats_full: counters.file_stats_full,
             writer_map_full: counters.writer_insert_failed,

@@ -71,6 +71,7 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         command: args.command.clone(),
         command_output: None,
         retain: Some(args.retain),
+        report_writer_exits: false,
     };
     // CMD's output would draw over the dashboard, or mix into the batch
     // tables: it goes to a file, named on stderr.
