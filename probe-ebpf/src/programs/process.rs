@@ -1,9 +1,8 @@
 //! Process lifetime: following `-- CMD`'s descendants, forgetting exited
 //! processes, and noting which processes map files shared and writable.
 
-use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };

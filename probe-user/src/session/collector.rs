@@ -148,12 +148,7 @@ impl Collector {
                 let Some(record) = self.aggregate.file(&file) else {
                     continue;
                 };
-                let mount_point = self
-                    .mounts
-                    .mount_of(file)
-                    .map(|m| PathBuf::from(&m.mount_point));
-                let has_writeback = fs_has_writeback(self.mounts.fs_type(file));
-                written_pages_not_on_disk(file, record, mount_point.as_deref(), has_writeback)
+                self.pages_not_on_disk(file, record)
             } else {
                 Err(format!(
                     "not looked at: the process wrote more than {MAX_FILES_AT_EXIT} files"
@@ -161,6 +156,16 @@ impl Collector {
             };
             self.aggregate.set_not_on_disk_at_exit(file, tgid, pages);
         }
+    }
+
+    /// Written pages of `file` not on disk yet, or why that is unknown.
+    pub fn pages_not_on_disk(&self, file: FileId, record: &FileRecord) -> Result<u64, String> {
+        let mount_point = self
+            .mounts
+            .mount_of(file)
+            .map(|m| PathBuf::from(&m.mount_point));
+        let has_writeback = fs_has_writeback(self.mounts.fs_type(file));
+        written_pages_not_on_disk(file, record, mount_point.as_deref(), has_writeback)
     }
 
     /// Observers hear of an event after the file is named, so what they

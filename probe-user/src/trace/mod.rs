@@ -1,6 +1,6 @@
 //! `mmapwatch trace`: attach, collect until the end condition, report once.
 
-use std::{path::PathBuf, process::ExitStatus, time::Duration};
+use std::{process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::SignalKind;
@@ -9,7 +9,6 @@ use crate::{
     cli::{KernelPaths, TraceArgs},
     model::aggregate::FileRecord,
     probe::maps::KernelCounters,
-    session::page_cache::written_pages_not_on_disk,
 };
 
 pub mod events;
@@ -141,11 +140,8 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     );
     let mounts = session.collector.mounts().clone();
     let fs_type = |file| mounts.fs_type(file).map(str::to_string);
-    let not_on_disk = |file, record: &FileRecord| {
-        let mount_point = mounts.mount_of(file).map(|m| PathBuf::from(&m.mount_point));
-        let has_writeback = crate::model::paths::fs_has_writeback(mounts.fs_type(file));
-        written_pages_not_on_disk(file, record, mount_point.as_deref(), has_writeback)
-    };
+    let collector = &session.collector;
+    let not_on_disk = |file, record: &FileRecord| collector.pages_not_on_disk(file, record);
     let report = report::build(
         &session.collector.aggregate,
         &report_filter(&options),
