@@ -74,6 +74,54 @@ pub fn shm_dir() -> tempfile::TempDir {
         .expect("shm dir")
 }
 
+/// A fresh xfs filesystem on a loop device, mounted on a scratch
+/// directory and unmounted when dropped: xfs caches files in large folios
+/// of other orders than ext4 and has its own page_mkwrite.
+pub struct XfsDir {
+    mount: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl XfsDir {
+    pub fn path(&self) -> &Path {
+        self.mount.path()
+    }
+}
+
+impl Drop for XfsDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// An xfs scratch filesystem (300 MiB sparse image, xfs's minimum). Needs
+/// mkfs.xfs (xfsprogs, installed by `cargo xtask test`) and xfs in the
+/// kernel; fails loudly without them.
+pub fn xfs_dir() -> XfsDir {
+    let mount = scratch_dir();
+    let image = mount.path().with_extension("xfs.img");
+    let file = std::fs::File::create(&image).expect("xfs image");
+    file.set_len(300 << 20).expect("size the xfs image");
+    drop(file);
+    let made = run(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&image));
+    assert!(
+        made.status.success(),
+        "mkfs.xfs (xfsprogs): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mounted = run(Command::new("mount")
+        .args(["-t", "xfs", "-o", "loop"])
+        .arg(&image)
+        .arg(mount.path()));
+    assert!(
+        mounted.status.success(),
+        "mounting xfs: {}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    XfsDir { mount, image }
+}
+
 /// (dev as "MAJ:MIN", ino, canonical path) of an existing file.
 pub fn identity(path: &Path) -> (String, u64, String) {
     let meta = std::fs::metadata(path).expect("stat");

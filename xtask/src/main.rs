@@ -62,7 +62,7 @@ enum Task {
     /// Boot a Debian kernel under QEMU and run the integration suite inside
     /// it once per backend (fentry, kprobe, tracepoint).
     VmTest {
-        /// `debian-6.1` (downloaded and cached), a kernel .deb, or an
+        /// `debian-6.1` or `debian-6.12` (downloaded and cached), a kernel .deb, or an
         /// unpacked kernel package directory.
         #[arg(long, default_value = "debian-6.1")]
         kernel: String,
@@ -426,8 +426,9 @@ fn run_mmapwatch(args: &[OsString]) -> Result<()> {
 
 /// What the integration tests drive besides mmapwatch: a real Prometheus
 /// server (and its promtool) for the exporter, tmux for the dashboard,
-/// bpftool to check nothing stays loaded.
-const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool", "jq"];
+/// bpftool to check nothing stays loaded, jq for the event stream, xfsprogs
+/// for an xfs scratch filesystem.
+const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool", "jq", "xfsprogs"];
 
 fn test() -> Result<()> {
     ensure_apt(TEST_PACKAGES)?;

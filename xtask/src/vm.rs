@@ -22,19 +22,27 @@ use anyhow::{bail, Context as _, Result};
 use crate::{cargo, ensure_apt, output, run, step, workspace_root};
 
 /// What the guest needs: QEMU, a static busybox for the initramfs, depmod
-/// (kmod) for the module dependency list, e2fsprogs for the guest's ext4.
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "e2fsprogs"];
+/// (kmod) for the module dependency list, e2fsprogs for the guest's ext4,
+/// xz for compressed modules.
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "e2fsprogs",
+    "xz-utils",
+];
 
 /// Modules the guest loads before it can mount its root and scratch
 /// filesystem (Debian builds them as modules); dependencies come from
-/// modules.dep. crc32c is what ext4's metadata checksums ask the crypto API
-/// for.
+/// modules.dep. crc32c is what ext4's and xfs's metadata checksums ask the
+/// crypto API for.
 const GUEST_MODULES: &[&str] = &[
     "virtio_pci",
     "9pnet_virtio",
     "9p",
     "loop",
     "ext4",
+    "xfs",
     "crc32c_generic",
 ];
 
@@ -127,12 +135,19 @@ struct Kernel {
 }
 
 impl Kernel {
-    /// `debian-6.1`: Debian 12's current 6.1 kernel, downloaded (not
-    /// installed) and cached; or a path to a kernel .deb, or to a directory
-    /// holding `boot/vmlinuz-*` and `lib/modules/*`.
+    /// `debian-6.1` or `debian-6.12`: the newest kernel of that series
+    /// Debian 12 offers, downloaded (not installed) and cached; or a path
+    /// to a kernel .deb, or to a directory holding `boot/vmlinuz-*` and
+    /// `lib/modules/*`.
     fn resolve(spec: &str) -> Result<Self> {
-        let root = if spec == "debian-6.1" {
-            debian_kernel()?
+        let root = if let Some(series) = spec.strip_prefix("debian-") {
+            if !DEBIAN_SERIES.contains(&series) {
+                bail!(
+                    "--kernel {spec}: Debian kernels here are {}",
+                    DEBIAN_SERIES.map(|s| format!("debian-{s}")).join(", ")
+                );
+            }
+            debian_kernel(series)?
         } else {
             let path = PathBuf::from(spec);
             if path.extension().is_some_and(|ext| ext == "deb") {
@@ -140,7 +155,7 @@ impl Kernel {
             } else if path.is_dir() {
                 path
             } else {
-                bail!("--kernel {spec}: expected debian-6.1, a kernel .deb, or an unpacked package directory");
+                bail!("--kernel {spec}: expected debian-6.1, debian-6.12, a kernel .deb, or an unpacked package directory");
             }
         };
         let vmlinuz = fs::read_dir(root.join("boot"))
@@ -169,35 +184,75 @@ impl Kernel {
     }
 }
 
-/// Downloads the package behind `linux-image-amd64` (its `-unsigned`
-/// variant: the same kernel without the signed-image indirection) unless a
-/// cached copy is there. Debian drops old ABI versions from the archive, so
-/// the name is resolved every time and any cached .deb is the fallback.
-fn debian_kernel() -> Result<PathBuf> {
+/// The Debian 12 kernel series `--kernel debian-SERIES` accepts: its own
+/// 6.1 and the 6.12 it also carries (large folios on more filesystems,
+/// other fault-around and folio behaviour).
+pub const DEBIAN_SERIES: [&str; 2] = ["6.1", "6.12"];
+
+/// The generic amd64 kernel packages of `series` (not cloud, not rt), in
+/// their `-unsigned` variant (the same kernel without the signed-image
+/// indirection), oldest first.
+fn debian_packages(series: &str, names: &str) -> Vec<String> {
+    let prefix = format!("linux-image-{series}.");
+    let mut found: Vec<(Vec<u64>, String)> = names
+        .lines()
+        .map(str::trim)
+        .filter_map(|name| {
+            let rest = name.strip_prefix(&prefix)?;
+            let version = rest.strip_suffix("-amd64-unsigned")?;
+            // 6.1.0-56 or 6.12.117+deb12: nothing but the version before
+            // the flavour (so not 6.12's -cloud or -rt, nor 6.1 matching 6.12).
+            let numbers: Vec<u64> = version
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|part| !part.is_empty())
+                .filter_map(|part| part.parse().ok())
+                .collect();
+            let plain = version
+                .trim_end_matches("+deb12")
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '-' || c == '.');
+            (plain && rest.starts_with(|c: char| c.is_ascii_digit()))
+                .then(|| (numbers, name.to_string()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, name)| name).collect()
+}
+
+/// Downloads the newest generic kernel of `series` unless a cached copy is
+/// there. Debian drops old ABI versions from the archive, so the name is
+/// resolved every time and any cached .deb of the series is the fallback.
+fn debian_kernel(series: &str) -> Result<PathBuf> {
     let cache = cache_dir();
     fs::create_dir_all(&cache)?;
-    let wanted =
-        output(Command::new("apt-cache").args(["depends", "linux-image-amd64"])).and_then(|text| {
-            text.lines()
-                .filter_map(|line| line.trim().strip_prefix("Depends: "))
-                .find(|name| name.starts_with("linux-image-6.1."))
-                .map(|name| format!("{name}-unsigned"))
-        });
-    let cached = |prefix: &str| -> Option<PathBuf> {
-        let mut debs: Vec<PathBuf> = fs::read_dir(&cache)
+    let wanted = output(Command::new("apt-cache").args(["pkgnames", "linux-image-"]))
+        .and_then(|names| debian_packages(series, &names).pop());
+    let cached = |name: Option<&str>| -> Option<PathBuf> {
+        let mut debs: Vec<(Vec<u64>, PathBuf)> = fs::read_dir(&cache)
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "deb")
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+            .filter_map(|p| {
+                let file = p.file_name()?.to_string_lossy().into_owned();
+                let package = file.split('_').next()?.to_string();
+                let ours = match name {
+                    Some(name) => package == name,
+                    None => debian_packages(series, &package).len() == 1,
+                };
+                ours.then(|| {
+                    let numbers = file
+                        .split(|c: char| !c.is_ascii_digit())
+                        .filter_map(|n| n.parse().ok())
+                        .collect();
+                    (numbers, p)
+                })
             })
             .collect();
         debs.sort();
-        debs.pop()
+        debs.pop().map(|(_, p)| p)
     };
     let deb = match &wanted {
-        Some(name) => match cached(&format!("{name}_")) {
+        Some(name) => match cached(Some(name)) {
             Some(deb) => deb,
             None => {
                 println!("xtask: downloading {name} (not installed, only unpacked)");
@@ -206,17 +261,17 @@ fn debian_kernel() -> Result<PathBuf> {
                     .current_dir(&cache)
                     .status()
                     .is_ok_and(|s| s.success());
-                match cached(&format!("{name}_")) {
+                match cached(Some(name)) {
                     Some(deb) if downloaded => deb,
-                    _ => cached("linux-image-6.1.").with_context(|| {
-                        format!("apt-get download {name} failed and no kernel is cached")
+                    _ => cached(None).with_context(|| {
+                        format!("apt-get download {name} failed and no {series} kernel is cached")
                     })?,
                 }
             }
         },
-        None => cached("linux-image-6.1.").context(
-            "apt-cache does not know linux-image-amd64 (is this Debian 12?) and no kernel is cached",
-        )?,
+        None => cached(None).with_context(|| {
+            format!("apt-cache knows no linux-image-{series}.*-amd64-unsigned (is this Debian 12?) and none is cached")
+        })?,
     };
     unpack_deb(&deb)
 }
@@ -389,12 +444,8 @@ fn build_initramfs(kernel: &Kernel, script: &str, target: &Path) -> Result<()> {
     archive.file("stage2.sh", 0o755, script.as_bytes());
     let mut order = String::new();
     for module in module_load_order(&kernel.modules, GUEST_MODULES)? {
-        let name = module.file_name().context("module name")?.to_string_lossy();
-        archive.file(
-            &format!("modules/{name}"),
-            0o644,
-            &fs::read(kernel.modules.join(&module))?,
-        );
+        let (name, bytes) = module_bytes(&kernel.modules.join(&module))?;
+        archive.file(&format!("modules/{name}"), 0o644, &bytes);
         order.push_str(&format!("{name}\n"));
     }
     archive.file("modules/order", 0o644, order.as_bytes());
@@ -402,10 +453,37 @@ fn build_initramfs(kernel: &Kernel, script: &str, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A module's file name as busybox's insmod loads it, and its bytes:
+/// Debian's 6.12 ships `.ko.xz`, which insmod hands to init_module as they
+/// are, so they are unpacked here (xz, as depmod's own packaging does).
+fn module_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
+    let file = path
+        .file_name()
+        .context("module name")?
+        .to_string_lossy()
+        .into_owned();
+    match file.strip_suffix(".xz") {
+        Some(plain) => {
+            let unpacked = Command::new("xz")
+                .arg("-dc")
+                .arg(path)
+                .output()
+                .with_context(|| format!("xz -dc {}", path.display()))?;
+            if !unpacked.status.success() {
+                bail!("xz -dc {} failed", path.display());
+            }
+            Ok((plain.to_string(), unpacked.stdout))
+        }
+        None => Ok((file, fs::read(path)?)),
+    }
+}
+
 /// `wanted` and their dependencies, dependencies first, as paths relative
-/// to the modules directory.
+/// to the modules directory. A module the kernel has built in (6.12's
+/// virtio_pci) needs no loading.
 fn module_load_order(modules: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
     let deps = fs::read_to_string(modules.join("modules.dep"))?;
+    let builtin = fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
     let table: Vec<(&str, Vec<&str>)> = deps
         .lines()
         .filter_map(|line| {
@@ -425,12 +503,20 @@ fn module_load_order(modules: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
         order.push(module);
     }
     let mut order = Vec::new();
+    let is_module = |path: &str, name: &str| {
+        path.rsplit('/').next().is_some_and(|file| {
+            file.strip_prefix(name)
+                .is_some_and(|ext| ext.starts_with(".ko"))
+        })
+    };
     for name in wanted {
-        let file = format!("/{name}.ko");
+        if builtin.lines().any(|line| is_module(line, name)) {
+            continue;
+        }
         let module = table
             .iter()
             .map(|(m, _)| *m)
-            .find(|m| m.ends_with(&file))
+            .find(|m| is_module(m, name))
             .with_context(|| format!("module {name} is not in {}", modules.display()))?;
         visit(module, &table, &mut order);
     }
@@ -665,4 +751,38 @@ fn report(
         bail!("in the VM: {}", failures.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debian_packages;
+
+    const NAMES: &str = "linux-image-6.1.0-55-amd64-unsigned
+linux-image-6.1.0-56-amd64-unsigned
+linux-image-6.1.0-56-cloud-amd64-unsigned
+linux-image-6.1.0-56-rt-amd64-unsigned
+linux-image-6.1.0-56-amd64
+linux-image-6.12.9+deb12-amd64-unsigned
+linux-image-6.12.117+deb12-amd64-unsigned
+linux-image-6.12.117+deb12-cloud-amd64-unsigned
+linux-image-6.12.117+deb12-rt-amd64-unsigned
+linux-image-amd64";
+
+    #[test]
+    fn each_series_finds_its_own_generic_kernels_newest_last() {
+        assert_eq!(
+            debian_packages("6.1", NAMES),
+            [
+                "linux-image-6.1.0-55-amd64-unsigned",
+                "linux-image-6.1.0-56-amd64-unsigned"
+            ]
+        );
+        assert_eq!(
+            debian_packages("6.12", NAMES),
+            [
+                "linux-image-6.12.9+deb12-amd64-unsigned",
+                "linux-image-6.12.117+deb12-amd64-unsigned"
+            ]
+        );
+    }
 }

@@ -1,13 +1,16 @@
 //! A seeded random mmap workload that logs exactly what it stores, for the
 //! differential test against `mmapwatch trace --json`.
 //!
-//! Usage: `mw-random SEED EXT4_DIR TMPFS_DIR LOG`. It creates files in
-//! both directories (sparse or filled by write(2), synced or not, so the
-//! kernel caches them in small or large folios), maps them shared or
+//! Usage: `mw-random SEED EXT4_DIR TMPFS_DIR LOG [XFS_DIR]`. It creates
+//! files in those directories (sparse or filled by write(2), synced or not,
+//! so the kernel caches them in small or large folios), maps them shared or
 //! private, whole or through a window, and stores to random pages: from
 //! this process, from forked children and from threads, by user stores
-//! and by read(2) into the mapping, with reads, msync, MADV_DONTNEED and
-//! ftruncate in between. Every page stored through a shared mapping is
+//! and by read(2) into the mapping, with reads, msync, MADV_DONTNEED,
+//! ftruncate and mremap in between. With `MW_RANDOM_GUP=1` it also writes
+//! through get_user_pages (`/proc/self/mem`, process_vm_writev,
+//! MADV_POPULATE_WRITE then a store), which only the function-hook
+//! backends can see. Every page stored through a shared mapping is
 //! written to LOG as `shared PATH PAGE`; through a private one,
 //! `private PATH PAGE`; every file, `file PATH PAGES`.
 
@@ -94,6 +97,27 @@ impl Mapping {
         })
     }
 
+    /// Grows the mapping in place or elsewhere (MREMAP_MAYMOVE): the
+    /// kernel moves its page tables, and the writer's mapping layout
+    /// changes under any cached lookup.
+    fn grow(&mut self, len_pages: u64) -> Result<()> {
+        // SAFETY: our own mapping; the new length stays inside the file.
+        let base = unsafe {
+            libc::mremap(
+                self.base.cast(),
+                self.len_pages as usize * PAGE,
+                len_pages as usize * PAGE,
+                libc::MREMAP_MAYMOVE,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            bail!("mremap: {}", std::io::Error::last_os_error());
+        }
+        self.base = base.cast();
+        self.len_pages = len_pages;
+        Ok(())
+    }
+
     fn address(&self, page: u64) -> *mut u8 {
         // SAFETY: callers pass pages inside the mapping.
         unsafe { self.base.add(page as usize * PAGE + 8) }
@@ -120,6 +144,8 @@ impl Drop for Mapping {
 struct Ctx<'a> {
     log: &'a Log,
     path: &'a Path,
+    /// Whether get_user_pages writes are part of the workload.
+    gup: bool,
 }
 
 impl Ctx<'_> {
@@ -133,7 +159,7 @@ impl Ctx<'_> {
     }
 }
 
-fn run_file(rng: &mut Rng, log: &Log, path: &Path) -> Result<()> {
+fn run_file(rng: &mut Rng, log: &Log, path: &Path, gup: bool) -> Result<()> {
     let max_pages = if rng.chance(30) { 600 } else { 64 };
     let size_pages = 1 + rng.below(max_pages);
     let file = OpenOptions::new()
@@ -153,7 +179,7 @@ fn run_file(rng: &mut Rng, log: &Log, path: &Path) -> Result<()> {
         file.set_len(size_pages * PAGE as u64)?;
     }
     log.line(format!("file {} {size_pages}", path.display()))?;
-    let ctx = Ctx { log, path };
+    let ctx = Ctx { log, path, gup };
     for _ in 0..1 + rng.below(3) {
         let offset_pages = if rng.chance(30) {
             rng.below(size_pages)
@@ -162,17 +188,17 @@ fn run_file(rng: &mut Rng, log: &Log, path: &Path) -> Result<()> {
         };
         let len_pages = 1 + rng.below(size_pages - offset_pages);
         let shared = rng.chance(80);
-        let map = Mapping::new(&file, offset_pages, len_pages, shared)?;
+        let mut map = Mapping::new(&file, offset_pages, len_pages, shared)?;
         for _ in 0..1 + rng.below(12) {
-            operate(rng, &ctx, &file, &map)?;
+            operate(rng, &ctx, &file, &mut map)?;
         }
     }
     Ok(())
 }
 
-fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &Mapping) -> Result<()> {
+fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &mut Mapping) -> Result<()> {
     let page = rng.below(map.len_pages);
-    match rng.below(9) {
+    match rng.below(11) {
         0 | 1 => {
             map.store(page, rng.next() as u8);
             ctx.stored(map, page)?;
@@ -260,6 +286,23 @@ fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &Mapping) ->
                 }
             }
         }
+        8 => {
+            // Grow the mapping over what the file has past it, then store
+            // to its new last page.
+            let file_pages = file.metadata()?.len() / PAGE as u64;
+            let room = file_pages.saturating_sub(map.offset_pages + map.len_pages);
+            if room > 0 {
+                map.grow(map.len_pages + 1 + rng.below(room))?;
+                let last = map.len_pages - 1;
+                map.store(last, 6);
+                ctx.stored(map, last)?;
+            }
+        }
+        9 if ctx.gup => {
+            // The kernel stores for us through get_user_pages.
+            gup_store(rng, map, page)?;
+            ctx.stored(map, page)?;
+        }
         _ => {
             // Grow the file (never shrink: a store past the end is SIGBUS).
             let len = file.metadata()?.len();
@@ -270,12 +313,61 @@ fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &Mapping) ->
     Ok(())
 }
 
+/// MADV_POPULATE_WRITE (Linux 5.14), not in every libc crate version.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// One byte stored into `page` of the mapping by the kernel on our
+/// behalf: a pwrite to /proc/self/mem, process_vm_writev to ourselves, or
+/// MADV_POPULATE_WRITE (which maps the page writable) then a user store
+/// that takes no fault.
+fn gup_store(rng: &mut Rng, map: &Mapping, page: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let address = map.address(page);
+    match rng.below(3) {
+        0 => {
+            let mem = OpenOptions::new().write(true).open("/proc/self/mem")?;
+            mem.write_all_at(&[7], address as u64)
+                .context("pwrite /proc/self/mem")?;
+        }
+        1 => {
+            let byte = [8u8];
+            let local = libc::iovec {
+                iov_base: byte.as_ptr() as *mut libc::c_void,
+                iov_len: 1,
+            };
+            let remote = libc::iovec {
+                iov_base: address.cast(),
+                iov_len: 1,
+            };
+            // SAFETY: one byte from our buffer into our own mapping.
+            let written =
+                unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+            if written != 1 {
+                bail!("process_vm_writev: {}", std::io::Error::last_os_error());
+            }
+        }
+        _ => {
+            let start = (address as usize) & !(PAGE - 1);
+            // SAFETY: one page of our own mapping.
+            if unsafe { libc::madvise(start as *mut libc::c_void, PAGE, MADV_POPULATE_WRITE) } != 0
+            {
+                bail!("MADV_POPULATE_WRITE: {}", std::io::Error::last_os_error());
+            }
+            map.store(page, 9);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, seed, ext4_dir, tmpfs_dir, log_path] = args.as_slice() else {
-        bail!("usage: mw-random SEED EXT4_DIR TMPFS_DIR LOG");
+    let (seed, ext4_dir, tmpfs_dir, log_path, xfs_dir) = match args.as_slice() {
+        [_, seed, ext4, tmpfs, log] => (seed, ext4, tmpfs, log, None),
+        [_, seed, ext4, tmpfs, log, xfs] => (seed, ext4, tmpfs, log, Some(xfs)),
+        _ => bail!("usage: mw-random SEED EXT4_DIR TMPFS_DIR LOG [XFS_DIR]"),
     };
     let seed: u64 = seed.parse().context("SEED")?;
+    let gup = std::env::var_os("MW_RANDOM_GUP").is_some_and(|v| v == "1");
     let log = Log(Mutex::new(
         OpenOptions::new()
             .create(true)
@@ -286,7 +378,12 @@ fn main() -> Result<()> {
     let mut rng = Rng(seed);
     let files = 2 + rng.below(5);
     for index in 0..files {
-        let dir = if rng.chance(65) { ext4_dir } else { tmpfs_dir };
+        let roll = rng.below(100);
+        let dir = match xfs_dir {
+            Some(xfs) if roll < 30 => xfs,
+            _ if roll < 65 => ext4_dir,
+            _ => tmpfs_dir,
+        };
         let path = PathBuf::from(dir).join(format!("f{seed}-{index}"));
         // Names the kernel must not confuse (a newline in one).
         let path = if rng.chance(10) {
@@ -296,7 +393,7 @@ fn main() -> Result<()> {
         } else {
             path
         };
-        run_file(&mut rng, &log, &path)?;
+        run_file(&mut rng, &log, &path, gup)?;
     }
     Ok(())
 }
