@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes},
 };
 use probe_common::{
-    counter, event_kind, EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey,
+    counter, event_kind, walk_end, EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey,
     PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
 };
 
@@ -121,8 +121,43 @@ pub(crate) fn note_ring_fill() {
     }
 }
 
+/// The mount a walk starts in, for crossing to its parents; 0 when this
+/// kernel's BTF lacks the offsets or the file has no mount we can follow.
+#[inline(always)]
+fn mount_of_file(file: u64) -> u64 {
+    if offset!(mount_mnt_parent) == 0 || file == 0 {
+        return 0;
+    }
+    let vfsmount: u64 = read_kernel(file, offset!(file_mnt)).unwrap_or(0);
+    if vfsmount == 0 {
+        return 0;
+    }
+    attached_mount(vfsmount - offset!(mount_mnt))
+}
+
+/// `mount` when it belongs to a mount namespace, else 0: overlayfs's
+/// private clones of its layers (and other detached mounts) have none, and
+/// their root is not a root of anyone's view, so their files are walked
+/// to the filesystem root and named through the mount tables, as before.
+#[inline(always)]
+fn attached_mount(mount: u64) -> u64 {
+    let namespace: u64 = read_kernel(mount, offset!(mount_mnt_ns)).unwrap_or(0);
+    // NULL, or an error pointer (MNT_NS_INTERNAL).
+    if namespace == 0 || namespace >= (-4095i64) as u64 {
+        0
+    } else {
+        mount
+    }
+}
+
 /// Sends the file's dentry names (leaf first) so userspace can name files
-/// whose writers have already exited.
+/// whose writers have already exited. The walk crosses mounts up to the
+/// root of the writer's mount namespace (an empty name marks each mount
+/// crossed), so the name is whole as the writer saw it, even when that
+/// namespace is gone by the time userspace reads the record. A function
+/// of its own (not inlined): the verifier walks its loop once per program
+/// and prunes the other calls, instead of once per inlined copy.
+#[inline(never)]
 pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
         bump(counter::RINGBUF_DROPS);
@@ -134,6 +169,12 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         offset!(dentry_d_parent),
         offset!(dentry_name),
     );
+    let (mnt_root_offset, mount_embedded, mount_parent_offset, mountpoint_offset) = (
+        offset!(vfsmount_mnt_root),
+        offset!(mount_mnt),
+        offset!(mount_mnt_parent),
+        offset!(mount_mnt_mountpoint),
+    );
     // No file (a window found without its mapping): no names to send.
     let dentry_offset = offset!(file_dentry);
     let dentry: u64 = if info.file == 0 {
@@ -141,6 +182,7 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
     } else {
         read_kernel(info.file, dentry_offset).unwrap_or(0)
     };
+    let mut mount = mount_of_file(info.file);
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring-buffer memory of the right size;
     // fields are written in place because the record exceeds the BPF stack.
@@ -149,29 +191,59 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         (*event).header.kind = event_kind::FILE_SEEN;
         (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
         (*event).depth = 0;
-        (*event).reached_root = 0;
+        (*event).reached_root = walk_end::CUT;
         let mut dentry = dentry;
         let mut depth = if dentry == 0 { PATH_MAX_DEPTH } else { 0 };
+        // The root of the current mount; no dentry is at u64::MAX, so
+        // without a mount to follow the walk never crosses.
+        let mut root: u64 = if mount == 0 {
+            u64::MAX
+        } else {
+            read_kernel(mount + mount_embedded, mnt_root_offset).unwrap_or(u64::MAX)
+        };
+        // One slot per step, a crossing included, and no branch on the
+        // mount itself: the verifier walks this loop once per slot, with
+        // few states.
         while depth < PATH_MAX_DEPTH {
-            let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(dentry);
-            if parent == dentry {
-                (*event).reached_root = 1;
-                break;
-            }
             let component = &mut (*event).components[depth];
             component[0] = 0;
+            if dentry == root {
+                let parent: u64 = read_kernel(mount, mount_parent_offset).unwrap_or(mount);
+                if parent == mount {
+                    (*event).reached_root = walk_end::NAMESPACE_ROOT;
+                    break;
+                }
+                // Into the parent mount, at the directory this one is
+                // mounted on (an attached mount's parents are attached);
+                // the empty name marks the crossing.
+                dentry = read_kernel(mount, mountpoint_offset).unwrap_or(0);
+                mount = parent;
+                root = read_kernel(mount + mount_embedded, mnt_root_offset).unwrap_or(u64::MAX);
+                depth += 1;
+                (*event).depth = depth as u32;
+                continue;
+            }
+            let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(dentry);
+            if parent == dentry {
+                (*event).reached_root = walk_end::FS_ROOT;
+                break;
+            }
             let name: u64 = read_kernel(dentry, name_offset).unwrap_or(0);
             let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, component);
             depth += 1;
             (*event).depth = depth as u32;
             dentry = parent;
         }
-        // Every slot used: the walk still reached the root if the last
-        // parent is the root itself.
+        // Every slot used: the walk still reached a root if it stands on
+        // one (of a mount without a parent, or of the filesystem).
         if depth == PATH_MAX_DEPTH && dentry != 0 {
-            let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(0);
-            if parent == dentry {
-                (*event).reached_root = 1;
+            if dentry == root {
+                let parent: u64 = read_kernel(mount, mount_parent_offset).unwrap_or(0);
+                if parent == mount {
+                    (*event).reached_root = walk_end::NAMESPACE_ROOT;
+                }
+            } else if read_kernel::<u64>(dentry, parent_offset).unwrap_or(0) == dentry {
+                (*event).reached_root = walk_end::FS_ROOT;
             }
         }
     }

@@ -36,11 +36,11 @@ fn replay() -> (Aggregate, MountTable, u64) {
             Event::FileSeen {
                 file,
                 components,
-                reached_root,
+                walk,
                 ..
             } => aggregate.set_path(
                 *file,
-                mounts.dentry_full_path(*file, components, *reached_root),
+                mounts.dentry_full_path(*file, components, *walk),
                 PathSource::Dentry,
             ),
             Event::FirstWrite { boot_ns, .. }

@@ -261,9 +261,8 @@ fn more_files_than_the_kernel_map_holds_are_all_reported() {
 
 /// mmapwatch's programs, by name (this bpftool cannot list owning pids;
 /// the tests run one at a time, so these names are ours).
-const PROGRAMS: [&str; 20] = [
+const PROGRAMS: [&str; 19] = [
     "page_fault_user",
-    "page_fault_kernel",
     "sys_enter_mmap",
     "sys_enter_mprotect",
     "sys_enter_msync",

@@ -305,7 +305,7 @@ pub struct FileEvent {
     pub fs_magic: u64,
     /// Components filled in `components`, leaf first.
     pub depth: u32,
-    /// 1 when the walk reached the filesystem root within `PATH_MAX_DEPTH`.
+    /// One of [`walk_end`]: where the walk stopped within `PATH_MAX_DEPTH`.
     pub reached_root: u32,
     /// NUL-terminated dentry names, leaf first.
     pub components: [[u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH],
@@ -495,6 +495,29 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdtable_fd: u32,
     pub fdtable_max_fds: u32,
+    /// Mount crossing in the path walk, so a file is named as its
+    /// writer's mount namespace shows it even after that namespace is
+    /// gone: `file.f_path.mnt`, `struct mount`'s `mnt` (the embedded
+    /// vfsmount), `mnt_parent`, `mnt_mountpoint` and `mnt_ns`, and
+    /// `vfsmount.mnt_root`. Zero `mount_mnt_parent`: no crossing.
+    pub file_mnt: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub mount_mnt_ns: u32,
+    pub vfsmount_mnt_root: u32,
+}
+
+/// How far a [`FileEvent`]'s walk got (`reached_root`).
+pub mod walk_end {
+    /// Out of slots before a root.
+    pub const CUT: u32 = 0;
+    /// The root of the file's filesystem: the path is relative to it.
+    pub const FS_ROOT: u32 = 1;
+    /// The root of the writer's mount namespace, across its mounts: the
+    /// path is whole, as the writer saw it; an empty component is a
+    /// mount crossed.
+    pub const NAMESPACE_ROOT: u32 = 2;
 }
 
 /// What `mm_struct.mm_lock_seq` is on this kernel.
@@ -592,6 +615,12 @@ impl KernelOffsets {
         files_fdt: 0,
         fdtable_fd: 0,
         fdtable_max_fds: 0,
+        file_mnt: 0,
+        mount_mnt: 0,
+        mount_mnt_parent: 0,
+        mount_mnt_mountpoint: 0,
+        mount_mnt_ns: 0,
+        vfsmount_mnt_root: 0,
     };
 }
 

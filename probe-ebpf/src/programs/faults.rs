@@ -180,6 +180,11 @@ pub(crate) fn fault_args(ctx: &RawTracePointContext) -> (u64, u64) {
     (ctx.arg(0), ctx.arg(2))
 }
 
+/// Attached to both `page_fault_user` and `page_fault_kernel` (the same
+/// arguments): kernel-mode faults on user addresses, read(2) or a
+/// copy_to_user into a shared mapping, store into the file just as a user
+/// store does. One program for both: the verifier checks it once, which is
+/// most of mmapwatch's start-up.
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
@@ -196,15 +201,6 @@ pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
 fn log_failed_read(ctx: &RawTracePointContext, err: i64) {
     bump(counter::PROBE_ERRORS);
     debug!(ctx, "page_fault_user: kernel read failed: {}", err);
-}
-
-/// Kernel-mode faults on user addresses: read(2) or a copy_to_user into a
-/// shared mapping stores into the file just as a user store does.
-#[raw_tracepoint(tracepoint = "page_fault_kernel")]
-pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
-    let (address, error_code) = fault_args(&ctx);
-    count_failure(try_write_fault(address, error_code));
-    0
 }
 
 /// The function-hook backends' read faults (their hooks see the writes):

@@ -931,7 +931,7 @@ mod tests {
             file: FILE,
             fs_magic: 0xEF53,
             components: vec!["f".into(), "d".into()],
-            reached_root: true,
+            walk: crate::model::events::WalkEnd::FsRoot,
             task: task(1, "x"),
         });
         agg.set_path(FILE, "/d/f".into(), PathSource::Dentry);

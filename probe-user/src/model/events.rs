@@ -6,7 +6,8 @@
 //! Over 500 lines only with its unit tests (the code is ~390).
 
 use probe_common::{
-    event_kind, sync_call, EventHeader, FileEvent, FileKey, PageEvent, SyncEvent, PATH_MAX_DEPTH,
+    event_kind, sync_call, walk_end, EventHeader, FileEvent, FileKey, PageEvent, SyncEvent,
+    PATH_MAX_DEPTH,
 };
 use zerocopy::FromBytes;
 
@@ -191,9 +192,23 @@ pub enum Event {
         file: FileId,
         fs_magic: u64,
         components: Vec<NameBytes>,
-        reached_root: bool,
+        walk: WalkEnd,
         task: Task,
     },
+}
+
+/// Where the kernel's walk of a file's names stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalkEnd {
+    /// Out of slots: the names are the path's last part only.
+    Cut,
+    /// The root of the file's filesystem: a path inside it, to be put
+    /// under a mount of it.
+    FsRoot,
+    /// The root of the writer's mount namespace, across its mounts: the
+    /// whole path as the writer saw it.
+    NamespaceRoot,
 }
 
 impl Event {
@@ -381,11 +396,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             Ok(Event::FileSeen {
                 file,
                 fs_magic: event.fs_magic,
+                // An empty name is a mount the walk crossed, not a name.
                 components: event.components[..depth]
                     .iter()
-                    .map(|c| NameBytes(c_bytes(c).to_vec()))
+                    .map(|c| c_bytes(c))
+                    .filter(|name| !name.is_empty())
+                    .map(|name| NameBytes(name.to_vec()))
                     .collect(),
-                reached_root: event.reached_root != 0,
+                walk: match event.reached_root {
+                    walk_end::FS_ROOT => WalkEnd::FsRoot,
+                    walk_end::NAMESPACE_ROOT => WalkEnd::NamespaceRoot,
+                    _ => WalkEnd::Cut,
+                },
                 task: task(&header),
             })
         }
@@ -563,13 +585,37 @@ mod tests {
         match decode(record.as_bytes()).unwrap() {
             Event::FileSeen {
                 components,
-                reached_root,
+                walk,
                 fs_magic,
                 ..
             } => {
                 assert_eq!(components, vec!["data.bin", "tmp"]);
-                assert!(reached_root);
+                assert_eq!(walk, WalkEnd::FsRoot);
                 assert_eq!(fs_magic, 0xEF53);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_walk_across_mounts_drops_its_crossing_marks() {
+        let mut components = [[0u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH];
+        // /data/f on a mount at /data: "f", crossing, "data".
+        components[0][..1].copy_from_slice(b"f");
+        components[2][..4].copy_from_slice(b"data");
+        let record = FileEvent {
+            header: header(event_kind::FILE_SEEN),
+            fs_magic: 0xEF53,
+            depth: 3,
+            reached_root: walk_end::NAMESPACE_ROOT,
+            components,
+        };
+        match decode(record.as_bytes()).unwrap() {
+            Event::FileSeen {
+                components, walk, ..
+            } => {
+                assert_eq!(components, vec!["f", "data"]);
+                assert_eq!(walk, WalkEnd::NamespaceRoot);
             }
             other => panic!("unexpected {other:?}"),
         }

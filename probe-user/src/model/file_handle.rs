@@ -63,6 +63,59 @@ impl Handle {
     }
 }
 
+/// Whether `path` leads to `file` itself, with its metadata: the device
+/// and inode number (stat) and, where the filesystem's handle carries it
+/// (ext4, xfs, tmpfs), the generation too, so a file that reused the
+/// inode number of a deleted one is not taken for it. Symlinks, and
+/// /proc's magic links, are followed.
+pub fn leads_to(path: &Path, file: FileId) -> Option<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !file.is_stat_of(meta.dev(), meta.ino()) {
+        return None;
+    }
+    match generation_matches(path, file) {
+        Some(false) => None,
+        // Same generation, or a filesystem whose handle we cannot build.
+        _ => Some(meta),
+    }
+}
+
+/// Compares the handle the filesystem gives `path` with the one `file`
+/// (inode number and generation) would have; None when it cannot tell.
+fn generation_matches(path: &Path, file: FileId) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value to be filled in.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs to write into.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    let expected = Handle::for_file(fs.f_type as u64, file)?;
+    let mut found = Handle::new(0, &[0; 4]);
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `found` is a `struct file_handle` whose header gives the
+    // room (16 bytes) the kernel may fill; it writes no further.
+    let named = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            (&raw mut found).cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if named != 0 {
+        return None;
+    }
+    let length = (found.handle_bytes as usize).min(found.f_handle.len());
+    Some(
+        found.handle_type == expected.handle_type
+            && found.handle_bytes == expected.handle_bytes
+            && found.f_handle[..length] == expected.f_handle[..length],
+    )
+}
+
 /// What a file, known by identity and first named `recorded`, is called
 /// now. `None` when it cannot be told (an unsupported filesystem, no
 /// mount of it here, no CAP_DAC_READ_SEARCH): the recorded name stands.
@@ -72,13 +125,11 @@ pub fn current_name(
     recorded: Option<&Path>,
     mount_point: Option<&Path>,
 ) -> Option<CurrentName> {
-    // The recorded name still leads to this inode number (the generation
-    // is checked by the handle when there is one).
+    // The recorded name still leads to this file.
     let recorded_is_current = || {
         let path = recorded?;
-        let meta = std::fs::metadata(path).ok()?;
-        (file.is_stat_of(meta.dev(), meta.ino()) && meta.nlink() > 0)
-            .then(|| CurrentName::Linked(path.to_path_buf()))
+        let meta = leads_to(path, file)?;
+        (meta.nlink() > 0).then(|| CurrentName::Linked(path.to_path_buf()))
     };
     let Some(opened) = open_by_identity(file, fs_magic, mount_point) else {
         return recorded_is_current();
@@ -112,7 +163,7 @@ pub fn open_for_reading(
     path: Option<&Path>,
     mount_point: Option<&Path>,
 ) -> std::io::Result<std::fs::File> {
-    if let Some(path) = path {
+    if let Some(path) = path.filter(|path| leads_to(path, file).is_some()) {
         if let Ok(opened) = std::fs::File::open(path) {
             let meta = opened.metadata()?;
             if file.is_stat_of(meta.dev(), meta.ino()) {
@@ -176,5 +227,37 @@ mod tests {
         assert_eq!((tmpfs.handle_type, tmpfs.handle_bytes), (1, 12));
         assert_eq!(&tmpfs.f_handle[..12], &[7, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
         assert!(Handle::for_file(0x9123_683E, file).is_none(), "btrfs");
+    }
+
+    /// A file on the workspace's filesystem (ext4 here and in CI) with its
+    /// generation from FS_IOC_GETVERSION: the right generation leads to
+    /// it, another one (an inode number reused) does not.
+    #[test]
+    fn a_path_leads_to_its_file_only_with_the_file_s_generation() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        let scratch = dir.join(format!("leads-to-{}", std::process::id()));
+        let opened = std::fs::File::create(&scratch).unwrap();
+        let meta = opened.metadata().unwrap();
+        /// `_IOR('v', 1, long)`.
+        const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
+        let mut generation: libc::c_long = 0;
+        // SAFETY: an open file and a long for the kernel to fill.
+        let got = unsafe { libc::ioctl(opened.as_raw_fd(), FS_IOC_GETVERSION, &mut generation) };
+        let dev = (libc::major(meta.dev()) << 20) | libc::minor(meta.dev());
+        let file = FileId {
+            dev,
+            ino: meta.ino(),
+            generation: generation as u32,
+        };
+        let ours = leads_to(&scratch, file).is_some();
+        let reused = FileId {
+            generation: file.generation.wrapping_add(1),
+            ..file
+        };
+        let other = leads_to(&scratch, reused).is_some();
+        let _ = std::fs::remove_file(&scratch);
+        assert_eq!(got, 0, "FS_IOC_GETVERSION on the workspace's filesystem");
+        assert!(ours);
+        assert!(!other, "another generation is another file");
     }
 }

@@ -18,7 +18,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::model::{aggregate::dentry_path, events::FileId, names::NameBytes};
+use crate::model::{
+    aggregate::dentry_path,
+    events::{FileId, WalkEnd},
+    names::NameBytes,
+};
 
 /// Undoes the octal escapes (`\040` for a space) of mountinfo fields.
 fn unescape(field: &str) -> String {
@@ -167,16 +171,19 @@ impl MountTable {
             .map(|m| m.mount_point.as_str())
     }
 
-    /// Full path of a file from its dentry names (leaf first), through a
+    /// Full path of a file from its dentry names (leaf first): whole when
+    /// the kernel walked up to its writer's namespace root, else through a
     /// mount of its filesystem that exposes it.
     pub fn dentry_full_path(
         &self,
         file: FileId,
         components: &[NameBytes],
-        reached_root: bool,
+        walk: WalkEnd,
     ) -> PathBuf {
-        if !reached_root {
-            return dentry_path(components, false, None);
+        match walk {
+            WalkEnd::Cut => return dentry_path(components, false, None),
+            WalkEnd::NamespaceRoot => return dentry_path(components, true, None),
+            WalkEnd::FsRoot => {}
         }
         let in_fs = dentry_path(components, true, None);
         // Prefer a mount of the whole filesystem, then a bind mount whose
@@ -239,11 +246,9 @@ pub fn proc_maps_path(proc_root: &Path, tgid: u32, file: FileId) -> Option<Mappe
     let maps = std::fs::read(process.join("maps")).ok()?;
     let link = process.join("map_files").join(range_in_maps(&maps, file)?);
     let path = std::fs::read_link(&link).ok()?;
-    // stat follows the link to the mapped file itself.
-    let meta = std::fs::metadata(&link).ok()?;
-    if !file.is_stat_of(meta.dev(), meta.ino()) {
-        return None;
-    }
+    // Followed to the mapped file itself: this inode number may already
+    // be another file's (unlinked, then reused by the same writer).
+    let meta = crate::model::file_handle::leads_to(&link, file)?;
     let deleted = meta.nlink() == 0;
     let path = if deleted {
         strip_deleted_suffix(path)
@@ -308,7 +313,7 @@ garbage line
             generation: 0,
         };
         assert_eq!(
-            table.dentry_full_path(loop0, &comps(&["f", "d"]), true),
+            table.dentry_full_path(loop0, &comps(&["f", "d"]), WalkEnd::FsRoot),
             Path::new("/mnt/with space/d/f")
         );
         let shm = FileId {
@@ -317,7 +322,7 @@ garbage line
             generation: 0,
         };
         assert_eq!(
-            table.dentry_full_path(shm, &comps(&["seg"]), true),
+            table.dentry_full_path(shm, &comps(&["seg"]), WalkEnd::FsRoot),
             Path::new("/dev/shm/seg")
         );
         // Bind mount of a subdirectory.
@@ -327,7 +332,7 @@ garbage line
             generation: 0,
         };
         assert_eq!(
-            table.dentry_full_path(loop1, &comps(&["f", "exported"]), true),
+            table.dentry_full_path(loop1, &comps(&["f", "exported"]), WalkEnd::FsRoot),
             Path::new("/srv/bind/f")
         );
         // Unknown device: the path within its filesystem.
@@ -337,12 +342,18 @@ garbage line
             generation: 0,
         };
         assert_eq!(
-            table.dentry_full_path(unknown, &comps(&["f"]), true),
+            table.dentry_full_path(unknown, &comps(&["f"]), WalkEnd::FsRoot),
             Path::new("/f")
         );
         assert_eq!(
-            table.dentry_full_path(loop0, &comps(&["f", "d"]), false),
+            table.dentry_full_path(loop0, &comps(&["f", "d"]), WalkEnd::Cut),
             Path::new("…/d/f")
+        );
+        // Walked by the kernel across mounts to the writer's namespace
+        // root: whole as it is, whatever our own mounts say.
+        assert_eq!(
+            table.dentry_full_path(loop0, &comps(&["f", "data"]), WalkEnd::NamespaceRoot),
+            Path::new("/data/f")
         );
     }
 

@@ -47,12 +47,14 @@ const STARTUP_TYPES: &[&str] = &[
     "folio",
     "inode",
     "mm_struct",
+    "mount",
     "signal_struct",
     "super_block",
     "task_struct",
     "vm_area_struct",
     "vm_fault",
     "vm_operations_struct",
+    "vfsmount",
     "writeback_control",
     "xa_node",
     "maple_range_64",
@@ -471,7 +473,27 @@ impl KernelBtf {
             vma_vm_page_prot: self.offset_of("vm_area_struct", "vm_page_prot")?,
             mapping_flags: self.offset_of("address_space", "flags")?,
             large_folio_mask: self.large_folio_mask(),
-            ..self.fd_offsets()
+            ..self.mount_offsets(self.fd_offsets())
+        })
+    }
+
+    /// Mount crossing for the path walk; without it (all zero) a file is
+    /// named from its filesystem's root and the mount tables, as before.
+    fn mount_offsets(&self, base: KernelOffsets) -> KernelOffsets {
+        let offsets = || -> Result<KernelOffsets, BtfError> {
+            Ok(KernelOffsets {
+                file_mnt: self.offset_of("file", "f_path.mnt")?,
+                mount_mnt: self.offset_of("mount", "mnt")?,
+                mount_mnt_parent: self.offset_of("mount", "mnt_parent")?,
+                mount_mnt_mountpoint: self.offset_of("mount", "mnt_mountpoint")?,
+                mount_mnt_ns: self.offset_of("mount", "mnt_ns")?,
+                vfsmount_mnt_root: self.offset_of("vfsmount", "mnt_root")?,
+                ..base
+            })
+        };
+        offsets().unwrap_or_else(|err| {
+            log::info!("paths are named through mount tables only: {err}");
+            base
         })
     }
 

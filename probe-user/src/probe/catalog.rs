@@ -26,8 +26,9 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "write faults from user space",
         raw: true,
     },
+    // The same program as page_fault_user's, attached twice.
     Tracepoint {
-        program: "page_fault_kernel",
+        program: "page_fault_user",
         category: "exceptions",
         name: "page_fault_kernel",
         required: false,

@@ -273,7 +273,12 @@ pub(crate) fn load_programs(
                 .programs_mut()
                 .filter_map(|(name, program)| {
                     let (_, how) = *plan.iter().find(|(planned, _)| *planned == name)?;
-                    Some(scope.spawn(move || (name.to_string(), load(program, how, btf))))
+                    Some(scope.spawn(move || {
+                        let t = Instant::now();
+                        let r = load(program, how, btf);
+                        log::debug!("startup: {name} verified in {:?}", t.elapsed());
+                        (name.to_string(), r)
+                    }))
                 })
                 .collect();
             threads

@@ -9,7 +9,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     model::{
         aggregate::{Aggregate, Applied, FileRecord, PathSource},
-        events::{decode, Event, FileId},
+        events::{decode, Event, FileId, WalkEnd},
         file_handle::current_name,
         paths::{fs_has_writeback, mount_ns_of, proc_maps_path, MountTable},
     },
@@ -97,7 +97,7 @@ impl Collector {
         if let Event::FileSeen {
             file,
             components,
-            reached_root,
+            walk,
             ..
         } = &event
         {
@@ -106,10 +106,13 @@ impl Collector {
                 self.mounts = MountTable::read();
             }
             let tgid = event.task().map(|task| task.tgid);
-            // Not mounted in our view: a mount of the writer's namespace
-            // (a container's tmpfs), named as the writer sees it.
+            // Not mounted in our view and not named whole by the kernel: a
+            // mount of the writer's namespace (a container's tmpfs), named
+            // as the writer sees it while it lives.
             let writers_mounts = match tgid {
-                Some(tgid) if self.mounts.fs_type(*file).is_none() => {
+                Some(tgid)
+                    if *walk != WalkEnd::NamespaceRoot && self.mounts.fs_type(*file).is_none() =>
+                {
                     MountTable::of_process(&self.proc_root, tgid)
                 }
                 _ => None,
@@ -117,7 +120,7 @@ impl Collector {
             let path = writers_mounts
                 .as_ref()
                 .unwrap_or(&self.mounts)
-                .dentry_full_path(*file, components, *reached_root);
+                .dentry_full_path(*file, components, *walk);
             let applied = self.aggregate.apply(&event);
             self.aggregate.set_path(*file, path, PathSource::Dentry);
             if let Some(tgid) = tgid {
