@@ -35,15 +35,16 @@ const VM_PACKAGES: &[&str] = &[
 /// Modules the guest loads before it can mount its root and scratch
 /// filesystem (Debian builds them as modules); dependencies come from
 /// modules.dep. crc32c is what ext4's and xfs's metadata checksums ask the
-/// crypto API for.
+/// crypto API for: loaded first, as its soft dependants (6.12's libcrc32c)
+/// expect.
 const GUEST_MODULES: &[&str] = &[
+    "crc32c_generic",
     "virtio_pci",
     "9pnet_virtio",
     "9p",
     "loop",
     "ext4",
     "xfs",
-    "crc32c_generic",
 ];
 
 /// Printed by the guest: one result line per test binary and backend, and a
@@ -53,6 +54,8 @@ const DONE_MARK: &str = "MMAPWATCH-VM-DONE";
 
 pub const BACKENDS: &[&str] = &["fentry", "kprobe", "tracepoint"];
 
+/// One kernel's share of a VM run: each of its backends gets a guest of
+/// its own, which runs every suite in turn.
 pub struct VmTest {
     pub kernel: String,
     pub backends: Vec<String>,
@@ -60,71 +63,180 @@ pub struct VmTest {
     pub suites: Vec<String>,
     /// libtest filter passed to every suite.
     pub filter: Option<String>,
+    /// The limit for each guest.
     pub timeout: Duration,
     /// A shell command to run in the guest instead of the suites
     /// (debugging); its exit code is reported.
     pub command: Option<String>,
+    /// The randomized test's seed count in the guest (`MW_RANDOM_SEEDS`);
+    /// None: the host's own setting, or the test's default.
+    pub random_seeds: Option<u32>,
 }
 
 fn cache_dir() -> PathBuf {
     workspace_root().join("target/vm-cache")
 }
 
-pub fn run_vm_test(options: &VmTest) -> Result<()> {
-    for backend in &options.backends {
-        if !BACKENDS.contains(&backend.as_str()) {
-            bail!("unknown backend {backend}: one of {}", BACKENDS.join(", "));
+/// One guest: a kernel (a plan) and a backend, or the plan's command.
+struct Job {
+    plan: usize,
+    backend: Option<String>,
+}
+
+impl Job {
+    fn label(&self, kernels: &[Kernel]) -> String {
+        format!(
+            "{} {}",
+            kernels[self.plan].release,
+            self.backend.as_deref().unwrap_or("command")
+        )
+    }
+}
+
+/// Runs every plan, one guest per kernel and backend, `guests` at a time:
+/// a TCG guest keeps one host core busy, so on two cores two guests halve
+/// the wall time of the long pole of `cargo xtask test`.
+pub fn run_vm_tests(plans: &[VmTest], guests: usize) -> Result<()> {
+    for plan in plans {
+        for backend in &plan.backends {
+            if !BACKENDS.contains(&backend.as_str()) {
+                bail!("unknown backend {backend}: one of {}", BACKENDS.join(", "));
+            }
         }
     }
     ensure_apt(VM_PACKAGES)?;
-    let kernel = Kernel::resolve(&options.kernel)?;
-    println!(
-        "xtask: guest kernel {} ({})",
-        kernel.release,
-        kernel.vmlinuz.display()
-    );
+    let kernels = plans
+        .iter()
+        .map(|plan| {
+            let kernel = Kernel::resolve(&plan.kernel)?;
+            println!(
+                "xtask: guest kernel {} ({})",
+                kernel.release,
+                kernel.vmlinuz.display()
+            );
+            Ok(kernel)
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     step("building mmapwatch and the integration tests for the guest");
     crate::build()?;
-    let suites = test_binaries(&options.suites)?;
-
+    let suites = plans
+        .iter()
+        .map(|plan| test_binaries(&plan.suites))
+        .collect::<Result<Vec<_>>>()?;
     let scratch = workspace_root().join("target/itest-scratch");
     fs::create_dir_all(&scratch)?;
-    let script = guest_script(options, &suites, &scratch);
-    let initramfs = cache_dir().join("initramfs.cpio");
-    build_initramfs(&kernel, &script, &initramfs)?;
+    let accel = choose_accelerator(&kernels[0])?;
 
-    let accel = choose_accelerator(&kernel)?;
+    let jobs: Vec<Job> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(index, plan)| -> Vec<Job> {
+            if plan.command.is_some() {
+                vec![Job {
+                    plan: index,
+                    backend: None,
+                }]
+            } else {
+                plan.backends
+                    .iter()
+                    .map(|backend| Job {
+                        plan: index,
+                        backend: Some(backend.clone()),
+                    })
+                    .collect()
+            }
+        })
+        .collect();
+    let queue = std::sync::Mutex::new(jobs.iter().collect::<std::collections::VecDeque<_>>());
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    let started = Instant::now();
+    let (kernels, suites, scratch, shared_outcomes) = (&kernels, &suites, &scratch, &outcomes);
+    std::thread::scope(|scope| {
+        for _ in 0..guests.clamp(1, jobs.len().max(1)) {
+            // The queue's lock is taken and released in `next`, not held
+            // over a guest's run.
+            let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
+            scope.spawn(move || {
+                while let Some(job) = next() {
+                    let plan = &plans[job.plan];
+                    let outcome = run_job(job, plan, kernels, &suites[job.plan], scratch, accel);
+                    if let Ok(mut all) = shared_outcomes.lock() {
+                        all.push((job.label(kernels), outcome));
+                    }
+                }
+            });
+        }
+    });
+    let outcomes = outcomes
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a guest thread panicked"))?;
+    println!(
+        "xtask: {} guests, {} at a time, in {:.0?}",
+        jobs.len(),
+        guests.clamp(1, jobs.len().max(1)),
+        started.elapsed()
+    );
+    let failures: Vec<String> = outcomes
+        .into_iter()
+        .filter_map(|(label, outcome)| outcome.err().map(|err| format!("{label}: {err:#}")))
+        .collect();
+    if !failures.is_empty() {
+        bail!("in the VM: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Boots one job's guest (a second time if it never finished: a test
+/// failure is a result, a hung guest is not) and checks its results.
+fn run_job(
+    job: &Job,
+    plan: &VmTest,
+    kernels: &[Kernel],
+    suites: &[(String, PathBuf)],
+    scratch: &Path,
+    accel: Accel,
+) -> Result<()> {
+    let kernel = &kernels[job.plan];
+    let label = job.label(kernels);
+    let file_label = label.replace(' ', "-");
+    let script = guest_script(plan, job.backend.as_deref(), suites, scratch);
+    let initramfs = cache_dir().join(format!("initramfs-{file_label}.cpio"));
+    build_initramfs(kernel, &script, &initramfs)?;
     let mut last_error = None;
     for attempt in 1..=2 {
         step(&format!(
-            "booting {} under QEMU ({accel}), attempt {attempt}",
-            kernel.release
+            "booting {label} under QEMU ({accel}), attempt {attempt}"
         ));
-        match boot(&kernel, &initramfs, accel, options.timeout) {
-            Ok(run) if options.command.is_some() => {
-                let ok = run.log.iter().any(|l| {
-                    l.contains(&format!(
-                        "{RESULT_MARK} backend=command suite=command exit=0 "
-                    ))
-                });
-                return if ok {
-                    Ok(())
-                } else {
-                    bail!("the guest command failed")
+        match boot(kernel, &initramfs, accel, plan.timeout, &label) {
+            Ok(run) => {
+                return match &job.backend {
+                    None => {
+                        let ok = run.log.iter().any(|l| {
+                            l.contains(&format!(
+                                "{RESULT_MARK} backend=command suite=command exit=0 "
+                            ))
+                        });
+                        if ok {
+                            Ok(())
+                        } else {
+                            bail!("the guest command failed")
+                        }
+                    }
+                    Some(backend) => report(&run, backend, suites, &label),
                 };
             }
-            Ok(run) => return report(&run, options, &suites, &kernel),
-            // Only a guest that never finished is retried: a test failure
-            // is a result.
             Err(err) => {
-                eprintln!("xtask: the guest did not finish: {err:#}");
+                eprintln!("xtask: {label}: the guest did not finish: {err:#}");
                 last_error = Some(err);
             }
         }
     }
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("the guest did not run")))
 }
+
+/// Guests run at once: this machine's two cores.
+pub const PARALLEL_GUESTS: usize = 2;
 
 /// A kernel image with its modules, unpacked under the cache directory.
 struct Kernel {
@@ -337,8 +449,13 @@ fn test_binaries(wanted: &[String]) -> Result<Vec<(String, PathBuf)>> {
 /// The guest's second stage, run as pid 1 once the host root is its root:
 /// mounts what mmapwatch and the tests use, makes an ext4 scratch
 /// filesystem (tmpfs never reaches do_wp_page's page_mkwrite path), and runs
-/// each suite once per backend.
-fn guest_script(options: &VmTest, suites: &[(String, PathBuf)], scratch: &Path) -> String {
+/// each suite under the backend.
+fn guest_script(
+    options: &VmTest,
+    backend: Option<&str>,
+    suites: &[(String, PathBuf)],
+    scratch: &Path,
+) -> String {
     let root = workspace_root();
     let mut script = String::from(
         r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
@@ -374,7 +491,18 @@ mkfs.ext4 -q -F /tmp/scratch.img
         .as_deref()
         .map(|f| format!(" '{}'", f.replace('\'', "")))
         .unwrap_or_default();
-    for backend in &options.backends {
+    let seeds = options
+        .random_seeds
+        .map(|n| n.to_string())
+        .or_else(|| {
+            // The host's own setting, as it was given.
+            std::env::var("MW_RANDOM_SEEDS")
+                .ok()
+                .filter(|n| n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty())
+        })
+        .map(|n| format!("MW_RANDOM_SEEDS={n} "))
+        .unwrap_or_default();
+    if let Some(backend) = backend {
         for (name, exe) in suites {
             script.push_str(&format!(
                 r#"start=$(date +%s)
@@ -383,12 +511,6 @@ echo "{RESULT_MARK} backend={backend} suite={name} exit=$? seconds=$(( $(date +%
 "#,
                 bin = crate::mmapwatch_release().display(),
                 exe = exe.display(),
-                // The randomized test's seed count, as the host was given it.
-                seeds = std::env::var("MW_RANDOM_SEEDS")
-                    .ok()
-                    .filter(|n| n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty())
-                    .map(|n| format!("MW_RANDOM_SEEDS={n} "))
-                    .unwrap_or_default(),
             ));
         }
     }
@@ -616,7 +738,13 @@ fn choose_accelerator(kernel: &Kernel) -> Result<Accel> {
         &format!("echo {DONE_MARK}\necho o > /proc/sysrq-trigger\nsleep 10\n"),
         &probe,
     )?;
-    match boot(kernel, &probe, Accel::Kvm, Duration::from_secs(60)) {
+    match boot(
+        kernel,
+        &probe,
+        Accel::Kvm,
+        Duration::from_secs(60),
+        "kvm-probe",
+    ) {
         Ok(_) => Ok(Accel::Kvm),
         Err(err) => {
             println!("xtask: KVM does not boot the guest ({err:#}): using TCG");
@@ -633,7 +761,13 @@ struct GuestRun {
 
 /// Boots the guest and collects its console until the done mark or the
 /// timeout; an error if it never got there.
-fn boot(kernel: &Kernel, initramfs: &Path, accel: Accel, timeout: Duration) -> Result<GuestRun> {
+fn boot(
+    kernel: &Kernel,
+    initramfs: &Path,
+    accel: Accel,
+    timeout: Duration,
+    label: &str,
+) -> Result<GuestRun> {
     let mut qemu = Command::new("timeout");
     qemu.args(["--kill-after=10", &timeout.as_secs().to_string()])
         .arg("qemu-system-x86_64");
@@ -670,7 +804,9 @@ fn boot(kernel: &Kernel, initramfs: &Path, accel: Accel, timeout: Duration) -> R
             .collect::<Vec<_>>()
     });
     let stdout = child.stdout.take().context("qemu stdout")?;
-    let mut log_file = fs::File::create(cache_dir().join("guest-console.log"))?;
+    let mut log_file = fs::File::create(
+        cache_dir().join(format!("guest-console-{}.log", label.replace(' ', "-"))),
+    )?;
     let mut log = Vec::new();
     let mut first_result = None;
     let mut done = false;
@@ -682,7 +818,7 @@ fn boot(kernel: &Kernel, initramfs: &Path, accel: Accel, timeout: Duration) -> R
             .filter(|c| !c.is_control() || *c == '\t')
             .collect::<String>();
         let _ = writeln!(log_file, "{line}");
-        println!("guest| {line}");
+        println!("guest {label}| {line}");
         if line.contains(RESULT_MARK) && first_result.is_none() {
             first_result = Some(started.elapsed());
         }
@@ -711,44 +847,36 @@ fn boot(kernel: &Kernel, initramfs: &Path, accel: Accel, timeout: Duration) -> R
     })
 }
 
-/// Every suite must have run under every backend and passed.
-fn report(
-    run: &GuestRun,
-    options: &VmTest,
-    suites: &[(String, PathBuf)],
-    kernel: &Kernel,
-) -> Result<()> {
+/// Every suite must have run under the guest's backend and passed.
+fn report(run: &GuestRun, backend: &str, suites: &[(String, PathBuf)], label: &str) -> Result<()> {
     let mut failures = Vec::new();
-    println!("xtask: guest kernel {}", kernel.release);
-    for backend in &options.backends {
-        for (suite, _) in suites {
-            let wanted = format!("{RESULT_MARK} backend={backend} suite={suite} ");
-            match run
-                .log
-                .iter()
-                .find_map(|l| l.find(&wanted).map(|at| l[at + wanted.len()..].to_string()))
-            {
-                Some(rest) if rest.starts_with("exit=0 ") => {
-                    println!("xtask: {backend:>10} {suite:<12} passed ({rest})")
-                }
-                Some(rest) => {
-                    println!("xtask: {backend:>10} {suite:<12} FAILED ({rest})");
-                    failures.push(format!("{backend}/{suite}"));
-                }
-                None => {
-                    println!("xtask: {backend:>10} {suite:<12} did not run");
-                    failures.push(format!("{backend}/{suite} (no result)"));
-                }
+    for (suite, _) in suites {
+        let wanted = format!("{RESULT_MARK} backend={backend} suite={suite} ");
+        match run
+            .log
+            .iter()
+            .find_map(|l| l.find(&wanted).map(|at| l[at + wanted.len()..].to_string()))
+        {
+            Some(rest) if rest.starts_with("exit=0 ") => {
+                println!("xtask: {label:>28} {suite:<12} passed ({rest})")
+            }
+            Some(rest) => {
+                println!("xtask: {label:>28} {suite:<12} FAILED ({rest})");
+                failures.push(suite.clone());
+            }
+            None => {
+                println!("xtask: {label:>28} {suite:<12} did not run");
+                failures.push(format!("{suite} (no result)"));
             }
         }
     }
     println!(
-        "xtask: guest ran {:.0?} in all; first result after {:.0?}",
+        "xtask: {label}: guest ran {:.0?} in all; first result after {:.0?}",
         run.elapsed,
         run.boot_to_first_result.unwrap_or_default()
     );
     if !failures.is_empty() {
-        bail!("in the VM: {}", failures.join(", "));
+        bail!("failed: {}", failures.join(", "));
     }
     Ok(())
 }
