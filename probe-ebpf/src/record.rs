@@ -150,8 +150,58 @@ fn attached_mount(mount: u64) -> u64 {
     }
 }
 
+/// `super_block.s_magic` of overlayfs.
+const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+
+/// Where the walk of a file's names starts: its dentry and its mount (0:
+/// none to cross from). An overlayfs mapping holds its layer's file (a
+/// backing file, 6.6+) on a detached clone of the layer's mount; the path
+/// its writer opened, through the overlay mount, is the backing file's
+/// `user_path`, taken only when it is an overlayfs path on an attached
+/// mount (a detached file that is no backing file, a memfd, fails both).
+#[inline(always)]
+fn walk_start(file: u64) -> (u64, u64) {
+    if file == 0 {
+        return (0, 0);
+    }
+    let dentry: u64 = read_kernel(file, offset!(file_dentry)).unwrap_or(0);
+    let mount = mount_of_file(file);
+    if mount != 0 || offset!(backing_file_user_path) == 0 {
+        return (dentry, mount);
+    }
+    let user_path = file + offset!(backing_file_user_path);
+    let user_dentry: u64 = read_kernel(user_path, offset!(path_dentry)).unwrap_or(0);
+    let user_vfsmount: u64 = read_kernel(user_path, offset!(path_mnt)).unwrap_or(0);
+    if user_dentry == 0 || user_vfsmount == 0 {
+        return (dentry, 0);
+    }
+    let user_sb: u64 = read_kernel(user_dentry, offset!(dentry_d_sb)).unwrap_or(0);
+    let magic: u64 = read_kernel(user_sb, offset!(sb_s_magic)).unwrap_or(0);
+    if magic != OVERLAYFS_SUPER_MAGIC {
+        return (dentry, 0);
+    }
+    match attached_mount(user_vfsmount - offset!(mount_mnt)) {
+        0 => (dentry, 0),
+        user_mount => (user_dentry, user_mount),
+    }
+}
+
+/// Whether the walk's names are of another filesystem than the file's
+/// inode: a path through overlayfs (a backing file's user path, or 6.1's
+/// fake path on the layer's file).
+#[inline(always)]
+fn stacked(dentry: u64, superblock: u64) -> bool {
+    let at = offset!(dentry_d_sb);
+    if at == 0 || dentry == 0 {
+        return false;
+    }
+    let sb: u64 = read_kernel(dentry, at).unwrap_or(superblock);
+    sb != superblock
+}
+
 /// Sends the file's dentry names (leaf first) so userspace can name files
-/// whose writers have already exited. The walk crosses mounts up to the
+/// whose writers have already exited (through overlayfs, the path the
+/// writer opened, marked `STACKED`). The walk crosses mounts up to the
 /// root of the writer's mount namespace (an empty name marks each mount
 /// crossed), so the name is whole as the writer saw it, even when that
 /// namespace is gone by the time userspace reads the record. A function
@@ -176,13 +226,8 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         offset!(mount_mnt_mountpoint),
     );
     // No file (a window found without its mapping): no names to send.
-    let dentry_offset = offset!(file_dentry);
-    let dentry: u64 = if info.file == 0 {
-        0
-    } else {
-        read_kernel(info.file, dentry_offset).unwrap_or(0)
-    };
-    let mut mount = mount_of_file(info.file);
+    let (dentry, mut mount) = walk_start(info.file);
+    let through_stack = stacked(dentry, info.superblock);
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring-buffer memory of the right size;
     // fields are written in place because the record exceeds the BPF stack.
@@ -245,6 +290,9 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
             } else if read_kernel::<u64>(dentry, parent_offset).unwrap_or(0) == dentry {
                 (*event).reached_root = walk_end::FS_ROOT;
             }
+        }
+        if through_stack {
+            (*event).reached_root |= walk_end::STACKED;
         }
     }
     entry.submit(0);

@@ -213,6 +213,85 @@ fn a_deep_path_with_a_long_name_is_named_in_full() {
     assert_eq!(entry["path"], identity(&file).2.as_str(), "{entry:#}");
 }
 
+/// An overlay mount, unmounted when dropped.
+struct Overlay {
+    merged: PathBuf,
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.merged)
+            .status();
+    }
+}
+
+/// overlayfs (every container's root): a file of the lower layer, opened
+/// for writing through the merged directory (so copied up) and written
+/// through a mapping by a child that exits at once, is named by its merged
+/// path, as its writer opened it, with the upper layer's file as
+/// `backing_path`; `--path-prefix` finds it by the merged directory.
+#[test]
+fn an_overlayfs_file_is_named_by_its_merged_path() {
+    require_root();
+    let dir = scratch_dir();
+    let layer = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).expect("overlay directory");
+        path
+    };
+    let (lower, upper, work, merged) = (
+        layer("lower"),
+        layer("upper"),
+        layer("work"),
+        layer("merged"),
+    );
+    std::fs::write(lower.join("f"), vec![0u8; 4 * 4096]).expect("lower file");
+    let mounted = run(std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&merged));
+    assert!(
+        mounted.status.success(),
+        "mount -t overlay: {}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    let overlay = Overlay { merged };
+    let file = overlay.merged.join("f");
+    let script = "import mmap,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\nif os.fork()==0:\n    m=mmap.mmap(fd,4*4096); m[2*4096]=1; m.close(); os._exit(0)\nos.wait()";
+    let command = python(script, &[&path_arg(&file)]);
+    let run = trace(
+        &["--path-prefix", &path_arg(&overlay.merged)],
+        &strs(&command),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entries = run.files();
+    assert_eq!(entries.len(), 1, "{:#}", run.json);
+    let entry = &entries[0];
+    assert_eq!(entry["path"], path_arg(&file).as_str(), "{entry:#}");
+    assert_eq!(
+        entry["backing_path"],
+        path_arg(&upper.join("f")).as_str(),
+        "{entry:#}"
+    );
+    assert_eq!(entry["renamed_from"], Value::Null, "{entry:#}");
+    // Copy-up writes the file with write(2): its folio may be large, and
+    // the fault's span then covers its neighbours.
+    assert_eq!(ranges(&entry["exact_pages"]), vec![(2, 2)], "{entry:#}");
+    assert!(pages(&entry["pages_written"]).contains(&2), "{entry:#}");
+    // The file is the upper layer's: its identity is that inode's.
+    let (dev, ino, _) = identity(&upper.join("f"));
+    assert_eq!(
+        (entry["dev"].as_str(), entry["ino"].as_u64()),
+        (Some(dev.as_str()), Some(ino))
+    );
+}
+
 /// A linker's pattern (lld, mold): the output is written through a shared
 /// mapping under a temporary name, then renamed. The report names the file
 /// as it is now, keeps the name it was written under, and finds it by the

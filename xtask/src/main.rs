@@ -76,6 +76,10 @@ enum Task {
         /// Only tests whose names contain this.
         #[arg(long)]
         filter: Option<String>,
+        /// Print what passing tests wrote too (libtest's --show-output),
+        /// e.g. the randomized test's figures.
+        #[arg(long)]
+        show_output: bool,
         /// Hard limit for one guest run.
         #[arg(long, default_value_t = 40)]
         timeout_minutes: u64,
@@ -130,6 +134,7 @@ fn main() -> Result<()> {
             backends,
             suites,
             filter,
+            show_output,
             timeout_minutes,
             command,
         } => {
@@ -146,6 +151,7 @@ fn main() -> Result<()> {
                     backends: backends.clone(),
                     suites: suites.clone(),
                     filter: filter.clone(),
+                    show_output,
                     timeout: std::time::Duration::from_secs(timeout_minutes * 60),
                     random_seeds: None,
                     command: command.clone(),
@@ -476,6 +482,7 @@ fn test() -> Result<()> {
         backends: vm::BACKENDS.iter().map(|b| b.to_string()).collect(),
         suites: suites.iter().map(|s| s.to_string()).collect(),
         filter: None,
+        show_output: false,
         timeout: std::time::Duration::from_secs(40 * 60),
         command: None,
         random_seeds: Some(VM_RANDOM_SEEDS),

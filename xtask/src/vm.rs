@@ -45,6 +45,7 @@ const GUEST_MODULES: &[&str] = &[
     "loop",
     "ext4",
     "xfs",
+    "overlay",
 ];
 
 /// Printed by the guest: one result line per test binary and backend, and a
@@ -63,6 +64,8 @@ pub struct VmTest {
     pub suites: Vec<String>,
     /// libtest filter passed to every suite.
     pub filter: Option<String>,
+    /// libtest's --show-output: what passing tests printed.
+    pub show_output: bool,
     /// The limit for each guest.
     pub timeout: Duration,
     /// A shell command to run in the guest instead of the suites
@@ -486,11 +489,14 @@ mkfs.ext4 -q -F /tmp/scratch.img
         ));
         return script;
     }
-    let filter = options
+    let mut filter = options
         .filter
         .as_deref()
         .map(|f| format!(" '{}'", f.replace('\'', "")))
         .unwrap_or_default();
+    if options.show_output {
+        filter.push_str(" --show-output");
+    }
     let seeds = options
         .random_seeds
         .map(|n| n.to_string())

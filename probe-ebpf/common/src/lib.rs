@@ -506,6 +506,15 @@ pub struct KernelOffsets {
     pub mount_mnt_mountpoint: u32,
     pub mount_mnt_ns: u32,
     pub vfsmount_mnt_root: u32,
+    /// overlayfs (6.6+): the file a mapping holds is its layer's (a
+    /// backing file); the path its writer opened is
+    /// `backing_file.user_path`. `dentry.d_sb` tells either kind of
+    /// stacked file (6.1's fake path too) from the file's own inode.
+    /// Zero `backing_file_user_path`: no backing files on this kernel.
+    pub backing_file_user_path: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_sb: u32,
 }
 
 /// How far a [`FileEvent`]'s walk got (`reached_root`).
@@ -518,6 +527,12 @@ pub mod walk_end {
     /// path is whole, as the writer saw it; an empty component is a
     /// mount crossed.
     pub const NAMESPACE_ROOT: u32 = 2;
+    /// A flag beside the above: the names are of a path through a stacking
+    /// filesystem (overlayfs), not of the file's own filesystem: the file
+    /// is one of its layers' (upper or lower).
+    pub const STACKED: u32 = 0x100;
+    /// The bits of the above values.
+    pub const END_MASK: u32 = 0xff;
 }
 
 /// What `mm_struct.mm_lock_seq` is on this kernel.
@@ -621,6 +636,10 @@ impl KernelOffsets {
         mount_mnt_mountpoint: 0,
         mount_mnt_ns: 0,
         vfsmount_mnt_root: 0,
+        backing_file_user_path: 0,
+        path_mnt: 0,
+        path_dentry: 0,
+        dentry_d_sb: 0,
     };
 }
 

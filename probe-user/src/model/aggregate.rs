@@ -95,6 +95,11 @@ pub struct FileRecord {
     pub path_source: Option<PathSource>,
     /// The name the file was written under, when it has since been renamed.
     pub renamed_from: Option<PathBuf>,
+    /// overlayfs: `path` is the one the writer opened through the overlay
+    /// mount, and this is the layer's own file behind it (upper, or lower
+    /// until copied up), as it is named now.
+    pub through_overlay: bool,
+    pub backing_path: Option<PathBuf>,
     /// The file had no link left when last looked at.
     pub deleted: bool,
     /// Mount namespace of the first writer (the view the path is in).
@@ -558,12 +563,27 @@ impl Aggregate {
         }
     }
 
+    /// Marks a file written through overlayfs: its path is the overlay's.
+    pub fn set_through_overlay(&mut self, file: FileId) {
+        if let Some(record) = self.files.get_mut(&file) {
+            record.through_overlay = true;
+        }
+    }
+
     /// Records what the file is called now. A new name keeps the one it
-    /// was written under as `renamed_from`.
+    /// was written under as `renamed_from`; for a file written through
+    /// overlayfs the name is its layer file's, `backing_path`.
     pub fn set_current_name(&mut self, file: FileId, name: CurrentName) {
         let Some(record) = self.files.get_mut(&file) else {
             return;
         };
+        if record.through_overlay {
+            match name {
+                CurrentName::Deleted => record.deleted = true,
+                CurrentName::Linked(path) => record.backing_path = Some(path),
+            }
+            return;
+        }
         match name {
             CurrentName::Deleted => record.deleted = true,
             CurrentName::Linked(path) => {
@@ -932,6 +952,7 @@ mod tests {
             fs_magic: 0xEF53,
             components: vec!["f".into(), "d".into()],
             walk: crate::model::events::WalkEnd::FsRoot,
+            through_overlay: false,
             task: task(1, "x"),
         });
         agg.set_path(FILE, "/d/f".into(), PathSource::Dentry);

@@ -5,7 +5,6 @@
 const EVERY_BACKEND: &[&str] = &[
     "tmpfs/shmem/ramfs: pages mapped writable by a read fault take no fault when stored to; they are reported as possibly_written_pages, not as written",
     "a large folio mapped writable whole by one write fault: its other pages are reported as span_pages (the kernel's granularity), stored to or not",
-    "overlayfs: a file whose writer exited before it was named is named by its upper (backing) path",
 ];
 
 /// Blind spots of the backends without function hooks.

@@ -193,6 +193,10 @@ pub enum Event {
         fs_magic: u64,
         components: Vec<NameBytes>,
         walk: WalkEnd,
+        /// The names are of the path the writer opened through overlayfs;
+        /// the file itself is one of its layers'.
+        #[serde(default)]
+        through_overlay: bool,
         task: Task,
     },
 }
@@ -403,11 +407,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     .filter(|name| !name.is_empty())
                     .map(|name| NameBytes(name.to_vec()))
                     .collect(),
-                walk: match event.reached_root {
+                walk: match event.reached_root & walk_end::END_MASK {
                     walk_end::FS_ROOT => WalkEnd::FsRoot,
                     walk_end::NAMESPACE_ROOT => WalkEnd::NamespaceRoot,
                     _ => WalkEnd::Cut,
                 },
+                through_overlay: event.reached_root & walk_end::STACKED != 0,
                 task: task(&header),
             })
         }
@@ -586,11 +591,13 @@ mod tests {
             Event::FileSeen {
                 components,
                 walk,
+                through_overlay,
                 fs_magic,
                 ..
             } => {
                 assert_eq!(components, vec!["data.bin", "tmp"]);
                 assert_eq!(walk, WalkEnd::FsRoot);
+                assert!(!through_overlay);
                 assert_eq!(fs_magic, 0xEF53);
             }
             other => panic!("unexpected {other:?}"),
@@ -607,15 +614,19 @@ mod tests {
             header: header(event_kind::FILE_SEEN),
             fs_magic: 0xEF53,
             depth: 3,
-            reached_root: walk_end::NAMESPACE_ROOT,
+            reached_root: walk_end::NAMESPACE_ROOT | walk_end::STACKED,
             components,
         };
         match decode(record.as_bytes()).unwrap() {
             Event::FileSeen {
-                components, walk, ..
+                components,
+                walk,
+                through_overlay,
+                ..
             } => {
                 assert_eq!(components, vec!["f", "data"]);
                 assert_eq!(walk, WalkEnd::NamespaceRoot);
+                assert!(through_overlay);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -32,14 +32,19 @@ impl ReportFilter {
     }
 
     /// Whether the file is under one of the `--path-prefix` directories
-    /// (all files if none), by its name now or the one it was written under.
+    /// (all files if none), by its name now, the one it was written under,
+    /// or its overlayfs layer file's.
     pub fn keeps_name(&self, record: &FileRecord) -> bool {
         if self.path_prefixes.is_empty() {
             return true;
         }
         // The name now or the one it was written under: a linker's output
         // is found by either directory.
-        let names = [record.path.as_deref(), record.renamed_from.as_deref()];
+        let names = [
+            record.path.as_deref(),
+            record.renamed_from.as_deref(),
+            record.backing_path.as_deref(),
+        ];
         self.path_prefixes
             .iter()
             .any(|prefix| names.iter().flatten().any(|path| path.starts_with(prefix)))

@@ -42,12 +42,14 @@ pub enum BtfError {
 /// maple_offsets, fault_hook_offsets), found in one scan.
 const STARTUP_TYPES: &[&str] = &[
     "address_space",
+    "backing_file",
     "dentry",
     "file",
     "folio",
     "inode",
     "mm_struct",
     "mount",
+    "path",
     "signal_struct",
     "super_block",
     "task_struct",
@@ -473,8 +475,29 @@ impl KernelBtf {
             vma_vm_page_prot: self.offset_of("vm_area_struct", "vm_page_prot")?,
             mapping_flags: self.offset_of("address_space", "flags")?,
             large_folio_mask: self.large_folio_mask(),
-            ..self.mount_offsets(self.fd_offsets())
+            ..self.backing_offsets(self.mount_offsets(self.fd_offsets()))
         })
+    }
+
+    /// Stacked files (overlayfs): `dentry.d_sb` always, the backing file's
+    /// user path where the kernel has backing files (6.6+).
+    fn backing_offsets(&self, base: KernelOffsets) -> KernelOffsets {
+        let Ok(dentry_d_sb) = self.offset_of("dentry", "d_sb") else {
+            return base;
+        };
+        let with_sb = KernelOffsets {
+            dentry_d_sb,
+            ..base
+        };
+        let offsets = || -> Result<KernelOffsets, BtfError> {
+            Ok(KernelOffsets {
+                backing_file_user_path: self.offset_of("backing_file", "user_path")?,
+                path_mnt: self.offset_of("path", "mnt")?,
+                path_dentry: self.offset_of("path", "dentry")?,
+                ..with_sb
+            })
+        };
+        offsets().unwrap_or(with_sb)
     }
 
     /// Mount crossing for the path walk; without it (all zero) a file is

@@ -55,6 +55,15 @@ impl Collector {
     }
 
     fn resolve_path(&mut self, file: FileId, tgid: u32) {
+        // Through overlayfs the kernel's walk gave the path the writer
+        // opened; /proc may show the layer's file instead.
+        if self
+            .aggregate
+            .file(&file)
+            .is_some_and(|record| record.through_overlay)
+        {
+            return;
+        }
         if let Some(mapped) = proc_maps_path(&self.proc_root, tgid, file) {
             self.aggregate
                 .set_path(file, mapped.path, PathSource::ProcMaps);
@@ -98,6 +107,7 @@ impl Collector {
             file,
             components,
             walk,
+            through_overlay,
             ..
         } = &event
         {
@@ -123,6 +133,9 @@ impl Collector {
                 .dentry_full_path(*file, components, *walk);
             let applied = self.aggregate.apply(&event);
             self.aggregate.set_path(*file, path, PathSource::Dentry);
+            if *through_overlay {
+                self.aggregate.set_through_overlay(*file);
+            }
             if let Some(tgid) = tgid {
                 if let Some(mount_ns) = mount_ns_of(&self.proc_root, tgid) {
                     self.aggregate.set_mount_ns(*file, mount_ns);

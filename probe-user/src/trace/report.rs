@@ -50,6 +50,9 @@ pub struct FileReport {
     pub path_source: Option<PathSource>,
     /// The name the file was written under, when it was renamed since.
     pub renamed_from: Option<String>,
+    /// Written through overlayfs (`path` is the overlay's): the layer's
+    /// own file behind it, as it is named now.
+    pub backing_path: Option<String>,
     /// The file's last link is gone.
     pub deleted: bool,
     pub dev: String,
@@ -312,6 +315,10 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         path_bytes_hex: record.path.as_deref().and_then(names::hex_if_not_utf8),
         renamed_from: record
             .renamed_from
+            .as_deref()
+            .map(|p| names::json_text(p).into_owned()),
+        backing_path: record
+            .backing_path
             .as_deref()
             .map(|p| names::json_text(p).into_owned()),
         deleted: record.deleted,
