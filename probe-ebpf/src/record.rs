@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     counter, event_kind, walk_end, EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey,
-    PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
+    PATH_COMPONENT_LEN, PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
 };
 
 use crate::{
@@ -150,6 +150,12 @@ fn attached_mount(mount: u64) -> u64 {
     }
 }
 
+// The walk passes its start through a name slot as u64s (see below).
+const _: () = assert!(
+    core::mem::offset_of!(FileEvent, components).is_multiple_of(8)
+        && PATH_COMPONENT_LEN.is_multiple_of(8)
+);
+
 /// `super_block.s_magic` of overlayfs.
 const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
@@ -227,7 +233,6 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
     );
     // No file (a window found without its mapping): no names to send.
     let (dentry, mut mount) = walk_start(info.file);
-    let through_stack = stacked(dentry, info.superblock);
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring-buffer memory of the right size;
     // fields are written in place because the record exceeds the BPF stack.
@@ -236,16 +241,36 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         (*event).header.kind = event_kind::FILE_SEEN;
         (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
         (*event).depth = 0;
-        (*event).reached_root = walk_end::CUT;
-        let mut dentry = dentry;
+        // The flag goes into the record now, not kept across the loop: a
+        // value live through it would double the verifier's states.
+        (*event).reached_root = if stacked(dentry, info.superblock) {
+            walk_end::STACKED
+        } else {
+            walk_end::CUT
+        };
         let mut depth = if dentry == 0 { PATH_MAX_DEPTH } else { 0 };
         // The root of the current mount; no dentry is at u64::MAX, so
         // without a mount to follow the walk never crosses.
-        let mut root: u64 = if mount == 0 {
+        let root: u64 = if mount == 0 {
             u64::MAX
         } else {
             read_kernel(mount + mount_embedded, mnt_root_offset).unwrap_or(u64::MAX)
         };
+        // Passed through the record's last name slot (overwritten only at
+        // the walk's last step): the verifier does not track values in
+        // ring-buffer memory, so the loop starts from one state instead of
+        // one per way the start was found, which tripled its work.
+        let start = (*event).components[PATH_MAX_DEPTH - 1]
+            .as_mut_ptr()
+            .cast::<u64>();
+        // Volatile, so the compiler keeps the round trip; aligned: the
+        // record and its name slots start at multiples of 8.
+        start.write_volatile(dentry);
+        start.add(1).write_volatile(mount);
+        start.add(2).write_volatile(root);
+        let mut dentry = start.read_volatile();
+        mount = start.add(1).read_volatile();
+        let mut root = start.add(2).read_volatile();
         // One slot per step, a crossing included, and no branch on the
         // mount itself: the verifier walks this loop once per slot, with
         // few states.
@@ -255,7 +280,7 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
             if dentry == root {
                 let parent: u64 = read_kernel(mount, mount_parent_offset).unwrap_or(mount);
                 if parent == mount {
-                    (*event).reached_root = walk_end::NAMESPACE_ROOT;
+                    (*event).reached_root |= walk_end::NAMESPACE_ROOT;
                     break;
                 }
                 // Into the parent mount, at the directory this one is
@@ -270,7 +295,7 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
             }
             let parent: u64 = read_kernel(dentry, parent_offset).unwrap_or(dentry);
             if parent == dentry {
-                (*event).reached_root = walk_end::FS_ROOT;
+                (*event).reached_root |= walk_end::FS_ROOT;
                 break;
             }
             let name: u64 = read_kernel(dentry, name_offset).unwrap_or(0);
@@ -285,14 +310,11 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
             if dentry == root {
                 let parent: u64 = read_kernel(mount, mount_parent_offset).unwrap_or(0);
                 if parent == mount {
-                    (*event).reached_root = walk_end::NAMESPACE_ROOT;
+                    (*event).reached_root |= walk_end::NAMESPACE_ROOT;
                 }
             } else if read_kernel::<u64>(dentry, parent_offset).unwrap_or(0) == dentry {
-                (*event).reached_root = walk_end::FS_ROOT;
+                (*event).reached_root |= walk_end::FS_ROOT;
             }
-        }
-        if through_stack {
-            (*event).reached_root |= walk_end::STACKED;
         }
     }
     entry.submit(0);
