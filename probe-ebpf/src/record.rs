@@ -136,9 +136,11 @@ fn mount_of_file(file: u64) -> u64 {
 }
 
 /// `mount` when it belongs to a mount namespace, else 0: overlayfs's
-/// private clones of its layers (and other detached mounts) have none, and
-/// their root is not a root of anyone's view, so their files are walked
-/// to the filesystem root and named through the mount tables, as before.
+/// private clones of its layers (and other detached mounts: memfd's, SysV
+/// shm's) have none, and their root is not a root of anyone's view. Their
+/// files are walked to their filesystem's root and named through the mount
+/// tables, or, overlayfs's, from the path opened through the overlay
+/// ([`walk_start`]).
 #[inline(always)]
 fn attached_mount(mount: u64) -> u64 {
     let namespace: u64 = read_kernel(mount, offset!(mount_mnt_ns)).unwrap_or(0);

@@ -623,6 +623,7 @@ fn randomized_workloads_report_every_stored_page() {
     let (mut files_checked, mut pages_stored, mut exact_total, mut span_total, mut possible_total) =
         (0usize, 0usize, 0u64, 0u64, 0u64);
     let mut xfs_files = 0usize;
+    let mut backend = String::new();
     let gup = if function_hooks_under_test() {
         "1"
     } else {
@@ -659,6 +660,7 @@ fn randomized_workloads_report_every_stored_page() {
             "seed {seed}, drops: {}",
             run.json["drops"]
         );
+        backend = run.json["backend"].as_str().unwrap_or("?").to_string();
         let truth = read_truth(&log);
         let mut seen = BTreeSet::new();
         for entry in run.files() {
@@ -726,8 +728,7 @@ fn randomized_workloads_report_every_stored_page() {
         }
     }
     eprintln!(
-        "randomized ({} backend, get_user_pages writes {}): {seeds} seeds, {files_checked} files ({xfs_files} on xfs), {pages_stored} stored pages; reported {exact_total} exact, {span_total} span, {possible_total} possibly written; 0 missing",
-        integration_tests::backend_under_test().unwrap_or_else(|| "auto".into()),
+        "randomized ({backend} backend, get_user_pages writes {}): {seeds} seeds, {files_checked} files ({xfs_files} on xfs), {pages_stored} stored pages; reported {exact_total} exact, {span_total} span, {possible_total} possibly written; 0 missing",
         if gup == "1" { "included" } else { "left out" },
     );
 }
