@@ -573,18 +573,22 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn decodes_file_components_up_to_depth() {
+    /// A FILE_SEEN record with these names (slot by slot), decoded to
+    /// (names, walk end, through overlayfs).
+    fn decoded_file_seen(
+        names: &[&[u8]],
+        depth: u32,
+        reached_root: u32,
+    ) -> (Vec<NameBytes>, WalkEnd, bool) {
         let mut components = [[0u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH];
-        components[0][..8].copy_from_slice(b"data.bin");
-        components[1][..3].copy_from_slice(b"tmp");
-        // Garbage beyond `depth` must be ignored.
-        components[2][..4].copy_from_slice(b"junk");
+        for (slot, name) in components.iter_mut().zip(names) {
+            slot[..name.len()].copy_from_slice(name);
+        }
         let record = FileEvent {
             header: header(event_kind::FILE_SEEN),
             fs_magic: 0xEF53,
-            depth: 2,
-            reached_root: 1,
+            depth,
+            reached_root,
             components,
         };
         match decode(record.as_bytes()).unwrap() {
@@ -595,41 +599,34 @@ mod tests {
                 fs_magic,
                 ..
             } => {
-                assert_eq!(components, vec!["data.bin", "tmp"]);
-                assert_eq!(walk, WalkEnd::FsRoot);
-                assert!(!through_overlay);
                 assert_eq!(fs_magic, 0xEF53);
+                (components, walk, through_overlay)
             }
             other => panic!("unexpected {other:?}"),
         }
     }
 
     #[test]
+    fn decodes_file_components_up_to_depth() {
+        // Garbage beyond `depth` must be ignored.
+        let (names, walk, through_overlay) =
+            decoded_file_seen(&[b"data.bin", b"tmp", b"junk"], 2, walk_end::FS_ROOT);
+        assert_eq!(names, vec!["data.bin", "tmp"]);
+        assert_eq!(walk, WalkEnd::FsRoot);
+        assert!(!through_overlay);
+    }
+
+    #[test]
     fn a_walk_across_mounts_drops_its_crossing_marks() {
-        let mut components = [[0u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH];
         // /data/f on a mount at /data: "f", crossing, "data".
-        components[0][..1].copy_from_slice(b"f");
-        components[2][..4].copy_from_slice(b"data");
-        let record = FileEvent {
-            header: header(event_kind::FILE_SEEN),
-            fs_magic: 0xEF53,
-            depth: 3,
-            reached_root: walk_end::NAMESPACE_ROOT | walk_end::STACKED,
-            components,
-        };
-        match decode(record.as_bytes()).unwrap() {
-            Event::FileSeen {
-                components,
-                walk,
-                through_overlay,
-                ..
-            } => {
-                assert_eq!(components, vec!["f", "data"]);
-                assert_eq!(walk, WalkEnd::NamespaceRoot);
-                assert!(through_overlay);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        let (names, walk, through_overlay) = decoded_file_seen(
+            &[b"f", b"", b"data"],
+            3,
+            walk_end::NAMESPACE_ROOT | walk_end::STACKED,
+        );
+        assert_eq!(names, vec!["f", "data"]);
+        assert_eq!(walk, WalkEnd::NamespaceRoot);
+        assert!(through_overlay);
     }
 
     #[test]
