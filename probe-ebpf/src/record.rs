@@ -158,6 +158,20 @@ const _: () = assert!(
         && PATH_COMPONENT_LEN.is_multiple_of(8)
 );
 
+/// The number of `mount`'s namespace (0: none, or a detached mount): the
+/// view the file's name is in, known even after the writer is gone.
+#[inline(always)]
+fn namespace_number(mount: u64) -> u32 {
+    if mount == 0 || offset!(mnt_namespace_inum) == 0 {
+        return 0;
+    }
+    let namespace: u64 = read_kernel(mount, offset!(mount_mnt_ns)).unwrap_or(0);
+    if namespace == 0 || namespace >= (-4095i64) as u64 {
+        return 0;
+    }
+    read_kernel(namespace, offset!(mnt_namespace_inum)).unwrap_or(0)
+}
+
 /// `super_block.s_magic` of overlayfs.
 const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
@@ -243,6 +257,8 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         (*event).header.kind = event_kind::FILE_SEEN;
         (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
         (*event).depth = 0;
+        (*event).mount_ns = namespace_number(mount);
+        (*event)._pad = 0;
         // The flag goes into the record now, not kept across the loop: a
         // value live through it would double the verifier's states.
         (*event).reached_root = if stacked(dentry, info.superblock) {

@@ -307,6 +307,10 @@ pub struct FileEvent {
     pub depth: u32,
     /// One of [`walk_end`]: where the walk stopped within `PATH_MAX_DEPTH`.
     pub reached_root: u32,
+    /// The mount namespace (its inode number, as /proc/PID/ns/mnt shows
+    /// it) of the mount the walk started in; 0 when it has none.
+    pub mount_ns: u32,
+    pub _pad: u32,
     /// NUL-terminated dentry names, leaf first.
     pub components: [[u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH],
 }
@@ -506,6 +510,8 @@ pub struct KernelOffsets {
     pub mount_mnt_mountpoint: u32,
     pub mount_mnt_ns: u32,
     pub vfsmount_mnt_root: u32,
+    /// `mnt_namespace.ns.inum`: the namespace's number.
+    pub mnt_namespace_inum: u32,
     /// overlayfs (6.6+): the file a mapping holds is its layer's (a
     /// backing file); the path its writer opened is
     /// `backing_file.user_path`. `dentry.d_sb` tells either kind of
@@ -636,6 +642,7 @@ impl KernelOffsets {
         mount_mnt_mountpoint: 0,
         mount_mnt_ns: 0,
         vfsmount_mnt_root: 0,
+        mnt_namespace_inum: 0,
         backing_file_user_path: 0,
         path_mnt: 0,
         path_dentry: 0,

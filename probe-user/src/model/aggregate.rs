@@ -953,6 +953,7 @@ mod tests {
             components: vec!["f".into(), "d".into()],
             walk: crate::model::events::WalkEnd::FsRoot,
             through_overlay: false,
+            mount_ns: None,
             task: task(1, "x"),
         });
         agg.set_path(FILE, "/d/f".into(), PathSource::Dentry);

@@ -197,6 +197,10 @@ pub enum Event {
         /// the file itself is one of its layers'.
         #[serde(default)]
         through_overlay: bool,
+        /// The mount namespace the names are in, from the kernel (None:
+        /// not known there; the writer's /proc is asked instead).
+        #[serde(default)]
+        mount_ns: Option<u64>,
         task: Task,
     },
 }
@@ -413,6 +417,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     _ => WalkEnd::Cut,
                 },
                 through_overlay: event.reached_root & walk_end::STACKED != 0,
+                mount_ns: (event.mount_ns != 0).then_some(u64::from(event.mount_ns)),
                 task: task(&header),
             })
         }
@@ -589,6 +594,8 @@ mod tests {
             fs_magic: 0xEF53,
             depth,
             reached_root,
+            mount_ns: 0,
+            _pad: 0,
             components,
         };
         match decode(record.as_bytes()).unwrap() {

@@ -48,6 +48,7 @@ const STARTUP_TYPES: &[&str] = &[
     "folio",
     "inode",
     "mm_struct",
+    "mnt_namespace",
     "mount",
     "path",
     "signal_struct",
@@ -511,6 +512,7 @@ impl KernelBtf {
                 mount_mnt_mountpoint: self.offset_of("mount", "mnt_mountpoint")?,
                 mount_mnt_ns: self.offset_of("mount", "mnt_ns")?,
                 vfsmount_mnt_root: self.offset_of("vfsmount", "mnt_root")?,
+                mnt_namespace_inum: self.offset_of("mnt_namespace", "ns.inum")?,
                 ..base
             })
         };

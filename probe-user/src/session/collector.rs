@@ -108,6 +108,7 @@ impl Collector {
             components,
             walk,
             through_overlay,
+            mount_ns,
             ..
         } = &event
         {
@@ -136,10 +137,13 @@ impl Collector {
             if *through_overlay {
                 self.aggregate.set_through_overlay(*file);
             }
+            // The kernel's number holds after the writer is gone.
+            if let Some(mount_ns) =
+                mount_ns.or_else(|| tgid.and_then(|tgid| mount_ns_of(&self.proc_root, tgid)))
+            {
+                self.aggregate.set_mount_ns(*file, mount_ns);
+            }
             if let Some(tgid) = tgid {
-                if let Some(mount_ns) = mount_ns_of(&self.proc_root, tgid) {
-                    self.aggregate.set_mount_ns(*file, mount_ns);
-                }
                 self.resolve_path(*file, tgid);
             }
             self.notify(&event, &applied);
