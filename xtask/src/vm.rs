@@ -876,6 +876,13 @@ fn report(run: &GuestRun, backend: &str, suites: &[(String, PathBuf)], label: &s
             }
         }
     }
+    // The randomized truth test's figures (it writes them past libtest's
+    // capture), for the closing notes of issues and CI's log.
+    for line in &run.log {
+        if let Some(at) = line.find("randomized (") {
+            println!("xtask: {label:>28} {}", &line[at..]);
+        }
+    }
     println!(
         "xtask: {label}: guest ran {:.0?} in all; first result after {:.0?}",
         run.elapsed,
