@@ -454,7 +454,11 @@ impl Exporter {
         let syncs = self.syncs.take();
         self.add_syncs(syncs);
         self.add_writer_stats(session.writer_stats()?);
+        // The ring fills while the steps run; reading it between them keeps
+        // records from finding it full.
+        session.drain_now();
         self.update_files(&session.collector.aggregate);
+        session.drain_now();
         self.update_counters(
             &counters,
             session.collector.undecodable,

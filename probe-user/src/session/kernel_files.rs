@@ -28,18 +28,28 @@ pub struct HandOverCounts {
     pub disabled: bool,
 }
 
+/// Entries handled between two reads of the ring: a refresh of tens of
+/// thousands of entries (a syscall or two each) takes longer than a busy
+/// ring lasts, and records that find it full are lost.
+const DRAIN_EVERY_ENTRIES: usize = 1024;
+
 impl Session {
     /// Reads every file's kernel counters into the aggregate; entries idle
     /// long enough are removed from the kernel and kept here.
     pub(super) fn pull_file_stats(&mut self) -> anyhow::Result<()> {
         let snapshot = self.probes.file_stats_snapshot()?;
+        self.drain_now();
         let dirty_since = self.probes.dirty_since()?;
+        self.drain_now();
         let now = boot_ns();
-        let aggregate = &mut self.collector.aggregate;
         let mut runs_by_file = open_runs_by_file(&snapshot.open_runs);
         let pressure = under_pressure(snapshot.entries.len(), FILE_STATS_ENTRIES);
         let mut live_entries = snapshot.entries.len() as u64;
-        for (key, per_cpu) in &snapshot.entries {
+        for (handled, (key, per_cpu)) in snapshot.entries.iter().enumerate() {
+            if handled % DRAIN_EVERY_ENTRIES == DRAIN_EVERY_ENTRIES - 1 {
+                self.drain_now();
+            }
+            let aggregate = &mut self.collector.aggregate;
             let file = FileId::from_key(key);
             let runs = runs_by_file.remove(key).unwrap_or_default();
             let dirty = dirty_since.get(key).copied();
@@ -70,6 +80,7 @@ impl Session {
             aggregate.set_kernel_stats(file, per_cpu.iter().chain(&runs));
         }
         // Runs of files whose entry is not in the map (yet, or any more).
+        let aggregate = &mut self.collector.aggregate;
         for (key, runs) in &runs_by_file {
             aggregate.set_kernel_stats(FileId::from_key(key), runs);
         }
