@@ -56,7 +56,7 @@ fn replay() -> (Aggregate, MountTable, u64) {
 /// A fixed "now": 2.5 s after the last recorded write.
 fn tick(app: &App, aggregate: &Aggregate, mounts: &MountTable, last_ns: u64) -> Message {
     let filter = ReportFilter::default();
-    let snapshot = Snapshot::build(
+    let mut snapshot = Snapshot::build(
         aggregate,
         app.detail_target(),
         KernelCounters::default(),
@@ -64,6 +64,11 @@ fn tick(app: &App, aggregate: &Aggregate, mounts: &MountTable, last_ns: u64) -> 
         &|record| filter.keeps(record),
         &|file| has_writeback(mounts, file),
     );
+    // What the session asks the page cache: no written page of the
+    // recording reached disk (its files are dirty).
+    if let Some(detail) = snapshot.detail.as_mut() {
+        detail.not_on_disk = Some(detail.row.pages);
+    }
     Message::Tick(Box::new(SnapshotMessage {
         snapshot,
         interval_s: 1.0,

@@ -240,7 +240,13 @@ impl Exporter {
     }
 
     /// Per-file series, per-filesystem sums and losses from the aggregate.
-    pub fn update_files(&mut self, aggregate: &Aggregate) {
+    /// Per-filesystem and per-file series from the aggregate;
+    /// `not_on_disk` asks the page cache about a shown file.
+    pub fn update_files(
+        &mut self,
+        aggregate: &Aggregate,
+        not_on_disk: &dyn Fn(FileId, &FileRecord) -> Option<u64>,
+    ) {
         let mut by_fs: HashMap<FsLabels, (u64, u64, u64)> = HashMap::new();
         let mut ranked: Vec<(FileId, u64)> = Vec::new();
         for (id, record) in aggregate.files() {
@@ -323,6 +329,17 @@ impl Exporter {
                     .file_writeback_pages
                     .get_or_create(&labels)
                     .inc_by(deltas.1);
+                match not_on_disk(*id, record) {
+                    Some(pages) => {
+                        self.metrics
+                            .file_pages_not_on_disk
+                            .get_or_create(&labels)
+                            .set(pages as i64);
+                    }
+                    None => {
+                        self.metrics.file_pages_not_on_disk.remove(&labels);
+                    }
+                }
                 shown.insert(labels);
             } else {
                 other_pages += record.pages_written.len() as i64;
@@ -352,6 +369,7 @@ impl Exporter {
             self.metrics.file_pages_written.remove(stale);
             self.metrics.file_write_faults.remove(stale);
             self.metrics.file_writeback_pages.remove(stale);
+            self.metrics.file_pages_not_on_disk.remove(stale);
         }
         self.file_series = shown;
         self.metrics.files_tracked.set(aggregate.len() as i64);
@@ -457,7 +475,10 @@ impl Exporter {
         // The ring fills while the steps run; reading it between them keeps
         // records from finding it full.
         session.drain_now();
-        self.update_files(&session.collector.aggregate);
+        let collector = &session.collector;
+        self.update_files(&collector.aggregate, &|id, record| {
+            collector.pages_not_on_disk(id, record).ok()
+        });
         session.drain_now();
         self.update_counters(
             &counters,

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub file_pages_written: Family<FileLabels, Gauge>,
     pub file_write_faults: Family<FileLabels, Counter>,
     pub file_writeback_pages: Family<FileLabels, Counter>,
+    pub file_pages_not_on_disk: Family<FileLabels, Gauge>,
     pub writeback_latency: Histogram,
     pub events: Counter,
     pub files_tracked: Gauge,
@@ -64,6 +65,7 @@ impl Metrics {
             file_pages_written: Family::default(),
             file_write_faults: Family::default(),
             file_writeback_pages: Family::default(),
+            file_pages_not_on_disk: Family::default(),
             writeback_latency: Histogram::new(latency_bounds()),
             events: Counter::default(),
             files_tracked: Gauge::default(),
@@ -127,6 +129,11 @@ impl Metrics {
             "mmapwatch_file_writeback_pages",
             "Pages written back per file since it entered the top N (as mmapwatch_file_write_faults_total)",
             metrics.file_writeback_pages.clone(),
+        );
+        r.register(
+            "mmapwatch_file_pages_not_on_disk",
+            "Pages written through mmap not on disk yet (dirty or under writeback), per shown file, as the page cache counts them (cachestat, Linux 6.5+; no series where it cannot tell)",
+            metrics.file_pages_not_on_disk.clone(),
         );
         r.register(
             "mmapwatch_dirty_to_writeback_seconds",

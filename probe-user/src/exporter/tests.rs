@@ -109,7 +109,7 @@ fn dashboard_queries_only_exported_metrics() {
     exporter.add_page_counts(counts);
     let mut agg = Aggregate::new();
     write(&mut agg, 25, 1, 0, "/dev/shm/x");
-    exporter.update_files(&agg);
+    exporter.update_files(&agg, &|_, _| Some(1));
     let body = render(&registry).unwrap();
     let exported: HashSet<&str> = body
         .lines()
@@ -279,7 +279,10 @@ fn per_file_series_are_bounded_to_top_n_and_prefixes() {
     write(&mut agg, (254 << 20) | 1, 3, 0, "/small-a");
     write(&mut agg, (254 << 20) | 1, 3, 1, "/small-a");
     write(&mut agg, (254 << 20) | 1, 4, 0, "/small-b");
-    exporter.update_files(&agg);
+    // The page cache knows /big (half its pages not on disk), not /srv/watched.
+    exporter.update_files(&agg, &|id, record| {
+        (id.ino == 1).then(|| record.pages_written.len() / 2)
+    });
     let series = sorted_series(&render(&registry).unwrap());
     let pages: BTreeMap<_, _> = series
         .iter()
@@ -299,6 +302,18 @@ fn per_file_series_are_bounded_to_top_n_and_prefixes() {
         3.0
     );
     assert_eq!(series["mmapwatch_files_tracked"], 4.0);
+    let not_on_disk: Vec<_> = series
+        .iter()
+        .filter(|(k, _)| k.starts_with("mmapwatch_file_pages_not_on_disk{"))
+        .collect();
+    assert_eq!(
+        not_on_disk,
+        [(
+            &r#"mmapwatch_file_pages_not_on_disk{path="/big",fs="ext4",mount="/"}"#.to_string(),
+            &2.0
+        )],
+        "only shown files the page cache could tell"
+    );
 }
 
 /// Per-file fault counts are counters: a file's own series moves by what
@@ -313,12 +328,12 @@ fn per_file_counters_move_by_increments_wherever_the_file_is_shown() {
         write(&mut agg, dev, 1, page, "/a");
     }
     write(&mut agg, dev, 2, 0, "/b");
-    exporter.update_files(&agg);
+    exporter.update_files(&agg, &|_, _| None);
     // /b overtakes /a: 4 new faults while /b is shown.
     for page in 1..5 {
         write(&mut agg, dev, 2, page, "/b");
     }
-    exporter.update_files(&agg);
+    exporter.update_files(&agg, &|_, _| None);
     let series = sorted_series(&render(&registry).unwrap());
     let faults = |path: &str| {
         series

@@ -513,6 +513,16 @@ mod tests {
     }
 
     #[test]
+    fn the_table_says_how_many_written_pages_are_not_on_disk() {
+        let fs = |_| Some("ext4".to_string());
+        let report = build(&aggregate(), &ReportFilter::default(), ctx(&fs));
+        assert_eq!(report.files[0].not_yet_written_back_pages, Some(1));
+        let table = crate::trace::table::render_table(&report);
+        let row = table.lines().find(|l| l.contains("/mnt/f")).unwrap();
+        assert!(row.contains("1 not on disk"), "{table}");
+    }
+
+    #[test]
     fn json_has_exactly_the_contract_keys() {
         let fs = |_| Some("ext4".to_string());
         let report = build(&aggregate(), &ReportFilter::default(), ctx(&fs));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     model::names,
-    trace::report::{Report, SyncReport},
+    trace::report::{FileReport, Report, SyncReport},
 };
 
 /// "msync 2, fsync 1" (failures said); "-" when none.
@@ -40,6 +40,27 @@ fn short_ranges(ranges: &[[u64; 2]]) -> String {
         parts.push(format!("+{} more", ranges.len() - SHOWN));
     }
     parts.join(",")
+}
+
+/// Pages written back, and what of the written pages is not on disk yet
+/// ("dirty" when the page cache cannot say how much).
+fn writeback_cell(file: &FileReport) -> String {
+    let has_writeback = crate::model::paths::fs_has_writeback(Some(file.fs.as_str()));
+    let written_back = (file.writeback_pages > 0 || file.writeback_starts > 0)
+        .then(|| format!("{} pg", file.writeback_pages));
+    let not_on_disk = match file.not_yet_written_back_pages {
+        Some(0) => None,
+        Some(pages) => Some(format!("{pages} not on disk")),
+        None if file.modified && has_writeback && written_back.is_none() => {
+            Some("dirty".to_string())
+        }
+        None => None,
+    };
+    match (written_back, not_on_disk) {
+        (Some(done), Some(left)) => format!("{done}, {left}"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => "-".to_string(),
+    }
 }
 
 /// The human table: one row per file, most pages written first.
@@ -87,14 +108,7 @@ pub fn render_table(report: &Report) -> String {
                 .map(|w| format!("{}[{}]:{}", names::terminal_text(&w.comm), w.pid, w.pages))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let no_writeback = !crate::model::paths::fs_has_writeback(Some(file.fs.as_str()));
-            let writeback = if file.writeback_pages > 0 || file.writeback_starts > 0 {
-                format!("{} pg", file.writeback_pages)
-            } else if file.modified && !no_writeback {
-                "dirty".to_string()
-            } else {
-                "-".to_string()
-            };
+            let writeback = writeback_cell(file);
             table.add_row(vec![
                 Cell::new(path),
                 Cell::new(pages).set_alignment(CellAlignment::Right),

@@ -50,6 +50,14 @@ pub fn snapshot(
         &|file| has_writeback(mounts, file),
     );
     snapshot.lost_events += session.collector.undecodable;
+    if let Some(detail) = snapshot.detail.as_mut() {
+        let id = detail.row.id;
+        detail.not_on_disk = session
+            .collector
+            .aggregate
+            .file(&id)
+            .and_then(|record| session.collector.pages_not_on_disk(id, record).ok());
+    }
     snapshot
 }
 

@@ -118,6 +118,9 @@ pub struct Detail {
     pub pages_dirtied: u64,
     /// msync/fsync/fdatasync/sync_file_range calls on the file.
     pub syncs: crate::model::durability::Syncs,
+    /// Written pages not on disk yet (the page cache's count); None when
+    /// it cannot be told (tmpfs, Linux before 6.5, the file gone).
+    pub not_on_disk: Option<u64>,
 }
 
 /// Everything one tick brings.
@@ -213,6 +216,8 @@ impl Snapshot {
                 folios_dirtied: record.kernel.folios_dirtied,
                 pages_dirtied: record.kernel.pages_dirtied,
                 syncs: record.syncs.clone(),
+                // Asked of the page cache by the session (a syscall).
+                not_on_disk: None,
                 row,
             })
         });

@@ -288,7 +288,11 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
                 age(app.now_boot_ns, row.last_write_boot_ns)
             )),
         ]),
-        Line::from(sync_text(app, detail)),
+        Line::from(match detail.not_on_disk {
+            // Durability on one line: what is not on disk, what was asked.
+            Some(pages) => format!("not on disk: {pages} pages  {}", sync_text(app, detail)),
+            None => sync_text(app, detail),
+        }),
     ];
     frame.render_widget(Paragraph::new(summary_text), summary);
 
