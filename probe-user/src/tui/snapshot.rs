@@ -56,8 +56,13 @@ pub struct FileRow {
     pub writer_tgids: Vec<u32>,
 }
 
+/// The processes view's key for writers a file folded together (past
+/// `MAX_WRITERS_PER_FILE`): their names are gone, their pages are not.
+pub const FOLDED_WRITERS_TGID: u32 = 0;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessRow {
+    /// [`FOLDED_WRITERS_TGID`] for the row of folded writers.
     pub tgid: u32,
     pub comm: String,
     pub files: usize,
@@ -179,7 +184,12 @@ impl Snapshot {
                 writeback_pages: record.kernel.writeback_pages,
                 writeback: writeback_state(record, has_writeback(*id)),
                 last_write_boot_ns: record.latest_write_boot_ns(),
-                writer_tgids: record.writers.keys().copied().collect(),
+                writer_tgids: record
+                    .writers
+                    .keys()
+                    .copied()
+                    .chain((record.other_writers.processes > 0).then_some(FOLDED_WRITERS_TGID))
+                    .collect(),
             };
             for writer in record.writers.values() {
                 let process = processes.entry(writer.tgid).or_insert_with(|| ProcessRow {
@@ -192,6 +202,21 @@ impl Snapshot {
                 process.files += 1;
                 process.pages += writer.pages;
                 process.cow_pages += writer.cow_pages;
+            }
+            let folded = &record.other_writers;
+            if folded.processes > 0 {
+                let process = processes
+                    .entry(FOLDED_WRITERS_TGID)
+                    .or_insert_with(|| ProcessRow {
+                        tgid: FOLDED_WRITERS_TGID,
+                        comm: "(folded writers)".into(),
+                        files: 0,
+                        pages: 0,
+                        cow_pages: 0,
+                    });
+                process.files += 1;
+                process.pages += folded.pages;
+                process.cow_pages += folded.cow_pages;
             }
             files.push(row);
         }
@@ -256,6 +281,54 @@ mod tests {
         assert_eq!(map.written.iter().sum::<u64>(), 1_000_000);
         let covered: u64 = (0..map.written.len()).map(|i| map.bucket_pages(i)).sum();
         assert_eq!(covered, 1_000_000);
+    }
+
+    #[test]
+    fn writers_a_file_folded_are_one_process_row_with_their_pages() {
+        use crate::model::{
+            aggregate::{Aggregate, MAX_WRITERS_PER_FILE},
+            events::{Event, FileId, Task, WriteKind},
+        };
+        let file = FileId {
+            dev: 1,
+            ino: 2,
+            generation: 0,
+        };
+        let mut aggregate = Aggregate::new();
+        let writers = MAX_WRITERS_PER_FILE as u32 + 10;
+        for tgid in 1..=writers {
+            aggregate.apply(&Event::FirstWrite {
+                file,
+                page: u64::from(tgid),
+                kind: WriteKind::Shared,
+                task: Task {
+                    pid: tgid,
+                    tgid,
+                    comm: "w".into(),
+                    cgroup_id: 1,
+                },
+                boot_ns: u64::from(tgid),
+            });
+        }
+        let snapshot = Snapshot::build(
+            &aggregate,
+            None,
+            KernelCounters::default(),
+            0,
+            &|_| true,
+            &|_| true,
+        );
+        let folded = snapshot
+            .processes
+            .iter()
+            .find(|p| p.tgid == FOLDED_WRITERS_TGID)
+            .expect("a row for the folded writers");
+        assert_eq!((folded.files, folded.pages), (1, 10));
+        let pages: u64 = snapshot.processes.iter().map(|p| p.pages).sum();
+        assert_eq!(pages, u64::from(writers), "every page has its row");
+        assert!(snapshot.files[0]
+            .writer_tgids
+            .contains(&FOLDED_WRITERS_TGID));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use ratatui::{
 use super::{
     app::App,
     processes::ProcessColumn,
+    snapshot::FOLDED_WRITERS_TGID,
     view::{number, size_of_pages},
 };
 
@@ -20,7 +21,11 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
         .visible()
         .map(|p| {
             Row::new(vec![
-                number(p.tgid.to_string()),
+                number(if p.tgid == FOLDED_WRITERS_TGID {
+                    "-".to_string()
+                } else {
+                    p.tgid.to_string()
+                }),
                 Cell::from(p.comm.clone()),
                 number(p.files.to_string()),
                 number(format!("{} pg", p.pages)),
