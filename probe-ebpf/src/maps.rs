@@ -68,10 +68,11 @@ pub(crate) static WRITER_STATS: PerCpuHashMap<WriterStatsKey, WriterStats> =
 #[map]
 pub(crate) static DIRTY_SINCE: HashMap<FileKey, u64> = HashMap::with_max_entries(1 << 16, 0);
 
-/// log2 histogram of dirty-to-writeback-complete latency in nanoseconds.
+/// log2 histogram of dirty-to-writeback-complete latency in nanoseconds,
+/// then their sum (`LATENCY_SUM_SLOT`).
 #[map]
 pub(crate) static WRITEBACK_LATENCY: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(LATENCY_BUCKETS, 0);
+    PerCpuArray::with_max_entries(LATENCY_BUCKETS + 1, 0);
 
 /// Thread id -> its last shared write fault on a page not yet in the page
 /// cache, for `writeback_dirty_folio`, which runs later in the same fault

@@ -133,6 +133,10 @@ pub mod counter {
 /// latencies in [2^k, 2^(k+1)) nanoseconds.
 pub const LATENCY_BUCKETS: u32 = 64;
 
+/// The slot after the buckets holds the latencies' sum in nanoseconds, so
+/// the exported histogram's `_sum` is the real one, not bucket bounds.
+pub const LATENCY_SUM_SLOT: u32 = LATENCY_BUCKETS;
+
 /// Key of the per-writer fault counters: bounded label sets for metrics
 /// (command name, cgroup, filesystem), never per process.
 #[repr(C)]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use probe_common::{counter, FileKey, EXT4_SUPER_MAGIC};
+use probe_common::{counter, FileKey, EXT4_SUPER_MAGIC, LATENCY_SUM_SLOT};
 
 use crate::{
     folio::report_new_folio_span,
@@ -146,10 +146,14 @@ pub(crate) fn record_writeback_latency(key: &FileKey, now: u64) {
     };
     // Absent only if another CPU took it an instant ago: no error.
     let _ = DIRTY_SINCE.remove(key);
-    let bucket = log2(now.saturating_sub(since));
-    if let Some(slot) = WRITEBACK_LATENCY.get_ptr_mut(bucket) {
+    let latency = now.saturating_sub(since);
+    if let Some(slot) = WRITEBACK_LATENCY.get_ptr_mut(log2(latency)) {
         // SAFETY: per-CPU slot.
         unsafe { *slot += 1 };
+    }
+    if let Some(sum) = WRITEBACK_LATENCY.get_ptr_mut(LATENCY_SUM_SLOT) {
+        // SAFETY: per-CPU slot.
+        unsafe { *sum += latency };
     }
 }
 

@@ -10,8 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_common::LATENCY_BUCKETS;
-
 use super::{
     admission::{LabelPins, WriterLabeler},
     labels::*,
@@ -24,7 +22,7 @@ use crate::{
         events::{Event, FileId, WriteKind},
         paths::MountTable,
     },
-    probe::maps::{KernelCounters, WriterLabel},
+    probe::maps::{KernelCounters, LatencyTotals, WriterLabel},
     session::{EventObserver, Session},
 };
 
@@ -42,7 +40,6 @@ pub struct Exporter {
     previous_writers: HashMap<WriterLabel, (u64, u64)>,
     previous_fs: HashMap<FsLabels, (u64, u64, u64)>,
     previous_lost: HashMap<&'static str, u64>,
-    previous_latency: [u64; LATENCY_BUCKETS as usize],
     previous_programs: HashMap<String, (Duration, u64)>,
     previous_events: u64,
     file_series: HashSet<FileLabels>,
@@ -107,7 +104,6 @@ impl Exporter {
             previous_writers: HashMap::new(),
             previous_fs: HashMap::new(),
             previous_lost: HashMap::new(),
-            previous_latency: [0; LATENCY_BUCKETS as usize],
             previous_programs: HashMap::new(),
             previous_events: 0,
             file_series: HashSet::new(),
@@ -422,28 +418,9 @@ impl Exporter {
             .set(counters.ring_peak_bytes as i64);
     }
 
-    /// Kernel log2 buckets into the histogram: a latency in [2^k, 2^(k+1))
-    /// ns is observed just under 2^(k+1), so it lands in the bucket whose
-    /// bound is 2^(k+1).
-    pub fn update_latency(&mut self, buckets: &[u64; LATENCY_BUCKETS as usize]) {
-        for (k, (&now, previous)) in buckets
-            .iter()
-            .zip(self.previous_latency.iter_mut())
-            .enumerate()
-        {
-            let delta = now.saturating_sub(*previous);
-            *previous = now;
-            let upper_ns = if k + 1 >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << (k + 1)) - 1
-            };
-            for _ in 0..delta {
-                self.metrics
-                    .writeback_latency
-                    .observe(upper_ns as f64 / 1e9);
-            }
-        }
+    /// The kernel's latency totals, as they are now.
+    pub fn update_latency(&mut self, totals: &LatencyTotals) {
+        self.metrics.writeback_latency.set(totals);
     }
 
     pub fn update_programs(&mut self, stats: Vec<(String, Duration, u64)>) {

@@ -6,7 +6,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::labels::*;
+use super::{kernel_histogram::KernelHistogram, labels::*};
 
 /// Every metric mmapwatch exports.
 pub struct Metrics {
@@ -21,7 +21,7 @@ pub struct Metrics {
     pub file_write_faults: Family<FileLabels, Counter>,
     pub file_writeback_pages: Family<FileLabels, Counter>,
     pub file_pages_not_on_disk: Family<FileLabels, Gauge>,
-    pub writeback_latency: Histogram,
+    pub writeback_latency: KernelHistogram,
     pub events: Counter,
     pub files_tracked: Gauge,
     pub files_handed_over: Counter,
@@ -46,12 +46,6 @@ fn sync_histogram() -> Histogram {
     ))
 }
 
-/// Histogram buckets matching the kernel's log2 buckets: upper bounds
-/// 2^k ns, from about 1 ms to about 69 s.
-pub(crate) fn latency_bounds() -> impl Iterator<Item = f64> {
-    (20..=36).map(|k| (1u64 << k) as f64 / 1e9)
-}
-
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
@@ -66,7 +60,7 @@ impl Metrics {
             file_write_faults: Family::default(),
             file_writeback_pages: Family::default(),
             file_pages_not_on_disk: Family::default(),
-            writeback_latency: Histogram::new(latency_bounds()),
+            writeback_latency: KernelHistogram::default(),
             events: Counter::default(),
             files_tracked: Gauge::default(),
             files_handed_over: Counter::default(),

@@ -7,7 +7,8 @@
 //! files by pages written and files under `--path-prefix`, and everything
 //! else is summed into `path="other"`.
 //!
-//! `labels` (label sets), `admission` (which values get their own), `metrics` (families and rendering),
+//! `labels` (label sets), `kernel_histogram` (the writeback latency
+//! histogram as the kernel totals it, real `_sum`), `admission` (which values get their own), `metrics` (families and rendering),
 //! `collect` (aggregate and kernel totals to values), `server` (HTTP and
 //! the export loop), `health` (`/healthz` fails when that loop stalls),
 //! `syncs` (msync/fsync calls tapped from the event stream),
@@ -19,6 +20,7 @@ mod admission;
 mod collect;
 mod connections;
 mod health;
+mod kernel_histogram;
 mod labels;
 mod metrics;
 mod server;

@@ -7,6 +7,15 @@ use std::{
 };
 
 use probe_common::LATENCY_BUCKETS;
+
+use crate::probe::maps::LatencyTotals;
+
+fn latency_totals() -> LatencyTotals {
+    LatencyTotals {
+        buckets: [0; LATENCY_BUCKETS as usize],
+        sum_ns: 0,
+    }
+}
 use prometheus_client::registry::Registry;
 
 use super::{collect::*, labels::*, metrics::*};
@@ -65,9 +74,10 @@ fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
 fn dashboard_queries_only_exported_metrics() {
     let (registry, mut exporter) = exporter(1, vec![]);
     // Families without series print nothing: give each one.
-    let mut buckets = [0u64; LATENCY_BUCKETS as usize];
-    buckets[25] = 1;
-    exporter.update_latency(&buckets);
+    let mut totals = latency_totals();
+    totals.buckets[25] = 1;
+    totals.sum_ns = 40_000_000;
+    exporter.update_latency(&totals);
     exporter.update_programs(vec![(
         "page_fault_user".into(),
         Duration::from_millis(3),
@@ -358,13 +368,19 @@ fn per_file_counters_move_by_increments_wherever_the_file_is_shown() {
 #[test]
 fn latency_buckets_map_onto_histogram_bounds() {
     let (registry, mut exporter) = exporter(1, vec![]);
-    let mut buckets = [0u64; LATENCY_BUCKETS as usize];
-    buckets[20] = 2; // [1.05 ms, 2.1 ms)
-    buckets[30] = 1; // [1.07 s, 2.1 s)
-    exporter.update_latency(&buckets);
-    exporter.update_latency(&buckets); // no change: no new observation
+    let mut totals = latency_totals();
+    totals.buckets[20] = 2; // [1.05 ms, 2.1 ms)
+    totals.buckets[30] = 1; // [1.07 s, 2.1 s)
+    totals.sum_ns = 1_500_000 + 1_600_000 + 1_200_000_000;
+    exporter.update_latency(&totals);
+    exporter.update_latency(&totals); // the same totals: nothing added
     let series = sorted_series(&render(&registry).unwrap());
     assert_eq!(series["mmapwatch_dirty_to_writeback_seconds_count"], 3.0);
+    // The kernel's own sum, not bucket bounds (which would make 2.15 s).
+    assert!(
+        (series["mmapwatch_dirty_to_writeback_seconds_sum"] - 1.2031).abs() < 1e-9,
+        "{series:?}"
+    );
     assert_eq!(
         series[r#"mmapwatch_dirty_to_writeback_seconds_bucket{le="0.001048576"}"#],
         0.0
@@ -376,6 +392,20 @@ fn latency_buckets_map_onto_histogram_bounds() {
     assert_eq!(
         series[r#"mmapwatch_dirty_to_writeback_seconds_bucket{le="2.147483648"}"#],
         3.0
+    );
+    // Latencies under the first bound and beyond the last are counted.
+    totals.buckets[3] = 1;
+    totals.buckets[50] = 1;
+    exporter.update_latency(&totals);
+    let series = sorted_series(&render(&registry).unwrap());
+    assert_eq!(series["mmapwatch_dirty_to_writeback_seconds_count"], 5.0);
+    assert_eq!(
+        series[r#"mmapwatch_dirty_to_writeback_seconds_bucket{le="+Inf"}"#],
+        5.0
+    );
+    assert_eq!(
+        series[r#"mmapwatch_dirty_to_writeback_seconds_bucket{le="0.001048576"}"#],
+        1.0
     );
 }
 

@@ -4,7 +4,17 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use probe_common::{counter, FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS};
+use probe_common::{
+    counter, FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS, LATENCY_SUM_SLOT,
+};
+
+/// The dirty-to-writeback latency histogram, summed over CPUs: log2
+/// buckets (bucket `k`: [2^k, 2^(k+1)) ns) and the latencies' sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencyTotals {
+    pub buckets: [u64; LATENCY_BUCKETS as usize],
+    pub sum_ns: u64,
+}
 
 use super::{error::LoadError, load::Probes};
 use crate::model::events::FileId;
@@ -210,17 +220,23 @@ impl Probes {
     }
 
     /// Dirty-to-writeback latency: count per log2(ns) bucket.
-    pub fn writeback_latency(&self) -> Result<[u64; LATENCY_BUCKETS as usize], LoadError> {
+    pub fn writeback_latency(&self) -> Result<LatencyTotals, LoadError> {
         let map: PerCpuArray<_, u64> = self.typed_map("WRITEBACK_LATENCY")?;
-        let mut buckets = [0u64; LATENCY_BUCKETS as usize];
-        for (index, bucket) in buckets.iter_mut().enumerate() {
-            let values = map.get(&(index as u32), 0).map_err(|err| LoadError::Map {
+        let total = |index: u32| -> Result<u64, LoadError> {
+            let values = map.get(&index, 0).map_err(|err| LoadError::Map {
                 map: "WRITEBACK_LATENCY",
                 reason: err.to_string(),
             })?;
-            *bucket = values.iter().sum();
+            Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+        };
+        let mut totals = LatencyTotals {
+            buckets: [0; LATENCY_BUCKETS as usize],
+            sum_ns: total(LATENCY_SUM_SLOT)?,
+        };
+        for (index, bucket) in (0u32..).zip(totals.buckets.iter_mut()) {
+            *bucket = total(index)?;
         }
-        Ok(buckets)
+        Ok(totals)
     }
 
     /// (program name, run time, run count) when kernel.bpf_stats_enabled is on.

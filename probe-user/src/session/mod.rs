@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use probe_common::{WriterStats, LATENCY_BUCKETS};
+use probe_common::WriterStats;
 use tokio::io::{unix::AsyncFd, Interest};
 
 mod collector;
@@ -288,7 +288,7 @@ impl Session {
     }
 
     /// The dirty-to-written-back latency histogram (log2 ns buckets).
-    pub fn writeback_latency(&self) -> anyhow::Result<[u64; LATENCY_BUCKETS as usize]> {
+    pub fn writeback_latency(&self) -> anyhow::Result<crate::probe::maps::LatencyTotals> {
         Ok(self.probes.writeback_latency()?)
     }
 
