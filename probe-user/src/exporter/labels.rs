@@ -71,6 +71,9 @@ pub struct BuildLabels {
     pub backend: String,
 }
 
+/// Cgroup names kept before the cache starts over.
+const MAX_CGROUP_NAMES: usize = 100_000;
+
 /// cgroup v2 ids are the inode numbers of the cgroup directories.
 #[derive(Debug, Default)]
 pub struct CgroupNames {
@@ -121,11 +124,27 @@ impl CgroupNames {
         }
     }
 
-    /// The cgroup's container (see [`container_name`]) or its path,
-    /// rescanning at most every 10 s for new cgroups.
+    /// The cgroup's container (see [`container_name`]) or its path: opened
+    /// by its id (a file handle: no walk), or, where that is refused (no
+    /// CAP_DAC_READ_SEARCH), found by a walk of the hierarchy at most
+    /// every 10 s.
     pub fn name(&mut self, id: u64) -> String {
         if let Some(name) = self.by_id.get(&id) {
             return container_name(name).unwrap_or_else(|| name.clone());
+        }
+        if let Some(path) = self
+            .root
+            .as_deref()
+            .and_then(|root| crate::model::file_handle::cgroup_path(root, id))
+        {
+            // Containers come and go: the names of gone ones are dropped
+            // now and then rather than kept for months.
+            if self.by_id.len() >= MAX_CGROUP_NAMES {
+                self.by_id.clear();
+            }
+            let name = container_name(&path).unwrap_or_else(|| path.clone());
+            self.by_id.insert(id, path);
+            return name;
         }
         if self
             .last_scan

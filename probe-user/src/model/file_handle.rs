@@ -203,9 +203,65 @@ fn open_by_identity(
     Some(Ok(unsafe { OwnedFd::from_raw_fd(raw) }))
 }
 
+/// `FILEID_KERNFS`: cgroupfs's handle is the kernfs node id, which is
+/// the cgroup id BPF programs see.
+const FILEID_KERNFS: i32 = 0xfe;
+
+/// A cgroup's path under the cgroup2 mount `root` ("/system.slice/x"),
+/// from its id alone: two syscalls where a walk of the hierarchy reads
+/// every directory. None when it cannot be opened (gone, or no
+/// CAP_DAC_READ_SEARCH).
+pub fn cgroup_path(root: &Path, id: u64) -> Option<String> {
+    let mut handle = Handle::new(FILEID_KERNFS, &[id as u32, (id >> 32) as u32]);
+    let mount = std::fs::File::open(root).ok()?;
+    // SAFETY: `handle` is a `struct file_handle` whose header says how
+    // many of its bytes follow; the kernel reads no further.
+    let raw = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&raw mut handle).cast::<libc::file_handle>(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor the kernel just returned to us, owned here.
+    let opened = unsafe { OwnedFd::from_raw_fd(raw) };
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
+    let relative = link.strip_prefix(root).ok()?;
+    Some(format!("/{}", relative.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cgroup made for the test is found by its id (its directory's
+    /// inode number), as the exporter's labels find writers' cgroups.
+    #[test]
+    fn a_cgroup_is_named_by_its_id() {
+        assert_eq!(rustix::process::geteuid().as_raw(), 0, "run as root");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .map(|f| std::path::PathBuf::from(f[1]))
+            .expect("a cgroup2 mount");
+        let name = format!("mmapwatch-test-{}", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        let found = cgroup_path(&root, id);
+        let gone = {
+            std::fs::remove_dir(&dir).unwrap();
+            cgroup_path(&root, id)
+        };
+        assert_eq!(found.as_deref(), Some(format!("/{name}").as_str()));
+        assert_eq!(gone, None, "a removed cgroup has no name");
+        assert_eq!(cgroup_path(&root, 1).as_deref(), Some("/"), "the root");
+    }
 
     #[test]
     fn handles_follow_each_filesystem_s_encoder() {
