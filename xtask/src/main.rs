@@ -12,6 +12,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod image;
 mod soak;
 mod stack;
 mod vm;
@@ -97,6 +98,16 @@ enum Task {
     /// Write the man page and shell completions (bash, zsh, fish) into
     /// target/dist, generated from mmapwatch's own command line.
     Docs,
+    /// Build the container image (a static musl binary in an empty image,
+    /// deploy/Containerfile, with podman; nothing is pulled).
+    Image {
+        /// The image's tag (default localhost/mmapwatch:VERSION).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Then run `doctor` inside it with the DaemonSet's capabilities.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Fuzz the event decoder and the BTF parser (cargo-fuzz, nightly).
     Fuzz {
         /// Seconds per target.
@@ -158,6 +169,15 @@ fn main() -> Result<()> {
                 })
                 .collect();
             vm::run_vm_tests(&plans, vm::PARALLEL_GUESTS)
+        }
+        Task::Image { tag, smoke } => {
+            setup()?;
+            let tag = tag.unwrap_or_else(image::default_tag);
+            image::build(&tag)?;
+            if smoke {
+                image::smoke(&tag)?;
+            }
+            Ok(())
         }
         Task::Fuzz { seconds } => {
             setup()?;
@@ -476,6 +496,10 @@ fn test() -> Result<()> {
         ])
         .current_dir(workspace_root());
     run(&mut integration)?;
+    step("the container image, built and run as the DaemonSet runs it");
+    let tag = image::default_tag();
+    image::build(&tag)?;
+    image::smoke(&tag)?;
     step("the integration suites in Debian kernels under QEMU, a guest per kernel and backend");
     let plan = |kernel: &str, suites: &[&str]| vm::VmTest {
         kernel: kernel.into(),
