@@ -874,6 +874,56 @@ fn a_writer_that_exits_before_msync_leaves_its_pages_not_on_disk() {
     assert_eq!(entry["not_yet_written_back_pages"], 0, "{entry:#}");
 }
 
+/// The table's WRITEBACK column says how many written pages are not on
+/// disk, as the JSON's `not_yet_written_back_pages` does for the same
+/// workload: page 0 written and msynced, then page 4 written and left
+/// dirty.
+#[test]
+fn the_table_says_how_many_written_pages_are_not_on_disk() {
+    require_root();
+    let report = |json: bool| {
+        let dir = scratch_dir();
+        let file = dir.path().join("unsynced.bin");
+        let script = format!(
+            "import mmap, os\n\
+             fd = os.open({path:?}, os.O_RDWR | os.O_CREAT)\n\
+             os.ftruncate(fd, 8 * 4096)\n\
+             m = mmap.mmap(fd, 8 * 4096, mmap.MAP_SHARED)\n\
+             m[0] = 1\n\
+             m.flush()\n\
+             m[4 * 4096] = 1\n",
+            path = path_arg(&file)
+        );
+        let prefix = path_arg(dir.path());
+        let mut args = vec!["trace", "--path-prefix", &prefix];
+        if json {
+            args.push("--json");
+        }
+        args.extend(["--", "python3", "-c", &script]);
+        let output = run(&mut mmapwatch(&args));
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let json: serde_json::Value = serde_json::from_str(&report(true)).expect("the report");
+    let entry = &json["files"][0];
+    let table = report(false);
+    let row = table
+        .lines()
+        .find(|line| line.contains("unsynced.bin"))
+        .unwrap_or_else(|| panic!("no row for the file:\n{table}"));
+    match entry["not_yet_written_back_pages"].as_u64() {
+        Some(pages) => {
+            assert!(pages >= 1, "page 4 was never synced: {entry:#}");
+            assert!(
+                row.contains(&format!(" {pages} not on disk")),
+                "the table disagrees with the JSON ({pages}):\n{table}"
+            );
+        }
+        // Before Linux 6.5 the page cache cannot count them.
+        None => assert!(!row.contains("not on disk"), "{table}"),
+    }
+}
+
 /// The fault path finds mappings by walking the maple tree without locks
 /// (bpf_find_vma costs microseconds with IRQs off). A process with hundreds
 /// of mappings has a multi-level tree: every fault must still be resolved
