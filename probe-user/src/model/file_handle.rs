@@ -185,8 +185,13 @@ fn open_by_identity(
     fs_magic: Option<u64>,
     mount_point: Option<&Path>,
 ) -> Option<std::io::Result<OwnedFd>> {
-    let mut handle = Handle::for_file(fs_magic?, file)?;
+    let handle = Handle::for_file(fs_magic?, file)?;
     let mount = std::fs::File::open(mount_point?).ok()?;
+    Some(open_handle(&mount, handle))
+}
+
+/// open_by_handle_at(2), O_PATH, on the filesystem `mount` is on.
+fn open_handle(mount: &std::fs::File, mut handle: Handle) -> std::io::Result<OwnedFd> {
     // SAFETY: `handle` is a `struct file_handle` whose header says how
     // many of its bytes follow; the kernel reads no further.
     let raw = unsafe {
@@ -197,10 +202,10 @@ fn open_by_identity(
         )
     };
     if raw < 0 {
-        return Some(Err(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a descriptor the kernel just returned to us, owned here.
-    Some(Ok(unsafe { OwnedFd::from_raw_fd(raw) }))
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// `FILEID_KERNFS`: cgroupfs's handle is the kernfs node id, which is
@@ -212,22 +217,9 @@ const FILEID_KERNFS: i32 = 0xfe;
 /// every directory. None when it cannot be opened (gone, or no
 /// CAP_DAC_READ_SEARCH).
 pub fn cgroup_path(root: &Path, id: u64) -> Option<String> {
-    let mut handle = Handle::new(FILEID_KERNFS, &[id as u32, (id >> 32) as u32]);
+    let handle = Handle::new(FILEID_KERNFS, &[id as u32, (id >> 32) as u32]);
     let mount = std::fs::File::open(root).ok()?;
-    // SAFETY: `handle` is a `struct file_handle` whose header says how
-    // many of its bytes follow; the kernel reads no further.
-    let raw = unsafe {
-        libc::open_by_handle_at(
-            mount.as_raw_fd(),
-            (&raw mut handle).cast::<libc::file_handle>(),
-            libc::O_PATH | libc::O_CLOEXEC,
-        )
-    };
-    if raw < 0 {
-        return None;
-    }
-    // SAFETY: a descriptor the kernel just returned to us, owned here.
-    let opened = unsafe { OwnedFd::from_raw_fd(raw) };
+    let opened = open_handle(&mount, handle).ok()?;
     let link = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
     let relative = link.strip_prefix(root).ok()?;
     Some(format!("/{}", relative.display()))

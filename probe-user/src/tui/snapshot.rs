@@ -191,32 +191,27 @@ impl Snapshot {
                     .chain((record.other_writers.processes > 0).then_some(FOLDED_WRITERS_TGID))
                     .collect(),
             };
-            for writer in record.writers.values() {
-                let process = processes.entry(writer.tgid).or_insert_with(|| ProcessRow {
-                    tgid: writer.tgid,
-                    comm: crate::model::names::terminal_text(&writer.comm).into_owned(),
+            // One file more for the process, with its pages in it.
+            let mut add = |tgid: u32, comm: &dyn Fn() -> String, pages: u64, cow_pages: u64| {
+                let process = processes.entry(tgid).or_insert_with(|| ProcessRow {
+                    tgid,
+                    comm: comm(),
                     files: 0,
                     pages: 0,
                     cow_pages: 0,
                 });
                 process.files += 1;
-                process.pages += writer.pages;
-                process.cow_pages += writer.cow_pages;
+                process.pages += pages;
+                process.cow_pages += cow_pages;
+            };
+            for writer in record.writers.values() {
+                let comm = || crate::model::names::terminal_text(&writer.comm).into_owned();
+                add(writer.tgid, &comm, writer.pages, writer.cow_pages);
             }
             let folded = &record.other_writers;
             if folded.processes > 0 {
-                let process = processes
-                    .entry(FOLDED_WRITERS_TGID)
-                    .or_insert_with(|| ProcessRow {
-                        tgid: FOLDED_WRITERS_TGID,
-                        comm: "(folded writers)".into(),
-                        files: 0,
-                        pages: 0,
-                        cow_pages: 0,
-                    });
-                process.files += 1;
-                process.pages += folded.pages;
-                process.cow_pages += folded.cow_pages;
+                let comm = || "(folded writers)".to_string();
+                add(FOLDED_WRITERS_TGID, &comm, folded.pages, folded.cow_pages);
             }
             files.push(row);
         }
