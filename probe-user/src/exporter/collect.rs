@@ -235,8 +235,7 @@ impl Exporter {
         }
     }
 
-    /// Per-file series, per-filesystem sums and losses from the aggregate.
-    /// Per-filesystem and per-file series from the aggregate;
+    /// Per-file series, per-filesystem sums and losses from the aggregate;
     /// `not_on_disk` asks the page cache about a shown file.
     pub fn update_files(
         &mut self,
