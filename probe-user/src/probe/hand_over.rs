@@ -23,13 +23,23 @@ pub struct FileStatsSnapshot {
     pub open_runs: Vec<PendingCounts>,
 }
 
+/// Map entries read between two calls of a snapshot's `meanwhile`.
+pub const READS_BETWEEN_BREAKS: usize = 1024;
+
 impl Probes {
     /// Every file's per-CPU counters, and the open runs (read after them:
-    /// see `open_runs`).
-    pub fn file_stats_snapshot(&self) -> Result<FileStatsSnapshot, LoadError> {
+    /// see `open_runs`). `meanwhile` runs every [`READS_BETWEEN_BREAKS`]
+    /// entries: tens of thousands of lookups outlast a busy event ring.
+    pub fn file_stats_snapshot(
+        &self,
+        mut meanwhile: impl FnMut(),
+    ) -> Result<FileStatsSnapshot, LoadError> {
         let map: aya::maps::PerCpuHashMap<_, FileKey, FileStats> = self.typed_map("FILE_STATS")?;
         let mut entries = StdHashMap::new();
-        for item in map.iter() {
+        for (read, item) in map.iter().enumerate() {
+            if read % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
+                meanwhile();
+            }
             // An entry can vanish between listing and lookup; skip it.
             let Ok((key, values)) = item else { continue };
             entries.insert(key, values.iter().copied().collect());
@@ -40,10 +50,23 @@ impl Probes {
         })
     }
 
-    /// Files with dirty pages not yet written back, and since when.
-    pub fn dirty_since(&self) -> Result<StdHashMap<FileKey, u64>, LoadError> {
+    /// Files with dirty pages not yet written back, and since when;
+    /// `meanwhile` as for [`Self::file_stats_snapshot`].
+    pub fn dirty_since(
+        &self,
+        mut meanwhile: impl FnMut(),
+    ) -> Result<StdHashMap<FileKey, u64>, LoadError> {
         let map: HashMap<_, FileKey, u64> = self.typed_map("DIRTY_SINCE")?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        Ok(map
+            .iter()
+            .enumerate()
+            .inspect(|(read, _)| {
+                if read % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
+                    meanwhile();
+                }
+            })
+            .filter_map(|(_, item)| item.ok())
+            .collect())
     }
 
     /// Forgets when a file was first dirtied (its entry was handed over,

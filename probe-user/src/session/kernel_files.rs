@@ -10,6 +10,7 @@ use crate::model::{
     events::FileId,
     hand_over::{open_runs_by_file, orphaned_dirty_times, under_pressure, verdict, Verdict},
 };
+use crate::probe::hand_over::READS_BETWEEN_BREAKS;
 use probe_common::FILE_STATS_ENTRIES;
 
 /// What the hand-over did over the session.
@@ -28,25 +29,25 @@ pub struct HandOverCounts {
     pub disabled: bool,
 }
 
-/// Entries handled between two reads of the ring: a refresh of tens of
-/// thousands of entries (a syscall or two each) takes longer than a busy
-/// ring lasts, and records that find it full are lost.
-const DRAIN_EVERY_ENTRIES: usize = 1024;
-
 impl Session {
     /// Reads every file's kernel counters into the aggregate; entries idle
     /// long enough are removed from the kernel and kept here.
     pub(super) fn pull_file_stats(&mut self) -> anyhow::Result<()> {
-        let snapshot = self.probes.file_stats_snapshot()?;
-        self.drain_now();
-        let dirty_since = self.probes.dirty_since()?;
+        // The ring is read while the maps are: records keep coming.
+        let (probes, collector, ring) = (&self.probes, &mut self.collector, &mut self.ring);
+        let snapshot = probes.file_stats_snapshot(|| {
+            collector.drain(ring.get_mut());
+        })?;
+        let dirty_since = probes.dirty_since(|| {
+            collector.drain(ring.get_mut());
+        })?;
         self.drain_now();
         let now = boot_ns();
         let mut runs_by_file = open_runs_by_file(&snapshot.open_runs);
         let pressure = under_pressure(snapshot.entries.len(), FILE_STATS_ENTRIES);
         let mut live_entries = snapshot.entries.len() as u64;
         for (handled, (key, per_cpu)) in snapshot.entries.iter().enumerate() {
-            if handled % DRAIN_EVERY_ENTRIES == DRAIN_EVERY_ENTRIES - 1 {
+            if handled % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
                 self.drain_now();
             }
             let aggregate = &mut self.collector.aggregate;
