@@ -18,13 +18,15 @@ use crate::{
 /// program on its CPU.
 #[repr(C)]
 pub(crate) struct FaultScratch {
+    /// First: all an anonymous fault reads of this struct lies in its
+    /// first 64 bytes (see `find_mapping`).
+    pub(crate) cache: VmaCache,
     pub(crate) info: VmaInfo,
     pub(crate) pivots: [u64; MAPLE_MAX_PIVOTS],
     pub(crate) fault: WriteFault,
     pub(crate) header: EventHeader,
     /// Built here, not on the stack (see above).
     pub(crate) pending: PendingFault,
-    pub(crate) cache: VmaCache,
     pub(crate) writer: WriterCache,
     pub(crate) chunk_cache: ChunkCache,
     pub(crate) closing_run: PendingCounts,

@@ -142,29 +142,66 @@ pub(crate) struct VmaCache {
     pub(crate) info: VmaInfo,
 }
 
-/// Finds the mapping holding `address` of the current task into
-/// `scratch.info`: from this CPU's cache while the mm's mappings have not
-/// changed, else by walking the maple tree (then cached). False when
-/// neither finds it; the caller may fall back to `bpf_find_vma`.
+/// Where a faulting address lies, as far as the fault path cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mapping {
+    /// Anonymous memory or no mapping: no file is written. Nothing in the
+    /// scratch memory was written (most faults on a host end here).
+    Anonymous,
+    /// A file mapping, described in `scratch.info`.
+    File,
+    /// Not found by the cache or the walk: the caller may fall back to
+    /// `bpf_find_vma`.
+    Unknown,
+}
+
+/// The current task, as a BTF pointer the verifier lets us load from.
 #[inline(always)]
-pub(crate) fn find_mapping(address: u64, tgid: u64, scratch: &mut FaultScratch) -> bool {
+pub(crate) fn current_task() -> *const u8 {
+    // SAFETY: no arguments; the current task, valid while the program runs.
+    unsafe { bpf_get_current_task_btf() as *const u8 }
+}
+
+/// `task.tgid` by a direct load (a helper call costs more).
+#[inline(always)]
+pub(crate) fn task_tgid(task: *const u8) -> u32 {
+    let at = offset!(task_tgid) as usize;
+    // SAFETY: `task_struct.tgid`, at its BTF offset (see find_mapping).
+    unsafe { core::ptr::read_volatile(task.add(at) as *const u32) }
+}
+
+/// Finds the mapping holding `address` of `task` (the current one, of
+/// process `tgid`): from this CPU's cache while the mm's mappings have not
+/// changed, else by walking the maple tree (then cached). A file mapping
+/// is left in `scratch.info` and its mm in `scratch.fault.mm` (0 when not
+/// looked up).
+///
+/// The cache hit of an anonymous fault, the common case, reads one cache
+/// line of the scratch memory and writes none.
+#[inline(always)]
+pub(crate) fn find_mapping(
+    address: u64,
+    task: *const u8,
+    tgid: u32,
+    scratch: &mut FaultScratch,
+) -> Mapping {
     if offset!(maple_walk) == 0 {
-        return false;
+        scratch.fault.mm = 0;
+        return Mapping::Unknown;
     }
     // Direct loads through the task's BTF pointer, not bpf_probe_read_kernel
     // calls (~45 ns each here): the verifier checks them against the
     // kernel's BTF (the offsets are constants of the frozen .rodata) and
     // the JIT guards them (a fault reads 0).
-    // SAFETY: no arguments; the current task, valid while the program runs.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let at = offset!(task_mm) as usize;
     // SAFETY: `task_struct.mm`, at its BTF offset.
     let mm_ptr = unsafe { core::ptr::read_volatile(task.add(at) as *const *const u8) };
-    if mm_ptr.is_null() {
-        return false;
-    }
     let mm = mm_ptr as u64;
-    scratch.fault.mm = mm;
+    if mm_ptr.is_null() {
+        scratch.fault.mm = 0;
+        return Mapping::Unknown;
+    }
+    let tgid = u64::from(tgid);
     let seq = mm_sequence(mm_ptr);
     let cache = &scratch.cache;
     if let Some(seq) = seq {
@@ -174,19 +211,19 @@ pub(crate) fn find_mapping(address: u64, tgid: u64, scratch: &mut FaultScratch) 
             && cache.info.start <= address
             && address < cache.info.end
         {
-            // Anonymous: the caller needs to know only that.
             if cache.info.file == 0 {
-                scratch.info.file = 0;
-                return true;
+                return Mapping::Anonymous;
             }
             // `size` may be stale: it changes without the mmap lock
             // (truncate, extending writes). Read it afresh where it matters.
             scratch.info = cache.info;
-            return true;
+            scratch.fault.mm = mm;
+            return Mapping::File;
         }
     }
+    scratch.fault.mm = mm;
     if !walk_maple_tree(address, mm, scratch) {
-        return false;
+        return Mapping::Unknown;
     }
     if let Some(seq) = seq {
         scratch.cache.mm = mm;
@@ -194,7 +231,11 @@ pub(crate) fn find_mapping(address: u64, tgid: u64, scratch: &mut FaultScratch) 
         scratch.cache.tgid = tgid;
         scratch.cache.info = scratch.info;
     }
-    true
+    if scratch.info.file == 0 {
+        Mapping::Anonymous
+    } else {
+        Mapping::File
+    }
 }
 
 /// What the fault path learns about the faulting mapping, filled in by

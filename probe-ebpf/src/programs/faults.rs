@@ -18,7 +18,7 @@ use crate::{
     maps::{bump, count_failure, LAST_READ_FAULT, SHARED_MAPPERS},
     record::{announce_file, fill_header, record_write, submit_page_event},
     scratch::{fault_scratch, FaultScratch},
-    vma::{find_mapping, find_vma_locked, VmaInfo},
+    vma::{current_task, find_mapping, find_vma_locked, task_tgid, Mapping, VmaInfo},
 };
 
 /// Out of line, as are the paths below it: Linux 6.1's verifier adds the
@@ -31,25 +31,30 @@ pub(crate) fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> 
     if error_code & X86_PF_WRITE == 0 {
         return read_fault(address);
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = current_task();
     // Processes outside --pid / -- CMD: no lookup at all.
-    if !tgid_selected((pid_tgid >> 32) as u32) {
+    let tgid = task_tgid(task);
+    if !tgid_selected(tgid) {
         return Ok(());
     }
     let scratch = fault_scratch()?;
-    scratch.info.file = 0;
-    scratch.fault.mm = 0;
-    if !find_mapping(address, pid_tgid >> 32, scratch) {
-        bump(counter::VMA_WALK_FALLBACKS);
-        if !find_vma_locked(address, &mut scratch.info) {
-            return Ok(());
+    match find_mapping(address, task, tgid, scratch) {
+        // Anonymous memory (most faults on a host): done before any other
+        // work.
+        Mapping::Anonymous => return Ok(()),
+        Mapping::File => {}
+        Mapping::Unknown => {
+            bump(counter::VMA_WALK_FALLBACKS);
+            if !find_vma_locked(address, &mut scratch.info) {
+                return Ok(());
+            }
         }
     }
-    // Anonymous memory (most faults on a host), or a store the kernel
-    // will refuse: done before any other work.
+    // Anonymous (from the slow path), or a store the kernel will refuse.
     if scratch.info.file == 0 || scratch.info.flags & VM_WRITE == 0 {
         return Ok(());
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
     let Some(now) = current_writer(pid_tgid, scratch.fault.mm, scratch)? else {
         return Ok(());
     };
@@ -80,13 +85,16 @@ pub(crate) fn try_read_fault(address: u64) -> Result<(), i64> {
     if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
         return Ok(());
     }
-    scratch.info.file = 0;
-    if !find_mapping(address, pid_tgid >> 32, scratch) {
-        bump(counter::VMA_WALK_FALLBACKS);
-        return Ok(());
+    match find_mapping(address, current_task(), (pid_tgid >> 32) as u32, scratch) {
+        Mapping::Anonymous => return Ok(()),
+        Mapping::File => {}
+        Mapping::Unknown => {
+            bump(counter::VMA_WALK_FALLBACKS);
+            return Ok(());
+        }
     }
     let info = &scratch.info;
-    if info.file == 0 || info.flags & (VM_SHARED | VM_WRITE) != VM_SHARED | VM_WRITE {
+    if info.flags & (VM_SHARED | VM_WRITE) != VM_SHARED | VM_WRITE {
         return Ok(());
     }
     let magic: u64 = read_kernel(info.superblock, offset!(sb_s_magic))?;

@@ -460,6 +460,7 @@ impl KernelBtf {
                 .or_else(|_| self.offset_of("folio", "_flags_1"))?,
             folio_mapping: self.offset_of("folio", "mapping")?,
             task_pid: self.offset_of("task_struct", "pid")?,
+            task_tgid: self.offset_of("task_struct", "tgid")?,
             task_signal: self.offset_of("task_struct", "signal")?,
             signal_live: self.offset_of("signal_struct", "live")?,
             mapping_host: self.offset_of("address_space", "host")?,
