@@ -12,7 +12,7 @@ use probe_common::{
 
 use crate::{
     dedup::{cache_chunk, report_first_use, reported_here},
-    folio::{folio_room, note_folio_span},
+    folio::{folio_room, may_hold_large_folios, note_folio_span},
     kernel::{current_cgroup_id, pages_of, read_kernel, EEXIST},
     maps::{bump, COUNTERS, EMPTY_FILE_STATS, EVENTS, FILE_STATS},
     scratch::FaultScratch,
@@ -372,6 +372,8 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
         pending,
         chunk_cache,
         closing_run,
+        writer,
+        large_folios,
         ..
     } = scratch;
     let info = &*info;
@@ -431,10 +433,13 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
         report_first_use(header, kind, page, 1);
         cache_chunk(chunk_cache, header, kind, page);
     }
-    if shared && fault.not_present != 0 {
+    if shared
+        && fault.not_present != 0
+        && may_hold_large_folios(info.mapping, writer.tick, large_folios)
+    {
         pending.room = folio_room(info, fault.address);
         pending.page = page;
-        if let Some((first, pages)) = note_folio_span(header, info.file, pending) {
+        if let Some((first, pages)) = note_folio_span(header, info.mapping, pending) {
             bump(counter::FOLIO_SPANS);
             report_first_use(header, event_kind::FOLIO_SPAN, first, pages);
         }

@@ -6,6 +6,7 @@ use probe_common::{EventHeader, PendingCounts, PendingFault, MAPLE_MAX_PIVOTS, T
 use crate::{
     dedup::ChunkCache,
     filter::WriterCache,
+    folio::LargeFolioCache,
     kernel::ENOENT,
     maps::SCRATCH,
     vma::{VmaCache, VmaInfo},
@@ -30,6 +31,7 @@ pub(crate) struct FaultScratch {
     pub(crate) writer: WriterCache,
     pub(crate) chunk_cache: ChunkCache,
     pub(crate) closing_run: PendingCounts,
+    pub(crate) large_folios: LargeFolioCache,
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf};
 use probe_common::{
     counter, mm_lock_seq_kind, FileKey, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK,
-    MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE,
+    MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE, VM_SHARED,
 };
 
 use crate::{
@@ -248,6 +248,9 @@ pub(crate) struct VmaInfo {
     pub(crate) flags: u64,
     pub(crate) pgoff: u64,
     pub(crate) file: u64,
+    /// `file.f_mapping` of a shared mapping (0 otherwise): the page cache,
+    /// fixed for the open file.
+    pub(crate) mapping: u64,
     pub(crate) superblock: u64,
     pub(crate) ino: u64,
     pub(crate) dev: u32,
@@ -279,6 +282,12 @@ pub(crate) fn fill_vma_info(vma: u64, info: &mut VmaInfo) -> Result<(), i64> {
         return Ok(());
     }
     info.pgoff = read_kernel(vma, offset!(vma_vm_pgoff))?;
+    // Only shared mappings' folio spans are looked up (record_write).
+    info.mapping = if info.flags & VM_SHARED != 0 {
+        read_kernel(info.file, offset!(file_f_mapping))?
+    } else {
+        0
+    };
     let inode: u64 = read_kernel(info.file, offset!(file_f_inode))?;
     info.inode = inode;
     info.ino = read_kernel(inode, offset!(inode_i_ino))?;
