@@ -25,8 +25,15 @@ impl Exporter {
     }
 
     fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        // A short refresh interval unless the test gives its own.
+        let interval: &[&str] = if extra.contains(&"--interval") {
+            &[]
+        } else {
+            &["--interval", "200ms"]
+        };
         let mut child = Command::new(mmapwatch_bin())
-            .args(["export", "--listen", "127.0.0.1:0", "--interval", "200ms"])
+            .args(["export", "--listen", "127.0.0.1:0"])
+            .args(interval)
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -670,4 +677,58 @@ fn cow_only_commands_do_not_push_a_shared_writer_into_other() {
             pages_of("dbwriter", &body) == 3.0 && pages_of("pinned-writer", &body) == 3.0
         },
     );
+}
+
+/// Turns `kernel.bpf_stats_enabled` on, and back as it was on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Self {
+        let before = std::fs::read_to_string(Self::PATH).expect("read bpf_stats_enabled");
+        std::fs::write(Self::PATH, "1").expect("enable bpf_stats");
+        Self(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
+}
+
+/// The kernel's totals are read when `/metrics` is scraped, not when the
+/// export loop last refreshed: with an interval of an hour, the programs'
+/// runs and the ring's peak still move between two scrapes around a
+/// workload's faults, while a total only the loop sets does not.
+#[test]
+fn kernel_totals_are_read_at_scrape_time() {
+    require_root();
+    let dir = scratch_dir();
+    let stats = BpfStats::enable();
+    let exporter = Exporter::start(&["--interval", "1h"]);
+    let runs = |exporter: &Exporter| -> f64 {
+        let (status, body) = exporter.get("/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| l.starts_with("mmapwatch_bpf_program_runs_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    // The loop's first refreshes (at start and its first tick) are over
+    // once files_tracked has been set; nothing is written yet.
+    std::thread::sleep(Duration::from_millis(500));
+    let runs_before = runs(&exporter);
+    let tracked_before = exporter.value("mmapwatch_files_tracked");
+    write_pages(&dir.path().join("scraped.bin"), 16, "0,3,9");
+    let runs_after = runs(&exporter);
+    assert!(
+        runs_after > runs_before,
+        "program runs did not move between scrapes: {runs_before} -> {runs_after}"
+    );
+    assert!(exporter.value("mmapwatch_ringbuf_peak_used_bytes") > 0.0);
+    // Set by the loop only: still what its last refresh saw.
+    assert_eq!(exporter.value("mmapwatch_files_tracked"), tracked_before);
+    drop(stats);
 }

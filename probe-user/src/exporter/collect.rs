@@ -1,19 +1,23 @@
-//! From the session's aggregate and the kernel's totals to metric values:
-//! label resolution, per-file series, and cumulative totals turned into
-//! counter increments.
+//! From the session's aggregate and the kernel's per-writer counts to
+//! metric values: label resolution, per-file series, and per-writer totals
+//! turned into counter increments (a label can stand for many writers, or
+//! move to `other`, so these cannot be read at scrape time as the totals
+//! in `scrape` are).
 
 use std::{
     cell::RefCell,
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     rc::Rc,
-    time::{Duration, Instant},
+    sync::PoisonError,
+    time::Instant,
 };
 
 use super::{
     admission::{LabelPins, WriterLabeler},
     labels::*,
     metrics::*,
+    scrape::{SessionTotals, SharedSessionTotals},
     syncs::{SyncSeen, SyncTap},
 };
 use crate::{
@@ -22,7 +26,7 @@ use crate::{
         events::{Event, FileId, WriteKind},
         paths::MountTable,
     },
-    probe::maps::{KernelCounters, LatencyTotals, WriterLabel},
+    probe::maps::{KernelCounters, WriterLabel},
     session::{EventObserver, Session},
 };
 
@@ -39,9 +43,6 @@ pub struct Exporter {
     mounts: MountTable,
     previous_writers: HashMap<WriterLabel, (u64, u64)>,
     previous_fs: HashMap<FsLabels, (u64, u64, u64)>,
-    previous_lost: HashMap<&'static str, u64>,
-    previous_programs: HashMap<String, (Duration, u64)>,
-    previous_events: u64,
     file_series: HashSet<FileLabels>,
     /// Each file's write faults and pages written back at the last
     /// refresh: per-file counters move by the difference.
@@ -54,6 +55,8 @@ pub struct Exporter {
     new_pages: NewPages,
     /// Sync calls since the last refresh, tapped likewise.
     syncs: SyncTap,
+    /// The session's totals for the scrape-time collector.
+    session_totals: SharedSessionTotals,
 }
 
 /// Pages newly written per (comm, cgroup id, file), summed as the session
@@ -103,15 +106,18 @@ impl Exporter {
             mounts,
             previous_writers: HashMap::new(),
             previous_fs: HashMap::new(),
-            previous_lost: HashMap::new(),
-            previous_programs: HashMap::new(),
-            previous_events: 0,
             file_series: HashSet::new(),
             previous_file_counts: HashMap::new(),
             unmounted_devs: HashSet::new(),
             new_pages: NewPages::default(),
             syncs: SyncTap::default(),
+            session_totals: SharedSessionTotals::default(),
         }
+    }
+
+    /// What the export loop sets for the scrape-time collector.
+    pub fn session_totals(&self) -> SharedSessionTotals {
+        self.session_totals.clone()
     }
 
     /// Counts the session's newly written pages from now on.
@@ -367,77 +373,28 @@ impl Exporter {
             self.metrics.file_pages_not_on_disk.remove(stale);
         }
         self.file_series = shown;
-        self.metrics.files_tracked.set(aggregate.len() as i64);
-        let events = aggregate.events();
-        self.metrics
-            .events
-            .inc_by(events.saturating_sub(self.previous_events));
-        self.previous_events = events;
     }
 
-    pub fn update_counters(
-        &mut self,
+    /// The session's totals, for the next scrapes.
+    pub fn set_session_totals(
+        &self,
         counters: &KernelCounters,
+        aggregate: &Aggregate,
         undecodable: u64,
-        ring_bytes: u32,
     ) {
-        for (reason, total) in [
-            ("ringbuf_full", counters.ringbuf_drops),
-            ("vma_lookup_failed", counters.vma_lookup_failed),
-            ("file_stats_full", counters.file_stats_full),
-            ("writer_map_full", counters.writer_insert_failed),
-            ("writer_stats_full", counters.writer_stats_full),
-            ("probe_errors", counters.probe_errors),
-            ("undecodable_records", undecodable),
-        ] {
-            let previous = self.previous_lost.insert(reason, total).unwrap_or(0);
-            self.metrics
-                .lost_events
-                .get_or_create(&ReasonLabels {
-                    reason: reason.into(),
-                })
-                .inc_by(total.saturating_sub(previous));
-        }
-        for (counter, total) in [
-            (&self.metrics.files_handed_over, counters.files_handed_over),
-            (
-                &self.metrics.dirty_files_handed_over,
-                counters.dirty_files_handed_over,
-            ),
-            (&self.metrics.files_forgotten, counters.files_forgotten),
-        ] {
-            counter.inc_by(total.saturating_sub(counter.get()));
-        }
-        self.metrics
-            .kernel_file_entries
-            .set(i64::try_from(counters.file_entries).unwrap_or(i64::MAX));
-        self.metrics.ring_size_bytes.set(i64::from(ring_bytes));
-        self.metrics
-            .ring_peak_used_bytes
-            .set(counters.ring_peak_bytes as i64);
-    }
-
-    /// The kernel's latency totals, as they are now.
-    pub fn update_latency(&mut self, totals: &LatencyTotals) {
-        self.metrics.writeback_latency.set(totals);
-    }
-
-    pub fn update_programs(&mut self, stats: Vec<(String, Duration, u64)>) {
-        for (program, run_time, runs) in stats {
-            let (previous_time, previous_runs) = self
-                .previous_programs
-                .insert(program.clone(), (run_time, runs))
-                .unwrap_or_default();
-            let labels = ProgramLabels { program };
-            self.metrics
-                .bpf_run_seconds
-                .get_or_create(&labels)
-                .inc_by(run_time.saturating_sub(previous_time).as_secs_f64());
-            self.metrics
-                .bpf_runs
-                .get_or_create(&labels)
-                .inc_by(runs.saturating_sub(previous_runs));
-        }
+        let totals = SessionTotals {
+            files_handed_over: counters.files_handed_over,
+            dirty_files_handed_over: counters.dirty_files_handed_over,
+            files_forgotten: counters.files_forgotten,
+            kernel_file_entries: counters.file_entries,
+            undecodable_records: undecodable,
+            events: aggregate.events(),
+            files_tracked: aggregate.len() as u64,
+        };
+        *self
+            .session_totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = totals;
     }
 
     /// Everything that comes from the kernel maps, once per interval.
@@ -456,19 +413,11 @@ impl Exporter {
             collector.pages_not_on_disk(id, record).ok()
         });
         session.drain_now();
-        self.update_counters(
+        self.set_session_totals(
             &counters,
+            &session.collector.aggregate,
             session.collector.undecodable,
-            session.ring_bytes(),
         );
-        self.update_latency(&session.writeback_latency()?);
-        if bpf_stats_enabled() {
-            self.update_programs(session.program_stats());
-        }
         Ok(())
     }
-}
-
-pub(crate) fn bpf_stats_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
 }

@@ -3,9 +3,7 @@
 //! own `Histogram` only observes values one by one and sums what it was
 //! given, so replaying bucket counts into it made `_sum` out of bucket
 //! bounds (up to 2x high); this metric encodes the kernel's totals as they
-//! were last read.
-
-use std::sync::{Arc, RwLock};
+//! are read at scrape time.
 
 use prometheus_client::{
     encoding::{EncodeMetric, MetricEncoder, NoLabelSet},
@@ -25,37 +23,17 @@ pub(crate) fn latency_bounds() -> impl Iterator<Item = f64> {
     (FIRST_BOUND_LOG2..=LAST_BOUND_LOG2).map(|k| (1u64 << k) as f64 / 1e9)
 }
 
-#[derive(Clone, Debug)]
+/// The kernel's totals as histogram buckets: per-bound counts (not
+/// cumulative, +Inf last), their total and the sum in seconds.
+#[derive(Debug)]
 pub struct KernelHistogram {
-    totals: Arc<RwLock<Encoded>>,
-}
-
-impl Default for KernelHistogram {
-    /// Empty until the kernel's totals are first read.
-    fn default() -> Self {
-        let histogram = Self {
-            totals: Arc::default(),
-        };
-        histogram.set(&LatencyTotals {
-            buckets: [0; probe_common::LATENCY_BUCKETS as usize],
-            sum_ns: 0,
-        });
-        histogram
-    }
-}
-
-/// What is encoded: per-bound counts (not cumulative, +Inf last), their
-/// total and the sum in seconds.
-#[derive(Debug, Default)]
-struct Encoded {
     buckets: Vec<(f64, u64)>,
     count: u64,
     sum_seconds: f64,
 }
 
-impl KernelHistogram {
-    /// Takes the kernel's totals as they are now (they only grow).
-    pub fn set(&self, totals: &LatencyTotals) {
+impl From<&LatencyTotals> for KernelHistogram {
+    fn from(totals: &LatencyTotals) -> Self {
         let mut buckets: Vec<(f64, u64)> = latency_bounds()
             .chain(std::iter::once(f64::INFINITY))
             .map(|bound| (bound, 0))
@@ -66,13 +44,10 @@ impl KernelHistogram {
             let index = (k + 1).saturating_sub(FIRST_BOUND_LOG2).min(last);
             buckets[index].1 += count;
         }
-        let encoded = Encoded {
+        Self {
             count: buckets.iter().map(|(_, n)| n).sum(),
             buckets,
             sum_seconds: totals.sum_ns as f64 / 1e9,
-        };
-        if let Ok(mut current) = self.totals.write() {
-            *current = encoded;
         }
     }
 }
@@ -83,13 +58,7 @@ impl TypedMetric for KernelHistogram {
 
 impl EncodeMetric for KernelHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let totals = self.totals.read().map_err(|_| std::fmt::Error)?;
-        encoder.encode_histogram::<NoLabelSet>(
-            totals.sum_seconds,
-            totals.count,
-            &totals.buckets,
-            None,
-        )
+        encoder.encode_histogram::<NoLabelSet>(self.sum_seconds, self.count, &self.buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {

@@ -1,4 +1,5 @@
-//! The metric families, their registry and the OpenMetrics rendering.
+//! The metric families the export loop updates, their registry and the
+//! OpenMetrics rendering (`scrape` adds those read at scrape time).
 
 use prometheus_client::{
     encoding::text::encode,
@@ -6,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{kernel_histogram::KernelHistogram, labels::*};
+use super::labels::*;
 
 /// Every metric mmapwatch exports.
 pub struct Metrics {
@@ -16,22 +17,10 @@ pub struct Metrics {
     pub folios_dirtied: Family<FsLabels, Counter>,
     pub pages_dirtied: Family<FsLabels, Counter>,
     pub pages_written_back: Family<FsLabels, Counter>,
-    pub lost_events: Family<ReasonLabels, Counter>,
     pub file_pages_written: Family<FileLabels, Gauge>,
     pub file_write_faults: Family<FileLabels, Counter>,
     pub file_writeback_pages: Family<FileLabels, Counter>,
     pub file_pages_not_on_disk: Family<FileLabels, Gauge>,
-    pub writeback_latency: KernelHistogram,
-    pub events: Counter,
-    pub files_tracked: Gauge,
-    pub files_handed_over: Counter,
-    pub dirty_files_handed_over: Counter,
-    pub files_forgotten: Counter,
-    pub kernel_file_entries: Gauge,
-    pub ring_size_bytes: Gauge,
-    pub ring_peak_used_bytes: Gauge,
-    pub bpf_run_seconds: Family<ProgramLabels, Counter<f64>>,
-    pub bpf_runs: Family<ProgramLabels, Counter>,
     pub backend: Family<BackendLabels, Gauge>,
     pub build_info: Family<BuildLabels, Gauge>,
     pub sync_calls: Family<SyncLabels, Counter>,
@@ -55,22 +44,10 @@ impl Metrics {
             folios_dirtied: Family::default(),
             pages_dirtied: Family::default(),
             pages_written_back: Family::default(),
-            lost_events: Family::default(),
             file_pages_written: Family::default(),
             file_write_faults: Family::default(),
             file_writeback_pages: Family::default(),
             file_pages_not_on_disk: Family::default(),
-            writeback_latency: KernelHistogram::default(),
-            events: Counter::default(),
-            files_tracked: Gauge::default(),
-            files_handed_over: Counter::default(),
-            dirty_files_handed_over: Counter::default(),
-            files_forgotten: Counter::default(),
-            kernel_file_entries: Gauge::default(),
-            ring_size_bytes: Gauge::default(),
-            ring_peak_used_bytes: Gauge::default(),
-            bpf_run_seconds: Family::default(),
-            bpf_runs: Family::default(),
             backend: Family::default(),
             build_info: Family::default(),
             sync_calls: Family::default(),
@@ -108,11 +85,6 @@ impl Metrics {
             "Pages of files written through mmap that were written back",
             metrics.pages_written_back.clone(),
         );
-        r.register(
-            "mmapwatch_lost_events",
-            "Events the kernel side could not report, by reason",
-            metrics.lost_events.clone(),
-        );
         r.register("mmapwatch_file_pages_written", "Distinct pages written through shared mappings, per file (top N and --path-prefix; the rest in path=\"other\")", metrics.file_pages_written.clone());
         r.register(
             "mmapwatch_file_write_faults",
@@ -130,11 +102,6 @@ impl Metrics {
             metrics.file_pages_not_on_disk.clone(),
         );
         r.register(
-            "mmapwatch_dirty_to_writeback_seconds",
-            "Time from a file's first dirtying to the completion of the writeback that cleaned it",
-            metrics.writeback_latency.clone(),
-        );
-        r.register(
             "mmapwatch_sync_calls",
             "msync, fsync, fdatasync and sync_file_range calls on files written through mmap",
             metrics.sync_calls.clone(),
@@ -148,56 +115,6 @@ impl Metrics {
             "mmapwatch_sync_seconds",
             "How long those calls took",
             metrics.sync_seconds.clone(),
-        );
-        r.register(
-            "mmapwatch_events",
-            "Ring-buffer records processed",
-            metrics.events.clone(),
-        );
-        r.register(
-            "mmapwatch_files_tracked",
-            "Files written through mmap and not forgotten (--retain)",
-            metrics.files_tracked.clone(),
-        );
-        r.register(
-            "mmapwatch_kernel_files_handed_over",
-            "Idle files whose kernel entry moved into userspace (the kernel's per-file map stays bounded)",
-            metrics.files_handed_over.clone(),
-        );
-        r.register(
-            "mmapwatch_kernel_dirty_files_handed_over",
-            "Of those, files still dirty (deleted or truncated while dirty, or the map was half full): later writeback of theirs is not counted",
-            metrics.dirty_files_handed_over.clone(),
-        );
-        r.register(
-            "mmapwatch_files_forgotten",
-            "Files dropped from the per-file series and mmapwatch_files_tracked after --retain without a write or writeback",
-            metrics.files_forgotten.clone(),
-        );
-        r.register(
-            "mmapwatch_kernel_file_entries",
-            "Entries in the kernel's per-file map (65536 at most; idle files are handed over before it fills)",
-            metrics.kernel_file_entries.clone(),
-        );
-        r.register(
-            "mmapwatch_ringbuf_size_bytes",
-            "Size of the event ring buffer",
-            metrics.ring_size_bytes.clone(),
-        );
-        r.register(
-            "mmapwatch_ringbuf_peak_used_bytes",
-            "Highest ring-buffer fill seen",
-            metrics.ring_peak_used_bytes.clone(),
-        );
-        r.register(
-            "mmapwatch_bpf_program_run_seconds",
-            "Time spent in each BPF program (kernel.bpf_stats_enabled=1)",
-            metrics.bpf_run_seconds.clone(),
-        );
-        r.register(
-            "mmapwatch_bpf_program_runs",
-            "Runs of each BPF program (kernel.bpf_stats_enabled=1)",
-            metrics.bpf_runs.clone(),
         );
         r.register(
             "mmapwatch_backend",

@@ -9,7 +9,8 @@
 //!
 //! `labels` (label sets), `kernel_histogram` (the writeback latency
 //! histogram as the kernel totals it, real `_sum`), `admission` (which values get their own), `metrics` (families and rendering),
-//! `collect` (aggregate and kernel totals to values), `server` (HTTP and
+//! `collect` (aggregate and per-writer counts to values), `scrape` (the
+//! kernel's and the session's totals, read at scrape time), `server` (HTTP and
 //! the export loop), `health` (`/healthz` fails when that loop stalls),
 //! `syncs` (msync/fsync calls tapped from the event stream),
 //! `text_format` (the Prometheus text format for scrapers that do not ask
@@ -23,6 +24,7 @@ mod health;
 mod kernel_histogram;
 mod labels;
 mod metrics;
+mod scrape;
 mod server;
 mod syncs;
 #[cfg(test)]

@@ -7,8 +7,14 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::SignalKind;
 
 use super::{
-    admission::LabelPins, collect::*, connections::BoundedListener, health::Heartbeat, labels::*,
-    metrics::*, text_format::*,
+    admission::LabelPins,
+    collect::*,
+    connections::BoundedListener,
+    health::Heartbeat,
+    labels::*,
+    metrics::*,
+    scrape::{LiveTotals, ScrapeCollector},
+    text_format::*,
 };
 use crate::{
     cli::{ExportArgs, KernelPaths},
@@ -150,6 +156,11 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         },
     );
     exporter.watch(&mut session);
+    registry.register_collector(Box::new(ScrapeCollector(Box::new(LiveTotals {
+        kernel: session.totals_reader()?,
+        session: exporter.session_totals(),
+        ring_bytes: session.ring_bytes(),
+    }))));
     exporter.refresh(&mut session)?;
     let registry = Arc::new(registry);
     let heartbeat = Heartbeat::new(args.interval);

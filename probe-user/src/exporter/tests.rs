@@ -3,35 +3,70 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use probe_common::LATENCY_BUCKETS;
-
-use crate::probe::maps::LatencyTotals;
-
-fn latency_totals() -> LatencyTotals {
-    LatencyTotals {
-        buckets: [0; LATENCY_BUCKETS as usize],
-        sum_ns: 0,
-    }
-}
 use prometheus_client::registry::Registry;
 
-use super::{collect::*, labels::*, metrics::*};
+use super::{collect::*, labels::*, metrics::*, scrape::*};
 use crate::{
     model::{
         aggregate::Aggregate,
         events::{Event, FileId, Task, WriteKind},
         paths::MountTable,
     },
-    probe::maps::{KernelCounters, WriterLabel},
+    probe::{
+        maps::{KernelCounters, LatencyTotals, WriterLabel},
+        LoadError,
+    },
 };
+
+/// The kernel's side of a scrape, as a test sets it; the session's side
+/// is whatever the exporter last set.
+#[derive(Debug)]
+struct FixedTotals {
+    kernel: Arc<Mutex<Totals>>,
+    session: SharedSessionTotals,
+}
+
+impl TotalsSource for FixedTotals {
+    fn read(&self) -> Result<Totals, LoadError> {
+        let kernel = self.kernel.lock().unwrap().clone();
+        Ok(Totals {
+            session: *self.session.lock().unwrap(),
+            ..kernel
+        })
+    }
+}
+
+fn no_totals() -> Totals {
+    Totals {
+        kernel: KernelCounters::default(),
+        session: SessionTotals::default(),
+        ring_bytes: 1 << 20,
+        latency: LatencyTotals {
+            buckets: [0; LATENCY_BUCKETS as usize],
+            sum_ns: 0,
+        },
+        programs: Vec::new(),
+    }
+}
 
 const MOUNTINFO: &str =
     "22 1 254:1 / / rw - ext4 /dev/vda1 rw\n30 22 0:25 / /dev/shm rw - tmpfs tmpfs rw\n";
 
 fn exporter(top: usize, prefixes: Vec<PathBuf>) -> (Registry, Exporter) {
+    let (registry, exporter, _) = exporter_with_totals(top, prefixes);
+    (registry, exporter)
+}
+
+/// Also returns the kernel totals the scrape-time collector reads.
+fn exporter_with_totals(
+    top: usize,
+    prefixes: Vec<PathBuf>,
+) -> (Registry, Exporter, Arc<Mutex<Totals>>) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let exporter = Exporter::new(
@@ -41,7 +76,12 @@ fn exporter(top: usize, prefixes: Vec<PathBuf>) -> (Registry, Exporter) {
         MountTable::parse(MOUNTINFO),
         &super::LabelPins::default(),
     );
-    (registry, exporter)
+    let kernel = Arc::new(Mutex::new(no_totals()));
+    registry.register_collector(Box::new(ScrapeCollector(Box::new(FixedTotals {
+        kernel: kernel.clone(),
+        session: exporter.session_totals(),
+    }))));
+    (registry, exporter, kernel)
 }
 
 fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
@@ -72,18 +112,14 @@ fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
 /// The shipped Grafana dashboard queries only metrics that exist.
 #[test]
 fn dashboard_queries_only_exported_metrics() {
-    let (registry, mut exporter) = exporter(1, vec![]);
+    let (registry, mut exporter, kernel) = exporter_with_totals(1, vec![]);
     // Families without series print nothing: give each one.
-    let mut totals = latency_totals();
-    totals.buckets[25] = 1;
-    totals.sum_ns = 40_000_000;
-    exporter.update_latency(&totals);
-    exporter.update_programs(vec![(
-        "page_fault_user".into(),
-        Duration::from_millis(3),
-        10,
-    )]);
-    exporter.update_counters(&KernelCounters::default(), 0, 1 << 20);
+    {
+        let mut totals = kernel.lock().unwrap();
+        totals.latency.buckets[25] = 1;
+        totals.latency.sum_ns = 40_000_000;
+        totals.programs = vec![("page_fault_user".into(), Duration::from_millis(3), 10)];
+    }
     exporter
         .metrics
         .backend
@@ -293,6 +329,7 @@ fn per_file_series_are_bounded_to_top_n_and_prefixes() {
     exporter.update_files(&agg, &|id, record| {
         (id.ino == 1).then(|| record.pages_written.len() / 2)
     });
+    exporter.set_session_totals(&KernelCounters::default(), &agg, 0);
     let series = sorted_series(&render(&registry).unwrap());
     let pages: BTreeMap<_, _> = series
         .iter()
@@ -367,14 +404,17 @@ fn per_file_counters_move_by_increments_wherever_the_file_is_shown() {
 
 #[test]
 fn latency_buckets_map_onto_histogram_bounds() {
-    let (registry, mut exporter) = exporter(1, vec![]);
-    let mut totals = latency_totals();
-    totals.buckets[20] = 2; // [1.05 ms, 2.1 ms)
-    totals.buckets[30] = 1; // [1.07 s, 2.1 s)
-    totals.sum_ns = 1_500_000 + 1_600_000 + 1_200_000_000;
-    exporter.update_latency(&totals);
-    exporter.update_latency(&totals); // the same totals: nothing added
+    let (registry, _exporter, kernel) = exporter_with_totals(1, vec![]);
+    {
+        let latency = &mut kernel.lock().unwrap().latency;
+        latency.buckets[20] = 2; // [1.05 ms, 2.1 ms)
+        latency.buckets[30] = 1; // [1.07 s, 2.1 s)
+        latency.sum_ns = 1_500_000 + 1_600_000 + 1_200_000_000;
+    }
+    let first = sorted_series(&render(&registry).unwrap());
+    // Scraped again with the same totals: the same values, nothing added.
     let series = sorted_series(&render(&registry).unwrap());
+    assert_eq!(first, series);
     assert_eq!(series["mmapwatch_dirty_to_writeback_seconds_count"], 3.0);
     // The kernel's own sum, not bucket bounds (which would make 2.15 s).
     assert!(
@@ -394,9 +434,11 @@ fn latency_buckets_map_onto_histogram_bounds() {
         3.0
     );
     // Latencies under the first bound and beyond the last are counted.
-    totals.buckets[3] = 1;
-    totals.buckets[50] = 1;
-    exporter.update_latency(&totals);
+    {
+        let latency = &mut kernel.lock().unwrap().latency;
+        latency.buckets[3] = 1;
+        latency.buckets[50] = 1;
+    }
     let series = sorted_series(&render(&registry).unwrap());
     assert_eq!(series["mmapwatch_dirty_to_writeback_seconds_count"], 5.0);
     assert_eq!(
@@ -411,13 +453,13 @@ fn latency_buckets_map_onto_histogram_bounds() {
 
 #[test]
 fn losses_are_counted_by_reason() {
-    let (registry, mut exporter) = exporter(1, vec![]);
-    let counters = KernelCounters {
+    let (registry, exporter, kernel) = exporter_with_totals(1, vec![]);
+    kernel.lock().unwrap().kernel = KernelCounters {
         ringbuf_drops: 4,
         ring_peak_bytes: 4096,
         ..KernelCounters::default()
     };
-    exporter.update_counters(&counters, 1, 1 << 20);
+    exporter.set_session_totals(&KernelCounters::default(), &Aggregate::new(), 1);
     let body = render(&registry).unwrap();
     let series = sorted_series(&body);
     assert_eq!(
@@ -430,6 +472,53 @@ fn losses_are_counted_by_reason() {
     );
     assert_eq!(series["mmapwatch_ringbuf_peak_used_bytes"], 4096.0);
     assert!(body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+}
+
+/// Totals are read when scraped, not replayed as increments: a scrape
+/// shows the kernel's count at that moment however often it is scraped,
+/// and the session's totals as the export loop last set them.
+#[test]
+fn scrapes_read_the_totals_as_they_are_then() {
+    let (registry, exporter, kernel) = exporter_with_totals(1, vec![]);
+    let drops = r#"mmapwatch_lost_events_total{reason="ringbuf_full"}"#;
+    for total in [4, 4, 10] {
+        kernel.lock().unwrap().kernel.ringbuf_drops = total;
+        let series = sorted_series(&render(&registry).unwrap());
+        assert_eq!(series[drops], total as f64);
+    }
+    kernel.lock().unwrap().programs =
+        vec![("page_fault_user".into(), Duration::from_millis(3), 10)];
+    let mut agg = Aggregate::new();
+    write(&mut agg, 25, 1, 0, "/dev/shm/a");
+    write(&mut agg, 25, 2, 0, "/dev/shm/b");
+    let handed_over = KernelCounters {
+        files_handed_over: 7,
+        dirty_files_handed_over: 2,
+        files_forgotten: 3,
+        file_entries: 900,
+        ..KernelCounters::default()
+    };
+    exporter.set_session_totals(&handed_over, &agg, 0);
+    let series = sorted_series(&render(&registry).unwrap());
+    for (name, value) in [
+        ("mmapwatch_files_tracked", 2.0),
+        ("mmapwatch_events_total", agg.events() as f64),
+        ("mmapwatch_kernel_files_handed_over_total", 7.0),
+        ("mmapwatch_kernel_dirty_files_handed_over_total", 2.0),
+        ("mmapwatch_files_forgotten_total", 3.0),
+        ("mmapwatch_kernel_file_entries", 900.0),
+        ("mmapwatch_ringbuf_size_bytes", f64::from(1u32 << 20)),
+        (
+            r#"mmapwatch_bpf_program_runs_total{program="page_fault_user"}"#,
+            10.0,
+        ),
+        (
+            r#"mmapwatch_bpf_program_run_seconds_total{program="page_fault_user"}"#,
+            0.003,
+        ),
+    ] {
+        assert_eq!(series.get(name), Some(&value), "{name}");
+    }
 }
 
 /// Series name (with labels) -> value, from rendered metrics. Not a

@@ -4,9 +4,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use probe_common::{
-    counter, FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS, LATENCY_SUM_SLOT,
-};
+use probe_common::{FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS};
 
 /// The dirty-to-writeback latency histogram, summed over CPUs: log2
 /// buckets (bucket `k`: [2^k, 2^(k+1)) ns) and the latencies' sum.
@@ -125,45 +123,7 @@ impl Probes {
     }
 
     pub fn counters(&self) -> Result<KernelCounters, LoadError> {
-        let map: PerCpuArray<_, u64> = self.typed_map("COUNTERS")?;
-        let mut totals = [0u64; counter::COUNT as usize];
-        for (index, total) in totals.iter_mut().enumerate() {
-            let values = map.get(&(index as u32), 0).map_err(|err| LoadError::Map {
-                map: "COUNTERS",
-                reason: err.to_string(),
-            })?;
-            // Every slot is a per-CPU count but the peak, a per-CPU maximum.
-            *total = if index as u32 == counter::RING_PEAK_BYTES {
-                values.iter().copied().max().unwrap_or(0)
-            } else {
-                values.iter().sum()
-            };
-        }
-        Ok(KernelCounters {
-            ringbuf_drops: totals[counter::RINGBUF_DROPS as usize],
-            vma_lookup_failed: totals[counter::VMA_LOOKUP_FAILED as usize],
-            dedup_inserts: totals[counter::DEDUP_INSERTS as usize],
-            dedup_insert_failed: totals[counter::DEDUP_INSERT_FAILED as usize],
-            file_stats_full: totals[counter::FILE_STATS_FULL as usize],
-            shared_write_faults: totals[counter::SHARED_WRITE_FAULTS as usize],
-            cow_faults: totals[counter::COW_FAULTS as usize],
-            events_submitted: totals[counter::EVENTS_SUBMITTED as usize],
-            writer_insert_failed: totals[counter::WRITER_INSERT_FAILED as usize],
-            folio_spans: totals[counter::FOLIO_SPANS as usize],
-            writer_stats_full: totals[counter::WRITER_STATS_FULL as usize],
-            ring_peak_bytes: totals[counter::RING_PEAK_BYTES as usize],
-            ringbuf_drops_file_events: totals[counter::RINGBUF_DROPS_FILE_EVENTS as usize],
-            vma_walk_fallbacks: totals[counter::VMA_WALK_FALLBACKS as usize],
-            faults_past_eof: totals[counter::FAULTS_PAST_EOF as usize],
-            possible_write_windows: totals[counter::POSSIBLE_WRITE_WINDOWS as usize],
-            possible_write_unverified: totals[counter::POSSIBLE_WRITE_UNVERIFIED as usize],
-            probe_errors: totals[counter::PROBE_ERRORS as usize],
-            ringbuf_drops_other_events: totals[counter::RINGBUF_DROPS_OTHER_EVENTS as usize],
-            files_handed_over: 0,
-            dirty_files_handed_over: 0,
-            files_forgotten: 0,
-            file_entries: 0,
-        })
+        super::totals::read_counters(&self.typed_map::<PerCpuArray<_, u64>>("COUNTERS")?)
     }
 
     /// Each CPU's open run of fault counts, not yet in the stats maps.
@@ -221,33 +181,7 @@ impl Probes {
 
     /// Dirty-to-writeback latency: count per log2(ns) bucket.
     pub fn writeback_latency(&self) -> Result<LatencyTotals, LoadError> {
-        let map: PerCpuArray<_, u64> = self.typed_map("WRITEBACK_LATENCY")?;
-        let total = |index: u32| -> Result<u64, LoadError> {
-            let values = map.get(&index, 0).map_err(|err| LoadError::Map {
-                map: "WRITEBACK_LATENCY",
-                reason: err.to_string(),
-            })?;
-            Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
-        };
-        let mut totals = LatencyTotals {
-            buckets: [0; LATENCY_BUCKETS as usize],
-            sum_ns: total(LATENCY_SUM_SLOT)?,
-        };
-        for (index, bucket) in (0u32..).zip(totals.buckets.iter_mut()) {
-            *bucket = total(index)?;
-        }
-        Ok(totals)
-    }
-
-    /// (program name, run time, run count) when kernel.bpf_stats_enabled is on.
-    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                Some((name.to_string(), info.run_time(), info.run_count()))
-            })
-            .collect()
+        super::totals::read_latency(&self.typed_map::<PerCpuArray<_, u64>>("WRITEBACK_LATENCY")?)
     }
 
     pub(super) fn typed_map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(

@@ -1,7 +1,8 @@
 //! The kernel side seen from userspace: what this kernel offers (`env`),
 //! what the backends attach to (`catalog`), loading the eBPF object
 //! (`load`), choosing and attaching a backend (`backend`), and reading
-//! its maps (`maps`). The session is the only user outside `doctor`.
+//! its maps (`maps`; `totals` reads the running totals from
+//! another thread). The session is the only user outside `doctor`.
 
 pub mod backend;
 pub mod btf;
@@ -12,6 +13,7 @@ pub mod hand_over;
 pub mod kallsyms;
 pub mod load;
 pub mod maps;
+pub mod totals;
 
 pub use backend::{Attached, BackendChoice, Mechanism, Selection};
 pub use error::LoadError;

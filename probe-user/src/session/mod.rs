@@ -287,14 +287,10 @@ impl Session {
         Ok(self.probes.writer_stats()?)
     }
 
-    /// The dirty-to-written-back latency histogram (log2 ns buckets).
-    pub fn writeback_latency(&self) -> anyhow::Result<crate::probe::maps::LatencyTotals> {
-        Ok(self.probes.writeback_latency()?)
-    }
-
-    /// Run time and runs of each program (with kernel.bpf_stats_enabled).
-    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
-        self.probes.program_stats()
+    /// A reader of the kernel's running totals for another thread (the
+    /// exporter reads them at scrape time).
+    pub fn totals_reader(&self) -> anyhow::Result<crate::probe::totals::KernelTotalsReader> {
+        Ok(self.probes.totals_reader()?)
     }
 
     /// The event ring's size in bytes.

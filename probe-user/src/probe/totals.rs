@@ -1,0 +1,163 @@
+//! The kernel's running totals (counters, the writeback latency histogram,
+//! per-program run time), read from the maps' own file descriptors so
+//! that another thread (the exporter's HTTP server, at scrape time) can
+//! read them while the session owns the loaded object.
+
+use std::{borrow::Borrow, collections::HashMap, os::fd::AsFd as _, time::Duration};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use probe_common::{counter, LATENCY_BUCKETS, LATENCY_SUM_SLOT};
+
+use super::{
+    error::LoadError,
+    load::Probes,
+    maps::{KernelCounters, LatencyTotals},
+};
+
+/// (program name, run time, run count), with kernel.bpf_stats_enabled.
+pub type ProgramStats = Vec<(String, Duration, u64)>;
+
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
+    move |err| LoadError::Map {
+        map,
+        reason: err.to_string(),
+    }
+}
+
+/// The per-CPU counters summed (the ring's peak is a maximum, not a sum).
+/// The fields userspace fills (hand-over, file entries) are 0.
+pub(super) fn read_counters<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> Result<KernelCounters, LoadError> {
+    let mut totals = [0u64; counter::COUNT as usize];
+    for (index, total) in (0u32..).zip(totals.iter_mut()) {
+        let values = map.get(&index, 0).map_err(map_error("COUNTERS"))?;
+        *total = if index == counter::RING_PEAK_BYTES {
+            values.iter().copied().max().unwrap_or(0)
+        } else {
+            values.iter().sum()
+        };
+    }
+    let at = |slot: u32| totals[slot as usize];
+    Ok(KernelCounters {
+        ringbuf_drops: at(counter::RINGBUF_DROPS),
+        vma_lookup_failed: at(counter::VMA_LOOKUP_FAILED),
+        dedup_inserts: at(counter::DEDUP_INSERTS),
+        dedup_insert_failed: at(counter::DEDUP_INSERT_FAILED),
+        file_stats_full: at(counter::FILE_STATS_FULL),
+        shared_write_faults: at(counter::SHARED_WRITE_FAULTS),
+        cow_faults: at(counter::COW_FAULTS),
+        events_submitted: at(counter::EVENTS_SUBMITTED),
+        writer_insert_failed: at(counter::WRITER_INSERT_FAILED),
+        folio_spans: at(counter::FOLIO_SPANS),
+        writer_stats_full: at(counter::WRITER_STATS_FULL),
+        ring_peak_bytes: at(counter::RING_PEAK_BYTES),
+        ringbuf_drops_file_events: at(counter::RINGBUF_DROPS_FILE_EVENTS),
+        vma_walk_fallbacks: at(counter::VMA_WALK_FALLBACKS),
+        faults_past_eof: at(counter::FAULTS_PAST_EOF),
+        possible_write_windows: at(counter::POSSIBLE_WRITE_WINDOWS),
+        possible_write_unverified: at(counter::POSSIBLE_WRITE_UNVERIFIED),
+        probe_errors: at(counter::PROBE_ERRORS),
+        ringbuf_drops_other_events: at(counter::RINGBUF_DROPS_OTHER_EVENTS),
+        files_handed_over: 0,
+        dirty_files_handed_over: 0,
+        files_forgotten: 0,
+        file_entries: 0,
+    })
+}
+
+/// The latency histogram summed over CPUs.
+pub(super) fn read_latency<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> Result<LatencyTotals, LoadError> {
+    let total = |index: u32| -> Result<u64, LoadError> {
+        let values = map.get(&index, 0).map_err(map_error("WRITEBACK_LATENCY"))?;
+        Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+    };
+    let mut totals = LatencyTotals {
+        buckets: [0; LATENCY_BUCKETS as usize],
+        sum_ns: total(LATENCY_SUM_SLOT)?,
+    };
+    for (index, bucket) in (0u32..).zip(totals.buckets.iter_mut()) {
+        *bucket = total(index)?;
+    }
+    Ok(totals)
+}
+
+/// Reads the kernel's totals on any thread: it holds duplicates of the
+/// maps' file descriptors and the programs' ids, not the loaded object.
+pub struct KernelTotalsReader {
+    counters: PerCpuArray<MapData, u64>,
+    latency: PerCpuArray<MapData, u64>,
+    /// Program id -> the name the object gives it (the kernel keeps only
+    /// 15 bytes of a name).
+    programs: HashMap<u32, String>,
+}
+
+impl std::fmt::Debug for KernelTotalsReader {
+    // aya's typed maps do not implement Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelTotalsReader")
+            .field("programs", &self.programs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelTotalsReader {
+    pub fn counters(&self) -> Result<KernelCounters, LoadError> {
+        read_counters(&self.counters)
+    }
+
+    pub fn writeback_latency(&self) -> Result<LatencyTotals, LoadError> {
+        read_latency(&self.latency)
+    }
+
+    /// Run time and runs of each of our programs, sorted by name. aya
+    /// reads a program's info only through the loaded object or by id,
+    /// so this walks the loaded programs' ids and keeps ours.
+    pub fn program_stats(&self) -> ProgramStats {
+        let mut stats: ProgramStats = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|info| {
+                let name = self.programs.get(&info.id())?;
+                Some((name.clone(), info.run_time(), info.run_count()))
+            })
+            .collect();
+        stats.sort();
+        stats
+    }
+}
+
+impl Probes {
+    /// A reader of the kernel's totals for another thread.
+    pub fn totals_reader(&self) -> Result<KernelTotalsReader, LoadError> {
+        let duplicate = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, LoadError> {
+            let Some(Map::PerCpuArray(data)) = self.ebpf.map(name) else {
+                return Err(LoadError::Map {
+                    map: name,
+                    reason: "missing from the object, or not a per-CPU array".into(),
+                });
+            };
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|err| LoadError::Map {
+                    map: name,
+                    reason: format!("duplicating its descriptor: {err}"),
+                })?;
+            let data = MapData::from_fd(fd).map_err(map_error(name))?;
+            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(name))
+        };
+        let programs = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, program)| Some((program.info().ok()?.id(), name.to_string())))
+            .collect();
+        Ok(KernelTotalsReader {
+            counters: duplicate("COUNTERS")?,
+            latency: duplicate("WRITEBACK_LATENCY")?,
+            programs,
+        })
+    }
+}
