@@ -732,3 +732,85 @@ fn kernel_totals_are_read_at_scrape_time() {
     assert_eq!(exporter.value("mmapwatch_files_tracked"), tracked_before);
     drop(stats);
 }
+
+/// YAML documents as JSON values, read by `yq` (a jq wrapper).
+fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    let output = Command::new("yq")
+        .args(["-c", "."])
+        .arg(path)
+        .output()
+        .expect("yq");
+    assert!(
+        output.status.success(),
+        "yq {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The shipped PodMonitor selects the DaemonSet's pods in their namespace,
+/// scrapes the port the exporter listens on, and labels series by node
+/// as the dashboard's `$node` expects.
+#[test]
+fn shipped_pod_monitor_scrapes_the_daemonset() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let daemonset = yaml_documents(&deploy.join("daemonset.yaml"))
+        .into_iter()
+        .find(|doc| doc["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    let [monitor] = &yaml_documents(&deploy.join("podmonitor.yaml"))[..] else {
+        panic!("podmonitor.yaml: one document expected");
+    };
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["kind"], "PodMonitor");
+    let namespace = &daemonset["metadata"]["namespace"];
+    assert_eq!(&monitor["metadata"]["namespace"], namespace);
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"][0],
+        *namespace
+    );
+    let pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    for (label, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(pod_labels.get(label), Some(value), "selector {label}");
+    }
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    let listen_port: u64 = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|arg| {
+            arg.as_str()?
+                .strip_prefix("--listen=")?
+                .rsplit_once(':')?
+                .1
+                .parse()
+                .ok()
+        })
+        .expect("--listen=ADDRESS:PORT in the DaemonSet");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    let port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|port| port["name"] == endpoint["port"])
+        .expect("the endpoint's port is a named port of the container");
+    assert_eq!(port["containerPort"], listen_port);
+    assert_eq!(endpoint["path"], "/metrics");
+    let relabelings = endpoint["relabelings"].as_array().unwrap();
+    assert!(
+        relabelings.iter().any(|r| {
+            r["sourceLabels"][0] == "__meta_kubernetes_pod_node_name" && r["targetLabel"] == "node"
+        }),
+        "no node label: {relabelings:?}"
+    );
+}

@@ -459,9 +459,9 @@ fn run_mmapwatch(args: &[OsString]) -> Result<()> {
 
 /// What the integration tests drive besides mmapwatch: a real Prometheus
 /// server (and its promtool) for the exporter, tmux for the dashboard,
-/// bpftool to check nothing stays loaded, jq for the event stream, xfsprogs
-/// for an xfs scratch filesystem.
-const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool", "jq", "xfsprogs"];
+/// bpftool to check nothing stays loaded, jq for the event stream, yq for
+/// the shipped Kubernetes manifests, xfsprogs for an xfs scratch filesystem.
+const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool", "jq", "yq", "xfsprogs"];
 
 fn test() -> Result<()> {
     ensure_apt(TEST_PACKAGES)?;
