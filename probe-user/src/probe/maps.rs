@@ -179,11 +179,6 @@ impl Probes {
         Ok(out)
     }
 
-    /// Dirty-to-writeback latency: count per log2(ns) bucket.
-    pub fn writeback_latency(&self) -> Result<LatencyTotals, LoadError> {
-        super::totals::read_latency(&self.typed_map::<PerCpuArray<_, u64>>("WRITEBACK_LATENCY")?)
-    }
-
     pub(super) fn typed_map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
         &'a self,
         name: &'static str,

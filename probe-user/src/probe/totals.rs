@@ -67,9 +67,7 @@ pub(super) fn read_counters<T: Borrow<MapData>>(
 }
 
 /// The latency histogram summed over CPUs.
-pub(super) fn read_latency<T: Borrow<MapData>>(
-    map: &PerCpuArray<T, u64>,
-) -> Result<LatencyTotals, LoadError> {
+fn read_latency<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<LatencyTotals, LoadError> {
     let total = |index: u32| -> Result<u64, LoadError> {
         let values = map.get(&index, 0).map_err(map_error("WRITEBACK_LATENCY"))?;
         Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
