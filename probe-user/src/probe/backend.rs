@@ -355,10 +355,7 @@ impl Probes {
 
     fn set_hook_bits(&mut self, bits: u32) -> Result<(), LoadError> {
         let mut map: Array<_, u32> = self.typed_map_mut("HOOKS")?;
-        map.set(0, bits, 0).map_err(|err| LoadError::Map {
-            map: "HOOKS",
-            reason: err.to_string(),
-        })
+        map.set(0, bits, 0).map_err(LoadError::on_map("HOOKS"))
     }
 
     /// Attaches the classic and raw tracepoints: the fault ones

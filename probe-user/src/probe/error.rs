@@ -28,6 +28,16 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// For `map_err` on an operation on the map `map`.
+    pub(crate) fn on_map(map: &'static str) -> impl Fn(aya::maps::MapError) -> Self {
+        move |err| Self::Map {
+            map,
+            reason: err.to_string(),
+        }
+    }
+}
+
 /// One line of a load or attach error, without the verifier log's heading.
 pub(crate) fn short_error(text: &str) -> String {
     first_line(text)

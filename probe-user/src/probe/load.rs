@@ -69,10 +69,7 @@ pub(crate) fn seed_shared_mappers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         reason: "missing from the object".into(),
     })?;
     let mut mappers: aya::maps::HashMap<_, u32, u8> =
-        aya::maps::HashMap::try_from(map).map_err(|err| LoadError::Map {
-            map: "SHARED_MAPPERS",
-            reason: err.to_string(),
-        })?;
+        aya::maps::HashMap::try_from(map).map_err(LoadError::on_map("SHARED_MAPPERS"))?;
     for tgid in shared_writable_mappers(Path::new("/proc")) {
         // A process gone meanwhile, or a full map: at worst an extra look.
         let _ = mappers.insert(tgid, 1, 0);

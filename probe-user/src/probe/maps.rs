@@ -97,10 +97,8 @@ impl Probes {
         } else {
             probe_common::traced::EXACT
         };
-        map.insert(tgid, value, 0).map_err(|err| LoadError::Map {
-            map: "TRACED",
-            reason: err.to_string(),
-        })
+        map.insert(tgid, value, 0)
+            .map_err(LoadError::on_map("TRACED"))
     }
 
     pub fn untrace_tgid(&mut self, tgid: u32) -> Result<(), LoadError> {
@@ -116,10 +114,7 @@ impl Probes {
             map: "EVENTS",
             reason: "missing from the object".into(),
         })?;
-        RingBuf::try_from(map).map_err(|err| LoadError::Map {
-            map: "EVENTS",
-            reason: err.to_string(),
-        })
+        RingBuf::try_from(map).map_err(LoadError::on_map("EVENTS"))
     }
 
     pub fn counters(&self) -> Result<KernelCounters, LoadError> {
@@ -132,10 +127,9 @@ impl Probes {
     /// adds it to the maps).
     pub(super) fn open_runs(&self) -> Result<Vec<PendingCounts>, LoadError> {
         let map: PerCpuArray<_, PendingCounts> = self.typed_map("PENDING_COUNTS")?;
-        let runs = map.get(&0, 0).map_err(|err| LoadError::Map {
-            map: "PENDING_COUNTS",
-            reason: err.to_string(),
-        })?;
+        let runs = map
+            .get(&0, 0)
+            .map_err(LoadError::on_map("PENDING_COUNTS"))?;
         Ok(runs
             .iter()
             .filter(|run| run.shared_write_faults + run.cow_faults > 0)
@@ -206,8 +200,5 @@ fn typed<M, T: TryFrom<M, Error = aya::maps::MapError>>(
         map: name,
         reason: "missing from the object".into(),
     })?;
-    T::try_from(map).map_err(|err| LoadError::Map {
-        map: name,
-        reason: err.to_string(),
-    })
+    T::try_from(map).map_err(LoadError::on_map(name))
 }

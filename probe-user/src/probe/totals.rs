@@ -17,13 +17,6 @@ use super::{
 /// (program name, run time, run count), with kernel.bpf_stats_enabled.
 pub type ProgramStats = Vec<(String, Duration, u64)>;
 
-fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
-    move |err| LoadError::Map {
-        map,
-        reason: err.to_string(),
-    }
-}
-
 /// The per-CPU counters summed (the ring's peak is a maximum, not a sum).
 /// The fields userspace fills (hand-over, file entries) are 0.
 pub(super) fn read_counters<T: Borrow<MapData>>(
@@ -31,7 +24,7 @@ pub(super) fn read_counters<T: Borrow<MapData>>(
 ) -> Result<KernelCounters, LoadError> {
     let mut totals = [0u64; counter::COUNT as usize];
     for (index, total) in (0u32..).zip(totals.iter_mut()) {
-        let values = map.get(&index, 0).map_err(map_error("COUNTERS"))?;
+        let values = map.get(&index, 0).map_err(LoadError::on_map("COUNTERS"))?;
         *total = if index == counter::RING_PEAK_BYTES {
             values.iter().copied().max().unwrap_or(0)
         } else {
@@ -69,7 +62,9 @@ pub(super) fn read_counters<T: Borrow<MapData>>(
 /// The latency histogram summed over CPUs.
 fn read_latency<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<LatencyTotals, LoadError> {
     let total = |index: u32| -> Result<u64, LoadError> {
-        let values = map.get(&index, 0).map_err(map_error("WRITEBACK_LATENCY"))?;
+        let values = map
+            .get(&index, 0)
+            .map_err(LoadError::on_map("WRITEBACK_LATENCY"))?;
         Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
     };
     let mut totals = LatencyTotals {
@@ -144,8 +139,8 @@ impl Probes {
                     map: name,
                     reason: format!("duplicating its descriptor: {err}"),
                 })?;
-            let data = MapData::from_fd(fd).map_err(map_error(name))?;
-            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(name))
+            let data = MapData::from_fd(fd).map_err(LoadError::on_map(name))?;
+            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(LoadError::on_map(name))
         };
         let programs = self
             .ebpf
