@@ -16,7 +16,7 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeLabelSet, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
@@ -132,22 +132,33 @@ fn gauge(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// A counter family, one series per label set.
+fn counter_family<L: EncodeLabelSet, N: EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, N)>,
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn encode_totals(totals: &Totals, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
     let session = &totals.session;
-    {
-        let mut family = encoder.encode_descriptor(
-            "mmapwatch_lost_events",
-            "Events the kernel side could not report, by reason",
-            None,
-            MetricType::Counter,
-        )?;
-        for (reason, total) in losses(totals) {
+    counter_family(
+        &mut encoder,
+        "mmapwatch_lost_events",
+        "Events the kernel side could not report, by reason",
+        losses(totals).map(|(reason, total)| {
             let labels = ReasonLabels {
                 reason: reason.into(),
             };
-            ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
-        }
-    }
+            (labels, total)
+        }),
+    )?;
     let histogram = KernelHistogram::from(&totals.latency);
     histogram.encode(encoder.encode_descriptor(
         "mmapwatch_dirty_to_writeback_seconds",
@@ -203,31 +214,26 @@ fn encode_totals(totals: &Totals, mut encoder: DescriptorEncoder) -> Result<(), 
         "Highest ring-buffer fill seen",
         totals.kernel.ring_peak_bytes,
     )?;
-    {
-        let mut family = encoder.encode_descriptor(
-            "mmapwatch_bpf_program_run_seconds",
-            "Time spent in each BPF program (kernel.bpf_stats_enabled=1)",
-            None,
-            MetricType::Counter,
-        )?;
-        for (program, run_time, _) in &totals.programs {
-            let labels = ProgramLabels {
-                program: program.clone(),
-            };
-            ConstCounter::new(run_time.as_secs_f64()).encode(family.encode_family(&labels)?)?;
-        }
-    }
-    let mut family = encoder.encode_descriptor(
+    let program = |name: &String| ProgramLabels {
+        program: name.clone(),
+    };
+    counter_family(
+        &mut encoder,
+        "mmapwatch_bpf_program_run_seconds",
+        "Time spent in each BPF program (kernel.bpf_stats_enabled=1)",
+        totals
+            .programs
+            .iter()
+            .map(|(name, run_time, _)| (program(name), run_time.as_secs_f64())),
+    )?;
+    counter_family(
+        &mut encoder,
         "mmapwatch_bpf_program_runs",
         "Runs of each BPF program (kernel.bpf_stats_enabled=1)",
-        None,
-        MetricType::Counter,
+        totals
+            .programs
+            .iter()
+            .map(|(name, _, runs)| (program(name), *runs)),
     )?;
-    for (program, _, runs) in &totals.programs {
-        let labels = ProgramLabels {
-            program: program.clone(),
-        };
-        ConstCounter::new(*runs).encode(family.encode_family(&labels)?)?;
-    }
     Ok(())
 }
