@@ -99,8 +99,9 @@ pub struct TopArgs {
     #[arg(short = 'b', long)]
     pub batch: bool,
 
-    /// Where CMD's stdout and stderr go (default: mmapwatch-top-PID.log in
-    /// the temporary directory, named on stderr): never over the screen.
+    /// Where CMD's stdout and stderr go (default: a new private file,
+    /// mmapwatch-top-RANDOM.log in the temporary directory, named on stderr
+    /// and removed if CMD wrote nothing): never over the screen.
     #[arg(long, value_name = "FILE")]
     pub cmd_output: Option<PathBuf>,
 

@@ -109,6 +109,7 @@ fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Runs `export` until SIGINT or SIGTERM.
 pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
+    crate::probe::env::check_privileges()?;
     // Bind first: a port in use fails before anything is loaded.
     let listener = listen(args.listen).map_err(|err| match err.kind() {
         std::io::ErrorKind::AddrInUse => anyhow::Error::new(UserError::AddressInUse(args.listen)),

@@ -22,6 +22,16 @@ pub fn privileged() -> bool {
         || (has_capability(Capability::CAP_BPF) && has_capability(Capability::CAP_PERFMON))
 }
 
+/// Fails unless [`privileged`]: checked before anything is opened or
+/// written, so an unprivileged run changes nothing (not even `-o FILE`).
+pub fn check_privileges() -> Result<(), LoadError> {
+    if privileged() {
+        Ok(())
+    } else {
+        Err(LoadError::NotPrivileged)
+    }
+}
+
 /// Why no tracefs can be used, without mounting one.
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsProblem {

@@ -17,7 +17,7 @@ use super::{
     btf::KernelBtf,
     catalog::{RAW_TRACEPOINTS, TRACEPOINTS},
     env::{
-        fault_around_pages, page_size, privileged, shared_writable_mappers, tracefs,
+        check_privileges, fault_around_pages, page_size, shared_writable_mappers, tracefs,
         tracepoint_exists,
     },
     error::{first_line, LoadError},
@@ -98,9 +98,7 @@ impl Probes {
     /// Checks privileges and kernel support, then loads the eBPF object with
     /// offsets and configuration filled in. Nothing is attached yet.
     pub fn load(options: &ProbeOptions) -> Result<Self, LoadError> {
-        if !privileged() {
-            return Err(LoadError::NotPrivileged);
-        }
+        check_privileges()?;
         let phase = Instant::now();
         let kernel_btf = KernelBtf::from_file(&options.btf_path)?;
         // aya's own parse of the same (checked) file, which tp_btf and

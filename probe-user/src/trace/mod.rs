@@ -8,6 +8,7 @@ use tokio::signal::unix::SignalKind;
 use crate::{
     cli::{KernelPaths, TraceArgs},
     model::aggregate::FileRecord,
+    output_file::open_named,
     probe::maps::KernelCounters,
 };
 
@@ -38,6 +39,7 @@ enum Stop {
 
 /// Runs `trace`; returns the process exit code.
 pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
+    crate::probe::env::check_privileges()?;
     let events_to_stdout = args.events.as_deref() == Some(std::path::Path::new("-"));
     let options = SessionOptions {
         kernel: kernel.clone(),
@@ -56,25 +58,20 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     };
     // Opened first: a path that cannot be written fails before CMD runs.
     let output = match &args.output {
-        Some(path) => Some(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        ),
+        Some(path) => Some(open_named(path).context("cannot write the report")?),
         None => None,
     };
     let event_lines = match &args.events {
         Some(_) if events_to_stdout => Some(JsonLines::new(Box::new(std::io::stdout()))),
         Some(path) => Some(JsonLines::new(Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot write events to {}", path.display()))?,
+            open_named(path).context("cannot write events")?,
         ))),
         None => None,
     };
     let mut session = Session::start(&options)?;
     let recording = match &args.record {
         Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            let file = open_named(path).context("cannot write the recording")?;
             let lines = JsonLines::new(Box::new(file));
             session.collector.observe(Box::new(Recorder(lines.clone())));
             Some(lines)

@@ -25,6 +25,7 @@ use self::{
 use crate::{
     cli::{KernelPaths, TopArgs},
     model::{clock::boot_ns, events::FileId, paths::MountTable, report_filter::ReportFilter},
+    output_file::{open_named, PrivateLog},
     session::{exit_code_of, Activity, Session, SessionOptions},
 };
 
@@ -70,6 +71,24 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         )
         .into());
     }
+    crate::probe::env::check_privileges()?;
+    // CMD's output would draw over the dashboard, or mix into the batch
+    // tables: it goes to a file, named on stderr. Unnamed, a new private
+    // one (never a predictable name in the shared temporary directory).
+    let command_log = if args.command.is_empty() {
+        None
+    } else {
+        Some(match &args.cmd_output {
+            Some(path) => CommandLog::Named(
+                open_named(path).context("cannot write CMD's output")?,
+                path.clone(),
+            ),
+            None => CommandLog::Private(
+                PrivateLog::create("mmapwatch-top-")
+                    .context("cannot create a file for CMD's output")?,
+            ),
+        })
+    };
     let options = SessionOptions {
         kernel: kernel.clone(),
         filter: args.filter.clone(),
@@ -77,41 +96,62 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         // without --include-cow.
         include_cow: true,
         command: args.command.clone(),
-        command_output: None,
+        command_output: command_log.as_ref().map(CommandLog::handle).transpose()?,
         retain: Some(args.retain),
         report_writer_exits: false,
     };
-    // CMD's output would draw over the dashboard, or mix into the batch
-    // tables: it goes to a file, named on stderr.
-    let mut options = options;
-    let command_log = if args.command.is_empty() {
-        None
-    } else {
-        let path = args.cmd_output.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("mmapwatch-top-{}.log", std::process::id()))
-        });
-        let file = std::fs::File::create(&path)
-            .with_context(|| format!("cannot write CMD's output to {}", path.display()))?;
-        options.command_output = Some(file);
-        Some(path)
-    };
     // Load before taking over the terminal: errors print as one plain line.
     let mut session = Session::start(&options)?;
-    if let (Some(path), true) = (&command_log, args.batch) {
-        eprintln!("mmapwatch: CMD's output goes to {}", path.display());
+    if let (Some(log), true) = (&command_log, args.batch) {
+        eprintln!("mmapwatch: CMD's output goes to {}", log.path().display());
     }
     let filter = ReportFilter::new(args.include_cow, &args.filter.path_prefixes);
-    if args.batch {
-        return batch::run(&mut session, &filter, &args).await;
-    }
-    // ratatui::init restores the terminal on panic too.
-    let mut terminal = ratatui::init();
-    let result = event_loop(&mut terminal, &mut session, &filter, &args).await;
-    ratatui::restore();
-    if let Some(path) = &command_log {
+    let result = if args.batch {
+        batch::run(&mut session, &filter, &args).await
+    } else {
+        // ratatui::init restores the terminal on panic too.
+        let mut terminal = ratatui::init();
+        let result = event_loop(&mut terminal, &mut session, &filter, &args).await;
+        ratatui::restore();
+        result
+    };
+    if let Some(path) = command_log.and_then(CommandLog::finish) {
         eprintln!("mmapwatch: CMD's output is in {}", path.display());
     }
     result
+}
+
+/// Where `top -- CMD` sends CMD's stdout and stderr.
+enum CommandLog {
+    /// `--cmd-output FILE`: the user's, kept.
+    Named(std::fs::File, std::path::PathBuf),
+    /// Nothing named: a private file, removed at the end if CMD said nothing.
+    Private(PrivateLog),
+}
+
+impl CommandLog {
+    fn handle(&self) -> anyhow::Result<std::fs::File> {
+        match self {
+            CommandLog::Named(file, _) => file.try_clone(),
+            CommandLog::Private(log) => log.handle(),
+        }
+        .context("sharing CMD's output file")
+    }
+
+    fn path(&self) -> &std::path::Path {
+        match self {
+            CommandLog::Named(_, path) => path,
+            CommandLog::Private(log) => log.path(),
+        }
+    }
+
+    /// The file to name at the end, if one is left.
+    fn finish(self) -> Option<std::path::PathBuf> {
+        match self {
+            CommandLog::Named(_, path) => Some(path),
+            CommandLog::Private(log) => log.keep_if_written(),
+        }
+    }
 }
 
 async fn event_loop(
