@@ -814,3 +814,93 @@ fn shipped_pod_monitor_scrapes_the_daemonset() {
         "no node label: {relabelings:?}"
     );
 }
+
+/// Hostile names: a file named `a # b`, a process named `c" # {x="1"}`, a
+/// path that is not UTF-8 next to one that literally reads as its escaped
+/// form. Every plain-text scrape passes promtool, and each keeps its own
+/// series with its own pages.
+#[test]
+fn hostile_file_and_process_names_keep_scrapes_valid_and_series_apart() {
+    use std::os::unix::ffi::OsStrExt as _;
+    require_root();
+    let dir = scratch_dir();
+    let exporter = Exporter::start(&["--path-prefix", &path_arg(dir.path())]);
+    let dir = std::fs::canonicalize(dir.path()).unwrap();
+    let hashed = dir.join("a # b");
+    let invalid = dir.join(std::ffi::OsStr::from_bytes(b"n\xff"));
+    let literal = dir.join("n\\xff");
+    let comm = r#"c" # {x="1"}"#;
+    for (file, pages) in [(&hashed, "0"), (&invalid, "0,1"), (&literal, "0,1,2")] {
+        let status = Command::new(WORKLOAD)
+            .args(["--rename", comm, "shared", "--file"])
+            .arg(file)
+            .args(["--size-pages", "4", "--pages", pages])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let escaped_dir = dir.display().to_string().replace('\\', "\\\\");
+    let series = [
+        (
+            format!(
+                r#"mmapwatch_file_pages_written{{path="{escaped_dir}/a # b",fs="ext4",mount="/"}}"#
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                r#"mmapwatch_file_pages_written{{path="{escaped_dir}/n\\xff",fs="ext4",mount="/",path_bytes_hex="{}"}}"#,
+                invalid
+                    .as_os_str()
+                    .as_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+            2.0,
+        ),
+        (
+            format!(
+                r#"mmapwatch_file_pages_written{{path="{escaped_dir}/n\\xff",fs="ext4",mount="/"}}"#
+            ),
+            3.0,
+        ),
+    ];
+    wait_for("the three files' series", Duration::from_secs(10), || {
+        series.iter().all(|(s, pages)| exporter.value(s) == *pages)
+    });
+    let (status, body) = http_get_accepting(exporter.port, "/metrics", "*/*");
+    assert_eq!(status, 200);
+    for (s, pages) in &series {
+        assert!(body.contains(&format!("{s} {pages}")), "{s}\n{body}");
+    }
+    // The process keeps its name whole, escaped as the format says.
+    let writer = r#"mmapwatch_pages_first_written_total{comm="c\" # {x=\"1\"}","#;
+    let pages: f64 = body
+        .lines()
+        .filter(|l| l.starts_with(writer) && l.contains(r#"mount="/""#))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(pages, 6.0, "{body}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

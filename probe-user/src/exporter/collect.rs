@@ -24,6 +24,7 @@ use crate::{
     model::{
         aggregate::{Aggregate, Applied, FileRecord},
         events::{Event, FileId, WriteKind},
+        names::hex_if_not_utf8,
         paths::MountTable,
     },
     probe::maps::{KernelCounters, WriterLabel},
@@ -290,6 +291,7 @@ impl Exporter {
             path: OTHER.into(),
             fs: OTHER.into(),
             mount: OTHER.into(),
+            path_bytes: PathBytesHex::default(),
         };
         let mut shown: HashSet<FileLabels> = HashSet::new();
         let mut other_pages = 0i64;
@@ -317,7 +319,13 @@ impl Exporter {
             );
             if rank < self.per_file_top || under_prefix {
                 let FsLabels { fs, mount } = self.fs_labels(*id);
-                let labels = FileLabels { path, fs, mount };
+                let path_bytes = PathBytesHex(record.path.as_deref().and_then(hex_if_not_utf8));
+                let labels = FileLabels {
+                    path,
+                    fs,
+                    mount,
+                    path_bytes,
+                };
                 self.metrics
                     .file_pages_written
                     .get_or_create(&labels)

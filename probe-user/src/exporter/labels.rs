@@ -33,6 +33,25 @@ pub struct FileLabels {
     pub path: String,
     pub fs: String,
     pub mount: String,
+    #[prometheus(flatten)]
+    pub path_bytes: PathBytesHex,
+}
+
+/// A path that is not UTF-8 has its invalid bytes as `\xNN` in `path`
+/// (as the JSON's `path` has them) and its exact bytes in a
+/// `path_bytes_hex` label, so it never shares a series with a path that
+/// literally reads the same; a UTF-8 path has no such label.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct PathBytesHex(pub Option<String>);
+
+impl EncodeLabelSet for PathBytesHex {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let label = self.0.as_deref().map(|hex| ("path_bytes_hex", hex));
+        label.as_slice().encode(encoder)
+    }
 }
 
 /// A durability call on a file's filesystem.

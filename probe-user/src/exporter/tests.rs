@@ -533,3 +533,180 @@ fn sorted_series(body: &str) -> BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// Any bytes as file and process names: every plain-text scrape passes
+/// `promtool check metrics`, and every name comes back from the text
+/// exactly as the exporter labelled it, one series per distinct name.
+mod any_bytes_in_labels {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        exporter::text_format::to_prometheus_text,
+        model::names::{comm_text, hex_if_not_utf8, json_text, path_from_bytes},
+    };
+
+    /// Names made mostly of what breaks text formats.
+    fn hostile_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b" # ".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b"\\".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"{x=\"1\"}".to_vec()),
+            Just("\u{fffd}".as_bytes().to_vec()),
+            Just(b"\\xff".to_vec()),
+            Just(vec![0xff]),
+            Just(vec![0xc3]),
+            Just(b"\r\t\x1b".to_vec()),
+            proptest::collection::vec(1u8..=255, 1..4),
+        ];
+        proptest::collection::vec(piece, 1..6).prop_map(move |pieces| {
+            let mut name = pieces.concat();
+            name.truncate(max);
+            name
+        })
+    }
+
+    /// The samples of one family in Prometheus text: label sets (values
+    /// unescaped) and values.
+    fn samples(text: &str, family: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(family) else {
+                continue;
+            };
+            let Some(mut rest) = rest.strip_prefix('{') else {
+                continue;
+            };
+            let mut labels = BTreeMap::new();
+            while !rest.starts_with('}') {
+                let (key, after) = rest.split_once("=\"").expect("label");
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    let (i, c) = chars.next().expect("closing quote");
+                    match c {
+                        '"' => break i,
+                        '\\' => match chars.next().expect("escape").1 {
+                            'n' => value.push('\n'),
+                            other => value.push(other),
+                        },
+                        c => value.push(c),
+                    }
+                };
+                labels.insert(key.to_string(), value);
+                rest = after[end + 1..].trim_start_matches(',');
+            }
+            let value = rest[1..].trim().parse().expect("value");
+            out.push((labels, value));
+        }
+        out
+    }
+
+    fn promtool_accepts(text: &str) -> Result<(), String> {
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian's prometheus; cargo xtask test installs it)");
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = promtool.wait_with_output().unwrap();
+        // Lint findings (exit 3) are advice; a parse error is exit 1.
+        match output.status.code() {
+            Some(0) | Some(3) => Ok(()),
+            _ => Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn scrapes_stay_valid_and_names_round_trip(
+            paths in proptest::collection::vec(hostile_bytes(64), 1..6),
+            comms in proptest::collection::vec(hostile_bytes(15), 1..6),
+        ) {
+            let (registry, mut exporter) = exporter(100, vec![]);
+            let mut agg = Aggregate::new();
+            let mut expected_files = BTreeMap::new();
+            // Distinct names (one file each; two inodes at one path share
+            // a series by design).
+            let names: std::collections::BTreeSet<Vec<u8>> = paths
+                .iter()
+                .map(|name| {
+                    let mut bytes = b"/data/".to_vec();
+                    bytes.extend(name.iter().filter(|&&b| b != 0));
+                    bytes
+                })
+                .collect();
+            for (ino, bytes) in names.iter().enumerate() {
+                let path = path_from_bytes(bytes);
+                let file = FileId { dev: (254 << 20) | 1, ino: ino as u64 + 1, generation: 0 };
+                agg.apply(&Event::FirstWrite {
+                    file,
+                    page: 0,
+                    kind: WriteKind::Shared,
+                    task: Task { pid: 1, tgid: 1, comm: "db".into(), cgroup_id: 1 },
+                    boot_ns: 1,
+                });
+                agg.set_path(file, path.clone(), crate::model::aggregate::PathSource::ProcMaps);
+                expected_files.insert((json_text(&path).into_owned(), hex_if_not_utf8(&path)), 1.0);
+            }
+            exporter.update_files(&agg, &|_, _| None);
+            let mut counts = HashMap::new();
+            let mut expected_comms = BTreeMap::new();
+            for (i, name) in comms.iter().enumerate() {
+                let raw: Vec<u8> = name.iter().copied().filter(|&b| b != 0).collect();
+                let comm = comm_text(&raw);
+                let file = FileId { dev: (254 << 20) | 1, ino: 1000 + i as u64, generation: 0 };
+                counts.insert((comm.clone(), 1, file), 1);
+                *expected_comms.entry(comm).or_insert(0.0) += 1.0;
+            }
+            exporter.add_page_counts(counts);
+
+            let openmetrics = render(&registry).unwrap();
+            let text = to_prometheus_text(&openmetrics);
+            prop_assert!(promtool_accepts(&text).is_ok(), "{:?}\n{text}", promtool_accepts(&text));
+
+            let mut files = BTreeMap::new();
+            for (labels, value) in samples(&text, "mmapwatch_file_pages_written") {
+                // The sum of files not shown, here none.
+                if labels["path"] == OTHER && labels["fs"] == OTHER {
+                    continue;
+                }
+                let key = (labels["path"].clone(), labels.get("path_bytes_hex").cloned());
+                prop_assert!(files.insert(key, value).is_none(), "two series share {labels:?}");
+            }
+            prop_assert_eq!(&files, &expected_files);
+            let mut comms_seen = BTreeMap::new();
+            for (labels, value) in samples(&text, "mmapwatch_pages_first_written_total") {
+                *comms_seen.entry(labels["comm"].clone()).or_insert(0.0) += value;
+            }
+            prop_assert_eq!(comms_seen, expected_comms);
+            // Every name is its own series: as many as distinct names.
+            prop_assert_eq!(files.len(), names.len());
+            // OpenMetrics carries the same series.
+            prop_assert_eq!(
+                samples(&openmetrics, "mmapwatch_file_pages_written"),
+                samples(&text, "mmapwatch_file_pages_written")
+            );
+        }
+    }
+}

@@ -59,12 +59,40 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
                 continue;
             }
         }
-        // Exemplars (` # {...}` after the value) are OpenMetrics only.
-        let sample = line.split_once(" # ").map_or(line, |(sample, _)| sample);
-        out.push_str(sample);
+        out.push_str(without_exemplar(line));
         out.push('\n');
     }
     out
+}
+
+/// A sample line up to its value and timestamp: an exemplar (` # {...}`
+/// after them) is OpenMetrics only. The label set is skipped as the
+/// grammar reads it, quoted values with their escapes, so a value holding
+/// ` # ` or `}` (a file name, a process name) is never cut.
+fn without_exemplar(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let mut at = bytes
+        .iter()
+        .position(|&b| b == b'{' || b == b' ')
+        .unwrap_or(bytes.len());
+    if bytes.get(at) == Some(&b'{') {
+        let mut quoted = false;
+        at += 1;
+        while at < bytes.len() {
+            match bytes[at] {
+                // Only `\\`, `\"` and `\n` occur; each is two bytes.
+                b'\\' if quoted => at += 1,
+                b'"' => quoted = !quoted,
+                b'}' if !quoted => break,
+                _ => {}
+            }
+            at += 1;
+        }
+    }
+    match line.get(at..).and_then(|rest| rest.find(" # ")) {
+        Some(exemplar) => &line[..at + exemplar],
+        None => line,
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +139,17 @@ mmapwatch_latency_seconds_sum 0.5
 mmapwatch_latency_seconds_count 2
 "
         );
+    }
+
+    #[test]
+    fn label_values_that_look_like_exemplars_or_label_ends_are_kept_whole() {
+        let sample = r#"mmapwatch_file_pages_written{path="/a # b",fs="ext4",mount="/"} 4"#;
+        assert_eq!(without_exemplar(sample), sample);
+        let comm = r#"mmapwatch_pages_first_written_total{comm="c\" # {x=\"1\"}",cgroup="}\\"} 1"#;
+        assert_eq!(without_exemplar(comm), comm);
+        let with_exemplar = format!("{comm} # {{trace=\"x\"}} 1.0");
+        assert_eq!(without_exemplar(&with_exemplar), comm);
+        assert_eq!(without_exemplar("up 1 # {a=\"b\"} 1"), "up 1");
     }
 
     #[test]

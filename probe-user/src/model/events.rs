@@ -287,22 +287,17 @@ fn read_span(bytes: &[u8]) -> Result<PageEvent, DecodeError> {
     Ok(event)
 }
 
-/// Bytes up to the first NUL, lossily as UTF-8.
 /// The bytes before the first NUL.
 fn c_bytes(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     &bytes[..end]
 }
 
-fn c_string(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(c_bytes(bytes)).into_owned()
-}
-
 fn task(header: &EventHeader) -> Task {
     Task {
         pid: header.pid,
         tgid: header.tgid,
-        comm: c_string(&header.comm),
+        comm: super::names::comm_text(c_bytes(&header.comm)),
         cgroup_id: header.cgroup_id,
     }
 }

@@ -79,6 +79,21 @@ pub fn hex_if_not_utf8(path: &Path) -> Option<String> {
         .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A process name (the kernel's `comm`, at most 15 bytes, any but NUL)
+/// as text: itself when UTF-8; otherwise invalid bytes as `\xNN` followed
+/// by ` (not UTF-8: HEX)`. That form is longer than any real name, and
+/// holds the exact bytes, so two names never share one text (in labels,
+/// filters and reports alike).
+pub fn comm_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{} (not UTF-8: {hex})", escape_invalid(bytes))
+        }
+    }
+}
+
 fn escape_invalid(mut bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() + 8);
     loop {
@@ -131,6 +146,16 @@ pub fn path_from_bytes(bytes: &[u8]) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_names_that_are_not_utf8_never_read_as_another_name() {
+        assert_eq!(comm_text(b"postgres"), "postgres");
+        let invalid = comm_text(b"a\xff");
+        assert_eq!(invalid, "a\\xff (not UTF-8: 61ff)");
+        // Longer than any real name (15 bytes): no collision is possible.
+        assert!(invalid.len() > 15);
+        assert_ne!(comm_text(b"a\xfe"), comm_text("a\u{fffd}".as_bytes()));
+    }
 
     #[test]
     fn utf8_names_are_kept_as_is_in_json() {

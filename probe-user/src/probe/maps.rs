@@ -165,7 +165,7 @@ impl Probes {
                 WriterLabel {
                     cgroup_id: key.cgroup_id,
                     dev: key.dev,
-                    comm: String::from_utf8_lossy(&key.comm[..end]).into_owned(),
+                    comm: crate::model::names::comm_text(&key.comm[..end]),
                 },
                 total,
             ));

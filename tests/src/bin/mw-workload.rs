@@ -17,6 +17,10 @@ const PAGE: usize = 4096;
 struct Cli {
     #[command(subcommand)]
     case: Case,
+    /// Rename the process (prctl PR_SET_NAME, any bytes but NUL) before the
+    /// case runs, as a hostile process could.
+    #[arg(long, global = true)]
+    rename: Option<std::ffi::OsString>,
 }
 
 #[derive(Subcommand)]
@@ -347,7 +351,11 @@ fn wait(pid: libc::pid_t) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().case {
+    let cli = Cli::parse();
+    if let Some(name) = &cli.rename {
+        rename(name)?;
+    }
+    match cli.case {
         Case::Shared {
             file,
             size_pages,
@@ -701,5 +709,18 @@ fn many_files(dir: &std::path::Path, files: u64, per_second: u64, sync_every: u6
         "workload: many_files={files} seconds={:.3}",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn rename(name: &std::ffi::OsStr) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = std::ffi::CString::new(name.as_bytes()).context("a name without NUL")?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel copies
+    // at most 16 bytes) that lives across the call.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+        bail!("prctl(PR_SET_NAME): {}", std::io::Error::last_os_error());
+    }
+    // Past the clock tick for which a tracer may keep the old name.
+    std::thread::sleep(std::time::Duration::from_millis(50));
     Ok(())
 }
