@@ -145,6 +145,11 @@ pub struct ExportArgs {
     #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
     pub keep_cgroup: Option<regex::Regex>,
 
+    /// TLS and basic auth for /metrics, in the format of the Prometheus
+    /// exporter toolkit's web config (tls_server_config, basic_auth_users).
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub filter: FilterArgs,
 }

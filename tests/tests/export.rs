@@ -44,9 +44,9 @@ impl Exporter {
         BufReader::new(child.stderr.as_mut().unwrap())
             .read_line(&mut line)
             .unwrap();
-        // "mmapwatch: serving metrics on http://127.0.0.1:PORT/metrics (...)"
+        // "mmapwatch: serving metrics on http[s]://127.0.0.1:PORT/metrics (...)"
         let port = line
-            .split("http://127.0.0.1:")
+            .split("://127.0.0.1:")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
             .and_then(|port| port.parse().ok())
@@ -193,43 +193,78 @@ fn metrics_and_healthz_over_loopback() {
 #[test]
 fn a_real_prometheus_scrapes_the_workload_pages() {
     require_root();
-    let prometheus = Path::new("/usr/bin/prometheus");
-    assert!(
-        prometheus.exists(),
-        "Debian's prometheus is missing: cargo xtask test installs it"
-    );
     let dir = scratch_dir();
     let exporter = Exporter::start(&[]);
+    let prometheus = Prometheus::start(dir.path(), exporter.port, "");
+    prometheus.wait_until_up();
 
-    let prom_port = free_port();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: mmapwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            exporter.port
-        ),
-    )
-    .unwrap();
-    let mut server = KillOnDrop(
-        Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    );
+    // The workload's own command name labels its pages.
+    let series = r#"sum(mmapwatch_pages_first_written_total{comm="mw-workload"})"#;
+    let before = prometheus.query(series).unwrap_or(0.0);
+    let file = dir.path().join("scraped.bin");
+    write_pages(&file, 64, "0,1,2,3,10,20,30,40,50,63");
+    let expected = before + 10.0;
+    wait_for("the pages in Prometheus", Duration::from_secs(30), || {
+        prometheus.query(series) == Some(expected)
+    });
+    // And they rose by exactly the pages written, no more.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(prometheus.query(series), Some(expected));
+    // The label is right: Prometheus groups the pages under the workload's
+    // command name, with its filesystem.
+    let by_comm =
+        r#"sum by (comm, fs) (mmapwatch_pages_first_written_total{comm="mw-workload",fs="ext4"})"#;
+    assert_eq!(prometheus.query(by_comm), Some(expected));
+}
 
-    let query = |promql: &str| -> Option<f64> {
+/// Debian's Prometheus server, scraping one target every second.
+struct Prometheus {
+    _server: KillOnDrop,
+    port: u16,
+}
+
+impl Prometheus {
+    /// `job` is added to the scrape job's YAML (scheme, tls_config, ...).
+    fn start(dir: &Path, target_port: u16, job: &str) -> Self {
+        let prometheus = Path::new("/usr/bin/prometheus");
+        assert!(
+            prometheus.exists(),
+            "Debian's prometheus is missing: cargo xtask test installs it"
+        );
+        let port = free_port();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: mmapwatch\n{job}    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let server = KillOnDrop(
+            Command::new(prometheus)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start prometheus"),
+        );
+        Self {
+            _server: server,
+            port,
+        }
+    }
+
+    /// The first value of an instant query, if any.
+    fn query(&self, promql: &str) -> Option<f64> {
         // Refused until Prometheus listens: treated as "no answer yet".
-        TcpStream::connect(("127.0.0.1", prom_port)).ok()?;
+        TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         let (status, body) = http_get(
-            prom_port,
+            self.port,
             &format!("/api/v1/query?query={}", url_encode(promql)),
         );
         if status != 200 {
@@ -238,32 +273,15 @@ fn a_real_prometheus_scrapes_the_workload_pages() {
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         let result = json["data"]["result"].as_array()?;
         result.first()?["value"][1].as_str()?.parse().ok()
-    };
-    let up = "up{job=\"mmapwatch\"}";
-    wait_for(
-        "Prometheus to scrape mmapwatch",
-        Duration::from_secs(60),
-        || query(up) == Some(1.0),
-    );
+    }
 
-    // The workload's own command name labels its pages.
-    let series = r#"sum(mmapwatch_pages_first_written_total{comm="mw-workload"})"#;
-    let before = query(series).unwrap_or(0.0);
-    let file = dir.path().join("scraped.bin");
-    write_pages(&file, 64, "0,1,2,3,10,20,30,40,50,63");
-    let expected = before + 10.0;
-    wait_for("the pages in Prometheus", Duration::from_secs(30), || {
-        query(series) == Some(expected)
-    });
-    // And they rose by exactly the pages written, no more.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(query(series), Some(expected));
-    // The label is right: Prometheus groups the pages under the workload's
-    // command name, with its filesystem.
-    let by_comm =
-        r#"sum by (comm, fs) (mmapwatch_pages_first_written_total{comm="mw-workload",fs="ext4"})"#;
-    assert_eq!(query(by_comm), Some(expected));
-    server.0.kill().ok();
+    fn wait_until_up(&self) {
+        wait_for(
+            "Prometheus to scrape mmapwatch",
+            Duration::from_secs(60),
+            || self.query("up{job=\"mmapwatch\"}") == Some(1.0),
+        );
+    }
 }
 
 struct KillOnDrop(Child);
@@ -903,4 +921,372 @@ fn hostile_file_and_process_names_keep_scrapes_valid_and_series_apart() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1, and a
+/// client certificate, made by openssl in `dir`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=mmapwatch test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    );
+    for (name, usage, san) in [
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ] {
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat(),
+        );
+        let extensions = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&extensions),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n{san}"),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &extensions,
+        ]);
+    }
+}
+
+/// curl's HTTP status for /metrics (0: no HTTP answer at all).
+fn curl_status(url: &str, extra: &[&str]) -> u16 {
+    let output = Command::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// `--web.config.file` in the exporter toolkit's format: a real
+/// Prometheus scrapes over TLS with basic auth and sees the workload's
+/// pages; without credentials, or with a wrong password, a scrape gets 401;
+/// plain HTTP gets no answer; /healthz needs no password.
+#[test]
+fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
+    require_root();
+    let dir = scratch_dir();
+    make_certificates(dir.path());
+    let hash = bcrypt::hash("s3cret pass", 10).unwrap();
+    let web_config = dir.path().join("web.yml");
+    std::fs::write(
+        &web_config,
+        format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prom: '{hash}'\n"),
+    )
+    .unwrap();
+    let exporter = Exporter::start(&["--web.config.file", &path_arg(&web_config)]);
+    let url = format!("https://127.0.0.1:{}/metrics", exporter.port);
+    let ca = path_arg(&dir.path().join("ca.crt"));
+    assert_eq!(curl_status(&url, &["--cacert", &ca]), 401);
+    assert_eq!(
+        curl_status(&url, &["--cacert", &ca, "--user", "prom:wrong"]),
+        401
+    );
+    assert_eq!(
+        curl_status(&url, &["--cacert", &ca, "--user", "eve:s3cret pass"]),
+        401
+    );
+    assert_eq!(
+        curl_status(&url, &["--cacert", &ca, "--user", "prom:s3cret pass"]),
+        200
+    );
+    assert_eq!(curl_status(&url.replace("https", "http"), &[]), 0);
+    assert_eq!(
+        curl_status(&url.replace("/metrics", "/healthz"), &["--cacert", &ca]),
+        200
+    );
+
+    let prometheus = Prometheus::start(
+        dir.path(),
+        exporter.port,
+        &format!("    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prom\n      password: 's3cret pass'\n"),
+    );
+    prometheus.wait_until_up();
+    let file = dir.path().join("over-tls.bin");
+    write_pages(&file, 16, "0,5,9");
+    let pages = r#"sum(mmapwatch_pages_first_written_total{comm="mw-workload",fs="ext4"})"#;
+    wait_for(
+        "the pages over TLS in Prometheus",
+        Duration::from_secs(30),
+        || prometheus.query(pages) == Some(3.0),
+    );
+}
+
+/// `client_auth_type: RequireAndVerifyClientCert`: only a client holding a
+/// certificate from the configured CA gets an answer.
+#[test]
+fn client_certificates_are_required_when_configured() {
+    require_root();
+    let dir = scratch_dir();
+    make_certificates(dir.path());
+    let web_config = dir.path().join("web.yml");
+    std::fs::write(
+        &web_config,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS13\n",
+    )
+    .unwrap();
+    let exporter = Exporter::start(&["--web.config.file", &path_arg(&web_config)]);
+    let url = format!("https://127.0.0.1:{}/metrics", exporter.port);
+    let file = |name: &str| path_arg(&dir.path().join(name));
+    assert_eq!(curl_status(&url, &["--cacert", &file("ca.crt")]), 0);
+    assert_eq!(
+        curl_status(
+            &url,
+            &[
+                "--cacert",
+                &file("ca.crt"),
+                "--cert",
+                &file("client.crt"),
+                "--key",
+                &file("client.key")
+            ]
+        ),
+        200
+    );
+    // The server's own certificate is no client certificate.
+    assert_eq!(
+        curl_status(
+            &url,
+            &[
+                "--cacert",
+                &file("ca.crt"),
+                "--cert",
+                &file("server.crt"),
+                "--key",
+                &file("server.key")
+            ]
+        ),
+        0
+    );
+    assert_eq!(
+        curl_status(
+            &url,
+            &[
+                "--cacert",
+                &file("ca.crt"),
+                "--tls-max",
+                "1.2",
+                "--cert",
+                &file("client.crt"),
+                "--key",
+                &file("client.key")
+            ]
+        ),
+        0
+    );
+}
+
+/// A bad web config is one line and exit 2, before anything is loaded.
+#[test]
+fn a_bad_web_config_is_one_line() {
+    require_root();
+    let dir = scratch_dir();
+    let web_config = dir.path().join("web.yml");
+    std::fs::write(&web_config, "basic_auth_users:\n  prom: plaintext\n").unwrap();
+    integration_tests::expect_one_line_failure(
+        Command::new(mmapwatch_bin()).args(["export", "--web.config.file", &path_arg(&web_config)]),
+        2,
+        "basic_auth_users.prom: not a bcrypt hash",
+    );
+    integration_tests::expect_one_line_failure(
+        Command::new(mmapwatch_bin()).args(["export", "--web.config.file", "/nonexistent/web.yml"]),
+        2,
+        "--web.config.file /nonexistent/web.yml",
+    );
+}
+
+/// After attaching, every thread of the agent holds only CAP_BPF,
+/// CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE and CAP_DAC_READ_SEARCH (none to
+/// regain: the bounding set is the same), and with them it still names
+/// and counts a file that another user writes in a directory of its own.
+#[test]
+fn the_agent_keeps_only_the_capabilities_it_needs() {
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    require_root();
+    let dir = scratch_dir();
+    let exporter = Exporter::start(&["--path-prefix", &path_arg(dir.path())]);
+    // bits 2 (DAC_READ_SEARCH), 19 (SYS_PTRACE), 39 (BPF), 40 (CHECKPOINT_RESTORE)
+    let expected: u64 = (1 << 2) | (1 << 19) | (1 << 39) | (1 << 40);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", exporter.child.id())).unwrap();
+    let mut threads = 0;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{set}:")))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap();
+            let want = if matches!(set, "CapInh" | "CapAmb") {
+                0
+            } else {
+                expected
+            };
+            assert_eq!(value, want, "{set} of a thread:\n{status}");
+        }
+        threads += 1;
+    }
+    assert!(threads >= 2, "the HTTP thread too");
+
+    // nobody's own directory and a 0600 file in it, written by nobody.
+    let private = dir.path().join("nobody");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&private, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = private.join("secret.bin");
+    let status = Command::new(WORKLOAD)
+        .args([
+            "shared",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "8",
+            "--pages",
+            "1,6",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let series = format!(
+        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
+        std::fs::canonicalize(&file).unwrap().display()
+    );
+    wait_for("nobody's file, named", Duration::from_secs(10), || {
+        exporter.value(&series) == 2.0
+    });
+}
+
+/// The shipped NetworkPolicy closes the DaemonSet's pods to everything
+/// but the scraper, on the metrics port only.
+#[test]
+fn shipped_network_policy_admits_only_the_scraper() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let daemonset = yaml_documents(&deploy.join("daemonset.yaml"))
+        .into_iter()
+        .find(|doc| doc["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    let [policy] = &yaml_documents(&deploy.join("networkpolicy.yaml"))[..] else {
+        panic!("networkpolicy.yaml: one document expected");
+    };
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        daemonset["metadata"]["namespace"]
+    );
+    let pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    let selected = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(!selected.is_empty());
+    for (label, value) in selected {
+        assert_eq!(pod_labels.get(label), Some(value), "podSelector {label}");
+    }
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "one rule: the scraper");
+    // A source is named (an empty `from` would admit everyone) ...
+    let sources = rules[0]["from"].as_array().unwrap();
+    assert!(!sources.is_empty());
+    for source in sources {
+        assert!(
+            source["podSelector"]["matchLabels"].is_object()
+                || source["namespaceSelector"]["matchLabels"].is_object(),
+            "{source}"
+        );
+    }
+    // ... and only the container's metrics port is open.
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    let port_names: Vec<&serde_json::Value> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
+    let ports = rules[0]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert!(port_names.contains(&&ports[0]["port"]), "{ports:?}");
 }

@@ -13,8 +13,9 @@ use crate::{cargo, ensure_apt, output, run, step, workspace_root};
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// podman builds and runs the image; runc runs it, because crun refuses
-/// hosts whose cgroups are mixed v1 and v2 (this machine's are).
-const IMAGE_PACKAGES: &[&str] = &["podman", "runc"];
+/// hosts whose cgroups are mixed v1 and v2 (this machine's are); musl-gcc
+/// compiles the C of the TLS library (aws-lc) for musl.
+const IMAGE_PACKAGES: &[&str] = &["podman", "runc", "musl-tools"];
 
 /// The tag `cargo xtask image` gives the image.
 pub fn default_tag() -> String {
@@ -26,14 +27,17 @@ pub fn default_tag() -> String {
 pub fn build(tag: &str) -> Result<()> {
     ensure_apt(IMAGE_PACKAGES)?;
     ensure_musl_target()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "probe-user",
-        "--target",
-        MUSL_TARGET,
-    ]))?;
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "probe-user",
+            "--target",
+            MUSL_TARGET,
+        ])
+        // The cc crate looks for x86_64-linux-musl-gcc, which Debian lacks.
+        .env("CC_x86_64_unknown_linux_musl", "musl-gcc"))?;
     let binary = workspace_root()
         .join("target")
         .join(MUSL_TARGET)

@@ -460,8 +460,18 @@ fn run_mmapwatch(args: &[OsString]) -> Result<()> {
 /// What the integration tests drive besides mmapwatch: a real Prometheus
 /// server (and its promtool) for the exporter, tmux for the dashboard,
 /// bpftool to check nothing stays loaded, jq for the event stream, yq for
-/// the shipped Kubernetes manifests, xfsprogs for an xfs scratch filesystem.
-const TEST_PACKAGES: &[&str] = &["prometheus", "tmux", "bpftool", "jq", "yq", "xfsprogs"];
+/// the shipped Kubernetes manifests, xfsprogs for an xfs scratch filesystem,
+/// openssl and curl for the exporter's TLS and client certificates.
+const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "tmux",
+    "bpftool",
+    "jq",
+    "yq",
+    "xfsprogs",
+    "openssl",
+    "curl",
+];
 
 fn test() -> Result<()> {
     ensure_apt(TEST_PACKAGES)?;

@@ -15,9 +15,12 @@
 //! `syncs` (msync/fsync calls tapped from the event stream),
 //! `text_format` (the Prometheus text format for scrapers that do not ask
 //! for OpenMetrics), `connections` (open connections capped, idle ones
-//! closed).
+//! closed), `web_config` (`--web.config.file`: the exporter toolkit's TLS
+//! and basic auth), `tls` (handshakes off the accept path), `basic_auth`
+//! (bcrypt users).
 
 mod admission;
+mod basic_auth;
 mod collect;
 mod connections;
 mod health;
@@ -30,6 +33,8 @@ mod syncs;
 #[cfg(test)]
 mod tests;
 mod text_format;
+mod tls;
+mod web_config;
 
 pub use admission::LabelPins;
 pub use collect::Exporter;

@@ -8,6 +8,7 @@ use tokio::signal::unix::SignalKind;
 
 use super::{
     admission::LabelPins,
+    basic_auth::BasicAuth,
     collect::*,
     connections::BoundedListener,
     health::Heartbeat,
@@ -15,21 +16,29 @@ use super::{
     metrics::*,
     scrape::{LiveTotals, ScrapeCollector},
     text_format::*,
+    tls::TlsListener,
+    web_config::{self, WebConfig},
 };
 use crate::{
     cli::{ExportArgs, KernelPaths},
     error::UserError,
     model::report_filter::canonical_prefixes,
+    probe::env::{keep_only_capabilities, RUNNING_CAPABILITIES},
     session::{Activity, Session, SessionOptions},
 };
 
-pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Router {
+pub(crate) fn router(
+    registry: Arc<Registry>,
+    heartbeat: Heartbeat,
+    basic_auth: Option<Arc<BasicAuth>>,
+) -> axum::Router {
     use axum::{http::header, response::IntoResponse, routing::get};
     axum::Router::new()
         .route(
             "/metrics",
             get(move |headers: axum::http::HeaderMap| {
                 let registry = registry.clone();
+                let basic_auth = basic_auth.clone();
                 // OpenMetrics for scrapers that ask for it (Prometheus
                 // does), the Prometheus text format for everything else.
                 let openmetrics = wants_openmetrics(
@@ -38,6 +47,24 @@ pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Rou
                         .and_then(|accept| accept.to_str().ok()),
                 );
                 async move {
+                    if let Some(auth) = basic_auth {
+                        let given = headers
+                            .get(header::AUTHORIZATION)
+                            .map(|value| value.as_bytes().to_vec());
+                        // bcrypt takes tens of milliseconds: off this thread.
+                        let allowed =
+                            tokio::task::spawn_blocking(move || auth.allows(given.as_deref()))
+                                .await
+                                .unwrap_or(false);
+                        if !allowed {
+                            return (
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                [(header::WWW_AUTHENTICATE, "Basic realm=\"mmapwatch\"")],
+                                "Unauthorized\n",
+                            )
+                                .into_response();
+                        }
+                    }
                     match render(&registry) {
                         Ok(body) if openmetrics => {
                             ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
@@ -56,6 +83,8 @@ pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Rou
                 }
             }),
         )
+        // Says only "ok" or "stalled": open, so that kubelet's probes need
+        // no password.
         .route(
             "/healthz",
             get(move || {
@@ -65,12 +94,14 @@ pub(crate) fn router(registry: Arc<Registry>, heartbeat: Heartbeat) -> axum::Rou
         )
 }
 
-/// Serves HTTP on a thread (and runtime) of its own: the export loop may
-/// block (a cgroup walk, /proc reads), and scrapes and `/healthz` must
-/// still be answered meanwhile. The receiver resolves if the server ends.
+/// Serves HTTP (or HTTPS, with `tls`) on a thread (and runtime) of its
+/// own: the export loop may block (a cgroup walk, /proc reads), and
+/// scrapes and `/healthz` must still be answered meanwhile. The receiver
+/// resolves if the server ends.
 fn spawn_server(
     listener: std::net::TcpListener,
     app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
     let (done, ended) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -84,7 +115,12 @@ fn spawn_server(
                     let listener =
                         BoundedListener::new(tokio::net::TcpListener::from_std(listener)?);
                     tokio::spawn(listener.idle_sweeper());
-                    axum::serve(listener, app).await?;
+                    match tls {
+                        Some(config) => {
+                            axum::serve(TlsListener::new(listener, config)?, app).await?
+                        }
+                        None => axum::serve(listener, app).await?,
+                    }
                     Ok(())
                 })
             };
@@ -110,6 +146,13 @@ fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// Runs `export` until SIGINT or SIGTERM.
 pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     crate::probe::env::check_privileges()?;
+    let web = match &args.web_config_file {
+        Some(path) => web_config::load(path).map_err(|err| UserError::Usage(err.to_string()))?,
+        None => WebConfig {
+            tls: None,
+            basic_auth: None,
+        },
+    };
     // Bind first: a port in use fails before anything is loaded.
     let listener = listen(args.listen).map_err(|err| match err.kind() {
         std::io::ErrorKind::AddrInUse => anyhow::Error::new(UserError::AddressInUse(args.listen)),
@@ -128,6 +171,11 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         report_writer_exits: false,
     };
     let mut session = Session::start(&options)?;
+    // Attached: an agent that runs for months keeps only what reading its
+    // maps and naming files needs, before any other thread exists.
+    let kept = keep_only_capabilities(&RUNNING_CAPABILITIES)
+        .context("dropping the capabilities no longer needed")?;
+    log::info!("capabilities kept after attaching: {kept:?}");
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -166,16 +214,26 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
     let registry = Arc::new(registry);
     let heartbeat = Heartbeat::new(args.interval);
     heartbeat.beat();
-    let mut server = spawn_server(listener.into_std()?, router(registry, heartbeat.clone()))?;
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let mut server = spawn_server(
+        listener.into_std()?,
+        router(registry, heartbeat.clone(), web.basic_auth.clone()),
+        web.tls.clone(),
+    )?;
     eprintln!(
-        "mmapwatch: serving metrics on http://{local}/metrics ({} programs attached in {} ms)",
+        "mmapwatch: serving metrics on {scheme}://{local}/metrics ({} programs attached in {} ms)",
         session.attached_programs(),
         session.attach_time().as_millis()
     );
-    if !local.ip().is_loopback() {
+    if !local.ip().is_loopback() && (web.tls.is_none() || web.basic_auth.is_none()) {
         // File paths, command names and cgroups are in the metrics.
+        let missing = match (web.tls.is_some(), web.basic_auth.is_some()) {
+            (false, false) => "no TLS and no authentication",
+            (false, true) => "no TLS (passwords cross the network in clear)",
+            _ => "no authentication",
+        };
         eprintln!(
-            "mmapwatch: warning: {local} is reachable beyond this host and /metrics has no authentication; put it behind a proxy or a network policy"
+            "mmapwatch: warning: {local} is reachable beyond this host and /metrics has {missing}; see --web.config.file, or put it behind a network policy"
         );
     }
 

@@ -32,6 +32,43 @@ pub fn check_privileges() -> Result<(), LoadError> {
     }
 }
 
+/// What a running session still needs once its programs are attached:
+/// CAP_BPF for every bpf(2) call on its maps and programs (refused
+/// without it wherever `kernel.unprivileged_bpf_disabled` is set),
+/// CAP_SYS_PTRACE to read other users' /proc/PID/maps, CAP_CHECKPOINT_RESTORE
+/// for their /proc/PID/map_files links, CAP_DAC_READ_SEARCH to open files
+/// and cgroups by handle. Loading and attaching (CAP_PERFMON,
+/// CAP_SYS_ADMIN) are over by then.
+pub const RUNNING_CAPABILITIES: [Capability; 4] = [
+    Capability::CAP_BPF,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_CHECKPOINT_RESTORE,
+    Capability::CAP_DAC_READ_SEARCH,
+];
+
+/// Keeps only `keep` (those this kernel knows) in this thread's bounding,
+/// permitted and effective sets, and none inheritable or ambient: threads
+/// made afterwards inherit that, so call it before starting any. Returns
+/// the capabilities kept.
+pub fn keep_only_capabilities(
+    keep: &[Capability],
+) -> Result<Vec<Capability>, caps::errors::CapsError> {
+    use caps::CapSet;
+    let known = caps::runtime::thread_all_supported();
+    let kept: caps::CapsHashSet = keep.iter().copied().filter(|c| known.contains(c)).collect();
+    // The bounding set first, while CAP_SETPCAP is still held.
+    for cap in known.difference(&kept) {
+        caps::drop(None, CapSet::Bounding, *cap)?;
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &kept)?;
+    caps::set(None, CapSet::Permitted, &kept)?;
+    let mut kept: Vec<Capability> = kept.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    Ok(kept)
+}
+
 /// Why no tracefs can be used, without mounting one.
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsProblem {

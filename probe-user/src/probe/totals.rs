@@ -3,7 +3,11 @@
 //! that another thread (the exporter's HTTP server, at scrape time) can
 //! read them while the session owns the loaded object.
 
-use std::{borrow::Borrow, collections::HashMap, os::fd::AsFd as _, time::Duration};
+use std::{
+    borrow::Borrow,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    time::Duration,
+};
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use probe_common::{counter, LATENCY_BUCKETS, LATENCY_SUM_SLOT};
@@ -78,13 +82,13 @@ fn read_latency<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Latency
 }
 
 /// Reads the kernel's totals on any thread: it holds duplicates of the
-/// maps' file descriptors and the programs' ids, not the loaded object.
+/// maps' and the programs' file descriptors, not the loaded object.
 pub struct KernelTotalsReader {
     counters: PerCpuArray<MapData, u64>,
     latency: PerCpuArray<MapData, u64>,
-    /// Program id -> the name the object gives it (the kernel keeps only
-    /// 15 bytes of a name).
-    programs: HashMap<u32, String>,
+    /// The name the object gives each program (the kernel keeps only 15
+    /// bytes of a name), with a descriptor of it.
+    programs: Vec<(String, OwnedFd)>,
 }
 
 impl std::fmt::Debug for KernelTotalsReader {
@@ -105,20 +109,42 @@ impl KernelTotalsReader {
         read_latency(&self.latency)
     }
 
-    /// Run time and runs of each of our programs, sorted by name. aya
-    /// reads a program's info only through the loaded object or by id,
-    /// so this walks the loaded programs' ids and keeps ours.
+    /// Run time and runs of each of our programs, sorted by name, from
+    /// /proc/self/fdinfo of our own descriptors: needs no capability
+    /// (walking the loaded programs' ids, as aya's `loaded_programs` does,
+    /// needs CAP_SYS_ADMIN, which the agent drops after attaching).
     pub fn program_stats(&self) -> ProgramStats {
-        let mut stats: ProgramStats = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter_map(|info| {
-                let name = self.programs.get(&info.id())?;
-                Some((name.clone(), info.run_time(), info.run_count()))
+        let mut stats: ProgramStats = self
+            .programs
+            .iter()
+            .filter_map(|(name, fd)| {
+                let fdinfo =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+                        .ok()?;
+                let (run_time, runs) = program_runs(&fdinfo)?;
+                Some((name.clone(), run_time, runs))
             })
             .collect();
         stats.sort();
         stats
     }
+}
+
+/// `run_time_ns` and `run_cnt` of a BPF program's fdinfo (Linux 5.1+;
+/// both 0 while kernel.bpf_stats_enabled is off).
+fn program_runs(fdinfo: &str) -> Option<(Duration, u64)> {
+    let field = |key: &str| -> Option<u64> {
+        fdinfo
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((
+        Duration::from_nanos(field("run_time_ns")?),
+        field("run_cnt")?,
+    ))
 }
 
 impl Probes {
@@ -145,12 +171,30 @@ impl Probes {
         let programs = self
             .ebpf
             .programs()
-            .filter_map(|(name, program)| Some((program.info().ok()?.id(), name.to_string())))
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().try_clone_to_owned().ok()?;
+                Some((name.to_string(), fd))
+            })
             .collect();
         Ok(KernelTotalsReader {
             counters: duplicate("COUNTERS")?,
             latency: duplicate("WRITEBACK_LATENCY")?,
             programs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_runs_are_read_from_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t5\nprog_jited:\t1\nprog_tag:\t8f3a\nprog_id:\t77\nrun_time_ns:\t123456\nrun_cnt:\t42\nrecursion_misses:\t0\n";
+        assert_eq!(
+            program_runs(fdinfo),
+            Some((Duration::from_nanos(123_456), 42))
+        );
+        assert_eq!(program_runs("prog_id:\t77\n"), None);
     }
 }
