@@ -14,12 +14,12 @@ use probe_common::{
 use crate::scratch::FaultScratch;
 
 // Sizes below are defaults; userspace may resize maps before load.
-#[map]
+#[map(name = "mw_events")]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 /// (file, chunk of pages, kind) -> which of its pages were reported, and
 /// by whom first.
-#[map]
+#[map(name = "mw_page_seen")]
 pub(crate) static PAGE_SEEN: LruHashMap<PageChunkKey, PageChunk> =
     LruHashMap::with_max_entries(1 << 16, 0);
 
@@ -42,76 +42,76 @@ pub(crate) static EMPTY_WRITER_STATS: WriterStats = WriterStats {
 };
 
 /// (file, tgid) for processes that wrote a page another process wrote first.
-#[map]
+#[map(name = "mw_writers")]
 pub(crate) static WRITERS: LruHashMap<WriterKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
 
 /// File -> its counts. Per-CPU hashes are not preallocated: a
 /// preallocated one costs its whole size in per-CPU memory at start-up
 /// (~70 ms here); entries are made once per file and writer.
-#[map]
+#[map(name = "mw_file_stats")]
 pub(crate) static FILE_STATS: PerCpuHashMap<FileKey, FileStats> =
     PerCpuHashMap::with_max_entries(FILE_STATS_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// This CPU's open run of fault counts (see [`PendingCounts`]).
-#[map]
+#[map(name = "mw_pending_counts")]
 pub(crate) static PENDING_COUNTS: PerCpuArray<PendingCounts> = PerCpuArray::with_max_entries(1, 0);
 
-#[map]
+#[map(name = "mw_counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// (cgroup, filesystem, command name) -> fault counts, for metrics labels.
-#[map]
+#[map(name = "mw_writer_stats")]
 pub(crate) static WRITER_STATS: PerCpuHashMap<WriterStatsKey, WriterStats> =
     PerCpuHashMap::with_max_entries(1 << 14, BPF_F_NO_PREALLOC);
 
 /// File -> when it was first dirtied since its last completed writeback.
-#[map]
+#[map(name = "mw_dirty_since")]
 pub(crate) static DIRTY_SINCE: HashMap<FileKey, u64> = HashMap::with_max_entries(1 << 16, 0);
 
 /// log2 histogram of dirty-to-writeback-complete latency in nanoseconds,
 /// then their sum (`LATENCY_SUM_SLOT`).
-#[map]
+#[map(name = "mw_writeback_latency")]
 pub(crate) static WRITEBACK_LATENCY: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(LATENCY_BUCKETS + 1, 0);
 
 /// Thread id -> its last shared write fault on a page not yet in the page
 /// cache, for `writeback_dirty_folio`, which runs later in the same fault
 /// (possibly on another CPU: page_mkwrite may sleep) with the new folio.
-#[map]
+#[map(name = "mw_pending_fault")]
 pub(crate) static PENDING_FAULT: LruHashMap<u32, PendingFault> =
     LruHashMap::with_max_entries(1 << 14, 0);
 
 /// Thread id -> the msync/fsync/fdatasync/sync_file_range call it is in
 /// (its file and start time), until the call returns. LRU: a thread that
 /// never returns (killed in the call) does not hold an entry for good.
-#[map]
+#[map(name = "mw_pending_sync")]
 pub(crate) static PENDING_SYNC: LruHashMap<u32, PendingSync> =
     LruHashMap::with_max_entries(1 << 12, 0);
 
 /// Processes that made a shared writable mapping (seen at mmap/mprotect,
 /// inherited at fork, seeded from /proc at start): only their read faults
 /// are looked at, for write-notify-less files mapped writable at once.
-#[map]
+#[map(name = "mw_shared_mappers")]
 pub(crate) static SHARED_MAPPERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1 << 15, 0);
 
 /// This CPU's last user read fault: (pid_tgid, address), for
 /// `mm_filemap_map_pages`, which runs inside that fault and must find the
 /// mapping. A fault runs on one CPU until it sleeps; a mismatch (another
 /// thread, a migration, a fault from get_user_pages) is handled there.
-#[map]
+#[map(name = "mw_last_read_fault")]
 pub(crate) static LAST_READ_FAULT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// File -> address of the `->page_mkwrite` its filesystem ran (function-hook
 /// backends); userspace names it from /proc/kallsyms.
-#[map]
+#[map(name = "mw_page_mkwrite")]
 pub(crate) static PAGE_MKWRITE: LruHashMap<FileKey, u64> = LruHashMap::with_max_entries(1 << 14, 0);
 
 /// One entry: bits of `hooks::*`, set by userspace as hooks attach.
-#[map]
+#[map(name = "mw_hooks")]
 pub(crate) static HOOKS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// tgid -> `traced::*`, used when `filter::BY_TGID` is set.
-#[map]
+#[map(name = "mw_traced")]
 pub(crate) static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
 
 #[inline(always)]
@@ -131,5 +131,5 @@ pub(crate) fn count_failure<T>(result: Result<T, i64>) {
     }
 }
 
-#[map]
+#[map(name = "mw_scratch")]
 pub(crate) static SCRATCH: PerCpuArray<FaultScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -5,14 +5,18 @@
 
 use anyhow::Context as _;
 use aya::{programs::RawTracePoint, EbpfLoader};
+use probe_common::mw_name;
 use tokio::signal::unix::SignalKind;
 
 use crate::probe::load::PROBES_OBJECT;
 
 /// (program, raw tracepoint): the fault path's attach points.
 const FLOOR_PROGRAMS: [(&str, &str); 2] = [
-    ("floor_page_fault_user", "page_fault_user"),
-    ("floor_writeback_dirty_folio", "writeback_dirty_folio"),
+    (mw_name!("floor_page_fault_user"), "page_fault_user"),
+    (
+        mw_name!("floor_writeback_dirty_folio"),
+        "writeback_dirty_folio",
+    ),
 ];
 
 pub async fn run() -> anyhow::Result<u8> {

@@ -259,28 +259,29 @@ fn more_files_than_the_kernel_map_holds_are_all_reported() {
     assert_fault_count(&faults.into(), FILES, "write faults over all files");
 }
 
-/// mmapwatch's programs, by name (this bpftool cannot list owning pids;
-/// the tests run one at a time, so these names are ours).
+/// mmapwatch's programs, by name: each carries the `mw_` prefix (this
+/// bpftool cannot list owning pids; the tests run one at a time, so these
+/// names are ours).
 const PROGRAMS: [&str; 19] = [
-    "page_fault_user",
-    "sys_enter_mmap",
-    "sys_enter_mprotect",
-    "sys_enter_msync",
-    "sys_exit_msync",
-    "sys_enter_fsync",
-    "sys_exit_fsync",
-    "sys_enter_fdatasync",
-    "sys_exit_fdatasync",
-    "sys_enter_sync_file_range",
-    "sys_exit_sync_file_range",
-    "mm_filemap_map_pages",
-    "sched_process_fork",
-    "sched_process_exit",
-    "sb_mark_inode_writeback",
-    "sb_clear_inode_writeback",
-    "ext4_writepages_result",
-    "writeback_dirty_folio",
-    "writeback_single_inode",
+    "mw_page_fault_user",
+    "mw_sys_enter_mmap",
+    "mw_sys_enter_mprotect",
+    "mw_sys_enter_msync",
+    "mw_sys_exit_msync",
+    "mw_sys_enter_fsync",
+    "mw_sys_exit_fsync",
+    "mw_sys_enter_fdatasync",
+    "mw_sys_exit_fdatasync",
+    "mw_sys_enter_sync_file_range",
+    "mw_sys_exit_sync_file_range",
+    "mw_mm_filemap_map_pages",
+    "mw_sched_process_fork",
+    "mw_sched_process_exit",
+    "mw_sb_mark_inode_writeback",
+    "mw_sb_clear_inode_writeback",
+    "mw_ext4_writepages_result",
+    "mw_writeback_dirty_folio",
+    "mw_writeback_single_inode",
 ];
 
 /// Ids of loaded programs with our names.

@@ -267,15 +267,15 @@ fn fault_loop(workload: &Path, rounds: usize) -> Result<Vec<FaultResult>> {
         }
         let (fault_program_ns, dirty_program_ns) = program_run_times(
             Mode::Mmapwatch,
-            &["page_fault_user"],
-            &["writeback_dirty_folio", "writeback_dirty"],
+            &["mw_page_fault_user", "mw_page_fault_u"],
+            &["mw_writeback_dirty_folio", "mw_writeback_di"],
             workload,
             &file,
             extra,
         )?;
         let (floor_program_ns, _) = program_run_times(
             Mode::Floor,
-            &["floor_page_fault_user", "floor_page_fau"],
+            &["mw_floor_page_fault_user", "mw_floor_page_f"],
             &[],
             workload,
             &file,

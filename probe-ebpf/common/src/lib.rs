@@ -9,6 +9,62 @@
 #[cfg(feature = "user")]
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+/// Prefixes `name` with the object's name prefix (`mw_`): every program
+/// and map of the eBPF object is named so, and `bpftool prog show`,
+/// `bpftool map show` and bpftop then say whose they are. The eBPF side's
+/// attribute macros take only literals, so it spells the names out;
+/// userspace's test `the_object_names_every_program_and_map_with_the_prefix`
+/// checks the built object against these.
+#[macro_export]
+macro_rules! mw_name {
+    ($name:literal) => {
+        concat!("mw_", $name)
+    };
+}
+
+pub const OBJECT_NAME_PREFIX: &str = mw_name!("");
+
+/// The object's maps, by the names userspace looks them up with.
+pub mod map_name {
+    pub const EVENTS: &str = mw_name!("events");
+    pub const PAGE_SEEN: &str = mw_name!("page_seen");
+    pub const WRITERS: &str = mw_name!("writers");
+    pub const FILE_STATS: &str = mw_name!("file_stats");
+    pub const PENDING_COUNTS: &str = mw_name!("pending_counts");
+    pub const COUNTERS: &str = mw_name!("counters");
+    pub const WRITER_STATS: &str = mw_name!("writer_stats");
+    pub const DIRTY_SINCE: &str = mw_name!("dirty_since");
+    pub const WRITEBACK_LATENCY: &str = mw_name!("writeback_latency");
+    pub const PENDING_FAULT: &str = mw_name!("pending_fault");
+    pub const PENDING_SYNC: &str = mw_name!("pending_sync");
+    pub const SHARED_MAPPERS: &str = mw_name!("shared_mappers");
+    pub const LAST_READ_FAULT: &str = mw_name!("last_read_fault");
+    pub const PAGE_MKWRITE: &str = mw_name!("page_mkwrite");
+    pub const HOOKS: &str = mw_name!("hooks");
+    pub const TRACED: &str = mw_name!("traced");
+    pub const SCRATCH: &str = mw_name!("scratch");
+    /// Every one of them, for the check against the object.
+    pub const ALL: [&str; 17] = [
+        EVENTS,
+        PAGE_SEEN,
+        WRITERS,
+        FILE_STATS,
+        PENDING_COUNTS,
+        COUNTERS,
+        WRITER_STATS,
+        DIRTY_SINCE,
+        WRITEBACK_LATENCY,
+        PENDING_FAULT,
+        PENDING_SYNC,
+        SHARED_MAPPERS,
+        LAST_READ_FAULT,
+        PAGE_MKWRITE,
+        HOOKS,
+        TRACED,
+        SCRATCH,
+    ];
+}
+
 pub const TASK_COMM_LEN: usize = 16;
 /// Bytes kept of each path component the kernel sends for a newly seen
 /// file: NAME_MAX (255) and the NUL, so no name is ever cut.

@@ -194,7 +194,7 @@ pub(crate) fn fault_args(ctx: &RawTracePointContext) -> (u64, u64) {
 /// store does. One program for both: the verifier checks it once, which is
 /// most of mmapwatch's start-up.
 #[raw_tracepoint(tracepoint = "page_fault_user")]
-pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
+pub fn mw_page_fault_user(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if let Err(err) = try_write_fault(address, error_code) {
         log_failed_read(&ctx, err);
@@ -214,7 +214,7 @@ fn log_failed_read(ctx: &RawTracePointContext, err: i64) {
 /// The function-hook backends' read faults (their hooks see the writes):
 /// tmpfs pages a read fault maps writable are possibly written.
 #[raw_tracepoint(tracepoint = "page_fault_user")]
-pub fn page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
+pub fn mw_page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
         count_failure(read_fault(address));
@@ -271,7 +271,7 @@ pub(crate) fn try_filemap_map_pages(ctx: &RawTracePointContext) -> Result<(), i6
 }
 
 #[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
-pub fn mm_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
+pub fn mw_mm_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
     count_failure(try_filemap_map_pages(&ctx));
     0
 }

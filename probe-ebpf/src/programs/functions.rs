@@ -155,25 +155,25 @@ pub(crate) fn attached_function<C: EbpfContext>(ctx: &C) -> u64 {
 }
 
 #[fentry(function = "do_wp_page")]
-pub fn fentry_do_wp_page(ctx: FEntryContext) -> u32 {
+pub fn mw_fentry_do_wp_page(ctx: FEntryContext) -> u32 {
     count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::WpPage)));
     0
 }
 
 #[fentry(function = "finish_fault")]
-pub fn fentry_finish_fault(ctx: FEntryContext) -> u32 {
+pub fn mw_fentry_finish_fault(ctx: FEntryContext) -> u32 {
     count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::FinishFault)));
     0
 }
 
 #[fentry(function = "wp_page_copy")]
-pub fn fentry_wp_page_copy(ctx: FEntryContext) -> u32 {
+pub fn mw_fentry_wp_page_copy(ctx: FEntryContext) -> u32 {
     count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::WpPageCopy)));
     0
 }
 
 #[fentry(function = "do_page_mkwrite")]
-pub fn fentry_do_page_mkwrite(ctx: FEntryContext) -> u32 {
+pub fn mw_fentry_do_page_mkwrite(ctx: FEntryContext) -> u32 {
     count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_page_mkwrite(vmf, 0)));
     0
 }
@@ -193,20 +193,20 @@ macro_rules! fentry_fs_mkwrite {
     )*};
 }
 fentry_fs_mkwrite!(
-    fentry_fs_mkwrite_0,
-    fentry_fs_mkwrite_1,
-    fentry_fs_mkwrite_2,
-    fentry_fs_mkwrite_3
+    mw_fentry_fs_mkwrite_0,
+    mw_fentry_fs_mkwrite_1,
+    mw_fentry_fs_mkwrite_2,
+    mw_fentry_fs_mkwrite_3
 );
 
 #[fentry(function = "folio_end_writeback")]
-pub fn fentry_folio_end_writeback(ctx: FEntryContext) -> u32 {
+pub fn mw_fentry_folio_end_writeback(ctx: FEntryContext) -> u32 {
     count_failure(fentry_arg(&ctx, 0).and_then(try_folio_written_back));
     0
 }
 
 #[kprobe]
-pub fn kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
+pub fn mw_kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
         count_failure(try_vmf_write(vmf, FaultHook::WpPage));
     }
@@ -214,7 +214,7 @@ pub fn kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
 }
 
 #[kprobe]
-pub fn kprobe_finish_fault(ctx: ProbeContext) -> u32 {
+pub fn mw_kprobe_finish_fault(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
         count_failure(try_vmf_write(vmf, FaultHook::FinishFault));
     }
@@ -222,7 +222,7 @@ pub fn kprobe_finish_fault(ctx: ProbeContext) -> u32 {
 }
 
 #[kprobe]
-pub fn kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
+pub fn mw_kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
         count_failure(try_vmf_write(vmf, FaultHook::WpPageCopy));
     }
@@ -230,7 +230,7 @@ pub fn kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
 }
 
 #[kprobe]
-pub fn kprobe_do_page_mkwrite(ctx: ProbeContext) -> u32 {
+pub fn mw_kprobe_do_page_mkwrite(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
         count_failure(try_page_mkwrite(vmf, 0));
     }
@@ -240,7 +240,7 @@ pub fn kprobe_do_page_mkwrite(ctx: ProbeContext) -> u32 {
 /// One program, attached to each filesystem hook present; the probed
 /// address tells them apart.
 #[kprobe]
-pub fn kprobe_fs_mkwrite(ctx: ProbeContext) -> u32 {
+pub fn mw_kprobe_fs_mkwrite(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
         count_failure(try_page_mkwrite(vmf, attached_function(&ctx)));
     }
@@ -248,7 +248,7 @@ pub fn kprobe_fs_mkwrite(ctx: ProbeContext) -> u32 {
 }
 
 #[kprobe]
-pub fn kprobe_folio_end_writeback(ctx: ProbeContext) -> u32 {
+pub fn mw_kprobe_folio_end_writeback(ctx: ProbeContext) -> u32 {
     if let Some(folio) = ctx.arg::<u64>(0) {
         count_failure(try_folio_written_back(folio));
     }

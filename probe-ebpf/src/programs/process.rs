@@ -50,13 +50,13 @@ pub(crate) fn try_note_shared_mapper(
 }
 
 #[tracepoint]
-pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_enter_mmap(ctx: TracePointContext) -> u32 {
     count_failure(try_note_shared_mapper(&ctx, Some(MMAP_FLAGS_AT)));
     0
 }
 
 #[tracepoint]
-pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_enter_mprotect(ctx: TracePointContext) -> u32 {
     count_failure(try_note_shared_mapper(&ctx, None));
     0
 }
@@ -94,7 +94,7 @@ pub(crate) fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 
 /// Follows `-- CMD`'s descendants.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+pub fn mw_sched_process_fork(ctx: RawTracePointContext) -> i32 {
     count_failure(try_process_fork(&ctx));
     0
 }
@@ -166,7 +166,7 @@ fn report_exit(pid_tgid: u64) {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+pub fn mw_sched_process_exit(ctx: RawTracePointContext) -> i32 {
     count_failure(try_process_exit(&ctx));
     0
 }

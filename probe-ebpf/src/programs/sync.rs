@@ -184,49 +184,49 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 #[tracepoint]
-pub fn sys_enter_msync(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_enter_msync(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_enter(&ctx, sync_call::MSYNC));
     0
 }
 
 #[tracepoint]
-pub fn sys_enter_fsync(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_enter_fsync(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_enter(&ctx, sync_call::FSYNC));
     0
 }
 
 #[tracepoint]
-pub fn sys_enter_fdatasync(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_enter_fdatasync(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_enter(&ctx, sync_call::FDATASYNC));
     0
 }
 
 #[tracepoint]
-pub fn sys_enter_sync_file_range(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_enter_sync_file_range(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_enter(&ctx, sync_call::SYNC_FILE_RANGE));
     0
 }
 
 #[tracepoint]
-pub fn sys_exit_msync(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_exit_msync(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_exit(&ctx));
     0
 }
 
 #[tracepoint]
-pub fn sys_exit_fsync(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_exit_fsync(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_exit(&ctx));
     0
 }
 
 #[tracepoint]
-pub fn sys_exit_fdatasync(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_exit_fdatasync(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_exit(&ctx));
     0
 }
 
 #[tracepoint]
-pub fn sys_exit_sync_file_range(ctx: TracePointContext) -> u32 {
+pub fn mw_sys_exit_sync_file_range(ctx: TracePointContext) -> u32 {
     count_failure(try_sync_exit(&ctx));
     0
 }

@@ -68,7 +68,7 @@ pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// arguments allow direct loads, where a raw one needs a
 /// `bpf_probe_read_kernel` call (~45 ns here) per field.
 #[btf_tracepoint(function = "writeback_dirty_folio")]
-pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> i32 {
+pub fn mw_writeback_dirty_folio(ctx: BtfTracePointContext) -> i32 {
     count_failure(try_dirty_folio(&ctx));
     0
 }
@@ -93,7 +93,7 @@ pub(crate) fn try_writeback_single_inode(ctx: &RawTracePointContext) -> Result<(
 
 /// The flusher (or sync(2)) wrote an inode's pages.
 #[raw_tracepoint(tracepoint = "writeback_single_inode")]
-pub fn writeback_single_inode(ctx: RawTracePointContext) -> i32 {
+pub fn mw_writeback_single_inode(ctx: RawTracePointContext) -> i32 {
     count_failure(try_writeback_single_inode(&ctx));
     0
 }
@@ -111,7 +111,7 @@ pub(crate) fn try_ext4_writepages_result(ctx: &RawTracePointContext) -> Result<(
 }
 
 #[raw_tracepoint(tracepoint = "ext4_writepages_result")]
-pub fn ext4_writepages_result(ctx: RawTracePointContext) -> i32 {
+pub fn mw_ext4_writepages_result(ctx: RawTracePointContext) -> i32 {
     count_failure(try_ext4_writepages_result(&ctx));
     0
 }
@@ -173,14 +173,14 @@ pub(crate) fn log2(mut value: u64) -> u32 {
 
 /// The inode's first folio went under writeback.
 #[raw_tracepoint(tracepoint = "sb_mark_inode_writeback")]
-pub fn sb_mark_inode_writeback(ctx: RawTracePointContext) -> i32 {
+pub fn mw_sb_mark_inode_writeback(ctx: RawTracePointContext) -> i32 {
     count_failure(try_inode_writeback(&ctx, true));
     0
 }
 
 /// The inode's last folio under writeback completed.
 #[raw_tracepoint(tracepoint = "sb_clear_inode_writeback")]
-pub fn sb_clear_inode_writeback(ctx: RawTracePointContext) -> i32 {
+pub fn mw_sb_clear_inode_writeback(ctx: RawTracePointContext) -> i32 {
     count_failure(try_inode_writeback(&ctx, false));
     0
 }

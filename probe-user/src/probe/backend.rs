@@ -1,6 +1,7 @@
 //! Choosing and attaching a backend (fentry, kprobe or tracepoint), and
 //! detaching it.
 
+use probe_common::{map_name, mw_name};
 use std::{
     path::Path,
     time::{Duration, Instant},
@@ -305,7 +306,7 @@ impl Probes {
                     .filter(|f| self.kernel_btf.has_function(f))
                     .collect();
                 for (slot, function) in targets.iter().take(FENTRY_FS_MKWRITE_SLOTS).enumerate() {
-                    let program = format!("fentry_fs_mkwrite_{slot}");
+                    let program = format!("{}{slot}", mw_name!("fentry_fs_mkwrite_"));
                     let hook = Hook {
                         function,
                         fentry: &program,
@@ -322,7 +323,7 @@ impl Probes {
                     let hook = Hook {
                         function,
                         fentry: "",
-                        kprobe: "kprobe_fs_mkwrite",
+                        kprobe: mw_name!("kprobe_fs_mkwrite"),
                     };
                     if self.hook(mechanism, &hook).is_ok() {
                         attached.push(function.to_string());
@@ -339,7 +340,9 @@ impl Probes {
             .ebpf
             .programs()
             .map(|(name, _)| name.to_string())
-            .filter(|name| name.starts_with("fentry_") || name.starts_with("kprobe_"))
+            .filter(|name| {
+                name.starts_with(mw_name!("fentry_")) || name.starts_with(mw_name!("kprobe_"))
+            })
             .collect();
         for name in names {
             if let Some(program) = self.ebpf.program_mut(&name) {
@@ -354,8 +357,9 @@ impl Probes {
     }
 
     fn set_hook_bits(&mut self, bits: u32) -> Result<(), LoadError> {
-        let mut map: Array<_, u32> = self.typed_map_mut("HOOKS")?;
-        map.set(0, bits, 0).map_err(LoadError::on_map("HOOKS"))
+        let mut map: Array<_, u32> = self.typed_map_mut(map_name::HOOKS)?;
+        map.set(0, bits, 0)
+            .map_err(LoadError::on_map(map_name::HOOKS))
     }
 
     /// Attaches the classic and raw tracepoints: the fault ones

@@ -1,6 +1,8 @@
 //! What the backends attach to: tracepoints, raw and BTF tracepoints, and
 //! the kernel functions the fentry and kprobe backends hook.
 
+use probe_common::mw_name;
+
 /// A classic tracepoint the backend attaches to.
 #[derive(Clone, Copy, Debug)]
 pub struct Tracepoint {
@@ -17,9 +19,24 @@ pub struct Tracepoint {
     pub raw: bool,
 }
 
+/// A durability call's entry or return: optional, classic (they fire only
+/// for that call); its program is named after it.
+macro_rules! sync {
+    ($name:literal, $purpose:literal) => {
+        Tracepoint {
+            program: mw_name!($name),
+            category: "syscalls",
+            name: $name,
+            required: false,
+            purpose: $purpose,
+            raw: false,
+        }
+    };
+}
+
 pub const TRACEPOINTS: &[Tracepoint] = &[
     Tracepoint {
-        program: "page_fault_user",
+        program: mw_name!("page_fault_user"),
         category: "exceptions",
         name: "page_fault_user",
         required: true,
@@ -28,7 +45,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
     },
     // The same program as page_fault_user's, attached twice.
     Tracepoint {
-        program: "page_fault_user",
+        program: mw_name!("page_fault_user"),
         category: "exceptions",
         name: "page_fault_kernel",
         required: false,
@@ -36,7 +53,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         raw: true,
     },
     Tracepoint {
-        program: "sys_enter_mmap",
+        program: mw_name!("sys_enter_mmap"),
         category: "syscalls",
         name: "sys_enter_mmap",
         required: false,
@@ -44,47 +61,34 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         raw: false,
     },
     Tracepoint {
-        program: "sys_enter_mprotect",
+        program: mw_name!("sys_enter_mprotect"),
         category: "syscalls",
         name: "sys_enter_mprotect",
         required: false,
         purpose: "mappings made writable later (tmpfs possibly-written pages)",
         raw: false,
     },
-    sync("sys_enter_msync", "msync calls (durability)"),
-    sync("sys_exit_msync", "msync calls (durability)"),
-    sync("sys_enter_fsync", "fsync calls (durability)"),
-    sync("sys_exit_fsync", "fsync calls (durability)"),
-    sync("sys_enter_fdatasync", "fdatasync calls (durability)"),
-    sync("sys_exit_fdatasync", "fdatasync calls (durability)"),
-    sync(
+    sync!("sys_enter_msync", "msync calls (durability)"),
+    sync!("sys_exit_msync", "msync calls (durability)"),
+    sync!("sys_enter_fsync", "fsync calls (durability)"),
+    sync!("sys_exit_fsync", "fsync calls (durability)"),
+    sync!("sys_enter_fdatasync", "fdatasync calls (durability)"),
+    sync!("sys_exit_fdatasync", "fdatasync calls (durability)"),
+    sync!(
         "sys_enter_sync_file_range",
-        "sync_file_range calls (durability)",
+        "sync_file_range calls (durability)"
     ),
-    sync(
+    sync!(
         "sys_exit_sync_file_range",
-        "sync_file_range calls (durability)",
+        "sync_file_range calls (durability)"
     ),
 ];
-
-/// A durability call's entry or return: optional, classic (they fire only
-/// for that call).
-const fn sync(name: &'static str, purpose: &'static str) -> Tracepoint {
-    Tracepoint {
-        program: name,
-        category: "syscalls",
-        name,
-        required: false,
-        purpose,
-        raw: false,
-    }
-}
 
 /// The function-hook backends' own program on the user fault tracepoint:
 /// read faults only (the hooks see every write), for tmpfs pages that a
 /// read fault maps writable.
 pub const READ_FAULTS: Tracepoint = Tracepoint {
-    program: "page_fault_user_reads",
+    program: mw_name!("page_fault_user_reads"),
     category: "exceptions",
     name: "page_fault_user",
     required: false,
@@ -109,55 +113,53 @@ pub struct RawTracepoint {
     pub typed: bool,
 }
 
-pub(crate) const fn raw(
-    name: &'static str,
-    required: bool,
-    purpose: &'static str,
-) -> RawTracepoint {
-    RawTracepoint {
-        program: name,
-        name,
-        required,
-        purpose,
-        typed: false,
-    }
+/// A raw tracepoint whose program is named after it.
+macro_rules! raw {
+    ($name:literal, $required:literal, $purpose:literal $(,)?) => {
+        RawTracepoint {
+            program: mw_name!($name),
+            name: $name,
+            required: $required,
+            purpose: $purpose,
+            typed: false,
+        }
+    };
 }
 
-pub(crate) const fn typed(
-    name: &'static str,
-    required: bool,
-    purpose: &'static str,
-) -> RawTracepoint {
-    RawTracepoint {
-        typed: true,
-        ..raw(name, required, purpose)
-    }
+/// The same, loaded as tp_btf.
+macro_rules! typed {
+    ($name:literal, $required:literal, $purpose:literal $(,)?) => {
+        RawTracepoint {
+            typed: true,
+            ..raw!($name, $required, $purpose)
+        }
+    };
 }
 
 pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
-    raw("sched_process_fork", true, "following -- CMD's descendants"),
-    raw("sched_process_exit", true, "forgetting exited processes"),
-    raw("sb_mark_inode_writeback", true, "writeback start times"),
-    raw(
+    raw!("sched_process_fork", true, "following -- CMD's descendants"),
+    raw!("sched_process_exit", true, "forgetting exited processes"),
+    raw!("sb_mark_inode_writeback", true, "writeback start times"),
+    raw!(
         "sb_clear_inode_writeback",
         true,
-        "writeback completion times",
+        "writeback completion times"
     ),
-    typed("writeback_dirty_folio", true, "folios and pages dirtied"),
-    raw(
+    typed!("writeback_dirty_folio", true, "folios and pages dirtied"),
+    raw!(
         "writeback_single_inode",
         true,
-        "pages written back by the flusher",
+        "pages written back by the flusher"
     ),
-    raw(
+    raw!(
         "ext4_writepages_result",
         false,
         "pages ext4 wrote back (fsync, msync and flusher)",
     ),
-    raw(
+    raw!(
         "mm_filemap_map_pages",
         false,
-        "tmpfs/shmem pages mapped writable by read faults (possibly written)",
+        "tmpfs/shmem pages mapped writable by read faults (possibly written)"
     ),
 ];
 
@@ -192,26 +194,78 @@ pub(crate) struct Hook<'a> {
 /// `do_wp_page` records private copies too).
 pub(crate) const WP_PAGE: Hook = Hook {
     function: "do_wp_page",
-    fentry: "fentry_do_wp_page",
-    kprobe: "kprobe_do_wp_page",
+    fentry: mw_name!("fentry_do_wp_page"),
+    kprobe: mw_name!("kprobe_do_wp_page"),
 };
 pub(crate) const FINISH_FAULT: Hook = Hook {
     function: "finish_fault",
-    fentry: "fentry_finish_fault",
-    kprobe: "kprobe_finish_fault",
+    fentry: mw_name!("fentry_finish_fault"),
+    kprobe: mw_name!("kprobe_finish_fault"),
 };
 pub(crate) const WP_PAGE_COPY: Hook = Hook {
     function: "wp_page_copy",
-    fentry: "fentry_wp_page_copy",
-    kprobe: "kprobe_wp_page_copy",
+    fentry: mw_name!("fentry_wp_page_copy"),
+    kprobe: mw_name!("kprobe_wp_page_copy"),
 };
 pub(crate) const DO_PAGE_MKWRITE: Hook = Hook {
     function: "do_page_mkwrite",
-    fentry: "fentry_do_page_mkwrite",
-    kprobe: "kprobe_do_page_mkwrite",
+    fentry: mw_name!("fentry_do_page_mkwrite"),
+    kprobe: mw_name!("kprobe_do_page_mkwrite"),
 };
 pub(crate) const FOLIO_END_WRITEBACK: Hook = Hook {
     function: "folio_end_writeback",
-    fentry: "fentry_folio_end_writeback",
-    kprobe: "kprobe_folio_end_writeback",
+    fentry: mw_name!("fentry_folio_end_writeback"),
+    kprobe: mw_name!("kprobe_folio_end_writeback"),
 };
+
+#[cfg(test)]
+mod tests {
+    use probe_common::{map_name, OBJECT_NAME_PREFIX};
+
+    use super::*;
+    use crate::probe::load::PROBES_OBJECT;
+
+    /// The object's names are what probe-common declares: every program
+    /// and map carries the prefix (aya-log's map and the data sections,
+    /// named by aya, aside), every map userspace looks up exists, and so
+    /// does every program the catalog attaches.
+    #[test]
+    fn the_object_names_every_program_and_map_with_the_prefix() {
+        let object = aya_obj::Object::parse(PROBES_OBJECT).expect("the built eBPF object");
+        for name in object.programs.keys() {
+            assert!(name.starts_with(OBJECT_NAME_PREFIX), "program {name}");
+        }
+        let mut maps: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.') && *name != "AYA_LOGS")
+            .collect();
+        maps.sort_unstable();
+        let mut declared = map_name::ALL.to_vec();
+        declared.sort_unstable();
+        assert_eq!(maps, declared);
+        let catalogued = TRACEPOINTS
+            .iter()
+            .map(|tp| tp.program)
+            .chain([READ_FAULTS.program])
+            .chain(RAW_TRACEPOINTS.iter().map(|tp| tp.program))
+            .chain(
+                [
+                    WP_PAGE,
+                    FINISH_FAULT,
+                    WP_PAGE_COPY,
+                    DO_PAGE_MKWRITE,
+                    FOLIO_END_WRITEBACK,
+                ]
+                .iter()
+                .flat_map(|hook| [hook.fentry, hook.kprobe]),
+            );
+        for program in catalogued {
+            assert!(
+                object.programs.contains_key(program),
+                "{program} is not in the object"
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! and the entry is freed. The policy (which entries) is pure and lives in
 //! `model::hand_over`; this file only reads and deletes.
 
+use probe_common::map_name;
 use std::{
     collections::HashMap as StdHashMap,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -34,7 +35,8 @@ impl Probes {
         &self,
         mut meanwhile: impl FnMut(),
     ) -> Result<FileStatsSnapshot, LoadError> {
-        let map: aya::maps::PerCpuHashMap<_, FileKey, FileStats> = self.typed_map("FILE_STATS")?;
+        let map: aya::maps::PerCpuHashMap<_, FileKey, FileStats> =
+            self.typed_map(map_name::FILE_STATS)?;
         let mut entries = StdHashMap::new();
         for (read, item) in map.iter().enumerate() {
             if read % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
@@ -56,7 +58,7 @@ impl Probes {
         &self,
         mut meanwhile: impl FnMut(),
     ) -> Result<StdHashMap<FileKey, u64>, LoadError> {
-        let map: HashMap<_, FileKey, u64> = self.typed_map("DIRTY_SINCE")?;
+        let map: HashMap<_, FileKey, u64> = self.typed_map(map_name::DIRTY_SINCE)?;
         Ok(map
             .iter()
             .enumerate()
@@ -72,7 +74,7 @@ impl Probes {
     /// Forgets when a file was first dirtied (its entry was handed over,
     /// so its writeback completion will not be seen to close it).
     pub fn forget_dirty(&mut self, key: &FileKey) -> Result<(), LoadError> {
-        let mut map: HashMap<_, FileKey, u64> = self.typed_map_mut("DIRTY_SINCE")?;
+        let mut map: HashMap<_, FileKey, u64> = self.typed_map_mut(map_name::DIRTY_SINCE)?;
         // Already gone is fine: its writeback completed meanwhile.
         let _ = map.remove(key);
         Ok(())
@@ -89,10 +91,10 @@ impl Probes {
     /// with one value, not per-CPU ones (the kernel has it since 5.14).
     pub fn take_file_stats(&self, key: &FileKey) -> Result<Option<Vec<FileStats>>, LoadError> {
         let fail = |reason: String| LoadError::Map {
-            map: "FILE_STATS",
+            map: map_name::FILE_STATS,
             reason,
         };
-        let Some(Map::PerCpuHashMap(data)) = self.ebpf.map("FILE_STATS") else {
+        let Some(Map::PerCpuHashMap(data)) = self.ebpf.map(map_name::FILE_STATS) else {
             return Err(fail("missing from the object".into()));
         };
         let cpus = aya::util::nr_cpus().map_err(|(what, err)| fail(format!("{what}: {err}")))?;
@@ -143,7 +145,8 @@ impl Probes {
         &mut self,
         files: &std::collections::HashSet<FileId>,
     ) -> Result<usize, LoadError> {
-        let mut map: HashMap<_, PageChunkKey, PageChunk> = self.typed_map_mut("PAGE_SEEN")?;
+        let mut map: HashMap<_, PageChunkKey, PageChunk> =
+            self.typed_map_mut(map_name::PAGE_SEEN)?;
         let stale: Vec<PageChunkKey> = map
             .keys()
             .filter_map(Result::ok)

@@ -1,6 +1,7 @@
 //! Loading the eBPF object: offsets from BTF, configuration, maps, and
 //! every program through the verifier. Nothing is attached here.
 
+use probe_common::map_name;
 use std::{
     path::{Path, PathBuf},
     time::Instant,
@@ -64,12 +65,14 @@ pub struct Probes {
 }
 
 pub(crate) fn seed_shared_mappers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let map = ebpf.map_mut("SHARED_MAPPERS").ok_or(LoadError::Map {
-        map: "SHARED_MAPPERS",
-        reason: "missing from the object".into(),
-    })?;
+    let map = ebpf
+        .map_mut(map_name::SHARED_MAPPERS)
+        .ok_or(LoadError::Map {
+            map: map_name::SHARED_MAPPERS,
+            reason: "missing from the object".into(),
+        })?;
     let mut mappers: aya::maps::HashMap<_, u32, u8> =
-        aya::maps::HashMap::try_from(map).map_err(LoadError::on_map("SHARED_MAPPERS"))?;
+        aya::maps::HashMap::try_from(map).map_err(LoadError::on_map(map_name::SHARED_MAPPERS))?;
     for tgid in shared_writable_mappers(Path::new("/proc")) {
         // A process gone meanwhile, or a full map: at worst an extra look.
         let _ = mappers.insert(tgid, 1, 0);
@@ -166,9 +169,9 @@ impl Probes {
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
-            .map_max_entries("PAGE_SEEN", dedup_capacity);
+            .map_max_entries(map_name::PAGE_SEEN, dedup_capacity);
         if let Some(bytes) = options.ring_bytes {
-            loader.map_max_entries("EVENTS", bytes);
+            loader.map_max_entries(map_name::EVENTS, bytes);
         }
         let phase = Instant::now();
         let mut ebpf = loader

@@ -1,6 +1,7 @@
 //! Reading and writing the loaded object's maps: counters, per-file and
 //! per-writer stats, the event ring, the traced processes.
 
+use probe_common::map_name;
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -81,7 +82,7 @@ pub struct WriterLabel {
 impl Probes {
     /// File -> address of the `->page_mkwrite` its filesystem ran.
     pub fn page_mkwrite_functions(&self) -> Result<StdHashMap<FileId, u64>, LoadError> {
-        let map: HashMap<_, FileKey, u64> = self.typed_map("PAGE_MKWRITE")?;
+        let map: HashMap<_, FileKey, u64> = self.typed_map(map_name::PAGE_MKWRITE)?;
         Ok(map
             .iter()
             .filter_map(Result::ok)
@@ -91,18 +92,18 @@ impl Probes {
 
     /// Starts tracing `tgid`; with `follow_children`, its future descendants too.
     pub fn trace_tgid(&mut self, tgid: u32, follow_children: bool) -> Result<(), LoadError> {
-        let mut map: HashMap<_, u32, u32> = self.typed_map_mut("TRACED")?;
+        let mut map: HashMap<_, u32, u32> = self.typed_map_mut(map_name::TRACED)?;
         let value = if follow_children {
             probe_common::traced::FOLLOW_CHILDREN
         } else {
             probe_common::traced::EXACT
         };
         map.insert(tgid, value, 0)
-            .map_err(LoadError::on_map("TRACED"))
+            .map_err(LoadError::on_map(map_name::TRACED))
     }
 
     pub fn untrace_tgid(&mut self, tgid: u32) -> Result<(), LoadError> {
-        let mut map: HashMap<_, u32, u32> = self.typed_map_mut("TRACED")?;
+        let mut map: HashMap<_, u32, u32> = self.typed_map_mut(map_name::TRACED)?;
         // Already gone is fine: it may have exited.
         let _ = map.remove(&tgid);
         Ok(())
@@ -110,15 +111,15 @@ impl Probes {
 
     /// The event ring buffer, taken out so it can be polled on its own.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Map {
-            map: "EVENTS",
+        let map = self.ebpf.take_map(map_name::EVENTS).ok_or(LoadError::Map {
+            map: map_name::EVENTS,
             reason: "missing from the object".into(),
         })?;
-        RingBuf::try_from(map).map_err(LoadError::on_map("EVENTS"))
+        RingBuf::try_from(map).map_err(LoadError::on_map(map_name::EVENTS))
     }
 
     pub fn counters(&self) -> Result<KernelCounters, LoadError> {
-        super::totals::read_counters(&self.typed_map::<PerCpuArray<_, u64>>("COUNTERS")?)
+        super::totals::read_counters(&self.typed_map::<PerCpuArray<_, u64>>(map_name::COUNTERS)?)
     }
 
     /// Each CPU's open run of fault counts, not yet in the stats maps.
@@ -126,10 +127,10 @@ impl Probes {
     /// an instant, never counted twice (the kernel closes a run before it
     /// adds it to the maps).
     pub(super) fn open_runs(&self) -> Result<Vec<PendingCounts>, LoadError> {
-        let map: PerCpuArray<_, PendingCounts> = self.typed_map("PENDING_COUNTS")?;
+        let map: PerCpuArray<_, PendingCounts> = self.typed_map(map_name::PENDING_COUNTS)?;
         let runs = map
             .get(&0, 0)
-            .map_err(LoadError::on_map("PENDING_COUNTS"))?;
+            .map_err(LoadError::on_map(map_name::PENDING_COUNTS))?;
         Ok(runs
             .iter()
             .filter(|run| run.shared_write_faults + run.cow_faults > 0)
@@ -139,7 +140,8 @@ impl Probes {
 
     /// Fault counts per (cgroup, filesystem, command), summed over CPUs.
     pub fn writer_stats(&self) -> Result<Vec<(WriterLabel, WriterStats)>, LoadError> {
-        let map: PerCpuHashMap<_, WriterStatsKey, WriterStats> = self.typed_map("WRITER_STATS")?;
+        let map: PerCpuHashMap<_, WriterStatsKey, WriterStats> =
+            self.typed_map(map_name::WRITER_STATS)?;
         let mut totals: StdHashMap<WriterStatsKey, WriterStats> = StdHashMap::new();
         for item in map.iter() {
             let Ok((key, values)) = item else { continue };

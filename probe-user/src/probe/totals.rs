@@ -3,6 +3,7 @@
 //! that another thread (the exporter's HTTP server, at scrape time) can
 //! read them while the session owns the loaded object.
 
+use probe_common::map_name;
 use std::{
     borrow::Borrow,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
@@ -28,7 +29,9 @@ pub(super) fn read_counters<T: Borrow<MapData>>(
 ) -> Result<KernelCounters, LoadError> {
     let mut totals = [0u64; counter::COUNT as usize];
     for (index, total) in (0u32..).zip(totals.iter_mut()) {
-        let values = map.get(&index, 0).map_err(LoadError::on_map("COUNTERS"))?;
+        let values = map
+            .get(&index, 0)
+            .map_err(LoadError::on_map(map_name::COUNTERS))?;
         *total = if index == counter::RING_PEAK_BYTES {
             values.iter().copied().max().unwrap_or(0)
         } else {
@@ -68,7 +71,7 @@ fn read_latency<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Latency
     let total = |index: u32| -> Result<u64, LoadError> {
         let values = map
             .get(&index, 0)
-            .map_err(LoadError::on_map("WRITEBACK_LATENCY"))?;
+            .map_err(LoadError::on_map(map_name::WRITEBACK_LATENCY))?;
         Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
     };
     let mut totals = LatencyTotals {
@@ -177,8 +180,8 @@ impl Probes {
             })
             .collect();
         Ok(KernelTotalsReader {
-            counters: duplicate("COUNTERS")?,
-            latency: duplicate("WRITEBACK_LATENCY")?,
+            counters: duplicate(map_name::COUNTERS)?,
+            latency: duplicate(map_name::WRITEBACK_LATENCY)?,
             programs,
         })
     }
