@@ -69,11 +69,16 @@ impl Handle {
 /// inode number of a deleted one is not taken for it. Symlinks, and
 /// /proc's magic links, are followed.
 pub fn leads_to(path: &Path, file: FileId) -> Option<std::fs::Metadata> {
+    leads_to_on(path, file, None)
+}
+
+/// [`leads_to`], the filesystem's magic known already (one statfs fewer).
+pub fn leads_to_on(path: &Path, file: FileId, fs_magic: Option<u64>) -> Option<std::fs::Metadata> {
     let meta = std::fs::metadata(path).ok()?;
     if !file.is_stat_of(meta.dev(), meta.ino()) {
         return None;
     }
-    match generation_matches(path, file) {
+    match generation_matches(path, file, fs_magic) {
         Some(false) => None,
         // Same generation, or a filesystem whose handle we cannot build.
         _ => Some(meta),
@@ -82,16 +87,22 @@ pub fn leads_to(path: &Path, file: FileId) -> Option<std::fs::Metadata> {
 
 /// Compares the handle the filesystem gives `path` with the one `file`
 /// (inode number and generation) would have; None when it cannot tell.
-fn generation_matches(path: &Path, file: FileId) -> Option<bool> {
+fn generation_matches(path: &Path, file: FileId, fs_magic: Option<u64>) -> Option<bool> {
     use std::os::unix::ffi::OsStrExt as _;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: an all-zero statfs is a valid value to be filled in.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a statfs to write into.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } != 0 {
-        return None;
-    }
-    let expected = Handle::for_file(fs.f_type as u64, file)?;
+    let fs_magic = match fs_magic {
+        Some(magic) => magic,
+        None => {
+            // SAFETY: an all-zero statfs is a valid value to be filled in.
+            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: a NUL-terminated path and a statfs to write into.
+            if unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } != 0 {
+                return None;
+            }
+            fs.f_type as u64
+        }
+    };
+    let expected = Handle::for_file(fs_magic, file)?;
     let mut found = Handle::new(0, &[0; 4]);
     let mut mount_id: libc::c_int = 0;
     // SAFETY: `found` is a `struct file_handle` whose header gives the
@@ -119,35 +130,45 @@ fn generation_matches(path: &Path, file: FileId) -> Option<bool> {
 /// What a file, known by identity and first named `recorded`, is called
 /// now. `None` when it cannot be told (an unsupported filesystem, no
 /// mount of it here, no CAP_DAC_READ_SEARCH): the recorded name stands.
+/// `mount` is its filesystem's mount point, opened (once for all the
+/// files of a report).
 pub fn current_name(
     file: FileId,
     fs_magic: Option<u64>,
     recorded: Option<&Path>,
-    mount_point: Option<&Path>,
+    mount: Option<&std::fs::File>,
 ) -> Option<CurrentName> {
     // The recorded name still leads to this file.
     let recorded_is_current = || {
         let path = recorded?;
-        let meta = leads_to(path, file)?;
+        let meta = leads_to_on(path, file, fs_magic)?;
         (meta.nlink() > 0).then(|| CurrentName::Linked(path.to_path_buf()))
     };
-    let Some(opened) = open_by_identity(file, fs_magic, mount_point) else {
-        return recorded_is_current();
-    };
-    let opened = match opened {
+    // Most files still have the name they were written under: two
+    // syscalls, and no handle to open.
+    if let Some(name) = recorded_is_current() {
+        return Some(name);
+    }
+    let opened = match open_by_identity(file, fs_magic, mount)? {
         Ok(opened) => opened,
-        // ESTALE: no inode of that number and generation any more.
-        Err(err) if err.raw_os_error() == Some(libc::ESTALE) => return Some(CurrentName::Deleted),
-        Err(_) => return recorded_is_current(),
+        // tmpfs finds an inode by handle only once a handle of it was
+        // made (name_to_handle_at hashes it): ESTALE there may be a live
+        // file, which its recorded name tells (gone from there, it is
+        // unknown, not deleted). Elsewhere: no inode of that number and
+        // generation any more.
+        Err(err) if err.raw_os_error() == Some(libc::ESTALE) => {
+            if fs_magic == Some(TMPFS_MAGIC) {
+                return None;
+            }
+            return Some(CurrentName::Deleted);
+        }
+        Err(_) => return None,
     };
     let meta = std::fs::File::from(opened.try_clone().ok()?)
         .metadata()
         .ok()?;
     if meta.nlink() == 0 {
         return Some(CurrentName::Deleted);
-    }
-    if let Some(name) = recorded_is_current() {
-        return Some(name);
     }
     let link = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
     // A name outside our root (another mount namespace's tree) does not
@@ -172,7 +193,8 @@ pub fn open_for_reading(
         }
     }
     let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
-    let by_handle = open_by_identity(file, fs_magic, mount_point).ok_or_else(not_found)??;
+    let mount = mount_point.and_then(|mount| std::fs::File::open(mount).ok());
+    let by_handle = open_by_identity(file, fs_magic, mount.as_ref()).ok_or_else(not_found)??;
     // An O_PATH descriptor reads nothing; its /proc link opens the inode
     // itself, deleted or not.
     std::fs::File::open(format!("/proc/self/fd/{}", by_handle.as_raw_fd()))
@@ -183,11 +205,10 @@ pub fn open_for_reading(
 fn open_by_identity(
     file: FileId,
     fs_magic: Option<u64>,
-    mount_point: Option<&Path>,
+    mount: Option<&std::fs::File>,
 ) -> Option<std::io::Result<OwnedFd>> {
     let handle = Handle::for_file(fs_magic?, file)?;
-    let mount = std::fs::File::open(mount_point?).ok()?;
-    Some(open_handle(&mount, handle))
+    Some(open_handle(mount?, handle))
 }
 
 /// open_by_handle_at(2), O_PATH, on the filesystem `mount` is on.

@@ -2,7 +2,10 @@
 //! named while their writers are alive, and the front ends' taps on the
 //! event stream.
 
-use std::path::PathBuf;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{MapData, RingBuf};
 
@@ -37,6 +40,8 @@ pub struct Collector {
     observers: Vec<Box<dyn EventObserver>>,
     mounts: MountTable,
     proc_root: PathBuf,
+    /// Our mount namespace: a writer's path in the same one is ours too.
+    own_mount_ns: Option<u64>,
 }
 
 impl Collector {
@@ -47,6 +52,7 @@ impl Collector {
             observers: Vec::new(),
             mounts: MountTable::read(),
             proc_root: PathBuf::from("/proc"),
+            own_mount_ns: mount_ns_of(Path::new("/proc"), std::process::id()),
         }
     }
 
@@ -81,14 +87,16 @@ impl Collector {
             .files()
             .map(|(file, record)| (*file, record.fs_magic, record.path.clone()))
             .collect();
+        // Each mount point opened once, not once per file.
+        let mut opened: HashMap<String, Option<std::fs::File>> = HashMap::new();
         for (file, fs_magic, recorded) in files {
-            let mount_point = self
-                .mounts
-                .mount_of(file)
-                .map(|m| PathBuf::from(&m.mount_point));
-            if let Some(name) =
-                current_name(file, fs_magic, recorded.as_deref(), mount_point.as_deref())
-            {
+            let mount = self.mounts.mount_of(file).and_then(|m| {
+                opened
+                    .entry(m.mount_point.clone())
+                    .or_insert_with(|| std::fs::File::open(&m.mount_point).ok())
+                    .as_ref()
+            });
+            if let Some(name) = current_name(file, fs_magic, recorded.as_deref(), mount) {
                 self.aggregate.set_current_name(file, name);
             }
         }
@@ -143,7 +151,14 @@ impl Collector {
             {
                 self.aggregate.set_mount_ns(*file, mount_ns);
             }
-            if let Some(tgid) = tgid {
+            // The kernel named it whole, in the view we share with its
+            // writer: /proc adds nothing, and reading the writer's maps
+            // takes its mmap lock and ~10 syscalls, per new file. Renames
+            // and unlinks since are seen when the report is made.
+            let named_whole = *walk == WalkEnd::NamespaceRoot
+                && !*through_overlay
+                && mount_ns.is_some_and(|ns| Some(ns) == self.own_mount_ns);
+            if let (Some(tgid), false) = (tgid, named_whole) {
                 self.resolve_path(*file, tgid);
             }
             self.notify(&event, &applied);
