@@ -7,14 +7,14 @@
 use probe_common::map_name;
 use std::{
     collections::HashMap as StdHashMap,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
 };
 
 use aya::maps::{HashMap, Map};
 use probe_common::{FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts};
 use zerocopy::FromBytes as _;
 
-use super::{error::LoadError, load::Probes};
+use super::{error::LoadError, load::Probes, map_batch};
 use crate::model::events::FileId;
 
 /// The per-file map as read, with the CPUs' open runs of faults apart (a
@@ -37,6 +37,36 @@ impl Probes {
     ) -> Result<FileStatsSnapshot, LoadError> {
         let map: aya::maps::PerCpuHashMap<_, FileKey, FileStats> =
             self.typed_map(map_name::FILE_STATS)?;
+        let stride = size_of::<FileStats>().next_multiple_of(8);
+        let cpus = possible_cpus(map_name::FILE_STATS)?;
+        let batched = map_batch::read_all(
+            self.map_fd(map_name::FILE_STATS)?,
+            size_of::<FileKey>(),
+            stride * cpus,
+            &mut meanwhile,
+        )
+        .map_err(|err| LoadError::Map {
+            map: map_name::FILE_STATS,
+            reason: format!("batch lookup: {err}"),
+        })?;
+        if let Some((keys, values)) = batched {
+            let entries = keys
+                .chunks_exact(size_of::<FileKey>())
+                .zip(values.chunks_exact(stride * cpus))
+                .filter_map(|(key, per_cpu)| {
+                    let key = FileKey::read_from_bytes(key).ok()?;
+                    let stats = per_cpu
+                        .chunks_exact(stride)
+                        .map(|value| FileStats::read_from_prefix(value).map(|(stats, _)| stats).ok())
+                        .collect::<Option<Vec<_>>>()?;
+                    Some((key, stats))
+                })
+                .collect();
+            return Ok(FileStatsSnapshot {
+                entries,
+                open_runs: self.open_runs()?,
+            });
+        }
         let mut entries = StdHashMap::new();
         for (read, item) in map.iter().enumerate() {
             if read % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
@@ -58,6 +88,28 @@ impl Probes {
         &self,
         mut meanwhile: impl FnMut(),
     ) -> Result<StdHashMap<FileKey, u64>, LoadError> {
+        let batched = map_batch::read_all(
+            self.map_fd(map_name::DIRTY_SINCE)?,
+            size_of::<FileKey>(),
+            size_of::<u64>(),
+            &mut meanwhile,
+        )
+        .map_err(|err| LoadError::Map {
+            map: map_name::DIRTY_SINCE,
+            reason: format!("batch lookup: {err}"),
+        })?;
+        if let Some((keys, values)) = batched {
+            return Ok(keys
+                .chunks_exact(size_of::<FileKey>())
+                .zip(values.chunks_exact(size_of::<u64>()))
+                .filter_map(|(key, since)| {
+                    Some((
+                        FileKey::read_from_bytes(key).ok()?,
+                        u64::read_from_bytes(since).ok()?,
+                    ))
+                })
+                .collect());
+        }
         let map: HashMap<_, FileKey, u64> = self.typed_map(map_name::DIRTY_SINCE)?;
         Ok(map
             .iter()
@@ -94,15 +146,13 @@ impl Probes {
             map: map_name::FILE_STATS,
             reason,
         };
-        let Some(Map::PerCpuHashMap(data)) = self.ebpf.map(map_name::FILE_STATS) else {
-            return Err(fail("missing from the object".into()));
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(what, err)| fail(format!("{what}: {err}")))?;
+        let map_fd = self.map_fd(map_name::FILE_STATS)?;
+        let cpus = possible_cpus(map_name::FILE_STATS)?;
         // Per-CPU values are 8-byte aligned, one per possible CPU.
         let stride = size_of::<FileStats>().next_multiple_of(8);
         let mut values = vec![0u8; stride * cpus];
         let attr = MapElemAttr {
-            map_fd: data.fd().as_fd().as_raw_fd() as u32,
+            map_fd: map_fd.as_raw_fd() as u32,
             pad: 0,
             key: std::ptr::from_ref(key) as u64,
             value: values.as_mut_ptr() as u64,
@@ -138,6 +188,20 @@ impl Probes {
 }
 
 impl Probes {
+    /// A map's descriptor, borrowed.
+    fn map_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, LoadError> {
+        let data = match self.ebpf.map(name) {
+            Some(Map::PerCpuHashMap(data) | Map::HashMap(data)) => data,
+            _ => {
+                return Err(LoadError::Map {
+                    map: name,
+                    reason: "missing from the object, or not a hash map".into(),
+                })
+            }
+        };
+        Ok(data.fd().as_fd())
+    }
+
     /// Removes forgotten files' pages from the kernel's first-write dedup
     /// map, so that a forgotten file written again is reported as a new
     /// one, all its pages included. Returns the entries removed.
@@ -155,6 +219,14 @@ impl Probes {
         // One already evicted by the kernel is fine.
         Ok(stale.iter().filter(|key| map.remove(key).is_ok()).count())
     }
+}
+
+/// Possible CPUs: how many values a per-CPU map has per key.
+fn possible_cpus(map: &'static str) -> Result<usize, LoadError> {
+    aya::util::nr_cpus().map_err(|(what, err)| LoadError::Map {
+        map,
+        reason: format!("{what}: {err}"),
+    })
 }
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hand_over;
 pub mod kallsyms;
 pub mod load;
+mod map_batch;
 pub mod maps;
 pub mod totals;
 
