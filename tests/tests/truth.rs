@@ -113,6 +113,9 @@ fn a_tmpfs_store_after_a_read_fault_is_reported_as_possibly_written() {
     assert!(run.status.success(), "{}", run.stderr);
     let entry = run.expect_file(&file);
     assert_eq!(entry["fs"], "tmpfs");
+    // Still linked: tmpfs answers ESTALE to a handle never made (the file
+    // was never looked up by one), which is no proof of deletion.
+    assert_eq!(entry["deleted"], false, "{entry:#}");
     assert!(
         pages(&entry["possibly_written_pages"]).contains(&3),
         "{entry:#}"

@@ -15,7 +15,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::{cargo, ensure_apt, mmapwatch_release, step, workspace_root};
+use crate::{
+    bench_new_files::NewFilesResult, cargo, ensure_apt, mmapwatch_release, step, workspace_root,
+};
 
 /// The bpftrace side of the comparison: the same events, the same
 /// write-bit filter, one hash update per fault keyed by (pid, page) and one
@@ -158,7 +160,7 @@ fn json_output(command: &mut Command) -> Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -558,6 +560,7 @@ pub fn run(rounds: usize) -> Result<()> {
     let memory_1m = pageset_memory(1_000_000)?;
     let memory_10m = pageset_memory(10_000_000)?;
     let drops = drops(&workload)?;
+    let new_files = crate::bench_new_files::run(&workload, rounds.clamp(1, 3))?;
 
     let markdown = render(
         &machine,
@@ -570,6 +573,7 @@ pub fn run(rounds: usize) -> Result<()> {
         memory_1m,
         memory_10m,
         &drops,
+        &new_files,
     );
     let root = workspace_root();
     std::fs::write(root.join("BENCHMARKS.md"), &markdown)?;
@@ -591,6 +595,7 @@ fn render(
     memory_1m: f64,
     memory_10m: f64,
     drops: &DropResult,
+    new_files: &NewFilesResult,
 ) -> String {
     let mut out = format!(
         "# Benchmarks\n\nMeasured by `cargo xtask bench` on {machine}; backend: tracepoint (the only one this kernel allows).\nAbsolute times vary between machines, and between runs on a small VM (other guests' load): the ratios, measured side by side in one interleaved run, are what compare; `--rounds N` narrows the medians.\n\n![ns per write fault](benchmarks.svg)\n\n"
@@ -648,6 +653,25 @@ fn render(
         "| RSS ≤ 100 MiB tracking 10 M distinct pages | {memory_10m:.1} MiB | {} |\n",
         verdict(memory_10m <= 100.0)
     ));
+    for (under, name) in [(1, "trace"), (2, "top --batch"), (3, "export")] {
+        out.push_str(&format!(
+            "| new files under `{name}`: writer's time ≤ 1.5× bare | {:.2}× | {} |\n",
+            new_files.ratio(under),
+            verdict(new_files.ratio(under) <= 1.5)
+        ));
+    }
+    out.push_str(&format!(
+        "| new files: every file reported with its page, 0 lost | {} of {} exact, {} lost | {} |\n",
+        new_files.exact_files,
+        crate::bench_new_files::FILES,
+        new_files.lost,
+        verdict(new_files.exact_files == crate::bench_new_files::FILES && new_files.lost == 0)
+    ));
+    out.push_str(&format!(
+        "| tracer syscalls per new file ≤ 3 (amortized) | {:.1} | {} |\n",
+        new_files.tracer_syscalls_per_file,
+        verdict(new_files.tracer_syscalls_per_file <= 3.0)
+    ));
     out.push_str(&format!(
         "| attach ≤ 300 ms | {start_to_ready_ms:.0} ms from process start to tracing (BTF, maps, verifier, attach; the attach step alone {attach_ms:.0} ms) | {} |\n\n",
         verdict(start_to_ready_ms <= 300.0)
@@ -700,6 +724,7 @@ fn render(
         drops.reported_pages,
         drops.lost,
     ));
+    out.push_str(&new_files.render());
     out.push_str(FAULT_PATH_NOTES);
     out
 }

@@ -57,7 +57,11 @@ impl Probes {
                     let key = FileKey::read_from_bytes(key).ok()?;
                     let stats = per_cpu
                         .chunks_exact(stride)
-                        .map(|value| FileStats::read_from_prefix(value).map(|(stats, _)| stats).ok())
+                        .map(|value| {
+                            FileStats::read_from_prefix(value)
+                                .map(|(stats, _)| stats)
+                                .ok()
+                        })
                         .collect::<Option<Vec<_>>>()?;
                     Some((key, stats))
                 })

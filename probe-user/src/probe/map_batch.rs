@@ -50,7 +50,9 @@ pub fn read_all(
         values.resize(values.len() + want * value_size, 0);
         let mut next: u32 = 0;
         let mut attr = BatchAttr {
-            in_batch: position.as_ref().map_or(0, |p| std::ptr::from_ref(p) as u64),
+            in_batch: position
+                .as_ref()
+                .map_or(0, |p| std::ptr::from_ref(p) as u64),
             out_batch: std::ptr::from_mut(&mut next) as u64,
             keys: keys[start..].as_mut_ptr() as u64,
             values: values[start / key_size * value_size..].as_mut_ptr() as u64,
