@@ -110,9 +110,10 @@ pub(crate) static PAGE_MKWRITE: LruHashMap<FileKey, u64> = LruHashMap::with_max_
 #[map(name = "mw_hooks")]
 pub(crate) static HOOKS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// tgid -> `traced::*`, used when `filter::BY_TGID` is set.
+/// tgid -> `traced::*`, used when `filter::BY_TGID` is set. Sized at load
+/// from the machine (processes it can hold), allocated as used.
 #[map(name = "mw_traced")]
-pub(crate) static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
+pub(crate) static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 pub(crate) fn bump(index: u32) {

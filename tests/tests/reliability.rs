@@ -259,6 +259,58 @@ fn more_files_than_the_kernel_map_holds_are_all_reported() {
     assert_fault_count(&faults.into(), FILES, "write faults over all files");
 }
 
+/// A process with 20,000 threads (a JVM's or a database's count) forks a
+/// child that writes: the child is followed under `-- CMD` and its pages
+/// are reported (threads take no room in the follow map), and nothing is
+/// counted as a child that could not be followed.
+#[test]
+fn a_fork_after_twenty_thousand_threads_is_followed() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("forked.bin");
+    let threads = "20000";
+    let run = trace_workload(
+        &[],
+        &[
+            "threads-then-fork",
+            "--threads",
+            threads,
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            "8",
+            "--pages",
+            "2,5",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("workload: threads={threads}")),
+        "{}",
+        run.stderr
+    );
+    let drops = &run.json["drops"];
+    assert_eq!(drops["children_not_followed"], 0, "{drops}");
+    assert_eq!(run.json["lost_events"], 0, "{drops}");
+    let entry = run.expect_file(&file);
+    assert_eq!(
+        ranges(&entry["pages_written"]),
+        vec![(2, 2), (5, 5)],
+        "{entry}"
+    );
+    let child: u64 = run
+        .stderr
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("child="))
+        .and_then(|pid| pid.parse().ok())
+        .expect("the child's pid");
+    let writers = entry["writers"].as_array().unwrap();
+    assert!(
+        writers.iter().any(|w| w["pid"] == child && w["pages"] == 2),
+        "the child wrote both pages: {entry}"
+    );
+}
+
 /// mmapwatch's programs, by name: each carries the `mw_` prefix (this
 /// bpftool cannot list owning pids; the tests run one at a time, so these
 /// names are ours).

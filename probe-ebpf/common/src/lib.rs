@@ -182,7 +182,10 @@ pub mod counter {
     /// The part of `RINGBUF_DROPS` that were sync-call or process-exit
     /// records, not pages.
     pub const RINGBUF_DROPS_OTHER_EVENTS: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// A child of a followed process (`-- CMD`, `--pid`) could not be
+    /// followed (the follow map refused it): its writes are missing.
+    pub const FOLLOW_FAILED: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts

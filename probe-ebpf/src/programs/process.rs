@@ -85,11 +85,22 @@ pub(crate) fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         _ => return Ok(()),
     }
     let child: u64 = ctx.arg(1);
-    // The child's thread id: for a new process, its tgid.
     let child_pid: u32 = read_kernel(child, offset!(task_pid))?;
-    TRACED
+    let child_tgid: u32 = read_kernel(child, offset!(task_tgid))?;
+    // A new thread of a followed process is followed already (the filter
+    // looks processes up by tgid): no entry, so a process with tens of
+    // thousands of threads cannot fill the map.
+    if child_pid != child_tgid {
+        return Ok(());
+    }
+    if TRACED
         .insert(&child_pid, &traced::FOLLOW_CHILDREN, 0)
-        .map_err(|err| err as i64)
+        .is_err()
+    {
+        // Said at the top of the report: this child's writes are missing.
+        bump(counter::FOLLOW_FAILED);
+    }
+    Ok(())
 }
 
 /// Follows `-- CMD`'s descendants.
@@ -104,7 +115,7 @@ pub fn mw_sched_process_fork(ctx: RawTracePointContext) -> i32 {
 /// here), not a `group_dead` field that older kernels lack.
 pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let tgid = (pid_tgid >> 32) as u32;
     let task: u64 = ctx.arg(0);
     let signal: u64 = read_kernel(task, offset!(task_signal))?;
     let live: i32 = read_kernel(signal, offset!(signal_live))?;
@@ -120,11 +131,7 @@ pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if config!(filter_flags) & filter::BY_TGID == 0 {
         return Ok(());
     }
-    // A thread's entry (forks record thread ids too) or, once the whole
-    // group is gone, the process's: ids are reused.
-    if pid != tgid {
-        let _ = TRACED.remove(&pid);
-    }
+    // Once the whole group is gone, the process's entry: ids are reused.
     if live == 0 {
         let _ = TRACED.remove(&tgid);
     }

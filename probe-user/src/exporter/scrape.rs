@@ -99,7 +99,7 @@ impl Collector for ScrapeCollector {
 }
 
 /// The loss reasons, as `mmapwatch_lost_events_total{reason}` names them.
-fn losses(totals: &Totals) -> [(&'static str, u64); 7] {
+fn losses(totals: &Totals) -> [(&'static str, u64); 8] {
     let kernel = &totals.kernel;
     [
         ("ringbuf_full", kernel.ringbuf_drops),
@@ -108,6 +108,7 @@ fn losses(totals: &Totals) -> [(&'static str, u64); 7] {
         ("writer_map_full", kernel.writer_insert_failed),
         ("writer_stats_full", kernel.writer_stats_full),
         ("probe_errors", kernel.probe_errors),
+        ("children_not_followed", kernel.follow_failed),
         ("undecodable_records", totals.session.undecodable_records),
     ]
 }

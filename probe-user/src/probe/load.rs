@@ -94,6 +94,21 @@ pub(crate) fn comm_bytes(comm: &str) -> [u8; TASK_COMM_LEN] {
 /// start-up time. Evicted chunks written again are reported again and
 /// deduplicated in userspace, so a smaller map costs only ring traffic.
 pub(crate) const DEFAULT_DEDUP_ENTRIES: u32 = 1 << 15;
+/// Processes the follow map can hold: as many as this machine can run
+/// (the lower of `kernel.pid_max` and `kernel.threads-max`), so following
+/// `-- CMD`'s descendants never runs out. Entries are allocated as used.
+fn follow_capacity() -> u32 {
+    let read = |name: &str| -> Option<u32> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let machine = read("pid_max").into_iter().chain(read("threads-max")).min();
+    machine.unwrap_or(1 << 22).max(1 << 14)
+}
+
 /// The ring buffer's size in the eBPF object.
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
@@ -169,7 +184,8 @@ impl Probes {
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
-            .map_max_entries(map_name::PAGE_SEEN, dedup_capacity);
+            .map_max_entries(map_name::PAGE_SEEN, dedup_capacity)
+            .map_max_entries(map_name::TRACED, follow_capacity());
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries(map_name::EVENTS, bytes);
         }

@@ -49,6 +49,8 @@ pub struct KernelCounters {
     pub possible_write_unverified: u64,
     /// A probe's kernel read or map update failed.
     pub probe_errors: u64,
+    /// Children of followed processes that could not be followed.
+    pub follow_failed: u64,
     /// Idle files' entries the session moved out of the kernel's per-file
     /// map (it fills otherwise), and those of them still dirty, whose
     /// later writeback goes uncounted. Filled by the session, not the kernel.
@@ -68,6 +70,7 @@ impl KernelCounters {
             + self.file_stats_full
             + self.writer_insert_failed
             + self.probe_errors
+            + self.follow_failed
     }
 }
 

@@ -58,6 +58,7 @@ pub(super) fn read_counters<T: Borrow<MapData>>(
         possible_write_windows: at(counter::POSSIBLE_WRITE_WINDOWS),
         possible_write_unverified: at(counter::POSSIBLE_WRITE_UNVERIFIED),
         probe_errors: at(counter::PROBE_ERRORS),
+        follow_failed: at(counter::FOLLOW_FAILED),
         ringbuf_drops_other_events: at(counter::RINGBUF_DROPS_OTHER_EVENTS),
         files_handed_over: 0,
         dirty_files_handed_over: 0,

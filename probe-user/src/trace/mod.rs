@@ -185,12 +185,13 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     }
     if report.lost_events > 0 {
         eprintln!(
-            "mmapwatch: {} event(s) lost (ring buffer full: {}, mapping lookups failed: {}, stats map full: {}, probe errors: {}); the report is incomplete",
+            "mmapwatch: {} event(s) lost (ring buffer full: {}, mapping lookups failed: {}, stats map full: {}, probe errors: {}, children not followed: {}); the report is incomplete",
             report.lost_events,
             report.drops.ringbuf_full,
             report.drops.vma_lookup_failed,
             report.drops.file_stats_full,
-            report.drops.probe_errors
+            report.drops.probe_errors,
+            report.drops.children_not_followed
         );
     }
     Ok(match stop {

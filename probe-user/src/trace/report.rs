@@ -233,6 +233,9 @@ pub struct Drops {
     /// A probe's kernel read or map update failed: the fault, followed
     /// child or writeback sample it concerned may be missing.
     pub probe_errors: u64,
+    /// Children of followed processes (`-- CMD`, `--pid`) that could not
+    /// be followed: their writes are missing.
+    pub children_not_followed: u64,
     /// Entries the kernel's first-write dedup map evicted (inserts beyond
     /// its capacity). Not lost: an evicted page written again is reported
     /// again and deduplicated here (`dedup_repeats`).
@@ -412,6 +415,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             file_stats_full: counters.file_stats_full,
             writer_map_full: counters.writer_insert_failed,
             probe_errors: counters.probe_errors,
+            children_not_followed: counters.follow_failed,
             dedup_evictions: counters
                 .dedup_inserts
                 .saturating_sub(u64::from(ctx.dedup_capacity)),

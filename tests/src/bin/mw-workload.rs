@@ -187,6 +187,20 @@ enum Case {
         #[arg(long, default_value_t = 5_000)]
         sync_every: u64,
     },
+    /// Start `threads` threads that wait, then fork a child that writes
+    /// `pages` of `file` through a shared mapping and exits; then let the
+    /// threads end. (A process with many threads, as a JVM or a database
+    /// has, forking a helper.)
+    ThreadsThenFork {
+        #[arg(long)]
+        threads: usize,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
     /// Open `count` TCP connections to 127.0.0.1:`port` and hold them, idle,
     /// until stdin closes (for the exporter's connection cap).
     IdleConnections {
@@ -655,6 +669,12 @@ fn main() -> Result<()> {
             per_second,
             sync_every,
         } => many_files(&dir, files, per_second, sync_every),
+        Case::ThreadsThenFork {
+            threads,
+            file,
+            size_pages,
+            pages,
+        } => threads_then_fork(threads, &file, size_pages, &pages),
         Case::IdleConnections { port, count } => {
             let held = (0..count)
                 .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)))
@@ -722,5 +742,89 @@ fn rename(name: &std::ffi::OsStr) -> Result<()> {
     }
     // Past the clock tick for which a tracer may keep the old name.
     std::thread::sleep(std::time::Duration::from_millis(50));
+    Ok(())
+}
+
+fn threads_then_fork(threads: usize, file: &PathBuf, size_pages: u64, pages: &[u64]) -> Result<()> {
+    // Opened and sized before the fork: the child only maps and stores.
+    let handle = open_sized(file, size_pages)?;
+    // Threads block reading a pipe until its write end closes. Raw
+    // pthreads with small stacks: std's threads also map a signal stack
+    // each, and 20,000 of them pass vm.max_map_count.
+    let mut pipe = [0; 2];
+    // SAFETY: a two-int array for pipe(2) to fill.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    extern "C" fn wait_for_close(fd: *mut libc::c_void) -> *mut libc::c_void {
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a local from the pipe's read end.
+        unsafe { libc::read(fd as usize as i32, (&raw mut byte).cast(), 1) };
+        std::ptr::null_mut()
+    }
+    let mut waiting = Vec::with_capacity(threads);
+    // SAFETY: attr is initialised by pthread_attr_init before use and
+    // destroyed after; each thread gets the pipe's fd by value.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 64 << 10);
+        for _ in 0..threads {
+            let mut thread: libc::pthread_t = 0;
+            let fd = pipe[0] as usize as *mut libc::c_void;
+            let err = libc::pthread_create(&mut thread, &attr, wait_for_close, fd);
+            if err != 0 {
+                bail!("pthread_create: {}", std::io::Error::from_raw_os_error(err));
+            }
+            waiting.push(thread);
+        }
+        libc::pthread_attr_destroy(&mut attr);
+    }
+    eprintln!("workload: threads={}", waiting.len());
+    let length = (size_pages as usize) * PAGE;
+    // SAFETY: fork in a threaded process; the child makes only raw
+    // syscalls (mmap, stores to its own mapping, munmap, _exit), which are
+    // async-signal-safe, before it exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a fresh shared mapping of the file opened above.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                handle.as_raw_fd(),
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                libc::_exit(1);
+            }
+            for &page in pages {
+                *(base as *mut u8).add(page as usize * PAGE) = 1;
+            }
+            libc::munmap(base, length);
+            libc::_exit(0);
+        }
+    }
+    if child < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    // SAFETY: closes our write end (the threads' reads end) and joins the
+    // threads started above.
+    unsafe {
+        libc::close(pipe[1]);
+        for thread in waiting {
+            libc::pthread_join(thread, std::ptr::null_mut());
+        }
+    }
+    eprintln!("workload: child={child} status={status}");
+    if status != 0 {
+        bail!("the child failed: status {status}");
+    }
     Ok(())
 }
