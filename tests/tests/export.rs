@@ -418,6 +418,11 @@ fn a_plain_scrape_is_prometheus_text_that_promtool_accepts() {
         "{body}"
     );
     assert!(body.contains(&format!("{series} 2")), "{body}");
+    assert_promtool_accepts(&body);
+}
+
+/// `promtool check metrics` passes the scrape `body`.
+fn assert_promtool_accepts(body: &str) {
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -752,6 +757,15 @@ fn kernel_totals_are_read_at_scrape_time() {
 }
 
 /// YAML documents as JSON values, read by `yq` (a jq wrapper).
+/// The DaemonSet of deploy/daemonset.yaml.
+fn shipped_daemonset() -> serde_json::Value {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    yaml_documents(&deploy.join("daemonset.yaml"))
+        .into_iter()
+        .find(|doc| doc["kind"] == "DaemonSet")
+        .expect("a DaemonSet")
+}
+
 fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
     let output = Command::new("yq")
         .args(["-c", "."])
@@ -777,10 +791,7 @@ fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn shipped_pod_monitor_scrapes_the_daemonset() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let daemonset = yaml_documents(&deploy.join("daemonset.yaml"))
-        .into_iter()
-        .find(|doc| doc["kind"] == "DaemonSet")
-        .expect("a DaemonSet");
+    let daemonset = shipped_daemonset();
     let [monitor] = &yaml_documents(&deploy.join("podmonitor.yaml"))[..] else {
         panic!("podmonitor.yaml: one document expected");
     };
@@ -901,26 +912,7 @@ fn hostile_file_and_process_names_keep_scrapes_valid_and_series_apart() {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
     assert_eq!(pages, 6.0, "{body}");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    assert_promtool_accepts(&body);
 }
 
 /// A certificate authority and a server certificate for 127.0.0.1, and a
@@ -1240,10 +1232,7 @@ fn the_agent_keeps_only_the_capabilities_it_needs() {
 #[test]
 fn shipped_network_policy_admits_only_the_scraper() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let daemonset = yaml_documents(&deploy.join("daemonset.yaml"))
-        .into_iter()
-        .find(|doc| doc["kind"] == "DaemonSet")
-        .expect("a DaemonSet");
+    let daemonset = shipped_daemonset();
     let [policy] = &yaml_documents(&deploy.join("networkpolicy.yaml"))[..] else {
         panic!("networkpolicy.yaml: one document expected");
     };

@@ -58,6 +58,25 @@ impl SharedTmp {
         assert!(status.success(), "attacker script failed: {script}");
     }
 
+    /// `top --batch -- CMD` with this directory as TMPDIR, one table.
+    fn top_batch_running(&self, command: &[&str]) -> Output {
+        run_bounded(
+            Command::new(mmapwatch_bin())
+                .env("TMPDIR", &self.tmp)
+                .args([
+                    "top",
+                    "--batch",
+                    "--count",
+                    "1",
+                    "--interval",
+                    "200ms",
+                    "--",
+                ])
+                .args(command),
+            Duration::from_secs(60),
+        )
+    }
+
     fn assert_victim_untouched(&self) {
         assert_eq!(std::fs::read_to_string(&self.victim).unwrap(), VICTIM_TEXT);
     }
@@ -112,21 +131,7 @@ fn top_never_opens_a_planted_name_for_cmds_output() {
            i=$((i + 1))
          done"
     ));
-    let output = run_bounded(
-        Command::new(mmapwatch_bin())
-            .env("TMPDIR", &shared.tmp)
-            .args([
-                "top",
-                "--batch",
-                "--count",
-                "1",
-                "--interval",
-                "200ms",
-                "--",
-            ])
-            .args(["sh", "-c", &format!("echo {CMD_TEXT}")]),
-        Duration::from_secs(60),
-    );
+    let output = shared.top_batch_running(&["sh", "-c", &format!("echo {CMD_TEXT}")]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     shared.assert_victim_untouched();
@@ -156,21 +161,7 @@ fn top_never_opens_a_planted_name_for_cmds_output() {
 fn top_removes_an_empty_log() {
     require_root();
     let shared = SharedTmp::new();
-    let output = run_bounded(
-        Command::new(mmapwatch_bin())
-            .env("TMPDIR", &shared.tmp)
-            .args([
-                "top",
-                "--batch",
-                "--count",
-                "1",
-                "--interval",
-                "200ms",
-                "--",
-            ])
-            .arg("true"),
-        Duration::from_secs(60),
-    );
+    let output = shared.top_batch_running(&["true"]);
     assert!(output.status.success());
     assert_eq!(std::fs::read_dir(&shared.tmp).unwrap().count(), 0);
 }
