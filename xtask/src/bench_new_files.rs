@@ -58,16 +58,23 @@ impl Under {
             } else {
                 Stdio::null()
             })
-            .stderr(Stdio::piped())
+            .stderr(if self == Under::Top {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .spawn()
             .context("starting mmapwatch")?;
+        if self == Under::Top {
+            // top --batch says nothing when it is attached (its tables go
+            // to stdout, one an interval): past its start-up, with margin.
+            std::thread::sleep(Duration::from_secs(2));
+            return Ok(Some(child));
+        }
+        // trace and export say when they are attached.
         let mut line = String::new();
         BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut line)?;
-        // trace and export say when they are attached; top --batch prints
-        // its first table after an interval.
-        if self == Under::Top {
-            std::thread::sleep(Duration::from_millis(300));
-        } else if !line.contains("tracing") && !line.contains("serving") {
+        if !line.contains("tracing") && !line.contains("serving") {
             bail!("mmapwatch {} did not start: {line}", self.name());
         }
         Ok(Some(child))
