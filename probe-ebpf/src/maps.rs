@@ -11,7 +11,7 @@ use probe_common::{
     WriterKey, WriterStats, WriterStatsKey, CHUNK_PAGES, FILE_STATS_ENTRIES, LATENCY_BUCKETS,
 };
 
-use crate::scratch::FaultScratch;
+use crate::scratch::{FaultScratch, FileNames};
 
 // Sizes below are defaults; userspace may resize maps before load.
 #[map(name = "mw_events")]
@@ -134,3 +134,7 @@ pub(crate) fn count_failure<T>(result: Result<T, i64>) {
 
 #[map(name = "mw_scratch")]
 pub(crate) static SCRATCH: PerCpuArray<FaultScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a new file's record is built before only its used bytes are sent.
+#[map(name = "mw_file_names")]
+pub(crate) static FILE_NAMES: PerCpuArray<FileNames> = PerCpuArray::with_max_entries(1, 0);

@@ -1,20 +1,23 @@
 //! From a write fault whose mapping is known to the records userspace
 //! reads: headers, page and file records, the ring buffer.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel_str},
 };
 use probe_common::{
-    counter, event_kind, walk_end, EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey,
-    PATH_COMPONENT_LEN, PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
+    counter, event_kind, names_sent, next_name_offset, walk_end, EventHeader, FileEvent, FileKey,
+    PageEvent, WriterStatsKey, PATH_COMPONENT_LEN, PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED,
+    VM_WRITE,
 };
 
 use crate::{
     dedup::{cache_chunk, report_first_use, reported_here},
     folio::{folio_room, may_hold_large_folios, note_folio_span},
     kernel::{current_cgroup_id, pages_of, read_kernel, EEXIST},
-    maps::{bump, COUNTERS, EMPTY_FILE_STATS, EVENTS, FILE_STATS},
+    maps::{bump, COUNTERS, EMPTY_FILE_STATS, EVENTS, FILE_NAMES, FILE_STATS},
     scratch::FaultScratch,
     stats::{add_writer_faults, count_in_run},
     vma::VmaInfo,
@@ -152,12 +155,6 @@ fn attached_mount(mount: u64) -> u64 {
     }
 }
 
-// The walk passes its start through a name slot as u64s (see below).
-const _: () = assert!(
-    core::mem::offset_of!(FileEvent, components).is_multiple_of(8)
-        && PATH_COMPONENT_LEN.is_multiple_of(8)
-);
-
 /// The number of `mount`'s namespace (0: none, or a detached mount): the
 /// view the file's name is in, known even after the writer is gone.
 #[inline(always)]
@@ -226,14 +223,14 @@ fn stacked(dentry: u64, superblock: u64) -> bool {
 /// writer opened, marked `STACKED`). The walk crosses mounts up to the
 /// root of the writer's mount namespace (an empty name marks each mount
 /// crossed), so the name is whole as the writer saw it, even when that
-/// namespace is gone by the time userspace reads the record. A function
+/// namespace is gone by the time userspace reads the record. The names are
+/// packed in per-CPU memory and only the bytes used are sent. A function
 /// of its own (not inlined): the verifier walks its loop once per program
 /// and prunes the other calls, instead of once per inlined copy.
 #[inline(never)]
 pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
-    let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
-        bump(counter::RINGBUF_DROPS);
-        bump(counter::RINGBUF_DROPS_FILE_EVENTS);
+    let Some(record) = FILE_NAMES.get_ptr_mut(0) else {
+        bump(counter::PROBE_ERRORS);
         return;
     };
     let (magic_offset, parent_offset, name_offset) = (
@@ -249,16 +246,16 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
     );
     // No file (a window found without its mapping): no names to send.
     let (dentry, mut mount) = walk_start(info.file);
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at reserved ring-buffer memory of the right size;
-    // fields are written in place because the record exceeds the BPF stack.
+    // SAFETY: this CPU's slot of a one-entry per-CPU array; programs on one
+    // CPU do not interleave (see `FileNames`).
     unsafe {
+        let event = &raw mut (*record).event;
         (*event).header = *header;
         (*event).header.kind = event_kind::FILE_SEEN;
         (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
         (*event).depth = 0;
         (*event).mount_ns = namespace_number(mount);
-        (*event)._pad = 0;
+        (*event).names_len = 0;
         // The flag goes into the record now, not kept across the loop: a
         // value live through it would double the verifier's states.
         (*event).reached_root = if stacked(dentry, info.superblock) {
@@ -274,27 +271,25 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         } else {
             read_kernel(mount + mount_embedded, mnt_root_offset).unwrap_or(u64::MAX)
         };
-        // Passed through the record's last name slot (overwritten only at
-        // the walk's last step): the verifier does not track values in
-        // ring-buffer memory, so the loop starts from one state instead of
-        // one per way the start was found, which tripled its work.
-        let start = (*event).components[PATH_MAX_DEPTH - 1]
-            .as_mut_ptr()
-            .cast::<u64>();
-        // Volatile, so the compiler keeps the round trip; aligned: the
-        // record and its name slots start at multiples of 8.
-        start.write_volatile(dentry);
-        start.add(1).write_volatile(mount);
-        start.add(2).write_volatile(root);
-        let mut dentry = start.read_volatile();
-        mount = start.add(1).read_volatile();
-        let mut root = start.add(2).read_volatile();
-        // One slot per step, a crossing included, and no branch on the
-        // mount itself: the verifier walks this loop once per slot, with
+        // Passed through memory: the verifier does not track values there,
+        // so the loop starts from one state instead of one per way the
+        // start was found, which tripled its work. The bytes of names used
+        // live in the record for the same reason (read back as any value,
+        // then masked).
+        let start = &raw mut (*record).walk_start;
+        (&raw mut (*start)[0]).write_volatile(dentry);
+        (&raw mut (*start)[1]).write_volatile(mount);
+        (&raw mut (*start)[2]).write_volatile(root);
+        let mut dentry = (&raw const (*start)[0]).read_volatile();
+        mount = (&raw const (*start)[1]).read_volatile();
+        let mut root = (&raw const (*start)[2]).read_volatile();
+        let names = (&raw mut (*record).names).cast::<u8>();
+        let used = &raw mut (*event).names_len;
+        // One name per step, a crossing included, and no branch on the
+        // mount itself: the verifier walks this loop once per step, with
         // few states.
         while depth < PATH_MAX_DEPTH {
-            let component = &mut (*event).components[depth];
-            component[0] = 0;
+            let name_at = names.add(next_name_offset(used.read_volatile()));
             if dentry == root {
                 let parent: u64 = read_kernel(mount, mount_parent_offset).unwrap_or(mount);
                 if parent == mount {
@@ -304,6 +299,8 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
                 // Into the parent mount, at the directory this one is
                 // mounted on (an attached mount's parents are attached);
                 // the empty name marks the crossing.
+                name_at.write(0);
+                used.write_volatile(used.read_volatile() + 1);
                 dentry = read_kernel(mount, mountpoint_offset).unwrap_or(0);
                 mount = parent;
                 root = read_kernel(mount + mount_embedded, mnt_root_offset).unwrap_or(u64::MAX);
@@ -317,7 +314,20 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
                 break;
             }
             let name: u64 = read_kernel(dentry, name_offset).unwrap_or(0);
-            let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, component);
+            // Bytes copied, NUL included; on failure, an empty name (the
+            // depth still counts the step).
+            let copied = bpf_probe_read_kernel_str(
+                name_at.cast(),
+                PATH_COMPONENT_LEN as u32,
+                name as *const c_void,
+            );
+            let copied = if copied > 0 {
+                copied as u32
+            } else {
+                name_at.write(0);
+                1
+            };
+            used.write_volatile(used.read_volatile() + copied);
             depth += 1;
             (*event).depth = depth as u32;
             dentry = parent;
@@ -334,8 +344,14 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
                 (*event).reached_root |= walk_end::FS_ROOT;
             }
         }
+        let len = size_of::<FileEvent>() + names_sent(used.read_volatile());
+        let bytes = core::slice::from_raw_parts(record.cast::<u8>(), len);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            bump(counter::RINGBUF_DROPS);
+            bump(counter::RINGBUF_DROPS_FILE_EVENTS);
+            return;
+        }
     }
-    entry.submit(0);
     bump(counter::EVENTS_SUBMITTED);
 }
 

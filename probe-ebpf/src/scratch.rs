@@ -1,7 +1,10 @@
 //! Per-CPU working memory of the fault path (the BPF stack is 512 bytes
 //! for a whole call chain).
 
-use probe_common::{EventHeader, PendingCounts, PendingFault, MAPLE_MAX_PIVOTS, TASK_COMM_LEN};
+use probe_common::{
+    EventHeader, FileEvent, PendingCounts, PendingFault, FILE_NAMES_BUFFER, MAPLE_MAX_PIVOTS,
+    TASK_COMM_LEN,
+};
 
 use crate::{
     dedup::ChunkCache,
@@ -32,6 +35,17 @@ pub(crate) struct FaultScratch {
     pub(crate) chunk_cache: ChunkCache,
     pub(crate) closing_run: PendingCounts,
     pub(crate) large_folios: LargeFolioCache,
+}
+
+/// A new file's record as it is built: the record, then its names packed
+/// back to back (sent: the record and the names used), then where the walk
+/// starts (not sent). Its own per-CPU slot: the fault path's scratch is in
+/// use when a fault announces a file.
+#[repr(C)]
+pub(crate) struct FileNames {
+    pub(crate) event: FileEvent,
+    pub(crate) names: [u8; FILE_NAMES_BUFFER],
+    pub(crate) walk_start: [u64; 3],
 }
 
 #[inline(always)]

@@ -43,8 +43,9 @@ pub mod map_name {
     pub const HOOKS: &str = mw_name!("hooks");
     pub const TRACED: &str = mw_name!("traced");
     pub const SCRATCH: &str = mw_name!("scratch");
+    pub const FILE_NAMES: &str = mw_name!("file_names");
     /// Every one of them, for the check against the object.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         EVENTS,
         PAGE_SEEN,
         WRITERS,
@@ -62,6 +63,7 @@ pub mod map_name {
         HOOKS,
         TRACED,
         SCRATCH,
+        FILE_NAMES,
     ];
 }
 
@@ -358,7 +360,12 @@ impl FolioRoom {
 }
 
 /// [`event_kind::FILE_SEEN`]: sent once per file, when its stats entry is
-/// created, so a path survives the writer's exit.
+/// created, so a path survives the writer's exit. The record is followed
+/// by `names_len` bytes of names: `depth` NUL-terminated dentry names, leaf
+/// first (an empty one marks a mount the walk crossed). Only the bytes a
+/// path uses travel: tens of bytes for a usual path, where a slot per
+/// component at its longest took 8 KiB and a burst of new files filled the
+/// ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
@@ -366,17 +373,50 @@ pub struct FileEvent {
     pub header: EventHeader,
     /// `super_block.s_magic`: the filesystem type.
     pub fs_magic: u64,
-    /// Components filled in `components`, leaf first.
+    /// Names that follow the record.
     pub depth: u32,
     /// One of [`walk_end`]: where the walk stopped within `PATH_MAX_DEPTH`.
     pub reached_root: u32,
     /// The mount namespace (its inode number, as /proc/PID/ns/mnt shows
     /// it) of the mount the walk started in; 0 when it has none.
     pub mount_ns: u32,
-    pub _pad: u32,
-    /// NUL-terminated dentry names, leaf first.
-    pub components: [[u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH],
+    /// Bytes of names that follow the record.
+    pub names_len: u32,
 }
+
+/// The most bytes of names a [`FileEvent`] carries: every component at its
+/// longest, NUL included.
+pub const FILE_NAMES_MAX: usize = PATH_COMPONENT_LEN * PATH_MAX_DEPTH;
+
+/// The buffer a walk packs its names into: twice [`FILE_NAMES_MAX`], so
+/// that the masked offsets below stay inside it whatever the verifier
+/// assumes of the bytes used so far (it does not track them: they live in
+/// memory, which keeps the walk's loop to one state per step).
+pub const FILE_NAMES_BUFFER: usize = 2 * FILE_NAMES_MAX;
+
+/// Where the next name goes, given the bytes of names used so far: a name
+/// is read there with room for [`PATH_COMPONENT_LEN`] bytes. The walk uses
+/// at most `FILE_NAMES_MAX - PATH_COMPONENT_LEN` bytes before its last
+/// name, so the mask never changes a real offset.
+#[inline(always)]
+pub const fn next_name_offset(names_used: u32) -> usize {
+    names_used as usize & (FILE_NAMES_MAX - 1)
+}
+
+/// The bytes of names sent, given those used: at most the buffer's size,
+/// so the record's length is bounded for the verifier; the walk never uses
+/// more than [`FILE_NAMES_MAX`], so the mask never changes a real length.
+#[inline(always)]
+pub const fn names_sent(names_used: u32) -> usize {
+    names_used as usize & (FILE_NAMES_BUFFER - 1)
+}
+
+const _: () = assert!(
+    FILE_NAMES_MAX.is_power_of_two()
+        && FILE_NAMES_BUFFER.is_power_of_two()
+        && FILE_NAMES_MAX - 1 + PATH_COMPONENT_LEN <= FILE_NAMES_BUFFER
+        && core::mem::size_of::<FileEvent>().is_multiple_of(8)
+);
 
 /// Key of the per-file stats map.
 #[repr(C)]
@@ -788,4 +828,36 @@ mod pod {
         KernelOffsets,
         ProbeConfig
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every offset and length a walk can reach is left as it is by the
+    /// masks: names of any length, mounts crossed (one byte each) anywhere.
+    #[test]
+    fn the_name_masks_never_change_a_reachable_offset_or_length() {
+        for name_len in 1..=PATH_COMPONENT_LEN as u32 {
+            let mut used = 0u32;
+            for _ in 0..PATH_MAX_DEPTH {
+                let at = next_name_offset(used);
+                assert_eq!(at, used as usize);
+                assert!(at + PATH_COMPONENT_LEN <= FILE_NAMES_BUFFER);
+                used += name_len;
+            }
+            assert!(used as usize <= FILE_NAMES_MAX);
+            assert_eq!(names_sent(used), used as usize);
+        }
+    }
+
+    /// Whatever the verifier assumes of the bytes used, a name's room and
+    /// the record's names stay inside the buffer.
+    #[test]
+    fn the_name_masks_bound_any_value_to_the_buffer() {
+        for used in [0, 1, 255, 8191, 8192, 16383, 16384, u32::MAX] {
+            assert!(next_name_offset(used) + PATH_COMPONENT_LEN <= FILE_NAMES_BUFFER);
+            assert!(names_sent(used) <= FILE_NAMES_BUFFER);
+        }
+    }
 }

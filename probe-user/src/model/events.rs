@@ -259,6 +259,8 @@ pub enum DecodeError {
     UnknownSyncCall(u32),
     #[error("span record of {pages} pages from page {first_page} is not a huge page")]
     BadSpan { first_page: u64, pages: u64 },
+    #[error("file record claims {depth} names but its {len} bytes of names hold fewer")]
+    BadNames { depth: u32, len: u32 },
 }
 
 /// The largest span a record may claim: a 1 GiB (PUD) page of 4 KiB pages.
@@ -311,6 +313,45 @@ fn read<T: FromBytes + zerocopy::KnownLayout + zerocopy::Immutable>(
             len: bytes.len(),
             need: std::mem::size_of::<T>(),
         })
+}
+
+/// The names that follow a FILE_SEEN record, leaf first: `depth` of them,
+/// each NUL-terminated, in `names_len` bytes. An empty name is a mount the
+/// walk crossed, not a name, and is left out.
+fn file_names(bytes: &[u8], event: &FileEvent) -> Result<Vec<NameBytes>, DecodeError> {
+    let head = std::mem::size_of::<FileEvent>();
+    let need = head + event.names_len as usize;
+    let names = bytes.get(head..need).ok_or(DecodeError::Short {
+        len: bytes.len(),
+        need,
+    })?;
+    let bad = || DecodeError::BadNames {
+        depth: event.depth,
+        len: event.names_len,
+    };
+    if event.depth as usize > PATH_MAX_DEPTH {
+        return Err(bad());
+    }
+    if event.depth == 0 {
+        return Ok(Vec::new());
+    }
+    // Split on the NULs, the last one ending the last name, not starting
+    // another.
+    let Some((0, names)) = names.split_last() else {
+        return Err(bad());
+    };
+    let steps: Vec<&[u8]> = names
+        .split(|&byte| byte == 0)
+        .take(event.depth as usize)
+        .collect();
+    if steps.len() < event.depth as usize {
+        return Err(bad());
+    }
+    Ok(steps
+        .into_iter()
+        .filter(|name| !name.is_empty())
+        .map(|name| NameBytes(name.to_vec()))
+        .collect())
 }
 
 /// Decodes one ring-buffer record.
@@ -395,17 +436,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }),
         event_kind::FILE_SEEN => {
             let event: FileEvent = read(bytes)?;
-            let depth = (event.depth as usize).min(PATH_MAX_DEPTH);
             Ok(Event::FileSeen {
                 file,
                 fs_magic: event.fs_magic,
-                // An empty name is a mount the walk crossed, not a name.
-                components: event.components[..depth]
-                    .iter()
-                    .map(|c| c_bytes(c))
-                    .filter(|name| !name.is_empty())
-                    .map(|name| NameBytes(name.to_vec()))
-                    .collect(),
+                components: file_names(bytes, &event)?,
                 walk: match event.reached_root & walk_end::END_MASK {
                     walk_end::FS_ROOT => WalkEnd::FsRoot,
                     walk_end::NAMESPACE_ROOT => WalkEnd::NamespaceRoot,
@@ -422,7 +456,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use probe_common::{PATH_COMPONENT_LEN, TASK_COMM_LEN};
+    use probe_common::TASK_COMM_LEN;
     use zerocopy::IntoBytes;
 
     use super::*;
@@ -573,27 +607,32 @@ mod tests {
         ));
     }
 
-    /// A FILE_SEEN record with these names (slot by slot), decoded to
-    /// (names, walk end, through overlayfs).
-    fn decoded_file_seen(
-        names: &[&[u8]],
-        depth: u32,
-        reached_root: u32,
-    ) -> (Vec<NameBytes>, WalkEnd, bool) {
-        let mut components = [[0u8; PATH_COMPONENT_LEN]; PATH_MAX_DEPTH];
-        for (slot, name) in components.iter_mut().zip(names) {
-            slot[..name.len()].copy_from_slice(name);
-        }
+    /// A FILE_SEEN record's bytes: the record, then these names packed as
+    /// the walk packs them, each NUL-terminated.
+    fn file_seen_bytes(names: &[&[u8]], depth: u32, reached_root: u32) -> Vec<u8> {
+        let packed: Vec<u8> = names
+            .iter()
+            .flat_map(|name| name.iter().copied().chain([0]))
+            .collect();
         let record = FileEvent {
             header: header(event_kind::FILE_SEEN),
             fs_magic: 0xEF53,
             depth,
             reached_root,
             mount_ns: 0,
-            _pad: 0,
-            components,
+            names_len: packed.len() as u32,
         };
-        match decode(record.as_bytes()).unwrap() {
+        [record.as_bytes(), &packed].concat()
+    }
+
+    /// A FILE_SEEN record with these names, decoded to (names, walk end,
+    /// through overlayfs).
+    fn decoded_file_seen(
+        names: &[&[u8]],
+        depth: u32,
+        reached_root: u32,
+    ) -> (Vec<NameBytes>, WalkEnd, bool) {
+        match decode(&file_seen_bytes(names, depth, reached_root)).unwrap() {
             Event::FileSeen {
                 components,
                 walk,
@@ -606,6 +645,40 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_file_record_whose_names_do_not_hold_up_is_refused() {
+        // Names cut short by the record's end.
+        let whole = file_seen_bytes(&[b"data.bin", b"tmp"], 2, walk_end::FS_ROOT);
+        assert!(matches!(
+            decode(&whole[..whole.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+        // More names claimed than the bytes hold.
+        assert!(matches!(
+            decode(&file_seen_bytes(&[b"data.bin"], 2, walk_end::FS_ROOT)),
+            Err(DecodeError::BadNames { depth: 2, .. })
+        ));
+        assert!(matches!(
+            decode(&file_seen_bytes(&[], PATH_MAX_DEPTH as u32 + 1, 0)),
+            Err(DecodeError::BadNames { .. })
+        ));
+        // A last name without its NUL.
+        let mut unterminated = whole.clone();
+        unterminated.pop();
+        let names_len = std::mem::offset_of!(FileEvent, names_len);
+        let len = u32::from_ne_bytes(unterminated[names_len..names_len + 4].try_into().unwrap());
+        unterminated[names_len..names_len + 4].copy_from_slice(&(len - 1).to_ne_bytes());
+        assert!(matches!(
+            decode(&unterminated),
+            Err(DecodeError::BadNames { .. })
+        ));
+        // No names at all: a window found without its mapping.
+        assert!(matches!(
+            decode(&file_seen_bytes(&[], 0, walk_end::CUT)).unwrap(),
+            Event::FileSeen { components, .. } if components.is_empty()
+        ));
     }
 
     #[test]
