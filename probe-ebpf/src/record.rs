@@ -8,9 +8,9 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel_str},
 };
 use probe_common::{
-    counter, event_kind, names_sent, next_name_offset, walk_end, EventHeader, FileEvent, FileKey,
-    PageEvent, WriterStatsKey, PATH_COMPONENT_LEN, PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED,
-    VM_WRITE,
+    counter, event_kind, names_sent, next_name_offset, ring_commit_flags, ring_flag, walk_end,
+    EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey, PATH_COMPONENT_LEN, PATH_MAX_DEPTH,
+    TASK_COMM_LEN, VM_SHARED, VM_WRITE,
 };
 
 use crate::{
@@ -89,6 +89,7 @@ pub(crate) fn header(
 
 #[inline(always)]
 pub(crate) fn submit_page_event(header: &EventHeader, kind: u32, page: u64, pages: u64) {
+    let flags = commit_flags(size_of::<PageEvent>());
     match EVENTS.reserve::<PageEvent>(0) {
         Some(mut entry) => {
             let event = entry.as_mut_ptr();
@@ -101,27 +102,29 @@ pub(crate) fn submit_page_event(header: &EventHeader, kind: u32, page: u64, page
                 (*event).page = page;
                 (*event).pages = pages;
             }
-            entry.submit(0);
+            entry.submit(flags);
             bump(counter::EVENTS_SUBMITTED);
-            note_ring_fill();
         }
         None => bump(counter::RINGBUF_DROPS),
     }
 }
 
-/// Keeps the highest ring-buffer fill seen on this CPU.
+/// The flags to commit a record of `len` bytes with (whether it wakes the
+/// reader: see [`ring_commit_flags`]); keeps the highest ring fill seen on
+/// this CPU on the way.
 #[inline(always)]
-pub(crate) fn note_ring_fill() {
-    // BPF_RB_AVAIL_DATA: bytes submitted and not yet consumed.
-    let used = EVENTS.query(0);
+pub(crate) fn commit_flags(len: usize) -> u64 {
+    let unread = EVENTS.query(ring_flag::AVAIL_DATA);
+    let len = len as u64;
     if let Some(peak) = COUNTERS.get_ptr_mut(counter::RING_PEAK_BYTES) {
         // SAFETY: per-CPU slot.
         unsafe {
-            if used > *peak {
-                *peak = used;
+            if unread + len > *peak {
+                *peak = unread + len;
             }
         }
     }
+    ring_commit_flags(unread, len, u64::from(config!(ring_wakeup_bytes)))
 }
 
 /// The mount a walk starts in, for crossing to its parents; 0 when this
@@ -346,7 +349,7 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         }
         let len = size_of::<FileEvent>() + names_sent(used.read_volatile());
         let bytes = core::slice::from_raw_parts(record.cast::<u8>(), len);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        if EVENTS.output::<[u8]>(bytes, commit_flags(len)).is_err() {
             bump(counter::RINGBUF_DROPS);
             bump(counter::RINGBUF_DROPS_FILE_EVENTS);
             return;

@@ -418,6 +418,43 @@ const _: () = assert!(
         && core::mem::size_of::<FileEvent>().is_multiple_of(8)
 );
 
+/// How the reader learns of records. A wakeup from the ring is an
+/// interrupt on the writer's CPU (irq_work: a self-IPI, in a VM an exit),
+/// several microseconds the writer waits, once per record whenever the
+/// reader keeps up, which a burst of new files, each announced alone,
+/// paid in full. So records are committed without one, but the record that
+/// takes the unread bytes to `ring_wakeup_bytes` wakes the reader; the
+/// reader also reads every [`READER_POLL_MS`] whatever it was told, so a
+/// trickle of records waits at most that long.
+pub mod ring_flag {
+    /// `BPF_RB_NO_WAKEUP`.
+    pub const NO_WAKEUP: u64 = 1;
+    /// `BPF_RB_FORCE_WAKEUP`.
+    pub const FORCE_WAKEUP: u64 = 2;
+    /// `BPF_RB_AVAIL_DATA`, for `bpf_ringbuf_query`: bytes not yet read.
+    pub const AVAIL_DATA: u64 = 0;
+}
+
+/// How often the reader reads the ring whatever it was told.
+pub const READER_POLL_MS: u64 = 50;
+
+/// The share of the ring unread at which a record wakes the reader: an
+/// eighth, far from full, and more than a poll interval of a busy machine's
+/// records, so that a wakeup is rare.
+pub const RING_WAKEUP_FRACTION: u32 = 8;
+
+/// The flags to commit a record of `len` bytes with, when `unread` bytes
+/// were waiting before it: only the record that crosses `wake_at` wakes the
+/// reader (one wakeup per batch; a missed one is made up by the poll).
+#[inline(always)]
+pub const fn ring_commit_flags(unread: u64, len: u64, wake_at: u64) -> u64 {
+    if unread < wake_at && unread + len >= wake_at {
+        ring_flag::FORCE_WAKEUP
+    } else {
+        ring_flag::NO_WAKEUP
+    }
+}
+
 /// Key of the per-file stats map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -679,6 +716,9 @@ pub struct ProbeConfig {
     /// Non-zero: send [`event_kind::PROCESS_EXIT`] records (`trace`, which
     /// reports each writer's unwritten pages at its exit).
     pub report_exits: u32,
+    /// Unread ring bytes at which a record wakes the reader (see
+    /// [`ring_commit_flags`]).
+    pub ring_wakeup_bytes: u32,
     pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
 }
 
@@ -768,6 +808,7 @@ impl ProbeConfig {
         comm_count: 0,
         fault_around_pages: 0,
         report_exits: 0,
+        ring_wakeup_bytes: 0,
         comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
     };
 }
@@ -832,6 +873,8 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     /// Every offset and length a walk can reach is left as it is by the
@@ -849,6 +892,28 @@ mod tests {
             assert!(used as usize <= FILE_NAMES_MAX);
             assert_eq!(names_sent(used), used as usize);
         }
+    }
+
+    #[test]
+    fn only_the_record_that_crosses_the_mark_wakes_the_reader() {
+        let wake_at = 1 << 20;
+        let flags: std::vec::Vec<u64> = (0..3000u64)
+            .map(|n| ring_commit_flags(n * 1000, 1000, wake_at))
+            .collect();
+        let wakeups: std::vec::Vec<usize> = (0..flags.len())
+            .filter(|&n| flags[n] == ring_flag::FORCE_WAKEUP)
+            .collect();
+        assert_eq!(wakeups, [1048]);
+        assert!(flags
+            .iter()
+            .all(|&f| f == ring_flag::FORCE_WAKEUP || f == ring_flag::NO_WAKEUP));
+        // A record landing exactly on the mark wakes it too.
+        assert_eq!(
+            ring_commit_flags(wake_at - 8, 8, wake_at),
+            ring_flag::FORCE_WAKEUP
+        );
+        // A reader told to wake for nothing (mark 0): never woken.
+        assert_eq!(ring_commit_flags(0, 8, 0), ring_flag::NO_WAKEUP);
     }
 
     /// Whatever the verifier assumes of the bytes used, a name's room and

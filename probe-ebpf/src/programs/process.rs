@@ -12,7 +12,7 @@ use crate::{
     filter::task_selected,
     kernel::{current_cgroup_id, current_comm_into, read_kernel},
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
-    record::fill_header,
+    record::{commit_flags, fill_header},
 };
 
 const MAP_SHARED: u64 = 0x01;
@@ -147,6 +147,7 @@ fn report_exit(pid_tgid: u64) {
     if !task_selected((pid_tgid >> 32) as u32, &comm) {
         return;
     }
+    let flags = commit_flags(size_of::<EventHeader>());
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         bump(counter::RINGBUF_DROPS);
         bump(counter::RINGBUF_DROPS_OTHER_EVENTS);
@@ -168,7 +169,7 @@ fn report_exit(pid_tgid: u64) {
         );
         (*event)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(flags);
     bump(counter::EVENTS_SUBMITTED);
 }
 

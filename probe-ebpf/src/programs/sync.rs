@@ -18,7 +18,7 @@ use crate::{
     filter::{selected_current_task, tgid_selected},
     kernel::{current_cgroup_id, inode_key, read_kernel},
     maps::{bump, count_failure, EVENTS, PENDING_SYNC},
-    record::{fill_header, note_ring_fill},
+    record::{commit_flags, fill_header},
     vma::{find_vma_locked, VmaInfo},
 };
 
@@ -152,6 +152,7 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
     }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    let flags = commit_flags(size_of::<SyncEvent>());
     let Some(mut entry) = EVENTS.reserve::<SyncEvent>(0) else {
         bump(counter::RINGBUF_DROPS);
         bump(counter::RINGBUF_DROPS_OTHER_EVENTS);
@@ -177,9 +178,8 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*event).first_page = pending.first_page;
         (*event).pages = pending.pages;
     }
-    entry.submit(0);
+    entry.submit(flags);
     bump(counter::EVENTS_SUBMITTED);
-    note_ring_fill();
     Ok(())
 }
 

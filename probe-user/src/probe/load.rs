@@ -11,7 +11,7 @@ use aya::{
     programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use probe_common::{filter, ProbeConfig, MAX_COMM_FILTERS, TASK_COMM_LEN};
+use probe_common::{filter, ProbeConfig, MAX_COMM_FILTERS, RING_WAKEUP_FRACTION, TASK_COMM_LEN};
 
 use super::{
     backend::{Attached, Selection},
@@ -164,6 +164,8 @@ impl Probes {
             comm_count: options.comms.len() as u32,
             fault_around_pages: fault_around_pages(),
             report_exits: u32::from(options.report_exits),
+            ring_wakeup_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES)
+                / RING_WAKEUP_FRACTION,
             ..ProbeConfig::default()
         };
         if !options.comms.is_empty() {

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use probe_common::WriterStats;
+use probe_common::{WriterStats, READER_POLL_MS};
 use tokio::io::{unix::AsyncFd, Interest};
 
 mod collector;
@@ -130,7 +130,14 @@ pub struct Session {
     /// Idle files' kernel entries moved into the aggregate.
     pub hand_over: HandOverCounts,
     retain: Option<std::time::Duration>,
+    /// When the ring is next read whether or not it woke us: records are
+    /// committed without a wakeup until a batch waits
+    /// (`probe_common::ring_commit_flags`).
+    next_poll: tokio::time::Instant,
 }
+
+/// How often the ring is read whatever it signalled.
+const READER_POLL: std::time::Duration = std::time::Duration::from_millis(READER_POLL_MS);
 
 impl Session {
     /// Checks the input, loads and attaches the probes, and starts the
@@ -183,6 +190,7 @@ impl Session {
             kallsyms: None,
             hand_over: HandOverCounts::default(),
             retain: options.retain,
+            next_poll: tokio::time::Instant::now(),
         })
     }
 
@@ -221,9 +229,14 @@ impl Session {
             child,
             targets,
             collector,
+            next_poll,
             ..
         } = self;
         tokio::select! {
+            () = tokio::time::sleep_until(*next_poll) => {
+                *next_poll = tokio::time::Instant::now() + READER_POLL;
+                Ok(Activity::Events(collector.drain(ring.get_mut())))
+            }
             exited = first_exit(targets) => {
                 targets.remove(exited);
                 Ok(if targets.is_empty() { Activity::TargetsExited } else { Activity::Events(0) })
@@ -232,6 +245,7 @@ impl Session {
                 let mut guard = guard?;
                 let count = collector.drain(guard.get_inner_mut());
                 guard.clear_ready();
+                *next_poll = tokio::time::Instant::now() + READER_POLL;
                 Ok(Activity::Events(count))
             }
             status = wait_for(child) => {
