@@ -11,8 +11,7 @@
 //!
 //! Either way a file-backed `VM_SHARED` mapping is a write to the file, a
 //! private one is copy-on-write. The first write to each (file, page) goes to
-//! userspace through a ring buffer; per-file counters stay in a per-CPU hash
-//! map. Writeback tracepoints add dirtying and writeback counts to files
+//! userspace through a ring buffer; per-file counters stay in a hash map. Writeback tracepoints add dirtying and writeback counts to files
 //! already seen.
 //!
 //! The data path, one module each:
@@ -25,6 +24,11 @@
 //! - `maps`, `scratch` (per-CPU working memory), `kernel` (kernel reads).
 #![no_std]
 #![no_main]
+// BPF has an atomic add but no compare-and-swap before cpu v3, so
+// `core::sync::atomic` offers it no `fetch_add`: the intrinsic does
+// (`stats::add_shared`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // aya-ebpf's map methods take keys and values as `impl Borrow`: a
 // reference passes a pointer to the caller's copy instead of moving another
 // copy onto the 512-byte stack.

@@ -19,7 +19,7 @@ use crate::{
     kernel::{current_cgroup_id, pages_of, read_kernel, EEXIST},
     maps::{bump, COUNTERS, EMPTY_FILE_STATS, EVENTS, FILE_NAMES, FILE_STATS},
     scratch::FaultScratch,
-    stats::{add_writer_faults, count_in_run},
+    stats::{add_writer_faults, count_in_run, keep_later},
     vma::VmaInfo,
 };
 
@@ -366,12 +366,9 @@ pub(crate) fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info:
     }
     match FILE_STATS.insert(key, &EMPTY_FILE_STATS, BPF_NOEXIST as u64) {
         Ok(()) => {
-            // Userspace takes the latest time across CPUs: this CPU's
-            // slot is enough.
             if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
-                // SAFETY: this CPU's slot of a per-CPU map value; programs
-                // on one CPU do not interleave on it.
-                unsafe { (*stats).last_write_boot_ns = now };
+                // SAFETY: a value of the shared per-file map.
+                unsafe { keep_later(&raw mut (*stats).last_write_boot_ns, now) };
             }
             submit_file_event(header, info)
         }

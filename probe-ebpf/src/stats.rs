@@ -1,7 +1,12 @@
 //! Per-file and per-writer counts: runs of faults kept per CPU and added
-//! to the per-CPU stats maps when they end.
+//! to the stats maps when they end.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{HashMap, PerCpuHashMap},
+};
 use probe_common::{counter, EventHeader, FileKey, PendingCounts, WriterStatsKey};
 
 use crate::{
@@ -95,15 +100,36 @@ pub(crate) fn close_run(run: &PendingCounts) {
     }
     // The file was announced when its run opened: its entry is missing
     // only when the map was full then.
-    let added = upsert(&FILE_STATS, &run.file, &EMPTY_FILE_STATS, |stats| {
-        stats.shared_write_faults += run.shared_write_faults;
-        stats.cow_faults += run.cow_faults;
-        stats.last_write_boot_ns = stats.last_write_boot_ns.max(run.last_write_boot_ns);
-    });
-    if !added {
-        bump(counter::FILE_STATS_FULL);
+    match shared_entry(&FILE_STATS, &run.file, &EMPTY_FILE_STATS) {
+        // SAFETY: a value of the shared per-file map, written only through
+        // these helpers.
+        Some(stats) => unsafe {
+            add_shared(
+                &raw mut (*stats).shared_write_faults,
+                run.shared_write_faults,
+            );
+            add_shared(&raw mut (*stats).cow_faults, run.cow_faults);
+            keep_later(&raw mut (*stats).last_write_boot_ns, run.last_write_boot_ns);
+        },
+        None => bump(counter::FILE_STATS_FULL),
     }
     add_writer_faults(&run.writer, run.shared_write_faults, run.cow_faults);
+}
+
+/// The value of `key`, created from zeroes when it has none (another CPU
+/// may create it between the lookup and the insert: then that one). None
+/// when the map is full.
+#[inline(always)]
+fn shared_entry<K, V>(map: &HashMap<K, V>, key: &K, zeroes: &V) -> Option<*mut V> {
+    if let Some(value) = map.get_ptr_mut(key) {
+        return Some(value);
+    }
+    match map.insert(key, zeroes, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(err) if err as i64 == -EEXIST => {}
+        Err(_) => return None,
+    }
+    map.get_ptr_mut(key)
 }
 
 pub(crate) fn add_written_back(key: &FileKey, pages: u64) {
@@ -111,7 +137,37 @@ pub(crate) fn add_written_back(key: &FileKey, pages: u64) {
         return;
     }
     if let Some(stats) = FILE_STATS.get_ptr_mut(key) {
-        // SAFETY: this CPU's value slot.
-        unsafe { (*stats).writeback_pages += pages };
+        // SAFETY: a value of the shared per-file map.
+        unsafe { add_shared(&raw mut (*stats).writeback_pages, pages) };
+    }
+}
+
+/// Adds `amount` to a count of a map value that programs on other CPUs add
+/// to at once. An atomic add whose result is unused: every kernel's BPF has
+/// it (the one that returns the old value needs 5.12).
+///
+/// # Safety
+/// `count` points at a u64 of a live map value.
+#[inline(always)]
+pub(crate) unsafe fn add_shared(count: *mut u64, amount: u64) {
+    if amount != 0 {
+        // SAFETY: the caller's pointer; map values are 8-byte aligned.
+        let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, amount) };
+    }
+}
+
+/// Keeps the later of a map value's time and `time`. Not atomic: two CPUs
+/// storing at once may keep the earlier of two times nanoseconds apart,
+/// which no reader can tell from the order they ran in.
+///
+/// # Safety
+/// `latest` points at a u64 of a live map value.
+#[inline(always)]
+pub(crate) unsafe fn keep_later(latest: *mut u64, time: u64) {
+    // SAFETY: the caller's pointer.
+    unsafe {
+        if time > latest.read_volatile() {
+            latest.write_volatile(time);
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     folio::report_new_folio_span,
     kernel::{inode_key, load_typed, read_kernel, typed_folio_pages, typed_inode_key, EEXIST},
     maps::{bump, count_failure, DIRTY_SINCE, FILE_STATS, WRITEBACK_LATENCY},
-    stats::add_written_back,
+    stats::{add_shared, add_written_back, keep_later},
 };
 
 pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
@@ -35,10 +35,10 @@ pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let pages = typed_folio_pages(folio);
-    // SAFETY: this CPU's value slot.
+    // SAFETY: a value of the shared per-file map.
     unsafe {
-        (*stats).folios_dirtied += 1;
-        (*stats).pages_dirtied += pages;
+        add_shared(&raw mut (*stats).folios_dirtied, 1);
+        add_shared(&raw mut (*stats).pages_dirtied, pages);
     }
     // The clock only where a time is kept (it costs ~100 ns here): the
     // first dirtying since the last completed writeback, which a lookup
@@ -123,15 +123,15 @@ pub(crate) fn try_inode_writeback(ctx: &RawTracePointContext, started: bool) -> 
     let Some(stats) = FILE_STATS.get_ptr_mut(&key) else {
         return Ok(());
     };
-    // SAFETY: this CPU's value slot.
+    // SAFETY: a value of the shared per-file map.
     unsafe {
         let now = bpf_ktime_get_boot_ns();
         if started {
-            (*stats).writeback_starts += 1;
-            (*stats).last_writeback_start_boot_ns = now;
+            add_shared(&raw mut (*stats).writeback_starts, 1);
+            keep_later(&raw mut (*stats).last_writeback_start_boot_ns, now);
         } else {
-            (*stats).writeback_ends += 1;
-            (*stats).last_writeback_end_boot_ns = now;
+            add_shared(&raw mut (*stats).writeback_ends, 1);
+            keep_later(&raw mut (*stats).last_writeback_end_boot_ns, now);
             record_writeback_latency(&key, now);
         }
     }

@@ -604,18 +604,19 @@ impl Aggregate {
         }
     }
 
-    /// Takes a file's kernel counters from a fresh per-CPU snapshot. They
-    /// never go back: a snapshot taken while a CPU moves its open run of
-    /// faults into the maps can miss that run for an instant.
+    /// Takes a file's kernel counters from a fresh snapshot: its entry and
+    /// the CPUs' open runs of faults on it (`parts`, summed). They never go
+    /// back: a snapshot taken while a CPU moves its open run of faults into
+    /// the map can miss that run for an instant.
     pub fn set_kernel_stats<'a>(
         &mut self,
         file: FileId,
-        per_cpu: impl IntoIterator<Item = &'a FileStats>,
+        parts: impl IntoIterator<Item = &'a FileStats>,
     ) {
         // Counters for files with no reported page (their first-write record
         // was dropped) still show up: nothing is lost silently.
         let (record, _) = self.record(file);
-        let mut all: Vec<FileStats> = per_cpu.into_iter().copied().collect();
+        let mut all: Vec<FileStats> = parts.into_iter().copied().collect();
         all.push(record.handed_over);
         let summed = sum_stats(&all);
         record.kernel = max_stats(&record.kernel, &summed);
@@ -627,20 +628,21 @@ impl Aggregate {
     pub fn take_kernel_stats<'a>(
         &mut self,
         file: FileId,
-        per_cpu: impl IntoIterator<Item = &'a FileStats>,
+        parts: impl IntoIterator<Item = &'a FileStats>,
     ) {
         let (record, _) = self.record(file);
-        let mut all: Vec<FileStats> = per_cpu.into_iter().copied().collect();
+        let mut all: Vec<FileStats> = parts.into_iter().copied().collect();
         all.push(record.handed_over);
         record.handed_over = sum_stats(&all);
         record.kernel = max_stats(&record.kernel, &record.handed_over);
     }
 }
 
-/// Sums counters and takes the latest timestamps across CPUs.
-pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a FileStats>) -> FileStats {
+/// Sums counters and takes the latest timestamps across parts (a file's
+/// entry, the CPUs' open runs on it, what was handed over).
+pub fn sum_stats<'a>(parts: impl IntoIterator<Item = &'a FileStats>) -> FileStats {
     let mut total = FileStats::default();
-    for s in per_cpu {
+    for s in parts {
         total.shared_write_faults += s.shared_write_faults;
         total.cow_faults += s.cow_faults;
         total.folios_dirtied += s.folios_dirtied;

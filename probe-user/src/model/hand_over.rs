@@ -36,10 +36,10 @@ pub fn under_pressure(entries: usize, capacity: u32) -> bool {
     entries >= capacity as usize / 2
 }
 
-/// The verdict for an entry (per-CPU values) read at `now_boot_ns`.
-/// `dirty_since` is when the file was first dirtied, if it is now.
+/// The verdict for an entry read at `now_boot_ns`. `dirty_since` is when
+/// the file was first dirtied, if it is now.
 pub fn verdict(
-    per_cpu: &[FileStats],
+    stats: &FileStats,
     now_boot_ns: u64,
     dirty_since: Option<u64>,
     has_open_run: bool,
@@ -51,18 +51,15 @@ pub fn verdict(
     if has_open_run {
         return Verdict::Keep;
     }
-    let last_activity = per_cpu
-        .iter()
-        .flat_map(|s| {
-            [
-                s.last_write_boot_ns,
-                s.last_writeback_start_boot_ns,
-                s.last_writeback_end_boot_ns,
-            ]
-        })
-        .chain(dirty_since)
-        .max()
-        .unwrap_or(0);
+    let last_activity = [
+        stats.last_write_boot_ns,
+        stats.last_writeback_start_boot_ns,
+        stats.last_writeback_end_boot_ns,
+    ]
+    .into_iter()
+    .chain(dirty_since)
+    .max()
+    .unwrap_or(0);
     let idle = now_boot_ns.saturating_sub(last_activity);
     let dirty = dirty_since.is_some();
     let limit = if dirty && !pressure {
@@ -82,7 +79,7 @@ pub fn verdict(
 /// nothing else would remove them.
 pub fn orphaned_dirty_times<'a>(
     dirty_since: &'a HashMap<FileKey, u64>,
-    entries: &'a HashMap<FileKey, Vec<FileStats>>,
+    entries: &'a HashMap<FileKey, FileStats>,
     now_boot_ns: u64,
 ) -> impl Iterator<Item = &'a FileKey> {
     dirty_since.iter().filter_map(move |(key, since)| {
@@ -122,60 +119,60 @@ mod tests {
 
     #[test]
     fn a_clean_file_idle_two_seconds_is_handed_over() {
-        let cpus = [written_at(10 * SECOND), written_at(11 * SECOND)];
+        let stats = written_at(11 * SECOND);
         assert_eq!(
-            verdict(&cpus, 12 * SECOND, None, false, false),
+            verdict(&stats, 12 * SECOND, None, false, false),
             Verdict::Keep
         );
         assert_eq!(
-            verdict(&cpus, 13 * SECOND, None, false, false),
+            verdict(&stats, 13 * SECOND, None, false, false),
             Verdict::HandOver { dirty: false }
         );
     }
 
     #[test]
     fn a_file_with_an_open_run_is_kept_however_old() {
-        let cpus = [written_at(SECOND)];
+        let stats = written_at(SECOND);
         assert_eq!(
-            verdict(&cpus, 1000 * SECOND, None, true, false),
+            verdict(&stats, 1000 * SECOND, None, true, false),
             Verdict::Keep
         );
     }
 
     #[test]
     fn a_dirty_file_waits_for_writeback_then_is_handed_over() {
-        let cpus = [written_at(10 * SECOND)];
+        let stats = written_at(10 * SECOND);
         let dirty = Some(10 * SECOND);
         assert_eq!(
-            verdict(&cpus, 30 * SECOND, dirty, false, false),
+            verdict(&stats, 30 * SECOND, dirty, false, false),
             Verdict::Keep
         );
         assert_eq!(
-            verdict(&cpus, 50 * SECOND, dirty, false, false),
+            verdict(&stats, 50 * SECOND, dirty, false, false),
             Verdict::HandOver { dirty: true }
         );
     }
 
     #[test]
     fn a_dirty_file_waits_no_longer_than_a_clean_one_when_the_map_is_half_full() {
-        let cpus = [written_at(10 * SECOND)];
+        let stats = written_at(10 * SECOND);
         assert!(!under_pressure(32_767, 65_536));
         assert!(under_pressure(32_768, 65_536));
         assert_eq!(
-            verdict(&cpus, 13 * SECOND, Some(10 * SECOND), false, true),
+            verdict(&stats, 13 * SECOND, Some(10 * SECOND), false, true),
             Verdict::HandOver { dirty: true }
         );
     }
 
     #[test]
     fn writeback_activity_counts_as_activity() {
-        let cpus = [FileStats {
+        let stats = FileStats {
             last_write_boot_ns: SECOND,
             last_writeback_end_boot_ns: 20 * SECOND,
             ..FileStats::default()
-        }];
+        };
         assert_eq!(
-            verdict(&cpus, 21 * SECOND, None, false, false),
+            verdict(&stats, 21 * SECOND, None, false, false),
             Verdict::Keep
         );
     }
@@ -205,7 +202,7 @@ mod tests {
             ino,
         };
         let dirty = HashMap::from([(key(1), SECOND), (key(2), SECOND), (key(3), 50 * SECOND)]);
-        let entries = HashMap::from([(key(1), vec![written_at(SECOND)])]);
+        let entries = HashMap::from([(key(1), written_at(SECOND))]);
         let orphans: Vec<_> = orphaned_dirty_times(&dirty, &entries, 60 * SECOND).collect();
         assert_eq!(orphans, vec![&key(2)]);
     }

@@ -20,7 +20,7 @@ use crate::model::events::FileId;
 /// The per-file map as read, with the CPUs' open runs of faults apart (a
 /// file with an open run is still being written: it is never handed over).
 pub struct FileStatsSnapshot {
-    pub entries: StdHashMap<FileKey, Vec<FileStats>>,
+    pub entries: StdHashMap<FileKey, FileStats>,
     pub open_runs: Vec<PendingCounts>,
 }
 
@@ -28,58 +28,14 @@ pub struct FileStatsSnapshot {
 pub const READS_BETWEEN_BREAKS: usize = 1024;
 
 impl Probes {
-    /// Every file's per-CPU counters, and the open runs (read after them:
-    /// see `open_runs`). `meanwhile` runs every [`READS_BETWEEN_BREAKS`]
+    /// Every file's counters, and the open runs (read after them: see
+    /// `open_runs`). `meanwhile` runs every [`READS_BETWEEN_BREAKS`]
     /// entries: tens of thousands of lookups outlast a busy event ring.
     pub fn file_stats_snapshot(
         &self,
         mut meanwhile: impl FnMut(),
     ) -> Result<FileStatsSnapshot, LoadError> {
-        let map: aya::maps::PerCpuHashMap<_, FileKey, FileStats> =
-            self.typed_map(map_name::FILE_STATS)?;
-        let stride = size_of::<FileStats>().next_multiple_of(8);
-        let cpus = possible_cpus(map_name::FILE_STATS)?;
-        let batched = map_batch::read_all(
-            self.map_fd(map_name::FILE_STATS)?,
-            size_of::<FileKey>(),
-            stride * cpus,
-            &mut meanwhile,
-        )
-        .map_err(|err| LoadError::Map {
-            map: map_name::FILE_STATS,
-            reason: format!("batch lookup: {err}"),
-        })?;
-        if let Some((keys, values)) = batched {
-            let entries = keys
-                .chunks_exact(size_of::<FileKey>())
-                .zip(values.chunks_exact(stride * cpus))
-                .filter_map(|(key, per_cpu)| {
-                    let key = FileKey::read_from_bytes(key).ok()?;
-                    let stats = per_cpu
-                        .chunks_exact(stride)
-                        .map(|value| {
-                            FileStats::read_from_prefix(value)
-                                .map(|(stats, _)| stats)
-                                .ok()
-                        })
-                        .collect::<Option<Vec<_>>>()?;
-                    Some((key, stats))
-                })
-                .collect();
-            return Ok(FileStatsSnapshot {
-                entries,
-                open_runs: self.open_runs()?,
-            });
-        }
-        let mut entries = StdHashMap::new();
-        for (read, item) in map.iter().enumerate() {
-            if read % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
-                meanwhile();
-            }
-            // An entry can vanish between listing and lookup; skip it.
-            let Ok((key, values)) = item else { continue };
-            entries.insert(key, values.iter().copied().collect());
-        }
+        let entries = self.read_whole_map(map_name::FILE_STATS, &mut meanwhile)?;
         Ok(FileStatsSnapshot {
             entries,
             open_runs: self.open_runs()?,
@@ -92,29 +48,43 @@ impl Probes {
         &self,
         mut meanwhile: impl FnMut(),
     ) -> Result<StdHashMap<FileKey, u64>, LoadError> {
+        self.read_whole_map(map_name::DIRTY_SINCE, &mut meanwhile)
+    }
+
+    /// Every entry of a file-keyed hash map: in batches where the kernel
+    /// has them (5.6+), else one lookup at a time. `meanwhile` runs every
+    /// [`READS_BETWEEN_BREAKS`] entries.
+    fn read_whole_map<V>(
+        &self,
+        name: &'static str,
+        meanwhile: &mut impl FnMut(),
+    ) -> Result<StdHashMap<FileKey, V>, LoadError>
+    where
+        V: aya::Pod + zerocopy::FromBytes,
+    {
         let batched = map_batch::read_all(
-            self.map_fd(map_name::DIRTY_SINCE)?,
+            self.map_fd(name)?,
             size_of::<FileKey>(),
-            size_of::<u64>(),
-            &mut meanwhile,
+            size_of::<V>(),
+            &mut *meanwhile,
         )
         .map_err(|err| LoadError::Map {
-            map: map_name::DIRTY_SINCE,
+            map: name,
             reason: format!("batch lookup: {err}"),
         })?;
         if let Some((keys, values)) = batched {
             return Ok(keys
                 .chunks_exact(size_of::<FileKey>())
-                .zip(values.chunks_exact(size_of::<u64>()))
-                .filter_map(|(key, since)| {
+                .zip(values.chunks_exact(size_of::<V>()))
+                .filter_map(|(key, value)| {
                     Some((
                         FileKey::read_from_bytes(key).ok()?,
-                        u64::read_from_bytes(since).ok()?,
+                        V::read_from_bytes(value).ok()?,
                     ))
                 })
                 .collect());
         }
-        let map: HashMap<_, FileKey, u64> = self.typed_map(map_name::DIRTY_SINCE)?;
+        let map: HashMap<_, FileKey, V> = self.typed_map(name)?;
         Ok(map
             .iter()
             .enumerate()
@@ -123,6 +93,7 @@ impl Probes {
                     meanwhile();
                 }
             })
+            // An entry can vanish between listing and lookup; skip it.
             .filter_map(|(_, item)| item.ok())
             .collect())
     }
@@ -136,34 +107,27 @@ impl Probes {
         Ok(())
     }
 
-    /// Removes a file's per-CPU counters from the kernel map and returns
-    /// them, in one step: a fault that comes after it creates a new entry
-    /// from zero, so nothing is counted twice or lost (a program that looked
-    /// the entry up before the removal and adds after it is the only loss;
-    /// idle entries are chosen so that does not happen). None when the
-    /// entry is already gone.
+    /// Removes a file's counters from the kernel map and returns them, in
+    /// one step: a fault that comes after it creates a new entry from zero,
+    /// so nothing is counted twice or lost (a program that looked the entry
+    /// up before the removal and adds after it is the only loss; idle
+    /// entries are chosen so that does not happen). None when the entry is
+    /// already gone.
     ///
-    /// A raw bpf(2) call: aya 0.14 offers lookup-and-delete only for maps
-    /// with one value, not per-CPU ones (the kernel has it since 5.14).
-    pub fn take_file_stats(&self, key: &FileKey) -> Result<Option<Vec<FileStats>>, LoadError> {
-        let fail = |reason: String| LoadError::Map {
-            map: map_name::FILE_STATS,
-            reason,
-        };
+    /// A raw bpf(2) call: aya 0.14 offers lookup-and-delete only for queues
+    /// and stacks (the kernel has it for hash maps since 5.14).
+    pub fn take_file_stats(&self, key: &FileKey) -> Result<Option<FileStats>, LoadError> {
         let map_fd = self.map_fd(map_name::FILE_STATS)?;
-        let cpus = possible_cpus(map_name::FILE_STATS)?;
-        // Per-CPU values are 8-byte aligned, one per possible CPU.
-        let stride = size_of::<FileStats>().next_multiple_of(8);
-        let mut values = vec![0u8; stride * cpus];
+        let mut stats = FileStats::default();
         let attr = MapElemAttr {
             map_fd: map_fd.as_raw_fd() as u32,
             pad: 0,
             key: std::ptr::from_ref(key) as u64,
-            value: values.as_mut_ptr() as u64,
+            value: std::ptr::from_mut(&mut stats) as u64,
             flags: 0,
         };
         // SAFETY: `attr` is the kernel's map-element layout; key and value
-        // point at buffers of the map's key size and of `stride * cpus`.
+        // point at a FileKey and a FileStats, the map's key and value.
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -177,17 +141,12 @@ impl Probes {
             if err.raw_os_error() == Some(libc::ENOENT) {
                 return Ok(None);
             }
-            return Err(fail(format!("lookup-and-delete: {err}")));
+            return Err(LoadError::Map {
+                map: map_name::FILE_STATS,
+                reason: format!("lookup-and-delete: {err}"),
+            });
         }
-        let per_cpu = values
-            .chunks_exact(stride)
-            .map(|chunk| {
-                FileStats::read_from_prefix(chunk)
-                    .map(|(stats, _)| stats)
-                    .map_err(|_| fail("a per-CPU value shorter than FileStats".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(per_cpu))
+        Ok(Some(stats))
     }
 }
 
@@ -223,14 +182,6 @@ impl Probes {
         // One already evicted by the kernel is fine.
         Ok(stale.iter().filter(|key| map.remove(key).is_ok()).count())
     }
-}
-
-/// Possible CPUs: how many values a per-CPU map has per key.
-fn possible_cpus(map: &'static str) -> Result<usize, LoadError> {
-    aya::util::nr_cpus().map_err(|(what, err)| LoadError::Map {
-        map,
-        reason: format!("{what}: {err}"),
-    })
 }
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;

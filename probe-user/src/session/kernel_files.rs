@@ -46,7 +46,7 @@ impl Session {
         let mut runs_by_file = open_runs_by_file(&snapshot.open_runs);
         let pressure = under_pressure(snapshot.entries.len(), FILE_STATS_ENTRIES);
         let mut live_entries = snapshot.entries.len() as u64;
-        for (handled, (key, per_cpu)) in snapshot.entries.iter().enumerate() {
+        for (handled, (key, stats)) in snapshot.entries.iter().enumerate() {
             if handled % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
                 self.drain_now();
             }
@@ -57,12 +57,12 @@ impl Session {
             let verdict = if self.hand_over.disabled {
                 Verdict::Keep
             } else {
-                verdict(per_cpu, now, dirty, !runs.is_empty(), pressure)
+                verdict(stats, now, dirty, !runs.is_empty(), pressure)
             };
             if let Verdict::HandOver { dirty } = verdict {
                 match self.probes.take_file_stats(key) {
                     Ok(Some(taken)) => {
-                        aggregate.take_kernel_stats(file, &taken);
+                        aggregate.take_kernel_stats(file, [&taken]);
                         self.hand_over.files += 1;
                         live_entries -= 1;
                         if dirty {
@@ -78,7 +78,7 @@ impl Session {
                     }
                 }
             }
-            aggregate.set_kernel_stats(file, per_cpu.iter().chain(&runs));
+            aggregate.set_kernel_stats(file, std::iter::once(stats).chain(&runs));
         }
         // Runs of files whose entry is not in the map (yet, or any more).
         let aggregate = &mut self.collector.aggregate;
