@@ -359,7 +359,9 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
 }
 
 /// Creates the file's stats (and announces the file) if it has none yet,
-/// without counting a fault.
+/// without counting a fault. A file the full map has no room for is
+/// announced all the same (at each run of its faults: userspace keeps one
+/// entry per file): its counts are lost, and counted so, but not its name.
 pub(crate) fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info: &VmaInfo) {
     if FILE_STATS.get_ptr(key).is_some() {
         return;
@@ -373,7 +375,10 @@ pub(crate) fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info:
             submit_file_event(header, info)
         }
         Err(err) if err as i64 == -EEXIST => {}
-        Err(_) => bump(counter::FILE_STATS_FULL),
+        Err(_) => {
+            bump(counter::FILE_STATS_FULL);
+            submit_file_event(header, info)
+        }
     }
 }
 

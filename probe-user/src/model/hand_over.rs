@@ -7,9 +7,10 @@
 //! fault. So a file with dirty pages waits until the kernel would have
 //! written them back (dirty_expire_centisecs, 30 s, plus a flusher
 //! period): past that, it was most likely deleted or truncated while dirty.
-//! When the kernel map is half full, dirty files wait no longer than clean
-//! ones: the map must not fill (those are counted, as their writeback is
-//! then not seen).
+//! When the kernel map is half full, every file idle for a moment is handed
+//! over, dirty or not: the map must not fill (dirty ones are counted, as
+//! their writeback is then not seen), and a burst of new files (a build, an
+//! unpacked archive) fills half of it within a second.
 
 use std::collections::HashMap;
 
@@ -19,6 +20,15 @@ use probe_common::{FileKey, FileStats, PendingCounts};
 pub const IDLE_CLEAN_NS: u64 = 2_000_000_000;
 /// Idle this long with dirty pages: handed over all the same.
 pub const IDLE_DIRTY_NS: u64 = 40_000_000_000;
+/// Idle this long when the map is half full: long past any fault that
+/// looked the entry up (microseconds), so none adds to it after it left.
+pub const IDLE_UNDER_PRESSURE_NS: u64 = 200_000_000;
+
+/// Files announced since the map was last read that make it worth reading
+/// again before the next refresh: a quarter of the map.
+pub fn worth_reading_again(files_announced_since: u64, capacity: u32) -> bool {
+    files_announced_since >= u64::from(capacity / 4)
+}
 
 /// What to do with one file's entry.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,10 +72,10 @@ pub fn verdict(
     .unwrap_or(0);
     let idle = now_boot_ns.saturating_sub(last_activity);
     let dirty = dirty_since.is_some();
-    let limit = if dirty && !pressure {
-        IDLE_DIRTY_NS
-    } else {
-        IDLE_CLEAN_NS
+    let limit = match (pressure, dirty) {
+        (true, _) => IDLE_UNDER_PRESSURE_NS,
+        (false, true) => IDLE_DIRTY_NS,
+        (false, false) => IDLE_CLEAN_NS,
     };
     if idle >= limit {
         Verdict::HandOver { dirty }
@@ -162,6 +172,40 @@ mod tests {
             verdict(&stats, 13 * SECOND, Some(10 * SECOND), false, true),
             Verdict::HandOver { dirty: true }
         );
+    }
+
+    #[test]
+    fn a_half_full_map_hands_over_any_file_idle_for_a_moment() {
+        let stats = written_at(10 * SECOND);
+        assert_eq!(
+            verdict(&stats, 10 * SECOND + 100_000_000, None, false, true),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(&stats, 10 * SECOND + 200_000_000, None, false, true),
+            Verdict::HandOver { dirty: false }
+        );
+        assert_eq!(
+            verdict(
+                &stats,
+                10 * SECOND + 200_000_000,
+                Some(10 * SECOND),
+                false,
+                true
+            ),
+            Verdict::HandOver { dirty: true }
+        );
+        // Still being written (an open run): kept, full or not.
+        assert_eq!(
+            verdict(&stats, 100 * SECOND, None, true, true),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn a_burst_of_a_quarter_of_the_map_is_worth_reading_it_again() {
+        assert!(!worth_reading_again(16_383, 65_536));
+        assert!(worth_reading_again(16_384, 65_536));
     }
 
     #[test]

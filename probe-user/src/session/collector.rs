@@ -42,6 +42,9 @@ pub struct Collector {
     proc_root: PathBuf,
     /// Our mount namespace: a writer's path in the same one is ours too.
     own_mount_ns: Option<u64>,
+    /// Files the kernel announced (each has taken an entry in its
+    /// per-file map).
+    pub files_announced: u64,
 }
 
 impl Collector {
@@ -53,6 +56,7 @@ impl Collector {
             mounts: MountTable::read(),
             proc_root: PathBuf::from("/proc"),
             own_mount_ns: mount_ns_of(Path::new("/proc"), std::process::id()),
+            files_announced: 0,
         }
     }
 
@@ -120,6 +124,7 @@ impl Collector {
             ..
         } = &event
         {
+            self.files_announced += 1;
             // A mount made after start-up: read the table again.
             if self.mounts.fs_type(*file).is_none() {
                 self.mounts = MountTable::read();

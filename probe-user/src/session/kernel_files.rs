@@ -33,6 +33,7 @@ impl Session {
     /// Reads every file's kernel counters into the aggregate; entries idle
     /// long enough are removed from the kernel and kept here.
     pub(super) fn pull_file_stats(&mut self) -> anyhow::Result<()> {
+        self.files_announced_at_last_pull = self.collector.files_announced;
         // The ring is read while the maps are: records keep coming.
         let (probes, collector, ring) = (&self.probes, &mut self.collector, &mut self.ring);
         let snapshot = probes.file_stats_snapshot(|| {

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use probe_common::{WriterStats, READER_POLL_MS};
+use probe_common::{WriterStats, FILE_STATS_ENTRIES, READER_POLL_MS};
 use tokio::io::{unix::AsyncFd, Interest};
 
 mod collector;
@@ -24,7 +24,7 @@ pub use kernel_files::HandOverCounts;
 use crate::{
     cli::{FilterArgs, KernelPaths},
     error::UserError,
-    model::{clock::Clock, report_filter::ReportFilter},
+    model::{clock::Clock, hand_over::worth_reading_again, report_filter::ReportFilter},
     probe::{
         kallsyms::Kallsyms,
         load::{ProbeOptions, Probes},
@@ -134,6 +134,8 @@ pub struct Session {
     /// committed without a wakeup until a batch waits
     /// (`probe_common::ring_commit_flags`).
     next_poll: tokio::time::Instant,
+    /// `collector.files_announced` when the per-file map was last read.
+    files_announced_at_last_pull: u64,
 }
 
 /// How often the ring is read whatever it signalled.
@@ -191,6 +193,7 @@ impl Session {
             hand_over: HandOverCounts::default(),
             retain: options.retain,
             next_poll: tokio::time::Instant::now(),
+            files_announced_at_last_pull: 0,
         })
     }
 
@@ -222,8 +225,19 @@ impl Session {
     }
 
     /// Waits until records arrive (then reads all of them) or the traced
-    /// command exits. Cancel-safe.
+    /// command exits. Cancel-safe. After a burst of new files, reads the
+    /// kernel's per-file map at once rather than at the next refresh, so
+    /// that it never fills.
     pub async fn next_activity(&mut self) -> anyhow::Result<Activity> {
+        let activity = self.wait_for_activity().await?;
+        let since = self.collector.files_announced - self.files_announced_at_last_pull;
+        if worth_reading_again(since, FILE_STATS_ENTRIES) {
+            self.pull_file_stats()?;
+        }
+        Ok(activity)
+    }
+
+    async fn wait_for_activity(&mut self) -> anyhow::Result<Activity> {
         let Self {
             ring,
             child,
