@@ -13,8 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::{page_set::PageSet, writers::Writers};
 use probe_common::FileStats;
-use roaring::RoaringTreemap;
 
 use crate::model::{
     durability::Syncs,
@@ -109,14 +109,16 @@ pub struct FileRecord {
     /// Pages written through shared mappings: those with a write fault of
     /// their own (`exact_pages`) and the rest of the large folios such a
     /// fault mapped writable whole (kernel granularity).
-    pub pages_written: RoaringTreemap,
-    /// Pages with a write fault of their own.
-    pub exact_pages: RoaringTreemap,
+    pub pages_written: PageSet,
+    /// Pages of `pages_written` without a write fault of their own (yet).
+    /// Kept instead of those with one: empty, and so free, for most files
+    /// (a one-page set costs ~500 bytes).
+    pub(crate) span_only: PageSet,
     /// Pages of a file without write-notify (tmpfs) mapped writable by
     /// read faults: the kernel gives no signal when they are stored to.
-    pub possibly_written: RoaringTreemap,
-    pub cow_pages: RoaringTreemap,
-    pub writers: BTreeMap<u32, Writer>,
+    pub possibly_written: PageSet,
+    pub cow_pages: PageSet,
+    pub writers: Writers,
     pub other_writers: OtherWriters,
     pub first_write_boot_ns: Option<u64>,
     pub last_write_boot_ns: Option<u64>,
@@ -183,13 +185,24 @@ impl FileRecord {
 
     /// Pages in `pages_written` only because a large folio was mapped
     /// writable whole around a page that faulted.
-    pub fn span_pages(&self) -> RoaringTreemap {
-        &self.pages_written - &self.exact_pages
+    pub fn span_pages(&self) -> &PageSet {
+        &self.span_only
+    }
+
+    /// Pages with a write fault of their own.
+    pub fn exact_pages(&self) -> PageSet {
+        self.pages_written.difference(&self.span_only)
+    }
+
+    /// A page with a write fault of its own: written, and exactly.
+    fn note_exact_page(&mut self, page: u64) -> bool {
+        self.span_only.remove(page);
+        self.pages_written.insert(page)
     }
 
     /// Possibly-written pages that are not known written.
-    pub fn only_possibly_written(&self) -> RoaringTreemap {
-        &self.possibly_written - &self.pages_written
+    pub fn only_possibly_written(&self) -> PageSet {
+        self.possibly_written.difference(&self.pages_written)
     }
 
     fn note_written_back(&mut self, first_page: u64, pages: u64, boot_ns: u64) {
@@ -241,7 +254,7 @@ impl FileRecord {
         if !self.writers.contains_key(&task.tgid) && self.writers.len() >= MAX_WRITERS_PER_FILE {
             self.fold_least_writer();
         }
-        let writer = self.writers.entry(task.tgid).or_insert_with(|| Writer {
+        let writer = self.writers.get_or_insert_with(task.tgid, || Writer {
             tgid: task.tgid,
             comm: task.comm.clone(),
             cgroup_id: task.cgroup_id,
@@ -297,7 +310,9 @@ pub struct Applied {
 
 #[derive(Clone, Debug, Default)]
 pub struct Aggregate {
-    files: HashMap<FileId, FileRecord>,
+    /// Boxed: the table keeps spare slots (up to half of them empty), and
+    /// a slot of a pointer wastes less than one of a ~600-byte record.
+    files: HashMap<FileId, Box<FileRecord>>,
     events: u64,
     /// Sync calls on files never written through a mapping: not kept.
     pub syncs_of_other_files: u64,
@@ -314,11 +329,11 @@ impl Aggregate {
     }
 
     pub fn files(&self) -> impl Iterator<Item = (&FileId, &FileRecord)> {
-        self.files.iter()
+        self.files.iter().map(|(id, record)| (id, &**record))
     }
 
     pub fn file(&self, id: &FileId) -> Option<&FileRecord> {
-        self.files.get(id)
+        self.files.get(id).map(|record| &**record)
     }
 
     pub fn len(&self) -> usize {
@@ -353,7 +368,7 @@ impl Aggregate {
         let mut created = false;
         let record = self.files.entry(file).or_insert_with(|| {
             created = true;
-            FileRecord::default()
+            Box::default()
         });
         (record, created)
     }
@@ -374,7 +389,7 @@ impl Aggregate {
                 let set = match kind {
                     WriteKind::Shared => {
                         record.shared_fault_events += 1;
-                        record.exact_pages.insert(*page);
+                        record.span_only.remove(*page);
                         &mut record.pages_written
                     }
                     WriteKind::Cow => {
@@ -407,8 +422,7 @@ impl Aggregate {
                 let (record, created) = self.record(*file);
                 // The page was reported by its first writer; if that report
                 // was lost, this one still proves the page was written.
-                new_pages = u64::from(record.pages_written.insert(*page));
-                record.exact_pages.insert(*page);
+                new_pages = u64::from(record.note_exact_page(*page));
                 record.shared_fault_events += 1;
                 record.writer(task);
                 record.note_write_time(*boot_ns);
@@ -423,7 +437,12 @@ impl Aggregate {
             } => {
                 let (record, created) = self.record(*file);
                 let end = first_page.saturating_add(*pages);
-                let added = record.pages_written.insert_range(*first_page..end);
+                let mut span = PageSet::new();
+                span.insert_range(*first_page..end);
+                let fresh = span.difference(&record.pages_written);
+                let added = fresh.len();
+                record.pages_written.union_with(&fresh);
+                record.span_only.union_with(&fresh);
                 record.writer(task).pages += added;
                 new_pages = added;
                 record.folio_spans += 1;
@@ -700,7 +719,7 @@ pub fn dentry_path(
 }
 
 /// Inclusive `[first, last]` runs of consecutive pages, in order.
-pub fn page_ranges(pages: &RoaringTreemap) -> Vec<[u64; 2]> {
+pub fn page_ranges(pages: &PageSet) -> Vec<[u64; 2]> {
     let mut ranges: Vec<[u64; 2]> = Vec::new();
     for page in pages.iter() {
         match ranges.last_mut() {
@@ -822,7 +841,7 @@ mod tests {
         assert_eq!(rec.huge_spans, 1);
         assert_eq!(rec.folio_spans, 1);
         // Only page 7 had a fault of its own.
-        assert_eq!(page_ranges(&rec.exact_pages), vec![[7, 7]]);
+        assert_eq!(page_ranges(&rec.exact_pages()), vec![[7, 7]]);
         assert_eq!(rec.span_pages().len(), 511);
         // A span is not a fault.
         assert_eq!(rec.write_faults(), 1);
@@ -841,8 +860,8 @@ mod tests {
         });
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(page_ranges(&rec.pages_written), vec![[16, 31]]);
-        assert_eq!(page_ranges(&rec.exact_pages), vec![[16, 16]]);
-        assert_eq!(page_ranges(&rec.span_pages()), vec![[17, 31]]);
+        assert_eq!(page_ranges(&rec.exact_pages()), vec![[16, 16]]);
+        assert_eq!(page_ranges(rec.span_pages()), vec![[17, 31]]);
         assert_eq!((rec.folio_spans, rec.huge_spans), (1, 0));
     }
 
@@ -1093,14 +1112,14 @@ mod tests {
 
     #[test]
     fn ranges_merge_consecutive_pages_only() {
-        let pages: RoaringTreemap = [0u64, 1, 2, 4, 10, 11, u64::from(u32::MAX) + 1]
+        let pages: PageSet = [0u64, 1, 2, 4, 10, 11, u64::from(u32::MAX) + 1]
             .into_iter()
             .collect();
         assert_eq!(
             page_ranges(&pages),
             vec![[0, 2], [4, 4], [10, 11], [4_294_967_296, 4_294_967_296]]
         );
-        assert!(page_ranges(&RoaringTreemap::new()).is_empty());
+        assert!(page_ranges(&PageSet::new()).is_empty());
     }
 
     #[test]

@@ -12,5 +12,7 @@ pub mod events;
 pub mod file_handle;
 pub mod hand_over;
 pub mod names;
+pub mod page_set;
 pub mod paths;
 pub mod report_filter;
+pub mod writers;

@@ -4,7 +4,7 @@
 
 use std::{os::fd::AsRawFd as _, path::Path};
 
-use roaring::RoaringTreemap;
+use crate::model::page_set::PageSet;
 
 use crate::model::{
     aggregate::{page_ranges, FileRecord},
@@ -96,6 +96,6 @@ pub fn written_pages_not_on_disk(
     })
 }
 
-fn span_of(pages: &RoaringTreemap) -> [u64; 2] {
+fn span_of(pages: &PageSet) -> [u64; 2] {
     [pages.min().unwrap_or(0), pages.max().unwrap_or(0)]
 }

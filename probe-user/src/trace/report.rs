@@ -308,6 +308,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
     let kernel = &record.kernel;
     let last_write = record.latest_write_boot_ns();
     let span_pages = record.span_pages();
+    let exact_pages = record.exact_pages();
     let possibly_written = record.only_possibly_written();
     let not_on_disk = (ctx.not_on_disk)(*id, record);
     FileReport {
@@ -337,9 +338,9 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         modified: record.modified(),
         pages_written: page_ranges(&record.pages_written),
         pages_written_count: record.pages_written.len(),
-        exact_pages: page_ranges(&record.exact_pages),
-        exact_pages_count: record.exact_pages.len(),
-        span_pages: page_ranges(&span_pages),
+        exact_pages: page_ranges(&exact_pages),
+        exact_pages_count: exact_pages.len(),
+        span_pages: page_ranges(span_pages),
         span_pages_count: span_pages.len(),
         folio_spans: record.folio_spans,
         possibly_written_pages: page_ranges(&possibly_written),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use roaring::RoaringTreemap;
+use crate::model::page_set::PageSet;
 
 use crate::{
     model::{aggregate::Aggregate, events::FileId},
@@ -89,7 +89,7 @@ pub struct Heatmap {
 }
 
 impl Heatmap {
-    pub fn build(pages: &RoaringTreemap, state: WritebackState, buckets: usize) -> Self {
+    pub fn build(pages: &PageSet, state: WritebackState, buckets: usize) -> Self {
         let span = pages.max().map_or(0, |max| max + 1);
         let buckets = buckets.max(1).min(span.max(1) as usize);
         let bound = |i: usize| (span as u128 * i as u128 / buckets as u128) as u64;
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn heatmap_buckets_count_pages_by_rank() {
-        let pages: RoaringTreemap = [0u64, 1, 2, 3, 100, 1023].into_iter().collect();
+        let pages: PageSet = [0u64, 1, 2, 3, 100, 1023].into_iter().collect();
         let map = Heatmap::build(&pages, WritebackState::Dirty, 4);
         assert_eq!(map.pages_span, 1024);
         assert_eq!(map.written, vec![5, 0, 0, 1]);
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn heatmap_of_a_million_pages_stays_bounded() {
-        let mut pages = RoaringTreemap::new();
+        let mut pages = PageSet::new();
         pages.insert_range(0..1_000_000);
         let map = Heatmap::build(&pages, WritebackState::Clean, HEATMAP_BUCKETS);
         assert_eq!(map.written.len(), HEATMAP_BUCKETS);
@@ -328,14 +328,12 @@ mod tests {
 
     #[test]
     fn small_files_get_one_bucket_per_page() {
-        let pages: RoaringTreemap = [1u64, 3].into_iter().collect();
+        let pages: PageSet = [1u64, 3].into_iter().collect();
         let map = Heatmap::build(&pages, WritebackState::Dirty, HEATMAP_BUCKETS);
         assert_eq!(map.written, vec![0, 1, 0, 1]);
-        assert!(
-            Heatmap::build(&RoaringTreemap::new(), WritebackState::Dirty, 8)
-                .written
-                .iter()
-                .all(|&w| w == 0)
-        );
+        assert!(Heatmap::build(&PageSet::new(), WritebackState::Dirty, 8)
+            .written
+            .iter()
+            .all(|&w| w == 0));
     }
 }
