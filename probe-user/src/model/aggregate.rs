@@ -361,6 +361,10 @@ impl Aggregate {
         for id in &forgotten {
             self.files.remove(id);
         }
+        // A burst forgotten leaves a table sized for it: give it back.
+        if self.files.capacity() > 2 * self.files.len() + 1024 {
+            self.files.shrink_to_fit();
+        }
         forgotten
     }
 

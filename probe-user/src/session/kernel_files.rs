@@ -13,6 +13,22 @@ use crate::model::{
 use crate::probe::hand_over::READS_BETWEEN_BREAKS;
 use probe_common::FILE_STATS_ENTRIES;
 
+/// Files forgotten at once past which freed memory is given back to the
+/// system.
+const RETURN_MEMORY_AFTER_FORGETTING: usize = 10_000;
+
+/// Gives the heap's free memory back to the system. glibc keeps what a
+/// burst of small allocations freed (100,000 forgotten files: ~100 MB) for
+/// reuse, and a daemon's RSS would stay at its peak; musl's allocator
+/// returns it by itself.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments but the padding to keep; glibc's own lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What the hand-over did over the session.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HandOverCounts {
@@ -42,14 +58,14 @@ impl Session {
         let dirty_since = probes.dirty_since(|| {
             collector.drain(ring.get_mut());
         })?;
-        self.drain_now();
+        self.drain_ring();
         let now = boot_ns();
         let mut runs_by_file = open_runs_by_file(&snapshot.open_runs);
         let pressure = under_pressure(snapshot.entries.len(), FILE_STATS_ENTRIES);
         let mut live_entries = snapshot.entries.len() as u64;
         for (handled, (key, stats)) in snapshot.entries.iter().enumerate() {
             if handled % READS_BETWEEN_BREAKS == READS_BETWEEN_BREAKS - 1 {
-                self.drain_now();
+                self.drain_ring();
             }
             let aggregate = &mut self.collector.aggregate;
             let file = FileId::from_key(key);
@@ -102,6 +118,9 @@ impl Session {
             if !forgotten.is_empty() {
                 self.hand_over.forgotten += forgotten.len() as u64;
                 self.probes.forget_pages_of(&forgotten)?;
+            }
+            if forgotten.len() >= RETURN_MEMORY_AFTER_FORGETTING {
+                return_freed_memory();
             }
         }
         self.hand_over.live_entries = live_entries;

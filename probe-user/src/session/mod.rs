@@ -230,11 +230,18 @@ impl Session {
     /// that it never fills.
     pub async fn next_activity(&mut self) -> anyhow::Result<Activity> {
         let activity = self.wait_for_activity().await?;
+        self.keep_file_map_from_filling()?;
+        Ok(activity)
+    }
+
+    /// Reads the kernel's per-file map now if a burst of new files came
+    /// since it was last read.
+    fn keep_file_map_from_filling(&mut self) -> anyhow::Result<()> {
         let since = self.collector.files_announced - self.files_announced_at_last_pull;
         if worth_reading_again(since, FILE_STATS_ENTRIES) {
             self.pull_file_stats()?;
         }
-        Ok(activity)
+        Ok(())
     }
 
     async fn wait_for_activity(&mut self) -> anyhow::Result<Activity> {
@@ -269,8 +276,20 @@ impl Session {
         }
     }
 
-    /// Reads whatever records are there now, without waiting.
+    /// Reads whatever records are there now, without waiting (and the
+    /// per-file map, after a burst of new files: a front end's long step,
+    /// such as the exporter's update of 300,000 files' series, calls this
+    /// between its parts).
     pub fn drain_now(&mut self) -> usize {
+        let count = self.drain_ring();
+        if let Err(err) = self.keep_file_map_from_filling() {
+            // The next refresh reads the map again and reports its error.
+            log::warn!("reading the kernel's per-file map: {err:#}");
+        }
+        count
+    }
+
+    fn drain_ring(&mut self) -> usize {
         self.collector.drain(self.ring.get_mut())
     }
 
