@@ -8,9 +8,9 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel_str},
 };
 use probe_common::{
-    counter, event_kind, names_sent, next_name_offset, ring_commit_flags, ring_flag, walk_end,
-    EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey, PATH_COMPONENT_LEN, PATH_MAX_DEPTH,
-    TASK_COMM_LEN, VM_SHARED, VM_WRITE,
+    counter, event_kind, names_sent, next_name_offset, ring_bytes, ring_commit_flags, ring_flag,
+    walk_end, EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey, PATH_COMPONENT_LEN,
+    PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
 };
 
 use crate::{
@@ -103,9 +103,19 @@ pub(crate) fn submit_page_event(header: &EventHeader, kind: u32, page: u64, page
                 (*event).pages = pages;
             }
             entry.submit(flags);
-            bump(counter::EVENTS_SUBMITTED);
+            count_submitted(size_of::<PageEvent>());
         }
         None => bump(counter::RINGBUF_DROPS),
+    }
+}
+
+/// Counts a record of `len` bytes submitted, and the ring bytes it took.
+#[inline(always)]
+pub(crate) fn count_submitted(len: usize) {
+    bump(counter::EVENTS_SUBMITTED);
+    if let Some(bytes) = COUNTERS.get_ptr_mut(counter::RING_BYTES_SUBMITTED) {
+        // SAFETY: per-CPU slot.
+        unsafe { *bytes += ring_bytes(len as u64) };
     }
 }
 
@@ -354,8 +364,8 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
             bump(counter::RINGBUF_DROPS_FILE_EVENTS);
             return;
         }
+        count_submitted(len);
     }
-    bump(counter::EVENTS_SUBMITTED);
 }
 
 /// Creates the file's stats (and announces the file) if it has none yet,

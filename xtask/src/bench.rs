@@ -16,7 +16,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::{
-    bench_new_files::NewFilesResult, cargo, ensure_apt, mmapwatch_release, step, workspace_root,
+    bench_memory::MemoryResult, bench_new_files::NewFilesResult, cargo, ensure_apt,
+    mmapwatch_release, step, workspace_root,
 };
 
 /// The bpftrace side of the comparison: the same events, the same
@@ -561,6 +562,7 @@ pub fn run(rounds: usize) -> Result<()> {
     let memory_10m = pageset_memory(10_000_000)?;
     let drops = drops(&workload)?;
     let new_files = crate::bench_new_files::run(&workload, rounds.clamp(1, 3))?;
+    let churn_memory = crate::bench_memory::run(&workload)?;
 
     let markdown = render(
         &machine,
@@ -574,6 +576,7 @@ pub fn run(rounds: usize) -> Result<()> {
         memory_10m,
         &drops,
         &new_files,
+        &churn_memory,
     );
     let root = workspace_root();
     std::fs::write(root.join("BENCHMARKS.md"), &markdown)?;
@@ -596,6 +599,7 @@ fn render(
     memory_10m: f64,
     drops: &DropResult,
     new_files: &NewFilesResult,
+    churn_memory: &MemoryResult,
 ) -> String {
     let mut out = format!(
         "# Benchmarks\n\nMeasured by `cargo xtask bench` on {machine}; backend: tracepoint (the only one this kernel allows).\nAbsolute times vary between machines, and between runs on a small VM (other guests' load): the ratios, measured side by side in one interleaved run, are what compare; `--rounds N` narrows the medians.\n\n![ns per write fault](benchmarks.svg)\n\n"
@@ -673,6 +677,27 @@ fn render(
         verdict(new_files.tracer_syscalls_per_file <= 3.0)
     ));
     out.push_str(&format!(
+        "| `trace` RSS < 64 MiB, {} random pages of a sparse 1 TiB mapping | {:.1} MiB ({} pages reported) | {} |\n",
+        crate::bench_memory::SPARSE_PAGES,
+        churn_memory.sparse_trace_mib(),
+        churn_memory.sparse_pages_reported,
+        verdict(
+            churn_memory.sparse_trace_mib() < 64.0
+                && churn_memory.sparse_pages_reported == crate::bench_memory::SPARSE_PAGES
+        )
+    ));
+    out.push_str(&format!(
+        "| `export` RSS < 200 MiB through {} new files | {:.1} MiB | {} |\n",
+        crate::bench_memory::EXPORT_FILES,
+        churn_memory.export_peak_mib(),
+        verdict(churn_memory.export_peak_mib() < 200.0)
+    ));
+    out.push_str(&format!(
+        "| `export` RSS within 20% of its start after `--retain` and an interval | {:.2}× | {} |\n",
+        churn_memory.export_return_ratio(),
+        verdict(churn_memory.export_return_ratio() <= 1.2)
+    ));
+    out.push_str(&format!(
         "| attach ≤ 300 ms | {start_to_ready_ms:.0} ms from process start to tracing (BTF, maps, verifier, attach; the attach step alone {attach_ms:.0} ms) | {} |\n\n",
         verdict(start_to_ready_ms <= 300.0)
     ));
@@ -725,6 +750,7 @@ fn render(
         drops.lost,
     ));
     out.push_str(&new_files.render());
+    out.push_str(&churn_memory.render());
     out.push_str(FAULT_PATH_NOTES);
     out
 }

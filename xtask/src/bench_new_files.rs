@@ -126,6 +126,7 @@ pub struct NewFilesResult {
     pub exact_files: u64,
     pub lost: u64,
     pub records_per_file: f64,
+    pub ring_bytes_per_file: f64,
     /// From a separate counting run (counting every syscall slows all).
     pub tracer_syscalls_per_file: f64,
 }
@@ -145,7 +146,8 @@ fn exact(file: &Value) -> bool {
 
 pub fn run(workload: &Path, rounds: usize) -> Result<NewFilesResult> {
     let mut times: [Vec<f64>; 4] = Default::default();
-    let (mut exact_files, mut lost, mut records_per_file) = (0, 0, 0.0);
+    let (mut exact_files, mut lost, mut records_per_file, mut ring_bytes_per_file) =
+        (0, 0, 0.0, 0.0);
     for round in 0..rounds {
         for under in UNDER {
             let dir = PathBuf::from(DIR).join(format!("r{round}"));
@@ -161,6 +163,10 @@ pub fn run(workload: &Path, rounds: usize) -> Result<NewFilesResult> {
                 lost = report["lost_events"].as_u64().unwrap_or(u64::MAX);
                 records_per_file =
                     report["probe"]["records_submitted"].as_f64().unwrap_or(0.0) / FILES as f64;
+                ring_bytes_per_file = report["probe"]["ring_bytes_submitted"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / FILES as f64;
             }
             times[under as usize].push(seconds);
         }
@@ -174,6 +180,7 @@ pub fn run(workload: &Path, rounds: usize) -> Result<NewFilesResult> {
         exact_files,
         lost,
         records_per_file,
+        ring_bytes_per_file,
         tracer_syscalls_per_file,
     })
 }
@@ -230,11 +237,12 @@ impl NewFilesResult {
             self.ratio(3),
         );
         out.push_str(&format!(
-            "\nBare rate: {:.0} files/s. Under `trace`: {} of {FILES} files reported with exactly their page, {} events lost; {:.2} ring records per new file; {:.1} tracer syscalls per new file (bpftrace counting the tracer's, start to report, in a separate run).\n",
+            "\nBare rate: {:.0} files/s. Under `trace`: {} of {FILES} files reported with exactly their page, {} events lost; {:.2} ring records and {:.0} ring bytes per new file; {:.1} tracer syscalls per new file (bpftrace counting the tracer's, start to report, in a separate run).\n",
             FILES as f64 / self.seconds[0],
             self.exact_files,
             self.lost,
             self.records_per_file,
+            self.ring_bytes_per_file,
             self.tracer_syscalls_per_file,
         ));
         out

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod bench_memory;
 mod bench_new_files;
 mod image;
 mod soak;

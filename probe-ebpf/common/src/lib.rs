@@ -187,7 +187,10 @@ pub mod counter {
     /// A child of a followed process (`-- CMD`, `--pid`) could not be
     /// followed (the follow map refused it): its writes are missing.
     pub const FOLLOW_FAILED: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// Ring bytes the records submitted took (headers and padding
+    /// included, as [`crate::ring_bytes`] counts them).
+    pub const RING_BYTES_SUBMITTED: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts
@@ -433,6 +436,13 @@ pub mod ring_flag {
     pub const FORCE_WAKEUP: u64 = 2;
     /// `BPF_RB_AVAIL_DATA`, for `bpf_ringbuf_query`: bytes not yet read.
     pub const AVAIL_DATA: u64 = 0;
+}
+
+/// Bytes of the ring a record of `len` bytes takes: the kernel's 8-byte
+/// record header, and the whole rounded up to 8.
+#[inline(always)]
+pub const fn ring_bytes(len: u64) -> u64 {
+    (len + 8).next_multiple_of(8)
 }
 
 /// How often the reader reads the ring whatever it was told.
@@ -892,6 +902,13 @@ mod tests {
             assert!(used as usize <= FILE_NAMES_MAX);
             assert_eq!(names_sent(used), used as usize);
         }
+    }
+
+    #[test]
+    fn a_record_takes_its_header_and_is_rounded_to_eight() {
+        assert_eq!(ring_bytes(80), 88);
+        assert_eq!(ring_bytes(81), 96);
+        assert_eq!(ring_bytes(0), 8);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::{
     filter::task_selected,
     kernel::{current_cgroup_id, current_comm_into, read_kernel},
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
-    record::{commit_flags, fill_header},
+    record::{commit_flags, count_submitted, fill_header},
 };
 
 const MAP_SHARED: u64 = 0x01;
@@ -170,7 +170,7 @@ fn report_exit(pid_tgid: u64) {
         (*event)._pad = 0;
     }
     entry.submit(flags);
-    bump(counter::EVENTS_SUBMITTED);
+    count_submitted(size_of::<EventHeader>());
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]

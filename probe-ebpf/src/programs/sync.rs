@@ -18,7 +18,7 @@ use crate::{
     filter::{selected_current_task, tgid_selected},
     kernel::{current_cgroup_id, inode_key, read_kernel},
     maps::{bump, count_failure, EVENTS, PENDING_SYNC},
-    record::{commit_flags, fill_header},
+    record::{commit_flags, count_submitted, fill_header},
     vma::{find_vma_locked, VmaInfo},
 };
 
@@ -179,7 +179,7 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*event).pages = pending.pages;
     }
     entry.submit(flags);
-    bump(counter::EVENTS_SUBMITTED);
+    count_submitted(size_of::<SyncEvent>());
     Ok(())
 }
 

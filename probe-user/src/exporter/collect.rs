@@ -360,6 +360,10 @@ impl Exporter {
         // again if they come back.
         self.previous_file_counts
             .retain(|id, _| aggregate.file(id).is_some());
+        // A burst forgotten leaves the table sized for it: give it back.
+        if self.previous_file_counts.capacity() > 2 * self.previous_file_counts.len() + 1024 {
+            self.previous_file_counts.shrink_to_fit();
+        }
         self.metrics
             .file_pages_written
             .get_or_create(&other_labels)

@@ -35,6 +35,8 @@ pub struct KernelCounters {
     pub writer_stats_full: u64,
     /// Highest ring-buffer fill seen, in bytes.
     pub ring_peak_bytes: u64,
+    /// Ring bytes the submitted records took.
+    pub ring_bytes_submitted: u64,
     /// The part of `ringbuf_drops` that were file announcements.
     pub ringbuf_drops_file_events: u64,
     /// The part of `ringbuf_drops` that were sync-call or exit records.

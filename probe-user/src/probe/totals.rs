@@ -52,6 +52,7 @@ pub(super) fn read_counters<T: Borrow<MapData>>(
         folio_spans: at(counter::FOLIO_SPANS),
         writer_stats_full: at(counter::WRITER_STATS_FULL),
         ring_peak_bytes: at(counter::RING_PEAK_BYTES),
+        ring_bytes_submitted: at(counter::RING_BYTES_SUBMITTED),
         ringbuf_drops_file_events: at(counter::RINGBUF_DROPS_FILE_EVENTS),
         vma_walk_fallbacks: at(counter::VMA_WALK_FALLBACKS),
         faults_past_eof: at(counter::FAULTS_PAST_EOF),

@@ -189,8 +189,10 @@ pub struct ProbeStats {
     pub fallbacks: Vec<String>,
     /// Shared write faults the kernel saw (after filters).
     pub shared_write_faults: u64,
-    /// Records the kernel submitted to the ring buffer.
+    /// Records the kernel submitted to the ring buffer, and the ring bytes
+    /// they took.
     pub records_submitted: u64,
+    pub ring_bytes_submitted: u64,
     /// Faults whose mapping the lock-free maple-tree walk did not find,
     /// looked up with bpf_find_vma instead (slower with IRQs off).
     pub vma_walk_fallbacks: u64,
@@ -428,6 +430,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             fallbacks: ctx.fallbacks.to_vec(),
             shared_write_faults: counters.shared_write_faults,
             records_submitted: counters.events_submitted,
+            ring_bytes_submitted: counters.ring_bytes_submitted,
             vma_walk_fallbacks: counters.vma_walk_fallbacks,
             files_handed_over: counters.files_handed_over,
             dirty_files_handed_over: counters.dirty_files_handed_over,

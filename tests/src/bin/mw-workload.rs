@@ -187,6 +187,17 @@ enum Case {
         #[arg(long, default_value_t = 5_000)]
         sync_every: u64,
     },
+    /// Write one byte to each of `pages` distinct pages, chosen at random
+    /// (fixed seed) over a sparse shared mapping of `size_gib` GiB of
+    /// `file`, as a large memory-mapped index does.
+    SparsePages {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        pages: u64,
+        #[arg(long, default_value_t = 1024)]
+        size_gib: u64,
+    },
     /// Start `threads` threads that wait, then fork a child that writes
     /// `pages` of `file` through a shared mapping and exits; then let the
     /// threads end. (A process with many threads, as a JVM or a database
@@ -669,6 +680,11 @@ fn main() -> Result<()> {
             per_second,
             sync_every,
         } => many_files(&dir, files, per_second, sync_every),
+        Case::SparsePages {
+            file,
+            pages,
+            size_gib,
+        } => sparse_pages(&file, pages, size_gib),
         Case::ThreadsThenFork {
             threads,
             file,
@@ -729,6 +745,36 @@ fn many_files(dir: &std::path::Path, files: u64, per_second: u64, sync_every: u6
         "workload: many_files={files} seconds={:.3}",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn sparse_pages(file: &PathBuf, pages: u64, size_gib: u64) -> Result<()> {
+    let size_pages = size_gib << (30 - PAGE.trailing_zeros());
+    if pages > size_pages {
+        bail!("{pages} pages do not fit in {size_gib} GiB");
+    }
+    let handle = open_sized(file, size_pages)?;
+    // SAFETY: the file is private to the test; nothing else maps it.
+    let mut map = unsafe {
+        MmapOptions::new()
+            .len(usize::try_from(size_pages)? * PAGE)
+            .map_mut(&handle)?
+    };
+    // xorshift64 with a fixed seed: the same pages every run, no repeats
+    // kept (a page drawn twice is written once).
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut written = std::collections::BTreeSet::new();
+    while (written.len() as u64) < pages {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let page = state % size_pages;
+        if written.insert(page) {
+            map[usize::try_from(page)? * PAGE] = 1;
+        }
+    }
+    drop(map);
+    eprintln!("workload: sparse_pages={pages} size_pages={size_pages}");
     Ok(())
 }
 
