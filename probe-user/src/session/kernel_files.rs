@@ -15,7 +15,7 @@ use probe_common::FILE_STATS_ENTRIES;
 
 /// Files forgotten at once past which freed memory is given back to the
 /// system.
-const RETURN_MEMORY_AFTER_FORGETTING: usize = 10_000;
+const RETURN_MEMORY_AFTER_FORGETTING: u64 = 10_000;
 
 /// Gives the heap's free memory back to the system. glibc keeps what a
 /// burst of small allocations freed (100,000 forgotten files: ~100 MB) for
@@ -38,6 +38,8 @@ pub struct HandOverCounts {
     pub dirty_files: u64,
     /// Idle files forgotten (`--retain`).
     pub forgotten: u64,
+    /// `forgotten` when freed memory was last given back.
+    forgotten_at_last_return: u64,
     /// Entries in the kernel's per-file map at the last read.
     pub live_entries: u64,
     /// True once the kernel refused (lookup-and-delete needs Linux 5.14):
@@ -119,8 +121,11 @@ impl Session {
                 self.hand_over.forgotten += forgotten.len() as u64;
                 self.probes.forget_pages_of(&forgotten)?;
             }
-            if forgotten.len() >= RETURN_MEMORY_AFTER_FORGETTING {
+            // Counted across refreshes: a burst is forgotten over several.
+            let since = self.hand_over.forgotten - self.hand_over.forgotten_at_last_return;
+            if since >= RETURN_MEMORY_AFTER_FORGETTING {
                 return_freed_memory();
+                self.hand_over.forgotten_at_last_return = self.hand_over.forgotten;
             }
         }
         self.hand_over.live_entries = live_entries;
