@@ -78,8 +78,9 @@ pub struct DoctorArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct TopArgs {
-    /// Screen refresh interval.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// Screen refresh interval (`-d`/`--delay` as top's; a bare number is
+    /// seconds).
+    #[arg(short = 'd', long, visible_alias = "delay", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
 
     /// Forget files idle longer than this (no write, no writeback): their
@@ -106,7 +107,7 @@ pub struct TopArgs {
     pub cmd_output: Option<PathBuf>,
 
     /// With --batch: stop after this many tables.
-    #[arg(short = 'n', long, requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'n', long, requires = "batch", value_parser = parse_count)]
     pub count: Option<u64>,
 
     /// Run CMD and trace it and all its descendants.
@@ -165,8 +166,9 @@ fn parse_regex(text: &str) -> Result<regex::Regex, String> {
 /// Which processes and files to watch; shared by every front end.
 #[derive(Clone, Debug, Default, Args)]
 pub struct FilterArgs {
-    /// Only this process (repeatable).
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Only this process (repeatable, or a comma-separated list as ps and
+    /// perf take).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
 
     /// Only processes with this command name, as in /proc/PID/comm (repeatable, up to 8).
@@ -232,9 +234,19 @@ pub struct TraceArgs {
 /// overflow clock arithmetic and mean "forever", which is no flag at all.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// A duration as humantime writes it (`10s`, `1m30s`, `250ms`), or a bare
+/// number of seconds, as timeout(1) and top's `-d` take it (`5`, `0.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|err| format!("'{text}' is not a duration like 10s or 1m30s ({err})"))?;
+    let seconds = text
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= MAX_DURATION.as_secs_f64());
+    let duration = match seconds {
+        Some(seconds) => Duration::from_secs_f64(seconds),
+        None => humantime::parse_duration(text).map_err(|err| {
+            format!("'{text}' is not a duration like 10s, 1m30s or 5 (seconds) ({err})")
+        })?,
+    };
     if duration.is_zero() {
         return Err("the duration must be more than zero".into());
     }
@@ -244,6 +256,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(duration)
+}
+
+/// How many tables `top --batch` prints: at least one.
+fn parse_count(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("the count must be at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("'{text}' is not a count of tables")),
+    }
 }
 
 impl Cli {
@@ -341,6 +362,33 @@ mod tests {
         assert!(args.include_cow && args.json);
         assert_eq!(args.filter.backend, BackendChoice::Tracepoint);
         assert_eq!(args.command, vec!["python3", "-c", "pass"]);
+    }
+
+    #[test]
+    fn takes_the_habits_of_ps_top_and_timeout() {
+        let Command::Trace(args) = parse(&["trace", "-p", "1,2", "-p", "3", "-d", "5"])
+            .unwrap()
+            .command
+        else {
+            panic!("not trace")
+        };
+        assert_eq!(args.filter.pids, vec![1, 2, 3]);
+        assert_eq!(args.duration, Some(Duration::from_secs(5)));
+        let Command::Top(args) = parse(&["top", "-d", "0.5", "-b", "-n", "2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not top")
+        };
+        assert_eq!(args.interval, Duration::from_millis(500));
+        assert_eq!(args.count, Some(2));
+        let Command::Top(args) = parse(&["top", "--delay", "2s"]).unwrap().command else {
+            panic!("not top")
+        };
+        assert_eq!(args.interval, Duration::from_secs(2));
+        assert!(parse(&["top", "-b", "-n", "0"]).is_err());
+        assert!(parse(&["trace", "-d", "-1"]).is_err());
+        assert!(parse(&["trace", "-d", "NaN"]).is_err());
     }
 
     #[test]

@@ -98,12 +98,20 @@ fn usage_error(err: clap::Error) -> ExitCode {
     }
     let rendered = err.kind().as_str().map(str::to_string).unwrap_or_default();
     let text = err.to_string();
-    let first = text
+    // clap's message up to its usage block, on one line: a missing
+    // argument is named on the line after "not provided:".
+    let message = text
         .lines()
-        .next()
-        .unwrap_or(&rendered)
-        .trim_start_matches("error: ")
-        .to_string();
-    eprintln!("mmapwatch: {first} (see 'mmapwatch --help')");
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.trim_start_matches("error: ");
+    let message = if message.is_empty() {
+        &rendered
+    } else {
+        message
+    };
+    eprintln!("mmapwatch: {message} (see 'mmapwatch --help')");
     ExitCode::from(exit_code::USAGE)
 }

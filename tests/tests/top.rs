@@ -206,3 +206,37 @@ fn batch_mode_prints_tables_without_a_terminal() {
     assert_eq!(columns[0], "3", "pages written: {row}");
     assert_eq!(columns[4], "1", "writers: {row}");
 }
+
+/// `top --batch | head -1`: once the reader is gone, top ends quietly with
+/// exit 0, as `top -b | head` does (it panicked on the broken pipe).
+#[test]
+fn batch_mode_into_a_reader_that_leaves_ends_quietly() {
+    use std::io::{BufRead as _, BufReader};
+    require_root();
+    let dir = scratch_dir();
+    let mut top = Command::new(mmapwatch_bin())
+        .args(["top", "--batch", "-d", "0.2", "--path-prefix"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run top --batch");
+    let mut first = String::new();
+    BufReader::new(top.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("a first line");
+    assert!(first.starts_with("mmapwatch top:"), "{first}");
+    // The reader left (the BufReader and its pipe are dropped above).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while top.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "top --batch kept running with no reader"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = top.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1013,6 +1013,13 @@ fn bad_input_gets_one_line_and_a_distinct_exit_code() {
     expect_one_line_failure(&mut mmapwatch(&["trace", "--bogus"]), 2, "--bogus");
     expect_one_line_failure(&mut mmapwatch(&["trace", "--duration", "soon"]), 2, "soon");
     expect_one_line_failure(&mut mmapwatch(&["trace", "--backend", "magic"]), 2, "magic");
+    // clap's message whole on its one line: the missing flag named.
+    expect_one_line_failure(
+        &mut mmapwatch(&["top", "-n", "2"]),
+        2,
+        "not provided: --batch",
+    );
+    expect_one_line_failure(&mut mmapwatch(&["top", "-b", "-n", "0"]), 2, "at least 1");
     expect_one_line_failure(
         &mut mmapwatch(&["export", "--keep-comm", "("]),
         2,

@@ -3,7 +3,7 @@
 //! without a terminal. The same model as the dashboard: snapshots go
 //! through `update`, rows come from the files view.
 
-use std::time::Instant;
+use std::{io::Write as _, time::Instant};
 
 use anyhow::Context as _;
 
@@ -42,7 +42,9 @@ pub async fn run(
             }
             _ = ticker.tick.tick() => {
                 let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
-                print!("{}", table(&app, interval_s));
+                if !emit(&table(&app, interval_s))? {
+                    return Ok(exit_code);
+                }
                 printed += 1;
                 if args.count.is_some_and(|count| printed >= count) {
                     return Ok(exit_code);
@@ -55,8 +57,19 @@ pub async fn run(
     // What the last partial interval saw.
     session.drain_now();
     let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
-    print!("{}", table(&app, interval_s));
+    emit(&table(&app, interval_s))?;
     Ok(exit_code)
+}
+
+/// Writes a table to standard output; false once no one reads it (`| head`
+/// closed the pipe): the run then ends quietly, as `top -b | head` does.
+fn emit(table: &str) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(table.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(err) => Err(err).context("writing to standard output"),
+    }
 }
 
 /// One interval's table: a heading line, then a row per file, numbers
