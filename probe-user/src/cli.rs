@@ -218,7 +218,9 @@ pub struct TraceArgs {
     /// '-' (the report then goes only to -o FILE, and CMD's output to
     /// standard error): first writes, folio spans, new writers, possible
     /// writes, COW writes with --include-cow, writebacks. Schema in README.
-    #[arg(short = 'e', long, value_name = "FILE|-")]
+    /// (No `-e`: strace's and bpftrace's habit `-e trace=msync` would
+    /// silently create a file of that name.)
+    #[arg(long, value_name = "FILE|-")]
     pub events: Option<PathBuf>,
 
     /// Write every decoded event to FILE as JSON lines (for replay and debugging).

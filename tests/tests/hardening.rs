@@ -186,7 +186,7 @@ fn named_outputs_refuse_what_another_user_planted() {
             "symbolic link owned by uid 65534",
         ),
         (
-            &["trace", "--duration", "1s", "-e", &events],
+            &["trace", "--duration", "1s", "--events", &events],
             "belongs to uid 65534",
         ),
         (
@@ -231,7 +231,7 @@ fn an_unprivileged_run_leaves_its_output_files_untouched() {
     let file = path_arg(&file);
     for args in [
         &["trace", "--duration", "1s", "-o", &file][..],
-        &["trace", "--duration", "1s", "-e", &file],
+        &["trace", "--duration", "1s", "--events", &file],
         &["top", "--batch", "--cmd-output", &file, "--", "true"],
         &["export", "--listen", "127.0.0.1:0"],
     ] {

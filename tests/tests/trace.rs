@@ -1013,6 +1013,14 @@ fn bad_input_gets_one_line_and_a_distinct_exit_code() {
     expect_one_line_failure(&mut mmapwatch(&["trace", "--bogus"]), 2, "--bogus");
     expect_one_line_failure(&mut mmapwatch(&["trace", "--duration", "soon"]), 2, "soon");
     expect_one_line_failure(&mut mmapwatch(&["trace", "--backend", "magic"]), 2, "magic");
+    // strace's expression flag is no flag here: refused, no file made.
+    let cwd = scratch_dir();
+    expect_one_line_failure(
+        mmapwatch(&["trace", "-e", "trace=msync", "--", "true"]).current_dir(cwd.path()),
+        2,
+        "'-e'",
+    );
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
     // clap's message whole on its one line: the missing flag named.
     expect_one_line_failure(
         &mut mmapwatch(&["top", "-n", "2"]),
@@ -1078,7 +1086,7 @@ fn a_closed_pipe_ends_the_report_quietly() {
     require_root();
     for args in [
         &["trace", "--", "true"][..],
-        &["trace", "-e", "-", "--", "true"][..],
+        &["trace", "--events", "-", "--", "true"][..],
         &["doctor"][..],
     ] {
         let mut child = mmapwatch(args)
@@ -1155,7 +1163,7 @@ fn the_event_stream_on_stdout_carries_nothing_else() {
     let script = say_hi_then_write_pages_1_and_6(&file);
     let output = run(&mut mmapwatch(&[
         "trace",
-        "-e",
+        "--events",
         "-",
         "--path-prefix",
         &path_arg(dir.path()),
