@@ -83,6 +83,37 @@ fn fixed_widths(width: u16) -> [u16; 7] {
     }
 }
 
+/// Shortens a path in the middle, keeping its first directory (which
+/// tree: /var, /home, /tmp) and as much of its end as fits, the file name
+/// whole: "/var/…sql/16/main/base/16384/2619". Where even that does not
+/// fit, the end alone: "…/orders.db".
+fn elide_middle(path: &str, width: usize) -> String {
+    let chars: Vec<char> = path.chars().collect();
+    if chars.len() <= width {
+        return path.to_string();
+    }
+    // "/var" of "/var/lib/...": up to the second slash.
+    let head_len = chars
+        .iter()
+        .skip(1)
+        .position(|&c| c == '/')
+        .map_or(0, |at| at + 1);
+    // What fits after "/var/…", if the file name (with its slash) does.
+    let name_len = chars.len() - chars.iter().rposition(|&c| c == '/').unwrap_or(0);
+    let tail = width
+        .checked_sub(head_len + 2)
+        .filter(|&room| head_len > 0 && room >= name_len)
+        .map(|room| chars.len() - room);
+    match tail {
+        Some(from) => {
+            let head: String = chars[..head_len].iter().collect();
+            let tail: String = chars[from..].iter().collect();
+            format!("{head}/…{tail}")
+        }
+        None => elide_left(path, width),
+    }
+}
+
 /// Keeps the end of a path (the file name matters most): "…/data/orders.db".
 fn elide_left(path: &str, width: usize) -> String {
     let chars: Vec<char> = path.chars().collect();
@@ -147,7 +178,7 @@ fn render_files(app: &App, frame: &mut Frame, area: Rect) {
         .map(|file| {
             let row = &file.row;
             Row::new(vec![
-                Cell::from(elide_left(&row.path, path_width)),
+                Cell::from(elide_middle(&row.path, path_width)),
                 number(row.pages.to_string()),
                 number(format!("+{}", file.pages_interval)),
                 number(format!("{:.1}", file.faults_per_sec)),
@@ -265,9 +296,11 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
     .areas(area);
     let span = detail.heatmap.pages_span;
     let summary_text = vec![
-        Line::from(vec![
-            Span::from(elide_left(&row.path, area.width as usize)).bold()
-        ]),
+        Line::from(vec![Span::from(elide_middle(
+            &row.path,
+            area.width as usize,
+        ))
+        .bold()]),
         Line::from(format!(
             "dev {} ino {}  pages {} ({})  faults {}  cow {}  huge spans {}",
             row.id.dev_string(),
@@ -431,6 +464,27 @@ mod tests {
         assert_eq!(size_of_pages(255), "1020 KiB");
         assert_eq!(size_of_pages(256), "1.0 MiB");
         assert_eq!(size_of_pages(384 * 1024), "1.5 GiB");
+    }
+
+    #[test]
+    fn shortens_paths_in_the_middle_keeping_the_tree_and_the_name() {
+        let path = "/var/lib/postgresql/16/main/base/16384/2619";
+        assert_eq!(elide_middle(path, 80), path);
+        assert_eq!(elide_middle(path, 25), "/var/…ain/base/16384/2619");
+        assert_eq!(elide_middle(path, 25).chars().count(), 25);
+        assert_eq!(elide_middle(path, 11), "/var/…/2619");
+        // The name alone is all that fits: the end, as before.
+        assert_eq!(
+            elide_middle("/var/lib/a-long-file-name.db", 20),
+            "…a-long-file-name.db"
+        );
+        // A file at the root has no directory to keep.
+        assert_eq!(elide_middle("/a-long-file-name.db", 10), "…e-name.db");
+        assert_eq!(
+            elide_middle("/ü/ü/üüüü/x", 10),
+            "/ü/…üüüü/x",
+            "counts characters"
+        );
     }
 
     #[test]
