@@ -205,6 +205,23 @@ fn batch_mode_prints_tables_without_a_terminal() {
     let columns: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(columns[0], "3", "pages written: {row}");
     assert_eq!(columns[4], "1", "writers: {row}");
+    // The workload's one msync (memmap2's flush) at its end.
+    assert_eq!(columns[5], "1", "syncs: {row}");
+    // The writer by name and pid, as `top -b` shows commands.
+    assert!(
+        columns.iter().any(|c| c.starts_with("mw-workload[")),
+        "writer named: {row}"
+    );
+    // Each table says when (UTC, RFC 3339), as `top -b` heads each frame.
+    let heading = text.lines().next().unwrap_or_default();
+    let when = heading
+        .strip_prefix("mmapwatch top: ")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_default();
+    assert!(
+        humantime::parse_rfc3339(when).is_ok(),
+        "no time in the heading: {heading}"
+    );
 }
 
 /// `top --batch | head -1`: once the reader is gone, top ends quietly with

@@ -267,6 +267,13 @@ pub fn run(minutes: u64, churn: bool) -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = scraper.join();
+    // Which losses, by reason, for the failure to say.
+    let lost_reasons: Vec<String> = http_get(port, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with("mmapwatch_lost_events_total{") && !line.ends_with(" 0"))
+        .map(str::to_string)
+        .collect();
 
     let mut report = render(
         &samples,
@@ -294,6 +301,7 @@ pub fn run(minutes: u64, churn: bool) -> Result<()> {
         RSS_SLACK_KIB
     };
     verdict(&samples, failures.load(Ordering::Relaxed), slack)
+        .with_context(|| format!("losses by reason: {lost_reasons:?}"))
 }
 
 fn render(samples: &[Sample], scrapes: u64, failures: u64) -> String {

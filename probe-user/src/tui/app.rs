@@ -507,6 +507,7 @@ mod tests {
             writeback: WritebackState::Dirty,
             last_write_boot_ns: ino,
             writer_tgids: vec![7],
+            syncs: 0,
         }
     }
 

@@ -3,13 +3,19 @@
 //! without a terminal. The same model as the dashboard: snapshots go
 //! through `update`, rows come from the files view.
 
-use std::{io::Write as _, time::Instant};
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    time::{Instant, SystemTime},
+};
 
 use anyhow::Context as _;
 
 use super::{
     app::{App, FileLine},
-    new_app, Ticker,
+    new_app,
+    snapshot::FOLDED_WRITERS_TGID,
+    Ticker,
 };
 use crate::{
     cli::TopArgs,
@@ -42,7 +48,7 @@ pub async fn run(
             }
             _ = ticker.tick.tick() => {
                 let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
-                if !emit(&table(&app, interval_s))? {
+                if !emit(&table(&app, interval_s, SystemTime::now()))? {
                     return Ok(exit_code);
                 }
                 printed += 1;
@@ -57,7 +63,7 @@ pub async fn run(
     // What the last partial interval saw.
     session.drain_now();
     let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
-    emit(&table(&app, interval_s))?;
+    emit(&table(&app, interval_s, SystemTime::now()))?;
     Ok(exit_code)
 }
 
@@ -72,21 +78,27 @@ fn emit(table: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// One interval's table: a heading line, then a row per file, numbers
-/// right-aligned (zeros shown).
-pub fn table(app: &App, interval_s: f64) -> String {
+/// One interval's table: a heading line with the time (UTC, as logs
+/// want it), then a row per file, numbers right-aligned (zeros shown).
+pub fn table(app: &App, interval_s: f64, now: SystemTime) -> String {
     let rows = app.visible_files();
     let mut out = format!(
-        "mmapwatch top: {} file(s), {} event(s), lost {}, interval {interval_s:.1}s, backend {}\n",
+        "mmapwatch top: {}, {} file(s), {} event(s), lost {}, interval {interval_s:.1}s, backend {}\n",
+        humantime::format_rfc3339_seconds(now),
         rows.len(),
         app.events,
         app.lost_events,
         app.info.backend
     );
     out.push_str(&format!(
-        "{:>8} {:>8} {:>10} {:>6} {:>7} {:>9}  PATH\n",
-        "PAGES", "+PAGES", "FAULTS/S", "COW", "WRITERS", "WRITEBACK"
+        "{:>8} {:>8} {:>10} {:>6} {:>7} {:>6} {:>9}  {:<24}  PATH\n",
+        "PAGES", "+PAGES", "FAULTS/S", "COW", "WRITERS", "SYNCS", "WRITEBACK", "BY"
     ));
+    let comms: HashMap<u32, &str> = app
+        .processes
+        .visible()
+        .map(|process| (process.tgid, process.comm.as_str()))
+        .collect();
     for FileLine {
         row,
         pages_interval,
@@ -94,16 +106,65 @@ pub fn table(app: &App, interval_s: f64) -> String {
     } in rows
     {
         out.push_str(&format!(
-            "{:>8} {:>8} {:>10.1} {:>6} {:>7} {:>9}  {}\n",
+            "{:>8} {:>8} {:>10.1} {:>6} {:>7} {:>6} {:>9}  {:<24}  {}\n",
             row.pages,
             pages_interval,
             faults_per_sec,
             row.cow_pages,
             row.writers,
+            row.syncs,
             row.writeback.label(),
+            writers_by_name(&row.writer_tgids, &comms),
             row.path
         ));
     }
     out.push('\n');
     out
+}
+
+/// Writers shown by name in a table row: the first few (lowest pids).
+const NAMED_WRITERS: usize = 3;
+
+/// `postgres[42],pg_dump[77]+2`: one token (a name's spaces as `_`), so
+/// the columns split on whitespace; folded writers count in the `+N`.
+fn writers_by_name(tgids: &[u32], comms: &HashMap<u32, &str>) -> String {
+    let named: Vec<String> = tgids
+        .iter()
+        .filter(|&&tgid| tgid != FOLDED_WRITERS_TGID)
+        .take(NAMED_WRITERS)
+        .map(|tgid| {
+            let comm = comms.get(tgid).copied().unwrap_or("?").replace(' ', "_");
+            format!("{comm}[{tgid}]")
+        })
+        .collect();
+    let rest = tgids.len() - named.len();
+    let mut text = named.join(",");
+    if rest > 0 {
+        text.push_str(&format!("+{rest}"));
+    }
+    if text.is_empty() {
+        text.push('-');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_names_its_first_writers_and_counts_the_rest() {
+        let comms = HashMap::from([(7, "sh"), (42, "Web Content"), (99, "python3"), (100, "ld")]);
+        assert_eq!(writers_by_name(&[7], &comms), "sh[7]");
+        assert_eq!(
+            writers_by_name(&[7, 42, 99, 100], &comms),
+            "sh[7],Web_Content[42],python3[99]+1"
+        );
+        // Folded writers have no name: counted in the rest.
+        assert_eq!(
+            writers_by_name(&[7, FOLDED_WRITERS_TGID], &comms),
+            "sh[7]+1"
+        );
+        assert_eq!(writers_by_name(&[], &comms), "-");
+    }
 }

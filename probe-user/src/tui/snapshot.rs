@@ -54,6 +54,8 @@ pub struct FileRow {
     pub last_write_boot_ns: u64,
     /// Processes that wrote it (the processes view opens their files).
     pub writer_tgids: Vec<u32>,
+    /// msync/fsync/fdatasync/sync_file_range calls on it.
+    pub syncs: u64,
 }
 
 /// The processes view's key for writers a file folded together (past
@@ -190,6 +192,7 @@ impl Snapshot {
                     .copied()
                     .chain((record.other_writers.processes > 0).then_some(FOLDED_WRITERS_TGID))
                     .collect(),
+                syncs: record.syncs.calls(),
             };
             // One file more for the process, with its pages in it.
             let mut add = |tgid: u32, comm: &dyn Fn() -> String, pages: u64, cow_pages: u64| {
