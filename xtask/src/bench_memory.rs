@@ -9,7 +9,6 @@
 //!   of them would have series of its own, as asked.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -17,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{mmapwatch_release, step};
+use crate::{bench_new_files::wait_attached, mmapwatch_release, step};
 
 const DIR: &str = "/dev/shm/mmapwatch-bench-memory";
 pub const SPARSE_PAGES: u64 = 300_000;
@@ -55,11 +54,7 @@ fn start(args: &[&str]) -> Result<Child> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting mmapwatch")?;
-    let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut line)?;
-    if !line.contains("tracing") && !line.contains("serving") {
-        bail!("mmapwatch {args:?} did not start: {line}");
-    }
+    wait_attached(&mut child, &args.join(" "))?;
     Ok(child)
 }
 

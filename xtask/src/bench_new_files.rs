@@ -71,14 +71,20 @@ impl Under {
             std::thread::sleep(Duration::from_secs(2));
             return Ok(Some(child));
         }
-        // trace and export say when they are attached.
-        let mut line = String::new();
-        BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut line)?;
-        if !line.contains("tracing") && !line.contains("serving") {
-            bail!("mmapwatch {} did not start: {line}", self.name());
-        }
+        wait_attached(&mut child, self.name())?;
         Ok(Some(child))
     }
+}
+
+/// Waits for the line `trace` and `export` print on stderr once their
+/// probes are attached.
+pub(crate) fn wait_attached(child: &mut Child, what: &str) -> Result<()> {
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut line)?;
+    if !line.contains("tracing") && !line.contains("serving") {
+        bail!("mmapwatch {what} did not start: {line}");
+    }
+    Ok(())
 }
 
 /// The writer's own time for `FILES` new files, in seconds.
