@@ -313,11 +313,45 @@ pub(crate) extern "C" fn vma_callback(
     0
 }
 
-/// `bpf_find_vma`, the slow path. Out of line so that its callback's frame
-/// is not stacked on the recording path's (Linux 6.1's verifier counts
-/// them together against the 512-byte limit).
-#[inline(never)]
+/// What `bpf_find_vma` found at an address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VmaLookup {
+    Found,
+    /// No mapping there.
+    Absent,
+    /// The mmap lock was held or wanted by a writer (another thread
+    /// mapping or unmapping): `bpf_find_vma` only tries to take it.
+    Busy,
+}
+
+/// As [`find_vma_locked`], without counting a busy lock as a loss: for a
+/// caller that can look again later.
+pub(crate) fn try_find_vma(address: u64, out: &mut VmaInfo) -> VmaLookup {
+    match find_vma(address, out) {
+        0 => VmaLookup::Found,
+        found if found == -ENOENT => VmaLookup::Absent,
+        _ => VmaLookup::Busy,
+    }
+}
+
+/// `bpf_find_vma`, the slow path; a busy mmap lock is counted
+/// (`VMA_LOOKUP_FAILED`).
 pub(crate) fn find_vma_locked(address: u64, out: &mut VmaInfo) -> bool {
+    match try_find_vma(address, out) {
+        VmaLookup::Found => true,
+        VmaLookup::Absent => false,
+        VmaLookup::Busy => {
+            bump(counter::VMA_LOOKUP_FAILED);
+            false
+        }
+    }
+}
+
+/// `bpf_find_vma`'s result. Out of line so that its callback's frame is
+/// not stacked on the recording path's (Linux 6.1's verifier counts them
+/// together against the 512-byte limit).
+#[inline(never)]
+fn find_vma(address: u64, out: &mut VmaInfo) -> i64 {
     // The callback's context must be on the stack, not in a map.
     let mut info = VmaInfo::default();
     // SAFETY: the task pointer comes from the kernel; the callback is a
@@ -331,10 +365,6 @@ pub(crate) fn find_vma_locked(address: u64, out: &mut VmaInfo) -> bool {
             0,
         )
     };
-    // -ENOENT: no VMA, the fault ends in SIGSEGV and nothing was written.
-    if found != 0 && found != -ENOENT {
-        bump(counter::VMA_LOOKUP_FAILED);
-    }
     *out = info;
-    found == 0
+    found
 }

@@ -318,7 +318,10 @@ pub struct SyncEvent {
 pub struct PendingSync {
     pub file: FileKey,
     pub call: u32,
-    pub _pad: u32,
+    /// Non-zero: an msync whose mapping could not be looked up on entry
+    /// (the mmap lock was busy); `first_page` and `pages` hold its address
+    /// and length until it is looked up again on return.
+    pub unresolved: u32,
     pub start_ns: u64,
     pub first_page: u64,
     pub pages: u64,

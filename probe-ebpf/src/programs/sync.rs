@@ -19,7 +19,7 @@ use crate::{
     kernel::{current_cgroup_id, inode_key, read_kernel},
     maps::{bump, count_failure, EVENTS, PENDING_SYNC},
     record::{commit_flags, count_submitted, fill_header},
-    vma::{find_vma_locked, VmaInfo},
+    vma::{try_find_vma, VmaInfo, VmaLookup},
 };
 
 /// Offset of the syscall's `n`th argument (and of `ret` on exit).
@@ -70,6 +70,31 @@ fn page_range(offset: u64, bytes: u64) -> (u64, u64) {
     (first, last - first + 1)
 }
 
+/// The file and pages of `msync(start, len)`: the first mapping of the
+/// range only (msync of several mappings is rare, and each has its own
+/// file). Absent also when that mapping is not a shared file mapping.
+fn msync_target(start: u64, len: u64, pending: &mut PendingSync) -> VmaLookup {
+    let mut info = VmaInfo::default();
+    match try_find_vma(start, &mut info) {
+        VmaLookup::Found => {}
+        other => return other,
+    }
+    if info.file == 0 || info.flags & VM_SHARED == 0 || start < info.start {
+        return VmaLookup::Absent;
+    }
+    let shift = config!(page_shift);
+    let end = if start.saturating_add(len) < info.end {
+        start.saturating_add(len)
+    } else {
+        info.end
+    };
+    pending.file = info.file_key();
+    pending.first_page = info.pgoff + ((start - info.start) >> shift);
+    pending.pages = (end.saturating_sub(start) + (1 << shift) - 1) >> shift;
+    pending.unresolved = 0;
+    VmaLookup::Found
+}
+
 /// The call's file and pages; None when it names no file mapped or open.
 #[inline(always)]
 fn target(ctx: &TracePointContext, call: u32) -> Result<Option<PendingSync>, i64> {
@@ -80,25 +105,17 @@ fn target(ctx: &TracePointContext, call: u32) -> Result<Option<PendingSync>, i64
     match call {
         sync_call::MSYNC => {
             let (start, len) = (arg(ctx, 0)?, arg(ctx, 1)?);
-            let mut info = VmaInfo::default();
-            if !find_vma_locked(start, &mut info)
-                || info.file == 0
-                || info.flags & VM_SHARED == 0
-                || start < info.start
-            {
-                return Ok(None);
+            match msync_target(start, len, &mut pending) {
+                VmaLookup::Found => {}
+                VmaLookup::Absent => return Ok(None),
+                // A thread mapping or unmapping holds the mmap lock: looked
+                // up again on return, once the lock is likely free.
+                VmaLookup::Busy => {
+                    pending.unresolved = 1;
+                    pending.first_page = start;
+                    pending.pages = len;
+                }
             }
-            let shift = config!(page_shift);
-            // The first mapping of the range only: msync of several
-            // mappings is rare, and each has its own file.
-            let end = if start.saturating_add(len) < info.end {
-                start.saturating_add(len)
-            } else {
-                info.end
-            };
-            pending.file = info.file_key();
-            pending.first_page = info.pgoff + ((start - info.start) >> shift);
-            pending.pages = (end.saturating_sub(start) + (1 << shift) - 1) >> shift;
         }
         sync_call::SYNC_FILE_RANGE => {
             let Some(file) = file_of_fd(arg(ctx, 0)?)? else {
@@ -139,12 +156,21 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: a plain value copied out at once.
-    let Some(pending) = (unsafe { PENDING_SYNC.get(&tid) }).copied() else {
+    let Some(mut pending) = (unsafe { PENDING_SYNC.get(&tid) }).copied() else {
         return Ok(());
     };
     // Gone either way; an entry another thread reused would only be
     // overwritten at its own entry.
     let _removed = PENDING_SYNC.remove(&tid);
+    if pending.unresolved != 0 {
+        let (start, len) = (pending.first_page, pending.pages);
+        // Busy again, or unmapped during the call: the record is lost,
+        // and counted so.
+        if msync_target(start, len, &mut pending) != VmaLookup::Found {
+            bump(counter::VMA_LOOKUP_FAILED);
+            return Ok(());
+        }
+    }
     let ret = arg(ctx, 0)? as i64;
     let mut comm = [0u8; TASK_COMM_LEN];
     if !selected_current_task(pid_tgid, &mut comm)? {
