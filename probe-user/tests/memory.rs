@@ -73,19 +73,26 @@ fn new_files(aggregate: &mut Aggregate, files: u64) {
     }
 }
 
-#[test]
-fn a_new_file_with_one_page_costs_the_aggregate_under_a_kilobyte() {
-    const FILES: u64 = 20_000;
+/// Bytes an aggregate holds once `fill` has applied its events, measured
+/// alone (see `MEASURING`).
+fn bytes_kept_by(fill: impl FnOnce(&mut Aggregate)) -> u64 {
     let _alone = MEASURING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let before = LIVE.load(Ordering::Relaxed);
     let mut aggregate = Aggregate::new();
-    new_files(&mut aggregate, FILES);
-    let per_file = (LIVE.load(Ordering::Relaxed) - before) as u64 / FILES;
+    fill(&mut aggregate);
+    let kept = LIVE.load(Ordering::Relaxed) - before;
+    drop(aggregate);
+    kept as u64
+}
+
+#[test]
+fn a_new_file_with_one_page_costs_the_aggregate_under_a_kilobyte() {
+    const FILES: u64 = 20_000;
+    let per_file = bytes_kept_by(|aggregate| new_files(aggregate, FILES)) / FILES;
     eprintln!("{per_file} bytes per file");
     assert!(per_file < 1024, "{per_file} bytes per file");
-    drop(aggregate);
 }
 
 /// A large file written at random pages (a memory-mapped index, a sparse
@@ -93,27 +100,23 @@ fn a_new_file_with_one_page_costs_the_aggregate_under_a_kilobyte() {
 #[test]
 fn a_page_written_at_random_in_a_huge_file_costs_a_few_bytes() {
     const PAGES: u64 = 100_000;
-    let _alone = MEASURING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let before = LIVE.load(Ordering::Relaxed);
-    let mut aggregate = Aggregate::new();
-    // A fixed-seed xorshift over 2^28 pages (1 TiB of 4 KiB pages).
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for _ in 0..PAGES {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        aggregate.apply(&Event::FirstWrite {
-            file: file(0),
-            page: state & ((1 << 28) - 1),
-            kind: WriteKind::Shared,
-            task: task(),
-            boot_ns: 1,
-        });
-    }
-    let per_page = (LIVE.load(Ordering::Relaxed) - before) as f64 / PAGES as f64;
+    let kept = bytes_kept_by(|aggregate| {
+        // A fixed-seed xorshift over 2^28 pages (1 TiB of 4 KiB pages).
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..PAGES {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            aggregate.apply(&Event::FirstWrite {
+                file: file(0),
+                page: state & ((1 << 28) - 1),
+                kind: WriteKind::Shared,
+                task: task(),
+                boot_ns: 1,
+            });
+        }
+    });
+    let per_page = kept as f64 / PAGES as f64;
     eprintln!("{per_page:.1} bytes per page");
     assert!(per_page < 8.0, "{per_page:.1} bytes per page");
-    drop(aggregate);
 }
