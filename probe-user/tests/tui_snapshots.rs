@@ -7,9 +7,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use probe_user::{
     model::{
-        aggregate::{Aggregate, PathSource},
-        events::Event,
-        paths::MountTable,
+        aggregate::Aggregate, events::Event, file_record::PathSource, paths::MountTable,
         report_filter::ReportFilter,
     },
     probe::KernelCounters,

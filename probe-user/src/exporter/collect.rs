@@ -6,8 +6,9 @@
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
+    path::PathBuf,
     rc::Rc,
     sync::PoisonError,
     time::Instant,
@@ -22,8 +23,9 @@ use super::{
 };
 use crate::{
     model::{
-        aggregate::{Aggregate, Applied, FileRecord},
+        aggregate::{Aggregate, Applied, FileCounts},
         events::{Event, FileId, WriteKind},
+        file_record::FileRecord,
         names::hex_if_not_utf8,
         paths::MountTable,
     },
@@ -45,9 +47,11 @@ pub struct Exporter {
     previous_writers: HashMap<WriterLabel, (u64, u64)>,
     previous_fs: HashMap<FsLabels, (u64, u64, u64)>,
     file_series: HashSet<FileLabels>,
-    /// Each file's write faults and pages written back at the last
-    /// refresh: per-file counters move by the difference.
-    previous_file_counts: HashMap<FileId, (u64, u64)>,
+    /// Each shown file's write faults and pages written back at the last
+    /// refresh: its counters move by the difference.
+    previous_file_counts: HashMap<FileId, FileCounts>,
+    /// All files' counts at the last refresh: "other" moves by the growth.
+    previous_counts_ever: FileCounts,
     /// Devices not in the mount table even after re-reading it (memfd files
     /// live on an internal mount mountinfo never lists): not re-read again.
     pub(super) unmounted_devs: HashSet<u32>,
@@ -60,13 +64,51 @@ pub struct Exporter {
     session_totals: SharedSessionTotals,
 }
 
-/// Pages newly written per (comm, cgroup id, file), summed as the session
-/// applies events, until taken at a refresh.
+/// The `n` files with the most pages written (the lowest id on ties),
+/// without sorting them all.
+struct TopFiles {
+    n: usize,
+    /// A min-heap: the weakest kept file on top.
+    heap: BinaryHeap<Reverse<(u64, Reverse<FileId>)>>,
+}
+
+impl TopFiles {
+    fn new(n: usize) -> Self {
+        Self {
+            n,
+            heap: BinaryHeap::with_capacity(n + 1),
+        }
+    }
+
+    fn offer(&mut self, id: FileId, pages: u64) {
+        if self.n == 0 {
+            return;
+        }
+        self.heap.push(Reverse((pages, Reverse(id))));
+        if self.heap.len() > self.n {
+            self.heap.pop();
+        }
+    }
+
+    /// The most pages first.
+    fn into_files(self) -> Vec<FileId> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((_, Reverse(id)))| id)
+            .collect()
+    }
+}
+
+/// Pages newly written per (comm, cgroup id, device), summed as the session
+/// applies events, until taken at a refresh. Keyed by device, not file: the
+/// labels name only the filesystem, and a burst of new files between two
+/// refreshes would otherwise hold an entry each.
 #[derive(Clone, Default)]
 pub struct NewPages(Rc<RefCell<PageCounts>>);
 
-/// (comm, cgroup id, file) -> pages.
-pub type PageCounts = HashMap<(String, u64, FileId), u64>;
+/// (comm, cgroup id, device) -> pages.
+pub type PageCounts = HashMap<(String, u64, u32), u64>;
 
 impl NewPages {
     fn take(&self) -> PageCounts {
@@ -83,7 +125,7 @@ impl EventObserver for NewPages {
             *self
                 .0
                 .borrow_mut()
-                .entry((task.comm.clone(), task.cgroup_id, file))
+                .entry((task.comm.clone(), task.cgroup_id, file.dev))
                 .or_default() += applied.new_pages;
         }
     }
@@ -109,6 +151,7 @@ impl Exporter {
             previous_fs: HashMap::new(),
             file_series: HashSet::new(),
             previous_file_counts: HashMap::new(),
+            previous_counts_ever: FileCounts::default(),
             unmounted_devs: HashSet::new(),
             new_pages: NewPages::default(),
             syncs: SyncTap::default(),
@@ -127,18 +170,18 @@ impl Exporter {
         session.collector.observe(Box::new(self.syncs.clone()));
     }
 
-    fn fs_labels(&mut self, file: FileId) -> FsLabels {
+    fn fs_labels(&mut self, dev: u32) -> FsLabels {
         // A mount made since start-up: re-read the table, once per device,
         // not on every refresh of every such file.
-        if self.mounts.fs_type(file).is_none() && !self.unmounted_devs.contains(&file.dev) {
+        if self.mounts.fs_type_of_device(dev).is_none() && !self.unmounted_devs.contains(&dev) {
             self.mounts = MountTable::read();
-            if self.mounts.fs_type(file).is_none() {
-                self.unmounted_devs.insert(file.dev);
+            if self.mounts.fs_type_of_device(dev).is_none() {
+                self.unmounted_devs.insert(dev);
             }
         }
         let (fs, mount) = self
             .mounts
-            .mount_of(file)
+            .mount_of_device(dev)
             .map(|m| (m.fs_type.clone(), m.mount_point.clone()))
             .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
         FsLabels { fs, mount }
@@ -151,10 +194,10 @@ impl Exporter {
         kind: WriteKind,
         comm: &str,
         cgroup_id: u64,
-        file: FileId,
+        dev: u32,
     ) -> WriterLabels {
         let cgroup = self.cgroups.name(cgroup_id);
-        let FsLabels { fs, mount } = self.fs_labels(file);
+        let FsLabels { fs, mount } = self.fs_labels(dev);
         let labeler = match kind {
             WriteKind::Shared => &mut self.shared_writers,
             WriteKind::Cow => &mut self.cow_writers,
@@ -176,8 +219,8 @@ impl Exporter {
 
     /// Pages newly written, from the collector's counts.
     pub fn add_page_counts(&mut self, counts: PageCounts) {
-        for ((comm, cgroup_id, file), pages) in counts {
-            let labels = self.writer_labels(WriteKind::Shared, &comm, cgroup_id, file);
+        for ((comm, cgroup_id, dev), pages) in counts {
+            let labels = self.writer_labels(WriteKind::Shared, &comm, cgroup_id, dev);
             self.metrics
                 .pages_first_written
                 .get_or_create(&labels)
@@ -188,7 +231,7 @@ impl Exporter {
     /// Sync calls into counters and the latency histogram.
     pub fn add_syncs(&mut self, syncs: Vec<SyncSeen>) {
         for sync in syncs {
-            let FsLabels { fs, mount } = self.fs_labels(sync.file);
+            let FsLabels { fs, mount } = self.fs_labels(sync.file.dev);
             let labels = SyncLabels {
                 call: sync.call.name().into(),
                 fs,
@@ -218,28 +261,33 @@ impl Exporter {
                 totals.cow_faults.max(previous.1),
             );
             self.previous_writers.insert(label.clone(), current);
-            let file = FileId {
-                dev: label.dev,
-                ino: 0,
-                generation: 0,
-            };
             // Labelled only when active: an idle writer's cumulative
             // totals must not keep its label slot.
             let shared = current.0.saturating_sub(previous.0);
             let cow = current.1.saturating_sub(previous.1);
             if shared > 0 {
                 let labels =
-                    self.writer_labels(WriteKind::Shared, &label.comm, label.cgroup_id, file);
+                    self.writer_labels(WriteKind::Shared, &label.comm, label.cgroup_id, label.dev);
                 self.metrics
                     .write_faults
                     .get_or_create(&labels)
                     .inc_by(shared);
             }
             if cow > 0 {
-                let labels = self.writer_labels(WriteKind::Cow, &label.comm, label.cgroup_id, file);
+                let labels =
+                    self.writer_labels(WriteKind::Cow, &label.comm, label.cgroup_id, label.dev);
                 self.metrics.cow_faults.get_or_create(&labels).inc_by(cow);
             }
         }
+    }
+
+    /// Whether a file is under one of the `--path-prefix` paths (its name's
+    /// exact bytes).
+    fn under_prefix(&self, record: &FileRecord) -> bool {
+        record
+            .path
+            .as_deref()
+            .is_some_and(|path| self.path_prefixes.iter().any(|p| path.starts_with(p)))
     }
 
     /// Per-file series, per-filesystem sums and losses from the aggregate;
@@ -250,15 +298,25 @@ impl Exporter {
         not_on_disk: &dyn Fn(FileId, &FileRecord) -> Option<u64>,
     ) {
         let mut by_fs: HashMap<FsLabels, (u64, u64, u64)> = HashMap::new();
-        let mut ranked: Vec<(FileId, u64)> = Vec::new();
+        // The top N by pages written, then every file under a prefix: only
+        // these are visited again, so a host with many files costs one pass.
+        let mut top = TopFiles::new(self.per_file_top);
+        let mut prefixed: Vec<FileId> = Vec::new();
+        let mut pages_written = 0u64;
         for (id, record) in aggregate.files() {
-            let labels = self.fs_labels(*id);
+            let labels = self.fs_labels(id.dev);
             let sums = by_fs.entry(labels).or_default();
             sums.0 += record.kernel.folios_dirtied;
             sums.1 += record.kernel.pages_dirtied;
             sums.2 += record.kernel.writeback_pages;
-            if record.modified() {
-                ranked.push((*id, record.pages_written.len()));
+            if !record.modified() {
+                continue;
+            }
+            pages_written += record.pages_written.len();
+            if self.under_prefix(record) {
+                prefixed.push(*id);
+            } else {
+                top.offer(*id, record.pages_written.len());
             }
         }
         for (labels, current) in by_fs {
@@ -286,84 +344,72 @@ impl Exporter {
             }
         }
 
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let other_labels = FileLabels {
             path: OTHER.into(),
             fs: OTHER.into(),
             mount: OTHER.into(),
             path_bytes: PathBytesHex::default(),
         };
+        // Counters move by what a file did since the last refresh: in its
+        // own series while it is shown (from the refresh that first shows
+        // it), in path="other" otherwise, so sum(rate(...)) is exact whoever
+        // is in the top N. Only shown files' counts are remembered: "other"
+        // moves by all files' growth (forgotten ones included) less theirs.
+        let counts_ever = aggregate.counts_ever();
+        let mut other_counts = counts_ever.since(self.previous_counts_ever);
+        self.previous_counts_ever = counts_ever;
         let mut shown: HashSet<FileLabels> = HashSet::new();
-        let mut other_pages = 0i64;
-        let mut other_counts = (0u64, 0u64);
-        for (rank, (id, _)) in ranked.iter().enumerate() {
-            let Some(record) = aggregate.file(id) else {
+        let mut shown_counts: HashMap<FileId, FileCounts> = HashMap::new();
+        let mut other_pages = pages_written;
+        for id in top.into_files().into_iter().chain(prefixed) {
+            let Some(record) = aggregate.file(&id) else {
                 continue;
             };
-            let path = record.display_path(id);
-            let under_prefix = self
-                .path_prefixes
-                .iter()
-                .any(|p| Path::new(&path).starts_with(p));
-            // Counters move by what the file did since the last refresh:
-            // in its own series while it is shown, in path="other" while
-            // it is not, so sum(rate(...)) is exact whoever is in the top N.
-            let counts = (record.write_faults(), record.kernel.writeback_pages);
+            let counts = FileCounts::of(record);
             let before = self
                 .previous_file_counts
-                .insert(*id, counts)
-                .unwrap_or_default();
-            let deltas = (
-                counts.0.saturating_sub(before.0),
-                counts.1.saturating_sub(before.1),
-            );
-            if rank < self.per_file_top || under_prefix {
-                let FsLabels { fs, mount } = self.fs_labels(*id);
-                let path_bytes = PathBytesHex(record.path.as_deref().and_then(hex_if_not_utf8));
-                let labels = FileLabels {
-                    path,
-                    fs,
-                    mount,
-                    path_bytes,
-                };
-                self.metrics
-                    .file_pages_written
-                    .get_or_create(&labels)
-                    .set(record.pages_written.len() as i64);
-                self.metrics
-                    .file_write_faults
-                    .get_or_create(&labels)
-                    .inc_by(deltas.0);
-                self.metrics
-                    .file_writeback_pages
-                    .get_or_create(&labels)
-                    .inc_by(deltas.1);
-                match not_on_disk(*id, record) {
-                    Some(pages) => {
-                        self.metrics
-                            .file_pages_not_on_disk
-                            .get_or_create(&labels)
-                            .set(pages as i64);
-                    }
-                    None => {
-                        self.metrics.file_pages_not_on_disk.remove(&labels);
-                    }
+                .get(&id)
+                .copied()
+                .unwrap_or(counts);
+            let deltas = counts.since(before);
+            other_counts = other_counts.since(deltas);
+            other_pages -= record.pages_written.len();
+            shown_counts.insert(id, counts);
+            let FsLabels { fs, mount } = self.fs_labels(id.dev);
+            let path_bytes = PathBytesHex(record.path.as_deref().and_then(hex_if_not_utf8));
+            let labels = FileLabels {
+                path: record.display_path(&id),
+                fs,
+                mount,
+                path_bytes,
+            };
+            self.metrics
+                .file_pages_written
+                .get_or_create(&labels)
+                .set(record.pages_written.len() as i64);
+            self.metrics
+                .file_write_faults
+                .get_or_create(&labels)
+                .inc_by(deltas.write_faults);
+            self.metrics
+                .file_writeback_pages
+                .get_or_create(&labels)
+                .inc_by(deltas.writeback_pages);
+            match not_on_disk(id, record) {
+                Some(pages) => {
+                    self.metrics
+                        .file_pages_not_on_disk
+                        .get_or_create(&labels)
+                        .set(pages as i64);
                 }
-                shown.insert(labels);
-            } else {
-                other_pages += record.pages_written.len() as i64;
-                other_counts.0 += deltas.0;
-                other_counts.1 += deltas.1;
+                None => {
+                    self.metrics.file_pages_not_on_disk.remove(&labels);
+                }
             }
+            shown.insert(labels);
         }
-        // Files no longer in the aggregate (forgotten) are not counted
-        // again if they come back.
-        self.previous_file_counts
-            .retain(|id, _| aggregate.file(id).is_some());
-        // A burst forgotten leaves the table sized for it: give it back.
-        if self.previous_file_counts.capacity() > 2 * self.previous_file_counts.len() + 1024 {
-            self.previous_file_counts.shrink_to_fit();
-        }
+        self.previous_file_counts = shown_counts;
+        let other_pages = i64::try_from(other_pages).unwrap_or(i64::MAX);
         self.metrics
             .file_pages_written
             .get_or_create(&other_labels)
@@ -371,11 +417,11 @@ impl Exporter {
         self.metrics
             .file_write_faults
             .get_or_create(&other_labels)
-            .inc_by(other_counts.0);
+            .inc_by(other_counts.write_faults);
         self.metrics
             .file_writeback_pages
             .get_or_create(&other_labels)
-            .inc_by(other_counts.1);
+            .inc_by(other_counts.writeback_pages);
         shown.insert(other_labels);
         // Files that left the top N lose their series.
         for stale in self.file_series.difference(&shown) {

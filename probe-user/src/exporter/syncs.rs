@@ -6,8 +6,9 @@ use std::{cell::RefCell, rc::Rc};
 
 use crate::{
     model::{
-        aggregate::{Applied, FileRecord},
+        aggregate::Applied,
         events::{Event, FileId, SyncCall},
+        file_record::FileRecord,
     },
     session::EventObserver,
 };

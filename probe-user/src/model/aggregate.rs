@@ -4,297 +4,24 @@
 //! touches the kernel, the clock or /proc, so it is unit-tested directly and
 //! shared by every front end.
 //!
-//! Over 500 lines (~690 of code, ~410 of tests): the file record and the
-//! rules that merge events into it (identity, names, first writers, page
-//! sets) must agree, and are read together.
+//! Over 500 lines (~450 of code, ~410 of tests): the rules that merge
+//! events into a file's record (identity, names, first writers, page sets)
+//! must agree, and are read together. The record itself is in
+//! `file_record`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::{Path, PathBuf},
 };
 
-use super::{page_set::PageSet, writers::Writers};
+use super::page_set::PageSet;
 use probe_common::FileStats;
 
 use crate::model::{
-    durability::Syncs,
-    events::{Event, FileId, Task, WriteKind},
+    events::{Event, FileId, WriteKind},
+    file_record::{CurrentName, FileRecord, PathSource},
     names::NameBytes,
 };
-
-/// Where a file's path came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathSource {
-    /// The file opened by its handle when the report was made: its name
-    /// now (after any rename).
-    FileHandle,
-    /// `/proc/<pid>/map_files` of a writer: the full path in its view.
-    ProcMaps,
-    /// Dentry names sent by the kernel, joined to the mount point.
-    Dentry,
-}
-
-impl PathSource {
-    /// Higher is better: a name read now beats one read at the first
-    /// write, which beats one rebuilt from dentry names.
-    fn rank(self) -> u8 {
-        match self {
-            PathSource::FileHandle => 2,
-            PathSource::ProcMaps => 1,
-            PathSource::Dentry => 0,
-        }
-    }
-}
-
-/// A file's name when the report is made, from its handle.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CurrentName {
-    Linked(PathBuf),
-    /// Its last link is gone (it may still be open or mapped).
-    Deleted,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Writer {
-    pub tgid: u32,
-    pub comm: String,
-    pub cgroup_id: u64,
-    /// Pages this process wrote first (shared writes).
-    pub pages: u64,
-    /// Pages this process wrote first through a private mapping.
-    pub cow_pages: u64,
-    /// Pages this process got mapped writable by read faults on a file
-    /// without write-notify: possibly written.
-    pub possible_pages: u64,
-    /// When the process exited (`trace` only), and how many of the file's
-    /// written pages were not on disk then, or why that is unknown.
-    pub exited_boot_ns: Option<u64>,
-    pub not_on_disk_at_exit: Option<Result<u64, String>>,
-}
-
-/// Writers kept by name per file; beyond it the least significant are
-/// summed into [`FileRecord::other_writers`], so long-running front ends do
-/// not grow with every short-lived process that writes a file.
-pub const MAX_WRITERS_PER_FILE: usize = 256;
-
-/// Writers folded together once a file has more than
-/// [`MAX_WRITERS_PER_FILE`]: totals stay exact, names are dropped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OtherWriters {
-    pub processes: u64,
-    pub pages: u64,
-    pub cow_pages: u64,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct FileRecord {
-    /// Exact bytes: the name as it is now when that could be read, else
-    /// as it was when the file was first written.
-    pub path: Option<PathBuf>,
-    pub path_source: Option<PathSource>,
-    /// The name the file was written under, when it has since been renamed.
-    pub renamed_from: Option<PathBuf>,
-    /// overlayfs: `path` is the one the writer opened through the overlay
-    /// mount, and this is the layer's own file behind it (upper, or lower
-    /// until copied up), as it is named now.
-    pub through_overlay: bool,
-    pub backing_path: Option<PathBuf>,
-    /// The file had no link left when last looked at.
-    pub deleted: bool,
-    /// Mount namespace of the first writer (the view the path is in).
-    pub mount_ns: Option<u64>,
-    pub first_writer_cgroup_id: Option<u64>,
-    pub fs_magic: Option<u64>,
-    /// Pages written through shared mappings: those with a write fault of
-    /// their own (`exact_pages`) and the rest of the large folios such a
-    /// fault mapped writable whole (kernel granularity).
-    pub pages_written: PageSet,
-    /// Pages of `pages_written` without a write fault of their own (yet).
-    /// Kept instead of those with one: empty, and so free, for most files
-    /// (a one-page set costs ~500 bytes).
-    pub(crate) span_only: PageSet,
-    /// Pages of a file without write-notify (tmpfs) mapped writable by
-    /// read faults: the kernel gives no signal when they are stored to.
-    pub possibly_written: PageSet,
-    pub cow_pages: PageSet,
-    pub writers: Writers,
-    pub other_writers: OtherWriters,
-    pub first_write_boot_ns: Option<u64>,
-    pub last_write_boot_ns: Option<u64>,
-    /// Kernel counters, summed over CPUs, as of the latest snapshot.
-    pub kernel: FileStats,
-    /// Counts of the file's kernel entries already handed over (freed in
-    /// the kernel): later snapshots add to them.
-    pub handed_over: FileStats,
-    /// First-write reports of a page already in the set: the kernel's dedup
-    /// LRU evicted it. They are not counted twice.
-    pub repeated_reports: u64,
-    /// First-write and new-writer records for shared and private writes:
-    /// each stands for at least one fault.
-    pub shared_fault_events: u64,
-    pub cow_fault_events: u64,
-    /// Large folios mapped writable whole by one write fault; all their
-    /// pages are in `pages_written`, since the kernel cannot tell which were
-    /// stored to. `huge_spans` counts those of 2 MiB (one PMD).
-    pub folio_spans: u64,
-    pub huge_spans: u64,
-    /// Function-hook backends: the filesystem's `->page_mkwrite`, by name.
-    pub page_mkwrite: Option<String>,
-    /// Function-hook backends: folio first page -> (pages, when its latest
-    /// writeback completed), at most [`MAX_WRITEBACK_FOLIOS`] folios.
-    pub written_back: BTreeMap<u64, (u64, u64)>,
-    /// Writeback completions not kept: the file has more folios than that.
-    pub written_back_untracked: u64,
-    /// msync/fsync/fdatasync/sync_file_range calls on the file.
-    pub syncs: Syncs,
-}
-
-/// Folios whose writeback time is kept per file: the newest completion of
-/// each, so memory is bounded by the file's size, and by this.
-pub const MAX_WRITEBACK_FOLIOS: usize = 1 << 16;
-
-impl FileRecord {
-    /// The latest write seen, from records or the kernel's counts.
-    pub fn latest_write_boot_ns(&self) -> u64 {
-        self.last_write_boot_ns
-            .unwrap_or(0)
-            .max(self.kernel.last_write_boot_ns)
-    }
-
-    /// The latest write or writeback seen.
-    pub fn last_activity_boot_ns(&self) -> u64 {
-        self.latest_write_boot_ns()
-            .max(self.kernel.last_writeback_start_boot_ns)
-            .max(self.kernel.last_writeback_end_boot_ns)
-    }
-
-    /// The path as text for labels and screens (invalid UTF-8 replaced),
-    /// or `<dev D ino I>` when the file was never named.
-    pub fn display_path(&self, id: &FileId) -> String {
-        self.path.as_deref().map_or_else(
-            || format!("<dev {} ino {}>", id.dev_string(), id.ino),
-            |path| crate::model::names::json_text(path).into_owned(),
-        )
-    }
-
-    /// Modified iff some page was written through a shared mapping.
-    pub fn modified(&self) -> bool {
-        !self.pages_written.is_empty()
-    }
-
-    /// Pages in `pages_written` only because a large folio was mapped
-    /// writable whole around a page that faulted.
-    pub fn span_pages(&self) -> &PageSet {
-        &self.span_only
-    }
-
-    /// Pages with a write fault of their own.
-    pub fn exact_pages(&self) -> PageSet {
-        self.pages_written.difference(&self.span_only)
-    }
-
-    /// A page with a write fault of its own: written, and exactly.
-    fn note_exact_page(&mut self, page: u64) -> bool {
-        self.span_only.remove(page);
-        self.pages_written.insert(page)
-    }
-
-    /// Possibly-written pages that are not known written.
-    pub fn only_possibly_written(&self) -> PageSet {
-        self.possibly_written.difference(&self.pages_written)
-    }
-
-    fn note_written_back(&mut self, first_page: u64, pages: u64, boot_ns: u64) {
-        if self.written_back.len() >= MAX_WRITEBACK_FOLIOS
-            && !self.written_back.contains_key(&first_page)
-        {
-            self.written_back_untracked += 1;
-            return;
-        }
-        // A folio's pages can be split into smaller folios later (and
-        // merged): drop older entries it now covers.
-        let end = first_page.saturating_add(pages);
-        let covered: Vec<u64> = self
-            .written_back
-            .range(first_page..end)
-            .map(|(&page, _)| page)
-            .collect();
-        for page in covered {
-            self.written_back.remove(&page);
-        }
-        self.written_back.insert(first_page, (pages, boot_ns));
-    }
-
-    /// Pages written (shared) and then written back, with the latest
-    /// writeback completion of each run of them, in page order.
-    pub fn writeback_runs(&self) -> Vec<(u64, u64, u64)> {
-        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-        for (&first, &(pages, boot_ns)) in &self.written_back {
-            for page in first..first.saturating_add(pages) {
-                if !self.pages_written.contains(page) {
-                    continue;
-                }
-                match runs.last_mut() {
-                    Some((_, last, at)) if *last + 1 == page && *at == boot_ns => *last = page,
-                    _ => runs.push((page, page, boot_ns)),
-                }
-            }
-        }
-        runs
-    }
-
-    fn note_write_time(&mut self, boot_ns: u64) {
-        self.first_write_boot_ns =
-            Some(self.first_write_boot_ns.map_or(boot_ns, |t| t.min(boot_ns)));
-        self.last_write_boot_ns = Some(self.last_write_boot_ns.map_or(boot_ns, |t| t.max(boot_ns)));
-    }
-
-    fn writer(&mut self, task: &Task) -> &mut Writer {
-        if !self.writers.contains_key(&task.tgid) && self.writers.len() >= MAX_WRITERS_PER_FILE {
-            self.fold_least_writer();
-        }
-        let writer = self.writers.get_or_insert_with(task.tgid, || Writer {
-            tgid: task.tgid,
-            comm: task.comm.clone(),
-            cgroup_id: task.cgroup_id,
-            ..Writer::default()
-        });
-        // Keep the latest name: exec changes it.
-        if writer.comm != task.comm {
-            writer.comm.clone_from(&task.comm);
-        }
-        writer
-    }
-
-    /// Moves the writer with the fewest pages (the lowest pid on ties) into
-    /// `other_writers`.
-    fn fold_least_writer(&mut self) {
-        let least = self
-            .writers
-            .values()
-            .min_by_key(|w| (w.pages + w.cow_pages, w.tgid))
-            .map(|w| w.tgid);
-        if let Some(writer) = least.and_then(|tgid| self.writers.remove(&tgid)) {
-            self.other_writers.processes += 1;
-            self.other_writers.pages += writer.pages;
-            self.other_writers.cow_pages += writer.cow_pages;
-        }
-    }
-
-    /// Write faults through shared mappings: the kernel's count, which
-    /// includes rewrites after writeback; never fewer than the fault records
-    /// seen (the kernel's count is missing if its stats map was full).
-    pub fn write_faults(&self) -> u64 {
-        self.kernel
-            .shared_write_faults
-            .max(self.shared_fault_events)
-    }
-
-    pub fn cow_faults(&self) -> u64 {
-        self.kernel.cow_faults.max(self.cow_fault_events)
-    }
-}
 
 /// What applying an event changed, for the caller's side effects (such as
 /// resolving a path while the writer is still alive, or counting metrics).
@@ -316,11 +43,54 @@ pub struct Aggregate {
     events: u64,
     /// Sync calls on files never written through a mapping: not kept.
     pub syncs_of_other_files: u64,
+    /// Write faults and pages written back of the files forgotten, so that
+    /// [`Aggregate::counts_ever`] never goes back.
+    forgotten_counts: FileCounts,
+}
+
+/// A file's (or many files') write faults through shared mappings and
+/// pages written back: both only grow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileCounts {
+    pub write_faults: u64,
+    pub writeback_pages: u64,
+}
+
+impl FileCounts {
+    pub fn of(record: &FileRecord) -> Self {
+        Self {
+            write_faults: record.write_faults(),
+            writeback_pages: record.kernel.writeback_pages,
+        }
+    }
+
+    pub fn add(&mut self, other: FileCounts) {
+        self.write_faults += other.write_faults;
+        self.writeback_pages += other.writeback_pages;
+    }
+
+    /// What `self` grew by since `before` (0 where it did not).
+    pub fn since(self, before: FileCounts) -> FileCounts {
+        FileCounts {
+            write_faults: self.write_faults.saturating_sub(before.write_faults),
+            writeback_pages: self.writeback_pages.saturating_sub(before.writeback_pages),
+        }
+    }
 }
 
 impl Aggregate {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Write faults and pages written back of every file ever seen,
+    /// forgotten ones included: it never goes back.
+    pub fn counts_ever(&self) -> FileCounts {
+        let mut total = self.forgotten_counts;
+        for record in self.files.values() {
+            total.add(FileCounts::of(record));
+        }
+        total
     }
 
     /// Events applied so far.
@@ -359,7 +129,9 @@ impl Aggregate {
             .map(|(id, _)| *id)
             .collect();
         for id in &forgotten {
-            self.files.remove(id);
+            if let Some(record) = self.files.remove(id) {
+                self.forgotten_counts.add(FileCounts::of(&record));
+            }
         }
         // A burst forgotten leaves a table sized for it: give it back.
         if self.files.capacity() > 2 * self.files.len() + 1024 {
@@ -393,12 +165,13 @@ impl Aggregate {
                 let set = match kind {
                     WriteKind::Shared => {
                         record.shared_fault_events += 1;
-                        record.span_only.remove(*page);
+                        record.forget_span_page(*page);
                         &mut record.pages_written
                     }
                     WriteKind::Cow => {
-                        record.cow_fault_events += 1;
-                        &mut record.cow_pages
+                        let details = record.details_mut();
+                        details.cow_fault_events += 1;
+                        &mut details.cow_pages
                     }
                 };
                 if set.insert(*page) {
@@ -411,7 +184,7 @@ impl Aggregate {
                         WriteKind::Cow => writer.cow_pages += 1,
                     }
                 } else {
-                    record.repeated_reports += 1;
+                    record.details_mut().repeated_reports += 1;
                     record.writer(task);
                 }
                 record.note_write_time(*boot_ns);
@@ -446,12 +219,13 @@ impl Aggregate {
                 let fresh = span.difference(&record.pages_written);
                 let added = fresh.len();
                 record.pages_written.union_with(&fresh);
-                record.span_only.union_with(&fresh);
                 record.writer(task).pages += added;
                 new_pages = added;
-                record.folio_spans += 1;
+                let details = record.details_mut();
+                details.span_only.union_with(&fresh);
+                details.folio_spans += 1;
                 if *pages == probe_common::PMD_PAGES {
-                    record.huge_spans += 1;
+                    details.huge_spans += 1;
                 }
                 record.note_write_time(*boot_ns);
                 (*file, task.tgid, created)
@@ -465,7 +239,10 @@ impl Aggregate {
             } => {
                 let (record, created) = self.record(*file);
                 let end = first_page.saturating_add(*pages);
-                let added = record.possibly_written.insert_range(*first_page..end);
+                let added = record
+                    .details_mut()
+                    .possibly_written
+                    .insert_range(*first_page..end);
                 record.writer(task).possible_pages += added;
                 (*file, task.tgid, created)
             }
@@ -492,7 +269,12 @@ impl Aggregate {
                 ..
             } => {
                 match self.files.get_mut(file) {
-                    Some(record) => record.syncs.note(*call, *latency_ns, *result, *boot_ns),
+                    Some(record) => {
+                        record
+                            .details_mut()
+                            .syncs
+                            .note(*call, *latency_ns, *result, *boot_ns)
+                    }
                     None => self.syncs_of_other_files += 1,
                 }
                 return Applied::default();
@@ -555,7 +337,7 @@ impl Aggregate {
     /// Names the filesystem hook that ran for a file already seen.
     pub fn set_page_mkwrite(&mut self, file: FileId, function: String) {
         if let Some(record) = self.files.get_mut(&file) {
-            record.page_mkwrite = Some(function);
+            record.page_mkwrite = Some(function.into_boxed_str());
         }
     }
 
@@ -589,7 +371,7 @@ impl Aggregate {
     /// Marks a file written through overlayfs: its path is the overlay's.
     pub fn set_through_overlay(&mut self, file: FileId) {
         if let Some(record) = self.files.get_mut(&file) {
-            record.through_overlay = true;
+            record.details_mut().through_overlay = true;
         }
     }
 
@@ -600,10 +382,10 @@ impl Aggregate {
         let Some(record) = self.files.get_mut(&file) else {
             return;
         };
-        if record.through_overlay {
+        if record.details().through_overlay {
             match name {
                 CurrentName::Deleted => record.deleted = true,
-                CurrentName::Linked(path) => record.backing_path = Some(path),
+                CurrentName::Linked(path) => record.details_mut().backing_path = Some(path),
             }
             return;
         }
@@ -614,12 +396,14 @@ impl Aggregate {
                 if record.path.as_deref() == Some(path.as_path()) {
                     return;
                 }
-                if record.renamed_from.is_none() {
-                    record.renamed_from = record.path.take();
+                let previous = record.path.take();
+                let details = record.details_mut();
+                if details.renamed_from.is_none() {
+                    details.renamed_from = previous;
                 }
                 // Renamed back: no rename left to tell.
-                if record.renamed_from.as_deref() == Some(path.as_path()) {
-                    record.renamed_from = None;
+                if details.renamed_from.as_deref() == Some(path.as_path()) {
+                    details.renamed_from = None;
                 }
                 record.path = Some(path);
                 record.path_source = Some(PathSource::FileHandle);
@@ -640,7 +424,7 @@ impl Aggregate {
         // was dropped) still show up: nothing is lost silently.
         let (record, _) = self.record(file);
         let mut all: Vec<FileStats> = parts.into_iter().copied().collect();
-        all.push(record.handed_over);
+        all.push(record.handed_over());
         let summed = sum_stats(&all);
         record.kernel = max_stats(&record.kernel, &summed);
     }
@@ -655,9 +439,10 @@ impl Aggregate {
     ) {
         let (record, _) = self.record(file);
         let mut all: Vec<FileStats> = parts.into_iter().copied().collect();
-        all.push(record.handed_over);
-        record.handed_over = sum_stats(&all);
-        record.kernel = max_stats(&record.kernel, &record.handed_over);
+        all.push(record.handed_over());
+        let handed_over = sum_stats(&all);
+        record.kernel = max_stats(&record.kernel, &handed_over);
+        record.set_handed_over(handed_over);
     }
 }
 
@@ -737,6 +522,7 @@ pub fn page_ranges(pages: &PageSet) -> Vec<[u64; 2]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{events::Task, file_record::MAX_WRITERS_PER_FILE};
 
     const FILE: FileId = FileId {
         dev: 1 << 20,
@@ -823,7 +609,7 @@ mod tests {
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(rec.pages_written.len(), 1);
         assert_eq!(rec.writers[&100].pages, 1);
-        assert_eq!(rec.repeated_reports, 1);
+        assert_eq!(rec.details().repeated_reports, 1);
     }
 
     #[test]
@@ -842,8 +628,8 @@ mod tests {
         assert_eq!(page_ranges(&rec.pages_written), vec![[0, 511]]);
         // Page 7 was already counted: 511 more, 512 in all.
         assert_eq!(rec.writers[&100].pages, 512);
-        assert_eq!(rec.huge_spans, 1);
-        assert_eq!(rec.folio_spans, 1);
+        assert_eq!(rec.details().huge_spans, 1);
+        assert_eq!(rec.details().folio_spans, 1);
         // Only page 7 had a fault of its own.
         assert_eq!(page_ranges(&rec.exact_pages()), vec![[7, 7]]);
         assert_eq!(rec.span_pages().len(), 511);
@@ -866,7 +652,10 @@ mod tests {
         assert_eq!(page_ranges(&rec.pages_written), vec![[16, 31]]);
         assert_eq!(page_ranges(&rec.exact_pages()), vec![[16, 16]]);
         assert_eq!(page_ranges(rec.span_pages()), vec![[17, 31]]);
-        assert_eq!((rec.folio_spans, rec.huge_spans), (1, 0));
+        assert_eq!(
+            (rec.details().folio_spans, rec.details().huge_spans),
+            (1, 0)
+        );
     }
 
     #[test]
@@ -883,7 +672,7 @@ mod tests {
         assert_eq!(applied.new_pages, 0);
         let rec = agg.file(&FILE).unwrap();
         assert!(!rec.modified());
-        assert_eq!(rec.possibly_written.len(), 16);
+        assert_eq!(rec.details().possibly_written.len(), 16);
         assert_eq!(rec.writers[&7].possible_pages, 16);
         agg.apply(&write(3, 8, 2));
         let rec = agg.file(&FILE).unwrap();
@@ -931,9 +720,12 @@ mod tests {
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(rec.writers.len(), MAX_WRITERS_PER_FILE);
         assert_eq!(rec.writers[&1].pages, 10, "the big writer is kept");
-        assert_eq!(rec.other_writers.processes, 50);
+        assert_eq!(rec.details().other_writers.processes, 50);
         let named: u64 = rec.writers.values().map(|w| w.pages).sum();
-        assert_eq!(named + rec.other_writers.pages, rec.pages_written.len());
+        assert_eq!(
+            named + rec.details().other_writers.pages,
+            rec.pages_written.len()
+        );
     }
 
     #[test]
@@ -948,7 +740,7 @@ mod tests {
         });
         let rec = agg.file(&FILE).unwrap();
         assert!(!rec.modified());
-        assert_eq!(page_ranges(&rec.cow_pages), vec![[2, 2]]);
+        assert_eq!(page_ranges(&rec.details().cow_pages), vec![[2, 2]]);
         assert_eq!(rec.writers[&1].cow_pages, 1);
     }
 
@@ -1001,20 +793,20 @@ mod tests {
         // Unchanged: nothing to tell, the source stays.
         agg.set_current_name(FILE, CurrentName::Linked("/out/prog.tmp1".into()));
         let rec = agg.file(&FILE).unwrap();
-        assert_eq!(rec.renamed_from, None);
+        assert_eq!(rec.details().renamed_from, None);
         assert_eq!(rec.path_source, Some(PathSource::ProcMaps));
         agg.set_current_name(FILE, CurrentName::Linked("/out/prog".into()));
         agg.set_current_name(FILE, CurrentName::Linked("/out/prog2".into()));
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(rec.path.as_deref(), Some(Path::new("/out/prog2")));
         assert_eq!(
-            rec.renamed_from.as_deref(),
+            rec.details().renamed_from.as_deref(),
             Some(Path::new("/out/prog.tmp1"))
         );
         assert_eq!(rec.path_source, Some(PathSource::FileHandle));
         // Renamed back: no rename left.
         agg.set_current_name(FILE, CurrentName::Linked("/out/prog.tmp1".into()));
-        assert_eq!(agg.file(&FILE).unwrap().renamed_from, None);
+        assert_eq!(agg.file(&FILE).unwrap().details().renamed_from, None);
         agg.set_current_name(FILE, CurrentName::Deleted);
         let rec = agg.file(&FILE).unwrap();
         assert!(rec.deleted);

@@ -23,6 +23,8 @@ pub struct SyncStats {
 pub struct Syncs(pub BTreeMap<SyncCall, SyncStats>);
 
 impl Syncs {
+    pub const NONE: Syncs = Syncs(BTreeMap::new());
+
     pub fn note(&mut self, call: SyncCall, latency_ns: u64, result: i64, boot_ns: u64) {
         let stats = self.0.entry(call).or_default();
         stats.calls += 1;

@@ -19,7 +19,7 @@ use std::{
 
 use probe_common::TMPFS_MAGIC;
 
-use crate::model::{aggregate::CurrentName, events::FileId};
+use crate::model::{events::FileId, file_record::CurrentName};
 
 const EXT4_SUPER_MAGIC: u64 = 0xEF53;
 const XFS_SUPER_MAGIC: u64 = 0x5846_5342;

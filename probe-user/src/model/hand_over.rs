@@ -84,12 +84,72 @@ pub fn verdict(
     }
 }
 
+/// A per-file kernel map as read: a vector sorted by key, looked up by
+/// binary search. A hash table of a burst's hundreds of thousands of
+/// entries, rebuilt at every read, cost twice the memory and its growth.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelEntries<V>(Vec<(FileKey, V)>);
+
+fn order(key: &FileKey) -> (u32, u64, u32) {
+    (key.dev, key.ino, key.generation)
+}
+
+impl<V> KernelEntries<V> {
+    pub fn new(mut entries: Vec<(FileKey, V)>) -> Self {
+        // Stable: of a key listed twice, the later read stays later.
+        entries.sort_by_key(|(key, _)| order(key));
+        // A key listed twice (an entry deleted and re-added between two
+        // batches): the later read is kept.
+        entries.dedup_by(|later, earlier| {
+            let same = order(&later.0) == order(&earlier.0);
+            if same {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
+        Self(entries)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, key: &FileKey) -> Option<&V> {
+        self.0
+            .binary_search_by_key(&order(key), |(k, _)| order(k))
+            .ok()
+            .map(|at| &self.0[at].1)
+    }
+
+    pub fn contains_key(&self, key: &FileKey) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&FileKey, &V)> {
+        self.0.iter().map(|(key, value)| (key, value))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &FileKey> {
+        self.0.iter().map(|(key, _)| key)
+    }
+}
+
+impl<V> FromIterator<(FileKey, V)> for KernelEntries<V> {
+    fn from_iter<I: IntoIterator<Item = (FileKey, V)>>(entries: I) -> Self {
+        Self::new(entries.into_iter().collect())
+    }
+}
+
 /// Dirty times of files with no entry left, older than a dirty file is
 /// kept: a dirtying that raced with its file's hand-over left them, and
 /// nothing else would remove them.
 pub fn orphaned_dirty_times<'a>(
-    dirty_since: &'a HashMap<FileKey, u64>,
-    entries: &'a HashMap<FileKey, FileStats>,
+    dirty_since: &'a KernelEntries<u64>,
+    entries: &'a KernelEntries<FileStats>,
     now_boot_ns: u64,
 ) -> impl Iterator<Item = &'a FileKey> {
     dirty_since.iter().filter_map(move |(key, since)| {
@@ -118,6 +178,14 @@ mod tests {
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
+
+    fn key(ino: u64) -> FileKey {
+        FileKey {
+            dev: 1,
+            generation: 0,
+            ino,
+        }
+    }
 
     fn written_at(ns: u64) -> FileStats {
         FileStats {
@@ -203,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn kernel_entries_are_found_by_key_and_a_key_read_twice_keeps_its_later_value() {
+        let entries =
+            KernelEntries::new(vec![(key(3), 30), (key(1), 10), (key(3), 31), (key(2), 20)]);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries.get(&key(3)), Some(&31));
+        assert_eq!(entries.get(&key(1)), Some(&10));
+        assert!(!entries.contains_key(&key(4)));
+        let keys: Vec<u64> = entries.keys().map(|k| k.ino).collect();
+        assert_eq!(keys, [1, 2, 3]);
+    }
+
+    #[test]
     fn a_burst_of_a_quarter_of_the_map_is_worth_reading_it_again() {
         assert!(!worth_reading_again(16_383, 65_536));
         assert!(worth_reading_again(16_384, 65_536));
@@ -240,13 +320,9 @@ mod tests {
 
     #[test]
     fn only_old_dirty_times_without_an_entry_are_orphans() {
-        let key = |ino| FileKey {
-            dev: 1,
-            generation: 0,
-            ino,
-        };
-        let dirty = HashMap::from([(key(1), SECOND), (key(2), SECOND), (key(3), 50 * SECOND)]);
-        let entries = HashMap::from([(key(1), written_at(SECOND))]);
+        let dirty =
+            KernelEntries::from_iter([(key(2), SECOND), (key(1), SECOND), (key(3), 50 * SECOND)]);
+        let entries = KernelEntries::from_iter([(key(1), written_at(SECOND))]);
         let orphans: Vec<_> = orphaned_dirty_times(&dirty, &entries, 60 * SECOND).collect();
         assert_eq!(orphans, vec![&key(2)]);
     }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod durability;
 pub mod events;
 pub mod file_handle;
+pub mod file_record;
 pub mod hand_over;
 pub mod names;
 pub mod page_set;

@@ -21,10 +21,7 @@ pub enum PageSet {
 
 impl Default for PageSet {
     fn default() -> Self {
-        Self::Few {
-            pages: [0; INLINE],
-            len: 0,
-        }
+        Self::EMPTY
     }
 }
 
@@ -47,6 +44,11 @@ impl FromIterator<u64> for PageSet {
 }
 
 impl PageSet {
+    pub const EMPTY: PageSet = PageSet::Few {
+        pages: [0; INLINE],
+        len: 0,
+    };
+
     pub fn new() -> Self {
         Self::default()
     }

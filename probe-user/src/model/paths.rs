@@ -145,22 +145,32 @@ impl MountTable {
         Self { mounts }
     }
 
-    fn for_file(&self, file: FileId) -> impl Iterator<Item = &Mount> {
+    /// Mounts of a device (the kernel's `dev_t` encoding, as in [`FileId`]).
+    fn on_device(&self, dev: u32) -> impl Iterator<Item = &Mount> {
+        let (major, minor) = (dev >> 20, dev & 0xfffff);
         self.mounts
             .iter()
-            .filter(move |m| m.major == file.major() && m.minor == file.minor())
+            .filter(move |m| m.major == major && m.minor == minor)
     }
 
     /// The filesystem type of the file's device, if mounted.
     pub fn fs_type(&self, file: FileId) -> Option<&str> {
-        self.mount_of(file).map(|m| m.fs_type.as_str())
+        self.fs_type_of_device(file.dev)
+    }
+
+    pub fn fs_type_of_device(&self, dev: u32) -> Option<&str> {
+        self.mount_of_device(dev).map(|m| m.fs_type.as_str())
     }
 
     /// The mount of the file's device, preferring one of its whole filesystem.
     pub fn mount_of(&self, file: FileId) -> Option<&Mount> {
-        self.for_file(file)
+        self.mount_of_device(file.dev)
+    }
+
+    pub fn mount_of_device(&self, dev: u32) -> Option<&Mount> {
+        self.on_device(dev)
             .find(|m| m.root == "/")
-            .or_else(|| self.for_file(file).next())
+            .or_else(|| self.on_device(dev).next())
     }
 
     /// Where a filesystem of this type is mounted (e.g. cgroup2).
@@ -188,11 +198,11 @@ impl MountTable {
         let in_fs = dentry_path(components, true, None);
         // Prefer a mount of the whole filesystem, then a bind mount whose
         // root contains the file.
-        let whole = self.for_file(file).find(|m| m.root == "/");
+        let whole = self.on_device(file.dev).find(|m| m.root == "/");
         if let Some(mount) = whole {
             return dentry_path(components, true, Some(Path::new(&mount.mount_point)));
         }
-        for mount in self.for_file(file) {
+        for mount in self.on_device(file.dev) {
             if let Ok(rest) = in_fs.strip_prefix(&mount.root) {
                 return Path::new(&mount.mount_point).join(rest);
             }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::aggregate::FileRecord;
+use crate::model::file_record::FileRecord;
 
 /// Which files the report keeps.
 #[derive(Clone, Debug, Default)]
@@ -23,8 +23,8 @@ impl ReportFilter {
     }
 
     pub fn keeps(&self, record: &FileRecord) -> bool {
-        let shown_cow = self.include_cow && !record.cow_pages.is_empty();
-        let possibly = !record.possibly_written.is_empty();
+        let shown_cow = self.include_cow && !record.details().cow_pages.is_empty();
+        let possibly = !record.details().possibly_written.is_empty();
         if !record.modified() && !shown_cow && !possibly {
             return false;
         }
@@ -42,8 +42,8 @@ impl ReportFilter {
         // is found by either directory.
         let names = [
             record.path.as_deref(),
-            record.renamed_from.as_deref(),
-            record.backing_path.as_deref(),
+            record.details().renamed_from.as_deref(),
+            record.details().backing_path.as_deref(),
         ];
         self.path_prefixes
             .iter()

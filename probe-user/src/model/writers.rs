@@ -3,7 +3,7 @@
 //! eleven (~1.2 KB, the largest part of a new file's memory); this holds
 //! exactly the writers it has, and at most `MAX_WRITERS_PER_FILE`.
 
-use super::aggregate::Writer;
+use super::file_record::Writer;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Writers(Vec<Writer>);

@@ -187,6 +187,9 @@ impl Probes {
             }
         }
         self.attached.attach_time = started.elapsed();
+        // Nothing is loaded after this: aya's parse of the kernel's BTF
+        // (~9 MiB of heap) is not kept for the whole session.
+        self.aya_btf = aya::Btf::default();
         Ok(())
     }
 

@@ -5,22 +5,19 @@
 //! `model::hand_over`; this file only reads and deletes.
 
 use probe_common::map_name;
-use std::{
-    collections::HashMap as StdHashMap,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
-};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 use aya::maps::{HashMap, Map};
 use probe_common::{FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts};
 use zerocopy::FromBytes as _;
 
 use super::{error::LoadError, load::Probes, map_batch};
-use crate::model::events::FileId;
+use crate::model::{events::FileId, hand_over::KernelEntries};
 
 /// The per-file map as read, with the CPUs' open runs of faults apart (a
 /// file with an open run is still being written: it is never handed over).
 pub struct FileStatsSnapshot {
-    pub entries: StdHashMap<FileKey, FileStats>,
+    pub entries: KernelEntries<FileStats>,
     pub open_runs: Vec<PendingCounts>,
 }
 
@@ -47,7 +44,7 @@ impl Probes {
     pub fn dirty_since(
         &self,
         mut meanwhile: impl FnMut(),
-    ) -> Result<StdHashMap<FileKey, u64>, LoadError> {
+    ) -> Result<KernelEntries<u64>, LoadError> {
         self.read_whole_map(map_name::DIRTY_SINCE, &mut meanwhile)
     }
 
@@ -58,31 +55,35 @@ impl Probes {
         &self,
         name: &'static str,
         meanwhile: &mut impl FnMut(),
-    ) -> Result<StdHashMap<FileKey, V>, LoadError>
+    ) -> Result<KernelEntries<V>, LoadError>
     where
         V: aya::Pod + zerocopy::FromBytes,
     {
+        let mut entries: Vec<(FileKey, V)> = Vec::new();
         let batched = map_batch::read_all(
             self.map_fd(name)?,
             size_of::<FileKey>(),
             size_of::<V>(),
+            |keys, values| {
+                entries.extend(
+                    keys.chunks_exact(size_of::<FileKey>())
+                        .zip(values.chunks_exact(size_of::<V>()))
+                        .filter_map(|(key, value)| {
+                            Some((
+                                FileKey::read_from_bytes(key).ok()?,
+                                V::read_from_bytes(value).ok()?,
+                            ))
+                        }),
+                );
+            },
             &mut *meanwhile,
         )
         .map_err(|err| LoadError::Map {
             map: name,
             reason: format!("batch lookup: {err}"),
         })?;
-        if let Some((keys, values)) = batched {
-            return Ok(keys
-                .chunks_exact(size_of::<FileKey>())
-                .zip(values.chunks_exact(size_of::<V>()))
-                .filter_map(|(key, value)| {
-                    Some((
-                        FileKey::read_from_bytes(key).ok()?,
-                        V::read_from_bytes(value).ok()?,
-                    ))
-                })
-                .collect());
+        if batched {
+            return Ok(KernelEntries::new(entries));
         }
         let map: HashMap<_, FileKey, V> = self.typed_map(name)?;
         Ok(map

@@ -59,7 +59,8 @@ pub struct Probes {
     /// Kept for lookups only the fentry backend needs (each scans all
     /// of vmlinux's types: not at start-up).
     pub(super) kernel_btf: KernelBtf,
-    /// aya's own parse of vmlinux BTF, for tp_btf and fentry loads.
+    /// aya's own parse of vmlinux BTF, for tp_btf and fentry loads; emptied
+    /// once [`Probes::attach`] is done.
     pub(super) aya_btf: aya::Btf,
     pub selection: Selection,
 }

@@ -31,39 +31,41 @@ struct BatchAttr {
 
 /// Every entry's key and value bytes, `key_size` and `value_size` each
 /// (per-CPU maps: each CPU's value rounded up to 8 bytes, one per
-/// possible CPU). `meanwhile` runs between batches. `None` where this
-/// kernel has no batch lookup for the map: iterate it instead.
+/// possible CPU), handed to `on_batch` a batch at a time (one buffer
+/// reused, not the whole map at once). `meanwhile` runs between batches.
+/// `Ok(false)` where this kernel has no batch lookup for the map: iterate
+/// it instead.
 pub fn read_all(
     map: BorrowedFd<'_>,
     key_size: usize,
     value_size: usize,
+    mut on_batch: impl FnMut(&[u8], &[u8]),
     mut meanwhile: impl FnMut(),
-) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+) -> std::io::Result<bool> {
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     let mut batch = FIRST_BATCH;
     // Hash maps' batch position: a bucket index.
     let mut position: Option<u32> = None;
     loop {
-        let start = keys.len();
         let want = batch as usize;
-        keys.resize(start + want * key_size, 0);
-        values.resize(values.len() + want * value_size, 0);
+        keys.resize(want * key_size, 0);
+        values.resize(want * value_size, 0);
         let mut next: u32 = 0;
         let mut attr = BatchAttr {
             in_batch: position
                 .as_ref()
                 .map_or(0, |p| std::ptr::from_ref(p) as u64),
             out_batch: std::ptr::from_mut(&mut next) as u64,
-            keys: keys[start..].as_mut_ptr() as u64,
-            values: values[start / key_size * value_size..].as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
             count: batch,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
         // SAFETY: `attr` is the kernel's batch layout; `keys` and `values`
-        // have room for `count` entries of the map's key and value sizes
-        // from where they point, and the batch positions are u32s, as hash
-        // maps use them. The kernel writes back `count`.
+        // have room for `count` entries of the map's key and value sizes,
+        // and the batch positions are u32s, as hash maps use them. The
+        // kernel writes back `count`.
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -74,12 +76,15 @@ pub fn read_all(
         };
         let error = (result < 0).then(std::io::Error::last_os_error);
         let filled = attr.count.min(batch) as usize;
-        keys.truncate(start + filled * key_size);
-        values.truncate(keys.len() / key_size * value_size);
-        match error.as_ref().and_then(std::io::Error::raw_os_error) {
+        let errno = error.as_ref().and_then(std::io::Error::raw_os_error);
+        // Entries are only the kernel's on success or at the map's end.
+        if matches!(errno, None | Some(libc::ENOENT)) {
+            on_batch(&keys[..filled * key_size], &values[..filled * value_size]);
+        }
+        match errno {
             None => {}
             // The end of the map.
-            Some(libc::ENOENT) => return Ok(Some((keys, values))),
+            Some(libc::ENOENT) => return Ok(true),
             // One bucket holds more than a batch: again, larger.
             Some(libc::ENOSPC) if filled == 0 && batch < 1 << 20 => {
                 batch *= 2;
@@ -87,7 +92,7 @@ pub fn read_all(
             }
             // No batch lookup for this map on this kernel.
             Some(libc::EINVAL | libc::EOPNOTSUPP | KERNEL_ENOTSUPP) if position.is_none() => {
-                return Ok(None)
+                return Ok(false)
             }
             Some(_) => return Err(error.unwrap_or_else(std::io::Error::last_os_error)),
         }

@@ -11,9 +11,10 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     model::{
-        aggregate::{Aggregate, Applied, FileRecord, PathSource},
+        aggregate::{Aggregate, Applied},
         events::{decode, Event, FileId, WalkEnd},
         file_handle::current_name,
+        file_record::{FileRecord, PathSource},
         paths::{fs_has_writeback, mount_ns_of, proc_maps_path, MountTable},
     },
     session::page_cache::written_pages_not_on_disk,
@@ -70,7 +71,7 @@ impl Collector {
         if self
             .aggregate
             .file(&file)
-            .is_some_and(|record| record.through_overlay)
+            .is_some_and(|record| record.details().through_overlay)
         {
             return;
         }

@@ -7,9 +7,7 @@ use std::{os::fd::AsRawFd as _, path::Path};
 use crate::model::page_set::PageSet;
 
 use crate::model::{
-    aggregate::{page_ranges, FileRecord},
-    events::FileId,
-    file_handle::open_for_reading,
+    aggregate::page_ranges, events::FileId, file_handle::open_for_reading, file_record::FileRecord,
 };
 
 /// Ranges asked one by one; past this, the whole written span is asked

@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::{
     model::{
-        aggregate::{Applied, FileRecord},
+        aggregate::Applied,
         clock::Clock,
         events::{Event, WriteKind},
+        file_record::FileRecord,
         names,
         report_filter::ReportFilter,
     },
@@ -258,11 +259,10 @@ mod tests {
         generation: 3,
     };
 
-    fn named(path: &str) -> FileRecord {
-        FileRecord {
-            path: Some(PathBuf::from(path)),
-            ..FileRecord::default()
-        }
+    fn named(path: impl Into<PathBuf>) -> FileRecord {
+        let mut record = FileRecord::default();
+        record.path = Some(path.into());
+        record
     }
 
     fn new_page() -> Applied {
@@ -414,10 +414,7 @@ mod tests {
     #[test]
     fn writeback_has_no_writer_and_names_that_are_not_utf8_are_exact() {
         use std::os::unix::ffi::OsStrExt as _;
-        let record = FileRecord {
-            path: Some(PathBuf::from(std::ffi::OsStr::from_bytes(b"/d/a\xffb"))),
-            ..FileRecord::default()
-        };
+        let record = named(std::ffi::OsStr::from_bytes(b"/d/a\xffb"));
         let event = Event::WrittenBack {
             file: FILE,
             first_page: 0,

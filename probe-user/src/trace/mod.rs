@@ -7,7 +7,7 @@ use tokio::signal::unix::SignalKind;
 
 use crate::{
     cli::{KernelPaths, TraceArgs},
-    model::aggregate::FileRecord,
+    model::file_record::FileRecord,
     output_file::open_named,
     probe::maps::KernelCounters,
 };

@@ -3,10 +3,7 @@
 //! stream (`--events`): raw device numbers and boot-clock times.
 
 use crate::{
-    model::{
-        aggregate::{Applied, FileRecord},
-        events::Event,
-    },
+    model::{aggregate::Applied, events::Event, file_record::FileRecord},
     session::EventObserver,
     trace::json_lines::JsonLines,
 };

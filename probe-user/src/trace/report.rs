@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use crate::{
     model::{
-        aggregate::{page_ranges, Aggregate, FileRecord, OtherWriters, PathSource},
+        aggregate::{page_ranges, Aggregate},
         clock::Clock,
         events::FileId,
+        file_record::{FileRecord, OtherWriters, PathSource},
         names,
         report_filter::ReportFilter,
     },
@@ -293,8 +294,8 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
     // Only the function-hook backends see per-page writeback.
     let (page_writeback, page_writeback_omitted) = if ctx.page_writeback {
         let runs = record.writeback_runs();
-        let omitted =
-            runs.len().saturating_sub(MAX_WRITEBACK_RUNS) as u64 + record.written_back_untracked;
+        let omitted = runs.len().saturating_sub(MAX_WRITEBACK_RUNS) as u64
+            + record.details().written_back_untracked;
         let kept = runs
             .into_iter()
             .take(MAX_WRITEBACK_RUNS)
@@ -320,10 +321,12 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
             .map(|p| names::json_text(p).into_owned()),
         path_bytes_hex: record.path.as_deref().and_then(names::hex_if_not_utf8),
         renamed_from: record
+            .details()
             .renamed_from
             .as_deref()
             .map(|p| names::json_text(p).into_owned()),
         backing_path: record
+            .details()
             .backing_path
             .as_deref()
             .map(|p| names::json_text(p).into_owned()),
@@ -344,17 +347,17 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         exact_pages_count: exact_pages.len(),
         span_pages: page_ranges(span_pages),
         span_pages_count: span_pages.len(),
-        folio_spans: record.folio_spans,
+        folio_spans: record.details().folio_spans,
         possibly_written_pages: page_ranges(&possibly_written),
         possibly_written_pages_count: possibly_written.len(),
         possibly_modified: (!possibly_written.is_empty()).then_some(POSSIBLY_MODIFIED_WHY),
-        cow_pages: page_ranges(&record.cow_pages),
-        cow_pages_count: record.cow_pages.len(),
+        cow_pages: page_ranges(&record.details().cow_pages),
+        cow_pages_count: record.details().cow_pages.len(),
         write_faults: record.write_faults(),
         cow_faults: record.cow_faults(),
-        huge_mapped_spans: record.huge_spans,
+        huge_mapped_spans: record.details().huge_spans,
         writers,
-        other_writers: record.other_writers,
+        other_writers: record.details().other_writers,
         first_write_unix_ns: record.first_write_boot_ns.map(|ns| ctx.clock.unix_ns(ns)),
         last_write_unix_ns: some_ns(&ctx.clock, last_write),
         folios_dirtied: kernel.folios_dirtied,
@@ -364,10 +367,11 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         writeback_ends: kernel.writeback_ends,
         last_writeback_start_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_start_boot_ns),
         last_writeback_end_unix_ns: some_ns(&ctx.clock, kernel.last_writeback_end_boot_ns),
-        page_mkwrite: record.page_mkwrite.clone(),
+        page_mkwrite: record.page_mkwrite.as_deref().map(str::to_owned),
         page_writeback,
         page_writeback_omitted,
         syncs: record
+            .details()
             .syncs
             .0
             .iter()
@@ -401,7 +405,10 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
             .then_with(|| a.path.cmp(&b.path))
             .then(a.ino.cmp(&b.ino))
     });
-    let dedup_repeats = aggregate.files().map(|(_, r)| r.repeated_reports).sum();
+    let dedup_repeats = aggregate
+        .files()
+        .map(|(_, r)| r.details().repeated_reports)
+        .sum();
     let counters = ctx.counters;
     Report {
         version: 1,

@@ -143,7 +143,7 @@ pub struct Snapshot {
 }
 
 fn writeback_state(
-    record: &crate::model::aggregate::FileRecord,
+    record: &crate::model::file_record::FileRecord,
     has_writeback: bool,
 ) -> WritebackState {
     let k = &record.kernel;
@@ -168,7 +168,7 @@ impl Snapshot {
         selected: Option<FileId>,
         counters: KernelCounters,
         now_boot_ns: u64,
-        keep: &dyn Fn(&crate::model::aggregate::FileRecord) -> bool,
+        keep: &dyn Fn(&crate::model::file_record::FileRecord) -> bool,
         has_writeback: &dyn Fn(FileId) -> bool,
     ) -> Self {
         let mut files = Vec::with_capacity(aggregate.len());
@@ -181,7 +181,7 @@ impl Snapshot {
                 path: crate::model::names::terminal_text(&record.display_path(id)).into_owned(),
                 pages: record.pages_written.len(),
                 write_faults: record.write_faults(),
-                cow_pages: record.cow_pages.len(),
+                cow_pages: record.details().cow_pages.len(),
                 writers: record.writers.len(),
                 writeback_pages: record.kernel.writeback_pages,
                 writeback: writeback_state(record, has_writeback(*id)),
@@ -190,9 +190,12 @@ impl Snapshot {
                     .writers
                     .keys()
                     .copied()
-                    .chain((record.other_writers.processes > 0).then_some(FOLDED_WRITERS_TGID))
+                    .chain(
+                        (record.details().other_writers.processes > 0)
+                            .then_some(FOLDED_WRITERS_TGID),
+                    )
                     .collect(),
-                syncs: record.syncs.calls(),
+                syncs: record.details().syncs.calls(),
             };
             // One file more for the process, with its pages in it.
             let mut add = |tgid: u32, comm: &dyn Fn() -> String, pages: u64, cow_pages: u64| {
@@ -211,7 +214,7 @@ impl Snapshot {
                 let comm = || crate::model::names::terminal_text(&writer.comm).into_owned();
                 add(writer.tgid, &comm, writer.pages, writer.cow_pages);
             }
-            let folded = &record.other_writers;
+            let folded = &record.details().other_writers;
             if folded.processes > 0 {
                 let comm = || "(folded writers)".to_string();
                 add(FOLDED_WRITERS_TGID, &comm, folded.pages, folded.cow_pages);
@@ -235,10 +238,10 @@ impl Snapshot {
             Some(Detail {
                 heatmap: Heatmap::build(&record.pages_written, row.writeback, HEATMAP_BUCKETS),
                 writers,
-                huge_spans: record.huge_spans,
+                huge_spans: record.details().huge_spans,
                 folios_dirtied: record.kernel.folios_dirtied,
                 pages_dirtied: record.kernel.pages_dirtied,
-                syncs: record.syncs.clone(),
+                syncs: record.details().syncs.clone(),
                 // Asked of the page cache by the session (a syscall).
                 not_on_disk: None,
                 row,
@@ -284,8 +287,9 @@ mod tests {
     #[test]
     fn writers_a_file_folded_are_one_process_row_with_their_pages() {
         use crate::model::{
-            aggregate::{Aggregate, MAX_WRITERS_PER_FILE},
+            aggregate::Aggregate,
             events::{Event, FileId, Task, WriteKind},
+            file_record::MAX_WRITERS_PER_FILE,
         };
         let file = FileId {
             dev: 1,
