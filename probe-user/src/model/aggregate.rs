@@ -19,7 +19,7 @@ use probe_common::FileStats;
 
 use crate::model::{
     events::{Event, FileId, WriteKind},
-    file_record::{CurrentName, FileRecord, PathSource},
+    file_record::{CurrentName, FileRecord, PathSource, WriterExit},
     names::NameBytes,
 };
 
@@ -283,7 +283,10 @@ impl Aggregate {
                 let mut exited_writer_of = Vec::new();
                 for (id, record) in &mut self.files {
                     if let Some(writer) = record.writers.get_mut(&task.tgid) {
-                        writer.exited_boot_ns = Some(*boot_ns);
+                        writer.exit = Some(Box::new(WriterExit {
+                            boot_ns: *boot_ns,
+                            not_on_disk: None,
+                        }));
                         exited_writer_of.push(*id);
                     }
                 }
@@ -322,7 +325,7 @@ impl Aggregate {
             .get_mut(&file)
             .and_then(|record| record.writers.get_mut(&tgid))
         {
-            writer.not_on_disk_at_exit = Some(pages);
+            writer.exit.get_or_insert_default().not_on_disk = Some(pages);
         }
     }
 
@@ -423,10 +426,8 @@ impl Aggregate {
         // Counters for files with no reported page (their first-write record
         // was dropped) still show up: nothing is lost silently.
         let (record, _) = self.record(file);
-        let mut all: Vec<FileStats> = parts.into_iter().copied().collect();
-        all.push(record.handed_over());
-        let summed = sum_stats(&all);
-        record.kernel = max_stats(&record.kernel, &summed);
+        let live: Vec<FileStats> = parts.into_iter().copied().collect();
+        record.set_kernel_counts(&live);
     }
 
     /// Takes a file's kernel entry, removed from the kernel map: its counts
@@ -438,54 +439,8 @@ impl Aggregate {
         parts: impl IntoIterator<Item = &'a FileStats>,
     ) {
         let (record, _) = self.record(file);
-        let mut all: Vec<FileStats> = parts.into_iter().copied().collect();
-        all.push(record.handed_over());
-        let handed_over = sum_stats(&all);
-        record.kernel = max_stats(&record.kernel, &handed_over);
-        record.set_handed_over(handed_over);
-    }
-}
-
-/// Sums counters and takes the latest timestamps across parts (a file's
-/// entry, the CPUs' open runs on it, what was handed over).
-pub fn sum_stats<'a>(parts: impl IntoIterator<Item = &'a FileStats>) -> FileStats {
-    let mut total = FileStats::default();
-    for s in parts {
-        total.shared_write_faults += s.shared_write_faults;
-        total.cow_faults += s.cow_faults;
-        total.folios_dirtied += s.folios_dirtied;
-        total.pages_dirtied += s.pages_dirtied;
-        total.writeback_pages += s.writeback_pages;
-        total.writeback_starts += s.writeback_starts;
-        total.writeback_ends += s.writeback_ends;
-        total.last_write_boot_ns = total.last_write_boot_ns.max(s.last_write_boot_ns);
-        total.last_writeback_start_boot_ns = total
-            .last_writeback_start_boot_ns
-            .max(s.last_writeback_start_boot_ns);
-        total.last_writeback_end_boot_ns = total
-            .last_writeback_end_boot_ns
-            .max(s.last_writeback_end_boot_ns);
-    }
-    total
-}
-
-/// Each counter and timestamp at the larger of the two.
-fn max_stats(a: &FileStats, b: &FileStats) -> FileStats {
-    FileStats {
-        shared_write_faults: a.shared_write_faults.max(b.shared_write_faults),
-        cow_faults: a.cow_faults.max(b.cow_faults),
-        folios_dirtied: a.folios_dirtied.max(b.folios_dirtied),
-        pages_dirtied: a.pages_dirtied.max(b.pages_dirtied),
-        writeback_pages: a.writeback_pages.max(b.writeback_pages),
-        writeback_starts: a.writeback_starts.max(b.writeback_starts),
-        writeback_ends: a.writeback_ends.max(b.writeback_ends),
-        last_write_boot_ns: a.last_write_boot_ns.max(b.last_write_boot_ns),
-        last_writeback_start_boot_ns: a
-            .last_writeback_start_boot_ns
-            .max(b.last_writeback_start_boot_ns),
-        last_writeback_end_boot_ns: a
-            .last_writeback_end_boot_ns
-            .max(b.last_writeback_end_boot_ns),
+        let taken: Vec<FileStats> = parts.into_iter().copied().collect();
+        record.take_kernel_counts(&taken);
     }
 }
 
@@ -561,9 +516,14 @@ mod tests {
         assert_eq!(applied.exited_writer_of, [FILE]);
         agg.set_not_on_disk_at_exit(FILE, 7, Ok(1));
         let record = agg.file(&FILE).expect("the file");
-        assert_eq!(record.writers[&7].exited_boot_ns, Some(50));
-        assert_eq!(record.writers[&7].not_on_disk_at_exit, Some(Ok(1)));
-        assert_eq!(record.writers[&8].exited_boot_ns, None, "still running");
+        assert_eq!(
+            record.writers[&7].exit.as_deref(),
+            Some(&WriterExit {
+                boot_ns: 50,
+                not_on_disk: Some(Ok(1))
+            })
+        );
+        assert_eq!(record.writers[&8].exit, None, "still running");
         let unknown = agg.apply(&Event::ProcessExit {
             task: task(99, "never-wrote"),
             boot_ns: 60,

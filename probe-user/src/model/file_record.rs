@@ -59,10 +59,17 @@ pub struct Writer {
     /// Pages this process got mapped writable by read faults on a file
     /// without write-notify: possibly written.
     pub possible_pages: u64,
-    /// When the process exited (`trace` only), and how many of the file's
-    /// written pages were not on disk then, or why that is unknown.
-    pub exited_boot_ns: Option<u64>,
-    pub not_on_disk_at_exit: Option<Result<u64, String>>,
+    /// `trace` only: the process exited. Boxed: most writers of a
+    /// long-running front end never carry it.
+    pub exit: Option<Box<WriterExit>>,
+}
+
+/// When a writer exited, and how many of the file's written pages were not
+/// on disk then, or why that is unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriterExit {
+    pub boot_ns: u64,
+    pub not_on_disk: Option<Result<u64, String>>,
 }
 
 /// Writers kept by name per file; beyond it the least significant are
@@ -101,9 +108,8 @@ pub struct FileRecord {
     /// Kernel counters, summed over CPUs, as of the latest snapshot.
     pub kernel: FileStats,
     /// Counts of the file's kernel entries already handed over (freed in
-    /// the kernel): later snapshots add to them. Boxed: none until the
-    /// file has been idle a while.
-    handed_over: Option<Box<FileStats>>,
+    /// the kernel): later snapshots add to them.
+    handed_over: HandedOver,
     /// First-write and new-writer records for shared writes: each stands
     /// for at least one fault.
     pub shared_fault_events: u64,
@@ -112,6 +118,19 @@ pub struct FileRecord {
     pub page_mkwrite: Option<Box<str>>,
     /// What most files never have; allocated when first needed.
     details: Option<Box<FileDetails>>,
+}
+
+/// What a file's handed-over kernel entries counted. Most files are
+/// handed over once and never written again: their counts are then
+/// exactly `kernel`, and are not kept twice.
+#[derive(Clone, Debug, Default)]
+enum HandedOver {
+    #[default]
+    Nothing,
+    /// Equal to the record's `kernel`: no entry counted since.
+    AllOfKernel,
+    /// A later entry counts on top of these.
+    Apart(Box<FileStats>),
 }
 
 /// The parts of a file's record most files never have (a rename, an
@@ -194,11 +213,37 @@ impl FileRecord {
 
     /// Counts of the file's kernel entries already handed over.
     pub fn handed_over(&self) -> FileStats {
-        self.handed_over.as_deref().copied().unwrap_or_default()
+        match &self.handed_over {
+            HandedOver::Nothing => FileStats::default(),
+            HandedOver::AllOfKernel => self.kernel,
+            HandedOver::Apart(stats) => **stats,
+        }
     }
 
-    pub(crate) fn set_handed_over(&mut self, stats: FileStats) {
-        self.handed_over = Some(Box::new(stats));
+    /// A snapshot of the file's live kernel counts (its entry and the
+    /// CPUs' open runs): they add to what was handed over. They never go
+    /// back: a snapshot taken while a CPU moves its open run of faults into
+    /// the map can miss that run for an instant.
+    pub(super) fn set_kernel_counts(&mut self, live: &[FileStats]) {
+        let handed_over = self.handed_over();
+        if !live.is_empty() && matches!(self.handed_over, HandedOver::AllOfKernel) {
+            // Counted again in the kernel: what was handed over is apart.
+            self.handed_over = HandedOver::Apart(Box::new(handed_over));
+        }
+        let summed = sum_stats(live.iter().chain([&handed_over]));
+        self.kernel = max_stats(&self.kernel, &summed);
+    }
+
+    /// The file's kernel entry, removed from the kernel map: its counts are
+    /// kept here, and a new entry (from the file's next fault) adds to them.
+    pub(super) fn take_kernel_counts(&mut self, taken: &[FileStats]) {
+        let handed_over = sum_stats(taken.iter().chain([&self.handed_over()]));
+        self.kernel = max_stats(&self.kernel, &handed_over);
+        self.handed_over = if self.kernel == handed_over {
+            HandedOver::AllOfKernel
+        } else {
+            HandedOver::Apart(Box::new(handed_over))
+        };
     }
 
     /// The latest write seen, from records or the kernel's counts.
@@ -351,5 +396,48 @@ impl FileRecord {
 
     pub fn cow_faults(&self) -> u64 {
         self.kernel.cow_faults.max(self.details().cow_fault_events)
+    }
+}
+
+/// Sums counters and takes the latest timestamps across parts (a file's
+/// entry, the CPUs' open runs on it, what was handed over).
+fn sum_stats<'a>(parts: impl IntoIterator<Item = &'a FileStats>) -> FileStats {
+    let mut total = FileStats::default();
+    for s in parts {
+        total.shared_write_faults += s.shared_write_faults;
+        total.cow_faults += s.cow_faults;
+        total.folios_dirtied += s.folios_dirtied;
+        total.pages_dirtied += s.pages_dirtied;
+        total.writeback_pages += s.writeback_pages;
+        total.writeback_starts += s.writeback_starts;
+        total.writeback_ends += s.writeback_ends;
+        total.last_write_boot_ns = total.last_write_boot_ns.max(s.last_write_boot_ns);
+        total.last_writeback_start_boot_ns = total
+            .last_writeback_start_boot_ns
+            .max(s.last_writeback_start_boot_ns);
+        total.last_writeback_end_boot_ns = total
+            .last_writeback_end_boot_ns
+            .max(s.last_writeback_end_boot_ns);
+    }
+    total
+}
+
+/// Each counter and timestamp at the larger of the two.
+fn max_stats(a: &FileStats, b: &FileStats) -> FileStats {
+    FileStats {
+        shared_write_faults: a.shared_write_faults.max(b.shared_write_faults),
+        cow_faults: a.cow_faults.max(b.cow_faults),
+        folios_dirtied: a.folios_dirtied.max(b.folios_dirtied),
+        pages_dirtied: a.pages_dirtied.max(b.pages_dirtied),
+        writeback_pages: a.writeback_pages.max(b.writeback_pages),
+        writeback_starts: a.writeback_starts.max(b.writeback_starts),
+        writeback_ends: a.writeback_ends.max(b.writeback_ends),
+        last_write_boot_ns: a.last_write_boot_ns.max(b.last_write_boot_ns),
+        last_writeback_start_boot_ns: a
+            .last_writeback_start_boot_ns
+            .max(b.last_writeback_start_boot_ns),
+        last_writeback_end_boot_ns: a
+            .last_writeback_end_boot_ns
+            .max(b.last_writeback_end_boot_ns),
     }
 }

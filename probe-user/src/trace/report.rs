@@ -285,9 +285,15 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
             cow_pages: w.cow_pages,
             possible_pages: w.possible_pages,
             cgroup_id: w.cgroup_id,
-            exited_unix_ns: w.exited_boot_ns.map(|ns| ctx.clock.unix_ns(ns)),
-            pages_not_on_disk_at_exit: w.not_on_disk_at_exit.clone().and_then(Result::ok),
-            not_on_disk_at_exit_why: w.not_on_disk_at_exit.clone().and_then(Result::err),
+            exited_unix_ns: w.exit.as_ref().map(|exit| ctx.clock.unix_ns(exit.boot_ns)),
+            pages_not_on_disk_at_exit: w
+                .exit
+                .as_ref()
+                .and_then(|exit| exit.not_on_disk.clone()?.ok()),
+            not_on_disk_at_exit_why: w
+                .exit
+                .as_ref()
+                .and_then(|exit| exit.not_on_disk.clone()?.err()),
         })
         .collect();
     writers.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.pid.cmp(&b.pid)));
