@@ -90,6 +90,38 @@ pub(crate) fn note_folio_span(
     }
 }
 
+/// A first write fault on a page already mapped read-only (a protection
+/// fault): if the page lies in a 2 MiB folio mapped whole by a PMD, the
+/// kernel cannot make one page of a PMD writable. It drops the PMD
+/// (`wp_huge_pmd` splits a file PMD by unmapping it) and the retried fault
+/// maps the folio again whole and writable (`finish_fault` ->
+/// `do_set_pmd`): the other 511 pages take stores without a fault. Returns
+/// the folio's first page and size then.
+///
+/// Whether this mapping is the PMD one is read from the folio's count of
+/// PMD mappings (the page tables are not walked): a folio mapped by a PMD
+/// elsewhere and by page-table entries here is reported as a span too,
+/// which over-reports (labelled) rather than misses.
+#[inline(never)]
+pub(crate) fn pmd_mapped_folio(mapping: u64, page: u64, room: FolioRoom) -> Option<(u64, u64)> {
+    let mapcount_offset = offset!(folio_entire_mapcount);
+    if mapcount_offset == 0 {
+        return None;
+    }
+    let folio = page_cache_folio(mapping, page)?;
+    let pages = folio_pages(folio).ok()?;
+    if pages != PMD_PAGES {
+        return None;
+    }
+    let first = read_kernel::<u64>(folio, offset!(folio_index)).ok()?;
+    if !room.fits(page, first, pages) {
+        return None;
+    }
+    // Starts at -1: 0 or more is at least one PMD mapping.
+    let pmd_mappings = read_kernel::<i32>(folio, mapcount_offset).ok()?;
+    (pmd_mappings >= 0).then_some((first, pages))
+}
+
 /// The folio caching `index` of a file, from its page-cache xarray
 /// (lib/xarray.c's encoding), or None when the page is not cached. Nodes
 /// and folios are freed by RCU, under which BPF programs run; the folio is

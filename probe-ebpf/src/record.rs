@@ -15,7 +15,7 @@ use probe_common::{
 
 use crate::{
     dedup::{cache_chunk, report_first_use, reported_here},
-    folio::{folio_room, may_hold_large_folios, note_folio_span},
+    folio::{folio_room, may_hold_large_folios, note_folio_span, pmd_mapped_folio},
     kernel::{current_cgroup_id, pages_of, read_kernel, EEXIST},
     maps::{bump, COUNTERS, EMPTY_FILE_STATS, EVENTS, FILE_NAMES, FILE_STATS},
     scratch::FaultScratch,
@@ -464,13 +464,18 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
         report_first_use(header, kind, page, 1);
         cache_chunk(chunk_cache, header, kind, page);
     }
-    if shared
-        && fault.not_present != 0
-        && may_hold_large_folios(info.mapping, writer.tick, large_folios)
-    {
+    // A repeated fault on a mapped page makes only that page writable;
+    // the first one may be a PMD's.
+    let may_span = fault.not_present != 0 || !reported;
+    if shared && may_span && may_hold_large_folios(info.mapping, writer.tick, large_folios) {
         pending.room = folio_room(info, fault.address);
         pending.page = page;
-        if let Some((first, pages)) = note_folio_span(header, info.mapping, pending) {
+        let span = if fault.not_present != 0 {
+            note_folio_span(header, info.mapping, pending)
+        } else {
+            pmd_mapped_folio(info.mapping, page, pending.room)
+        };
+        if let Some((first, pages)) = span {
             bump(counter::FOLIO_SPANS);
             report_first_use(header, event_kind::FOLIO_SPAN, first, pages);
         }

@@ -485,6 +485,51 @@ fn large_folio_mapped_by_one_pmd_reports_the_whole_span() {
     assert!(entry["folios_dirtied"].as_u64().unwrap() >= 1, "{entry:#}");
 }
 
+/// A file read through a shared mapping first: the kernel maps its 2 MiB
+/// folios read-only, one PMD each. The first store to each makes all 512
+/// pages writable at once (the PMD is dropped and mapped again writable),
+/// and the other 511 stores never fault: each folio is reported whole, as a
+/// labelled span, with the faulting page exact.
+#[test]
+fn pmd_mapped_folios_read_then_written_are_reported_whole() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("read-then-written.bin");
+    const PAGES: u64 = 16_384;
+    let run = trace_workload(
+        &["--path-prefix", &path_arg(dir.path())],
+        &[
+            "fill-then-map",
+            "--file",
+            &path_arg(&file),
+            "--size-pages",
+            &PAGES.to_string(),
+            "--all-pages",
+            "--read-first",
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    // Every page was stored to, however the kernel mapped them.
+    assert_eq!(
+        ranges(&entry["pages_written"]),
+        vec![(0, PAGES - 1)],
+        "{entry:#}"
+    );
+    assert_eq!(entry["writers"][0]["pages"], PAGES);
+    let pmd_mapped_kb: u64 = run
+        .workload_value("pmd_mapped_after_read_kb")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let huge_folios = pmd_mapped_kb / 2048;
+    assert_eq!(entry["huge_mapped_spans"], huge_folios, "{entry:#}");
+    if huge_folios > 0 {
+        // The faulting page of each is exact; the rest is span.
+        assert_eq!(entry["span_pages_count"], huge_folios * 511, "{entry:#}");
+    }
+}
+
 /// The same large folios through a window that holds no whole 2 MiB region
 /// (file pages 1..=600): the kernel maps page by page, every page faults on
 /// its own, and exactly those pages are reported.

@@ -619,6 +619,10 @@ pub struct KernelOffsets {
     pub folio_order_byte: u32,
     /// `folio.mapping`.
     pub folio_mapping: u32,
+    /// A large folio's count of whole-folio (PMD) mappings, less one:
+    /// `folio._entire_mapcount` (6.3+) or `_compound_mapcount`; 0 when
+    /// absent (it lies past the head page, never at offset 0).
+    pub folio_entire_mapcount: u32,
     /// Function-hook backends: `struct vm_fault` fields.
     pub vmf_vma: u32,
     pub vmf_pgoff: u32,
@@ -771,6 +775,7 @@ impl KernelOffsets {
         maple_arange_64: 0,
         folio_order_byte: 0,
         folio_mapping: 0,
+        folio_entire_mapcount: 0,
         vmf_vma: 0,
         vmf_pgoff: 0,
         vmf_address: 0,

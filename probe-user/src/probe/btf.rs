@@ -459,6 +459,13 @@ impl KernelBtf {
                 .offset_of("folio", "_folio_order")
                 .or_else(|_| self.offset_of("folio", "_flags_1"))?,
             folio_mapping: self.offset_of("folio", "mapping")?,
+            // Renamed in 6.3; without either, a read-only PMD mapping made
+            // writable is not seen as one (its pages are reported as they
+            // fault).
+            folio_entire_mapcount: self
+                .offset_of("folio", "_entire_mapcount")
+                .or_else(|_| self.offset_of("folio", "_compound_mapcount"))
+                .unwrap_or(0),
             task_pid: self.offset_of("task_struct", "pid")?,
             task_tgid: self.offset_of("task_struct", "tgid")?,
             task_signal: self.offset_of("task_struct", "signal")?,

@@ -84,6 +84,13 @@ enum Case {
         len_pages: Option<u64>,
         #[arg(long, value_delimiter = ',')]
         pages: Vec<u64>,
+        /// Store to every page of the window (instead of --pages).
+        #[arg(long)]
+        all_pages: bool,
+        /// Read every page of the window before the stores: the kernel maps
+        /// 2 MiB folios read-only with one PMD each.
+        #[arg(long)]
+        read_first: bool,
     },
     /// Fork a child that forks a grandchild; only the grandchild writes.
     Grandchild {
@@ -271,7 +278,7 @@ fn write_shared(
         offset_pages,
         len_pages: size_pages - offset_pages,
     };
-    write_shared_window(file, size_pages, window, pages, rewrite)
+    write_shared_window(file, size_pages, window, pages, rewrite, false)
 }
 
 fn write_shared_window(
@@ -280,6 +287,7 @@ fn write_shared_window(
     window: Window,
     pages: &[u64],
     rewrite: bool,
+    read_first: bool,
 ) -> Result<()> {
     let handle = open_sized(file, size_pages)?;
     if window.offset_pages + window.len_pages > size_pages {
@@ -293,6 +301,16 @@ fn write_shared_window(
             .len(window.len_pages as usize * PAGE)
             .map_mut(&handle)?
     };
+    if read_first {
+        let sum: u64 = (0..window.len_pages as usize)
+            .map(|page| u64::from(std::hint::black_box(map[page * PAGE])))
+            .sum();
+        eprintln!("workload: read_sum={sum}");
+        eprintln!(
+            "workload: pmd_mapped_after_read_kb={}",
+            file_pmd_mapped_kb()
+        );
+    }
     for &page in pages {
         map[page as usize * PAGE] = 0xa5;
     }
@@ -447,6 +465,8 @@ fn main() -> Result<()> {
             offset_pages,
             len_pages,
             pages,
+            all_pages,
+            read_first,
         } => {
             let handle = OpenOptions::new()
                 .read(true)
@@ -462,7 +482,12 @@ fn main() -> Result<()> {
                 offset_pages,
                 len_pages: len_pages.unwrap_or(size_pages - offset_pages),
             };
-            write_shared_window(&file, size_pages, window, &pages, false)
+            let pages = if all_pages {
+                (0..window.len_pages).collect()
+            } else {
+                pages
+            };
+            write_shared_window(&file, size_pages, window, &pages, false, read_first)
         }
         Case::Grandchild {
             file,
