@@ -6,9 +6,26 @@ use probe_common::{filter, MAX_COMM_FILTERS, TASK_COMM_LEN};
 
 use crate::{
     kernel::{comm_words, current_cgroup_id, current_comm_into},
-    maps::TRACED,
+    maps::{IDENTITY_CHANGES, TRACED},
     scratch::FaultScratch,
+    stats::add_shared,
 };
+
+/// Renames and cgroup moves so far (see [`IDENTITY_CHANGES`]).
+#[inline(always)]
+fn identity_changes() -> u64 {
+    IDENTITY_CHANGES.get(0).copied().unwrap_or(0)
+}
+
+/// A task was renamed or moved to another cgroup: every CPU's cached
+/// writer name and cgroup is read afresh at its next fault.
+#[inline(always)]
+pub(crate) fn note_identity_change() {
+    if let Some(count) = IDENTITY_CHANGES.get_ptr_mut(0) {
+        // SAFETY: the one entry of an array map, 8-byte aligned.
+        unsafe { add_shared(count, 1) };
+    }
+}
 
 /// Whether the current task passes the pid and comm filters.
 #[inline(always)]
@@ -69,6 +86,8 @@ pub(crate) struct WriterCache {
     pub(crate) mm: u64,
     /// The clock tick (jiffies) when read.
     pub(crate) tick: u64,
+    /// [`IDENTITY_CHANGES`] when read.
+    pub(crate) identity_changes: u64,
     /// The boot clock then.
     pub(crate) boot_ns: u64,
     pub(crate) selected: u64,
@@ -81,10 +100,10 @@ pub(crate) struct WriterCache {
 /// are left in `scratch.fault`.
 ///
 /// The cache is read afresh when another thread faults here, after an
-/// exec (a new mm: the old name must not label the new program's writes)
-/// and on every clock tick: a thread renamed (prctl) or moved to another
-/// cgroup is
-/// labelled by its old ones for at most a tick. The time is that of the
+/// exec (a new mm: the old name must not label the new program's writes),
+/// after any task was renamed or moved to another cgroup (a forked child
+/// that names itself and stores at once is named as it is at the store)
+/// and on every clock tick. The time is that of the
 /// thread's first fault on this CPU in this tick, so within a tick: the
 /// boot clock reads the TSC, ~110 ns per call in a VM here, and the coarse
 /// clock is not for tracing programs. Records of first writes carry the
@@ -98,13 +117,19 @@ pub(crate) fn current_writer(
     let FaultScratch { writer, fault, .. } = scratch;
     // SAFETY: no arguments.
     let tick = unsafe { bpf_jiffies64() };
-    if writer.pid_tgid != pid_tgid || writer.mm != mm || writer.tick != tick {
+    let identity_changes = identity_changes();
+    if writer.pid_tgid != pid_tgid
+        || writer.mm != mm
+        || writer.tick != tick
+        || writer.identity_changes != identity_changes
+    {
         current_comm_into(&mut writer.comm)?;
         writer.cgroup_id = current_cgroup_id();
         writer.selected = u64::from(task_selected((pid_tgid >> 32) as u32, &writer.comm));
         writer.pid_tgid = pid_tgid;
         writer.mm = mm;
         writer.tick = tick;
+        writer.identity_changes = identity_changes;
         // SAFETY: no arguments.
         writer.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     }

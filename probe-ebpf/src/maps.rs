@@ -108,6 +108,12 @@ pub(crate) static LAST_READ_FAULT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max
 #[map(name = "mw_page_mkwrite")]
 pub(crate) static PAGE_MKWRITE: LruHashMap<FileKey, u64> = LruHashMap::with_max_entries(1 << 14, 0);
 
+/// One entry: tasks renamed (prctl, exec, /proc/PID/comm) or moved to
+/// another cgroup so far. The fault path's per-CPU cache of the writer's
+/// name and cgroup is read afresh when it changes.
+#[map(name = "mw_identity_changes")]
+pub(crate) static IDENTITY_CHANGES: Array<u64> = Array::with_max_entries(1, 0);
+
 /// One entry: bits of `hooks::*`, set by userspace as hooks attach.
 #[map(name = "mw_hooks")]
 pub(crate) static HOOKS: Array<u32> = Array::with_max_entries(1, 0);

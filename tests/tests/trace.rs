@@ -723,6 +723,71 @@ fn comm_filter_keeps_only_matching_processes() {
     );
 }
 
+/// Writers are named as they are at the store: a forked child that renames
+/// itself (prctl) and stores at once, right after a fault that showed the
+/// tracer its old name, is named and selected by its new name; so is the
+/// parent renamed after it. `--comm` with the old name selects neither.
+#[test]
+fn a_writer_renamed_just_before_its_store_is_named_and_selected_by_its_new_name() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("renamed.bin");
+    let workload = [
+        "renamed-writers",
+        "--file",
+        &path_arg(&file),
+        "--private-file",
+        &path_arg(&dir.path().join("private.bin")),
+        "--child-name",
+        "mw-new-child",
+        "--parent-name",
+        "mw-new-parent",
+    ];
+    let prefix = path_arg(dir.path());
+    let all = trace_workload(&["--path-prefix", &prefix], &workload);
+    assert!(all.status.success(), "{}", all.stderr);
+    let pid = |role: &str| -> u64 { all.workload_value(role).unwrap().parse().unwrap() };
+    let entry = all.expect_file(&file);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(0, 1)], "{entry:#}");
+    let mut writers: Vec<(u64, String, u64)> = entry["writers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["pid"].as_u64().unwrap(),
+                w["comm"].as_str().unwrap().to_string(),
+                w["pages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    writers.sort();
+    let mut expected = vec![
+        (pid("child"), "mw-new-child".to_string(), 1),
+        (pid("parent"), "mw-new-parent".to_string(), 1),
+    ];
+    expected.sort();
+    assert_eq!(writers, expected);
+
+    let child_only = trace_workload(
+        &["--comm", "mw-new-child", "--path-prefix", &prefix],
+        &workload,
+    );
+    let entry = child_only.expect_file(&file);
+    assert_eq!(ranges(&entry["pages_written"]), vec![(1, 1)], "{entry:#}");
+    assert_eq!(entry["writers"][0]["comm"], "mw-new-child");
+
+    let old_name = trace_workload(&["--comm", COMM, "--path-prefix", &prefix], &workload);
+    assert!(
+        old_name
+            .files()
+            .iter()
+            .all(|f| f["path"] != path_arg(&file)),
+        "{:#}",
+        old_name.json
+    );
+}
+
 /// The issue's own acceptance case: a Python script writing through mmap.
 #[test]
 fn python_mmap_script_reports_exactly_its_pages() {

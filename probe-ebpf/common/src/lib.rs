@@ -44,8 +44,9 @@ pub mod map_name {
     pub const TRACED: &str = mw_name!("traced");
     pub const SCRATCH: &str = mw_name!("scratch");
     pub const FILE_NAMES: &str = mw_name!("file_names");
+    pub const IDENTITY_CHANGES: &str = mw_name!("identity_changes");
     /// Every one of them, for the check against the object.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         EVENTS,
         PAGE_SEEN,
         WRITERS,
@@ -64,6 +65,7 @@ pub mod map_name {
         TRACED,
         SCRATCH,
         FILE_NAMES,
+        IDENTITY_CHANGES,
     ];
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use probe_common::{counter, event_kind, filter, traced, EventHeader, FileKey, TASK_COMM_LEN};
 
 use crate::{
-    filter::task_selected,
+    filter::{note_identity_change, task_selected},
     kernel::{current_cgroup_id, current_comm_into, read_kernel},
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
     record::{commit_flags, count_submitted, fill_header},
@@ -101,6 +101,22 @@ pub(crate) fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         bump(counter::FOLLOW_FAILED);
     }
     Ok(())
+}
+
+/// Raw `task_rename(task, comm)`: prctl(PR_SET_NAME), exec, or a write
+/// to /proc/PID/comm. Writes after it are named with the new name.
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn mw_task_rename(_ctx: RawTracePointContext) -> i32 {
+    note_identity_change();
+    0
+}
+
+/// Raw `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`: a task
+/// moved to another cgroup. Writes after it carry the new cgroup.
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn mw_cgroup_attach_task(_ctx: RawTracePointContext) -> i32 {
+    note_identity_change();
+    0
 }
 
 /// Follows `-- CMD`'s descendants.

@@ -139,6 +139,16 @@ macro_rules! typed {
 pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
     raw!("sched_process_fork", true, "following -- CMD's descendants"),
     raw!("sched_process_exit", true, "forgetting exited processes"),
+    raw!(
+        "task_rename",
+        false,
+        "writers named as they are at the store (prctl, exec, /proc/PID/comm)"
+    ),
+    raw!(
+        "cgroup_attach_task",
+        false,
+        "writers' cgroup as it is at the store (cgroup moves)"
+    ),
     raw!("sb_mark_inode_writeback", true, "writeback start times"),
     raw!(
         "sb_clear_inode_writeback",

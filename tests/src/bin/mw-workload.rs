@@ -92,6 +92,20 @@ enum Case {
         #[arg(long)]
         read_first: bool,
     },
+    /// A forked child faults on a private file mapping (a tracer then knows
+    /// its name), renames itself and at once stores to page 1 of `file`;
+    /// then the parent does the same and stores to page 0.
+    RenamedWriters {
+        #[arg(long)]
+        file: PathBuf,
+        /// A file mapped privately: its faults come before the renames.
+        #[arg(long)]
+        private_file: PathBuf,
+        #[arg(long)]
+        child_name: std::ffi::OsString,
+        #[arg(long)]
+        parent_name: std::ffi::OsString,
+    },
     /// Fork a child that forks a grandchild; only the grandchild writes.
     Grandchild {
         #[arg(long)]
@@ -489,6 +503,36 @@ fn main() -> Result<()> {
             };
             write_shared_window(&file, size_pages, window, &pages, false, read_first)
         }
+        Case::RenamedWriters {
+            file,
+            private_file,
+            child_name,
+            parent_name,
+        } => {
+            let shared = open_sized(&file, 2)?;
+            let private = open_sized(&private_file, 2)?;
+            // SAFETY: both files are private to the test.
+            let (mut shared, mut private) = unsafe {
+                (
+                    MmapOptions::new().len(2 * PAGE).map_mut(&shared)?,
+                    MmapOptions::new().len(2 * PAGE).map_copy(&private)?,
+                )
+            };
+            let child = fork_and(|| {
+                report_pid("child");
+                private[0] = 1;
+                rename(&child_name)?;
+                shared[PAGE] = 1;
+                Ok(())
+            })?;
+            wait(child)?;
+            report_pid("parent");
+            private[PAGE] = 1;
+            rename(&parent_name)?;
+            shared[0] = 1;
+            shared.flush()?;
+            Ok(())
+        }
         Case::Grandchild {
             file,
             size_pages,
@@ -811,8 +855,6 @@ fn rename(name: &std::ffi::OsStr) -> Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
         bail!("prctl(PR_SET_NAME): {}", std::io::Error::last_os_error());
     }
-    // Past the clock tick for which a tracer may keep the old name.
-    std::thread::sleep(std::time::Duration::from_millis(50));
     Ok(())
 }
 
