@@ -128,6 +128,76 @@ fn a_tmpfs_store_after_a_read_fault_is_reported_as_possibly_written() {
     assert_eq!(entry["writers"][0]["comm"], "python3");
 }
 
+/// The human views say what the JSON says: a tmpfs file whose pages 0-15
+/// were mapped writable by a read fault (page 5's fault-around), then
+/// stored to at pages 0-3 and 40, shows `W (+P possible)` in the trace
+/// table with both ranges, and `W+P?` in `top --batch`, W and P the JSON's
+/// counts of written and only possibly written pages.
+#[test]
+fn the_table_and_top_batch_mark_possibly_written_pages() {
+    require_root();
+    let dir = shm_dir();
+    let file = dir.path().join("marked");
+    let script = "import mmap,os,sys,time\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,64*4096)\nm=mmap.mmap(fd,64*4096)\nx=m[5*4096]\nfor p in (0,1,2,3,40): m[p*4096]=7\ntime.sleep(float(sys.argv[2]))";
+    let json = trace(
+        &["--path-prefix", &path_arg(dir.path())],
+        &strs(&python(script, &[&path_arg(&file), "0"])),
+    );
+    let entry = json.expect_file(&file);
+    // Each stored page is written or possibly written (a store after the
+    // fault-around may still fault, as it does on Linux 6.18), and the
+    // window holds pages never stored to.
+    let written = pages(&entry["pages_written"]);
+    let maybe = pages(&entry["possibly_written_pages"]);
+    for page in [0, 1, 2, 3, 40] {
+        assert!(
+            written.contains(&page) || maybe.contains(&page),
+            "{entry:#}"
+        );
+    }
+    let (written, possible) = (written.len(), maybe.len());
+    assert!(possible > 0, "{entry:#}");
+
+    let table = run(
+        mmapwatch(&["trace", "--path-prefix", &path_arg(dir.path()), "--"])
+            .args(python(script, &[&path_arg(&file), "0"])),
+    );
+    let text = String::from_utf8_lossy(&table.stdout).into_owned()
+        + &String::from_utf8_lossy(&table.stderr);
+    let row = text
+        .lines()
+        .find(|line| line.contains(&path_arg(&file)))
+        .unwrap_or_else(|| panic!("no row for the file:\n{text}"));
+    assert!(
+        row.contains(&format!("{written} (+{possible} possible)")),
+        "{row}"
+    );
+    assert!(row.contains(" possible "), "{row}");
+
+    // top --batch: the row's PAGES token, while the writer sleeps.
+    let top = run(mmapwatch(&[
+        "top",
+        "--batch",
+        "--interval",
+        "200ms",
+        "--path-prefix",
+        &path_arg(dir.path()),
+        "--",
+    ])
+    .args(python(script, &[&path_arg(&file), "0.6"])));
+    let text = String::from_utf8_lossy(&top.stdout);
+    let row = text
+        .lines()
+        .rev()
+        .find(|line| line.ends_with(&path_arg(&file)))
+        .unwrap_or_else(|| panic!("no row for the file:\n{text}"));
+    assert_eq!(
+        row.split_whitespace().next(),
+        Some(format!("{written}+{possible}?").as_str()),
+        "{row}"
+    );
+}
+
 /// A store past the end of the file raises SIGBUS and writes nothing.
 #[test]
 fn a_store_past_eof_is_not_a_written_page() {

@@ -10,6 +10,7 @@ use probe_common::FileStats;
 use super::{
     durability::Syncs,
     events::{FileId, Task},
+    page_marks::PageMarks,
     page_set::PageSet,
     writers::Writers,
 };
@@ -297,6 +298,15 @@ impl FileRecord {
     pub(super) fn note_exact_page(&mut self, page: u64) -> bool {
         self.forget_span_page(page);
         self.pages_written.insert(page)
+    }
+
+    /// The page counts the human views show (see [`PageMarks`]).
+    pub fn page_marks(&self) -> PageMarks {
+        PageMarks {
+            written: self.pages_written.len(),
+            span: self.details().span_only.len(),
+            possible: self.only_possibly_written().len(),
+        }
     }
 
     /// Possibly-written pages that are not known written.

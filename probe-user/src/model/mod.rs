@@ -13,6 +13,7 @@ pub mod file_handle;
 pub mod file_record;
 pub mod hand_over;
 pub mod names;
+pub mod page_marks;
 pub mod page_set;
 pub mod paths;
 pub mod report_filter;

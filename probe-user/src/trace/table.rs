@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    model::names,
+    model::{names, page_marks::PageMarks},
     trace::report::{FileReport, Report, SyncReport},
 };
 
@@ -97,11 +97,31 @@ pub fn render_table(report: &Report) -> String {
             if file.deleted {
                 path.push_str(" [deleted]");
             }
-            let pages = if file.modified {
-                file.pages_written_count.to_string()
-            } else {
-                format!("0 (cow {})", file.cow_pages_count)
+            let marks = PageMarks {
+                written: file.pages_written_count,
+                span: file.span_pages_count,
+                possible: file.possibly_written_pages_count,
             };
+            let only_cow = !file.modified && marks.possible == 0;
+            let pages = if only_cow {
+                format!("0 (cow {})", file.cow_pages_count)
+            } else {
+                marks.text()
+            };
+            let mut ranges = short_ranges(if only_cow {
+                &file.cow_pages
+            } else {
+                &file.pages_written
+            });
+            if marks.possible > 0 {
+                // Beside the written ones: the JSON's possibly_written_pages.
+                let possible = format!("possible {}", short_ranges(&file.possibly_written_pages));
+                ranges = if ranges.is_empty() {
+                    possible
+                } else {
+                    format!("{ranges} {possible}")
+                };
+            }
             let writers = file
                 .writers
                 .iter()
@@ -112,11 +132,7 @@ pub fn render_table(report: &Report) -> String {
             table.add_row(vec![
                 Cell::new(path),
                 Cell::new(pages).set_alignment(CellAlignment::Right),
-                Cell::new(short_ranges(if file.modified {
-                    &file.pages_written
-                } else {
-                    &file.cow_pages
-                })),
+                Cell::new(ranges),
                 Cell::new(file.write_faults).set_alignment(CellAlignment::Right),
                 Cell::new(writers),
                 Cell::new(writeback),

@@ -500,6 +500,10 @@ mod tests {
             },
             path: path.into(),
             pages,
+            marks: crate::model::page_marks::PageMarks {
+                written: pages,
+                ..Default::default()
+            },
             write_faults: faults,
             cow_pages: 0,
             writers: 1,

@@ -107,7 +107,7 @@ pub fn table(app: &App, interval_s: f64, now: SystemTime) -> String {
     {
         out.push_str(&format!(
             "{:>8} {:>8} {:>10.1} {:>6} {:>7} {:>6} {:>9}  {:<24}  {}\n",
-            row.pages,
+            row.marks.token(),
             pages_interval,
             faults_per_sec,
             row.cow_pages,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use crate::model::page_set::PageSet;
 
 use crate::{
-    model::{aggregate::Aggregate, events::FileId},
+    model::{aggregate::Aggregate, events::FileId, page_marks::PageMarks},
     probe::maps::KernelCounters,
 };
 
@@ -46,6 +46,8 @@ pub struct FileRow {
     pub id: FileId,
     pub path: String,
     pub pages: u64,
+    /// `pages` with those only in spans, and the possibly written beside.
+    pub marks: PageMarks,
     pub write_faults: u64,
     pub cow_pages: u64,
     pub writers: usize,
@@ -180,6 +182,7 @@ impl Snapshot {
                 // on the terminal.
                 path: crate::model::names::terminal_text(&record.display_path(id)).into_owned(),
                 pages: record.pages_written.len(),
+                marks: record.page_marks(),
                 write_faults: record.write_faults(),
                 cow_pages: record.details().cow_pages.len(),
                 writers: record.writers.len(),

@@ -179,7 +179,7 @@ fn render_files(app: &App, frame: &mut Frame, area: Rect) {
             let row = &file.row;
             Row::new(vec![
                 Cell::from(elide_middle(&row.path, path_width)),
-                number(row.pages.to_string()),
+                number(row.marks.flagged()),
                 number(format!("+{}", file.pages_interval)),
                 number(format!("{:.1}", file.faults_per_sec)),
                 number(row.cow_pages.to_string()),
@@ -305,7 +305,7 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
             "dev {} ino {}  pages {} ({})  faults {}  cow {}  huge spans {}",
             row.id.dev_string(),
             row.id.ino,
-            row.pages,
+            row.marks.text(),
             size_of_pages(row.pages),
             row.write_faults,
             row.cow_pages,
@@ -436,6 +436,8 @@ fn render_help(frame: &mut Frame, area: Rect) {
         "/              filter paths or processes (Enter keep, Esc clear)",
         "p              pause / resume",
         "q  Ctrl-C      quit",
+        "PAGES 12~      some only in a large folio made writable whole",
+        "PAGES 3?       more possibly written (tmpfs, no fault to see)",
     ];
     let width =
         (lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u16 + 2).min(area.width);
