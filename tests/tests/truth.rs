@@ -16,6 +16,9 @@ use integration_tests::{
 };
 use serde_json::Value;
 
+/// The scripted workload, built with this test.
+const SCRIPTED_WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
+
 /// The seeded random workload, built with this test.
 const RANDOM_WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-random");
 
@@ -126,6 +129,60 @@ fn a_tmpfs_store_after_a_read_fault_is_reported_as_possibly_written() {
         .iter()
         .all(|&p| p < 16));
     assert_eq!(entry["writers"][0]["comm"], "python3");
+}
+
+/// tmpfs has no write-notify: mprotect making a shared read-only mapping
+/// writable upgrades the entries of pages already mapped, and stores to
+/// them take no fault. The range made writable is reported as possibly
+/// written (never as written: nothing proves a store), also after a split
+/// (the mapping's front unmapped, one middle page made writable).
+#[test]
+fn tmpfs_pages_made_writable_by_mprotect_are_possibly_written() {
+    require_root();
+    let dir = shm_dir();
+    for (unmap_front, protect_from, protect_pages, stores, expected) in [
+        ("0", "0", "64", "0,1,2,3,40", (0, 63)),
+        ("8", "20", "1", "20", (20, 20)),
+    ] {
+        let file = dir.path().join(format!("mprotect-{unmap_front}"));
+        let run = trace(
+            &["--path-prefix", &path_arg(dir.path())],
+            &[
+                SCRIPTED_WORKLOAD,
+                "mprotect-then-write",
+                "--file",
+                &path_arg(&file),
+                "--size-pages",
+                "64",
+                "--unmap-front",
+                unmap_front,
+                "--protect-from",
+                protect_from,
+                "--protect-pages",
+                protect_pages,
+                "--pages",
+                stores,
+            ],
+        );
+        assert!(run.status.success(), "{}", run.stderr);
+        let entry = run.expect_file(&file);
+        let stored: BTreeSet<u64> = stores.split(',').map(|p| p.parse().unwrap()).collect();
+        let written = pages(&entry["pages_written"]);
+        let maybe = pages(&entry["possibly_written_pages"]);
+        // Every store is seen, as written (it faulted) or possibly written.
+        for page in &stored {
+            assert!(
+                written.contains(page) || maybe.contains(page),
+                "{page}: {entry:#}"
+            );
+        }
+        // Only the range made writable is possibly written.
+        assert!(
+            maybe.iter().all(|p| (expected.0..=expected.1).contains(p)),
+            "{entry:#}"
+        );
+        assert!(entry["possibly_modified"].is_string(), "{entry:#}");
+    }
 }
 
 /// The human views say what the JSON says: a tmpfs file whose pages 0-15

@@ -845,10 +845,11 @@ pub const MAPLE_MAX_DEPTH: usize = 8;
 /// Widest node's pivots (maple_range_64 has 15).
 pub const MAPLE_MAX_PIVOTS: usize = 16;
 
-/// `VM_WRITE` and `VM_SHARED` from include/linux/mm.h: #defines, so not in
-/// BTF, but unchanged since Linux 2.x.
+/// `VM_WRITE`, `VM_SHARED` and `VM_MAYWRITE` from include/linux/mm.h:
+/// #defines, so not in BTF, but unchanged since Linux 2.x.
 pub const VM_WRITE: u64 = 0x2;
 pub const VM_SHARED: u64 = 0x8;
+pub const VM_MAYWRITE: u64 = 0x20;
 /// x86 page fault error code bits: the page was present (a protection
 /// fault), the access was a write.
 pub const X86_PF_PROT: u64 = 0x1;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    counter, event_kind, PMD_PAGES, RAMFS_MAGIC, TMPFS_MAGIC, VM_SHARED, VM_WRITE, X86_PF_PROT,
-    X86_PF_WRITE,
+    counter, event_kind, PMD_PAGES, RAMFS_MAGIC, TMPFS_MAGIC, VM_MAYWRITE, VM_SHARED, VM_WRITE,
+    X86_PF_PROT, X86_PF_WRITE,
 };
 
 use crate::{
@@ -119,6 +119,55 @@ pub(crate) fn try_read_fault(address: u64) -> Result<(), i64> {
     let size: u64 = read_kernel(info.inode, offset!(inode_i_size))?;
     let last = (page + (to - table_offset)).min(pages_of(size).saturating_sub(1));
     if first > last {
+        return Ok(());
+    }
+    report_possible_write(scratch, pid_tgid, first, last);
+    Ok(())
+}
+
+/// `mprotect(start, len, prot)` asking for PROT_WRITE: a shared mapping
+/// of a file without write-notify (tmpfs, shmem, ramfs) made writable gets
+/// its mapped pages writable at once (mprotect upgrades their page-table
+/// entries), and stores to them take no fault. The range's pages in the
+/// mapping that holds `start` are reported as possibly written. Looked up
+/// as the call finds the mapping; a call the kernel then refuses
+/// over-reports possible writes only. (Pages not mapped yet fault when
+/// stored to, and are then reported as written.)
+#[inline(never)]
+pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
+    let scratch = fault_scratch()?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
+        return Ok(());
+    }
+    match find_mapping(start, current_task(), (pid_tgid >> 32) as u32, scratch) {
+        Mapping::Anonymous => return Ok(()),
+        Mapping::File => {}
+        Mapping::Unknown => {
+            if !find_vma_locked(start, &mut scratch.info) {
+                return Ok(());
+            }
+        }
+    }
+    let info = &scratch.info;
+    let wanted = VM_SHARED | VM_MAYWRITE;
+    if info.file == 0 || info.flags & wanted != wanted || start < info.start || start >= info.end {
+        return Ok(());
+    }
+    let magic: u64 = read_kernel(info.superblock, offset!(sb_s_magic))?;
+    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
+        return Ok(());
+    }
+    let shift = config!(page_shift);
+    let end = start.saturating_add(len).min(info.end);
+    if end <= start {
+        return Ok(());
+    }
+    let first = info.pgoff + ((start - info.start) >> shift);
+    let size: u64 = read_kernel(info.inode, offset!(inode_i_size))?;
+    let last =
+        (info.pgoff + ((end - 1 - info.start) >> shift)).min(pages_of(size).saturating_sub(1));
+    if size == 0 || first > last {
         return Ok(());
     }
     report_possible_write(scratch, pid_tgid, first, last);

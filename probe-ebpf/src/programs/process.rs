@@ -12,6 +12,7 @@ use crate::{
     filter::{note_identity_change, task_selected},
     kernel::{current_cgroup_id, current_comm_into, read_kernel},
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
+    programs::faults::try_mprotect_writable,
     record::{commit_flags, count_submitted, fill_header},
 };
 
@@ -55,10 +56,31 @@ pub fn mw_sys_enter_mmap(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Offsets in `syscalls:sys_enter_mprotect`'s format: start and len.
+const MPROTECT_START_AT: usize = 16;
+const MPROTECT_LEN_AT: usize = 24;
+
 #[tracepoint]
 pub fn mw_sys_enter_mprotect(ctx: TracePointContext) -> u32 {
     count_failure(try_note_shared_mapper(&ctx, None));
+    count_failure(try_mprotect(&ctx));
     0
+}
+
+/// A mapping made writable: tmpfs pages it holds are possibly written.
+fn try_mprotect(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: offsets from the tracepoint's format file.
+    let (start, len, prot): (u64, u64, u64) = unsafe {
+        (
+            ctx.read_at(MPROTECT_START_AT).map_err(|err| err as i64)?,
+            ctx.read_at(MPROTECT_LEN_AT).map_err(|err| err as i64)?,
+            ctx.read_at(PROT_AT).map_err(|err| err as i64)?,
+        )
+    };
+    if prot & PROT_WRITE == 0 {
+        return Ok(());
+    }
+    try_mprotect_writable(start, len)
 }
 
 /// Raw `sched_process_fork(parent, child)`: the classic format moved its

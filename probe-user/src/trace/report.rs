@@ -154,7 +154,7 @@ pub struct PageWriteback {
 }
 
 /// Why pages are only possibly written.
-pub const POSSIBLY_MODIFIED_WHY: &str = "mapped writable by read faults on a filesystem without write-notify (tmpfs/shmem): stores to them take no fault";
+pub const POSSIBLY_MODIFIED_WHY: &str = "mapped writable on a filesystem without write-notify (tmpfs/shmem), by a read fault or by mprotect to writable: stores to them take no fault";
 
 /// `page_writeback` entries per file in a report.
 pub const MAX_WRITEBACK_RUNS: usize = 4096;

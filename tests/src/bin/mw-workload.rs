@@ -106,6 +106,24 @@ enum Case {
         #[arg(long)]
         parent_name: std::ffi::OsString,
     },
+    /// Map `file` shared and read-only, read every page, optionally unmap
+    /// the first `unmap_front` pages (a split), mprotect pages
+    /// `protect_from..protect_from+protect_pages` of the mapping writable,
+    /// and store to `pages` (mapping pages, inside that range).
+    MprotectThenWrite {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        size_pages: u64,
+        #[arg(long, default_value_t = 0)]
+        unmap_front: u64,
+        #[arg(long)]
+        protect_from: u64,
+        #[arg(long)]
+        protect_pages: u64,
+        #[arg(long, value_delimiter = ',')]
+        pages: Vec<u64>,
+    },
     /// Fork a child that forks a grandchild; only the grandchild writes.
     Grandchild {
         #[arg(long)]
@@ -533,6 +551,20 @@ fn main() -> Result<()> {
             shared.flush()?;
             Ok(())
         }
+        Case::MprotectThenWrite {
+            file,
+            size_pages,
+            unmap_front,
+            protect_from,
+            protect_pages,
+            pages,
+        } => mprotect_then_write(
+            &file,
+            size_pages,
+            unmap_front,
+            (protect_from, protect_pages),
+            &pages,
+        ),
         Case::Grandchild {
             file,
             size_pages,
@@ -844,6 +876,71 @@ fn sparse_pages(file: &PathBuf, pages: u64, size_gib: u64) -> Result<()> {
     }
     drop(map);
     eprintln!("workload: sparse_pages={pages} size_pages={size_pages}");
+    Ok(())
+}
+
+fn mprotect_then_write(
+    file: &PathBuf,
+    size_pages: u64,
+    unmap_front: u64,
+    (protect_from, protect_pages): (u64, u64),
+    pages: &[u64],
+) -> Result<()> {
+    let handle = open_sized(file, size_pages)?;
+    let len = size_pages as usize * PAGE;
+    // SAFETY: a fresh shared read-only mapping of the test's file, used
+    // only through raw pointers below, unmapped before returning.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&handle),
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    let base = base.cast::<u8>();
+    let sum: u64 = (0..size_pages as usize)
+        // SAFETY: inside the mapping, which is readable.
+        .map(|page| u64::from(unsafe { base.add(page * PAGE).read_volatile() }))
+        .sum();
+    eprintln!("workload: read_sum={sum}");
+    // SAFETY: the front of our own mapping.
+    if unmap_front > 0 && unsafe { libc::munmap(base.cast(), unmap_front as usize * PAGE) } != 0 {
+        bail!("munmap: {}", std::io::Error::last_os_error());
+    }
+    if protect_from < unmap_front || protect_from + protect_pages > size_pages {
+        bail!("the protected range is outside the mapping");
+    }
+    // SAFETY: a range of our own mapping.
+    let protected = unsafe {
+        libc::mprotect(
+            base.add(protect_from as usize * PAGE).cast(),
+            protect_pages as usize * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    if protected != 0 {
+        bail!("mprotect: {}", std::io::Error::last_os_error());
+    }
+    for &page in pages {
+        if page < protect_from || page >= protect_from + protect_pages {
+            bail!("page {page} is not in the range made writable");
+        }
+        // SAFETY: a page of the range just made writable.
+        unsafe { base.add(page as usize * PAGE).write_volatile(0x5a) };
+    }
+    // SAFETY: what is left of our own mapping.
+    unsafe {
+        libc::munmap(
+            base.add(unmap_front as usize * PAGE).cast(),
+            len - unmap_front as usize * PAGE,
+        )
+    };
     Ok(())
 }
 
