@@ -604,6 +604,8 @@ pub struct KernelOffsets {
     pub wbc_nr_to_write: u32,
     /// Bit number of `PG_head` in `enum pageflags`.
     pub pg_head_bit: u32,
+    /// Bit number of `PG_dirty` in `enum pageflags`.
+    pub pg_dirty_bit: u32,
     /// `mm_struct.mm_mt.ma_root`.
     pub mm_ma_root: u32,
     pub vma_vm_mm: u32,
@@ -763,6 +765,7 @@ impl KernelOffsets {
         mapping_host: 0,
         wbc_nr_to_write: 0,
         pg_head_bit: 0,
+        pg_dirty_bit: 0,
         maple_walk: 0,
         task_mm: 0,
         mm_ma_root: 0,

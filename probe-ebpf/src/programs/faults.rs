@@ -1,8 +1,10 @@
 //! The page-fault tracepoints: write faults (tracepoint backend), read
 //! faults that map tmpfs pages writable, and fault-around windows.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_loop},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -14,7 +16,10 @@ use probe_common::{
 
 use crate::{
     filter::{current_writer, selected_current_task, tgid_selected},
-    kernel::{current_cgroup_id, inode_key, pages_of, read_kernel, USER_ADDRESS_LIMIT},
+    folio::page_cache_folio,
+    kernel::{
+        current_cgroup_id, folio_pages, inode_key, pages_of, read_kernel, USER_ADDRESS_LIMIT,
+    },
     maps::{bump, count_failure, LAST_READ_FAULT, SHARED_MAPPERS},
     record::{announce_file, fill_header, record_write, submit_page_event},
     scratch::{fault_scratch, FaultScratch},
@@ -155,9 +160,7 @@ pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
         return Ok(());
     }
     let magic: u64 = read_kernel(info.superblock, offset!(sb_s_magic))?;
-    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
-        return Ok(());
-    }
+    let without_write_notify = magic == TMPFS_MAGIC || magic == RAMFS_MAGIC;
     let shift = config!(page_shift);
     let end = start.saturating_add(len).min(info.end);
     if end <= start {
@@ -170,8 +173,98 @@ pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
     if size == 0 || first > last {
         return Ok(());
     }
-    report_possible_write(scratch, pid_tgid, first, last);
+    // The file is announced once, here: the verifier checks the path walk
+    // once per call site, and one more would pass its budget.
+    let kind = if without_write_notify {
+        event_kind::POSSIBLE_WRITE
+    } else {
+        event_kind::FOLIO_SPAN
+    };
+    announce_pages(scratch, pid_tgid, kind);
+    if without_write_notify {
+        bump(counter::POSSIBLE_WRITE_WINDOWS);
+        submit_page_event(&scratch.header, kind, first, last - first + 1);
+    } else {
+        report_dirty_large_folios(scratch, first, last);
+    }
     Ok(())
+}
+
+/// Folios (or holes) looked at per mprotect: a bounded walk, in `bpf_loop`
+/// so that the verifier checks one step, not every step unrolled.
+const MPROTECT_FOLIOS: u32 = 256;
+
+/// With write-notify (ext4, xfs, ...), mprotect to writable upgrades the
+/// page-table entries of a large folio together when one of them is dirty
+/// (Linux 6.18 batches them): its other mapped pages take stores without a
+/// fault. Each dirty large folio of pages `first..=last` (among the first
+/// [`MPROTECT_FOLIOS`] folios or holes) is reported as a span: written at
+/// kernel granularity, as a fault that maps a folio whole is. A folio
+/// dirtied by another process is reported too: labelled, an over-report,
+/// not a miss.
+#[inline(never)]
+fn report_dirty_large_folios(scratch: &FaultScratch, first: u64, last: u64) {
+    let mut walk = FolioWalk {
+        mapping: scratch.info.mapping,
+        index: first,
+        last,
+    };
+    if walk.mapping == 0 {
+        return;
+    }
+    // SAFETY: the callback is a subprogram with the signature bpf_loop
+    // expects; its context lives on this stack across the call.
+    unsafe {
+        bpf_loop(
+            MPROTECT_FOLIOS,
+            folio_walk_step as *mut c_void,
+            &mut walk as *mut FolioWalk as *mut c_void,
+            0,
+        )
+    };
+}
+
+/// [`report_dirty_large_folios`]'s walk, on its stack.
+#[repr(C)]
+struct FolioWalk {
+    mapping: u64,
+    /// The next page to look at.
+    index: u64,
+    last: u64,
+}
+
+/// One folio or hole of the walk; 1 ends it.
+#[inline(never)]
+extern "C" fn folio_walk_step(_step: u64, data: *mut c_void) -> i64 {
+    // SAFETY: `data` is the FolioWalk passed to bpf_loop.
+    let walk = unsafe { &mut *(data as *mut FolioWalk) };
+    if walk.index > walk.last {
+        return 1;
+    }
+    let Some(folio) = page_cache_folio(walk.mapping, walk.index) else {
+        walk.index += 1;
+        return 0;
+    };
+    let (Ok(pages), Ok(folio_first), Ok(flags)) = (
+        folio_pages(folio),
+        read_kernel::<u64>(folio, offset!(folio_index)),
+        read_kernel::<u64>(folio, offset!(folio_flags)),
+    ) else {
+        return 1;
+    };
+    let folio_last = folio_first.saturating_add(pages).saturating_sub(1);
+    let dirty = flags & (1u64 << (offset!(pg_dirty_bit) & 63)) != 0;
+    if pages > 1 && dirty && folio_last >= walk.index {
+        let (from, to) = (folio_first.max(walk.index), folio_last.min(walk.last));
+        // The header the caller filled when it announced the file.
+        let Ok(scratch) = fault_scratch() else {
+            return 1;
+        };
+        submit_page_event(&scratch.header, event_kind::FOLIO_SPAN, from, to - from + 1);
+    }
+    // A folio that does not hold `index` (raced away): one page on.
+    walk.index = folio_last.max(walk.index) + 1;
+    0
 }
 
 /// Reports pages `first..=last` of the file in `scratch.info` as possibly
@@ -183,6 +276,25 @@ pub(crate) fn report_possible_write(
     last: u64,
 ) {
     bump(counter::POSSIBLE_WRITE_WINDOWS);
+    report_pages(scratch, pid_tgid, event_kind::POSSIBLE_WRITE, first, last);
+}
+
+/// Reports pages `first..=last` of the file in `scratch.info`, of record
+/// `kind` (possibly written, or a span), by the current task. Inline: a
+/// frame more on the read-fault paths would pass Linux 6.1's 512-byte
+/// call-chain limit.
+#[inline(always)]
+fn report_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32, first: u64, last: u64) {
+    announce_pages(scratch, pid_tgid, kind);
+    // Not through report_first_use: one frame less for Linux 6.1's
+    // 512-byte call-chain limit. Userspace deduplicates the pages.
+    submit_page_event(&scratch.header, kind, first, last - first + 1);
+}
+
+/// Fills `scratch.header` for records of `kind` about the file in
+/// `scratch.info` by the current task, and announces the file.
+#[inline(always)]
+fn announce_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let FaultScratch {
@@ -194,7 +306,7 @@ pub(crate) fn report_possible_write(
     let key = info.file_key();
     fill_header(
         header,
-        event_kind::POSSIBLE_WRITE,
+        kind,
         pid_tgid,
         &key,
         now,
@@ -202,9 +314,6 @@ pub(crate) fn report_possible_write(
         current_cgroup_id(),
     );
     announce_file(&key, now, header, info);
-    // Not through report_first_use: one frame less for Linux 6.1's
-    // 512-byte call-chain limit. Userspace deduplicates the pages.
-    submit_page_event(header, event_kind::POSSIBLE_WRITE, first, last - first + 1);
 }
 
 /// A read fault: only those of processes with a shared writable mapping

@@ -474,6 +474,8 @@ impl KernelBtf {
             wbc_nr_to_write: self.offset_of("writeback_control", "nr_to_write")?,
             pg_head_bit: u32::try_from(self.enumerator("pageflags", "PG_head")?)
                 .map_err(|_| BtfError::Lookup("PG_head out of range".into()))?,
+            pg_dirty_bit: u32::try_from(self.enumerator("pageflags", "PG_dirty")?)
+                .map_err(|_| BtfError::Lookup("PG_dirty out of range".into()))?,
             inode_i_generation: self.offset_of("inode", "i_generation")?,
             inode_i_size: self.offset_of("inode", "i_size")?,
             file_f_mapping: self.offset_of("file", "f_mapping")?,
@@ -773,5 +775,6 @@ mod tests {
         assert_eq!(offsets.large_folio_mask, 0b11111 << 21);
         assert_ne!(offsets.file_dentry, 0);
         assert!(offsets.pg_head_bit < 64);
+        assert!(offsets.pg_dirty_bit < 64 && offsets.pg_dirty_bit != offsets.pg_head_bit);
     }
 }

@@ -10,9 +10,14 @@
 //! ftruncate and mremap in between. With `MW_RANDOM_GUP=1` it also writes
 //! through get_user_pages (`/proc/self/mem`, process_vm_writev,
 //! MADV_POPULATE_WRITE then a store), which only the function-hook
-//! backends can see. Every page stored through a shared mapping is
-//! written to LOG as `shared PATH PAGE`; through a private one,
-//! `private PATH PAGE`; every file, `file PATH PAGES`.
+//! backends can see. Writers rename themselves right before a store (a
+//! forked child after a fault that showed a tracer its old name, or a
+//! thread); mappings are read whole before stores (2 MiB folios are then
+//! mapped read-only, one PMD each) or made read-only and writable again
+//! with mprotect. Every page stored through a shared mapping is written to
+//! LOG as `shared PATH PAGE`; through a private one, `private PATH PAGE`;
+//! every file, `file PATH PAGES`. A renamed child's store is also written
+//! as `by-NAME PATH PAGE`, and the child as `writer-NAME PATH PID`.
 
 use std::{
     fs::OpenOptions,
@@ -146,6 +151,37 @@ struct Ctx<'a> {
     path: &'a Path,
     /// Whether get_user_pages writes are part of the workload.
     gup: bool,
+    /// A file a renamed child stores to privately first: the fault shows a
+    /// tracer its name before the rename.
+    prime: &'a Path,
+}
+
+/// Renames the calling thread (the whole process when it is the only one).
+fn set_name(name: &str) -> Result<()> {
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+        bail!("prctl(PR_SET_NAME): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A store to a private mapping of `path`: a write fault on a file
+/// mapping, which a tracer sees with the process's current name.
+fn private_store(path: &Path) -> Result<()> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let map = Mapping::new(&file, 0, 1, false)?;
+    map.store(0, 1);
+    Ok(())
+}
+
+/// mprotect of a whole mapping.
+fn protect(map: &Mapping, prot: libc::c_int) -> Result<()> {
+    // SAFETY: our own mapping, whole.
+    if unsafe { libc::mprotect(map.base.cast(), map.len_pages as usize * PAGE, prot) } != 0 {
+        bail!("mprotect: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Ctx<'_> {
@@ -159,7 +195,7 @@ impl Ctx<'_> {
     }
 }
 
-fn run_file(rng: &mut Rng, log: &Log, path: &Path, gup: bool) -> Result<()> {
+fn run_file(rng: &mut Rng, log: &Log, path: &Path, gup: bool, prime: &Path) -> Result<()> {
     let max_pages = if rng.chance(30) { 600 } else { 64 };
     let size_pages = 1 + rng.below(max_pages);
     let file = OpenOptions::new()
@@ -179,7 +215,12 @@ fn run_file(rng: &mut Rng, log: &Log, path: &Path, gup: bool) -> Result<()> {
         file.set_len(size_pages * PAGE as u64)?;
     }
     log.line(format!("file {} {size_pages}", path.display()))?;
-    let ctx = Ctx { log, path, gup };
+    let ctx = Ctx {
+        log,
+        path,
+        gup,
+        prime,
+    };
     for _ in 0..1 + rng.below(3) {
         let offset_pages = if rng.chance(30) {
             rng.below(size_pages)
@@ -198,7 +239,7 @@ fn run_file(rng: &mut Rng, log: &Log, path: &Path, gup: bool) -> Result<()> {
 
 fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &mut Mapping) -> Result<()> {
     let page = rng.below(map.len_pages);
-    match rng.below(11) {
+    match rng.below(14) {
         0 | 1 => {
             map.store(page, rng.next() as u8);
             ctx.stored(map, page)?;
@@ -220,15 +261,32 @@ fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &mut Mapping
             }
         }
         4 => {
-            // A child process stores.
+            // A child process stores; half of them rename themselves first,
+            // right after a fault that showed a tracer the old name.
             let seed = rng.next();
+            let name = rng.chance(50).then(|| format!("mwr{}", rng.below(100_000)));
             // SAFETY: the child only stores, logs and exits.
             match unsafe { libc::fork() } {
                 0 => {
                     let mut child = Rng(seed);
                     let p = child.below(map.len_pages);
-                    map.store(p, 3);
-                    let code = i32::from(ctx.stored(map, p).is_err());
+                    let renamed = || -> Result<()> {
+                        if let Some(name) = &name {
+                            private_store(ctx.prime)?;
+                            set_name(name)?;
+                        }
+                        map.store(p, 3);
+                        ctx.stored(map, p)?;
+                        if let (Some(name), true) = (&name, map.shared) {
+                            let path = ctx.path.display();
+                            ctx.log
+                                .line(format!("by-{name} {path} {}", map.offset_pages + p))?;
+                            ctx.log
+                                .line(format!("writer-{name} {path} {}", std::process::id()))?;
+                        }
+                        Ok(())
+                    };
+                    let code = i32::from(renamed().is_err());
                     // SAFETY: leave the child without running destructors.
                     unsafe { libc::_exit(code) };
                 }
@@ -237,20 +295,57 @@ fn operate(rng: &mut Rng, ctx: &Ctx<'_>, file: &std::fs::File, map: &mut Mapping
                     let mut status = 0;
                     // SAFETY: our child.
                     unsafe { libc::waitpid(pid, &mut status, 0) };
+                    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                        bail!("child {pid} failed (status {status})");
+                    }
                 }
             }
         }
         5 => {
-            // A thread stores.
+            // A thread stores, half of them renamed right before.
             let p = rng.below(map.len_pages);
             let address = map.address(p) as usize;
+            let name = rng.chance(50).then(|| format!("mwt{}", rng.below(100_000)));
             std::thread::scope(|scope| {
-                scope.spawn(|| {
-                    // SAFETY: inside the mapping, which outlives the scope.
-                    unsafe { (address as *mut u8).write_volatile(4) };
-                });
-            });
+                scope
+                    .spawn(|| -> Result<()> {
+                        if let Some(name) = &name {
+                            set_name(name)?;
+                        }
+                        // SAFETY: inside the mapping, which outlives the scope.
+                        unsafe { (address as *mut u8).write_volatile(4) };
+                        Ok(())
+                    })
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("storing thread panicked"))?
+            })?;
             ctx.stored(map, p)?;
+        }
+        11 => {
+            // Read the whole mapping, then store to some pages: 2 MiB
+            // folios are mapped read-only by one PMD each, and the first
+            // store makes all their pages writable.
+            let sum: u64 = (0..map.len_pages).map(|p| u64::from(map.load(p))).sum();
+            std::hint::black_box(sum);
+            for _ in 0..1 + rng.below(16) {
+                let p = rng.below(map.len_pages);
+                map.store(p, 10);
+                ctx.stored(map, p)?;
+            }
+        }
+        12 => {
+            // Read-only, read, writable again (mprotect), then stores: on
+            // tmpfs the pages mapped meanwhile become writable at once.
+            protect(map, libc::PROT_READ)?;
+            for _ in 0..1 + rng.below(8) {
+                let _ = map.load(rng.below(map.len_pages));
+            }
+            protect(map, libc::PROT_READ | libc::PROT_WRITE)?;
+            for _ in 0..1 + rng.below(4) {
+                let p = rng.below(map.len_pages);
+                map.store(p, 11);
+                ctx.stored(map, p)?;
+            }
         }
         6 => {
             // The kernel stores: read(2) of the file into the mapping.
@@ -375,6 +470,8 @@ fn main() -> Result<()> {
             .open(log_path)
             .context("LOG")?,
     ));
+    let prime = PathBuf::from(tmpfs_dir).join(format!("prime{seed}"));
+    std::fs::write(&prime, [0u8; PAGE])?;
     let mut rng = Rng(seed);
     let files = 2 + rng.below(5);
     for index in 0..files {
@@ -393,7 +490,7 @@ fn main() -> Result<()> {
         } else {
             path
         };
-        run_file(&mut rng, &log, &path, gup)?;
+        run_file(&mut rng, &log, &path, gup, &prime)?;
     }
     Ok(())
 }
