@@ -257,3 +257,40 @@ fn batch_mode_into_a_reader_that_leaves_ends_quietly() {
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A file renamed after its write is shown under its name as it is now, at
+/// the next refresh.
+#[test]
+fn batch_mode_shows_a_renamed_file_by_its_new_name() {
+    require_root();
+    let dir = scratch_dir();
+    let old = dir.path().join("before-rename.bin");
+    let new = dir.path().join("after-rename.bin");
+    let script = "import mmap,os,sys,time\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,4*4096)\nm=mmap.mmap(fd,4*4096)\nm[4096]=1\nm.flush()\ntime.sleep(0.5)\nos.rename(sys.argv[1],sys.argv[2])\ntime.sleep(0.8)";
+    let output = std::process::Command::new(mmapwatch_bin())
+        .args(["top", "--batch", "--interval", "200ms", "--path-prefix"])
+        .arg(dir.path())
+        .args(["--", "python3", "-c", script])
+        .arg(&old)
+        .arg(&new)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run top --batch");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    // The last table: after the rename.
+    let last = text.rsplit("mmapwatch top: ").next().unwrap_or_default();
+    assert!(
+        last.lines().any(|l| l.ends_with(&path_arg(&new))),
+        "the new name is shown:\n{text}"
+    );
+    assert!(
+        !last.lines().any(|l| l.ends_with(&path_arg(&old))),
+        "the old name is gone:\n{text}"
+    );
+    // Before the rename, the name it was written under.
+    assert!(
+        text.lines().any(|l| l.ends_with(&path_arg(&old))),
+        "the first tables show the old name:\n{text}"
+    );
+}

@@ -542,7 +542,7 @@ const VM_SUITES: &[&str] = &["trace", "reliability", "truth"];
 /// under TCG the trace suite alone takes ~11 minutes a backend.
 const VM_SUITES_NEWER_KERNEL: &[&str] = &["truth"];
 
-/// Seeds of the randomized differential test per guest (the host runs 12):
+/// Seeds of the randomized differential test per guest (the host runs 20):
 /// under TCG each costs ~30 s.
 const VM_RANDOM_SEEDS: u32 = 4;
 

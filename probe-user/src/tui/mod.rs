@@ -34,6 +34,10 @@ pub fn has_writeback(mounts: &MountTable, file: FileId) -> bool {
     crate::model::paths::fs_has_writeback(mounts.fs_type(file))
 }
 
+/// Files named afresh at each refresh: the most recently active, more
+/// than a screen or a batch table shows.
+const NAMED_EACH_TICK: usize = 256;
+
 /// The snapshot of what the report filter keeps.
 pub fn snapshot(
     session: &Session,
@@ -249,6 +253,9 @@ impl Ticker {
         filter: &ReportFilter,
     ) -> anyhow::Result<f64> {
         session.refresh()?;
+        // A file renamed (or deleted) since it was written is shown as it
+        // is now.
+        session.collector.name_recent_files_now(NAMED_EACH_TICK);
         let interval_s = self.last_tick.elapsed().as_secs_f64();
         self.last_tick = Instant::now();
         let snapshot = snapshot(session, filter, app.detail_target(), boot_ns());
