@@ -305,8 +305,10 @@ impl Aggregate {
                 ..
             } => {
                 let (record, created) = self.record(*file);
-                record.fs_magic = Some(*fs_magic);
-                record.first_writer_cgroup_id.get_or_insert(task.cgroup_id);
+                record.fs_magic = *fs_magic;
+                if record.first_writer_cgroup_id == 0 {
+                    record.first_writer_cgroup_id = task.cgroup_id;
+                }
                 (*file, task.tgid, created)
             }
         };
@@ -346,12 +348,15 @@ impl Aggregate {
 
     /// Sets a file's path from the first-write sources; a
     /// `/proc/<pid>/map_files` path beats a dentry one.
-    pub fn set_path(&mut self, file: FileId, path: PathBuf, source: PathSource) {
+    pub fn set_path(&mut self, file: FileId, mut path: PathBuf, source: PathSource) {
         let (record, _) = self.record(file);
         let better = record
             .path_source
             .is_none_or(|current| source.rank() >= current.rank());
         if better {
+            // Built by pushing components: its spare capacity, kept for
+            // each of hundreds of thousands of files, is given back.
+            path.shrink_to_fit();
             record.path = Some(path);
             record.path_source = Some(source);
         }
@@ -360,7 +365,9 @@ impl Aggregate {
     /// Records the mount namespace the file's path is seen in.
     pub fn set_mount_ns(&mut self, file: FileId, mount_ns: u64) {
         if let Some(record) = self.files.get_mut(&file) {
-            record.mount_ns.get_or_insert(mount_ns);
+            if record.mount_ns == 0 {
+                record.mount_ns = mount_ns;
+            }
         }
     }
 
@@ -408,6 +415,8 @@ impl Aggregate {
                 if details.renamed_from.as_deref() == Some(path.as_path()) {
                     details.renamed_from = None;
                 }
+                let mut path = path;
+                path.shrink_to_fit();
                 record.path = Some(path);
                 record.path_source = Some(PathSource::FileHandle);
             }
@@ -556,8 +565,8 @@ mod tests {
         assert_eq!(page_ranges(&rec.pages_written), vec![[5, 6], [9, 9]]);
         assert_eq!(rec.writers[&100].pages, 2);
         assert_eq!(rec.writers[&200].pages, 1);
-        assert_eq!(rec.first_write_boot_ns, Some(10));
-        assert_eq!(rec.last_write_boot_ns, Some(50));
+        assert_eq!(rec.first_write_boot_ns(), Some(10));
+        assert_eq!(rec.last_write_boot_ns(), Some(50));
         assert_eq!(agg.events(), 3);
     }
 
@@ -718,7 +727,7 @@ mod tests {
         assert_eq!(rec.writers[&300].pages, 0);
         assert_eq!(rec.writers[&300].comm, "late");
         assert_eq!(rec.pages_written.len(), 1);
-        assert_eq!(rec.last_write_boot_ns, Some(4));
+        assert_eq!(rec.last_write_boot_ns(), Some(4));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
+use compact_str::CompactString;
 use probe_common::FileStats;
 
 use super::{
@@ -51,7 +52,8 @@ pub enum CurrentName {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Writer {
     pub tgid: u32,
-    pub comm: String,
+    /// Its command name (escaped where not UTF-8), inline.
+    pub comm: CompactString,
     pub cgroup_id: u64,
     /// Pages this process wrote first (shared writes).
     pub pages: u64,
@@ -95,17 +97,20 @@ pub struct FileRecord {
     pub path_source: Option<PathSource>,
     /// The file had no link left when last looked at.
     pub deleted: bool,
-    /// Mount namespace of the first writer (the view the path is in).
-    pub mount_ns: Option<u64>,
-    pub first_writer_cgroup_id: Option<u64>,
-    pub fs_magic: Option<u64>,
+    /// Mount namespace of the first writer (the view the path is in), the
+    /// first writer's cgroup and the filesystem's magic; 0 where unknown
+    /// (none of them is ever 0), not Options: 8 bytes a file less each.
+    pub(super) mount_ns: u64,
+    pub(super) first_writer_cgroup_id: u64,
+    pub(super) fs_magic: u64,
     /// Pages written through shared mappings: those with a write fault of
     /// their own ([`FileRecord::exact_pages`]) and the rest of the large
     /// folios such a fault mapped writable whole (kernel granularity).
     pub pages_written: PageSet,
     pub writers: Writers,
-    pub first_write_boot_ns: Option<u64>,
-    pub last_write_boot_ns: Option<u64>,
+    /// First and latest write records' times (boot clock); 0: none yet.
+    pub(super) first_write: u64,
+    pub(super) last_write: u64,
     /// Kernel counters, summed over CPUs, as of the latest snapshot.
     pub kernel: FileStats,
     /// Counts of the file's kernel entries already handed over (freed in
@@ -249,9 +254,31 @@ impl FileRecord {
 
     /// The latest write seen, from records or the kernel's counts.
     pub fn latest_write_boot_ns(&self) -> u64 {
-        self.last_write_boot_ns
-            .unwrap_or(0)
-            .max(self.kernel.last_write_boot_ns)
+        self.last_write.max(self.kernel.last_write_boot_ns)
+    }
+
+    /// The first write record's time (boot clock).
+    pub fn first_write_boot_ns(&self) -> Option<u64> {
+        known(self.first_write)
+    }
+
+    /// The latest write record's time (boot clock).
+    pub fn last_write_boot_ns(&self) -> Option<u64> {
+        known(self.last_write)
+    }
+
+    /// The mount namespace the path is in (the first writer's).
+    pub fn mount_ns(&self) -> Option<u64> {
+        known(self.mount_ns)
+    }
+
+    pub fn first_writer_cgroup_id(&self) -> Option<u64> {
+        known(self.first_writer_cgroup_id)
+    }
+
+    /// The filesystem's magic number, from the kernel's record.
+    pub fn fs_magic(&self) -> Option<u64> {
+        known(self.fs_magic)
     }
 
     /// The latest write or writeback seen.
@@ -357,9 +384,11 @@ impl FileRecord {
     }
 
     pub(super) fn note_write_time(&mut self, boot_ns: u64) {
-        self.first_write_boot_ns =
-            Some(self.first_write_boot_ns.map_or(boot_ns, |t| t.min(boot_ns)));
-        self.last_write_boot_ns = Some(self.last_write_boot_ns.map_or(boot_ns, |t| t.max(boot_ns)));
+        self.first_write = match self.first_write {
+            0 => boot_ns,
+            first => first.min(boot_ns),
+        };
+        self.last_write = self.last_write.max(boot_ns);
     }
 
     pub(super) fn writer(&mut self, task: &Task) -> &mut Writer {
@@ -368,13 +397,13 @@ impl FileRecord {
         }
         let writer = self.writers.get_or_insert_with(task.tgid, || Writer {
             tgid: task.tgid,
-            comm: task.comm.clone(),
+            comm: CompactString::new(&task.comm),
             cgroup_id: task.cgroup_id,
             ..Writer::default()
         });
         // Keep the latest name: exec changes it.
-        if writer.comm != task.comm {
-            writer.comm.clone_from(&task.comm);
+        if writer.comm != task.comm.as_str() {
+            writer.comm = CompactString::new(&task.comm);
         }
         writer
     }
@@ -450,4 +479,9 @@ fn max_stats(a: &FileStats, b: &FileStats) -> FileStats {
             .last_writeback_end_boot_ns
             .max(b.last_writeback_end_boot_ns),
     }
+}
+
+/// A value of which 0 means unknown.
+fn known(value: u64) -> Option<u64> {
+    (value != 0).then_some(value)
 }

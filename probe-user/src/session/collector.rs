@@ -90,7 +90,7 @@ impl Collector {
         let files: Vec<_> = self
             .aggregate
             .files()
-            .map(|(file, record)| (*file, record.fs_magic, record.path.clone()))
+            .map(|(file, record)| (*file, record.fs_magic(), record.path.clone()))
             .collect();
         self.name_now(files);
     }
@@ -112,7 +112,7 @@ impl Collector {
             .into_iter()
             .filter_map(|(_, file)| {
                 let record = self.aggregate.file(&file)?;
-                Some((file, record.fs_magic, record.path.clone()))
+                Some((file, record.fs_magic(), record.path.clone()))
             })
             .collect();
         self.name_now(files);

@@ -72,7 +72,7 @@ pub fn written_pages_not_on_disk(
     if record.pages_written.is_empty() {
         return Ok(0);
     }
-    let opened = open_for_reading(file, record.fs_magic, record.path.as_deref(), mount_point)
+    let opened = open_for_reading(file, record.fs_magic(), record.path.as_deref(), mount_point)
         .map_err(|err| format!("the file could not be opened: {err}"))?;
     let page_size = rustix::param::page_size() as u64;
     let fd = opened.as_raw_fd();

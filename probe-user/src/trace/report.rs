@@ -280,7 +280,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         .values()
         .map(|w| WriterReport {
             pid: w.tgid,
-            comm: w.comm.clone(),
+            comm: w.comm.to_string(),
             pages: w.pages,
             cow_pages: w.cow_pages,
             possible_pages: w.possible_pages,
@@ -342,10 +342,10 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         ino: id.ino,
         generation: id.generation,
         fs: (ctx.fs_type)(*id)
-            .or_else(|| record.fs_magic.map(crate::model::paths::fs_name_of_magic))
+            .or_else(|| record.fs_magic().map(crate::model::paths::fs_name_of_magic))
             .unwrap_or_else(|| "unknown".into()),
-        mount_ns: record.mount_ns,
-        cgroup_id: record.first_writer_cgroup_id,
+        mount_ns: record.mount_ns(),
+        cgroup_id: record.first_writer_cgroup_id(),
         modified: record.modified(),
         pages_written: page_ranges(&record.pages_written),
         pages_written_count: record.pages_written.len(),
@@ -364,7 +364,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
         huge_mapped_spans: record.details().huge_spans,
         writers,
         other_writers: record.details().other_writers,
-        first_write_unix_ns: record.first_write_boot_ns.map(|ns| ctx.clock.unix_ns(ns)),
+        first_write_unix_ns: record.first_write_boot_ns().map(|ns| ctx.clock.unix_ns(ns)),
         last_write_unix_ns: some_ns(&ctx.clock, last_write),
         folios_dirtied: kernel.folios_dirtied,
         pages_dirtied: kernel.pages_dirtied,
