@@ -130,63 +130,109 @@ pub(crate) fn try_read_fault(address: u64) -> Result<(), i64> {
     Ok(())
 }
 
-/// `mprotect(start, len, prot)` asking for PROT_WRITE: a shared mapping
-/// of a file without write-notify (tmpfs, shmem, ramfs) made writable gets
-/// its mapped pages writable at once (mprotect upgrades their page-table
-/// entries), and stores to them take no fault. The range's pages in the
-/// mapping that holds `start` are reported as possibly written. Looked up
-/// as the call finds the mapping; a call the kernel then refuses
-/// over-reports possible writes only. (Pages not mapped yet fault when
-/// stored to, and are then reported as written.)
-#[inline(never)]
-pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
-    let scratch = fault_scratch()?;
+/// What `mprotect(start, len, PROT_WRITE)` makes writable in a shared
+/// mapping that may be written (`VM_MAYWRITE`): the file in
+/// `scratch.info`, its pages `first..=last` in the mapping that holds
+/// `start`, and whether its filesystem lacks write-notify (tmpfs, ramfs).
+struct ProtectedRange {
+    pid_tgid: u64,
+    first: u64,
+    last: u64,
+    without_write_notify: bool,
+}
+
+/// Looks the mapping up as the call finds it (a call the kernel then
+/// refuses over-reports only): None when no file page of a shared mapping
+/// is made writable.
+#[inline(always)]
+fn protected_range(
+    scratch: &mut FaultScratch,
+    start: u64,
+    len: u64,
+) -> Result<Option<ProtectedRange>, i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
-        return Ok(());
+        return Ok(None);
     }
-    match find_mapping(start, current_task(), (pid_tgid >> 32) as u32, scratch) {
-        Mapping::Anonymous => return Ok(()),
-        Mapping::File => {}
-        Mapping::Unknown => {
-            if !find_vma_locked(start, &mut scratch.info) {
-                return Ok(());
-            }
-        }
+    // bpf_find_vma, not the lock-free walk: at a syscall's entry the mmap
+    // lock is free and interrupts are on, and the walk would double the
+    // verifier's work on these programs.
+    if !find_vma_locked(start, &mut scratch.info) {
+        return Ok(None);
     }
     let info = &scratch.info;
     let wanted = VM_SHARED | VM_MAYWRITE;
     if info.file == 0 || info.flags & wanted != wanted || start < info.start || start >= info.end {
-        return Ok(());
+        return Ok(None);
     }
     let magic: u64 = read_kernel(info.superblock, offset!(sb_s_magic))?;
-    let without_write_notify = magic == TMPFS_MAGIC || magic == RAMFS_MAGIC;
     let shift = config!(page_shift);
     let end = start.saturating_add(len).min(info.end);
     if end <= start {
-        return Ok(());
+        return Ok(None);
     }
     let first = info.pgoff + ((start - info.start) >> shift);
     let size: u64 = read_kernel(info.inode, offset!(inode_i_size))?;
     let last =
         (info.pgoff + ((end - 1 - info.start) >> shift)).min(pages_of(size).saturating_sub(1));
     if size == 0 || first > last {
-        return Ok(());
+        return Ok(None);
     }
-    // The file is announced once, here: the verifier checks the path walk
-    // once per call site, and one more would pass its budget.
-    let kind = if without_write_notify {
+    Ok(Some(ProtectedRange {
+        pid_tgid,
+        first,
+        last,
+        without_write_notify: magic == TMPFS_MAGIC || magic == RAMFS_MAGIC,
+    }))
+}
+
+/// `mprotect(start, len, prot)` asking for PROT_WRITE, first of two
+/// programs: announces the file (named while its writer lives: it may
+/// exit at once), and on a filesystem without write-notify reports the
+/// range as possibly written: mprotect upgrades the entries of the pages
+/// already mapped, and stores to them take no fault (pages not mapped yet
+/// fault when stored to, and are reported as written then).
+#[inline(never)]
+pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
+    let scratch = fault_scratch()?;
+    let Some(range) = protected_range(scratch, start, len)? else {
+        return Ok(());
+    };
+    let kind = if range.without_write_notify {
         event_kind::POSSIBLE_WRITE
     } else {
         event_kind::FOLIO_SPAN
     };
-    announce_pages(scratch, pid_tgid, kind);
-    if without_write_notify {
+    announce_pages(scratch, range.pid_tgid, kind);
+    if range.without_write_notify {
         bump(counter::POSSIBLE_WRITE_WINDOWS);
-        submit_page_event(&scratch.header, kind, first, last - first + 1);
-    } else {
-        report_dirty_large_folios(scratch, first, last);
+        submit_page_event(
+            &scratch.header,
+            kind,
+            range.first,
+            range.last - range.first + 1,
+        );
     }
+    Ok(())
+}
+
+/// The second program on the same call, attached after the first: with
+/// write-notify, the range's dirty large folios (see
+/// [`report_dirty_large_folios`]). Apart from the first program because
+/// the verifier's work on the folio walk and on the file's announcement
+/// multiply when they share one program (~330 ms at start-up), and add
+/// when they do not.
+#[inline(never)]
+pub(crate) fn try_mprotect_folios(start: u64, len: u64) -> Result<(), i64> {
+    let scratch = fault_scratch()?;
+    let Some(range) = protected_range(scratch, start, len)? else {
+        return Ok(());
+    };
+    if range.without_write_notify {
+        return Ok(());
+    }
+    page_header(scratch, range.pid_tgid, event_kind::FOLIO_SPAN);
+    report_dirty_large_folios(scratch, range.first, range.last);
     Ok(())
 }
 
@@ -295,6 +341,15 @@ fn report_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32, first: u64
 /// `scratch.info` by the current task, and announces the file.
 #[inline(always)]
 fn announce_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) {
+    let now = page_header(scratch, pid_tgid, kind);
+    let FaultScratch { info, header, .. } = scratch;
+    announce_file(&info.file_key(), now, header, info);
+}
+
+/// Fills `scratch.header` for records of `kind` about the file in
+/// `scratch.info` by the current task; returns the time in it.
+#[inline(always)]
+fn page_header(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) -> u64 {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let FaultScratch {
@@ -303,17 +358,16 @@ fn announce_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) {
         header,
         ..
     } = scratch;
-    let key = info.file_key();
     fill_header(
         header,
         kind,
         pid_tgid,
-        &key,
+        &info.file_key(),
         now,
         &fault.comm,
         current_cgroup_id(),
     );
-    announce_file(&key, now, header, info);
+    now
 }
 
 /// A read fault: only those of processes with a shared writable mapping

@@ -12,7 +12,7 @@ use crate::{
     filter::{note_identity_change, task_selected},
     kernel::{current_cgroup_id, current_comm_into, read_kernel},
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
-    programs::faults::try_mprotect_writable,
+    programs::faults::{try_mprotect_folios, try_mprotect_writable},
     record::{commit_flags, count_submitted, fill_header},
 };
 
@@ -67,16 +67,34 @@ pub fn mw_sys_enter_mprotect(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A mapping made writable: tmpfs pages it holds are possibly written.
-fn try_mprotect(ctx: &TracePointContext) -> Result<(), i64> {
+/// The same call, for the dirty large folios it makes writable whole
+/// (ext4, xfs): a program of its own (see `try_mprotect_folios`).
+#[tracepoint]
+pub fn mw_sys_enter_mprotect_folios(ctx: TracePointContext) -> u32 {
+    count_failure(mprotect_args(&ctx).and_then(|(start, len, prot)| {
+        if prot & PROT_WRITE == 0 {
+            return Ok(());
+        }
+        try_mprotect_folios(start, len)
+    }));
+    0
+}
+
+/// mprotect's (start, len, prot).
+fn mprotect_args(ctx: &TracePointContext) -> Result<(u64, u64, u64), i64> {
     // SAFETY: offsets from the tracepoint's format file.
-    let (start, len, prot): (u64, u64, u64) = unsafe {
-        (
+    unsafe {
+        Ok((
             ctx.read_at(MPROTECT_START_AT).map_err(|err| err as i64)?,
             ctx.read_at(MPROTECT_LEN_AT).map_err(|err| err as i64)?,
             ctx.read_at(PROT_AT).map_err(|err| err as i64)?,
-        )
-    };
+        ))
+    }
+}
+
+/// A mapping made writable: tmpfs pages it holds are possibly written.
+fn try_mprotect(ctx: &TracePointContext) -> Result<(), i64> {
+    let (start, len, prot) = mprotect_args(ctx)?;
     if prot & PROT_WRITE == 0 {
         return Ok(());
     }

@@ -34,6 +34,16 @@ macro_rules! sync {
     };
 }
 
+/// A sync call's exit: one program for all four (they read alike).
+macro_rules! sync_exit {
+    ($name:literal, $purpose:literal) => {
+        Tracepoint {
+            program: mw_name!("sys_exit_sync"),
+            ..sync!($name, $purpose)
+        }
+    };
+}
+
 pub const TRACEPOINTS: &[Tracepoint] = &[
     Tracepoint {
         program: mw_name!("page_fault_user"),
@@ -60,6 +70,16 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "processes with shared writable mappings (tmpfs possibly-written pages)",
         raw: false,
     },
+    // Before sys_enter_mprotect: attached in reverse, it runs second, after
+    // the program that announces the file.
+    Tracepoint {
+        program: mw_name!("sys_enter_mprotect_folios"),
+        category: "syscalls",
+        name: "sys_enter_mprotect",
+        required: false,
+        purpose: "dirty large folios mprotect makes writable whole (ext4, xfs)",
+        raw: false,
+    },
     Tracepoint {
         program: mw_name!("sys_enter_mprotect"),
         category: "syscalls",
@@ -69,16 +89,16 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         raw: false,
     },
     sync!("sys_enter_msync", "msync calls (durability)"),
-    sync!("sys_exit_msync", "msync calls (durability)"),
+    sync_exit!("sys_exit_msync", "msync calls (durability)"),
     sync!("sys_enter_fsync", "fsync calls (durability)"),
-    sync!("sys_exit_fsync", "fsync calls (durability)"),
+    sync_exit!("sys_exit_fsync", "fsync calls (durability)"),
     sync!("sys_enter_fdatasync", "fdatasync calls (durability)"),
-    sync!("sys_exit_fdatasync", "fdatasync calls (durability)"),
+    sync_exit!("sys_exit_fdatasync", "fdatasync calls (durability)"),
     sync!(
         "sys_enter_sync_file_range",
         "sync_file_range calls (durability)"
     ),
-    sync!(
+    sync_exit!(
         "sys_exit_sync_file_range",
         "sync_file_range calls (durability)"
     ),
