@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    counter, FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts, PendingFault, PendingSync,
-    WriterKey, WriterStats, WriterStatsKey, CHUNK_PAGES, FILE_STATS_ENTRIES, LATENCY_BUCKETS,
+    counter, EventHeader, FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts, PendingFault,
+    PendingSync, WriterKey, WriterStats, WriterStatsKey, CHUNK_PAGES, FILE_STATS_ENTRIES,
+    LATENCY_BUCKETS,
 };
 
 use crate::scratch::{FaultScratch, FileNames};
@@ -113,6 +114,24 @@ pub(crate) static PAGE_MKWRITE: LruHashMap<FileKey, u64> = LruHashMap::with_max_
 /// name and cgroup is read afresh when it changes.
 #[map(name = "mw_identity_changes")]
 pub(crate) static IDENTITY_CHANGES: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per CPU: the range of an mprotect call whose dirty large folios the
+/// second program on the call walks (see `try_mprotect_folios`), left by
+/// the first, with the record header it filled.
+#[map(name = "mw_folio_walk")]
+pub(crate) static FOLIO_WALK: PerCpuArray<FolioWalkRequest> = PerCpuArray::with_max_entries(1, 0);
+
+/// An mprotect's range of a file's pages for [`FOLIO_WALK`].
+#[repr(C)]
+pub(crate) struct FolioWalkRequest {
+    /// The calling thread; 0 once taken.
+    pub(crate) pid_tgid: u64,
+    /// `address_space` of the file.
+    pub(crate) mapping: u64,
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    pub(crate) header: EventHeader,
+}
 
 /// One entry: bits of `hooks::*`, set by userspace as hooks attach.
 #[map(name = "mw_hooks")]

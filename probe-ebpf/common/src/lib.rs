@@ -45,8 +45,9 @@ pub mod map_name {
     pub const SCRATCH: &str = mw_name!("scratch");
     pub const FILE_NAMES: &str = mw_name!("file_names");
     pub const IDENTITY_CHANGES: &str = mw_name!("identity_changes");
+    pub const FOLIO_WALK: &str = mw_name!("folio_walk");
     /// Every one of them, for the check against the object.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         EVENTS,
         PAGE_SEEN,
         WRITERS,
@@ -66,6 +67,7 @@ pub mod map_name {
         SCRATCH,
         FILE_NAMES,
         IDENTITY_CHANGES,
+        FOLIO_WALK,
     ];
 }
 

@@ -20,7 +20,7 @@ use crate::{
     kernel::{
         current_cgroup_id, folio_pages, inode_key, pages_of, read_kernel, USER_ADDRESS_LIMIT,
     },
-    maps::{bump, count_failure, LAST_READ_FAULT, SHARED_MAPPERS},
+    maps::{bump, count_failure, FOLIO_WALK, LAST_READ_FAULT, SHARED_MAPPERS},
     record::{announce_file, fill_header, record_write, submit_page_event},
     scratch::{fault_scratch, FaultScratch},
     vma::{current_task, find_mapping, find_vma_locked, task_tgid, Mapping, VmaInfo},
@@ -154,11 +154,17 @@ fn protected_range(
     if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
         return Ok(None);
     }
-    // bpf_find_vma, not the lock-free walk: at a syscall's entry the mmap
-    // lock is free and interrupts are on, and the walk would double the
-    // verifier's work on these programs.
-    if !find_vma_locked(start, &mut scratch.info) {
-        return Ok(None);
+    // The lock-free walk first: bpf_find_vma only tries the mmap lock,
+    // which another thread of a busy process often holds (glibc grows its
+    // arenas with mprotect while other threads map).
+    match find_mapping(start, current_task(), (pid_tgid >> 32) as u32, scratch) {
+        Mapping::Anonymous => return Ok(None),
+        Mapping::File => {}
+        Mapping::Unknown => {
+            if !find_vma_locked(start, &mut scratch.info) {
+                return Ok(None);
+            }
+        }
     }
     let info = &scratch.info;
     let wanted = VM_SHARED | VM_MAYWRITE;
@@ -191,7 +197,8 @@ fn protected_range(
 /// exit at once), and on a filesystem without write-notify reports the
 /// range as possibly written: mprotect upgrades the entries of the pages
 /// already mapped, and stores to them take no fault (pages not mapped yet
-/// fault when stored to, and are reported as written then).
+/// fault when stored to, and are reported as written then). With
+/// write-notify, it leaves the range to the second program.
 #[inline(never)]
 pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
     let scratch = fault_scratch()?;
@@ -212,27 +219,37 @@ pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
             range.first,
             range.last - range.first + 1,
         );
+    } else if let Some(request) = FOLIO_WALK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a one-entry per-CPU array; the two
+        // programs run one after the other on this CPU.
+        let request = unsafe { &mut *request };
+        request.pid_tgid = range.pid_tgid;
+        request.mapping = scratch.info.mapping;
+        request.first = range.first;
+        request.last = range.last;
+        request.header = scratch.header;
     }
     Ok(())
 }
 
 /// The second program on the same call, attached after the first: with
 /// write-notify, the range's dirty large folios (see
-/// [`report_dirty_large_folios`]). Apart from the first program because
-/// the verifier's work on the folio walk and on the file's announcement
-/// multiply when they share one program (~330 ms at start-up), and add
-/// when they do not.
+/// [`report_dirty_large_folios`]), from the range the first left in
+/// [`FOLIO_WALK`]. Apart from it because the verifier's work on the folio
+/// walk and on the file's announcement multiply when they share one
+/// program (~330 ms at start-up), and add when they do not.
 #[inline(never)]
-pub(crate) fn try_mprotect_folios(start: u64, len: u64) -> Result<(), i64> {
-    let scratch = fault_scratch()?;
-    let Some(range) = protected_range(scratch, start, len)? else {
+pub(crate) fn try_mprotect_folios() -> Result<(), i64> {
+    let Some(request) = FOLIO_WALK.get_ptr_mut(0) else {
         return Ok(());
     };
-    if range.without_write_notify {
+    // SAFETY: as in try_mprotect_writable.
+    let request = unsafe { &mut *request };
+    if request.pid_tgid != bpf_get_current_pid_tgid() || request.mapping == 0 {
         return Ok(());
     }
-    page_header(scratch, range.pid_tgid, event_kind::FOLIO_SPAN);
-    report_dirty_large_folios(scratch, range.first, range.last);
+    request.pid_tgid = 0;
+    report_dirty_large_folios(request.mapping, request.first, request.last);
     Ok(())
 }
 
@@ -249,15 +266,12 @@ const MPROTECT_FOLIOS: u32 = 256;
 /// dirtied by another process is reported too: labelled, an over-report,
 /// not a miss.
 #[inline(never)]
-fn report_dirty_large_folios(scratch: &FaultScratch, first: u64, last: u64) {
+fn report_dirty_large_folios(mapping: u64, first: u64, last: u64) {
     let mut walk = FolioWalk {
-        mapping: scratch.info.mapping,
+        mapping,
         index: first,
         last,
     };
-    if walk.mapping == 0 {
-        return;
-    }
     // SAFETY: the callback is a subprogram with the signature bpf_loop
     // expects; its context lives on this stack across the call.
     unsafe {
@@ -302,11 +316,11 @@ extern "C" fn folio_walk_step(_step: u64, data: *mut c_void) -> i64 {
     let dirty = flags & (1u64 << (offset!(pg_dirty_bit) & 63)) != 0;
     if pages > 1 && dirty && folio_last >= walk.index {
         let (from, to) = (folio_first.max(walk.index), folio_last.min(walk.last));
-        // The header the caller filled when it announced the file.
-        let Ok(scratch) = fault_scratch() else {
+        // The header the first program filled when it announced the file.
+        let Some(request) = FOLIO_WALK.get(0) else {
             return 1;
         };
-        submit_page_event(&scratch.header, event_kind::FOLIO_SPAN, from, to - from + 1);
+        submit_page_event(&request.header, event_kind::FOLIO_SPAN, from, to - from + 1);
     }
     // A folio that does not hold `index` (raced away): one page on.
     walk.index = folio_last.max(walk.index) + 1;

@@ -70,13 +70,8 @@ pub fn mw_sys_enter_mprotect(ctx: TracePointContext) -> u32 {
 /// The same call, for the dirty large folios it makes writable whole
 /// (ext4, xfs): a program of its own (see `try_mprotect_folios`).
 #[tracepoint]
-pub fn mw_sys_enter_mprotect_folios(ctx: TracePointContext) -> u32 {
-    count_failure(mprotect_args(&ctx).and_then(|(start, len, prot)| {
-        if prot & PROT_WRITE == 0 {
-            return Ok(());
-        }
-        try_mprotect_folios(start, len)
-    }));
+pub fn mw_sys_enter_mprotect_folios(_ctx: TracePointContext) -> u32 {
+    count_failure(try_mprotect_folios());
     0
 }
 
