@@ -281,6 +281,23 @@ impl Exporter {
         }
     }
 
+    /// A per-file series (or path="other"): its pages written now, and its
+    /// counters moved by what happened since the last refresh.
+    fn add_file_series(&self, labels: &FileLabels, pages: i64, deltas: FileCounts) {
+        self.metrics
+            .file_pages_written
+            .get_or_create(labels)
+            .set(pages);
+        self.metrics
+            .file_write_faults
+            .get_or_create(labels)
+            .inc_by(deltas.write_faults);
+        self.metrics
+            .file_writeback_pages
+            .get_or_create(labels)
+            .inc_by(deltas.writeback_pages);
+    }
+
     /// Whether a file is under one of the `--path-prefix` paths (its name's
     /// exact bytes).
     fn under_prefix(&self, record: &FileRecord) -> bool {
@@ -383,18 +400,7 @@ impl Exporter {
                 mount,
                 path_bytes,
             };
-            self.metrics
-                .file_pages_written
-                .get_or_create(&labels)
-                .set(record.pages_written.len() as i64);
-            self.metrics
-                .file_write_faults
-                .get_or_create(&labels)
-                .inc_by(deltas.write_faults);
-            self.metrics
-                .file_writeback_pages
-                .get_or_create(&labels)
-                .inc_by(deltas.writeback_pages);
+            self.add_file_series(&labels, record.pages_written.len() as i64, deltas);
             match not_on_disk(id, record) {
                 Some(pages) => {
                     self.metrics
@@ -410,18 +416,7 @@ impl Exporter {
         }
         self.previous_file_counts = shown_counts;
         let other_pages = i64::try_from(other_pages).unwrap_or(i64::MAX);
-        self.metrics
-            .file_pages_written
-            .get_or_create(&other_labels)
-            .set(other_pages);
-        self.metrics
-            .file_write_faults
-            .get_or_create(&other_labels)
-            .inc_by(other_counts.write_faults);
-        self.metrics
-            .file_writeback_pages
-            .get_or_create(&other_labels)
-            .inc_by(other_counts.writeback_pages);
+        self.add_file_series(&other_labels, other_pages, other_counts);
         shown.insert(other_labels);
         // Files that left the top N lose their series.
         for stale in self.file_series.difference(&shown) {
