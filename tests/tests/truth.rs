@@ -98,8 +98,15 @@ fn a_large_folio_mapped_whole_by_one_fault_is_reported_as_a_span() {
     }
     // The span is one folio of the 16-page file: nothing beyond it.
     assert!(written.iter().all(|&p| p < 16), "{entry:#}");
-    // The kernel's own dirty count agrees with the superset.
-    assert!(entry["pages_dirtied"].as_u64().unwrap() <= written.len() as u64);
+    // The kernel's own dirty counts agree: every folio it dirtied lies in
+    // the 16-page file. They count clean-to-dirty transitions, not
+    // distinct pages: writeback between the two stores (the flusher, a
+    // sync elsewhere) or a folio ext4 redirties counts the folio again, so
+    // they may exceed the pages written (a CI run saw that).
+    let folios_dirtied = entry["folios_dirtied"].as_u64().unwrap();
+    let pages_dirtied = entry["pages_dirtied"].as_u64().unwrap();
+    assert!(folios_dirtied >= 1, "{entry:#}");
+    assert!(pages_dirtied <= 16 * folios_dirtied, "{entry:#}");
 }
 
 /// tmpfs never write-protects shared pages: a read fault maps page 3 (and
