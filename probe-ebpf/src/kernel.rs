@@ -78,6 +78,10 @@ pub(crate) fn inode_key(inode: u64) -> Result<(FileKey, u64), i64> {
 /// Pages in a folio: `1 << order` for a large folio, else 1.
 #[inline(always)]
 pub(crate) fn folio_pages(folio: u64) -> Result<u64, i64> {
+    // Before folios: single pages (see KernelOffsets::folio_order_byte).
+    if offset!(folio_order_byte) == 0 {
+        return Ok(1);
+    }
     let flags: u64 = read_kernel(folio, offset!(folio_flags))?;
     if flags & (1u64 << offset!(pg_head_bit)) == 0 {
         return Ok(1);
@@ -131,6 +135,11 @@ pub(crate) fn typed_folio_pages(folio: *const u8) -> u64 {
         offset!(pg_head_bit),
         offset!(folio_order_byte),
     );
+    // Before folios the argument is a `struct page`, whose order lies in
+    // the next page: not a load the verifier allows, nor one needed.
+    if order_at == 0 {
+        return 1;
+    }
     // SAFETY: `folio.flags`, at its BTF offset.
     let flags: u64 = unsafe { load_typed(folio, flags_at) };
     if flags & (1u64 << head_bit) == 0 {

@@ -61,6 +61,7 @@ macro_rules! offset {
     };
 }
 
+mod compat;
 mod dedup;
 mod filter;
 mod folio;

@@ -1,16 +1,18 @@
 //! Which mapping holds a faulting address: a per-CPU cache checked by the
-//! mm's `mm_lock_seq`, a lock-free maple-tree walk, and `bpf_find_vma` as
-//! the slow path.
+//! mm's `mm_lock_seq`, a lock-free walk of the maple tree (6.1+) or the
+//! VMA rbtree (before), and `bpf_find_vma` (5.17+) as the slow path.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf};
 use probe_common::{
-    counter, mm_lock_seq_kind, FileKey, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK,
-    MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE, VM_SHARED,
+    counter, mm_lock_seq_kind, vma_walk_kind, FileKey, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS,
+    MAPLE_NODE_MASK, MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE,
+    RBTREE_MAX_DEPTH, VM_SHARED,
 };
 
 use crate::{
+    compat::current_mm,
     kernel::{read_kernel, ENOENT},
     maps::bump,
     scratch::FaultScratch,
@@ -102,6 +104,75 @@ pub(crate) fn walk_maple_tree(address: u64, mm: u64, scratch: &mut FaultScratch)
     false
 }
 
+/// Finds the VMA holding `address` in the current mm's red-black tree of
+/// VMAs (before 6.1), as the kernel's `find_vma` does, with plain kernel
+/// reads and no mmap lock. VMAs are freed by RCU there too (5.10 frees
+/// them only after the mmap write lock, and readers here run under RCU);
+/// a VMA found is checked to belong to this mm, and a walk that a
+/// concurrent rebalance sends astray ends in a wrong gap at worst, as a
+/// racing maple walk would.
+#[inline(never)]
+pub(crate) fn walk_rbtree(address: u64, mm: u64, info: &mut VmaInfo) -> bool {
+    let Ok(mut node) = read_kernel::<u64>(mm, offset!(mm_mm_rb)) else {
+        return false;
+    };
+    let (vm_rb, left, right) = (
+        offset!(vma_vm_rb),
+        offset!(rb_node_left),
+        offset!(rb_node_right),
+    );
+    // The lowest VMA ending above the address: it holds the address, or
+    // the address lies in the gap below it.
+    let mut above = 0u64;
+    let mut depth = 0;
+    while node != 0 {
+        if depth >= RBTREE_MAX_DEPTH || node < 4096 || node < vm_rb {
+            return false;
+        }
+        depth += 1;
+        let vma = node - vm_rb;
+        let Ok(end) = read_kernel::<u64>(vma, offset!(vma_vm_end)) else {
+            return false;
+        };
+        let next = if end > address {
+            above = vma;
+            let Ok(start) = read_kernel::<u64>(vma, offset!(vma_vm_start)) else {
+                return false;
+            };
+            if start <= address {
+                break;
+            }
+            left
+        } else {
+            right
+        };
+        let Ok(child) = read_kernel::<u64>(node, next) else {
+            return false;
+        };
+        node = child;
+    }
+    if above == 0 {
+        // Above every mapping: nothing there.
+        *info = VmaInfo::default();
+        return true;
+    }
+    if read_kernel::<u64>(above, offset!(vma_vm_mm)) != Ok(mm)
+        || fill_vma_info(above, info).is_err()
+    {
+        return false;
+    }
+    if info.start <= address && address < info.end {
+        return true;
+    }
+    if address < info.start {
+        // A gap: no mapping (see walk_maple_tree).
+        *info = VmaInfo::default();
+        return true;
+    }
+    // The VMA changed under the walk.
+    false
+}
+
 /// Fills `info` from `vma` if it is this mm's and holds `address`.
 pub(crate) fn vma_holds(vma: u64, mm: u64, address: u64, info: &mut VmaInfo) -> bool {
     if read_kernel::<u64>(vma, offset!(vma_vm_mm)) != Ok(mm) || fill_vma_info(vma, info).is_err() {
@@ -155,7 +226,8 @@ pub(crate) enum Mapping {
     Unknown,
 }
 
-/// The current task, as a BTF pointer the verifier lets us load from.
+/// The current task, as a BTF pointer the verifier lets us load from
+/// (5.11+: see `compat`).
 #[inline(always)]
 pub(crate) fn current_task() -> *const u8 {
     // SAFETY: no arguments; the current task, valid while the program runs.
@@ -170,39 +242,36 @@ pub(crate) fn task_tgid(task: *const u8) -> u32 {
     unsafe { core::ptr::read_volatile(task.add(at) as *const u32) }
 }
 
-/// Finds the mapping holding `address` of `task` (the current one, of
-/// process `tgid`): from this CPU's cache while the mm's mappings have not
-/// changed, else by walking the maple tree (then cached). A file mapping
-/// is left in `scratch.info` and its mm in `scratch.fault.mm` (0 when not
+/// Finds the mapping holding `address` of the current task (of process
+/// `tgid`): from this CPU's cache while the mm's mappings have not
+/// changed, else by the lock-free walk (then cached). A file mapping is
+/// left in `scratch.info` and its mm in `scratch.fault.mm` (0 when not
 /// looked up).
 ///
 /// The cache hit of an anonymous fault, the common case, reads one cache
 /// line of the scratch memory and writes none.
 #[inline(always)]
-pub(crate) fn find_mapping(
+pub(crate) fn find_mapping<const SINCE_5_17: bool>(
     address: u64,
-    task: *const u8,
     tgid: u32,
     scratch: &mut FaultScratch,
 ) -> Mapping {
-    if offset!(maple_walk) == 0 {
+    let walk = offset!(vma_walk) as u32;
+    if walk == vma_walk_kind::NONE {
         scratch.fault.mm = 0;
         return Mapping::Unknown;
     }
-    // Direct loads through the task's BTF pointer, not bpf_probe_read_kernel
-    // calls (~45 ns each here): the verifier checks them against the
-    // kernel's BTF (the offsets are constants of the frozen .rodata) and
-    // the JIT guards them (a fault reads 0).
-    let at = offset!(task_mm) as usize;
-    // SAFETY: `task_struct.mm`, at its BTF offset.
-    let mm_ptr = unsafe { core::ptr::read_volatile(task.add(at) as *const *const u8) };
-    let mm = mm_ptr as u64;
-    if mm_ptr.is_null() {
+    // Direct loads through the task's BTF pointer where the kernel has
+    // one, not bpf_probe_read_kernel calls (~45 ns each here): the
+    // verifier checks them against the kernel's BTF (the offsets are
+    // constants of the frozen .rodata) and the JIT guards them (a fault
+    // reads 0).
+    let (mm, seq) = current_mm::<SINCE_5_17>();
+    if mm == 0 {
         scratch.fault.mm = 0;
         return Mapping::Unknown;
     }
     let tgid = u64::from(tgid);
-    let seq = mm_sequence(mm_ptr);
     let cache = &scratch.cache;
     if let Some(seq) = seq {
         if cache.mm == mm
@@ -222,7 +291,12 @@ pub(crate) fn find_mapping(
         }
     }
     scratch.fault.mm = mm;
-    if !walk_maple_tree(address, mm, scratch) {
+    let found = if walk == vma_walk_kind::MAPLE {
+        walk_maple_tree(address, mm, scratch)
+    } else {
+        walk_rbtree(address, mm, &mut scratch.info)
+    };
+    if !found {
         return Mapping::Unknown;
     }
     if let Some(seq) = seq {
@@ -325,8 +399,12 @@ pub(crate) enum VmaLookup {
 }
 
 /// As [`find_vma_locked`], without counting a busy lock as a loss: for a
-/// caller that can look again later.
-pub(crate) fn try_find_vma(address: u64, out: &mut VmaInfo) -> VmaLookup {
+/// caller that can look again later. Without `bpf_find_vma` (before 5.17)
+/// the lookup is busy for good.
+pub(crate) fn try_find_vma<const SINCE_5_17: bool>(address: u64, out: &mut VmaInfo) -> VmaLookup {
+    if !SINCE_5_17 {
+        return VmaLookup::Busy;
+    }
     match find_vma(address, out) {
         0 => VmaLookup::Found,
         found if found == -ENOENT => VmaLookup::Absent,
@@ -336,8 +414,8 @@ pub(crate) fn try_find_vma(address: u64, out: &mut VmaInfo) -> VmaLookup {
 
 /// `bpf_find_vma`, the slow path; a busy mmap lock is counted
 /// (`VMA_LOOKUP_FAILED`).
-pub(crate) fn find_vma_locked(address: u64, out: &mut VmaInfo) -> bool {
-    match try_find_vma(address, out) {
+pub(crate) fn find_vma_locked<const SINCE_5_17: bool>(address: u64, out: &mut VmaInfo) -> bool {
+    match try_find_vma::<SINCE_5_17>(address, out) {
         VmaLookup::Found => true,
         VmaLookup::Absent => false,
         VmaLookup::Busy => {

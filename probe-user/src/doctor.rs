@@ -115,15 +115,17 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
                 true,
                 format!("{}: all struct offsets resolved", btf_path.display()),
             ));
-            let walk = btf.maple_offsets(&mut offsets);
+            let walk = btf.vma_walk_offsets(&mut offsets);
             out.push(optional(
                 "vma lookup",
                 walk.is_ok(),
                 match walk {
-                    Ok(()) => {
-                        "lock-free maple-tree walk (bpf_find_vma only as a fallback)".to_string()
+                    Ok(()) if offsets.vma_walk == probe_common::vma_walk_kind::MAPLE => {
+                        "lock-free maple-tree walk (6.1+; bpf_find_vma, 5.17+, as a fallback)"
+                            .to_string()
                     }
-                    Err(err) => format!("bpf_find_vma only, slow with IRQs off ({err})"),
+                    Ok(()) => "lock-free walk of the VMA rbtree (before 6.1; bpf_find_vma, 5.17+, as a fallback)".to_string(),
+                    Err(err) => format!("bpf_find_vma only (5.17+), slow with IRQs off ({err})"),
                 },
             ));
             let fentry_targets: Vec<&str> = [
@@ -155,6 +157,10 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
             TracefsProblem::NotReadable(_) => problem.to_string(),
         })
     };
+    out.extend(backend_needs(
+        found.as_ref().ok().map(|p| p.as_path()),
+        btf_path,
+    ));
     match &found {
         Ok(root) => {
             out.push(check("tracefs", true, root.display().to_string()));
@@ -195,8 +201,11 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
     // Each function-hook backend is attached for real (and detached): what
     // `--backend auto` would pick follows from these results.
     let mut findings: Vec<(Mechanism, Result<Selection, String>)> = Vec::new();
+    // Why the function hooks were not tried, when they were not.
+    let mut not_probed = "no privileges".to_string();
     if privileged && found.is_err() {
         out.push(check("programs", false, "not checked: tracefs is needed"));
+        not_probed = "tracefs is needed".into();
     } else if privileged {
         // The tracefs found above: loading must not mount one either.
         let options = ProbeOptions {
@@ -206,15 +215,10 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
         };
         match Probes::load(&options) {
             Ok(mut probes) => {
-                out.push(check(
-                    "programs",
-                    true,
-                    format!(
-                        "verifier accepted all {} tracepoint programs (ring buffer, maple-tree walk, bpf_find_vma, raw tracepoints {})",
-                        TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
-                        RAW_TRACEPOINTS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
-                    ),
-                ));
+                out.push(check("programs", true, describe_programs(&probes)));
+                for (program, why) in &probes.loaded.refused {
+                    out.push(optional(format!("program {program}"), false, why.clone()));
+                }
                 for mechanism in [Mechanism::Fentry, Mechanism::Kprobe] {
                     let result = probes.probe_mechanism(mechanism).map_err(|why| {
                         // Lockdown refuses BPF_PROG_TYPE_TRACING; say so.
@@ -239,7 +243,10 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
                     findings.push((mechanism, result));
                 }
             }
-            Err(err) => out.push(check("programs", false, err.to_string())),
+            Err(err) => {
+                not_probed = format!("the tracepoint programs did not load: {err}");
+                out.push(check("programs", false, err.to_string()));
+            }
         }
     }
 
@@ -252,7 +259,7 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
         .collect();
     let choice = backend::choose(BackendChoice::Auto, &tried);
     let verdict = match (&choice, findings.is_empty()) {
-        (_, true) => "tracepoint: function hooks not probed (no privileges)".to_string(),
+        (_, true) => format!("tracepoint: function hooks not probed ({not_probed})"),
         (Ok(choice), false) => choice.reason.clone(),
         (Err(err), false) => err.to_string(),
     };
@@ -265,6 +272,83 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
         out.push(optional("blind spot", false, spot));
     }
     out
+}
+
+/// What each backend needs of the kernel, with the first version that has
+/// it, and whether this one does (the programs' own loads, below, are the
+/// final word).
+fn backend_needs(tracefs: Option<&Path>, btf_path: &Path) -> Vec<Check> {
+    let mut out = vec![optional(
+        "needs, every backend",
+        true,
+        "Linux 5.10+ (BPF ring buffer 5.8, BTF-typed tracepoints 5.5), CONFIG_DEBUG_INFO_BTF; \
+         lock-free VMA walk: maple tree 6.1+ or the VMA rbtree before; bpf_find_vma 5.17+ \
+         as its fallback; folios 5.16+ for large-folio spans",
+    )];
+    let fault_tracepoint =
+        tracefs.is_some_and(|root| tracepoint_exists(root, "exceptions", "page_fault_user"));
+    out.push(optional(
+        "needs, tracepoint",
+        fault_tracepoint,
+        format!(
+            "exceptions:page_fault_user (x86 only, 3.13+): {}",
+            if fault_tracepoint {
+                "present"
+            } else {
+                "absent"
+            }
+        ),
+    ));
+    let in_btf = KernelBtf::from_file(btf_path)
+        .map(|btf| ["do_wp_page", "finish_fault"].map(|f| btf.has_function(f)) == [true, true])
+        .unwrap_or(false);
+    out.push(optional(
+        "needs, fentry",
+        in_btf,
+        format!(
+            "BPF trampolines (x86_64 5.5+, arm64 6.0+), do_wp_page and finish_fault in BTF ({}), \
+             lockdown not refusing tracing programs",
+            if in_btf { "present" } else { "absent" }
+        ),
+    ));
+    let kprobes = env::kprobe_pmu();
+    let symbols = crate::probe::kallsyms::Kallsyms::read();
+    let functions = ["do_wp_page", "finish_fault"].map(|f| symbols.has_function(f)) == [true, true];
+    out.push(optional(
+        "needs, kprobe",
+        kprobes && functions,
+        format!(
+            "CONFIG_KPROBES ({}), do_wp_page and finish_fault in kallsyms ({})",
+            if kprobes { "present" } else { "absent" },
+            if functions { "present" } else { "absent" }
+        ),
+    ));
+    out
+}
+
+/// What the verifier took: the programs, and the variants for kernels
+/// before 5.17 where it refused the newer ones.
+fn describe_programs(probes: &Probes) -> String {
+    let programs = TRACEPOINTS.len() + RAW_TRACEPOINTS.len();
+    let refused = probes.loaded.refused.len();
+    let older: Vec<&str> = TRACEPOINTS
+        .iter()
+        .filter(|tp| probes.loaded_variant(tp.program) != tp.program)
+        .map(|tp| tp.name)
+        .collect();
+    let mut text = format!(
+        "verifier accepted {} of {programs} tracepoint programs",
+        programs - refused
+    );
+    if older.is_empty() {
+        text.push_str(" (bpf_find_vma, 5.17+, as the VMA walk's fallback)");
+    } else {
+        text.push_str(&format!(
+            "; without bpf_find_vma (5.17+) for {}: VMAs found by the lock-free walk only",
+            older.join(", ")
+        ));
+    }
+    text
 }
 
 /// "hooks ...; fallbacks ..." for a function-hook backend that attached.

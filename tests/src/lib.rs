@@ -29,6 +29,15 @@ pub fn in_vm() -> bool {
     std::env::var_os("MMAPWATCH_IN_VM").is_some()
 }
 
+/// The running kernel's (major, minor) version, from its release string.
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
 /// The mmapwatch binary under test: `MMAPWATCH_BIN` (set by `cargo xtask
 /// test`), else the workspace's debug build.
 pub fn mmapwatch_bin() -> PathBuf {

@@ -9,8 +9,8 @@ use std::{
 
 use integration_tests::{
     backend_under_test, expect_one_line_failure, function_hooks_under_test, identity, in_vm,
-    mmapwatch, mmapwatch_bin, path_arg, ranges, require_root, run, scratch_dir, shm_dir,
-    start_trace, trace_command, TraceRun,
+    kernel_version, mmapwatch, mmapwatch_bin, path_arg, ranges, require_root, run, scratch_dir,
+    shm_dir, start_trace, trace_command, TraceRun,
 };
 
 const COMM: &str = "mw-workload";
@@ -1503,7 +1503,14 @@ fn doctor_reports_what_this_kernel_supports() {
             .to_string()
     };
     assert!(line("programs").contains(" ok "), "{text}");
-    assert!(line("vma lookup").contains("maple-tree walk"), "{text}");
+    // The maple tree came in 6.1; before, the VMA rbtree.
+    let walk = if kernel_version() >= (6, 1) {
+        "maple-tree walk"
+    } else {
+        "VMA rbtree"
+    };
+    assert!(line("vma lookup").contains(walk), "{text}");
+    assert!(!line("backend auto").contains("no privileges"), "{text}");
     assert!(
         line("tracepoint exceptions:page_fault_user").contains(" ok "),
         "{text}"

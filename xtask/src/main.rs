@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _, Result};
 mod bench;
 mod bench_memory;
 mod bench_new_files;
+mod bullseye;
 mod image;
 mod soak;
 mod stack;
@@ -65,7 +66,7 @@ enum Task {
     /// Boot a Debian kernel under QEMU and run the integration suite inside
     /// it once per backend (fentry, kprobe, tracepoint).
     VmTest {
-        /// `debian-6.1` or `debian-6.12` (downloaded and cached), a kernel
+        /// `debian-5.10`, `debian-6.1` or `debian-6.12` (downloaded and cached), a kernel
         /// .deb, or an unpacked kernel package directory (repeatable: the
         /// guests of all kernels share the queue).
         #[arg(long = "kernel", default_value = "debian-6.1")]

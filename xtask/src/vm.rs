@@ -255,10 +255,12 @@ impl Kernel {
     /// to a kernel .deb, or to a directory holding `boot/vmlinuz-*` and
     /// `lib/modules/*`.
     fn resolve(spec: &str) -> Result<Self> {
-        let root = if let Some(series) = spec.strip_prefix("debian-") {
+        let root = if spec == BULLSEYE_KERNEL {
+            unpack_deb(&crate::bullseye::kernel_deb(&cache_dir())?)?
+        } else if let Some(series) = spec.strip_prefix("debian-") {
             if !DEBIAN_SERIES.contains(&series) {
                 bail!(
-                    "--kernel {spec}: Debian kernels here are {}",
+                    "--kernel {spec}: Debian kernels here are {BULLSEYE_KERNEL}, {}",
                     DEBIAN_SERIES.map(|s| format!("debian-{s}")).join(", ")
                 );
             }
@@ -270,7 +272,7 @@ impl Kernel {
             } else if path.is_dir() {
                 path
             } else {
-                bail!("--kernel {spec}: expected debian-6.1, debian-6.12, a kernel .deb, or an unpacked package directory");
+                bail!("--kernel {spec}: expected debian-5.10, debian-6.1, debian-6.12, a kernel .deb, or an unpacked package directory");
             }
         };
         let vmlinuz = fs::read_dir(root.join("boot"))
@@ -298,6 +300,9 @@ impl Kernel {
         })
     }
 }
+
+/// Debian 11's 5.10 (bullseye-security), the oldest kernel supported.
+pub const BULLSEYE_KERNEL: &str = "debian-5.10";
 
 /// The Debian 12 kernel series `--kernel debian-SERIES` accepts: its own
 /// 6.1 and the 6.12 it also carries (large folios on more filesystems,

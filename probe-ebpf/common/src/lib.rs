@@ -573,9 +573,9 @@ impl FileStats {
 pub struct KernelOffsets {
     // What every user write fault reads, anonymous ones included, comes
     // first: one cache line of .rodata, not three.
-    /// Maple-tree walk (6.1+): the VMA is found without taking the mmap
-    /// lock. Zero `maple_walk` when the kernel has no maple tree.
-    pub maple_walk: u32,
+    /// How the fault path finds a VMA without the mmap lock: one of
+    /// [`vma_walk_kind`].
+    pub vma_walk: u32,
     pub task_mm: u32,
     /// `task_struct.tgid`: a direct load, not a helper call.
     pub task_tgid: u32,
@@ -621,7 +621,8 @@ pub struct KernelOffsets {
     pub maple_range_64: u32,
     pub maple_arange_64: u32,
     /// The byte holding a large folio's order: `folio._folio_order` (up to
-    /// 6.5) or the low byte of `folio._flags_1` (little-endian).
+    /// 6.5) or the low byte of `folio._flags_1` (little-endian). 0 before
+    /// folios (5.16): every page-cache page of a written file is one page.
     pub folio_order_byte: u32,
     /// `folio.mapping`.
     pub folio_mapping: u32,
@@ -688,6 +689,23 @@ pub struct KernelOffsets {
     pub path_mnt: u32,
     pub path_dentry: u32,
     pub dentry_d_sb: u32,
+    /// The VMA red-black tree (before 6.1): `mm_struct.mm_rb` (its root
+    /// node pointer first), `vm_area_struct.vm_rb`, and `rb_node`'s
+    /// children.
+    pub mm_mm_rb: u32,
+    pub vma_vm_rb: u32,
+    pub rb_node_left: u32,
+    pub rb_node_right: u32,
+}
+
+/// How a kernel's VMAs are walked lock-free ([`KernelOffsets::vma_walk`]).
+pub mod vma_walk_kind {
+    /// Neither: only `bpf_find_vma` finds them.
+    pub const NONE: u32 = 0;
+    /// The mm's maple tree (6.1+).
+    pub const MAPLE: u32 = 1;
+    /// The mm's red-black tree of VMAs (up to 6.0).
+    pub const RBTREE: u32 = 2;
 }
 
 /// How far a [`FileEvent`]'s walk got (`reached_root`).
@@ -768,7 +786,7 @@ impl KernelOffsets {
         wbc_nr_to_write: 0,
         pg_head_bit: 0,
         pg_dirty_bit: 0,
-        maple_walk: 0,
+        vma_walk: 0,
         task_mm: 0,
         mm_ma_root: 0,
         vma_vm_mm: 0,
@@ -820,6 +838,10 @@ impl KernelOffsets {
         path_mnt: 0,
         path_dentry: 0,
         dentry_d_sb: 0,
+        mm_mm_rb: 0,
+        vma_vm_rb: 0,
+        rb_node_left: 0,
+        rb_node_right: 0,
     };
 }
 
@@ -849,6 +871,12 @@ pub const MAPLE_NODE_TYPE_MASK: u64 = 0x0f;
 pub const MAPLE_MAX_DEPTH: usize = 8;
 /// Widest node's pivots (maple_range_64 has 15).
 pub const MAPLE_MAX_PIVOTS: usize = 16;
+/// Deepest VMA red-black tree walked: a red-black tree of n nodes is at
+/// most 2 log2(n + 1) deep, 32 for the default `vm.max_map_count`.
+pub const RBTREE_MAX_DEPTH: usize = 40;
+
+/// `FAULT_FLAG_WRITE` where it is a #define (before 5.13), not in BTF.
+pub const FAULT_FLAG_WRITE_DEFINE: u32 = 0x01;
 
 /// `VM_WRITE`, `VM_SHARED` and `VM_MAYWRITE` from include/linux/mm.h:
 /// #defines, so not in BTF, but unchanged since Linux 2.x.

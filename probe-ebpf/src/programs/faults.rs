@@ -15,6 +15,7 @@ use probe_common::{
 };
 
 use crate::{
+    compat::current_tgid,
     filter::{current_writer, selected_current_task, tgid_selected},
     folio::page_cache_folio,
     kernel::{
@@ -23,34 +24,36 @@ use crate::{
     maps::{bump, count_failure, FOLIO_WALK, LAST_READ_FAULT, SHARED_MAPPERS},
     record::{announce_file, fill_header, record_write, submit_page_event},
     scratch::{fault_scratch, FaultScratch},
-    vma::{current_task, find_mapping, find_vma_locked, task_tgid, Mapping, VmaInfo},
+    vma::{find_mapping, find_vma_locked, Mapping, VmaInfo},
 };
 
 /// Out of line, as are the paths below it: Linux 6.1's verifier adds the
 /// frames of the deepest call chain against 512 bytes.
 #[inline(never)]
-pub(crate) fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> {
+pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
+    address: u64,
+    error_code: u64,
+) -> Result<(), i64> {
     if address >= USER_ADDRESS_LIMIT {
         return Ok(());
     }
     if error_code & X86_PF_WRITE == 0 {
-        return read_fault(address);
+        return read_fault::<SINCE_5_17>(address);
     }
-    let task = current_task();
     // Processes outside --pid / -- CMD: no lookup at all.
-    let tgid = task_tgid(task);
+    let tgid = current_tgid::<SINCE_5_17>();
     if !tgid_selected(tgid) {
         return Ok(());
     }
     let scratch = fault_scratch()?;
-    match find_mapping(address, task, tgid, scratch) {
+    match find_mapping::<SINCE_5_17>(address, tgid, scratch) {
         // Anonymous memory (most faults on a host): done before any other
         // work.
         Mapping::Anonymous => return Ok(()),
         Mapping::File => {}
         Mapping::Unknown => {
             bump(counter::VMA_WALK_FALLBACKS);
-            if !find_vma_locked(address, &mut scratch.info) {
+            if !find_vma_locked::<SINCE_5_17>(address, &mut scratch.info) {
                 return Ok(());
             }
         }
@@ -84,13 +87,13 @@ pub(crate) fn try_write_fault(address: u64, error_code: u64) -> Result<(), i64> 
 /// adds every frame of the deepest call chain against 512 bytes. A walk
 /// that fails is counted (`VMA_WALK_FALLBACKS`) and the fault skipped.
 #[inline(never)]
-pub(crate) fn try_read_fault(address: u64) -> Result<(), i64> {
+pub(crate) fn try_read_fault<const SINCE_5_17: bool>(address: u64) -> Result<(), i64> {
     let scratch = fault_scratch()?;
     let pid_tgid = bpf_get_current_pid_tgid();
     if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
         return Ok(());
     }
-    match find_mapping(address, current_task(), (pid_tgid >> 32) as u32, scratch) {
+    match find_mapping::<SINCE_5_17>(address, (pid_tgid >> 32) as u32, scratch) {
         Mapping::Anonymous => return Ok(()),
         Mapping::File => {}
         Mapping::Unknown => {
@@ -145,7 +148,7 @@ struct ProtectedRange {
 /// refuses over-reports only): None when no file page of a shared mapping
 /// is made writable.
 #[inline(always)]
-fn protected_range(
+fn protected_range<const SINCE_5_17: bool>(
     scratch: &mut FaultScratch,
     start: u64,
     len: u64,
@@ -157,11 +160,11 @@ fn protected_range(
     // The lock-free walk first: bpf_find_vma only tries the mmap lock,
     // which another thread of a busy process often holds (glibc grows its
     // arenas with mprotect while other threads map).
-    match find_mapping(start, current_task(), (pid_tgid >> 32) as u32, scratch) {
+    match find_mapping::<SINCE_5_17>(start, (pid_tgid >> 32) as u32, scratch) {
         Mapping::Anonymous => return Ok(None),
         Mapping::File => {}
         Mapping::Unknown => {
-            if !find_vma_locked(start, &mut scratch.info) {
+            if !find_vma_locked::<SINCE_5_17>(start, &mut scratch.info) {
                 return Ok(None);
             }
         }
@@ -200,9 +203,12 @@ fn protected_range(
 /// fault when stored to, and are reported as written then). With
 /// write-notify, it leaves the range to the second program.
 #[inline(never)]
-pub(crate) fn try_mprotect_writable(start: u64, len: u64) -> Result<(), i64> {
+pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool>(
+    start: u64,
+    len: u64,
+) -> Result<(), i64> {
     let scratch = fault_scratch()?;
-    let Some(range) = protected_range(scratch, start, len)? else {
+    let Some(range) = protected_range::<SINCE_5_17>(scratch, start, len)? else {
         return Ok(());
     };
     let kind = if range.without_write_notify {
@@ -387,12 +393,12 @@ fn page_header(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) -> u64 {
 /// A read fault: only those of processes with a shared writable mapping
 /// can map pages writable without a later write fault.
 #[inline(always)]
-pub(crate) fn read_fault(address: u64) -> Result<(), i64> {
+pub(crate) fn read_fault<const SINCE_5_17: bool>(address: u64) -> Result<(), i64> {
     note_read_fault(address);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read-only lookup of a plain u8 value.
     if unsafe { SHARED_MAPPERS.get(&tgid) }.is_some() {
-        return try_read_fault(address);
+        return try_read_fault::<SINCE_5_17>(address);
     }
     Ok(())
 }
@@ -422,7 +428,17 @@ pub(crate) fn fault_args(ctx: &RawTracePointContext) -> (u64, u64) {
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn mw_page_fault_user(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
-    if let Err(err) = try_write_fault(address, error_code) {
+    if let Err(err) = try_write_fault::<true>(address, error_code) {
+        log_failed_read(&ctx, err);
+    }
+    0
+}
+
+/// [`mw_page_fault_user`] for Linux 5.10 to 5.16 (see `compat`).
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn mw_page_fault_user_5_10(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    if let Err(err) = try_write_fault::<false>(address, error_code) {
         log_failed_read(&ctx, err);
     }
     0
@@ -443,7 +459,17 @@ fn log_failed_read(ctx: &RawTracePointContext, err: i64) {
 pub fn mw_page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
-        count_failure(read_fault(address));
+        count_failure(read_fault::<true>(address));
+    }
+    0
+}
+
+/// [`mw_page_fault_user_reads`] for Linux 5.10 to 5.16 (see `compat`).
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn mw_page_fault_user_reads_5_10(ctx: RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(&ctx);
+    if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
+        count_failure(read_fault::<false>(address));
     }
     0
 }

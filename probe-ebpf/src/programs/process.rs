@@ -63,7 +63,15 @@ const MPROTECT_LEN_AT: usize = 24;
 #[tracepoint]
 pub fn mw_sys_enter_mprotect(ctx: TracePointContext) -> u32 {
     count_failure(try_note_shared_mapper(&ctx, None));
-    count_failure(try_mprotect(&ctx));
+    count_failure(try_mprotect::<true>(&ctx));
+    0
+}
+
+/// [`mw_sys_enter_mprotect`] for Linux 5.10 to 5.16 (see `compat`).
+#[tracepoint]
+pub fn mw_sys_enter_mprotect_5_10(ctx: TracePointContext) -> u32 {
+    count_failure(try_note_shared_mapper(&ctx, None));
+    count_failure(try_mprotect::<false>(&ctx));
     0
 }
 
@@ -88,12 +96,12 @@ fn mprotect_args(ctx: &TracePointContext) -> Result<(u64, u64, u64), i64> {
 }
 
 /// A mapping made writable: tmpfs pages it holds are possibly written.
-fn try_mprotect(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_mprotect<const SINCE_5_17: bool>(ctx: &TracePointContext) -> Result<(), i64> {
     let (start, len, prot) = mprotect_args(ctx)?;
     if prot & PROT_WRITE == 0 {
         return Ok(());
     }
-    try_mprotect_writable(start, len)
+    try_mprotect_writable::<SINCE_5_17>(start, len)
 }
 
 /// Raw `sched_process_fork(parent, child)`: the classic format moved its

@@ -19,7 +19,8 @@ use crate::{
     kernel::{current_cgroup_id, inode_key, read_kernel},
     maps::{bump, count_failure, EVENTS, PENDING_SYNC},
     record::{commit_flags, count_submitted, fill_header},
-    vma::{try_find_vma, VmaInfo, VmaLookup},
+    scratch::fault_scratch,
+    vma::{find_mapping, try_find_vma, Mapping, VmaLookup},
 };
 
 /// Offset of the syscall's `n`th argument (and of `ret` on exit).
@@ -73,12 +74,26 @@ fn page_range(offset: u64, bytes: u64) -> (u64, u64) {
 /// The file and pages of `msync(start, len)`: the first mapping of the
 /// range only (msync of several mappings is rare, and each has its own
 /// file). Absent also when that mapping is not a shared file mapping.
-fn msync_target(start: u64, len: u64, pending: &mut PendingSync) -> VmaLookup {
-    let mut info = VmaInfo::default();
-    match try_find_vma(start, &mut info) {
-        VmaLookup::Found => {}
-        other => return other,
+fn msync_target<const SINCE_5_17: bool>(
+    start: u64,
+    len: u64,
+    pending: &mut PendingSync,
+) -> VmaLookup {
+    let Ok(scratch) = fault_scratch() else {
+        return VmaLookup::Busy;
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The lock-free walk first, as for mprotect: bpf_find_vma only tries
+    // the mmap lock.
+    match find_mapping::<SINCE_5_17>(start, tgid, scratch) {
+        Mapping::Anonymous => return VmaLookup::Absent,
+        Mapping::File => {}
+        Mapping::Unknown => match try_find_vma::<SINCE_5_17>(start, &mut scratch.info) {
+            VmaLookup::Found => {}
+            other => return other,
+        },
     }
+    let info = &scratch.info;
     if info.file == 0 || info.flags & VM_SHARED == 0 || start < info.start {
         return VmaLookup::Absent;
     }
@@ -97,15 +112,17 @@ fn msync_target(start: u64, len: u64, pending: &mut PendingSync) -> VmaLookup {
 
 /// The call's file and pages; None when it names no file mapped or open.
 #[inline(always)]
-fn target(ctx: &TracePointContext, call: u32) -> Result<Option<PendingSync>, i64> {
+fn target<const CALL: u32, const SINCE_5_17: bool>(
+    ctx: &TracePointContext,
+) -> Result<Option<PendingSync>, i64> {
     let mut pending = PendingSync {
-        call,
+        call: CALL,
         ..PendingSync::default()
     };
-    match call {
+    match CALL {
         sync_call::MSYNC => {
             let (start, len) = (arg(ctx, 0)?, arg(ctx, 1)?);
-            match msync_target(start, len, &mut pending) {
+            match msync_target::<SINCE_5_17>(start, len, &mut pending) {
                 VmaLookup::Found => {}
                 VmaLookup::Absent => return Ok(None),
                 // A thread mapping or unmapping holds the mmap lock: looked
@@ -136,13 +153,17 @@ fn target(ctx: &TracePointContext, call: u32) -> Result<Option<PendingSync>, i64
     Ok(Some(pending))
 }
 
-pub(crate) fn try_sync_enter(ctx: &TracePointContext, call: u32) -> Result<(), i64> {
+/// A call's entry. `CALL` is a constant so that only msync's program
+/// holds the VMA lookup (and its `SINCE_5_17` variants, see `compat`).
+pub(crate) fn try_sync_enter<const CALL: u32, const SINCE_5_17: bool>(
+    ctx: &TracePointContext,
+) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // The command-name filter is applied on return, once per call.
     if !tgid_selected((pid_tgid >> 32) as u32) {
         return Ok(());
     }
-    let Some(mut pending) = target(ctx, call)? else {
+    let Some(mut pending) = target::<CALL, SINCE_5_17>(ctx)? else {
         return Ok(());
     };
     // SAFETY: no arguments.
@@ -152,7 +173,7 @@ pub(crate) fn try_sync_enter(ctx: &TracePointContext, call: u32) -> Result<(), i
         .map_err(|err| err as i64)
 }
 
-pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
+pub(crate) fn try_sync_exit<const SINCE_5_17: bool>(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: a plain value copied out at once.
@@ -166,7 +187,7 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let (start, len) = (pending.first_page, pending.pages);
         // Busy again, or unmapped during the call: the record is lost,
         // and counted so.
-        if msync_target(start, len, &mut pending) != VmaLookup::Found {
+        if msync_target::<SINCE_5_17>(start, len, &mut pending) != VmaLookup::Found {
             bump(counter::VMA_LOOKUP_FAILED);
             return Ok(());
         }
@@ -211,25 +232,32 @@ pub(crate) fn try_sync_exit(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn mw_sys_enter_msync(ctx: TracePointContext) -> u32 {
-    count_failure(try_sync_enter(&ctx, sync_call::MSYNC));
+    count_failure(try_sync_enter::<{ sync_call::MSYNC }, true>(&ctx));
+    0
+}
+
+/// [`mw_sys_enter_msync`] for Linux 5.10 to 5.16 (see `compat`).
+#[tracepoint]
+pub fn mw_sys_enter_msync_5_10(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_enter::<{ sync_call::MSYNC }, false>(&ctx));
     0
 }
 
 #[tracepoint]
 pub fn mw_sys_enter_fsync(ctx: TracePointContext) -> u32 {
-    count_failure(try_sync_enter(&ctx, sync_call::FSYNC));
+    count_failure(try_sync_enter::<{ sync_call::FSYNC }, true>(&ctx));
     0
 }
 
 #[tracepoint]
 pub fn mw_sys_enter_fdatasync(ctx: TracePointContext) -> u32 {
-    count_failure(try_sync_enter(&ctx, sync_call::FDATASYNC));
+    count_failure(try_sync_enter::<{ sync_call::FDATASYNC }, true>(&ctx));
     0
 }
 
 #[tracepoint]
 pub fn mw_sys_enter_sync_file_range(ctx: TracePointContext) -> u32 {
-    count_failure(try_sync_enter(&ctx, sync_call::SYNC_FILE_RANGE));
+    count_failure(try_sync_enter::<{ sync_call::SYNC_FILE_RANGE }, true>(&ctx));
     0
 }
 
@@ -237,6 +265,13 @@ pub fn mw_sys_enter_sync_file_range(ctx: TracePointContext) -> u32 {
 /// (their returns read alike), verified once at start-up, not four times.
 #[tracepoint]
 pub fn mw_sys_exit_sync(ctx: TracePointContext) -> u32 {
-    count_failure(try_sync_exit(&ctx));
+    count_failure(try_sync_exit::<true>(&ctx));
+    0
+}
+
+/// [`mw_sys_exit_sync`] for Linux 5.10 to 5.16 (see `compat`).
+#[tracepoint]
+pub fn mw_sys_exit_sync_5_10(ctx: TracePointContext) -> u32 {
+    count_failure(try_sync_exit::<false>(&ctx));
     0
 }

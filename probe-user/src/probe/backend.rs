@@ -210,7 +210,7 @@ impl Probes {
         // wp_page_copy first: once it is in, do_wp_page leaves private
         // copies to it, and no fault is recorded twice.
         match self.hook(mechanism, &WP_PAGE_COPY) {
-            Ok(()) => {
+            Ok(_) => {
                 self.set_hook_bits(probe_common::hooks::COW_AT_WP_PAGE_COPY)
                     .map_err(|e| e.to_string())?;
                 hooks.push(format!("{}/wp_page_copy", mechanism.name()));
@@ -227,7 +227,7 @@ impl Probes {
             hooks.push(format!("{}/{}", mechanism.name(), hook.function));
         }
         self.selection.page_mkwrite = match self.hook(mechanism, &DO_PAGE_MKWRITE) {
-            Ok(()) => {
+            Ok(_) => {
                 hooks.push(format!("{}/do_page_mkwrite", mechanism.name()));
                 true
             }
@@ -246,8 +246,8 @@ impl Probes {
             }
         };
         self.selection.page_writeback = match self.hook(mechanism, &FOLIO_END_WRITEBACK) {
-            Ok(()) => {
-                hooks.push(format!("{}/folio_end_writeback", mechanism.name()));
+            Ok(function) => {
+                hooks.push(format!("{}/{function}", mechanism.name()));
                 true
             }
             Err(why) => {
@@ -263,17 +263,33 @@ impl Probes {
         Ok(())
     }
 
-    /// Loads (fentry: bound to `function`) and attaches one hook.
-    fn hook(&mut self, mechanism: Mechanism, hook: &Hook) -> Result<(), String> {
-        let Hook {
-            function,
-            fentry,
-            kprobe,
-        } = *hook;
+    /// Loads (fentry: bound to `function`) and attaches one hook, on the
+    /// function's name before folios where the kernel has not the first.
+    /// Returns the function hooked.
+    fn hook<'h>(&mut self, mechanism: Mechanism, hook: &Hook<'h>) -> Result<&'h str, String> {
+        match (
+            self.hook_function(mechanism, hook, hook.function),
+            hook.before_folios,
+        ) {
+            (Ok(()), _) => Ok(hook.function),
+            (Err(why), None) => Err(why),
+            (Err(why), Some(older)) => self
+                .hook_function(mechanism, hook, older)
+                .map(|()| older)
+                .map_err(|_| why),
+        }
+    }
+
+    fn hook_function(
+        &mut self,
+        mechanism: Mechanism,
+        hook: &Hook,
+        function: &str,
+    ) -> Result<(), String> {
         match mechanism {
             Mechanism::Fentry => {
                 let program: &mut FEntry =
-                    program_mut(&mut self.ebpf, fentry).map_err(|e| e.to_string())?;
+                    program_mut(&mut self.ebpf, hook.fentry).map_err(|e| e.to_string())?;
                 program
                     .load(function, &self.aya_btf)
                     .map_err(|err| short_error(&err.to_string()))?;
@@ -283,7 +299,7 @@ impl Probes {
             }
             Mechanism::Kprobe => {
                 let program: &mut KProbe =
-                    program_mut(&mut self.ebpf, kprobe).map_err(|e| e.to_string())?;
+                    program_mut(&mut self.ebpf, hook.kprobe).map_err(|e| e.to_string())?;
                 if program.fd().is_err() {
                     program
                         .load()
@@ -312,6 +328,7 @@ impl Probes {
                     let program = format!("{}{slot}", mw_name!("fentry_fs_mkwrite_"));
                     let hook = Hook {
                         function,
+                        before_folios: None,
                         fentry: &program,
                         kprobe: "",
                     };
@@ -325,6 +342,7 @@ impl Probes {
                 for &function in FS_MKWRITE_HOOKS.iter().filter(|f| symbols.has_function(f)) {
                     let hook = Hook {
                         function,
+                        before_folios: None,
                         fentry: "",
                         kprobe: mw_name!("kprobe_fs_mkwrite"),
                     };
@@ -371,6 +389,10 @@ impl Probes {
         let is_fault = |tp: &Tracepoint| tp.category == "exceptions";
         for tp in TRACEPOINTS.iter().rev().filter(|tp| is_fault(tp) == faults) {
             let label = format!("{}:{}", tp.category, tp.name);
+            if let Some(why) = self.loaded.refusal(tp.program) {
+                self.attached.missing.push(format!("{label} ({why})"));
+                continue;
+            }
             if !tracepoint_exists(tracefs, tp.category, tp.name) {
                 if tp.required {
                     return Err(LoadError::MissingTracepoint(label, tp.purpose));
@@ -388,6 +410,10 @@ impl Probes {
         }
         for tp in RAW_TRACEPOINTS {
             let label = format!("raw_tp/{}", tp.name);
+            if let Some(why) = self.loaded.refusal(tp.program) {
+                self.attached.missing.push(format!("{label} ({why})"));
+                continue;
+            }
             let attached = if tp.typed {
                 let prog: &mut BtfTracePoint = program_mut(&mut self.ebpf, tp.program)?;
                 prog.attach().map(drop)
@@ -418,15 +444,24 @@ impl Probes {
             reason: err.to_string(),
         };
         if tp.raw {
-            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, tp.program)?;
             // Loaded here if not at start-up (READ_FAULTS: function
-            // backends only).
+            // backends only), or its variant where the kernel refuses it.
+            let mut name = self.loaded_variant(tp.program);
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
             if program.fd().is_err() {
-                program.load().map_err(failed)?;
+                if let Err(err) = program.load() {
+                    let variant = tp.before_5_17.ok_or_else(|| failed(err))?;
+                    let program: &mut RawTracePoint = program_mut(&mut self.ebpf, variant)?;
+                    program.load().map_err(failed)?;
+                    self.loaded.note_variant(tp.program, variant);
+                    name = variant;
+                }
             }
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
             program.attach(tp.name).map_err(failed)?;
         } else {
-            let program: &mut TracePoint = program_mut(&mut self.ebpf, tp.program)?;
+            let name = self.loaded_variant(tp.program);
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
             program.attach(tp.category, tp.name).map_err(failed)?;
         }
         Ok(())

@@ -39,7 +39,7 @@ pub enum BtfError {
 }
 
 /// The structs and enums start-up looks up by name (kernel_offsets,
-/// maple_offsets, fault_hook_offsets), found in one scan.
+/// vma_walk_offsets, fault_hook_offsets), found in one scan.
 const STARTUP_TYPES: &[&str] = &[
     "address_space",
     "backing_file",
@@ -60,6 +60,8 @@ const STARTUP_TYPES: &[&str] = &[
     "vfsmount",
     "writeback_control",
     "xa_node",
+    "page",
+    "rb_node",
     "maple_range_64",
     "maple_arange_64",
     "fault_flag",
@@ -333,12 +335,28 @@ impl KernelBtf {
         }
     }
 
-    /// Offsets for walking the mm's maple tree (Linux 6.1+). An error means
-    /// this kernel has no maple tree: faults use bpf_find_vma instead.
-    pub fn maple_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
+    /// Offsets for walking the mm's VMAs without the mmap lock: its maple
+    /// tree (6.1+) or, before, its red-black tree. An error means neither
+    /// is readable: faults use bpf_find_vma instead.
+    pub fn vma_walk_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
+        use probe_common::vma_walk_kind;
         offsets.task_mm = self.offset_of("task_struct", "mm")?;
-        offsets.mm_ma_root = self.offset_of("mm_struct", "mm_mt.ma_root")?;
         offsets.vma_vm_mm = self.offset_of("vm_area_struct", "vm_mm")?;
+        match self.maple_offsets(offsets) {
+            Ok(()) => offsets.vma_walk = vma_walk_kind::MAPLE,
+            Err(maple) => {
+                self.rbtree_offsets(offsets).map_err(|rbtree| {
+                    BtfError::Lookup(format!("no maple tree ({maple}), no VMA rbtree ({rbtree})"))
+                })?;
+                offsets.vma_walk = vma_walk_kind::RBTREE;
+            }
+        }
+        self.mm_lock_seq(offsets);
+        Ok(())
+    }
+
+    fn maple_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
+        offsets.mm_ma_root = self.offset_of("mm_struct", "mm_mt.ma_root")?;
         offsets.range64_pivots = self.offset_of("maple_range_64", "pivot")?;
         offsets.range64_slots = self.offset_of("maple_range_64", "slot")?;
         offsets.range64_pivot_count = self.array_len("maple_range_64", "pivot")?;
@@ -358,8 +376,15 @@ impl KernelBtf {
         {
             return Err(BtfError::Lookup("maple nodes wider than expected".into()));
         }
-        offsets.maple_walk = 1;
-        self.mm_lock_seq(offsets);
+        Ok(())
+    }
+
+    /// The VMA red-black tree of Linux up to 6.0 (`mm_struct.mm_rb`).
+    fn rbtree_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
+        offsets.mm_mm_rb = self.offset_of("mm_struct", "mm_rb")?;
+        offsets.vma_vm_rb = self.offset_of("vm_area_struct", "vm_rb")?;
+        offsets.rb_node_left = self.offset_of("rb_node", "rb_left")?;
+        offsets.rb_node_right = self.offset_of("rb_node", "rb_right")?;
         Ok(())
     }
 
@@ -419,9 +444,13 @@ impl KernelBtf {
         offsets.vmf_pgoff = self.offset_of("vm_fault", "pgoff")?;
         offsets.vmf_address = self.offset_of("vm_fault", "address")?;
         offsets.vmf_flags = self.offset_of("vm_fault", "flags")?;
-        offsets.fault_flag_write =
-            u32::try_from(self.enumerator("fault_flag", "FAULT_FLAG_WRITE")?)
-                .map_err(|_| BtfError::Lookup("FAULT_FLAG_WRITE out of range".into()))?;
+        // An enumerator since 5.13; a #define (absent from BTF) before,
+        // with the same value since 2.6.
+        offsets.fault_flag_write = match self.enumerator("fault_flag", "FAULT_FLAG_WRITE") {
+            Ok(value) => u32::try_from(value)
+                .map_err(|_| BtfError::Lookup("FAULT_FLAG_WRITE out of range".into()))?,
+            Err(_) => probe_common::FAULT_FLAG_WRITE_DEFINE,
+        };
         offsets.vma_vm_ops = self.offset_of("vm_area_struct", "vm_ops")?;
         offsets.vm_ops_page_mkwrite = self.offset_of("vm_operations_struct", "page_mkwrite")?;
         Ok(())
@@ -451,21 +480,6 @@ impl KernelBtf {
             sb_s_magic: self.offset_of("super_block", "s_magic")?,
             dentry_name: self.offset_of("dentry", "d_name.name")?,
             dentry_d_parent: self.offset_of("dentry", "d_parent")?,
-            folio_flags: self.offset_of("folio", "flags")?,
-            folio_index: self.offset_of("folio", "index")?,
-            // Up to 6.5 the order had a byte of its own; since, it is the
-            // low byte (first, on little-endian) of _flags_1.
-            folio_order_byte: self
-                .offset_of("folio", "_folio_order")
-                .or_else(|_| self.offset_of("folio", "_flags_1"))?,
-            folio_mapping: self.offset_of("folio", "mapping")?,
-            // Renamed in 6.3; without either, a read-only PMD mapping made
-            // writable is not seen as one (its pages are reported as they
-            // fault).
-            folio_entire_mapcount: self
-                .offset_of("folio", "_entire_mapcount")
-                .or_else(|_| self.offset_of("folio", "_compound_mapcount"))
-                .unwrap_or(0),
             task_pid: self.offset_of("task_struct", "pid")?,
             task_tgid: self.offset_of("task_struct", "tgid")?,
             task_signal: self.offset_of("task_struct", "signal")?,
@@ -486,7 +500,41 @@ impl KernelBtf {
             vma_vm_page_prot: self.offset_of("vm_area_struct", "vm_page_prot")?,
             mapping_flags: self.offset_of("address_space", "flags")?,
             large_folio_mask: self.large_folio_mask(),
-            ..self.backing_offsets(self.mount_offsets(self.fd_offsets()))
+            ..self.folio_offsets(self.backing_offsets(self.mount_offsets(self.fd_offsets())))?
+        })
+    }
+
+    /// `struct folio` (5.16+), or before it the head `struct page`, whose
+    /// first fields a folio overlays. Without folios the page cache of
+    /// files that may be written through write faults holds single pages
+    /// (only shmem has huge pages, and no write-notify): the order byte
+    /// and the PMD mapcount stay 0, and every folio counts one page.
+    fn folio_offsets(&self, base: KernelOffsets) -> Result<KernelOffsets, BtfError> {
+        if self.composite("folio").is_err() {
+            return Ok(KernelOffsets {
+                folio_flags: self.offset_of("page", "flags")?,
+                folio_index: self.offset_of("page", "index")?,
+                folio_mapping: self.offset_of("page", "mapping")?,
+                ..base
+            });
+        }
+        Ok(KernelOffsets {
+            folio_flags: self.offset_of("folio", "flags")?,
+            folio_index: self.offset_of("folio", "index")?,
+            // Up to 6.5 the order had a byte of its own; since, it is the
+            // low byte (first, on little-endian) of _flags_1.
+            folio_order_byte: self
+                .offset_of("folio", "_folio_order")
+                .or_else(|_| self.offset_of("folio", "_flags_1"))?,
+            folio_mapping: self.offset_of("folio", "mapping")?,
+            // Renamed in 6.3; without either, a read-only PMD mapping made
+            // writable is not seen as one (its pages are reported as they
+            // fault).
+            folio_entire_mapcount: self
+                .offset_of("folio", "_entire_mapcount")
+                .or_else(|_| self.offset_of("folio", "_compound_mapcount"))
+                .unwrap_or(0),
+            ..base
         })
     }
 
@@ -759,8 +807,9 @@ mod tests {
         let btf = KernelBtf::from_file(Path::new(VMLINUX_BTF)).expect("kernel BTF");
         let mut offsets = btf.kernel_offsets().expect("offsets");
         assert_ne!(offsets.vma_vm_file, 0);
-        btf.maple_offsets(&mut offsets)
+        btf.vma_walk_offsets(&mut offsets)
             .expect("6.18 has a maple tree");
+        assert_eq!(offsets.vma_walk, probe_common::vma_walk_kind::MAPLE);
         assert_eq!(
             (offsets.range64_pivot_count, offsets.arange64_pivot_count),
             (15, 9)

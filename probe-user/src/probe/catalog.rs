@@ -17,6 +17,9 @@ pub struct Tracepoint {
     /// fault of the host, and a raw one reads its arguments straight from
     /// the context instead of having the kernel copy a record first.
     pub raw: bool,
+    /// The program's variant for Linux 5.10 to 5.16, loaded where the
+    /// kernel refuses `program` (probe-ebpf's `compat`).
+    pub before_5_17: Option<&'static str>,
 }
 
 /// A durability call's entry or return: optional, classic (they fire only
@@ -30,6 +33,7 @@ macro_rules! sync {
             required: false,
             purpose: $purpose,
             raw: false,
+            before_5_17: None,
         }
     };
 }
@@ -39,6 +43,7 @@ macro_rules! sync_exit {
     ($name:literal, $purpose:literal) => {
         Tracepoint {
             program: mw_name!("sys_exit_sync"),
+            before_5_17: Some(mw_name!("sys_exit_sync_5_10")),
             ..sync!($name, $purpose)
         }
     };
@@ -52,6 +57,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         required: true,
         purpose: "write faults from user space",
         raw: true,
+        before_5_17: Some(mw_name!("page_fault_user_5_10")),
     },
     // The same program as page_fault_user's, attached twice.
     Tracepoint {
@@ -61,6 +67,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         required: false,
         purpose: "kernel stores into user mappings (read(2) into a mapping)",
         raw: true,
+        before_5_17: Some(mw_name!("page_fault_user_5_10")),
     },
     Tracepoint {
         program: mw_name!("sys_enter_mmap"),
@@ -69,6 +76,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         required: false,
         purpose: "processes with shared writable mappings (tmpfs possibly-written pages)",
         raw: false,
+        before_5_17: None,
     },
     // Before sys_enter_mprotect: attached in reverse, it runs second, after
     // the program that announces the file.
@@ -79,6 +87,9 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         required: false,
         purpose: "dirty large folios mprotect makes writable whole (ext4, xfs)",
         raw: false,
+        // bpf_loop (5.17+); before 5.18 no filesystem with write-notify
+        // has large folios, so nothing is lost there.
+        before_5_17: None,
     },
     Tracepoint {
         program: mw_name!("sys_enter_mprotect"),
@@ -87,8 +98,12 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         required: false,
         purpose: "mappings made writable later (tmpfs possibly-written pages)",
         raw: false,
+        before_5_17: Some(mw_name!("sys_enter_mprotect_5_10")),
     },
-    sync!("sys_enter_msync", "msync calls (durability)"),
+    Tracepoint {
+        before_5_17: Some(mw_name!("sys_enter_msync_5_10")),
+        ..sync!("sys_enter_msync", "msync calls (durability)")
+    },
     sync_exit!("sys_exit_msync", "msync calls (durability)"),
     sync!("sys_enter_fsync", "fsync calls (durability)"),
     sync_exit!("sys_exit_fsync", "fsync calls (durability)"),
@@ -114,6 +129,7 @@ pub const READ_FAULTS: Tracepoint = Tracepoint {
     required: false,
     purpose: "tmpfs/shmem pages mapped writable by read faults (possibly written)",
     raw: true,
+    before_5_17: Some(mw_name!("page_fault_user_reads_5_10")),
 };
 
 /// A raw tracepoint the backend attaches to: they give the folio and
@@ -131,6 +147,9 @@ pub struct RawTracepoint {
     /// arguments directly instead of one `bpf_probe_read_kernel` each
     /// (worth it on a hot one; the load needs aya's BTF parse).
     pub typed: bool,
+    /// The same tracepoint's name before folios (5.16), where it passed
+    /// a `struct page`.
+    pub before_folios: Option<&'static str>,
 }
 
 /// A raw tracepoint whose program is named after it.
@@ -142,6 +161,7 @@ macro_rules! raw {
             required: $required,
             purpose: $purpose,
             typed: false,
+            before_folios: None,
         }
     };
 }
@@ -175,7 +195,10 @@ pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
         true,
         "writeback completion times"
     ),
-    typed!("writeback_dirty_folio", true, "folios and pages dirtied"),
+    RawTracepoint {
+        before_folios: Some("writeback_dirty_page"),
+        ..typed!("writeback_dirty_folio", true, "folios and pages dirtied")
+    },
     raw!(
         "writeback_single_inode",
         true,
@@ -215,6 +238,8 @@ pub(crate) const FENTRY_FS_MKWRITE_SLOTS: usize = 4;
 /// A kernel function and the programs that hook it either way.
 pub(crate) struct Hook<'a> {
     pub(crate) function: &'a str,
+    /// The function's name before folios (5.16), if it had another.
+    pub(crate) before_folios: Option<&'a str>,
     pub(crate) fentry: &'a str,
     pub(crate) kprobe: &'a str,
 }
@@ -224,26 +249,31 @@ pub(crate) struct Hook<'a> {
 /// `do_wp_page` records private copies too).
 pub(crate) const WP_PAGE: Hook = Hook {
     function: "do_wp_page",
+    before_folios: None,
     fentry: mw_name!("fentry_do_wp_page"),
     kprobe: mw_name!("kprobe_do_wp_page"),
 };
 pub(crate) const FINISH_FAULT: Hook = Hook {
     function: "finish_fault",
+    before_folios: None,
     fentry: mw_name!("fentry_finish_fault"),
     kprobe: mw_name!("kprobe_finish_fault"),
 };
 pub(crate) const WP_PAGE_COPY: Hook = Hook {
     function: "wp_page_copy",
+    before_folios: None,
     fentry: mw_name!("fentry_wp_page_copy"),
     kprobe: mw_name!("kprobe_wp_page_copy"),
 };
 pub(crate) const DO_PAGE_MKWRITE: Hook = Hook {
     function: "do_page_mkwrite",
+    before_folios: None,
     fentry: mw_name!("fentry_do_page_mkwrite"),
     kprobe: mw_name!("kprobe_do_page_mkwrite"),
 };
 pub(crate) const FOLIO_END_WRITEBACK: Hook = Hook {
     function: "folio_end_writeback",
+    before_folios: Some("end_page_writeback"),
     fentry: mw_name!("fentry_folio_end_writeback"),
     kprobe: mw_name!("kprobe_folio_end_writeback"),
 };
@@ -277,8 +307,9 @@ mod tests {
         assert_eq!(maps, declared);
         let catalogued = TRACEPOINTS
             .iter()
-            .map(|tp| tp.program)
-            .chain([READ_FAULTS.program])
+            .chain([&READ_FAULTS])
+            .flat_map(|tp| [Some(tp.program), tp.before_5_17])
+            .flatten()
             .chain(RAW_TRACEPOINTS.iter().map(|tp| tp.program))
             .chain(
                 [

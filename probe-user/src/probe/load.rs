@@ -63,6 +63,9 @@ pub struct Probes {
     /// once [`Probes::attach`] is done.
     pub(super) aya_btf: aya::Btf,
     pub selection: Selection,
+    /// Which variant of each program loaded, and which optional ones the
+    /// kernel refused.
+    pub(crate) loaded: Loaded,
 }
 
 pub(crate) fn seed_shared_mappers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
@@ -127,8 +130,8 @@ impl Probes {
             std::thread::spawn(move || aya::Btf::parse_file(btf_path, aya::Endianness::default()));
         log::debug!("startup: kernel BTF parsed in {:?}", phase.elapsed());
         let mut offsets = kernel_btf.kernel_offsets()?;
-        if let Err(err) = kernel_btf.maple_offsets(&mut offsets) {
-            log::info!("no maple-tree walk ({err}): mappings are looked up with bpf_find_vma");
+        if let Err(err) = kernel_btf.vma_walk_offsets(&mut offsets) {
+            log::info!("no lock-free VMA walk ({err}): mappings are looked up with bpf_find_vma");
         }
         let fault_offsets_missing = kernel_btf
             .fault_hook_offsets(&mut offsets)
@@ -209,24 +212,32 @@ impl Probes {
             .join()
             .map_err(|_| LoadError::Object("kernel BTF: the parse panicked".into()))?
             .map_err(|err| LoadError::Object(format!("kernel BTF: {err}")))?;
-        let plan: Vec<(&str, LoadAs)> = TRACEPOINTS
-            .iter()
-            .map(|tp| {
-                (
-                    tp.program,
-                    if tp.raw { LoadAs::Raw } else { LoadAs::Classic },
-                )
-            })
-            .chain(RAW_TRACEPOINTS.iter().map(|tp| {
-                let how = if tp.typed {
-                    LoadAs::Typed(tp.name)
-                } else {
-                    LoadAs::Raw
-                };
-                (tp.program, how)
-            }))
-            .collect();
-        load_programs(&mut ebpf, &plan, &aya_btf)?;
+        let mut plan: Vec<PlannedLoad> = Vec::new();
+        for tp in TRACEPOINTS {
+            // page_fault_user's program is attached twice, loaded once.
+            if plan.iter().any(|planned| planned.program == tp.program) {
+                continue;
+            }
+            plan.push(PlannedLoad {
+                program: tp.program,
+                before_5_17: tp.before_5_17,
+                how: if tp.raw { LoadAs::Raw } else { LoadAs::Classic },
+                required: tp.required,
+                purpose: tp.purpose,
+            });
+        }
+        plan.extend(RAW_TRACEPOINTS.iter().map(|tp| PlannedLoad {
+            program: tp.program,
+            before_5_17: None,
+            how: if tp.typed {
+                LoadAs::Typed(tp.name, tp.before_folios)
+            } else {
+                LoadAs::Raw
+            },
+            required: tp.required,
+            purpose: tp.purpose,
+        }));
+        let loaded = load_programs(&mut ebpf, &plan, &aya_btf)?;
         log::debug!("startup: programs verified in {:?}", phase.elapsed());
         seed_shared_mappers(&mut ebpf)?;
         Ok(Self {
@@ -238,7 +249,14 @@ impl Probes {
             kernel_btf,
             aya_btf,
             selection: Selection::default(),
+            loaded,
         })
+    }
+
+    /// The program loaded for the catalog's `program`: itself, or the
+    /// variant this kernel took instead.
+    pub(crate) fn loaded_variant(&self, program: &'static str) -> &'static str {
+        self.loaded.variant_of(program)
     }
 }
 
@@ -259,63 +277,170 @@ where
 pub(crate) enum LoadAs {
     Raw,
     Classic,
-    /// tp_btf, on this tracepoint.
-    Typed(&'static str),
+    /// tp_btf, on this tracepoint, or on the second where the kernel has
+    /// not the first (its name before folios).
+    Typed(&'static str, Option<&'static str>),
+}
+
+/// A program to load at start-up, as the catalog describes it.
+pub(crate) struct PlannedLoad {
+    pub(crate) program: &'static str,
+    /// Loaded where the kernel refuses `program` (probe-ebpf's `compat`).
+    pub(crate) before_5_17: Option<&'static str>,
+    pub(crate) how: LoadAs,
+    /// Refused, an optional program is left out and said so; a required
+    /// one stops the start.
+    pub(crate) required: bool,
+    pub(crate) purpose: &'static str,
+}
+
+/// What [`load_programs`] loaded.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// (catalog program, variant loaded instead).
+    variants: Vec<(&'static str, &'static str)>,
+    /// Optional programs the kernel refused, with what is lost and why.
+    pub(crate) refused: Vec<(&'static str, String)>,
+}
+
+impl Loaded {
+    pub(crate) fn variant_of(&self, program: &'static str) -> &'static str {
+        self.variants
+            .iter()
+            .find(|(planned, _)| *planned == program)
+            .map_or(program, |(_, variant)| variant)
+    }
+
+    /// Why `program` was left out, if the kernel refused it.
+    pub(crate) fn refusal(&self, program: &str) -> Option<&str> {
+        self.refused
+            .iter()
+            .find(|(refused, _)| *refused == program)
+            .map(|(_, why)| why.as_str())
+    }
+
+    /// Records a variant loaded in place of `program` (also at attach
+    /// time, for programs loaded then).
+    pub(crate) fn note_variant(&mut self, program: &'static str, variant: &'static str) {
+        if program != variant {
+            self.variants.push((program, variant));
+        }
+    }
+}
+
+/// Loads one program as `how` says.
+pub(crate) fn load_program(
+    program: &mut Program,
+    how: LoadAs,
+    btf: &aya::Btf,
+) -> Result<(), aya::programs::ProgramError> {
+    match how {
+        LoadAs::Raw => <&mut RawTracePoint>::try_from(program)?.load(),
+        LoadAs::Classic => <&mut TracePoint>::try_from(program)?.load(),
+        LoadAs::Typed(tracepoint, before_folios) => {
+            let program = <&mut BtfTracePoint>::try_from(program)?;
+            match (program.load(tracepoint, btf), before_folios) {
+                (Err(_), Some(older)) => program.load(older, btf),
+                (result, _) => result,
+            }
+        }
+    }
 }
 
 /// Loads the `plan`'s programs, each in its own thread: the verifier runs
 /// on every core (most of the start-up time), and each thread has its
-/// own program.
+/// own programs. A program the kernel refuses is replaced by its variant
+/// for older kernels where it has one; an optional program refused
+/// outright is left out (in [`Loaded::refused`]), a required one is an
+/// error.
 pub(crate) fn load_programs(
     ebpf: &mut Ebpf,
-    plan: &[(&str, LoadAs)],
+    plan: &[PlannedLoad],
     btf: &aya::Btf,
-) -> Result<(), LoadError> {
-    fn load(
-        program: &mut Program,
-        how: LoadAs,
-        btf: &aya::Btf,
-    ) -> Result<(), aya::programs::ProgramError> {
-        match how {
-            LoadAs::Raw => <&mut RawTracePoint>::try_from(program)?.load(),
-            LoadAs::Classic => <&mut TracePoint>::try_from(program)?.load(),
-            LoadAs::Typed(tracepoint) => {
-                <&mut BtfTracePoint>::try_from(program)?.load(tracepoint, btf)
-            }
-        }
+) -> Result<Loaded, LoadError> {
+    type Outcome = Result<&'static str, aya::programs::ProgramError>;
+    let mut programs: std::collections::HashMap<&str, &mut Program> = ebpf.programs_mut().collect();
+    let mut work = Vec::new();
+    for planned in plan {
+        let primary = programs.remove(planned.program).ok_or_else(|| {
+            LoadError::Object(format!(
+                "program {} missing from the object",
+                planned.program
+            ))
+        })?;
+        let variant = match planned.before_5_17 {
+            Some(name) => Some((
+                name,
+                programs.remove(name).ok_or_else(|| {
+                    LoadError::Object(format!("program {name} missing from the object"))
+                })?,
+            )),
+            None => None,
+        };
+        work.push((planned, primary, variant));
     }
-    let results: Vec<(String, Result<(), aya::programs::ProgramError>)> =
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = ebpf
-                .programs_mut()
-                .filter_map(|(name, program)| {
-                    let (_, how) = *plan.iter().find(|(planned, _)| *planned == name)?;
-                    Some(scope.spawn(move || {
-                        let t = Instant::now();
-                        let r = load(program, how, btf);
-                        log::debug!("startup: {name} verified in {:?}", t.elapsed());
-                        (name.to_string(), r)
-                    }))
+    let outcomes: Vec<(&PlannedLoad, Outcome)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = work
+            .into_iter()
+            .map(|(planned, primary, variant)| {
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    let mut outcome =
+                        load_program(primary, planned.how, btf).map(|()| planned.program);
+                    if let (Err(err), Some((name, program))) = (&outcome, variant) {
+                        log::debug!(
+                            "startup: {} refused ({err}); loading {name}",
+                            planned.program
+                        );
+                        outcome = load_program(program, planned.how, btf).map(|()| name);
+                    }
+                    log::debug!(
+                        "startup: {} verified in {:?}",
+                        planned.program,
+                        started.elapsed()
+                    );
+                    (planned, outcome)
                 })
-                .collect();
-            threads
-                .into_iter()
-                .filter_map(|thread| thread.join().ok())
-                .collect()
-        });
-    for (name, _) in plan {
-        match results.iter().find(|(loaded, _)| loaded == name) {
-            None => return Err(LoadError::Object(format!("program {name} not loaded"))),
-            Some((_, Err(err))) => {
+            })
+            .collect();
+        threads
+            .into_iter()
+            .filter_map(|thread| thread.join().ok())
+            .collect()
+    });
+    let mut loaded = Loaded::default();
+    for planned in plan {
+        match outcomes
+            .iter()
+            .find(|(done, _)| done.program == planned.program)
+        {
+            None => {
+                return Err(LoadError::Object(format!(
+                    "program {} not loaded",
+                    planned.program
+                )))
+            }
+            Some((_, Ok(variant))) => loaded.note_variant(planned.program, variant),
+            Some((_, Err(err))) if planned.required => {
                 return Err(LoadError::Rejected {
-                    program: name.to_string(),
+                    program: planned.program.to_string(),
                     reason: first_line(&err.to_string()),
                 })
             }
-            Some((_, Ok(()))) => {}
+            Some((_, Err(err))) => {
+                log::info!("{} left out: {err}", planned.program);
+                loaded.refused.push((
+                    planned.program,
+                    format!(
+                        "{}: the kernel refused the program ({})",
+                        planned.purpose,
+                        first_line(&err.to_string())
+                    ),
+                ));
+            }
         }
     }
-    Ok(())
+    Ok(loaded)
 }
 
 /// Forwards the kernel side's aya-log records to the `log` crate.
