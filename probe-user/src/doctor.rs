@@ -166,7 +166,13 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
             out.push(check("tracefs", true, root.display().to_string()));
             for tp in TRACEPOINTS {
                 let present = tracepoint_exists(root, tp.category, tp.name);
-                let make = if tp.required { check } else { optional };
+                // The fault tracepoint is the tracepoint backend's alone
+                // (x86 only): the function hooks need it not.
+                let make = if tp.required && !tp.fault_backend_only() {
+                    check
+                } else {
+                    optional
+                };
                 out.push(make(
                     format!("tracepoint {}:{}", tp.category, tp.name),
                     present,

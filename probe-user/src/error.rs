@@ -57,6 +57,7 @@ fn load_exit_code(error: &LoadError) -> u8 {
         LoadError::Btf(_)
         | LoadError::NoTracefs(_)
         | LoadError::MissingTracepoint(..)
+        | LoadError::NoFaultHook { .. }
         | LoadError::Rejected { .. }
         | LoadError::Attach { .. }
         | LoadError::Backend { .. } => exit_code::KERNEL,

@@ -11,8 +11,8 @@ use std::{
 };
 
 use integration_tests::{
-    function_hooks_under_test, identity, mmapwatch, path_arg, ranges, require_root, run,
-    scratch_dir, shm_dir, xfs_dir, TraceRun,
+    function_hooks_under_test, identity, kernel_version, mmapwatch, path_arg, ranges, require_root,
+    run, scratch_dir, shm_dir, xfs_dir, TraceRun,
 };
 use serde_json::Value;
 
@@ -87,7 +87,9 @@ fn a_large_folio_mapped_whole_by_one_fault_is_reported_as_a_span() {
         "the store to page 5 is missing: {entry:#}"
     );
     assert!(pages(&entry["exact_pages"]).contains(&0), "{entry:#}");
-    if page5_faults == 0 {
+    // Before folios (5.16) ext4 caches single pages: page 5 faults itself
+    // (5.10's rusage may not count that fault).
+    if page5_faults == 0 && kernel_version() >= (5, 16) {
         // Page 5 had no fault of its own: it is there as the folio's span.
         assert!(!pages(&entry["exact_pages"]).contains(&5), "{entry:#}");
         assert!(pages(&entry["span_pages"]).contains(&5), "{entry:#}");

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+mod arm64;
 mod bench;
 mod bench_memory;
 mod bench_new_files;
@@ -90,6 +91,10 @@ enum Task {
         /// Run this shell command in the guest instead (debugging).
         #[arg(long)]
         command: Option<String>,
+        /// The guest's architecture: arm64 cross-builds and boots Debian
+        /// 12's arm64 kernel under qemu-system-aarch64 (TCG).
+        #[arg(long, value_enum, default_value_t)]
+        arch: vm::Arch,
     },
     /// Build, then check that every eBPF program's deepest call chain fits
     /// Linux 6.1's stack limit (part of `test`; seconds instead of the VM).
@@ -151,6 +156,7 @@ fn main() -> Result<()> {
             show_output,
             timeout_minutes,
             command,
+            arch,
         } => {
             setup()?;
             let backends = if backends.is_empty() {
@@ -169,6 +175,7 @@ fn main() -> Result<()> {
                     timeout: std::time::Duration::from_secs(timeout_minutes * 60),
                     random_seeds: None,
                     command: command.clone(),
+                    arch,
                 })
                 .collect();
             vm::run_vm_tests(&plans, vm::PARALLEL_GUESTS)
@@ -523,10 +530,19 @@ fn test() -> Result<()> {
         timeout: std::time::Duration::from_secs(40 * 60),
         command: None,
         random_seeds: Some(VM_RANDOM_SEEDS),
+        arch: vm::Arch::X86_64,
     };
+    // Longest guests first: the queue then ends with short ones on both
+    // cores.
     vm::run_vm_tests(
         &[
             plan("debian-6.1", VM_SUITES),
+            plan(vm::BULLSEYE_KERNEL, VM_SUITES_OLDEST_KERNEL),
+            vm::VmTest {
+                backends: ARM64_BACKENDS.iter().map(|b| b.to_string()).collect(),
+                arch: vm::Arch::Arm64,
+                ..plan("debian-6.1", ARM64_SUITES)
+            },
             plan("debian-6.12", VM_SUITES_NEWER_KERNEL),
         ],
         vm::PARALLEL_GUESTS,
@@ -542,6 +558,15 @@ const VM_SUITES: &[&str] = &["trace", "reliability", "truth"];
 /// code than 6.1) the suite whose answers depend on them, within CI's time:
 /// under TCG the trace suite alone takes ~11 minutes a backend.
 const VM_SUITES_NEWER_KERNEL: &[&str] = &["truth"];
+
+/// On Debian 11's 5.10, the oldest kernel supported (no folios, no maple
+/// tree, no bpf_find_vma): the trace suite and the truth suite.
+const VM_SUITES_OLDEST_KERNEL: &[&str] = &["trace", "truth"];
+
+/// arm64 (Debian 12's 6.1 under qemu-system-aarch64): the trace suite,
+/// with the backends arm64 allows (no exceptions:page_fault_user there).
+const ARM64_SUITES: &[&str] = &["trace"];
+const ARM64_BACKENDS: &[&str] = &["kprobe"];
 
 /// Seeds of the randomized differential test per guest (the host runs 20):
 /// under TCG each costs ~30 s.

@@ -74,6 +74,17 @@ pub struct VmTest {
     /// The randomized test's seed count in the guest (`MW_RANDOM_SEEDS`);
     /// None: the host's own setting, or the test's default.
     pub random_seeds: Option<u32>,
+    pub arch: Arch,
+}
+
+/// The guest's architecture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// The host's own: the guest shares the host root.
+    #[default]
+    X86_64,
+    /// Cross-built, on an arm64 root of its own (see `arm64`).
+    Arm64,
 }
 
 fn cache_dir() -> PathBuf {
@@ -108,10 +119,14 @@ pub fn run_vm_tests(plans: &[VmTest], guests: usize) -> Result<()> {
         }
     }
     ensure_apt(VM_PACKAGES)?;
+    let arm64 = plans.iter().any(|plan| plan.arch == Arch::Arm64);
+    if arm64 {
+        crate::arm64::prepare_host()?;
+    }
     let kernels = plans
         .iter()
         .map(|plan| {
-            let kernel = Kernel::resolve(&plan.kernel)?;
+            let kernel = Kernel::resolve(&plan.kernel, plan.arch)?;
             println!(
                 "xtask: guest kernel {} ({})",
                 kernel.release,
@@ -122,14 +137,23 @@ pub fn run_vm_tests(plans: &[VmTest], guests: usize) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
 
     step("building mmapwatch and the integration tests for the guest");
-    crate::build()?;
+    if plans.iter().any(|plan| plan.arch == Arch::X86_64) {
+        crate::build()?;
+    }
+    if arm64 {
+        crate::arm64::build()?;
+    }
     let suites = plans
         .iter()
-        .map(|plan| test_binaries(&plan.suites))
+        .map(|plan| test_binaries(&plan.suites, plan.arch))
         .collect::<Result<Vec<_>>>()?;
     let scratch = workspace_root().join("target/itest-scratch");
     fs::create_dir_all(&scratch)?;
-    let accel = choose_accelerator(&kernels[0])?;
+    // KVM only runs the host's own architecture.
+    let accel = match kernels.iter().find(|k| k.arch == Arch::X86_64) {
+        Some(kernel) => choose_accelerator(kernel)?,
+        None => Accel::Tcg,
+    };
 
     let jobs: Vec<Job> = plans
         .iter()
@@ -201,6 +225,11 @@ fn run_job(
     accel: Accel,
 ) -> Result<()> {
     let kernel = &kernels[job.plan];
+    let accel = if kernel.arch == Arch::X86_64 {
+        accel
+    } else {
+        Accel::Tcg
+    };
     let label = job.label(kernels);
     let file_label = label.replace(' ', "-");
     let script = guest_script(plan, job.backend.as_deref(), suites, scratch);
@@ -247,6 +276,9 @@ struct Kernel {
     vmlinuz: PathBuf,
     /// `lib/modules/<release>` with a modules.dep.
     modules: PathBuf,
+    arch: Arch,
+    /// What the guest mounts as its root: the host's own, or the arm64 one.
+    guest_root: PathBuf,
 }
 
 impl Kernel {
@@ -254,8 +286,13 @@ impl Kernel {
     /// Debian 12 offers, downloaded (not installed) and cached; or a path
     /// to a kernel .deb, or to a directory holding `boot/vmlinuz-*` and
     /// `lib/modules/*`.
-    fn resolve(spec: &str) -> Result<Self> {
-        let root = if spec == BULLSEYE_KERNEL {
+    fn resolve(spec: &str, arch: Arch) -> Result<Self> {
+        let root = if arch == Arch::Arm64 {
+            if spec != "debian-6.1" {
+                bail!("--arch arm64: the guest kernel is debian-6.1 (Debian 12's arm64 kernel), not {spec}");
+            }
+            crate::arm64::guest_root(&cache_dir())?
+        } else if spec == BULLSEYE_KERNEL {
             unpack_deb(&crate::bullseye::kernel_deb(&cache_dir())?)?
         } else if let Some(series) = spec.strip_prefix("debian-") {
             if !DEBIAN_SERIES.contains(&series) {
@@ -293,10 +330,16 @@ impl Kernel {
         if !modules.join("modules.dep").exists() {
             run(Command::new("depmod").args(["-b"]).arg(&root).arg(&release))?;
         }
+        let guest_root = match arch {
+            Arch::X86_64 => PathBuf::from("/"),
+            Arch::Arm64 => root.clone(),
+        };
         Ok(Self {
             release,
             vmlinuz,
             modules,
+            arch,
+            guest_root,
         })
     }
 }
@@ -412,16 +455,23 @@ fn unpack_deb(deb: &Path) -> Result<PathBuf> {
 }
 
 /// The integration-test executables cargo builds, by test name.
-fn test_binaries(wanted: &[String]) -> Result<Vec<(String, PathBuf)>> {
-    let text = output(cargo().args([
+fn test_binaries(wanted: &[String], arch: Arch) -> Result<Vec<(String, PathBuf)>> {
+    let mut command = match arch {
+        Arch::X86_64 => cargo(),
+        Arch::Arm64 => crate::arm64::cross_cargo(),
+    };
+    command.args([
         "test",
         "--package",
         "integration-tests",
         "--tests",
         "--no-run",
         "--message-format=json",
-    ]))
-    .context("building the integration tests")?;
+    ]);
+    if arch == Arch::Arm64 {
+        command.args(["--target", crate::arm64::TARGET]);
+    }
+    let text = output(&mut command).context("building the integration tests")?;
     let mut found = Vec::new();
     for line in text.lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -483,11 +533,12 @@ mkfs.ext4 -q -F /tmp/scratch.img
         scratch.display(),
         root.display()
     ));
+    let mmapwatch = match options.arch {
+        Arch::X86_64 => crate::mmapwatch_release(),
+        Arch::Arm64 => crate::arm64::mmapwatch(),
+    };
     // What this kernel supports, for the log (and the closing note).
-    script.push_str(&format!(
-        "{} doctor || true\n",
-        crate::mmapwatch_release().display()
-    ));
+    script.push_str(&format!("{} doctor || true\n", mmapwatch.display()));
     if let Some(command) = &options.command {
         script.push_str(&format!(
             "({command})\necho \"{RESULT_MARK} backend=command suite=command exit=$? seconds=0\"\necho {DONE_MARK}\nsync\nsleep 1\necho o > /proc/sysrq-trigger\nsleep 10\n"
@@ -520,7 +571,7 @@ mkfs.ext4 -q -F /tmp/scratch.img
 {seeds}MMAPWATCH_BACKEND={backend} MMAPWATCH_BIN={bin} MMAPWATCH_IN_VM=1 {exe} --test-threads=1{filter}
 echo "{RESULT_MARK} backend={backend} suite={name} exit=$? seconds=$(( $(date +%s) - start ))"
 "#,
-                bin = crate::mmapwatch_release().display(),
+                bin = mmapwatch.display(),
                 exe = exe.display(),
             ));
         }
@@ -530,6 +581,9 @@ echo "{RESULT_MARK} backend={backend} suite={name} exit=$? seconds=$(( $(date +%
     ));
     script
 }
+
+/// How the guest mounts its 9p shares: read-only, cached.
+const NINEP_OPTIONS: &str = "trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose";
 
 /// The first stage, busybox's: load modules, mount the host root over 9p
 /// with the guest's own proc, sys, dev and tmp on it, and switch to it.
@@ -543,11 +597,11 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules/order); do insmod /modules/$m || echo "guest: insmod $m failed"; done
-if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host; then
+if ! mount -t 9p -o @NINEP_OPTIONS@ hostroot /host; then
   echo "guest: cannot mount the host root"; echo MMAPWATCH-VM-DONE-FAILED; poweroff -f
 fi
 mkdir -p /workspace
-mount --bind "/host@WORKSPACE@" /workspace
+@WORKSPACE_SOURCE@
 mount -t tmpfs tmp /host/tmp
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
@@ -563,16 +617,31 @@ exec switch_root /host /bin/sh /tmp/stage2.sh
 "#;
 
 fn build_initramfs(kernel: &Kernel, script: &str, target: &Path) -> Result<()> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+    // The guest root's own busybox: static, of the guest's architecture.
+    let busybox = ["bin/busybox", "usr/bin/busybox"]
         .iter()
-        .map(Path::new)
+        .map(|p| kernel.guest_root.join(p))
         .find(|p| p.exists())
         .context("busybox is missing (busybox-static)")?;
+    let workspace = workspace_root();
+    let workspace_source = match kernel.arch {
+        // Part of the host root.
+        Arch::X86_64 => format!("mount --bind \"/host{}\" /workspace", workspace.display()),
+        // A share of its own, and a mount point for it in the guest root.
+        Arch::Arm64 => {
+            let relative = workspace.strip_prefix("/").unwrap_or(&workspace);
+            fs::create_dir_all(kernel.guest_root.join(relative))?;
+            format!("mount -t 9p -o {NINEP_OPTIONS} workspace /workspace")
+        }
+    };
     let mut archive = Cpio::default();
     archive.directory("bin");
     archive.directory("modules");
     archive.file("bin/busybox", 0o755, &fs::read(busybox)?);
-    let init = GUEST_INIT.replace("@WORKSPACE@", &workspace_root().display().to_string());
+    let init = GUEST_INIT
+        .replace("@WORKSPACE_SOURCE@", &workspace_source)
+        .replace("@WORKSPACE@", &workspace.display().to_string())
+        .replace("@NINEP_OPTIONS@", NINEP_OPTIONS);
     archive.file("init", 0o755, init.as_bytes());
     archive.file("stage2.sh", 0o755, script.as_bytes());
     let mut order = String::new();
@@ -779,13 +848,34 @@ fn boot(
     timeout: Duration,
     label: &str,
 ) -> Result<GuestRun> {
+    let machine = match kernel.arch {
+        Arch::X86_64 => {
+            let mut qemu = Command::new("qemu-system-x86_64");
+            match accel {
+                Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
+                // One TCG thread: multi-threaded TCG hung at fentry attach here.
+                Accel::Tcg => qemu.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
+            };
+            qemu
+        }
+        Arch::Arm64 => crate::arm64::qemu(),
+    };
+    let console = match kernel.arch {
+        Arch::X86_64 => "ttyS0",
+        Arch::Arm64 => "ttyAMA0",
+    };
     let mut qemu = Command::new("timeout");
     qemu.args(["--kill-after=10", &timeout.as_secs().to_string()])
-        .arg("qemu-system-x86_64");
-    match accel {
-        Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
-        // One TCG thread: multi-threaded TCG hung at fentry attach here.
-        Accel::Tcg => qemu.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
+        .arg(machine.get_program())
+        .args(machine.get_args());
+    // The guest root (the host's own, or arm64's), read-only;
+    // multidevs=remap keeps inode numbers of the host's different
+    // filesystems (/proc, /sys, /) apart.
+    let share = |tag: &str, path: &Path| {
+        format!(
+            "local,path={},mount_tag={tag},security_model=none,readonly=on,multidevs=remap",
+            path.display()
+        )
     };
     qemu.args(["-m", "2048", "-smp", "1", "-nodefaults", "-display", "none"])
         .args(["-no-reboot", "-serial", "stdio"])
@@ -793,19 +883,19 @@ fn boot(
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet",
-            // The host root, read-only; multidevs=remap keeps inode numbers
-            // of the host's different filesystems (/proc, /sys, /) apart.
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .stdin(Stdio::null())
+        .arg("-append")
+        .arg(format!("console={console} panic=-1 quiet"))
+        .arg("-virtfs")
+        .arg(share("hostroot", &kernel.guest_root));
+    if kernel.arch == Arch::Arm64 {
+        qemu.arg("-virtfs")
+            .arg(share("workspace", &workspace_root()));
+    }
+    qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+    let mut child = qemu.spawn().context("starting qemu")?;
     let stderr = child.stderr.take().context("qemu stderr")?;
     let stderr_reader = std::thread::spawn(move || {
         BufReader::new(stderr)

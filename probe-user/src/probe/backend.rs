@@ -18,7 +18,7 @@ use super::{
         FOLIO_END_WRITEBACK, FS_MKWRITE_HOOKS, RAW_TRACEPOINTS, READ_FAULTS, TRACEPOINTS, WP_PAGE,
         WP_PAGE_COPY,
     },
-    env::{kprobe_pmu, tracefs, tracepoint_exists},
+    env::{kprobe_pmu, tracepoint_exists},
     error::{short_error, LoadError},
     kallsyms::Kallsyms,
     load::{program_mut, Probes},
@@ -154,7 +154,7 @@ impl Probes {
     /// tracepoints this kernel lacks are recorded in `attached.missing`.
     pub fn attach(&mut self, choice: BackendChoice) -> Result<(), LoadError> {
         let started = Instant::now();
-        let tracefs = tracefs()?;
+        let tracefs = self.tracefs.clone();
         // Writeback and process programs first: the stats the fault
         // programs create are then complete.
         self.attach_tracepoints(&tracefs, false)?;
@@ -182,6 +182,16 @@ impl Probes {
                 }
             }
             None => {
+                if let Some(tp) = TRACEPOINTS
+                    .iter()
+                    .find(|tp| tp.required && !tracepoint_exists(&tracefs, tp.category, tp.name))
+                {
+                    return Err(LoadError::NoFaultHook {
+                        tracepoint: format!("{}:{}", tp.category, tp.name),
+                        purpose: tp.purpose,
+                        why: self.selection.reason.clone(),
+                    });
+                }
                 self.selection.backend = "tracepoint";
                 self.attach_tracepoints(&tracefs, true)?;
             }

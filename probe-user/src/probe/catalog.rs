@@ -22,6 +22,14 @@ pub struct Tracepoint {
     pub before_5_17: Option<&'static str>,
 }
 
+impl Tracepoint {
+    /// Whether only the tracepoint backend needs it: the user fault
+    /// tracepoint (x86 only), where the function hooks see the faults.
+    pub fn fault_backend_only(&self) -> bool {
+        self.category == "exceptions"
+    }
+}
+
 /// A durability call's entry or return: optional, classic (they fire only
 /// for that call); its program is named after it.
 macro_rules! sync {

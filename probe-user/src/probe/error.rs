@@ -13,6 +13,12 @@ pub enum LoadError {
     NoTracefs(String),
     #[error("this kernel has no tracepoint {0}, which mmapwatch needs for {1}")]
     MissingTracepoint(String, &'static str),
+    #[error("this kernel has no tracepoint {tracepoint} (x86 only), which the tracepoint backend needs for {purpose}, and no function-hook backend attached ({why})")]
+    NoFaultHook {
+        tracepoint: String,
+        purpose: &'static str,
+        why: String,
+    },
     #[error("the kernel rejected program {program}: {reason}")]
     Rejected { program: String, reason: String },
     #[error("could not attach {program}: {reason}")]

@@ -66,6 +66,9 @@ pub struct Probes {
     /// Which variant of each program loaded, and which optional ones the
     /// kernel refused.
     pub(crate) loaded: Loaded,
+    /// Where tracepoints are looked up (the mounted tracefs, or the
+    /// override tests use to simulate a kernel without some).
+    pub(super) tracefs: PathBuf,
 }
 
 pub(crate) fn seed_shared_mappers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
@@ -142,7 +145,12 @@ impl Probes {
             Some(path) => path.clone(),
             None => tracefs()?,
         };
-        for tp in TRACEPOINTS.iter().filter(|tp| tp.required) {
+        // The fault tracepoint only the tracepoint backend needs (and only
+        // x86 has): checked when that backend is chosen.
+        for tp in TRACEPOINTS
+            .iter()
+            .filter(|tp| tp.required && !tp.fault_backend_only())
+        {
             if !tracepoint_exists(&tracefs, tp.category, tp.name) {
                 return Err(LoadError::MissingTracepoint(
                     format!("{}:{}", tp.category, tp.name),
@@ -250,6 +258,7 @@ impl Probes {
             aya_btf,
             selection: Selection::default(),
             loaded,
+            tracefs,
         })
     }
 

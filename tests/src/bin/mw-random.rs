@@ -446,7 +446,15 @@ fn gup_store(rng: &mut Rng, map: &Mapping, page: u64) -> Result<()> {
             // SAFETY: one page of our own mapping.
             if unsafe { libc::madvise(start as *mut libc::c_void, PAGE, MADV_POPULATE_WRITE) } != 0
             {
-                bail!("MADV_POPULATE_WRITE: {}", std::io::Error::last_os_error());
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINVAL) {
+                    bail!("MADV_POPULATE_WRITE: {err}");
+                }
+                // Before Linux 5.14: the same store through /proc/self/mem.
+                let mem = OpenOptions::new().write(true).open("/proc/self/mem")?;
+                mem.write_all_at(&[9], address as u64)
+                    .context("pwrite /proc/self/mem")?;
+                return Ok(());
             }
             map.store(page, 9);
         }
