@@ -312,7 +312,7 @@ fn backend_needs(tracefs: Option<&Path>, btf_path: &Path) -> Vec<Check> {
         "needs, fentry",
         in_btf,
         format!(
-            "BPF trampolines (x86_64 5.5+, arm64 6.0+), do_wp_page and finish_fault in BTF ({}), \
+            "BPF trampolines on kernel functions (x86_64 5.5+; arm64 6.4+, with ftrace direct calls), do_wp_page and finish_fault in BTF ({}), \
              lockdown not refusing tracing programs",
             if in_btf { "present" } else { "absent" }
         ),

@@ -205,7 +205,11 @@ fn every_backend_reports_the_same_files_and_pages() {
                 .arg(WORKLOAD)
                 .args(&args));
             let stderr = String::from_utf8_lossy(&output.stderr);
-            if output.status.code() == Some(4) && !in_vm() {
+            // The VM's x86 kernels have every backend; arm64 has no fault
+            // tracepoint, and Debian's 6.1 there no fentry (no ftrace
+            // direct calls before 6.4).
+            let may_refuse = !in_vm() || (cfg!(target_arch = "aarch64") && backend != "kprobe");
+            if output.status.code() == Some(4) && may_refuse {
                 // This kernel refuses the backend: one clear line says so.
                 assert!(stderr.contains("does not work on this kernel"), "{stderr}");
                 assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
@@ -1522,7 +1526,11 @@ fn doctor_reports_what_this_kernel_supports() {
         "{text}"
     );
     let auto = line("backend auto");
-    if in_vm() {
+    if in_vm() && cfg!(target_arch = "aarch64") {
+        // Debian's arm64 6.1: kprobes, no fentry (see above).
+        assert!(auto.contains("kprobe hooks"), "{text}");
+        assert!(line("kprobe").contains(" ok "), "{text}");
+    } else if in_vm() {
         assert!(auto.contains("fentry"), "{text}");
         assert!(line("fentry").contains(" ok "), "{text}");
         assert!(line("kprobe").contains(" ok "), "{text}");

@@ -30,7 +30,7 @@ const HOST_PACKAGES: &[&str] = &[
 /// The guest root's packages: the kernel, a shell and busybox for the
 /// initramfs, and what the tests and the guest script run.
 const ROOT_PACKAGES: &str = "linux-image-arm64,busybox-static,dash,bash,coreutils,util-linux,\
-     mount,procps,findutils,grep,sed,python3,e2fsprogs,xfsprogs,iproute2,kmod";
+     mount,procps,findutils,grep,sed,python3,e2fsprogs,xfsprogs,iproute2,kmod,jq,bpftool";
 
 /// Host packages and the Rust target.
 pub fn prepare_host() -> Result<()> {
@@ -70,8 +70,9 @@ pub fn mmapwatch() -> PathBuf {
 /// unpacked once into `cache`.
 pub fn guest_root(cache: &Path) -> Result<PathBuf> {
     let root = cache.join("arm64-bookworm-root");
+    // The package list it was made with: another list makes it anew.
     let ready = cache.join("arm64-bookworm-root.ready");
-    if !ready.exists() {
+    if fs::read_to_string(&ready).ok().as_deref() != Some(ROOT_PACKAGES) {
         let _ = fs::remove_dir_all(&root);
         run(Command::new("mmdebstrap")
             .args([
@@ -90,7 +91,7 @@ pub fn guest_root(cache: &Path) -> Result<PathBuf> {
                     .with_context(|| format!("linking {}", path.display()))?;
             }
         }
-        fs::write(&ready, "")?;
+        fs::write(&ready, ROOT_PACKAGES)?;
     }
     Ok(root)
 }

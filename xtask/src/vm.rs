@@ -822,7 +822,7 @@ fn choose_accelerator(kernel: &Kernel) -> Result<Accel> {
         kernel,
         &probe,
         Accel::Kvm,
-        Duration::from_secs(60),
+        Duration::from_secs(20),
         "kvm-probe",
     ) {
         Ok(_) => Ok(Accel::Kvm),

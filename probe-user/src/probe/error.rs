@@ -13,7 +13,7 @@ pub enum LoadError {
     NoTracefs(String),
     #[error("this kernel has no tracepoint {0}, which mmapwatch needs for {1}")]
     MissingTracepoint(String, &'static str),
-    #[error("this kernel has no tracepoint {tracepoint} (x86 only), which the tracepoint backend needs for {purpose}, and no function-hook backend attached ({why})")]
+    #[error("the tracepoint backend does not work on this kernel: it has no tracepoint {tracepoint} (x86 only), needed for {purpose}; {why}")]
     NoFaultHook {
         tracepoint: String,
         purpose: &'static str,
