@@ -11,11 +11,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-mod arm64;
 mod bench;
 mod bench_memory;
 mod bench_new_files;
-mod bullseye;
 mod image;
 mod soak;
 mod stack;
