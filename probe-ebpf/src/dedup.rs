@@ -3,7 +3,7 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use probe_common::{
-    counter, event_kind, EventHeader, PageChunk, PageChunkKey, WriterKey, CHUNK_PAGES,
+    arith::dedup_bit, counter, event_kind, EventHeader, PageChunk, PageChunkKey, WriterKey,
 };
 
 use crate::{
@@ -31,18 +31,14 @@ pub(crate) fn reported_here(
     page: u64,
 ) -> bool {
     let key = &cache.key;
-    if key.chunk != page / CHUNK_PAGES || key.kind != kind || key.file != header_file(header) {
+    let (chunk, word, bit) = dedup_bit(page);
+    if key.chunk != chunk || key.kind != kind || key.file != header_file(header) {
         return false;
     }
-    let Some(word) = cache
-        .chunk
-        .reported
-        .get(((page % CHUNK_PAGES) / 64) as usize)
-    else {
+    let Some(reported) = cache.chunk.reported.get(word) else {
         return false;
     };
-    word & (1u64 << (page % 64)) != 0
-        && (cache.chunk.first_tgid == header.tgid || kind == event_kind::COW_WRITE)
+    reported & bit != 0 && (cache.chunk.first_tgid == header.tgid || kind == event_kind::COW_WRITE)
 }
 
 /// Copies the dedup entry of `page` into this CPU's cache.
@@ -50,7 +46,7 @@ pub(crate) fn reported_here(
 pub(crate) fn cache_chunk(cache: &mut ChunkCache, header: &EventHeader, kind: u32, page: u64) {
     cache.key = PageChunkKey {
         file: header_file(header),
-        chunk: page / CHUNK_PAGES,
+        chunk: dedup_bit(page).0,
         kind,
         _pad: 0,
     };
@@ -68,14 +64,13 @@ pub(crate) fn cache_chunk(cache: &mut ChunkCache, header: &EventHeader, kind: u3
 pub(crate) fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages: u64) {
     let tgid = header.tgid;
     let file = header_file(header);
+    let (chunk, word, bit) = dedup_bit(page);
     let chunk_key = PageChunkKey {
         file,
-        chunk: page / CHUNK_PAGES,
+        chunk,
         kind,
         _pad: 0,
     };
-    let word = ((page % CHUNK_PAGES) / 64) as usize;
-    let bit = 1u64 << (page % 64);
     let Some(chunk) = PAGE_SEEN.get_ptr_mut(&chunk_key) else {
         new_chunk(&chunk_key, header, kind, page, pages);
         return;
@@ -144,8 +139,9 @@ pub(crate) fn new_chunk(
         if chunk.first_tgid == 0 {
             chunk.first_tgid = header.tgid;
         }
-        if let Some(reported) = chunk.reported.get_mut(((page % CHUNK_PAGES) / 64) as usize) {
-            *reported |= 1u64 << (page % 64);
+        let (_, word, bit) = dedup_bit(page);
+        if let Some(reported) = chunk.reported.get_mut(word) {
+            *reported |= bit;
         }
     }
     // Reported even when the entry could not be made: userspace

@@ -20,14 +20,7 @@ use crate::{
 /// space) that holds the address.
 #[inline(always)]
 pub(crate) fn folio_room(info: &VmaInfo, address: u64) -> FolioRoom {
-    let shift = config!(page_shift);
-    let vma_offset = (address - info.start) >> shift;
-    let vma_pages = (info.end - info.start) >> shift;
-    let table_offset = (address >> shift) & (PMD_PAGES - 1);
-    FolioRoom {
-        before: vma_offset.min(table_offset),
-        from: (vma_pages - vma_offset).min(PMD_PAGES - table_offset),
-    }
+    info.mapped_range().folio_room(address, config!(page_shift))
 }
 
 /// Whether a file's page cache may hold large folios, for the last

@@ -59,8 +59,7 @@ pub(crate) fn current_comm_into(comm: &mut [u8; TASK_COMM_LEN]) -> Result<(), i6
 /// Pages a file of `size` bytes has, the last one partial.
 #[inline(always)]
 pub(crate) fn pages_of(size: u64) -> u64 {
-    let shift = config!(page_shift);
-    (size + (1 << shift) - 1) >> shift
+    probe_common::arith::pages_of(size, config!(page_shift))
 }
 
 /// Reads (dev, generation, ino) of an inode.

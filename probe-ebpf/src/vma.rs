@@ -6,9 +6,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf};
 use probe_common::{
-    counter, mm_lock_seq_kind, vma_walk_kind, FileKey, MAPLE_MAX_DEPTH, MAPLE_MAX_PIVOTS,
-    MAPLE_NODE_MASK, MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT, MAPLE_ROOT_NODE,
-    RBTREE_MAX_DEPTH, VM_SHARED,
+    arith::MappedRange, counter, mm_lock_seq_kind, vma_walk_kind, FileKey, MAPLE_MAX_DEPTH,
+    MAPLE_MAX_PIVOTS, MAPLE_NODE_MASK, MAPLE_NODE_TYPE_MASK, MAPLE_NODE_TYPE_SHIFT,
+    MAPLE_ROOT_NODE, RBTREE_MAX_DEPTH, VM_SHARED,
 };
 
 use crate::{
@@ -335,6 +335,16 @@ pub(crate) struct VmaInfo {
 }
 
 impl VmaInfo {
+    /// The mapping's addresses and first file page, for `arith`.
+    #[inline(always)]
+    pub(crate) fn mapped_range(&self) -> MappedRange {
+        MappedRange {
+            start: self.start,
+            end: self.end,
+            pgoff: self.pgoff,
+        }
+    }
+
     pub(crate) fn file_key(&self) -> FileKey {
         FileKey {
             dev: self.dev,

@@ -24,6 +24,8 @@ macro_rules! mw_name {
 
 pub const OBJECT_NAME_PREFIX: &str = mw_name!("");
 
+pub mod arith;
+
 /// The object's maps, by the names userspace looks them up with.
 pub mod map_name {
     pub const EVENTS: &str = mw_name!("events");

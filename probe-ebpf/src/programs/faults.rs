@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    counter, event_kind, PMD_PAGES, RAMFS_MAGIC, TMPFS_MAGIC, VM_MAYWRITE, VM_SHARED, VM_WRITE,
-    X86_PF_PROT, X86_PF_WRITE,
+    counter, event_kind, RAMFS_MAGIC, TMPFS_MAGIC, VM_MAYWRITE, VM_SHARED, VM_WRITE, X86_PF_PROT,
+    X86_PF_WRITE,
 };
 
 use crate::{
@@ -109,26 +109,16 @@ pub(crate) fn try_read_fault<const SINCE_5_17: bool>(address: u64) -> Result<(),
     if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
         return Ok(());
     }
-    // mm/memory.c do_fault_around: the aligned window of page-table
-    // entries around the fault, clipped to the mapping and the table.
-    let shift = config!(page_shift);
-    let window = u64::from(config!(fault_around_pages)).max(1);
-    let page = info.pgoff + ((address - info.start) >> shift);
-    let table_offset = (address >> shift) & (PMD_PAGES - 1);
-    let vma_offset = (address - info.start) >> shift;
-    let vma_pages = (info.end - info.start) >> shift;
-    let from = (table_offset & !(window - 1)).max(table_offset - table_offset.min(vma_offset));
-    let to = (from + window)
-        .min(PMD_PAGES)
-        .min(table_offset + vma_pages - vma_offset)
-        - 1;
-    let first = page - (table_offset - from);
     // Afresh: a cached mapping's size may be stale.
     let size: u64 = read_kernel(info.inode, offset!(inode_i_size))?;
-    let last = (page + (to - table_offset)).min(pages_of(size).saturating_sub(1));
-    if first > last {
+    let Some((first, last)) = info.mapped_range().fault_around(
+        address,
+        config!(page_shift),
+        u64::from(config!(fault_around_pages)),
+        pages_of(size),
+    ) else {
         return Ok(());
-    }
+    };
     report_possible_write(scratch, pid_tgid, first, last);
     Ok(())
 }
@@ -175,18 +165,14 @@ fn protected_range<const SINCE_5_17: bool>(
         return Ok(None);
     }
     let magic: u64 = read_kernel(info.superblock, offset!(sb_s_magic))?;
-    let shift = config!(page_shift);
     let end = start.saturating_add(len).min(info.end);
-    if end <= start {
-        return Ok(None);
-    }
-    let first = info.pgoff + ((start - info.start) >> shift);
     let size: u64 = read_kernel(info.inode, offset!(inode_i_size))?;
-    let last =
-        (info.pgoff + ((end - 1 - info.start) >> shift)).min(pages_of(size).saturating_sub(1));
-    if size == 0 || first > last {
+    let Some((first, last)) =
+        info.mapped_range()
+            .file_pages_between(start, end, config!(page_shift), pages_of(size))
+    else {
         return Ok(None);
-    }
+    };
     Ok(Some(ProtectedRange {
         pid_tgid,
         first,

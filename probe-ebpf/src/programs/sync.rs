@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    counter, event_kind, sync_call, FileKey, PendingSync, SyncEvent, TASK_COMM_LEN, VM_SHARED,
+    arith::byte_range_pages, counter, event_kind, sync_call, FileKey, PendingSync, SyncEvent,
+    TASK_COMM_LEN, VM_SHARED,
 };
 
 use crate::{
@@ -57,18 +58,6 @@ fn file_of_fd(fd: u64) -> Result<Option<FileKey>, i64> {
     }
     let inode: u64 = read_kernel(file, offset!(file_f_inode))?;
     Ok(Some(inode_key(inode)?.0))
-}
-
-/// Pages from byte `offset` for `bytes` bytes (0: to the end of the file).
-#[inline(always)]
-fn page_range(offset: u64, bytes: u64) -> (u64, u64) {
-    let shift = config!(page_shift);
-    let first = offset >> shift;
-    if bytes == 0 {
-        return (first, 0);
-    }
-    let last = (offset.saturating_add(bytes) - 1) >> shift;
-    (first, last - first + 1)
 }
 
 /// The file and pages of `msync(start, len)`: the first mapping of the
@@ -139,7 +128,7 @@ fn target<const CALL: u32, const SINCE_5_17: bool>(
                 return Ok(None);
             };
             pending.file = file;
-            let (first, pages) = page_range(arg(ctx, 1)?, arg(ctx, 2)?);
+            let (first, pages) = byte_range_pages(arg(ctx, 1)?, arg(ctx, 2)?, config!(page_shift));
             pending.first_page = first;
             pending.pages = pages;
         }
