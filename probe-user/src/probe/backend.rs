@@ -35,7 +35,7 @@ pub enum BackendChoice {
     Fentry,
     /// kprobes on the same functions (kernels without BTF trampolines).
     Kprobe,
-    /// exceptions:page_fault_* with a maple-tree VMA walk, writeback tracepoints.
+    /// exceptions:page_fault_* (x86 only) with a lock-free VMA walk, writeback tracepoints.
     Tracepoint,
 }
 
