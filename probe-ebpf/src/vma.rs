@@ -106,10 +106,11 @@ pub(crate) fn walk_maple_tree(address: u64, mm: u64, scratch: &mut FaultScratch)
 
 /// Finds the VMA holding `address` in the current mm's red-black tree of
 /// VMAs (before 6.1), as the kernel's `find_vma` does, with plain kernel
-/// reads and no mmap lock. VMAs are freed by RCU there too (5.10 frees
-/// them only after the mmap write lock, and readers here run under RCU);
-/// a VMA found is checked to belong to this mm, and a walk that a
-/// concurrent rebalance sends astray ends in a wrong gap at worst, as a
+/// reads and no mmap lock. Those kernels free VMAs without RCU: a node
+/// read after its VMA was freed is slab memory read through
+/// bpf_probe_read_kernel (stale values, never a crash), so the VMA found
+/// is checked to belong to this mm and to hold the address; a walk that a
+/// concurrent change sends astray ends in a wrong gap at worst, as a
 /// racing maple walk would.
 #[inline(never)]
 pub(crate) fn walk_rbtree(address: u64, mm: u64, info: &mut VmaInfo) -> bool {
