@@ -110,7 +110,7 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages
                     }
                     Ok(()) => submit_page_event(header, kind, page, pages),
                     Err(err) if err as i64 == -EEXIST => {}
-                    Err(_) => bump(counter::WRITER_INSERT_FAILED),
+                    Err(_) => bump(counter::WRITER_MAP_FULL),
                 }
             }
         }

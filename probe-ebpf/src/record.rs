@@ -105,14 +105,14 @@ pub(crate) fn submit_page_event(header: &EventHeader, kind: u32, page: u64, page
             entry.submit(flags);
             count_submitted(size_of::<PageEvent>());
         }
-        None => bump(counter::RINGBUF_DROPS),
+        None => bump(counter::RINGBUF_FULL),
     }
 }
 
 /// Counts a record of `len` bytes submitted, and the ring bytes it took.
 #[inline(always)]
 pub(crate) fn count_submitted(len: usize) {
-    bump(counter::EVENTS_SUBMITTED);
+    bump(counter::RECORDS_SUBMITTED);
     if let Some(bytes) = COUNTERS.get_ptr_mut(counter::RING_BYTES_SUBMITTED) {
         // SAFETY: per-CPU slot.
         unsafe { *bytes += ring_bytes(len as u64) };
@@ -360,8 +360,8 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
         let len = size_of::<FileEvent>() + names_sent(used.read_volatile());
         let bytes = core::slice::from_raw_parts(record.cast::<u8>(), len);
         if EVENTS.output::<[u8]>(bytes, commit_flags(len)).is_err() {
-            bump(counter::RINGBUF_DROPS);
-            bump(counter::RINGBUF_DROPS_FILE_EVENTS);
+            bump(counter::RINGBUF_FULL);
+            bump(counter::RINGBUF_FULL_FILE_EVENTS);
             return;
         }
         count_submitted(len);

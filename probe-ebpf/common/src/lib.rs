@@ -25,6 +25,8 @@ macro_rules! mw_name {
 pub const OBJECT_NAME_PREFIX: &str = mw_name!("");
 
 pub mod arith;
+mod counters;
+pub use counters::{counter, Counter, CounterRole, CounterTotals, KERNEL_COUNTERS};
 
 /// The object's maps, by the names userspace looks them up with.
 pub mod map_name {
@@ -138,66 +140,6 @@ pub const PMD_PAGES: u64 = 512;
 /// Entries of the per-file stats map (`FILE_STATS`); userspace hands idle
 /// files over sooner when it is half full.
 pub const FILE_STATS_ENTRIES: u32 = 1 << 16;
-
-/// Indices into the per-CPU `COUNTERS` array.
-pub mod counter {
-    /// `bpf_ringbuf_reserve` failed: the record was lost.
-    pub const RINGBUF_DROPS: u32 = 0;
-    /// `bpf_find_vma` failed (mmap lock contended): the fault was not classified.
-    pub const VMA_LOOKUP_FAILED: u32 = 1;
-    /// Pages inserted into the dedup LRU. Beyond its capacity, entries are evicted.
-    pub const DEDUP_INSERTS: u32 = 2;
-    /// The dedup LRU refused an insert.
-    pub const DEDUP_INSERT_FAILED: u32 = 3;
-    /// The per-file stats map was full: a file's counters were not kept.
-    pub const FILE_STATS_FULL: u32 = 4;
-    /// Write faults on shared file mappings that passed the filters.
-    pub const SHARED_WRITE_FAULTS: u32 = 5;
-    /// Write faults on private file mappings that passed the filters.
-    pub const COW_FAULTS: u32 = 6;
-    /// Records submitted to the ring buffer.
-    pub const EVENTS_SUBMITTED: u32 = 7;
-    /// The writer LRU refused an insert.
-    pub const WRITER_INSERT_FAILED: u32 = 8;
-    /// Write faults that mapped a whole large folio writable.
-    pub const FOLIO_SPANS: u32 = 9;
-    /// The per-writer stats map was full: a writer's fault counts were not kept.
-    pub const WRITER_STATS_FULL: u32 = 10;
-    /// Highest ring-buffer fill seen after a submit, in bytes (a maximum,
-    /// not a sum: userspace takes the largest across CPUs).
-    pub const RING_PEAK_BYTES: u32 = 11;
-    /// Faults whose VMA the maple-tree walk did not find, looked up with
-    /// bpf_find_vma instead (slow with IRQs off; not a loss).
-    pub const VMA_WALK_FALLBACKS: u32 = 13;
-    /// The part of `RINGBUF_DROPS` that were file announcements (not pages):
-    /// the rest are page records, so pages reported plus those drops account
-    /// for every first write.
-    pub const RINGBUF_DROPS_FILE_EVENTS: u32 = 12;
-    /// Write faults past the end of the file: they end in SIGBUS and write
-    /// nothing, so they are not reported.
-    pub const FAULTS_PAST_EOF: u32 = 14;
-    /// Read faults that mapped pages of a write-notify-less file writable
-    /// (each a possibly-written window reported).
-    pub const POSSIBLE_WRITE_WINDOWS: u32 = 15;
-    /// Of those, windows whose mapping could not be checked (the fault did
-    /// not come through the user page-fault tracepoint, e.g. get_user_pages):
-    /// reported because the file has a shared writable mapping somewhere.
-    pub const POSSIBLE_WRITE_UNVERIFIED: u32 = 16;
-    /// A probe's kernel read or map update failed (other than those
-    /// counted above): the fault, followed child, shared-mapper note or
-    /// writeback sample it concerned may be missing.
-    pub const PROBE_ERRORS: u32 = 17;
-    /// The part of `RINGBUF_DROPS` that were sync-call or process-exit
-    /// records, not pages.
-    pub const RINGBUF_DROPS_OTHER_EVENTS: u32 = 18;
-    /// A child of a followed process (`-- CMD`, `--pid`) could not be
-    /// followed (the follow map refused it): its writes are missing.
-    pub const FOLLOW_FAILED: u32 = 19;
-    /// Ring bytes the records submitted took (headers and padding
-    /// included, as [`crate::ring_bytes`] counts them).
-    pub const RING_BYTES_SUBMITTED: u32 = 20;
-    pub const COUNT: u32 = 21;
-}
 
 /// Buckets of the dirty-to-writeback latency histogram: bucket `k` counts
 /// latencies in [2^k, 2^(k+1)) nanoseconds.

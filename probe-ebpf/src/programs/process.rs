@@ -141,7 +141,7 @@ pub(crate) fn try_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         .is_err()
     {
         // Said at the top of the report: this child's writes are missing.
-        bump(counter::FOLLOW_FAILED);
+        bump(counter::CHILDREN_NOT_FOLLOWED);
     }
     Ok(())
 }
@@ -208,8 +208,8 @@ fn report_exit(pid_tgid: u64) {
     }
     let flags = commit_flags(size_of::<EventHeader>());
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        bump(counter::RINGBUF_DROPS);
-        bump(counter::RINGBUF_DROPS_OTHER_EVENTS);
+        bump(counter::RINGBUF_FULL);
+        bump(counter::RINGBUF_FULL_OTHER_EVENTS);
         return;
     };
     // SAFETY: no arguments.

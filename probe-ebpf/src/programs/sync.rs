@@ -190,8 +190,8 @@ pub(crate) fn try_sync_exit<const SINCE_5_17: bool>(ctx: &TracePointContext) -> 
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let flags = commit_flags(size_of::<SyncEvent>());
     let Some(mut entry) = EVENTS.reserve::<SyncEvent>(0) else {
-        bump(counter::RINGBUF_DROPS);
-        bump(counter::RINGBUF_DROPS_OTHER_EVENTS);
+        bump(counter::RINGBUF_FULL);
+        bump(counter::RINGBUF_FULL_OTHER_EVENTS);
         return Ok(());
     };
     let event = entry.as_mut_ptr();

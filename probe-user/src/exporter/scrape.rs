@@ -98,19 +98,17 @@ impl Collector for ScrapeCollector {
     }
 }
 
-/// The loss reasons, as `mmapwatch_lost_events_total{reason}` names them.
-fn losses(totals: &Totals) -> [(&'static str, u64); 8] {
-    let kernel = &totals.kernel;
-    [
-        ("ringbuf_full", kernel.ringbuf_drops),
-        ("vma_lookup_failed", kernel.vma_lookup_failed),
-        ("file_stats_full", kernel.file_stats_full),
-        ("writer_map_full", kernel.writer_insert_failed),
-        ("writer_stats_full", kernel.writer_stats_full),
-        ("probe_errors", kernel.probe_errors),
-        ("children_not_followed", kernel.follow_failed),
-        ("undecodable_records", totals.session.undecodable_records),
-    ]
+/// The loss reasons, as `mmapwatch_lost_events_total{reason}` names them:
+/// the kernel counters declared as metric reasons, and records userspace
+/// could not decode.
+fn losses(totals: &Totals) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    totals
+        .kernel
+        .kernel
+        .iter()
+        .filter(|(counter, _)| counter.role.is_metric_reason())
+        .map(|(counter, total)| (counter.name, total))
+        .chain([("undecodable_records", totals.session.undecodable_records)])
 }
 
 fn counter(
@@ -213,7 +211,7 @@ fn encode_totals(totals: &Totals, mut encoder: DescriptorEncoder) -> Result<(), 
         &mut encoder,
         "mmapwatch_ringbuf_peak_used_bytes",
         "Highest ring-buffer fill seen",
-        totals.kernel.ring_peak_bytes,
+        totals.kernel.kernel.ring_peak_bytes(),
     )?;
     let program = |name: &String| ProgramLabels {
         program: name.clone(),

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use probe_common::LATENCY_BUCKETS;
+use probe_common::{counter, CounterTotals, LATENCY_BUCKETS};
 use prometheus_client::registry::Registry;
 
 use super::{collect::*, labels::*, metrics::*, scrape::*};
@@ -423,8 +423,10 @@ fn latency_buckets_map_onto_histogram_bounds() {
 fn losses_are_counted_by_reason() {
     let (registry, exporter, kernel) = exporter_with_totals(1, vec![]);
     kernel.lock().unwrap().kernel = KernelCounters {
-        ringbuf_drops: 4,
-        ring_peak_bytes: 4096,
+        kernel: CounterTotals::default()
+            .with(counter::RINGBUF_FULL, 4)
+            .with(counter::WRITER_STATS_FULL, 2)
+            .with(counter::RING_PEAK_BYTES, 4096),
         ..KernelCounters::default()
     };
     exporter.set_session_totals(&KernelCounters::default(), &Aggregate::new(), 1);
@@ -438,6 +440,25 @@ fn losses_are_counted_by_reason() {
         series[r#"mmapwatch_lost_events_total{reason="undecodable_records"}"#],
         1.0
     );
+    // Lost from the per-writer fault counts only: a reason here, where
+    // those counts are shown.
+    assert_eq!(
+        series[r#"mmapwatch_lost_events_total{reason="writer_stats_full"}"#],
+        2.0
+    );
+    // Every reason the declaration names is a series, 0 or not; details
+    // of a loss and tallies are not.
+    for counter in probe_common::KERNEL_COUNTERS {
+        let name = format!(
+            r#"mmapwatch_lost_events_total{{reason="{}"}}"#,
+            counter.name
+        );
+        assert_eq!(
+            series.contains_key(&name),
+            counter.role.is_metric_reason(),
+            "{name}"
+        );
+    }
     assert_eq!(series["mmapwatch_ringbuf_peak_used_bytes"], 4096.0);
     assert!(body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
 }
@@ -450,7 +471,8 @@ fn scrapes_read_the_totals_as_they_are_then() {
     let (registry, exporter, kernel) = exporter_with_totals(1, vec![]);
     let drops = r#"mmapwatch_lost_events_total{reason="ringbuf_full"}"#;
     for total in [4, 4, 10] {
-        kernel.lock().unwrap().kernel.ringbuf_drops = total;
+        kernel.lock().unwrap().kernel.kernel =
+            CounterTotals::default().with(counter::RINGBUF_FULL, total);
         let series = sorted_series(&render(&registry).unwrap());
         assert_eq!(series[drops], total as f64);
     }

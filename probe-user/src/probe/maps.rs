@@ -5,7 +5,9 @@ use probe_common::map_name;
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use probe_common::{FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS};
+use probe_common::{
+    CounterTotals, FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS,
+};
 
 /// The dirty-to-writeback latency histogram, summed over CPUs: log2
 /// buckets (bucket `k`: [2^k, 2^(k+1)) ns) and the latencies' sum.
@@ -18,41 +20,12 @@ pub struct LatencyTotals {
 use super::{error::LoadError, load::Probes};
 use crate::model::events::FileId;
 
-/// Totals of the kernel's per-CPU counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// The kernel's counters, and the hand-over totals the session keeps
+/// beside them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
-    pub ringbuf_drops: u64,
-    pub vma_lookup_failed: u64,
-    pub dedup_inserts: u64,
-    pub dedup_insert_failed: u64,
-    pub file_stats_full: u64,
-    pub shared_write_faults: u64,
-    pub cow_faults: u64,
-    pub events_submitted: u64,
-    pub writer_insert_failed: u64,
-    /// Write faults that mapped a whole large folio writable.
-    pub folio_spans: u64,
-    pub writer_stats_full: u64,
-    /// Highest ring-buffer fill seen, in bytes.
-    pub ring_peak_bytes: u64,
-    /// Ring bytes the submitted records took.
-    pub ring_bytes_submitted: u64,
-    /// The part of `ringbuf_drops` that were file announcements.
-    pub ringbuf_drops_file_events: u64,
-    /// The part of `ringbuf_drops` that were sync-call or exit records.
-    pub ringbuf_drops_other_events: u64,
-    /// Faults looked up with bpf_find_vma because the maple walk missed.
-    pub vma_walk_fallbacks: u64,
-    /// Write faults past the end of the file (SIGBUS; nothing written).
-    pub faults_past_eof: u64,
-    /// Read faults that mapped tmpfs/shmem pages writable, and those whose
-    /// mapping could not be checked.
-    pub possible_write_windows: u64,
-    pub possible_write_unverified: u64,
-    /// A probe's kernel read or map update failed.
-    pub probe_errors: u64,
-    /// Children of followed processes that could not be followed.
-    pub follow_failed: u64,
+    /// The per-CPU counters' totals (see probe-common's `counters`).
+    pub kernel: CounterTotals,
     /// Idle files' entries the session moved out of the kernel's per-file
     /// map (it fills otherwise), and those of them still dirty, whose
     /// later writeback goes uncounted. Filled by the session, not the kernel.
@@ -67,12 +40,7 @@ pub struct KernelCounters {
 impl KernelCounters {
     /// Everything the kernel side failed to report.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_drops
-            + self.vma_lookup_failed
-            + self.file_stats_full
-            + self.writer_insert_failed
-            + self.probe_errors
-            + self.follow_failed
+        self.kernel.lost()
     }
 }
 

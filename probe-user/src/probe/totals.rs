@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use probe_common::{counter, LATENCY_BUCKETS, LATENCY_SUM_SLOT};
+use probe_common::{counter, CounterTotals, LATENCY_BUCKETS, LATENCY_SUM_SLOT};
 
 use super::{
     error::LoadError,
@@ -22,49 +22,21 @@ use super::{
 /// (program name, run time, run count), with kernel.bpf_stats_enabled.
 pub type ProgramStats = Vec<(String, Duration, u64)>;
 
-/// The per-CPU counters summed (the ring's peak is a maximum, not a sum).
+/// The per-CPU counters, each totalled as its declaration says.
 /// The fields userspace fills (hand-over, file entries) are 0.
 pub(super) fn read_counters<T: Borrow<MapData>>(
     map: &PerCpuArray<T, u64>,
 ) -> Result<KernelCounters, LoadError> {
-    let mut totals = [0u64; counter::COUNT as usize];
-    for (index, total) in (0u32..).zip(totals.iter_mut()) {
+    let mut kernel = CounterTotals::default();
+    for slot in 0..counter::COUNT {
         let values = map
-            .get(&index, 0)
+            .get(&slot, 0)
             .map_err(LoadError::on_map(map_name::COUNTERS))?;
-        *total = if index == counter::RING_PEAK_BYTES {
-            values.iter().copied().max().unwrap_or(0)
-        } else {
-            values.iter().sum()
-        };
+        kernel.set_from_cpus(slot, values.iter().copied());
     }
-    let at = |slot: u32| totals[slot as usize];
     Ok(KernelCounters {
-        ringbuf_drops: at(counter::RINGBUF_DROPS),
-        vma_lookup_failed: at(counter::VMA_LOOKUP_FAILED),
-        dedup_inserts: at(counter::DEDUP_INSERTS),
-        dedup_insert_failed: at(counter::DEDUP_INSERT_FAILED),
-        file_stats_full: at(counter::FILE_STATS_FULL),
-        shared_write_faults: at(counter::SHARED_WRITE_FAULTS),
-        cow_faults: at(counter::COW_FAULTS),
-        events_submitted: at(counter::EVENTS_SUBMITTED),
-        writer_insert_failed: at(counter::WRITER_INSERT_FAILED),
-        folio_spans: at(counter::FOLIO_SPANS),
-        writer_stats_full: at(counter::WRITER_STATS_FULL),
-        ring_peak_bytes: at(counter::RING_PEAK_BYTES),
-        ring_bytes_submitted: at(counter::RING_BYTES_SUBMITTED),
-        ringbuf_drops_file_events: at(counter::RINGBUF_DROPS_FILE_EVENTS),
-        vma_walk_fallbacks: at(counter::VMA_WALK_FALLBACKS),
-        faults_past_eof: at(counter::FAULTS_PAST_EOF),
-        possible_write_windows: at(counter::POSSIBLE_WRITE_WINDOWS),
-        possible_write_unverified: at(counter::POSSIBLE_WRITE_UNVERIFIED),
-        probe_errors: at(counter::PROBE_ERRORS),
-        follow_failed: at(counter::FOLLOW_FAILED),
-        ringbuf_drops_other_events: at(counter::RINGBUF_DROPS_OTHER_EVENTS),
-        files_handed_over: 0,
-        dirty_files_handed_over: 0,
-        files_forgotten: 0,
-        file_entries: 0,
+        kernel,
+        ..KernelCounters::default()
     })
 }
 

@@ -3,6 +3,7 @@
 use std::{process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
+use probe_common::CounterRole;
 use tokio::signal::unix::SignalKind;
 
 use crate::{
@@ -185,13 +186,9 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     }
     if report.lost_events > 0 {
         eprintln!(
-            "mmapwatch: {} event(s) lost (ring buffer full: {}, mapping lookups failed: {}, stats map full: {}, probe errors: {}, children not followed: {}); the report is incomplete",
+            "mmapwatch: {} event(s) lost ({}); the report is incomplete",
             report.lost_events,
-            report.drops.ringbuf_full,
-            report.drops.vma_lookup_failed,
-            report.drops.file_stats_full,
-            report.drops.probe_errors,
-            report.drops.children_not_followed
+            loss_reasons(&report.drops)
         );
     }
     Ok(match stop {
@@ -242,12 +239,26 @@ fn round_seconds(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
+/// The reasons of a loss, as `drops` names them: `ringbuf_full 3, probe_errors 1`.
+fn loss_reasons(drops: &report::Drops) -> String {
+    let kernel = drops
+        .kernel_reasons()
+        .filter(|(counter, total)| counter.role == CounterRole::Loss && *total > 0)
+        .map(|(counter, total)| (counter.name, total));
+    let reasons: Vec<String> = kernel
+        .chain([("undecodable_records", drops.undecodable_records)])
+        .filter(|(_, total)| *total > 0)
+        .map(|(name, total)| format!("{name} {total}"))
+        .collect();
+    reasons.join(", ")
+}
+
 fn probes_warnings(counters: &KernelCounters) -> Vec<String> {
     let mut warnings = Vec::new();
-    if counters.dedup_insert_failed > 0 {
+    let refused = counters.kernel.dedup_insert_failed();
+    if refused > 0 {
         warnings.push(format!(
-            "the first-write dedup map refused {} insert(s); pages were still reported",
-            counters.dedup_insert_failed
+            "the first-write dedup map refused {refused} insert(s); pages were still reported"
         ));
     }
     warnings

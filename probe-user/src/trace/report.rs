@@ -17,6 +17,7 @@ use crate::{
     },
     probe::maps::KernelCounters,
 };
+use probe_common::{Counter, CounterTotals};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct WriterReport {
@@ -217,28 +218,12 @@ pub struct ProbeStats {
     pub syncs_of_other_files: u64,
 }
 
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+/// What could not be reported, by reason: every kernel counter declared
+/// for `drops` (probe-common's `counters`, under its declared name), then
+/// what userspace counts.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Drops {
-    /// The ring buffer was full.
-    pub ringbuf_full: u64,
-    /// The part of `ringbuf_full` that were file announcements (the rest
-    /// were page records).
-    pub ringbuf_full_file_events: u64,
-    /// The part that were sync-call (msync, fsync...) or process-exit
-    /// records.
-    pub ringbuf_full_other_events: u64,
-    /// The faulting mapping could not be looked up (mmap lock contended).
-    pub vma_lookup_failed: u64,
-    /// The per-file stats map was full.
-    pub file_stats_full: u64,
-    /// The writer map refused an entry.
-    pub writer_map_full: u64,
-    /// A probe's kernel read or map update failed: the fault, followed
-    /// child or writeback sample it concerned may be missing.
-    pub probe_errors: u64,
-    /// Children of followed processes (`-- CMD`, `--pid`) that could not
-    /// be followed: their writes are missing.
-    pub children_not_followed: u64,
+    pub kernel: CounterTotals,
     /// Entries the kernel's first-write dedup map evicted (inserts beyond
     /// its capacity). Not lost: an evicted page written again is reported
     /// again and deduplicated here (`dedup_repeats`).
@@ -247,6 +232,29 @@ pub struct Drops {
     pub dedup_repeats: u64,
     /// Records userspace could not decode.
     pub undecodable_records: u64,
+}
+
+impl Drops {
+    /// The kernel's reasons in `drops`, with their totals.
+    pub fn kernel_reasons(&self) -> impl Iterator<Item = (&'static Counter, u64)> + '_ {
+        self.kernel
+            .iter()
+            .filter(|(counter, _)| counter.role.in_drops())
+    }
+}
+
+impl Serialize for Drops {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        for (counter, total) in self.kernel_reasons() {
+            map.serialize_entry(counter.name, &total)?;
+        }
+        map.serialize_entry("dedup_evictions", &self.dedup_evictions)?;
+        map.serialize_entry("dedup_repeats", &self.dedup_repeats)?;
+        map.serialize_entry("undecodable_records", &self.undecodable_records)?;
+        map.end()
+    }
 }
 
 /// Everything besides the aggregate that goes into a report.
@@ -424,16 +432,10 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
         duration_s: ctx.duration_s,
         lost_events: counters.lost() + ctx.undecodable_records,
         drops: Drops {
-            ringbuf_full: counters.ringbuf_drops,
-            ringbuf_full_file_events: counters.ringbuf_drops_file_events,
-            ringbuf_full_other_events: counters.ringbuf_drops_other_events,
-            vma_lookup_failed: counters.vma_lookup_failed,
-            file_stats_full: counters.file_stats_full,
-            writer_map_full: counters.writer_insert_failed,
-            probe_errors: counters.probe_errors,
-            children_not_followed: counters.follow_failed,
+            kernel: counters.kernel,
             dedup_evictions: counters
-                .dedup_inserts
+                .kernel
+                .dedup_inserts()
                 .saturating_sub(u64::from(ctx.dedup_capacity)),
             dedup_repeats,
             undecodable_records: ctx.undecodable_records,
@@ -441,16 +443,16 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
         probe: ProbeStats {
             hooks: ctx.hooks.to_vec(),
             fallbacks: ctx.fallbacks.to_vec(),
-            shared_write_faults: counters.shared_write_faults,
-            records_submitted: counters.events_submitted,
-            ring_bytes_submitted: counters.ring_bytes_submitted,
-            vma_walk_fallbacks: counters.vma_walk_fallbacks,
+            shared_write_faults: counters.kernel.shared_write_faults(),
+            records_submitted: counters.kernel.records_submitted(),
+            ring_bytes_submitted: counters.kernel.ring_bytes_submitted(),
+            vma_walk_fallbacks: counters.kernel.vma_walk_fallbacks(),
             files_handed_over: counters.files_handed_over,
             dirty_files_handed_over: counters.dirty_files_handed_over,
-            folio_spans: counters.folio_spans,
-            faults_past_eof: counters.faults_past_eof,
-            possible_write_windows: counters.possible_write_windows,
-            possible_write_unverified: counters.possible_write_unverified,
+            folio_spans: counters.kernel.folio_spans(),
+            faults_past_eof: counters.kernel.faults_past_eof(),
+            possible_write_windows: counters.kernel.possible_write_windows(),
+            possible_write_unverified: counters.kernel.possible_write_unverified(),
             syncs_of_other_files: aggregate.syncs_of_other_files,
         },
         events: aggregate.events(),
@@ -463,6 +465,8 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
 mod tests {
     use super::*;
     use crate::model::events::{Event, Task, WriteKind};
+    use probe_common::counter;
+    use std::collections::BTreeSet;
 
     const FILE: FileId = FileId {
         dev: (7 << 20) | 2,
@@ -519,9 +523,12 @@ mod tests {
             page_writeback: false,
             duration_s: 1.5,
             counters: KernelCounters {
-                ringbuf_drops: 2,
-                vma_lookup_failed: 1,
-                dedup_inserts: 10,
+                kernel: CounterTotals::default()
+                    .with(counter::RINGBUF_FULL, 2)
+                    .with(counter::RINGBUF_FULL_FILE_EVENTS, 1)
+                    .with(counter::VMA_LOOKUP_FAILED, 1)
+                    .with(counter::WRITER_STATS_FULL, 5)
+                    .with(counter::DEDUP_INSERTS, 10),
                 ..KernelCounters::default()
             },
             dedup_capacity: 8,
@@ -552,8 +559,27 @@ mod tests {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["version"], 1);
+        // Losses only: not the detail of one (file events) nor what only
+        // the exporter's per-writer counts lack.
         assert_eq!(json["lost_events"], 3);
+        assert_eq!(json["drops"]["ringbuf_full"], 2);
+        assert_eq!(json["drops"]["ringbuf_full_file_events"], 1);
+        assert_eq!(json["drops"]["writer_stats_full"], 5);
         assert_eq!(json["drops"]["dedup_evictions"], 2);
+        let drops: BTreeSet<&str> = json["drops"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let declared = probe_common::KERNEL_COUNTERS
+            .iter()
+            .filter(|c| c.role.in_drops())
+            .map(|c| c.name);
+        let expected: BTreeSet<&str> = declared
+            .chain(["dedup_evictions", "dedup_repeats", "undecodable_records"])
+            .collect();
+        assert_eq!(drops, expected);
         let files = json["files"].as_array().unwrap();
         assert_eq!(files.len(), 1, "the COW-only file is hidden by default");
         let file = &files[0];

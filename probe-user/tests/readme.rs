@@ -1,0 +1,52 @@
+//! README's tables of losses are checked against the counters' one
+//! declaration (probe-common's `counters`): a counter added there and not
+//! documented fails here.
+
+use probe_common::KERNEL_COUNTERS;
+
+const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+
+/// The README table row that starts with `| `key` |`.
+fn row(key: &str) -> &'static str {
+    let start = format!("| `{key}` |");
+    README
+        .lines()
+        .find(|line| line.starts_with(&start))
+        .unwrap_or_else(|| panic!("README has no row for `{key}`"))
+}
+
+/// The backquoted words of a line.
+fn quoted(line: &str) -> Vec<&str> {
+    line.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn the_drops_row_names_every_counter_in_drops() {
+    let documented = quoted(row("drops"));
+    for counter in KERNEL_COUNTERS.iter().filter(|c| c.role.in_drops()) {
+        assert!(
+            documented.contains(&counter.name),
+            "README's `drops` row lacks `{}` ({})",
+            counter.name,
+            counter.help()
+        );
+    }
+}
+
+#[test]
+fn the_lost_events_metric_row_names_exactly_the_metric_reasons() {
+    let documented: Vec<&str> = quoted(row("mmapwatch_lost_events_total"))
+        .into_iter()
+        .skip(1) // the metric's own name
+        .collect();
+    let mut declared: Vec<&str> = KERNEL_COUNTERS
+        .iter()
+        .filter(|c| c.role.is_metric_reason())
+        .map(|c| c.name)
+        .chain(["undecodable_records"])
+        .collect();
+    let mut documented_sorted = documented.clone();
+    documented_sorted.sort_unstable();
+    declared.sort_unstable();
+    assert_eq!(documented_sorted, declared, "{documented:?}");
+}
