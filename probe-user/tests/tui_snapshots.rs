@@ -24,7 +24,7 @@ const EVENTS: &str = include_str!("fixtures/demo-events.jsonl");
 const MOUNTINFO: &str = include_str!("fixtures/demo-mountinfo.txt");
 
 fn replay() -> (Aggregate, MountTable, u64) {
-    let mounts = MountTable::parse(MOUNTINFO);
+    let mounts = MountTable::parse(MOUNTINFO.as_bytes());
     let mut aggregate = Aggregate::new();
     let mut last_ns = 0;
     for line in EVENTS.lines() {
@@ -210,7 +210,7 @@ fn ten_thousand_files_and_a_million_pages() {
             });
         }
     }
-    let mounts = MountTable::parse(MOUNTINFO);
+    let mounts = MountTable::parse(MOUNTINFO.as_bytes());
     let mut app = App::new(Info {
         backend: "tracepoint".into(),
         interval_ms: 1000,

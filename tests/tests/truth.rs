@@ -475,6 +475,80 @@ fn a_file_renamed_after_its_write_is_named_as_it_is_now() {
     assert_eq!(ranges(&entry["pages_written"]), vec![(1, 1), (3, 3)]);
 }
 
+/// A mount point that is not UTF-8 (a user may mount at any name) is one
+/// mount among the others: a file written in it is named by its exact
+/// bytes, and the rest of the mount table still names files (a file
+/// renamed after its write is found by its new name through its mount).
+#[test]
+fn a_mount_point_that_is_not_utf8_leaves_every_file_named() {
+    use std::{os::unix::ffi::OsStrExt as _, process::Command};
+    require_root();
+    let dir = scratch_dir();
+    let odd = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"mnt \xff\x01-\xe9"));
+    std::fs::create_dir(&odd).expect("mount point");
+    let mounted = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&odd));
+    assert!(
+        mounted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&odd);
+    let inside = odd.join("in.bin");
+    let temporary = dir.path().join("before.tmp");
+    let renamed = dir.path().join("after.bin");
+    let script = "import mmap,os,sys\nfor p in sys.argv[1:3]:\n    fd=os.open(os.fsencode(p),os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,2*4096)\n    m=mmap.mmap(fd,2*4096); m[4096]=1; m.close(); os.close(fd)\nos.rename(os.fsencode(sys.argv[2]),os.fsencode(sys.argv[3]))";
+    let output = run(
+        mmapwatch(&["trace", "--json", "--path-prefix", &path_arg(dir.path())])
+            .args(["--", "python3", "-c", script])
+            .arg(&inside)
+            .arg(&temporary)
+            .arg(&renamed),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).expect("JSON report");
+    let files = report["files"].as_array().unwrap();
+    let entry_of = |path: &Path| {
+        let ino = std::fs::metadata(path).unwrap().ino();
+        files
+            .iter()
+            .find(|f| f["ino"].as_u64() == Some(ino))
+            .unwrap_or_else(|| panic!("{} not reported: {report:#}", path.display()))
+    };
+    let entry = entry_of(&inside);
+    let hex: String = inside
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(entry["path_bytes_hex"], hex.as_str(), "{entry:#}");
+    assert_eq!(entry["fs"], "tmpfs", "{entry:#}");
+    assert_eq!(ranges(&entry["pages_written"]), vec![(1, 1)]);
+    let entry = entry_of(&renamed);
+    assert_eq!(entry["path"], identity(&renamed).2.as_str(), "{entry:#}");
+    assert_eq!(
+        entry["renamed_from"],
+        path_arg(&temporary).as_str(),
+        "{entry:#}"
+    );
+    assert_eq!(ranges(&entry["pages_written"]), vec![(1, 1)]);
+}
+
 /// A file written through a mapping and unlinked while mapped: named once,
 /// without the kernel's " (deleted)" mark, and flagged deleted.
 #[test]

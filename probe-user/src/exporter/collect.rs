@@ -26,7 +26,7 @@ use crate::{
         aggregate::{Aggregate, Applied, FileCounts},
         events::{Event, FileId, WriteKind},
         file_record::FileRecord,
-        names::hex_if_not_utf8,
+        names::{hex_if_not_utf8, json_text},
         paths::MountTable,
     },
     probe::maps::{KernelCounters, WriterLabel},
@@ -182,7 +182,7 @@ impl Exporter {
         let (fs, mount) = self
             .mounts
             .mount_of_device(dev)
-            .map(|m| (m.fs_type.clone(), m.mount_point.clone()))
+            .map(|m| (m.fs_type.clone(), json_text(&m.mount_point).into_owned()))
             .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
         FsLabels { fs, mount }
     }

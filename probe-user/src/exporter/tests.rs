@@ -73,7 +73,7 @@ fn exporter_with_totals(
         metrics,
         top,
         prefixes,
-        MountTable::parse(MOUNTINFO),
+        MountTable::parse(MOUNTINFO.as_bytes()),
         &super::LabelPins::default(),
     );
     let kernel = Arc::new(Mutex::new(no_totals()));

@@ -21,17 +21,17 @@ use std::{
 use crate::model::{
     aggregate::dentry_path,
     events::{FileId, WalkEnd},
-    names::NameBytes,
+    names::{path_from_bytes, NameBytes},
 };
 
-/// Undoes the octal escapes (`\040` for a space) of mountinfo fields.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+/// Undoes the octal escapes (`\040` for a space) of a mountinfo field,
+/// keeping every other byte as it is (a mount point need not be UTF-8).
+fn unescape(field: &[u8]) -> PathBuf {
+    let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let value = std::str::from_utf8(&bytes[i + 1..i + 4])
+    while i < field.len() {
+        if field[i] == b'\\' && i + 4 <= field.len() {
+            let value = std::str::from_utf8(&field[i + 1..i + 4])
                 .ok()
                 .and_then(|digits| u8::from_str_radix(digits, 8).ok());
             if let Some(value) = value {
@@ -40,10 +40,10 @@ fn unescape(field: &str) -> String {
                 continue;
             }
         }
-        out.push(bytes[i]);
+        out.push(field[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    path_from_bytes(&out)
 }
 
 /// Whether a filesystem type writes pages back to storage (tmpfs and
@@ -89,8 +89,9 @@ pub struct Mount {
     pub major: u32,
     pub minor: u32,
     /// The directory of the filesystem mounted here (bind mounts: not `/`).
-    pub root: String,
-    pub mount_point: String,
+    pub root: PathBuf,
+    /// The mount point's exact bytes.
+    pub mount_point: PathBuf,
     pub fs_type: String,
 }
 
@@ -105,34 +106,36 @@ impl MountTable {
     pub fn read() -> Self {
         ["/proc/1/mountinfo", "/proc/self/mountinfo"]
             .iter()
-            .find_map(|path| std::fs::read_to_string(path).ok())
+            .find_map(|path| std::fs::read(path).ok())
             .map(|text| Self::parse(&text))
             .unwrap_or_default()
     }
 
     /// The mounts process `tgid` sees (its mount namespace), if alive.
     pub fn of_process(proc_root: &Path, tgid: u32) -> Option<Self> {
-        let text = std::fs::read_to_string(proc_root.join(tgid.to_string()).join("mountinfo"));
+        let text = std::fs::read(proc_root.join(tgid.to_string()).join("mountinfo"));
         text.ok().map(|text| Self::parse(&text))
     }
 
-    /// Parses mountinfo text; malformed lines are skipped.
-    pub fn parse(text: &str) -> Self {
+    /// Parses mountinfo as bytes (mount points are names, not text);
+    /// malformed lines are skipped, never the table.
+    pub fn parse(text: &[u8]) -> Self {
         let mounts = text
-            .lines()
+            .split(|&b| b == b'\n')
             .filter_map(|line| {
-                let mut fields = line.split(' ');
+                let mut fields = line.split(|&b| b == b' ');
                 let _id = fields.next()?;
                 let _parent = fields.next()?;
-                let (major, minor) = fields.next()?.split_once(':')?;
+                let devices = std::str::from_utf8(fields.next()?).ok()?;
+                let (major, minor) = devices.split_once(':')?;
                 let root = unescape(fields.next()?);
                 let mount_point = unescape(fields.next()?);
                 // Optional fields end at " - ", then the filesystem type.
                 let fs_type = fields
-                    .skip_while(|f| *f != "-")
+                    .skip_while(|f| *f != b"-")
                     .nth(1)
-                    .unwrap_or("")
-                    .to_string();
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .unwrap_or_default();
                 Some(Mount {
                     major: major.parse().ok()?,
                     minor: minor.parse().ok()?,
@@ -169,16 +172,16 @@ impl MountTable {
 
     pub fn mount_of_device(&self, dev: u32) -> Option<&Mount> {
         self.on_device(dev)
-            .find(|m| m.root == "/")
+            .find(|m| m.root == Path::new("/"))
             .or_else(|| self.on_device(dev).next())
     }
 
     /// Where a filesystem of this type is mounted (e.g. cgroup2).
-    pub fn mount_point_of_type(&self, fs_type: &str) -> Option<&str> {
+    pub fn mount_point_of_type(&self, fs_type: &str) -> Option<&Path> {
         self.mounts
             .iter()
             .find(|m| m.fs_type == fs_type)
-            .map(|m| m.mount_point.as_str())
+            .map(|m| m.mount_point.as_path())
     }
 
     /// Full path of a file from its dentry names (leaf first): whole when
@@ -198,13 +201,13 @@ impl MountTable {
         let in_fs = dentry_path(components, true, None);
         // Prefer a mount of the whole filesystem, then a bind mount whose
         // root contains the file.
-        let whole = self.on_device(file.dev).find(|m| m.root == "/");
+        let whole = self.on_device(file.dev).find(|m| m.root == Path::new("/"));
         if let Some(mount) = whole {
-            return dentry_path(components, true, Some(Path::new(&mount.mount_point)));
+            return dentry_path(components, true, Some(&mount.mount_point));
         }
         for mount in self.on_device(file.dev) {
             if let Ok(rest) = in_fs.strip_prefix(&mount.root) {
-                return Path::new(&mount.mount_point).join(rest);
+                return mount.mount_point.join(rest);
             }
         }
         in_fs
@@ -273,7 +276,7 @@ fn strip_deleted_suffix(path: PathBuf) -> PathBuf {
     use std::os::unix::ffi::OsStrExt as _;
     let bytes = path.as_os_str().as_bytes();
     match bytes.strip_suffix(b" (deleted)") {
-        Some(name) => crate::model::names::path_from_bytes(name),
+        Some(name) => path_from_bytes(name),
         None => path,
     }
 }
@@ -281,6 +284,7 @@ fn strip_deleted_suffix(path: PathBuf) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt as _;
 
     const MOUNTINFO: &str = "\
 22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
@@ -292,9 +296,9 @@ garbage line
 
     #[test]
     fn parses_mountinfo_with_escapes_and_fs_types() {
-        let table = MountTable::parse(MOUNTINFO);
+        let table = MountTable::parse(MOUNTINFO.as_bytes());
         assert_eq!(table.mounts.len(), 4);
-        assert_eq!(table.mounts[2].mount_point, "/mnt/with space");
+        assert_eq!(table.mounts[2].mount_point, Path::new("/mnt/with space"));
         assert_eq!(
             table.fs_type(FileId {
                 dev: 25,
@@ -313,9 +317,31 @@ garbage line
         );
     }
 
+    /// One mount point that is not UTF-8 (a byte a user chose, escaped or
+    /// raw) keeps its exact bytes and leaves the other mounts as they are.
+    #[test]
+    fn a_mount_point_that_is_not_utf8_is_kept_byte_for_byte() {
+        let mut text = MOUNTINFO.as_bytes().to_vec();
+        text.extend_from_slice(b"43 22 7:2 / /mnt/caf\\351 rw - ext4 /dev/loop2 rw\n");
+        text.extend_from_slice(b"44 22 7:3 / /mnt/raw\xff\x01 rw - xfs /dev/loop3 rw\n");
+        let table = MountTable::parse(&text);
+        assert_eq!(table.mounts.len(), 6);
+        let bytes = |m: &Mount| m.mount_point.as_os_str().as_bytes().to_vec();
+        assert_eq!(bytes(&table.mounts[4]), b"/mnt/caf\xe9");
+        assert_eq!(bytes(&table.mounts[5]), b"/mnt/raw\xff\x01");
+        assert_eq!(table.mounts[5].fs_type, "xfs");
+        let file = FileId {
+            dev: (7 << 20) | 2,
+            ino: 5,
+            generation: 0,
+        };
+        let path = table.dentry_full_path(file, &[NameBytes::from("f")], WalkEnd::FsRoot);
+        assert_eq!(path.as_os_str().as_bytes(), b"/mnt/caf\xe9/f");
+    }
+
     #[test]
     fn joins_dentry_names_to_mount_points() {
-        let table = MountTable::parse(MOUNTINFO);
+        let table = MountTable::parse(MOUNTINFO.as_bytes());
         let comps = |v: &[&str]| v.iter().map(|s| NameBytes::from(*s)).collect::<Vec<_>>();
         let loop0 = FileId {
             dev: 7 << 20,

@@ -120,7 +120,7 @@ impl Collector {
 
     fn name_now(&mut self, files: Vec<(FileId, Option<u64>, Option<std::path::PathBuf>)>) {
         // Each mount point opened once, not once per file.
-        let mut opened: HashMap<String, Option<std::fs::File>> = HashMap::new();
+        let mut opened: HashMap<PathBuf, Option<std::fs::File>> = HashMap::new();
         for (file, fs_magic, recorded) in files {
             let mount = self.mounts.mount_of(file).and_then(|m| {
                 opened
@@ -228,10 +228,7 @@ impl Collector {
 
     /// Written pages of `file` not on disk yet, or why that is unknown.
     pub fn pages_not_on_disk(&self, file: FileId, record: &FileRecord) -> Result<u64, String> {
-        let mount_point = self
-            .mounts
-            .mount_of(file)
-            .map(|m| PathBuf::from(&m.mount_point));
+        let mount_point = self.mounts.mount_of(file).map(|m| m.mount_point.clone());
         let has_writeback = fs_has_writeback(self.mounts.fs_type(file));
         written_pages_not_on_disk(file, record, mount_point.as_deref(), has_writeback)
     }
