@@ -3,7 +3,7 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use probe_common::{
-    arith::dedup_bit, counter, event_kind, EventHeader, PageChunk, PageChunkKey, WriterKey,
+    arith::dedup_bit, counter, EventHeader, PageChunk, PageChunkKey, RecordKind, WriterKey,
 };
 
 use crate::{
@@ -27,27 +27,32 @@ pub(crate) struct ChunkCache {
 pub(crate) fn reported_here(
     cache: &ChunkCache,
     header: &EventHeader,
-    kind: u32,
+    kind: RecordKind,
     page: u64,
 ) -> bool {
     let key = &cache.key;
     let (chunk, word, bit) = dedup_bit(page);
-    if key.chunk != chunk || key.kind != kind || key.file != header_file(header) {
+    if key.chunk != chunk || key.kind != kind as u32 || key.file != header_file(header) {
         return false;
     }
     let Some(reported) = cache.chunk.reported.get(word) else {
         return false;
     };
-    reported & bit != 0 && (cache.chunk.first_tgid == header.tgid || kind == event_kind::COW_WRITE)
+    reported & bit != 0 && (cache.chunk.first_tgid == header.tgid || kind == RecordKind::CowWrite)
 }
 
 /// Copies the dedup entry of `page` into this CPU's cache.
 #[inline(never)]
-pub(crate) fn cache_chunk(cache: &mut ChunkCache, header: &EventHeader, kind: u32, page: u64) {
+pub(crate) fn cache_chunk(
+    cache: &mut ChunkCache,
+    header: &EventHeader,
+    kind: RecordKind,
+    page: u64,
+) {
     cache.key = PageChunkKey {
         file: header_file(header),
         chunk: dedup_bit(page).0,
-        kind,
+        kind: kind as u32,
         _pad: 0,
     };
     // SAFETY: a plain value of the dedup map, copied out at once.
@@ -61,14 +66,14 @@ pub(crate) fn cache_chunk(cache: &mut ChunkCache, header: &EventHeader, kind: u3
 /// Reports `pages` pages from `page` (one page, a folio span or a
 /// possibly-written window) unless this process reported them already.
 /// Another process touching them is reported as a new writer.
-pub(crate) fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages: u64) {
+pub(crate) fn report_first_use(header: &EventHeader, kind: RecordKind, page: u64, pages: u64) {
     let tgid = header.tgid;
     let file = header_file(header);
     let (chunk, word, bit) = dedup_bit(page);
     let chunk_key = PageChunkKey {
         file,
         chunk,
-        kind,
+        kind: kind as u32,
         _pad: 0,
     };
     let Some(chunk) = PAGE_SEEN.get_ptr_mut(&chunk_key) else {
@@ -93,7 +98,7 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages
         first_writer if first_writer == tgid => {}
         // Another process copying the same page privately modifies nothing:
         // only writers of the file itself are attributed.
-        _ if kind == event_kind::COW_WRITE => {}
+        _ if kind == RecordKind::CowWrite => {}
         _ => {
             let writer_key = WriterKey {
                 file,
@@ -105,8 +110,8 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages
                 match WRITERS.insert(&writer_key, &1, BPF_NOEXIST as u64) {
                     // A span or window goes out again whole: its pages are
                     // this process's too.
-                    Ok(()) if kind == event_kind::SHARED_WRITE => {
-                        submit_page_event(header, event_kind::NEW_WRITER, page, 1)
+                    Ok(()) if kind == RecordKind::SharedWrite => {
+                        submit_page_event(header, RecordKind::NewWriter, page, 1)
                     }
                     Ok(()) => submit_page_event(header, kind, page, pages),
                     Err(err) if err as i64 == -EEXIST => {}
@@ -123,7 +128,7 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: u32, page: u64, pages
 pub(crate) fn new_chunk(
     key: &PageChunkKey,
     header: &EventHeader,
-    kind: u32,
+    kind: RecordKind,
     page: u64,
     pages: u64,
 ) {

@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns};
 use probe_common::{
-    counter, event_kind, EventHeader, FileKey, FolioRoom, PendingFault, PMD_PAGES, XA_CHUNK_MASK,
+    counter, EventHeader, FileKey, FolioRoom, PendingFault, RecordKind, PMD_PAGES, XA_CHUNK_MASK,
     XA_MAX_DEPTH,
 };
 
@@ -179,6 +179,6 @@ pub(crate) fn report_new_folio_span(key: &FileKey, index: u64, pages: u64) {
     };
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let header = header(event_kind::FOLIO_SPAN, pid_tgid, key, now, &comm);
-    report_first_use(&header, event_kind::FOLIO_SPAN, index, pages);
+    let header = header(RecordKind::FolioSpan, pid_tgid, key, now, &comm);
+    report_first_use(&header, RecordKind::FolioSpan, index, pages);
 }

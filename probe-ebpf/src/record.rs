@@ -8,8 +8,8 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel_str},
 };
 use probe_common::{
-    counter, event_kind, names_sent, next_name_offset, ring_bytes, ring_commit_flags, ring_flag,
-    walk_end, EventHeader, FileEvent, FileKey, PageEvent, WriterStatsKey, PATH_COMPONENT_LEN,
+    counter, names_sent, next_name_offset, ring_bytes, ring_commit_flags, ring_flag, walk_end,
+    EventHeader, FileEvent, FileKey, PageEvent, RecordKind, WriterStatsKey, PATH_COMPONENT_LEN,
     PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
 };
 
@@ -27,14 +27,14 @@ use crate::{
 #[inline(always)]
 pub(crate) fn fill_header(
     out: &mut EventHeader,
-    kind: u32,
+    kind: RecordKind,
     pid_tgid: u64,
     file: &FileKey,
     now: u64,
     comm: &[u8; TASK_COMM_LEN],
     cgroup_id: u64,
 ) {
-    out.kind = kind;
+    out.kind = kind as u32;
     out.pid = pid_tgid as u32;
     out.tgid = (pid_tgid >> 32) as u32;
     out.dev = file.dev;
@@ -68,7 +68,7 @@ pub(crate) fn header_writer(header: &EventHeader) -> WriterStatsKey {
 
 /// A record header on the stack, for records outside the fault path.
 pub(crate) fn header(
-    kind: u32,
+    kind: RecordKind,
     pid_tgid: u64,
     file: &FileKey,
     now: u64,
@@ -88,7 +88,7 @@ pub(crate) fn header(
 }
 
 #[inline(always)]
-pub(crate) fn submit_page_event(header: &EventHeader, kind: u32, page: u64, pages: u64) {
+pub(crate) fn submit_page_event(header: &EventHeader, kind: RecordKind, page: u64, pages: u64) {
     let flags = commit_flags(size_of::<PageEvent>());
     match EVENTS.reserve::<PageEvent>(0) {
         Some(mut entry) => {
@@ -98,7 +98,7 @@ pub(crate) fn submit_page_event(header: &EventHeader, kind: u32, page: u64, page
             // the 512-byte stack).
             unsafe {
                 (*event).header = *header;
-                (*event).header.kind = kind;
+                (*event).header.kind = kind as u32;
                 (*event).page = page;
                 (*event).pages = pages;
             }
@@ -264,7 +264,7 @@ pub(crate) fn submit_file_event(header: &EventHeader, info: &VmaInfo) {
     unsafe {
         let event = &raw mut (*record).event;
         (*event).header = *header;
-        (*event).header.kind = event_kind::FILE_SEEN;
+        (*event).header.kind = RecordKind::FileSeen as u32;
         (*event).fs_magic = read_kernel(info.superblock, magic_offset).unwrap_or(0);
         (*event).depth = 0;
         (*event).mount_ns = namespace_number(mount);
@@ -416,9 +416,9 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
     }
     let shared = info.flags & VM_SHARED != 0;
     let kind = if shared {
-        event_kind::SHARED_WRITE
+        RecordKind::SharedWrite
     } else {
-        event_kind::COW_WRITE
+        RecordKind::CowWrite
     };
     let file_key = info.file_key();
     fill_header(
@@ -477,7 +477,7 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
         };
         if let Some((first, pages)) = span {
             bump(counter::FOLIO_SPANS);
-            report_first_use(header, event_kind::FOLIO_SPAN, first, pages);
+            report_first_use(header, RecordKind::FolioSpan, first, pages);
         }
     }
     0

@@ -2,7 +2,7 @@
 //! work done per event on one core.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use probe_common::{event_kind, EventHeader, PageEvent};
+use probe_common::{EventHeader, PageEvent, RecordKind};
 use probe_user::model::{aggregate::Aggregate, events::decode};
 use zerocopy::IntoBytes;
 
@@ -14,7 +14,7 @@ fn records(count: usize) -> Vec<Vec<u8>> {
             comm[..8].copy_from_slice(b"postgres");
             PageEvent {
                 header: EventHeader {
-                    kind: event_kind::SHARED_WRITE,
+                    kind: RecordKind::SharedWrite as u32,
                     pid: 1000 + (i % 8) as u32,
                     tgid: 1000 + (i % 8) as u32,
                     dev: (254 << 20) | 1,

@@ -50,3 +50,23 @@ fn the_lost_events_metric_row_names_exactly_the_metric_reasons() {
     declared.sort_unstable();
     assert_eq!(documented_sorted, declared, "{documented:?}");
 }
+
+#[test]
+fn the_event_stream_type_row_names_every_record_kind_it_carries() {
+    let documented = quoted(row("type"));
+    // Every kind the wire format admits, found by the decoder's own
+    // checked conversion rather than listed again here.
+    let kinds = (0u32..256).filter_map(|raw| zerocopy::try_transmute!(raw).ok());
+    let mut carried = 0;
+    for kind in kinds {
+        let kind: probe_common::RecordKind = kind;
+        if let Some(name) = kind.stream_name() {
+            carried += 1;
+            assert!(
+                documented.contains(&name),
+                "README's event stream `type` row lacks `{name}` ({kind:?})"
+            );
+        }
+    }
+    assert!(carried >= 7, "only {carried} record kinds found");
+}

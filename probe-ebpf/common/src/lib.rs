@@ -85,36 +85,63 @@ pub const PATH_MAX_DEPTH: usize = 32;
 /// `--comm` filters evaluated in the kernel.
 pub const MAX_COMM_FILTERS: usize = 8;
 
-/// Kinds of ring-buffer record. Every record starts with an [`EventHeader`].
-pub mod event_kind {
+/// Kinds of ring-buffer record: every record starts with an
+/// [`EventHeader`] whose `kind` is one of these. Userspace decodes the
+/// header's `kind` with zerocopy's checked conversion (an unknown value is
+/// an error, never a variant), and the event stream's `type` names come
+/// from [`RecordKind::stream_name`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::TryFromBytes, Immutable, KnownLayout)
+)]
+pub enum RecordKind {
     /// First write to a file page through a shared writable mapping.
-    pub const SHARED_WRITE: u32 = 1;
+    SharedWrite = 1,
     /// First write to a file page through a private mapping (copy-on-write).
-    pub const COW_WRITE: u32 = 2;
+    CowWrite = 2,
     /// A file seen for the first time, with its dentry names.
-    pub const FILE_SEEN: u32 = 3;
+    FileSeen = 3,
     /// A second (third, ...) process writing a page another process wrote first.
-    pub const NEW_WRITER: u32 = 4;
+    NewWriter = 4,
     /// A write fault on a page not yet mapped, which the kernel resolves
     /// by mapping the whole large folio around it writable (any order; a
     /// 2 MiB one with one PMD): every page of the span may be written
     /// without another fault, so all of them are reported.
-    pub const FOLIO_SPAN: u32 = 5;
+    FolioSpan = 5,
     /// A folio of a file already seen finished writeback (function-hook
     /// backends: `folio_end_writeback`): `page` is its first page, `pages`
     /// its size.
-    pub const PAGES_WRITTEN_BACK: u32 = 6;
+    PagesWrittenBack = 6,
     /// Pages of a filesystem without write-notify (tmpfs, shmem) that a
     /// read fault mapped writable into a shared writable mapping: later
     /// stores to them take no fault, so they may have been written.
-    pub const POSSIBLE_WRITE: u32 = 7;
+    PossibleWrite = 7,
     /// An msync, fsync, fdatasync or sync_file_range call returned
     /// ([`SyncEvent`]).
-    pub const SYNC: u32 = 8;
+    Sync = 8,
     /// A process that had a shared writable mapping exited (only when
-    /// [`super::ProbeConfig::report_exits`] is set): a plain header with
+    /// [`ProbeConfig::report_exits`] is set): a plain header with
     /// no file.
-    pub const PROCESS_EXIT: u32 = 9;
+    ProcessExit = 9,
+}
+
+impl RecordKind {
+    /// The event stream's `type` for the records it carries as lines
+    /// (README, "Event stream"); None for those it does not.
+    pub const fn stream_name(self) -> Option<&'static str> {
+        match self {
+            Self::SharedWrite => Some("write"),
+            Self::CowWrite => Some("cow_write"),
+            Self::NewWriter => Some("new_writer"),
+            Self::FolioSpan => Some("folio_span"),
+            Self::PossibleWrite => Some("possible_write"),
+            Self::PagesWrittenBack => Some("writeback"),
+            Self::Sync => Some("sync"),
+            Self::FileSeen | Self::ProcessExit => None,
+        }
+    }
 }
 
 /// The calls that ask for a file's pages to reach disk.
@@ -226,9 +253,9 @@ pub struct EventHeader {
     pub _pad: u32,
 }
 
-/// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`],
-/// [`event_kind::NEW_WRITER`], [`event_kind::FOLIO_SPAN`],
-/// [`event_kind::PAGES_WRITTEN_BACK`] and [`event_kind::POSSIBLE_WRITE`].
+/// [`RecordKind::SharedWrite`], [`RecordKind::CowWrite`],
+/// [`RecordKind::NewWriter`], [`RecordKind::FolioSpan`],
+/// [`RecordKind::PagesWrittenBack`] and [`RecordKind::PossibleWrite`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
@@ -241,7 +268,7 @@ pub struct PageEvent {
     pub pages: u64,
 }
 
-/// [`event_kind::SYNC`]: one call, sent when it returns. The header's
+/// [`RecordKind::Sync`]: one call, sent when it returns. The header's
 /// `boot_ns` is the return time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -313,7 +340,7 @@ impl FolioRoom {
     }
 }
 
-/// [`event_kind::FILE_SEEN`]: sent once per file, when its stats entry is
+/// [`RecordKind::FileSeen`]: sent once per file, when its stats entry is
 /// created, so a path survives the writer's exit. The record is followed
 /// by `names_len` bytes of names: `depth` NUL-terminated dentry names, leaf
 /// first (an empty one marks a mount the walk crossed). Only the bytes a
@@ -440,8 +467,8 @@ pub struct PageChunkKey {
     pub file: FileKey,
     /// Page index / [`CHUNK_PAGES`]; for spans, that of their first page.
     pub chunk: u64,
-    /// [`event_kind::SHARED_WRITE`], [`event_kind::COW_WRITE`] or
-    /// [`event_kind::FOLIO_SPAN`].
+    /// [`RecordKind::SharedWrite`], [`RecordKind::CowWrite`] or
+    /// [`RecordKind::FolioSpan`].
     pub kind: u32,
     pub _pad: u32,
 }
@@ -698,7 +725,7 @@ pub struct ProbeConfig {
     /// Pages a read fault maps around the faulting one (the kernel's
     /// fault_around_bytes / page size; 16 by default).
     pub fault_around_pages: u32,
-    /// Non-zero: send [`event_kind::PROCESS_EXIT`] records (`trace`, which
+    /// Non-zero: send [`RecordKind::ProcessExit`] records (`trace`, which
     /// reports each writer's unwritten pages at its exit).
     pub report_exits: u32,
     /// Unread ring bytes at which a record wakes the reader (see

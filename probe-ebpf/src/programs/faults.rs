@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    counter, event_kind, RAMFS_MAGIC, TMPFS_MAGIC, VM_MAYWRITE, VM_SHARED, VM_WRITE, X86_PF_PROT,
+    counter, RecordKind, RAMFS_MAGIC, TMPFS_MAGIC, VM_MAYWRITE, VM_SHARED, VM_WRITE, X86_PF_PROT,
     X86_PF_WRITE,
 };
 
@@ -198,9 +198,9 @@ pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool>(
         return Ok(());
     };
     let kind = if range.without_write_notify {
-        event_kind::POSSIBLE_WRITE
+        RecordKind::PossibleWrite
     } else {
-        event_kind::FOLIO_SPAN
+        RecordKind::FolioSpan
     };
     announce_pages(scratch, range.pid_tgid, kind);
     if range.without_write_notify {
@@ -312,7 +312,7 @@ extern "C" fn folio_walk_step(_step: u64, data: *mut c_void) -> i64 {
         let Some(request) = FOLIO_WALK.get(0) else {
             return 1;
         };
-        submit_page_event(&request.header, event_kind::FOLIO_SPAN, from, to - from + 1);
+        submit_page_event(&request.header, RecordKind::FolioSpan, from, to - from + 1);
     }
     // A folio that does not hold `index` (raced away): one page on.
     walk.index = folio_last.max(walk.index) + 1;
@@ -328,7 +328,7 @@ pub(crate) fn report_possible_write(
     last: u64,
 ) {
     bump(counter::POSSIBLE_WRITE_WINDOWS);
-    report_pages(scratch, pid_tgid, event_kind::POSSIBLE_WRITE, first, last);
+    report_pages(scratch, pid_tgid, RecordKind::PossibleWrite, first, last);
 }
 
 /// Reports pages `first..=last` of the file in `scratch.info`, of record
@@ -336,7 +336,13 @@ pub(crate) fn report_possible_write(
 /// frame more on the read-fault paths would pass Linux 6.1's 512-byte
 /// call-chain limit.
 #[inline(always)]
-fn report_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32, first: u64, last: u64) {
+fn report_pages(
+    scratch: &mut FaultScratch,
+    pid_tgid: u64,
+    kind: RecordKind,
+    first: u64,
+    last: u64,
+) {
     announce_pages(scratch, pid_tgid, kind);
     // Not through report_first_use: one frame less for Linux 6.1's
     // 512-byte call-chain limit. Userspace deduplicates the pages.
@@ -346,7 +352,7 @@ fn report_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32, first: u64
 /// Fills `scratch.header` for records of `kind` about the file in
 /// `scratch.info` by the current task, and announces the file.
 #[inline(always)]
-fn announce_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) {
+fn announce_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: RecordKind) {
     let now = page_header(scratch, pid_tgid, kind);
     let FaultScratch { info, header, .. } = scratch;
     announce_file(&info.file_key(), now, header, info);
@@ -355,7 +361,7 @@ fn announce_pages(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) {
 /// Fills `scratch.header` for records of `kind` about the file in
 /// `scratch.info` by the current task; returns the time in it.
 #[inline(always)]
-fn page_header(scratch: &mut FaultScratch, pid_tgid: u64, kind: u32) -> u64 {
+fn page_header(scratch: &mut FaultScratch, pid_tgid: u64, kind: RecordKind) -> u64 {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let FaultScratch {

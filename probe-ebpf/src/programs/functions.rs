@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
     EbpfContext,
 };
-use probe_common::{event_kind, hooks, TASK_COMM_LEN, VM_SHARED, VM_WRITE};
+use probe_common::{hooks, RecordKind, TASK_COMM_LEN, VM_SHARED, VM_WRITE};
 
 use crate::{
     filter::{current_writer, selected_current_task},
@@ -137,13 +137,13 @@ pub(crate) fn try_folio_written_back(folio: u64) -> Result<(), i64> {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let header = header(
-        event_kind::PAGES_WRITTEN_BACK,
+        RecordKind::PagesWrittenBack,
         bpf_get_current_pid_tgid(),
         &key,
         now,
         &[0; TASK_COMM_LEN],
     );
-    submit_page_event(&header, event_kind::PAGES_WRITTEN_BACK, index, pages);
+    submit_page_event(&header, RecordKind::PagesWrittenBack, index, pages);
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use probe_common::{counter, event_kind, filter, traced, EventHeader, FileKey, TASK_COMM_LEN};
+use probe_common::{counter, filter, traced, EventHeader, FileKey, RecordKind, TASK_COMM_LEN};
 
 use crate::{
     filter::{note_identity_change, task_selected},
@@ -219,7 +219,7 @@ fn report_exit(pid_tgid: u64) {
     unsafe {
         fill_header(
             &mut *event,
-            event_kind::PROCESS_EXIT,
+            RecordKind::ProcessExit,
             pid_tgid,
             &FileKey::default(),
             now,

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    arith::byte_range_pages, counter, event_kind, sync_call, FileKey, PendingSync, SyncEvent,
+    arith::byte_range_pages, counter, sync_call, FileKey, PendingSync, RecordKind, SyncEvent,
     TASK_COMM_LEN, VM_SHARED,
 };
 
@@ -199,7 +199,7 @@ pub(crate) fn try_sync_exit<const SINCE_5_17: bool>(ctx: &TracePointContext) -> 
     unsafe {
         fill_header(
             &mut (*event).header,
-            event_kind::SYNC,
+            RecordKind::Sync,
             pid_tgid,
             &pending.file,
             now,

@@ -6,7 +6,7 @@
 //! Over 500 lines only with its unit tests (the code is ~390).
 
 use probe_common::{
-    event_kind, sync_call, walk_end, EventHeader, FileEvent, FileKey, PageEvent, SyncEvent,
+    sync_call, walk_end, EventHeader, FileEvent, FileKey, PageEvent, RecordKind, SyncEvent,
     PATH_MAX_DEPTH,
 };
 use zerocopy::FromBytes;
@@ -362,13 +362,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         ino: header.ino,
         generation: header.generation,
     };
-    match header.kind {
-        event_kind::SHARED_WRITE | event_kind::COW_WRITE => {
+    let kind: RecordKind =
+        zerocopy::try_transmute!(header.kind).map_err(|_| DecodeError::UnknownKind(header.kind))?;
+    match kind {
+        RecordKind::SharedWrite | RecordKind::CowWrite => {
             let event: PageEvent = read(bytes)?;
             Ok(Event::FirstWrite {
                 file,
                 page: event.page,
-                kind: if header.kind == event_kind::SHARED_WRITE {
+                kind: if kind == RecordKind::SharedWrite {
                     WriteKind::Shared
                 } else {
                     WriteKind::Cow
@@ -377,7 +379,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
-        event_kind::NEW_WRITER => {
+        RecordKind::NewWriter => {
             let event: PageEvent = read(bytes)?;
             Ok(Event::NewWriter {
                 file,
@@ -386,7 +388,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
-        event_kind::FOLIO_SPAN => {
+        RecordKind::FolioSpan => {
             let event = read_span(bytes)?;
             Ok(Event::FolioSpan {
                 file,
@@ -396,7 +398,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
-        event_kind::POSSIBLE_WRITE => {
+        RecordKind::PossibleWrite => {
             let event = read_span(bytes)?;
             Ok(Event::PossibleWrite {
                 file,
@@ -406,7 +408,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
-        event_kind::PAGES_WRITTEN_BACK => {
+        RecordKind::PagesWrittenBack => {
             let event = read_span(bytes)?;
             Ok(Event::WrittenBack {
                 file,
@@ -415,7 +417,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
-        event_kind::SYNC => {
+        RecordKind::Sync => {
             let event: SyncEvent = read(bytes)?;
             let call = SyncCall::from_kernel(event.call)
                 .ok_or(DecodeError::UnknownSyncCall(event.call))?;
@@ -430,11 +432,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns: header.boot_ns,
             })
         }
-        event_kind::PROCESS_EXIT => Ok(Event::ProcessExit {
+        RecordKind::ProcessExit => Ok(Event::ProcessExit {
             task: task(&header),
             boot_ns: header.boot_ns,
         }),
-        event_kind::FILE_SEEN => {
+        RecordKind::FileSeen => {
             let event: FileEvent = read(bytes)?;
             Ok(Event::FileSeen {
                 file,
@@ -450,7 +452,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 task: task(&header),
             })
         }
-        other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
@@ -467,7 +468,11 @@ mod tests {
         out
     }
 
-    fn header(kind: u32) -> EventHeader {
+    fn header(kind: RecordKind) -> EventHeader {
+        raw_header(kind as u32)
+    }
+
+    fn raw_header(kind: u32) -> EventHeader {
         EventHeader {
             kind,
             pid: 11,
@@ -485,7 +490,7 @@ mod tests {
     #[test]
     fn a_sync_record_decodes_with_its_call_and_latency() {
         let record = SyncEvent {
-            header: header(event_kind::SYNC),
+            header: header(RecordKind::Sync),
             call: sync_call::FDATASYNC,
             _pad: 0,
             ret: -5,
@@ -520,7 +525,7 @@ mod tests {
     #[test]
     fn decodes_a_shared_first_write() {
         let record = PageEvent {
-            header: header(event_kind::SHARED_WRITE),
+            header: header(RecordKind::SharedWrite),
             page: 17,
             pages: 1,
         };
@@ -549,7 +554,7 @@ mod tests {
     #[test]
     fn decodes_cow_and_new_writer() {
         let cow = PageEvent {
-            header: header(event_kind::COW_WRITE),
+            header: header(RecordKind::CowWrite),
             page: 3,
             pages: 1,
         };
@@ -562,7 +567,7 @@ mod tests {
             }
         ));
         let writer = PageEvent {
-            header: header(event_kind::NEW_WRITER),
+            header: header(RecordKind::NewWriter),
             page: 5,
             pages: 1,
         };
@@ -571,7 +576,7 @@ mod tests {
             Event::NewWriter { page: 5, .. }
         ));
         let span = PageEvent {
-            header: header(event_kind::FOLIO_SPAN),
+            header: header(RecordKind::FolioSpan),
             page: 512,
             pages: 512,
         };
@@ -588,7 +593,7 @@ mod tests {
     #[test]
     fn decodes_written_back_folios_and_refuses_empty_ones() {
         let folio = PageEvent {
-            header: header(event_kind::PAGES_WRITTEN_BACK),
+            header: header(RecordKind::PagesWrittenBack),
             page: 16,
             pages: 4,
         };
@@ -615,7 +620,7 @@ mod tests {
             .flat_map(|name| name.iter().copied().chain([0]))
             .collect();
         let record = FileEvent {
-            header: header(event_kind::FILE_SEEN),
+            header: header(RecordKind::FileSeen),
             fs_magic: 0xEF53,
             depth,
             reached_root,
@@ -707,7 +712,7 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         let record = PageEvent {
-            header: header(event_kind::SHARED_WRITE),
+            header: header(RecordKind::SharedWrite),
             page: 1,
             pages: 1,
         };
@@ -721,13 +726,13 @@ mod tests {
             decode(&bytes[..std::mem::size_of::<EventHeader>()]),
             Err(DecodeError::Short { .. })
         ));
-        let file_header = header(event_kind::FILE_SEEN);
+        let file_header = header(RecordKind::FileSeen);
         assert!(matches!(
             decode(file_header.as_bytes()),
             Err(DecodeError::Short { .. })
         ));
         let unknown = PageEvent {
-            header: header(99),
+            header: raw_header(99),
             page: 1,
             pages: 1,
         };
@@ -741,7 +746,7 @@ mod tests {
     #[test]
     fn rejects_spans_that_are_not_huge_pages() {
         let span = |page, pages| PageEvent {
-            header: header(event_kind::FOLIO_SPAN),
+            header: header(RecordKind::FolioSpan),
             page,
             pages,
         };

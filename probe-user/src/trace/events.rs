@@ -7,6 +7,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use probe_common::RecordKind;
 use serde::Serialize;
 
 use crate::{
@@ -28,8 +29,8 @@ pub struct StreamEvent<'a> {
     /// RFC 3339, UTC, nanoseconds.
     pub time: String,
     pub unix_ns: u64,
-    #[serde(rename = "type")]
-    pub kind: StreamKind,
+    #[serde(rename = "type", serialize_with = "stream_type")]
+    pub kind: RecordKind,
     /// The file's name when the event was read (as the report's `path`:
     /// `\xNN` for bytes that are not UTF-8, exact bytes in
     /// `path_bytes_hex`); null when it could not be named.
@@ -58,27 +59,10 @@ pub struct StreamEvent<'a> {
     pub result: Option<i64>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StreamKind {
-    /// The first store to a page through a shared mapping (a write fault).
-    Write,
-    /// One write fault that mapped a large folio writable whole: stores
-    /// to these pages take no fault of their own (the kernel's granularity).
-    FolioSpan,
-    /// Another process wrote a page already written.
-    NewWriter,
-    /// Pages a read fault mapped writable on a filesystem without
-    /// write-notify (tmpfs): possibly written, no store-time signal.
-    PossibleWrite,
-    /// First store through a private mapping: the file is not modified
-    /// (only with `--include-cow`).
-    CowWrite,
-    /// Pages whose writeback to disk completed (fentry and kprobe backends).
-    Writeback,
-    /// An msync, fsync, fdatasync or sync_file_range call on the file
-    /// returned.
-    Sync,
+/// A line's `type`: the record kind's stream name, declared with the kind
+/// in probe-common ([`RecordKind::stream_name`]).
+fn stream_type<S: serde::Serializer>(kind: &RecordKind, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(kind.stream_name().unwrap_or("other"))
 }
 
 /// The stream's line for an event, or None for events it does not carry
@@ -105,7 +89,14 @@ pub fn stream_event<'a>(
             if applied.new_pages == 0 {
                 return None;
             }
-            (StreamKind::Write, file, *page, 1, Some(task), *boot_ns)
+            (
+                RecordKind::SharedWrite,
+                file,
+                *page,
+                1,
+                Some(task),
+                *boot_ns,
+            )
         }
         Event::FirstWrite {
             file,
@@ -117,14 +108,14 @@ pub fn stream_event<'a>(
             if !filter.include_cow {
                 return None;
             }
-            (StreamKind::CowWrite, file, *page, 1, Some(task), *boot_ns)
+            (RecordKind::CowWrite, file, *page, 1, Some(task), *boot_ns)
         }
         Event::NewWriter {
             file,
             page,
             task,
             boot_ns,
-        } => (StreamKind::NewWriter, file, *page, 1, Some(task), *boot_ns),
+        } => (RecordKind::NewWriter, file, *page, 1, Some(task), *boot_ns),
         Event::FolioSpan {
             file,
             first_page,
@@ -132,7 +123,7 @@ pub fn stream_event<'a>(
             task,
             boot_ns,
         } => (
-            StreamKind::FolioSpan,
+            RecordKind::FolioSpan,
             file,
             *first_page,
             *pages,
@@ -146,7 +137,7 @@ pub fn stream_event<'a>(
             task,
             boot_ns,
         } => (
-            StreamKind::PossibleWrite,
+            RecordKind::PossibleWrite,
             file,
             *first_page,
             *pages,
@@ -159,7 +150,7 @@ pub fn stream_event<'a>(
             pages,
             boot_ns,
         } => (
-            StreamKind::Writeback,
+            RecordKind::PagesWrittenBack,
             file,
             *first_page,
             *pages,
@@ -180,7 +171,7 @@ pub fn stream_event<'a>(
             file?;
             sync = Some((call.name(), *latency_ns, *result));
             (
-                StreamKind::Sync,
+                RecordKind::Sync,
                 id,
                 *first_page,
                 *pages,
@@ -347,7 +338,7 @@ mod tests {
         );
         let line =
             stream_event(&event, &applied, Some(&record), &with, &clock).expect("a COW line");
-        assert_eq!(line.kind, StreamKind::CowWrite);
+        assert_eq!(line.kind, RecordKind::CowWrite);
     }
 
     #[test]
@@ -370,7 +361,7 @@ mod tests {
             .expect("kept under /data");
         assert_eq!(
             (line.kind, line.first_page, line.pages),
-            (StreamKind::FolioSpan, 16, 16)
+            (RecordKind::FolioSpan, 16, 16)
         );
         assert_eq!(
             stream_event(&event, &new_page(), Some(&outside), &filter, &clock),
@@ -429,7 +420,7 @@ mod tests {
             &Clock::with_offset(0),
         )
         .expect("a writeback line");
-        assert_eq!(line.kind, StreamKind::Writeback);
+        assert_eq!(line.kind, RecordKind::PagesWrittenBack);
         assert_eq!((line.pid, line.comm.as_deref()), (None, None));
         assert_eq!(line.path.as_deref(), Some("/d/a\\xffb"));
         assert_eq!(line.path_bytes_hex.as_deref(), Some("2f642f61ff62"));
