@@ -4,7 +4,7 @@
 
 use probe_user::model::{
     aggregate::Aggregate,
-    events::{Event, FileId, Task, WriteKind},
+    events::{Event, EventBody, FileId, Task, WriteKind},
 };
 
 fn rss_kib() -> u64 {
@@ -36,16 +36,18 @@ fn main() {
     for file in 0..FILES {
         for i in 0..per_file {
             let page = if file % 2 == 0 { i } else { i * 3 };
-            aggregate.apply(&Event::FirstWrite {
+            aggregate.apply(&Event {
                 file: FileId {
                     dev: 1,
                     ino: file,
                     generation: 0,
                 },
-                page,
-                kind: WriteKind::Shared,
                 task: task.clone(),
                 boot_ns: i,
+                body: EventBody::FirstWrite {
+                    page,
+                    kind: WriteKind::Shared,
+                },
             });
         }
     }

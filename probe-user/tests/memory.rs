@@ -10,7 +10,7 @@ use std::{
 
 use probe_user::model::{
     aggregate::Aggregate,
-    events::{Event, FileId, Task, WriteKind},
+    events::{Event, EventBody, FileId, Task, WriteKind},
     file_record::PathSource,
 };
 
@@ -59,12 +59,14 @@ fn file(index: u64) -> FileId {
 /// New files, one page each, as the kernel announces them.
 fn new_files(aggregate: &mut Aggregate, files: u64) {
     for index in 0..files {
-        aggregate.apply(&Event::FirstWrite {
+        aggregate.apply(&Event {
             file: file(index),
-            page: index % 2,
-            kind: WriteKind::Shared,
             task: task(),
             boot_ns: index,
+            body: EventBody::FirstWrite {
+                page: index % 2,
+                kind: WriteKind::Shared,
+            },
         });
         aggregate.set_path(
             file(index),
@@ -108,12 +110,14 @@ fn a_page_written_at_random_in_a_huge_file_costs_a_few_bytes() {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            aggregate.apply(&Event::FirstWrite {
+            aggregate.apply(&Event {
                 file: file(0),
-                page: state & ((1 << 28) - 1),
-                kind: WriteKind::Shared,
                 task: task(),
                 boot_ns: 1,
+                body: EventBody::FirstWrite {
+                    page: state & ((1 << 28) - 1),
+                    kind: WriteKind::Shared,
+                },
             });
         }
     });

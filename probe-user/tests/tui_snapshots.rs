@@ -7,7 +7,10 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use probe_user::{
     model::{
-        aggregate::Aggregate, events::Event, file_record::PathSource, paths::MountTable,
+        aggregate::Aggregate,
+        events::{Event, EventBody},
+        file_record::PathSource,
+        paths::MountTable,
         report_filter::ReportFilter,
     },
     probe::KernelCounters,
@@ -30,22 +33,19 @@ fn replay() -> (Aggregate, MountTable, u64) {
     for line in EVENTS.lines() {
         let event: Event = serde_json::from_str(line).expect("recorded event");
         aggregate.apply(&event);
-        match &event {
-            Event::FileSeen {
-                file,
-                components,
-                walk,
-                ..
+        match &event.body {
+            EventBody::FileSeen {
+                components, walk, ..
             } => aggregate.set_path(
-                *file,
-                mounts.dentry_full_path(*file, components, *walk),
+                event.file,
+                mounts.dentry_full_path(event.file, components, *walk),
                 PathSource::Dentry,
             ),
-            Event::FirstWrite { boot_ns, .. }
-            | Event::NewWriter { boot_ns, .. }
-            | Event::FolioSpan { boot_ns, .. }
-            | Event::PossibleWrite { boot_ns, .. } => last_ns = last_ns.max(*boot_ns),
-            Event::WrittenBack { .. } | Event::Sync { .. } | Event::ProcessExit { .. } => {}
+            EventBody::FirstWrite { .. }
+            | EventBody::NewWriter { .. }
+            | EventBody::FolioSpan { .. }
+            | EventBody::PossibleWrite { .. } => last_ns = last_ns.max(event.boot_ns),
+            EventBody::WrittenBack { .. } | EventBody::Sync { .. } | EventBody::ProcessExit => {}
         }
     }
     (aggregate, mounts, last_ns)
@@ -187,7 +187,7 @@ fn a_process_opens_its_files() {
 /// from buckets, not pages.
 #[test]
 fn ten_thousand_files_and_a_million_pages() {
-    use probe_user::model::events::{FileId, Task, WriteKind};
+    use probe_user::model::events::{EventBody, FileId, Task, WriteKind};
     let mut aggregate = Aggregate::new();
     let task = Task {
         pid: 7,
@@ -197,16 +197,18 @@ fn ten_thousand_files_and_a_million_pages() {
     };
     for ino in 0..10_000u64 {
         for page in 0..100u64 {
-            aggregate.apply(&Event::FirstWrite {
+            aggregate.apply(&Event {
                 file: FileId {
                     dev: 1 << 20,
                     ino,
                     generation: 0,
                 },
-                page: page * 2,
-                kind: WriteKind::Shared,
                 task: task.clone(),
                 boot_ns: page,
+                body: EventBody::FirstWrite {
+                    page: page * 2,
+                    kind: WriteKind::Shared,
+                },
             });
         }
     }

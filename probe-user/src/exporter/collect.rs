@@ -118,7 +118,7 @@ impl NewPages {
 
 impl EventObserver for NewPages {
     fn observe(&mut self, event: &Event, applied: &Applied, _file: Option<&FileRecord>) {
-        let (Some(task), Some(file)) = (event.task(), event.file()) else {
+        let (Some(task), Some(file)) = (event.writer(), event.file()) else {
             return;
         };
         if applied.new_pages > 0 {

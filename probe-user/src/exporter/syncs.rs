@@ -7,7 +7,7 @@ use std::{cell::RefCell, rc::Rc};
 use crate::{
     model::{
         aggregate::Applied,
-        events::{Event, FileId, SyncCall},
+        events::{Event, EventBody, FileId, SyncCall},
         file_record::FileRecord,
     },
     session::EventObserver,
@@ -33,18 +33,17 @@ impl EventObserver for SyncTap {
     fn observe(&mut self, event: &Event, _applied: &Applied, file: Option<&FileRecord>) {
         // As in the report: only files written through a mapping.
         if let (
-            Event::Sync {
-                file: id,
+            EventBody::Sync {
                 call,
                 latency_ns,
                 result,
                 ..
             },
             Some(_),
-        ) = (event, file)
+        ) = (&event.body, file)
         {
             self.0.borrow_mut().push(SyncSeen {
-                file: *id,
+                file: event.file,
                 call: *call,
                 latency_ns: *latency_ns,
                 failed: *result < 0,

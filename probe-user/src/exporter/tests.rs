@@ -14,7 +14,7 @@ use super::{collect::*, labels::*, metrics::*, scrape::*};
 use crate::{
     model::{
         aggregate::Aggregate,
-        events::{Event, FileId, Task, WriteKind},
+        events::{Event, EventBody, FileId, Task, WriteKind},
         paths::MountTable,
     },
     probe::{
@@ -90,10 +90,8 @@ fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
         ino,
         generation: 0,
     };
-    agg.apply(&Event::FirstWrite {
+    agg.apply(&Event {
         file,
-        page,
-        kind: WriteKind::Shared,
         task: Task {
             pid: 1,
             tgid: 1,
@@ -101,6 +99,10 @@ fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
             cgroup_id: 1,
         },
         boot_ns: 1,
+        body: EventBody::FirstWrite {
+            page,
+            kind: WriteKind::Shared,
+        },
     });
     agg.set_path(
         file,
@@ -649,12 +651,11 @@ mod any_bytes_in_labels {
             for (ino, bytes) in names.iter().enumerate() {
                 let path = path_from_bytes(bytes);
                 let file = FileId { dev: (254 << 20) | 1, ino: ino as u64 + 1, generation: 0 };
-                agg.apply(&Event::FirstWrite {
+                agg.apply(&Event {
                     file,
-                    page: 0,
-                    kind: WriteKind::Shared,
                     task: Task { pid: 1, tgid: 1, comm: "db".into(), cgroup_id: 1 },
                     boot_ns: 1,
+                    body: EventBody::FirstWrite { page: 0, kind: WriteKind::Shared },
                 });
                 agg.set_path(file, path.clone(), crate::model::file_record::PathSource::ProcMaps);
                 expected_files.insert((json_text(&path).into_owned(), hex_if_not_utf8(&path)), 1.0);

@@ -18,7 +18,7 @@ use super::page_set::PageSet;
 use probe_common::FileStats;
 
 use crate::model::{
-    events::{Event, FileId, WriteKind},
+    events::{Event, EventBody, FileId, WriteKind},
     file_record::{CurrentName, FileRecord, PathSource, WriterExit},
     names::NameBytes,
 };
@@ -152,16 +152,17 @@ impl Aggregate {
     pub fn apply(&mut self, event: &Event) -> Applied {
         self.events += 1;
         let mut new_pages = 0;
+        let Event {
+            file,
+            task,
+            boot_ns,
+            body,
+        } = event;
+        let (file, boot_ns) = (*file, *boot_ns);
 
-        let (file, tgid, created) = match event {
-            Event::FirstWrite {
-                file,
-                page,
-                kind,
-                task,
-                boot_ns,
-            } => {
-                let (record, created) = self.record(*file);
+        let created = match body {
+            EventBody::FirstWrite { page, kind } => {
+                let (record, created) = self.record(file);
                 let set = match kind {
                     WriteKind::Shared => {
                         record.shared_fault_events += 1;
@@ -187,32 +188,21 @@ impl Aggregate {
                     record.details_mut().repeated_reports += 1;
                     record.writer(task);
                 }
-                record.note_write_time(*boot_ns);
-                (*file, task.tgid, created)
+                record.note_write_time(boot_ns);
+                created
             }
-            Event::NewWriter {
-                file,
-                page,
-                task,
-                boot_ns,
-            } => {
-                let (record, created) = self.record(*file);
+            EventBody::NewWriter { page } => {
+                let (record, created) = self.record(file);
                 // The page was reported by its first writer; if that report
                 // was lost, this one still proves the page was written.
                 new_pages = u64::from(record.note_exact_page(*page));
                 record.shared_fault_events += 1;
                 record.writer(task);
-                record.note_write_time(*boot_ns);
-                (*file, task.tgid, created)
+                record.note_write_time(boot_ns);
+                created
             }
-            Event::FolioSpan {
-                file,
-                first_page,
-                pages,
-                task,
-                boot_ns,
-            } => {
-                let (record, created) = self.record(*file);
+            EventBody::FolioSpan { first_page, pages } => {
+                let (record, created) = self.record(file);
                 let end = first_page.saturating_add(*pages);
                 let mut span = PageSet::new();
                 span.insert_range(*first_page..end);
@@ -227,64 +217,51 @@ impl Aggregate {
                 if *pages == probe_common::PMD_PAGES {
                     details.huge_spans += 1;
                 }
-                record.note_write_time(*boot_ns);
-                (*file, task.tgid, created)
+                record.note_write_time(boot_ns);
+                created
             }
-            Event::PossibleWrite {
-                file,
-                first_page,
-                pages,
-                task,
-                ..
-            } => {
-                let (record, created) = self.record(*file);
+            EventBody::PossibleWrite { first_page, pages } => {
+                let (record, created) = self.record(file);
                 let end = first_page.saturating_add(*pages);
                 let added = record
                     .details_mut()
                     .possibly_written
                     .insert_range(*first_page..end);
                 record.writer(task).possible_pages += added;
-                (*file, task.tgid, created)
+                created
             }
-            Event::WrittenBack {
-                file,
-                first_page,
-                pages,
-                boot_ns,
-            } => {
+            EventBody::WrittenBack { first_page, pages } => {
                 // The kernel only reports files it has seen written; one not
                 // here yet still gets a record, named by its first write.
-                let (record, _) = self.record(*file);
-                record.note_written_back(*first_page, *pages, *boot_ns);
+                let (record, _) = self.record(file);
+                record.note_written_back(*first_page, *pages, boot_ns);
                 return Applied::default();
             }
             // Only for files written through a mapping: a database's fsync
             // of its write(2) log is not this tool's business.
-            Event::Sync {
-                file,
+            EventBody::Sync {
                 call,
                 latency_ns,
                 result,
-                boot_ns,
                 ..
             } => {
-                match self.files.get_mut(file) {
+                match self.files.get_mut(&file) {
                     Some(record) => {
                         record
                             .details_mut()
                             .syncs
-                            .note(*call, *latency_ns, *result, *boot_ns)
+                            .note(*call, *latency_ns, *result, boot_ns)
                     }
                     None => self.syncs_of_other_files += 1,
                 }
                 return Applied::default();
             }
-            Event::ProcessExit { task, boot_ns } => {
+            EventBody::ProcessExit => {
                 let mut exited_writer_of = Vec::new();
                 for (id, record) in &mut self.files {
                     if let Some(writer) = record.writers.get_mut(&task.tgid) {
                         writer.exit = Some(Box::new(WriterExit {
-                            boot_ns: *boot_ns,
+                            boot_ns,
                             not_on_disk: None,
                         }));
                         exited_writer_of.push(*id);
@@ -298,22 +275,17 @@ impl Aggregate {
             }
             // Its names become a path where the mounts are known (the
             // session's `set_path`).
-            Event::FileSeen {
-                file,
-                fs_magic,
-                task,
-                ..
-            } => {
-                let (record, created) = self.record(*file);
+            EventBody::FileSeen { fs_magic, .. } => {
+                let (record, created) = self.record(file);
                 record.fs_magic = *fs_magic;
                 if record.first_writer_cgroup_id == 0 {
                     record.first_writer_cgroup_id = task.cgroup_id;
                 }
-                (*file, task.tgid, created)
+                created
             }
         };
         Applied {
-            new_file: created.then_some((file, tgid)),
+            new_file: created.then_some((file, task.tgid)),
             new_pages,
             exited_writer_of: Vec::new(),
         }
@@ -504,12 +476,14 @@ mod tests {
     }
 
     fn write(page: u64, tgid: u32, at: u64) -> Event {
-        Event::FirstWrite {
+        Event {
             file: FILE,
-            page,
-            kind: WriteKind::Shared,
             task: task(tgid, "w"),
             boot_ns: at,
+            body: EventBody::FirstWrite {
+                page,
+                kind: WriteKind::Shared,
+            },
         }
     }
 
@@ -518,9 +492,11 @@ mod tests {
         let mut agg = Aggregate::new();
         agg.apply(&write(0, 7, 10));
         agg.apply(&write(1, 8, 11));
-        let applied = agg.apply(&Event::ProcessExit {
+        let applied = agg.apply(&Event {
+            file: FileId::default(),
             task: task(7, "w"),
             boot_ns: 50,
+            body: EventBody::ProcessExit,
         });
         assert_eq!(applied.exited_writer_of, [FILE]);
         agg.set_not_on_disk_at_exit(FILE, 7, Ok(1));
@@ -533,9 +509,11 @@ mod tests {
             })
         );
         assert_eq!(record.writers[&8].exit, None, "still running");
-        let unknown = agg.apply(&Event::ProcessExit {
+        let unknown = agg.apply(&Event {
+            file: FileId::default(),
             task: task(99, "never-wrote"),
             boot_ns: 60,
+            body: EventBody::ProcessExit,
         });
         assert!(unknown.exited_writer_of.is_empty());
     }
@@ -585,12 +563,14 @@ mod tests {
     fn huge_spans_add_every_page_once() {
         let mut agg = Aggregate::new();
         agg.apply(&write(7, 100, 1));
-        let applied = agg.apply(&Event::FolioSpan {
+        let applied = agg.apply(&Event {
             file: FILE,
-            first_page: 0,
-            pages: 512,
             task: task(100, "w"),
             boot_ns: 2,
+            body: EventBody::FolioSpan {
+                first_page: 0,
+                pages: 512,
+            },
         });
         assert_eq!(applied.new_pages, 511);
         let rec = agg.file(&FILE).unwrap();
@@ -610,12 +590,14 @@ mod tests {
     fn small_folio_spans_are_pages_written_but_not_exact() {
         let mut agg = Aggregate::new();
         agg.apply(&write(16, 100, 1));
-        agg.apply(&Event::FolioSpan {
+        agg.apply(&Event {
             file: FILE,
-            first_page: 16,
-            pages: 16,
             task: task(100, "w"),
             boot_ns: 2,
+            body: EventBody::FolioSpan {
+                first_page: 16,
+                pages: 16,
+            },
         });
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(page_ranges(&rec.pages_written), vec![[16, 31]]);
@@ -630,12 +612,14 @@ mod tests {
     #[test]
     fn possibly_written_pages_do_not_make_a_file_modified() {
         let mut agg = Aggregate::new();
-        let applied = agg.apply(&Event::PossibleWrite {
+        let applied = agg.apply(&Event {
             file: FILE,
-            first_page: 0,
-            pages: 16,
             task: task(7, "reader"),
             boot_ns: 1,
+            body: EventBody::PossibleWrite {
+                first_page: 0,
+                pages: 16,
+            },
         });
         assert_eq!(applied.new_file, Some((FILE, 7)));
         assert_eq!(applied.new_pages, 0);
@@ -657,12 +641,14 @@ mod tests {
             generation: FILE.generation + 1,
             ..FILE
         };
-        agg.apply(&Event::FirstWrite {
+        agg.apply(&Event {
             file: reused,
-            page: 2,
-            kind: WriteKind::Shared,
             task: task(2, "new"),
             boot_ns: 2,
+            body: EventBody::FirstWrite {
+                page: 2,
+                kind: WriteKind::Shared,
+            },
         });
         assert_eq!(agg.len(), 2);
         assert_eq!(
@@ -700,12 +686,14 @@ mod tests {
     #[test]
     fn cow_only_files_are_not_modified() {
         let mut agg = Aggregate::new();
-        agg.apply(&Event::FirstWrite {
+        agg.apply(&Event {
             file: FILE,
-            page: 2,
-            kind: WriteKind::Cow,
             task: task(1, "c"),
             boot_ns: 1,
+            body: EventBody::FirstWrite {
+                page: 2,
+                kind: WriteKind::Cow,
+            },
         });
         let rec = agg.file(&FILE).unwrap();
         assert!(!rec.modified());
@@ -717,11 +705,11 @@ mod tests {
     fn new_writers_are_attributed_without_pages() {
         let mut agg = Aggregate::new();
         agg.apply(&write(5, 100, 1));
-        agg.apply(&Event::NewWriter {
+        agg.apply(&Event {
             file: FILE,
-            page: 5,
             task: task(300, "late"),
             boot_ns: 4,
+            body: EventBody::NewWriter { page: 5 },
         });
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(rec.writers[&300].pages, 0);
@@ -733,14 +721,17 @@ mod tests {
     #[test]
     fn proc_maps_paths_beat_dentry_paths() {
         let mut agg = Aggregate::new();
-        agg.apply(&Event::FileSeen {
+        agg.apply(&Event {
             file: FILE,
-            fs_magic: 0xEF53,
-            components: vec!["f".into(), "d".into()],
-            walk: crate::model::events::WalkEnd::FsRoot,
-            through_overlay: false,
-            mount_ns: None,
             task: task(1, "x"),
+            boot_ns: 0,
+            body: EventBody::FileSeen {
+                fs_magic: 0xEF53,
+                components: vec!["f".into(), "d".into()],
+                walk: crate::model::events::WalkEnd::FsRoot,
+                through_overlay: false,
+                mount_ns: None,
+            },
         });
         agg.set_path(FILE, "/d/f".into(), PathSource::Dentry);
         assert_eq!(

@@ -70,7 +70,7 @@ impl FileId {
 }
 
 /// Who caused an event.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub pid: u32,
     pub tgid: u32,
@@ -126,70 +126,52 @@ impl SyncCall {
     }
 }
 
-/// Serializable so sessions can be recorded (`trace --record`) and
-/// replayed, e.g. into the dashboard's snapshot tests.
+/// One ring-buffer record: what every record says (which file, which
+/// task, when), and what its kind adds. Serializable so sessions can be
+/// recorded and replayed, e.g. into the dashboard's snapshot tests.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Event {
+pub struct Event {
+    /// The file (none for a process exit: zero).
+    pub file: FileId,
+    /// The task the kernel saw it in; for a writeback completion, whichever
+    /// task the kernel finished it in (see [`Event::writer`]).
+    pub task: Task,
+    /// `bpf_ktime_get_boot_ns()` when the kernel saw it.
+    pub boot_ns: u64,
+    pub body: EventBody,
+}
+
+/// What each kind of record adds to [`Event`]'s header.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum EventBody {
     /// First write to a page (per kind).
-    FirstWrite {
-        file: FileId,
-        page: u64,
-        kind: WriteKind,
-        task: Task,
-        boot_ns: u64,
-    },
+    FirstWrite { page: u64, kind: WriteKind },
     /// A process writing (shared) a page that another process wrote first.
-    NewWriter {
-        file: FileId,
-        page: u64,
-        task: Task,
-        boot_ns: u64,
-    },
+    NewWriter { page: u64 },
     /// A write fault that made a whole large folio writable at once:
     /// stores to any of its pages cause no further fault.
-    FolioSpan {
-        file: FileId,
-        first_page: u64,
-        pages: u64,
-        task: Task,
-        boot_ns: u64,
-    },
+    FolioSpan { first_page: u64, pages: u64 },
     /// Pages a read fault mapped writable into a shared writable mapping of
     /// a file without write-notify (tmpfs): stores to them take no fault,
     /// so they may have been written.
-    PossibleWrite {
-        file: FileId,
-        first_page: u64,
-        pages: u64,
-        task: Task,
-        boot_ns: u64,
-    },
+    PossibleWrite { first_page: u64, pages: u64 },
     /// Pages of a file finished writeback (a folio: `pages` from
     /// `first_page`); function-hook backends only.
-    WrittenBack {
-        file: FileId,
-        first_page: u64,
-        pages: u64,
-        boot_ns: u64,
-    },
+    WrittenBack { first_page: u64, pages: u64 },
     /// An msync, fsync, fdatasync or sync_file_range call returned:
     /// `pages` from `first_page` (0: the whole file), `result` 0 or a
-    /// negative errno, `boot_ns` when it returned.
+    /// negative errno; the header's time is when it returned.
     Sync {
-        file: FileId,
         call: SyncCall,
         first_page: u64,
         pages: u64,
         latency_ns: u64,
         result: i64,
-        task: Task,
-        boot_ns: u64,
     },
     /// A process that had a shared writable mapping exited (`trace`).
-    ProcessExit { task: Task, boot_ns: u64 },
+    ProcessExit,
     /// A file seen for the first time, with its dentry names, leaf first.
     FileSeen {
-        file: FileId,
         fs_magic: u64,
         components: Vec<NameBytes>,
         walk: WalkEnd,
@@ -201,7 +183,6 @@ pub enum Event {
         /// not known there; the writer's /proc is asked instead).
         #[serde(default)]
         mount_ns: Option<u64>,
-        task: Task,
     },
 }
 
@@ -220,32 +201,21 @@ pub enum WalkEnd {
 }
 
 impl Event {
-    /// The task the record came from (writeback completions have none).
-    pub fn task(&self) -> Option<&Task> {
-        match self {
-            Event::FirstWrite { task, .. }
-            | Event::NewWriter { task, .. }
-            | Event::FolioSpan { task, .. }
-            | Event::PossibleWrite { task, .. }
-            | Event::Sync { task, .. }
-            | Event::ProcessExit { task, .. }
-            | Event::FileSeen { task, .. } => Some(task),
-            Event::WrittenBack { .. } => None,
+    /// The task whose doing the record is (a writeback completion is
+    /// nobody's: the kernel's).
+    pub fn writer(&self) -> Option<&Task> {
+        match self.body {
+            EventBody::WrittenBack { .. } => None,
+            _ => Some(&self.task),
         }
     }
 
     /// The file the record is about (a process exit is about none).
     pub fn file(&self) -> Option<FileId> {
-        Some(match self {
-            Event::FirstWrite { file, .. }
-            | Event::NewWriter { file, .. }
-            | Event::FolioSpan { file, .. }
-            | Event::PossibleWrite { file, .. }
-            | Event::WrittenBack { file, .. }
-            | Event::Sync { file, .. }
-            | Event::FileSeen { file, .. } => *file,
-            Event::ProcessExit { .. } => return None,
-        })
+        match self.body {
+            EventBody::ProcessExit => None,
+            _ => Some(self.file),
+        }
     }
 }
 
@@ -357,89 +327,49 @@ fn file_names(bytes: &[u8], event: &FileEvent) -> Result<Vec<NameBytes>, DecodeE
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: EventHeader = read(bytes)?;
-    let file = FileId {
-        dev: header.dev,
-        ino: header.ino,
-        generation: header.generation,
-    };
     let kind: RecordKind =
         zerocopy::try_transmute!(header.kind).map_err(|_| DecodeError::UnknownKind(header.kind))?;
-    match kind {
+    let body = match kind {
         RecordKind::SharedWrite | RecordKind::CowWrite => {
             let event: PageEvent = read(bytes)?;
-            Ok(Event::FirstWrite {
-                file,
+            EventBody::FirstWrite {
                 page: event.page,
                 kind: if kind == RecordKind::SharedWrite {
                     WriteKind::Shared
                 } else {
                     WriteKind::Cow
                 },
-                task: task(&header),
-                boot_ns: header.boot_ns,
-            })
+            }
         }
         RecordKind::NewWriter => {
             let event: PageEvent = read(bytes)?;
-            Ok(Event::NewWriter {
-                file,
-                page: event.page,
-                task: task(&header),
-                boot_ns: header.boot_ns,
-            })
+            EventBody::NewWriter { page: event.page }
         }
-        RecordKind::FolioSpan => {
-            let event = read_span(bytes)?;
-            Ok(Event::FolioSpan {
-                file,
-                first_page: event.page,
-                pages: event.pages,
-                task: task(&header),
-                boot_ns: header.boot_ns,
-            })
-        }
-        RecordKind::PossibleWrite => {
-            let event = read_span(bytes)?;
-            Ok(Event::PossibleWrite {
-                file,
-                first_page: event.page,
-                pages: event.pages,
-                task: task(&header),
-                boot_ns: header.boot_ns,
-            })
-        }
-        RecordKind::PagesWrittenBack => {
-            let event = read_span(bytes)?;
-            Ok(Event::WrittenBack {
-                file,
-                first_page: event.page,
-                pages: event.pages,
-                boot_ns: header.boot_ns,
-            })
+        RecordKind::FolioSpan | RecordKind::PossibleWrite | RecordKind::PagesWrittenBack => {
+            let span = read_span(bytes)?;
+            let (first_page, pages) = (span.page, span.pages);
+            match kind {
+                RecordKind::FolioSpan => EventBody::FolioSpan { first_page, pages },
+                RecordKind::PossibleWrite => EventBody::PossibleWrite { first_page, pages },
+                _ => EventBody::WrittenBack { first_page, pages },
+            }
         }
         RecordKind::Sync => {
             let event: SyncEvent = read(bytes)?;
             let call = SyncCall::from_kernel(event.call)
                 .ok_or(DecodeError::UnknownSyncCall(event.call))?;
-            Ok(Event::Sync {
-                file,
+            EventBody::Sync {
                 call,
                 first_page: event.first_page,
                 pages: event.pages.min(MAX_SYNC_PAGES),
                 latency_ns: event.latency_ns,
                 result: event.ret,
-                task: task(&header),
-                boot_ns: header.boot_ns,
-            })
+            }
         }
-        RecordKind::ProcessExit => Ok(Event::ProcessExit {
-            task: task(&header),
-            boot_ns: header.boot_ns,
-        }),
+        RecordKind::ProcessExit => EventBody::ProcessExit,
         RecordKind::FileSeen => {
             let event: FileEvent = read(bytes)?;
-            Ok(Event::FileSeen {
-                file,
+            EventBody::FileSeen {
                 fs_magic: event.fs_magic,
                 components: file_names(bytes, &event)?,
                 walk: match event.reached_root & walk_end::END_MASK {
@@ -449,10 +379,23 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 },
                 through_overlay: event.reached_root & walk_end::STACKED != 0,
                 mount_ns: (event.mount_ns != 0).then_some(u64::from(event.mount_ns)),
-                task: task(&header),
-            })
+            }
         }
-    }
+    };
+    let file = match body {
+        EventBody::ProcessExit => FileId::default(),
+        _ => FileId {
+            dev: header.dev,
+            ino: header.ino,
+            generation: header.generation,
+        },
+    };
+    Ok(Event {
+        file,
+        task: task(&header),
+        boot_ns: header.boot_ns,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -499,18 +442,17 @@ mod tests {
             pages: 0,
         };
         let event = decode(record.as_bytes()).expect("decodes");
-        let Event::Sync {
+        let EventBody::Sync {
             call,
             latency_ns,
             result,
-            task,
             ..
-        } = event
+        } = event.body
         else {
             panic!("not a sync: {event:?}");
         };
         assert_eq!((call, latency_ns, result), (SyncCall::Fdatasync, 1_500, -5));
-        assert_eq!(task.comm, "writer");
+        assert_eq!(event.task.comm, "writer");
         let unknown = SyncEvent { call: 99, ..record };
         assert_eq!(
             decode(unknown.as_bytes()),
@@ -532,14 +474,12 @@ mod tests {
         let event = decode(record.as_bytes()).unwrap();
         assert_eq!(
             event,
-            Event::FirstWrite {
+            Event {
                 file: FileId {
                     dev: (254 << 20) | 1,
                     ino: 4242,
                     generation: 0
                 },
-                page: 17,
-                kind: WriteKind::Shared,
                 task: Task {
                     pid: 11,
                     tgid: 10,
@@ -547,6 +487,10 @@ mod tests {
                     cgroup_id: 7
                 },
                 boot_ns: 99,
+                body: EventBody::FirstWrite {
+                    page: 17,
+                    kind: WriteKind::Shared
+                },
             }
         );
     }
@@ -559,8 +503,8 @@ mod tests {
             pages: 1,
         };
         assert!(matches!(
-            decode(cow.as_bytes()).unwrap(),
-            Event::FirstWrite {
+            decode(cow.as_bytes()).unwrap().body,
+            EventBody::FirstWrite {
                 kind: WriteKind::Cow,
                 page: 3,
                 ..
@@ -572,8 +516,8 @@ mod tests {
             pages: 1,
         };
         assert!(matches!(
-            decode(writer.as_bytes()).unwrap(),
-            Event::NewWriter { page: 5, .. }
+            decode(writer.as_bytes()).unwrap().body,
+            EventBody::NewWriter { page: 5, .. }
         ));
         let span = PageEvent {
             header: header(RecordKind::FolioSpan),
@@ -581,8 +525,8 @@ mod tests {
             pages: 512,
         };
         assert!(matches!(
-            decode(span.as_bytes()).unwrap(),
-            Event::FolioSpan {
+            decode(span.as_bytes()).unwrap().body,
+            EventBody::FolioSpan {
                 first_page: 512,
                 pages: 512,
                 ..
@@ -598,8 +542,8 @@ mod tests {
             pages: 4,
         };
         assert!(matches!(
-            decode(folio.as_bytes()).unwrap(),
-            Event::WrittenBack {
+            decode(folio.as_bytes()).unwrap().body,
+            EventBody::WrittenBack {
                 first_page: 16,
                 pages: 4,
                 ..
@@ -637,8 +581,11 @@ mod tests {
         depth: u32,
         reached_root: u32,
     ) -> (Vec<NameBytes>, WalkEnd, bool) {
-        match decode(&file_seen_bytes(names, depth, reached_root)).unwrap() {
-            Event::FileSeen {
+        match decode(&file_seen_bytes(names, depth, reached_root))
+            .unwrap()
+            .body
+        {
+            EventBody::FileSeen {
                 components,
                 walk,
                 through_overlay,
@@ -681,8 +628,8 @@ mod tests {
         ));
         // No names at all: a window found without its mapping.
         assert!(matches!(
-            decode(&file_seen_bytes(&[], 0, walk_end::CUT)).unwrap(),
-            Event::FileSeen { components, .. } if components.is_empty()
+            decode(&file_seen_bytes(&[], 0, walk_end::CUT)).unwrap().body,
+            EventBody::FileSeen { components, .. } if components.is_empty()
         ));
     }
 

@@ -12,7 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     model::{
         aggregate::{Aggregate, Applied},
-        events::{decode, Event, FileId, WalkEnd},
+        events::{decode, Event, EventBody, FileId, WalkEnd},
         file_handle::current_name,
         file_record::{FileRecord, PathSource},
         paths::{fs_has_writeback, mount_ns_of, proc_maps_path, MountTable},
@@ -143,46 +143,40 @@ impl Collector {
                 return;
             }
         };
-        if let Event::FileSeen {
-            file,
+        if let EventBody::FileSeen {
             components,
             walk,
             through_overlay,
             mount_ns,
             ..
-        } = &event
+        } = &event.body
         {
+            let file = event.file;
             self.files_announced += 1;
             // A mount made after start-up: read the table again.
-            if self.mounts.fs_type(*file).is_none() {
+            if self.mounts.fs_type(file).is_none() {
                 self.mounts = MountTable::read();
             }
-            let tgid = event.task().map(|task| task.tgid);
+            let tgid = event.task.tgid;
             // Not mounted in our view and not named whole by the kernel: a
             // mount of the writer's namespace (a container's tmpfs), named
             // as the writer sees it while it lives.
-            let writers_mounts = match tgid {
-                Some(tgid)
-                    if *walk != WalkEnd::NamespaceRoot && self.mounts.fs_type(*file).is_none() =>
-                {
-                    MountTable::of_process(&self.proc_root, tgid)
-                }
-                _ => None,
-            };
+            let writers_mounts = (*walk != WalkEnd::NamespaceRoot
+                && self.mounts.fs_type(file).is_none())
+            .then(|| MountTable::of_process(&self.proc_root, tgid))
+            .flatten();
             let path = writers_mounts
                 .as_ref()
                 .unwrap_or(&self.mounts)
-                .dentry_full_path(*file, components, *walk);
+                .dentry_full_path(file, components, *walk);
             let applied = self.aggregate.apply(&event);
-            self.aggregate.set_path(*file, path, PathSource::Dentry);
+            self.aggregate.set_path(file, path, PathSource::Dentry);
             if *through_overlay {
-                self.aggregate.set_through_overlay(*file);
+                self.aggregate.set_through_overlay(file);
             }
             // The kernel's number holds after the writer is gone.
-            if let Some(mount_ns) =
-                mount_ns.or_else(|| tgid.and_then(|tgid| mount_ns_of(&self.proc_root, tgid)))
-            {
-                self.aggregate.set_mount_ns(*file, mount_ns);
+            if let Some(mount_ns) = mount_ns.or_else(|| mount_ns_of(&self.proc_root, tgid)) {
+                self.aggregate.set_mount_ns(file, mount_ns);
             }
             // The kernel named it whole, in the view we share with its
             // writer: /proc adds nothing, and reading the writer's maps
@@ -191,8 +185,8 @@ impl Collector {
             let named_whole = *walk == WalkEnd::NamespaceRoot
                 && !*through_overlay
                 && mount_ns.is_some_and(|ns| Some(ns) == self.own_mount_ns);
-            if let (Some(tgid), false) = (tgid, named_whole) {
-                self.resolve_path(*file, tgid);
+            if !named_whole {
+                self.resolve_path(file, tgid);
             }
             self.notify(&event, &applied);
             return;
@@ -201,8 +195,8 @@ impl Collector {
         if let Some((file, tgid)) = applied.new_file {
             self.resolve_path(file, tgid);
         }
-        if let Event::ProcessExit { task, .. } = &event {
-            self.look_at_pages_of(task.tgid, &applied.exited_writer_of);
+        if event.body == EventBody::ProcessExit {
+            self.look_at_pages_of(event.task.tgid, &applied.exited_writer_of);
         }
         self.notify(&event, &applied);
     }

@@ -14,7 +14,7 @@ use crate::{
     model::{
         aggregate::Applied,
         clock::Clock,
-        events::{Event, WriteKind},
+        events::{Event, EventBody, WriteKind},
         file_record::FileRecord,
         names,
         report_filter::ReportFilter,
@@ -76,111 +76,50 @@ pub fn stream_event<'a>(
     clock: &Clock,
 ) -> Option<StreamEvent<'a>> {
     let mut sync = None;
-    let (kind, id, first_page, pages, task, boot_ns) = match event {
-        Event::FirstWrite {
-            file,
+    let (kind, first_page, pages) = match &event.body {
+        EventBody::FirstWrite {
             page,
             kind: WriteKind::Shared,
-            task,
-            boot_ns,
         } => {
             // The kernel reports a page again when its dedup entry was
             // evicted; the stream keeps first writes first.
             if applied.new_pages == 0 {
                 return None;
             }
-            (
-                RecordKind::SharedWrite,
-                file,
-                *page,
-                1,
-                Some(task),
-                *boot_ns,
-            )
+            (RecordKind::SharedWrite, *page, 1)
         }
-        Event::FirstWrite {
-            file,
+        EventBody::FirstWrite {
             page,
             kind: WriteKind::Cow,
-            task,
-            boot_ns,
         } => {
             if !filter.include_cow {
                 return None;
             }
-            (RecordKind::CowWrite, file, *page, 1, Some(task), *boot_ns)
+            (RecordKind::CowWrite, *page, 1)
         }
-        Event::NewWriter {
-            file,
-            page,
-            task,
-            boot_ns,
-        } => (RecordKind::NewWriter, file, *page, 1, Some(task), *boot_ns),
-        Event::FolioSpan {
-            file,
-            first_page,
-            pages,
-            task,
-            boot_ns,
-        } => (
-            RecordKind::FolioSpan,
-            file,
-            *first_page,
-            *pages,
-            Some(task),
-            *boot_ns,
-        ),
-        Event::PossibleWrite {
-            file,
-            first_page,
-            pages,
-            task,
-            boot_ns,
-        } => (
-            RecordKind::PossibleWrite,
-            file,
-            *first_page,
-            *pages,
-            Some(task),
-            *boot_ns,
-        ),
-        Event::WrittenBack {
-            file,
-            first_page,
-            pages,
-            boot_ns,
-        } => (
-            RecordKind::PagesWrittenBack,
-            file,
-            *first_page,
-            *pages,
-            None,
-            *boot_ns,
-        ),
-        Event::Sync {
-            file: id,
+        EventBody::NewWriter { page } => (RecordKind::NewWriter, *page, 1),
+        EventBody::FolioSpan { first_page, pages } => (RecordKind::FolioSpan, *first_page, *pages),
+        EventBody::PossibleWrite { first_page, pages } => {
+            (RecordKind::PossibleWrite, *first_page, *pages)
+        }
+        EventBody::WrittenBack { first_page, pages } => {
+            (RecordKind::PagesWrittenBack, *first_page, *pages)
+        }
+        EventBody::Sync {
             call,
             first_page,
             pages,
             latency_ns,
             result,
-            task,
-            boot_ns,
         } => {
             // As in the report: only files written through a mapping.
             file?;
             sync = Some((call.name(), *latency_ns, *result));
-            (
-                RecordKind::Sync,
-                id,
-                *first_page,
-                *pages,
-                Some(task),
-                *boot_ns,
-            )
+            (RecordKind::Sync, *first_page, *pages)
         }
-        Event::FileSeen { .. } | Event::ProcessExit { .. } => return None,
+        EventBody::FileSeen { .. } | EventBody::ProcessExit => return None,
     };
+    let (id, task, boot_ns) = (event.file, event.writer(), event.boot_ns);
     if file.is_some_and(|record| !filter.keeps_name(record))
         || (file.is_none() && !filter.path_prefixes.is_empty())
     {
@@ -264,12 +203,11 @@ mod tests {
     }
 
     fn first_write(kind: WriteKind, page: u64, boot_ns: u64) -> Event {
-        Event::FirstWrite {
+        Event {
             file: FILE,
-            page,
-            kind,
             task: task(),
             boot_ns,
+            body: EventBody::FirstWrite { page, kind },
         }
     }
 
@@ -343,12 +281,14 @@ mod tests {
 
     #[test]
     fn path_prefixes_filter_the_stream_as_the_report() {
-        let event = Event::FolioSpan {
+        let event = Event {
             file: FILE,
-            first_page: 16,
-            pages: 16,
             task: task(),
             boot_ns: 1,
+            body: EventBody::FolioSpan {
+                first_page: 16,
+                pages: 16,
+            },
         };
         let filter = ReportFilter {
             include_cow: false,
@@ -372,15 +312,17 @@ mod tests {
     #[test]
     fn a_sync_line_says_which_call_how_long_and_its_result() {
         let record = named("/data/db");
-        let event = Event::Sync {
+        let event = Event {
             file: FILE,
-            call: crate::model::events::SyncCall::Msync,
-            first_page: 2,
-            pages: 3,
-            latency_ns: 4_000,
-            result: 0,
             task: task(),
             boot_ns: 1,
+            body: EventBody::Sync {
+                call: crate::model::events::SyncCall::Msync,
+                first_page: 2,
+                pages: 3,
+                latency_ns: 4_000,
+                result: 0,
+            },
         };
         let filter = ReportFilter::default();
         let clock = Clock::with_offset(0);
@@ -406,11 +348,14 @@ mod tests {
     fn writeback_has_no_writer_and_names_that_are_not_utf8_are_exact() {
         use std::os::unix::ffi::OsStrExt as _;
         let record = named(std::ffi::OsStr::from_bytes(b"/d/a\xffb"));
-        let event = Event::WrittenBack {
+        let event = Event {
             file: FILE,
-            first_page: 0,
-            pages: 4,
+            task: Task::default(),
             boot_ns: 1,
+            body: EventBody::WrittenBack {
+                first_page: 0,
+                pages: 4,
+            },
         };
         let line = stream_event(
             &event,

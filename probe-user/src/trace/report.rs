@@ -464,7 +464,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::events::{Event, Task, WriteKind};
+    use crate::model::events::{Event, EventBody, Task, WriteKind};
     use probe_common::counter;
     use std::collections::BTreeSet;
 
@@ -481,10 +481,8 @@ mod tests {
             (2, WriteKind::Shared),
             (8, WriteKind::Shared),
         ] {
-            agg.apply(&Event::FirstWrite {
+            agg.apply(&Event {
                 file: FILE,
-                page,
-                kind,
                 task: Task {
                     pid: 5,
                     tgid: 5,
@@ -492,17 +490,16 @@ mod tests {
                     cgroup_id: 3,
                 },
                 boot_ns: 1_000 + page,
+                body: EventBody::FirstWrite { page, kind },
             });
         }
         agg.set_path(FILE, "/mnt/f".into(), PathSource::ProcMaps);
-        agg.apply(&Event::FirstWrite {
+        agg.apply(&Event {
             file: FileId {
                 dev: 1,
                 ino: 1,
                 generation: 0,
             },
-            page: 0,
-            kind: WriteKind::Cow,
             task: Task {
                 pid: 6,
                 tgid: 6,
@@ -510,6 +507,10 @@ mod tests {
                 cgroup_id: 3,
             },
             boot_ns: 5,
+            body: EventBody::FirstWrite {
+                page: 0,
+                kind: WriteKind::Cow,
+            },
         });
         agg
     }

@@ -291,7 +291,7 @@ mod tests {
     fn writers_a_file_folded_are_one_process_row_with_their_pages() {
         use crate::model::{
             aggregate::Aggregate,
-            events::{Event, FileId, Task, WriteKind},
+            events::{Event, EventBody, FileId, Task, WriteKind},
             file_record::MAX_WRITERS_PER_FILE,
         };
         let file = FileId {
@@ -302,10 +302,8 @@ mod tests {
         let mut aggregate = Aggregate::new();
         let writers = MAX_WRITERS_PER_FILE as u32 + 10;
         for tgid in 1..=writers {
-            aggregate.apply(&Event::FirstWrite {
+            aggregate.apply(&Event {
                 file,
-                page: u64::from(tgid),
-                kind: WriteKind::Shared,
                 task: Task {
                     pid: tgid,
                     tgid,
@@ -313,6 +311,10 @@ mod tests {
                     cgroup_id: 1,
                 },
                 boot_ns: u64::from(tgid),
+                body: EventBody::FirstWrite {
+                    page: u64::from(tgid),
+                    kind: WriteKind::Shared,
+                },
             });
         }
         let snapshot = Snapshot::build(
