@@ -193,6 +193,62 @@ pub fn run(command: &mut Command) -> Output {
         .unwrap_or_else(|err| panic!("running {command:?}: {err}"))
 }
 
+/// The arguments of one `mw-workload` run, said as what it stores: a
+/// mode, its file, its size and the pages it writes, and the mode's own
+/// flags. The tests build it instead of spelling the command line.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    args: Vec<String>,
+}
+
+impl Workload {
+    /// `MODE --file FILE`.
+    pub fn new(mode: &str, file: &Path) -> Self {
+        Self::mode(mode).option("--file", path_arg(file))
+    }
+
+    /// A mode that works on no one file (`many-files --dir DIR`).
+    pub fn mode(mode: &str) -> Self {
+        Self {
+            args: vec![mode.into()],
+        }
+    }
+
+    /// The file's size in pages.
+    pub fn size_pages(self, pages: u64) -> Self {
+        self.option("--size-pages", pages)
+    }
+
+    /// The pages stored to, as mw-workload reads them (`2,6` or `0-3`).
+    pub fn pages(self, pages: impl std::fmt::Display) -> Self {
+        self.option("--pages", pages)
+    }
+
+    /// A flag of the mode (`--read-first`).
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.into());
+        self
+    }
+
+    /// An option of the mode with its value.
+    pub fn option(mut self, name: &str, value: impl std::fmt::Display) -> Self {
+        self.args.push(name.into());
+        self.args.push(value.to_string());
+        self
+    }
+
+    pub fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+
+    /// The run as a command of `workload_bin`, not started.
+    pub fn command(&self, workload_bin: &str) -> Command {
+        let mut command = Command::new(workload_bin);
+        command.args(&self.args);
+        command
+    }
+}
+
 /// `mmapwatch trace --json [extra] -- WORKLOAD_BIN [workload]`.
 pub fn trace_command(workload_bin: &str, extra: &[&str], workload: &[&str]) -> TraceRun {
     let output = run(Command::new(mmapwatch_bin())

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{backend_under_test, mmapwatch_bin, path_arg, require_root, scratch_dir};
+use integration_tests::{
+    backend_under_test, mmapwatch_bin, path_arg, require_root, scratch_dir, Workload,
+};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
 
@@ -112,16 +114,10 @@ fn http_get_accepting(port: u16, path: &str, accept: &str) -> (u16, String) {
 }
 
 fn write_pages(file: &Path, size_pages: u64, pages: &str) {
-    let status = Command::new(WORKLOAD)
-        .args([
-            "shared",
-            "--file",
-            &path_arg(file),
-            "--size-pages",
-            &size_pages.to_string(),
-            "--pages",
-            pages,
-        ])
+    let status = Workload::new("shared", file)
+        .size_pages(size_pages)
+        .pages(pages)
+        .command(WORKLOAD)
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -395,8 +391,9 @@ fn a_plain_scrape_is_prometheus_text_that_promtool_accepts() {
         exporter.value(&series) == 2.0
     });
     // An msync too: its counter and labelled histogram go through promtool.
-    let status = Command::new(WORKLOAD)
-        .args(["shared", "--file", &path_arg(&file), "--size-pages", "8"])
+    let status = Workload::new("shared", &file)
+        .size_pages(8)
+        .command(WORKLOAD)
         .args(["--pages", "3", "--msync-and-rewrite"])
         .stderr(Stdio::null())
         .status()
@@ -1202,16 +1199,10 @@ fn the_agent_keeps_only_the_capabilities_it_needs() {
     std::os::unix::fs::chown(&private, Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let file = private.join("secret.bin");
-    let status = Command::new(WORKLOAD)
-        .args([
-            "shared",
-            "--file",
-            &path_arg(&file),
-            "--size-pages",
-            "8",
-            "--pages",
-            "1,6",
-        ])
+    let status = Workload::new("shared", &file)
+        .size_pages(8)
+        .pages("1,6")
+        .command(WORKLOAD)
         .uid(65534)
         .gid(65534)
         .stderr(Stdio::null())

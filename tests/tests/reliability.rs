@@ -11,13 +11,13 @@ use std::{
 use integration_tests::{
     assert_fault_count, expect_one_line_failure, function_hooks_under_test, identity, in_vm,
     kernel_version, mmapwatch, path_arg, ranges, require_root, scratch_dir, shm_dir, start_trace,
-    trace_command, TraceRun,
+    trace_command, TraceRun, Workload,
 };
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
 
-fn trace_workload(extra: &[&str], workload: &[&str]) -> TraceRun {
-    trace_command(WORKLOAD, extra, workload)
+fn trace_workload(extra: &[&str], workload: &Workload) -> TraceRun {
+    trace_command(WORKLOAD, extra, &workload.args())
 }
 
 #[test]
@@ -108,15 +108,10 @@ fn ring_overflow_is_counted_and_accounts_for_every_first_write() {
     let (trace, _) = start_trace(&["--json", "--ring-bytes", "4096", "--comm", "mw-workload"]);
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(trace.id() as i32, libc::SIGSTOP) }, 0);
-    let status = Command::new(WORKLOAD)
-        .args([
-            "shared",
-            "--file",
-            &path_arg(&file),
-            "--size-pages",
-            &PAGES.to_string(),
-            "--all",
-        ])
+    let status = Workload::new("shared", &file)
+        .size_pages(PAGES)
+        .flag("--all")
+        .command(WORKLOAD)
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -178,15 +173,10 @@ fn a_small_dedup_map_never_double_counts_or_loses_a_file() {
             "--path-prefix",
             &path_arg(dir.path()),
         ],
-        &[
-            "shared",
-            "--file",
-            &path_arg(&file),
-            "--size-pages",
-            &PAGES.to_string(),
-            "--all",
-            "--msync-and-rewrite",
-        ],
+        &Workload::new("shared", &file)
+            .size_pages(PAGES)
+            .flag("--all")
+            .flag("--msync-and-rewrite"),
     );
     assert!(run.status.success(), "{}", run.stderr);
     let entry = run.expect_file(&file);
@@ -231,17 +221,11 @@ fn more_files_than_the_kernel_map_holds_at_full_speed_are_all_reported() {
 fn every_one_of_many_new_files_is_reported(dir: &Path, files: u64) {
     let run = trace_workload(
         &["--path-prefix", &path_arg(dir)],
-        &[
-            "many-files",
-            "--dir",
-            &path_arg(dir),
-            "--files",
-            &files.to_string(),
-            "--per-second",
-            "1000000000",
-            "--sync-every",
-            "1000000000",
-        ],
+        &Workload::mode("many-files")
+            .option("--dir", path_arg(dir))
+            .option("--files", files)
+            .option("--per-second", 1_000_000_000)
+            .option("--sync-every", 1_000_000_000),
     );
     assert!(run.status.success(), "{}", run.stderr);
     let drops = &run.json["drops"];
@@ -294,17 +278,11 @@ fn a_fork_after_twenty_thousand_threads_is_followed() {
     let threads = "20000";
     let run = trace_workload(
         &[],
-        &[
-            "threads-then-fork",
-            "--threads",
-            threads,
-            "--file",
-            &path_arg(&file),
-            "--size-pages",
-            "8",
-            "--pages",
-            "2,5",
-        ],
+        &Workload::mode("threads-then-fork")
+            .option("--threads", threads)
+            .option("--file", path_arg(&file))
+            .size_pages(8)
+            .pages("2,5"),
     );
     assert!(run.status.success(), "{}", run.stderr);
     assert!(
