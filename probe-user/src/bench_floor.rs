@@ -3,10 +3,10 @@
 //! measures the cost of any program there with it, the floor mmapwatch's
 //! own cost is compared with.
 
+use crate::session::StopSignals;
 use anyhow::Context as _;
 use aya::{programs::RawTracePoint, EbpfLoader};
 use probe_common::mw_name;
-use tokio::signal::unix::SignalKind;
 
 use crate::probe::load::PROBES_OBJECT;
 
@@ -34,14 +34,11 @@ pub async fn run() -> anyhow::Result<u8> {
             .attach(tracepoint)
             .with_context(|| format!("attaching {name}"))?;
     }
+    // Handlers before the line a caller waits for.
+    let mut stop_signals = StopSignals::install()?;
     eprintln!(
         "mmapwatch: floor attached (empty programs on page_fault_user, writeback_dirty_folio)"
     );
-    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
+    stop_signals.recv().await;
     Ok(0)
 }

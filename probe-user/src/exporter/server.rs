@@ -4,7 +4,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use tokio::signal::unix::SignalKind;
 
 use super::{
     admission::LabelPins,
@@ -24,7 +23,7 @@ use crate::{
     error::UserError,
     model::report_filter::canonical_prefixes,
     probe::env::{keep_only_capabilities, RUNNING_CAPABILITIES},
-    session::{Activity, Session, SessionOptions},
+    session::{ticker, Activity, Session, SessionOptions, StopSignals},
 };
 
 pub(crate) fn router(
@@ -237,12 +236,8 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         );
     }
 
-    let mut sigint =
-        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut tick = tokio::time::interval(args.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop_signals = StopSignals::install()?;
+    let mut tick = ticker(args.interval);
     // Test hook: block the loop once, after its first refresh, as a long
     // walk of /sys/fs/cgroup would; /healthz must then answer 503.
     let mut stall_once = std::env::var("MMAPWATCH_TEST_STALL_SECS")
@@ -263,8 +258,10 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
                 served.context("metrics server thread")?.context("metrics server")?;
                 break;
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            name = stop_signals.recv() => {
+                log::info!("stopped by {name}");
+                break;
+            }
         }
     }
     Ok(0)

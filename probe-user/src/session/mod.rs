@@ -18,8 +18,10 @@ use tokio::io::{unix::AsyncFd, Interest};
 mod collector;
 mod kernel_files;
 pub mod page_cache;
+mod stop;
 pub use collector::{Collector, EventObserver};
 pub use kernel_files::HandOverCounts;
+pub use stop::{ticker, StopSignals};
 
 use crate::{
     cli::{FilterArgs, KernelPaths},

@@ -4,7 +4,6 @@ use std::{process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
 use probe_common::CounterRole;
-use tokio::signal::unix::SignalKind;
 
 use crate::{
     cli::{KernelPaths, TraceArgs},
@@ -24,7 +23,9 @@ use json_lines::JsonLines;
 use recorder::Recorder;
 
 use crate::{
-    session::{exit_code_of, report_filter, Activity, Session, SessionOptions},
+    session::{
+        exit_code_of, report_filter, ticker, Activity, Session, SessionOptions, StopSignals,
+    },
     trace::report::ReportContext,
 };
 
@@ -87,18 +88,14 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         }));
     }
     // Handlers first: whoever reads "tracing" may signal at once.
-    let mut sigint =
-        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut stop_signals = StopSignals::install()?;
     if !session.has_command() {
         announce(&session, &args);
     }
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     // Kernel counters are read each second, not only at the end: idle
     // files' entries then leave the kernel's per-file map before it fills.
-    let mut refresh = tokio::time::interval(REFRESH_EVERY);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = ticker(REFRESH_EVERY);
     let stop = loop {
         tokio::select! {
             _ = refresh.tick() => {
@@ -116,8 +113,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
                 }
             }
             _ = sleep_until(deadline) => break Stop::Duration,
-            _ = sigint.recv() => break Stop::Signal("SIGINT"),
-            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            name = stop_signals.recv() => break Stop::Signal(name),
         }
     };
     let duration = session.started.elapsed();

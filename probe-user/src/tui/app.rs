@@ -114,10 +114,14 @@ pub struct SnapshotMessage {
     pub interval_s: f64,
 }
 
+/// What `update` asks of the loop (the model does no I/O itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     None,
     Quit,
+    /// A file's detail was opened: read it now, not at the next tick
+    /// (answered with [`Message::Detail`]).
+    LoadDetail,
 }
 
 /// Static facts for the status bar.
@@ -471,10 +475,15 @@ pub fn update(app: &mut App, message: Message) -> Action {
             Action::None
         }
         Message::Key(key) => {
+            let target = app.detail_target();
             let action = app.key(key);
             // The filter or the order may have changed.
             app.sort_visible();
-            action
+            let opened = app.detail_target().is_some() && app.detail_target() != target;
+            match action {
+                Action::None if opened => Action::LoadDetail,
+                action => action,
+            }
         }
         Message::CommandExited(code) => {
             app.command_exit = Some(code);
@@ -650,7 +659,9 @@ mod tests {
     #[test]
     fn views_help_and_pause() {
         let mut app = app_with_files();
-        update(&mut app, key(KeyCode::Enter));
+        // Opening a detail asks the loop to read it at once; moving about
+        // does not.
+        assert_eq!(update(&mut app, key(KeyCode::Enter)), Action::LoadDetail);
         assert_eq!(app.view, View::Detail);
         assert_eq!(
             app.detail_target(),
@@ -660,7 +671,7 @@ mod tests {
                 generation: 0
             })
         );
-        update(&mut app, key(KeyCode::Esc));
+        assert_eq!(update(&mut app, key(KeyCode::Esc)), Action::None);
         assert_eq!(app.view, View::Files);
         update(&mut app, key(KeyCode::Tab));
         assert_eq!(app.view, View::Processes);

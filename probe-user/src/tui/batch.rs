@@ -56,8 +56,7 @@ pub async fn run(
                     return Ok(exit_code);
                 }
             }
-            _ = ticker.sigterm.recv() => break,
-            _ = ticker.sigint.recv() => break,
+            _ = ticker.stop_signals.recv() => break,
         }
     }
     // What the last partial interval saw.

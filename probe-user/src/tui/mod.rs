@@ -16,7 +16,6 @@ use std::time::Instant;
 use anyhow::Context as _;
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures_util::StreamExt as _;
-use tokio::signal::unix::SignalKind;
 
 use self::{
     app::{update, Action, App, Info, Message, SnapshotMessage},
@@ -26,7 +25,7 @@ use crate::{
     cli::{KernelPaths, TopArgs},
     model::{clock::boot_ns, events::FileId, paths::MountTable, report_filter::ReportFilter},
     output_file::{open_named, PrivateLog},
-    session::{exit_code_of, Activity, Session, SessionOptions},
+    session::{exit_code_of, ticker, Activity, Session, SessionOptions, StopSignals},
 };
 
 /// Filesystems without writeback: their pages are never "written back".
@@ -187,23 +186,19 @@ async fn event_loop(
                 ticker.take_snapshot(&mut app, session, filter)?;
             }
             event = keys.next() => match event {
-                Some(Ok(TermEvent::Key(key))) => {
-                    let target = app.detail_target();
-                    if update(&mut app, Message::Key(key)) == Action::Quit {
-                        break;
-                    }
-                    // Entering a file's detail shows it now, not next tick.
-                    if app.detail_target() != target && app.detail_target().is_some() {
+                Some(Ok(TermEvent::Key(key))) => match update(&mut app, Message::Key(key)) {
+                    Action::Quit => break,
+                    Action::LoadDetail => {
                         let snapshot = snapshot(session, filter, app.detail_target(), boot_ns());
                         update(&mut app, Message::Detail(Box::new(snapshot.detail)));
                     }
-                }
+                    Action::None => {}
+                },
                 Some(Ok(_)) => {}
                 Some(Err(err)) => return Err(err).context("reading the terminal"),
                 None => break,
             },
-            _ = ticker.sigterm.recv() => break,
-            _ = ticker.sigint.recv() => break,
+            _ = ticker.stop_signals.recv() => break,
         }
         if redraw {
             terminal
@@ -226,21 +221,15 @@ fn new_app(session: &Session, args: &TopArgs) -> App {
 struct Ticker {
     tick: tokio::time::Interval,
     last_tick: Instant,
-    sigterm: tokio::signal::unix::Signal,
-    sigint: tokio::signal::unix::Signal,
+    stop_signals: StopSignals,
 }
 
 impl Ticker {
     fn new(args: &TopArgs) -> anyhow::Result<Self> {
-        let mut tick = tokio::time::interval(args.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
-            tick,
+            tick: ticker(args.interval),
             last_tick: Instant::now(),
-            sigterm: tokio::signal::unix::signal(SignalKind::terminate())
-                .context("SIGTERM handler")?,
-            sigint: tokio::signal::unix::signal(SignalKind::interrupt())
-                .context("SIGINT handler")?,
+            stop_signals: StopSignals::install()?,
         })
     }
 
