@@ -1,0 +1,70 @@
+//! Run-time configuration: the global set at load time and the bits of its fields.
+
+use super::*;
+
+/// Bits of the `HOOKS` map's one entry: which function hooks are attached,
+/// so that each fault is recorded by exactly one of them. A map, not part
+/// of the frozen config: it is known only once hooks attach.
+pub mod hooks {
+    /// `wp_page_copy` records copy-on-write of present pages; `do_wp_page`
+    /// then records shared writes only.
+    pub const COW_AT_WP_PAGE_COPY: u32 = 1;
+}
+
+/// Bits of [`ProbeConfig::filter_flags`].
+pub mod filter {
+    /// Only tasks whose tgid is in the `TRACED` map.
+    pub const BY_TGID: u32 = 1;
+    /// Only tasks whose comm matches one of [`super::ProbeConfig::comms`].
+    pub const BY_COMM: u32 = 2;
+}
+
+/// Value of a `TRACED` map entry.
+pub mod traced {
+    /// Trace this tgid only.
+    pub const EXACT: u32 = 1;
+    /// Trace this tgid and every process it forks, recursively.
+    pub const FOLLOW_CHILDREN: u32 = 2;
+}
+
+/// Run-time configuration, a global set at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct ProbeConfig {
+    /// Bits of [`filter`].
+    pub filter_flags: u32,
+    /// Non-zero: classify and report private (COW) writes too.
+    pub include_cow: u32,
+    /// Our own tgid, never traced.
+    pub self_tgid: u32,
+    /// log2 of the base page size.
+    pub page_shift: u32,
+    /// Entries used in `comms`.
+    pub comm_count: u32,
+    /// Pages a read fault maps around the faulting one (the kernel's
+    /// fault_around_bytes / page size; 16 by default).
+    pub fault_around_pages: u32,
+    /// Non-zero: send [`RecordKind::ProcessExit`] records (`trace`, which
+    /// reports each writer's unwritten pages at its exit).
+    pub report_exits: u32,
+    /// Unread ring bytes at which a record wakes the reader (see
+    /// [`ring_commit_flags`]).
+    pub ring_wakeup_bytes: u32,
+    pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
+}
+
+impl ProbeConfig {
+    /// All zero: the value compiled into the object before userspace overrides it.
+    pub const ZEROED: Self = Self {
+        filter_flags: 0,
+        include_cow: 0,
+        self_tgid: 0,
+        page_shift: 0,
+        comm_count: 0,
+        fault_around_pages: 0,
+        report_exits: 0,
+        ring_wakeup_bytes: 0,
+        comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
+    };
+}
