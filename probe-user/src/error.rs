@@ -58,6 +58,7 @@ fn load_exit_code(error: &LoadError) -> u8 {
         | LoadError::NoTracefs(_)
         | LoadError::MissingTracepoint(..)
         | LoadError::NoFaultHook { .. }
+        | LoadError::Platform(_)
         | LoadError::Rejected { .. }
         | LoadError::Attach { .. }
         | LoadError::Backend { .. } => exit_code::KERNEL,

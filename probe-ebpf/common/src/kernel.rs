@@ -299,3 +299,17 @@ pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
 /// ext4's superblock magic: ext4 reports its own written pages.
 pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+
+/// Where a syscall tracepoint's record holds its `n`th argument (and a
+/// `sys_exit_*` record its `ret`, at n = 0): after the 8-byte common
+/// fields and `__syscall_nr` padded to 8, every argument takes 8 bytes.
+/// Userspace checks it against the tracepoints' format files before
+/// loading.
+pub const fn syscall_arg_at(n: usize) -> usize {
+    16 + 8 * n
+}
+
+/// The page size the programs and reports count in: page indexes are of
+/// 4 KiB pages, and a PMD maps [`PMD_PAGES`] of them. Userspace refuses
+/// other page sizes at load time.
+pub const PAGE_SIZE: u64 = 4096;

@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use probe_common::{counter, filter, traced, EventHeader, FileKey, RecordKind, TASK_COMM_LEN};
+use probe_common::{
+    counter, filter, syscall_arg_at, traced, EventHeader, FileKey, RecordKind, TASK_COMM_LEN,
+};
 
 use crate::{
     filter::{note_identity_change, task_selected},
@@ -21,8 +23,8 @@ const PROT_WRITE: u64 = 0x2;
 
 /// Offsets in the `syscalls:sys_enter_{mmap,mprotect}` formats: prot for
 /// both, mmap's flags.
-const PROT_AT: usize = 32;
-const MMAP_FLAGS_AT: usize = 40;
+const PROT_AT: usize = syscall_arg_at(2);
+const MMAP_FLAGS_AT: usize = syscall_arg_at(3);
 
 /// `syscalls:sys_enter_{mmap,mprotect}`: a process that may now have a
 /// shared writable mapping. mprotect has no flags (`flags_at` None): it
@@ -57,8 +59,8 @@ pub fn mw_sys_enter_mmap(ctx: TracePointContext) -> u32 {
 }
 
 /// Offsets in `syscalls:sys_enter_mprotect`'s format: start and len.
-const MPROTECT_START_AT: usize = 16;
-const MPROTECT_LEN_AT: usize = 24;
+const MPROTECT_START_AT: usize = syscall_arg_at(0);
+const MPROTECT_LEN_AT: usize = syscall_arg_at(1);
 
 #[tracepoint]
 pub fn mw_sys_enter_mprotect(ctx: TracePointContext) -> u32 {

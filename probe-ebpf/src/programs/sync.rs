@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    arith::byte_range_pages, counter, sync_call, FileKey, PendingSync, RecordKind, SyncEvent,
-    TASK_COMM_LEN, VM_SHARED,
+    arith::byte_range_pages, counter, sync_call, syscall_arg_at, FileKey, PendingSync, RecordKind,
+    SyncEvent, TASK_COMM_LEN, VM_SHARED,
 };
 
 use crate::{
@@ -24,15 +24,10 @@ use crate::{
     vma::{find_mapping, try_find_vma, Mapping, VmaLookup},
 };
 
-/// Offset of the syscall's `n`th argument (and of `ret` on exit).
-const fn arg_at(n: usize) -> usize {
-    16 + 8 * n
-}
-
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, i64> {
     // SAFETY: offsets from the tracepoints' format files.
-    unsafe { ctx.read_at::<u64>(arg_at(n)) }.map_err(|err| err as i64)
+    unsafe { ctx.read_at::<u64>(syscall_arg_at(n)) }.map_err(|err| err as i64)
 }
 
 /// The file open at `fd` in the current task: `task->files->fdt->fd[fd]`.

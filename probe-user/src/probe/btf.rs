@@ -38,6 +38,17 @@ pub enum BtfError {
     Lookup(String),
 }
 
+/// A raw tracepoint argument's type, as far as the programs care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgType {
+    /// A pointer to the named struct or union ("" for any other pointee).
+    Pointer(String),
+    /// An integer (or enum) of this many bytes.
+    Integer(usize),
+    Bool,
+    Other,
+}
+
 /// The structs and enums start-up looks up by name (kernel_offsets,
 /// vma_walk_offsets, fault_hook_offsets), found in one scan.
 const STARTUP_TYPES: &[&str] = &[
@@ -454,6 +465,91 @@ impl KernelBtf {
         offsets.vma_vm_ops = self.offset_of("vm_area_struct", "vm_ops")?;
         offsets.vm_ops_page_mkwrite = self.offset_of("vm_operations_struct", "page_mkwrite")?;
         Ok(())
+    }
+
+    /// Finds the declarations of these raw tracepoints in one scan (each
+    /// lookup by name is a scan of all types otherwise).
+    pub fn prefetch_tracepoints<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let typedefs: Vec<String> = names.map(|name| format!("btf_trace_{name}")).collect();
+        let typedefs: Vec<&str> = typedefs.iter().map(String::as_str).collect();
+        self.prefetch(&typedefs);
+    }
+
+    /// A raw tracepoint's arguments as this kernel declares them (the
+    /// `btf_trace_NAME` typedef, without its leading `void *`); None when
+    /// its BTF has no such tracepoint (a module's, or another kernel's).
+    pub fn tracepoint_args(&self, name: &str) -> Result<Option<Vec<ArgType>>, BtfError> {
+        let typedef = format!("btf_trace_{name}");
+        let Some(ty) = self
+            .types_named(&typedef)
+            .into_iter()
+            .find(|ty| matches!(ty, Type::Typedef(_)))
+        else {
+            return Ok(None);
+        };
+        let lookup = |err: btf_rs::Error| BtfError::Lookup(format!("{typedef}: {err}"));
+        let mut ty = ty;
+        for _ in 0..4 {
+            ty = match ty {
+                Type::FuncProto(proto) => {
+                    let args = proto
+                        .parameters
+                        .iter()
+                        .skip(1)
+                        .map(|param| {
+                            let ty = self.btf.resolve_chained_type(param).map_err(lookup)?;
+                            Ok(self.arg_type(ty))
+                        })
+                        .collect::<Result<_, BtfError>>()?;
+                    return Ok(Some(args));
+                }
+                Type::Typedef(_) | Type::Ptr(_) => {
+                    let next = ty.as_btf_type().ok_or_else(|| {
+                        BtfError::Lookup(format!("{typedef} is not a function pointer"))
+                    })?;
+                    self.btf.resolve_chained_type(next).map_err(lookup)?
+                }
+                _ => break,
+            };
+        }
+        Err(BtfError::Lookup(format!(
+            "{typedef} is not a function pointer"
+        )))
+    }
+
+    /// An argument's type, typedefs and qualifiers stripped.
+    fn arg_type(&self, ty: Type) -> ArgType {
+        let mut ty = ty;
+        for _ in 0..16 {
+            ty = match ty {
+                Type::Int(int) if int.is_bool() => return ArgType::Bool,
+                Type::Int(int) => return ArgType::Integer(int.size()),
+                Type::Enum(e) => return ArgType::Integer(e.size()),
+                Type::Ptr(ptr) => {
+                    let pointee = self
+                        .btf
+                        .resolve_chained_type(&ptr)
+                        .ok()
+                        .and_then(|ty| self.resolve_composite(ty, "pointee").ok())
+                        .and_then(|s| self.btf.resolve_name(&s).ok())
+                        .unwrap_or_default();
+                    return ArgType::Pointer(pointee);
+                }
+                Type::Typedef(_)
+                | Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => match ty
+                    .as_btf_type()
+                    .and_then(|next| self.btf.resolve_chained_type(next).ok())
+                {
+                    Some(next) => next,
+                    None => return ArgType::Other,
+                },
+                _ => return ArgType::Other,
+            };
+        }
+        ArgType::Other
     }
 
     /// Whether a function of this name exists (for fentry/kprobe targets).

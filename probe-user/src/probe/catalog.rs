@@ -20,7 +20,24 @@ pub struct Tracepoint {
     /// The program's variant for Linux 5.10 to 5.16, loaded where the
     /// kernel refuses `program` (probe-ebpf's `compat`).
     pub before_5_17: Option<&'static str>,
+    /// Raw: the arguments its program reads (classic syscall records are
+    /// checked against their format files instead).
+    pub reads: &'static [(usize, Reads)],
 }
+
+/// What a program takes a raw tracepoint's argument at a position to be:
+/// checked against the kernel's BTF before loading (`platform`), so a
+/// kernel that reorders them is refused, not misread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// A pointer to this struct.
+    Pointer(&'static str),
+    /// An integer of this many bytes.
+    Integer(usize),
+}
+
+/// `exceptions:page_fault_{user,kernel}(address, regs, error_code)`.
+const FAULT_ARGS: &[(usize, Reads)] = &[(0, Reads::Integer(8)), (2, Reads::Integer(8))];
 
 impl Tracepoint {
     /// Whether only the tracepoint backend needs it: the user fault
@@ -42,6 +59,7 @@ macro_rules! sync {
             purpose: $purpose,
             raw: false,
             before_5_17: None,
+            reads: &[],
         }
     };
 }
@@ -66,6 +84,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "write faults from user space",
         raw: true,
         before_5_17: Some(mw_name!("page_fault_user_5_10")),
+        reads: FAULT_ARGS,
     },
     // The same program as page_fault_user's, attached twice.
     Tracepoint {
@@ -76,6 +95,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "kernel stores into user mappings (read(2) into a mapping)",
         raw: true,
         before_5_17: Some(mw_name!("page_fault_user_5_10")),
+        reads: FAULT_ARGS,
     },
     Tracepoint {
         program: mw_name!("sys_enter_mmap"),
@@ -85,6 +105,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "processes with shared writable mappings (tmpfs possibly-written pages)",
         raw: false,
         before_5_17: None,
+        reads: &[],
     },
     // Before sys_enter_mprotect: attached in reverse, it runs second, after
     // the program that announces the file.
@@ -98,6 +119,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         // bpf_loop (5.17+); before 5.18 no filesystem with write-notify
         // has large folios, so nothing is lost there.
         before_5_17: None,
+        reads: &[],
     },
     Tracepoint {
         program: mw_name!("sys_enter_mprotect"),
@@ -107,6 +129,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         purpose: "mappings made writable later (tmpfs possibly-written pages)",
         raw: false,
         before_5_17: Some(mw_name!("sys_enter_mprotect_5_10")),
+        reads: &[],
     },
     Tracepoint {
         before_5_17: Some(mw_name!("sys_enter_msync_5_10")),
@@ -138,6 +161,7 @@ pub const READ_FAULTS: Tracepoint = Tracepoint {
     purpose: "tmpfs/shmem pages mapped writable by read faults (possibly written)",
     raw: true,
     before_5_17: Some(mw_name!("page_fault_user_reads_5_10")),
+    reads: FAULT_ARGS,
 };
 
 /// A raw tracepoint the backend attaches to: they give the folio and
@@ -156,13 +180,15 @@ pub struct RawTracepoint {
     /// (worth it on a hot one; the load needs aya's BTF parse).
     pub typed: bool,
     /// The same tracepoint's name before folios (5.16), where it passed
-    /// a `struct page`.
+    /// a `struct page` (the first argument's `folio` then reads `page`).
     pub before_folios: Option<&'static str>,
+    /// The arguments its program reads.
+    pub reads: &'static [(usize, Reads)],
 }
 
 /// A raw tracepoint whose program is named after it.
 macro_rules! raw {
-    ($name:literal, $required:literal, $purpose:literal $(,)?) => {
+    ($name:literal, $required:literal, $purpose:literal, $reads:expr $(,)?) => {
         RawTracepoint {
             program: mw_name!($name),
             name: $name,
@@ -170,57 +196,104 @@ macro_rules! raw {
             purpose: $purpose,
             typed: false,
             before_folios: None,
+            reads: $reads,
         }
     };
 }
 
 /// The same, loaded as tp_btf.
 macro_rules! typed {
-    ($name:literal, $required:literal, $purpose:literal $(,)?) => {
+    ($name:literal, $required:literal, $purpose:literal, $reads:expr $(,)?) => {
         RawTracepoint {
             typed: true,
-            ..raw!($name, $required, $purpose)
+            ..raw!($name, $required, $purpose, $reads)
         }
     };
 }
 
+const TASK: Reads = Reads::Pointer("task_struct");
+const INODE: Reads = Reads::Pointer("inode");
+
 pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
-    raw!("sched_process_fork", true, "following -- CMD's descendants"),
-    raw!("sched_process_exit", true, "forgetting exited processes"),
+    // (parent, child)
+    raw!(
+        "sched_process_fork",
+        true,
+        "following -- CMD's descendants",
+        &[(1, TASK)]
+    ),
+    // (task, group_dead)
+    raw!(
+        "sched_process_exit",
+        true,
+        "forgetting exited processes",
+        &[(0, TASK)]
+    ),
     raw!(
         "task_rename",
         false,
-        "writers named as they are at the store (prctl, exec, /proc/PID/comm)"
+        "writers named as they are at the store (prctl, exec, /proc/PID/comm)",
+        &[]
     ),
     raw!(
         "cgroup_attach_task",
         false,
-        "writers' cgroup as it is at the store (cgroup moves)"
+        "writers' cgroup as it is at the store (cgroup moves)",
+        &[]
     ),
-    raw!("sb_mark_inode_writeback", true, "writeback start times"),
+    raw!(
+        "sb_mark_inode_writeback",
+        true,
+        "writeback start times",
+        &[(0, INODE)]
+    ),
     raw!(
         "sb_clear_inode_writeback",
         true,
-        "writeback completion times"
+        "writeback completion times",
+        &[(0, INODE)]
     ),
+    // (folio, mapping)
     RawTracepoint {
         before_folios: Some("writeback_dirty_page"),
-        ..typed!("writeback_dirty_folio", true, "folios and pages dirtied")
+        ..typed!(
+            "writeback_dirty_folio",
+            true,
+            "folios and pages dirtied",
+            &[
+                (0, Reads::Pointer("folio")),
+                (1, Reads::Pointer("address_space"))
+            ]
+        )
     },
+    // (inode, wbc, nr_to_write)
     raw!(
         "writeback_single_inode",
         true,
-        "pages written back by the flusher"
+        "pages written back by the flusher",
+        &[
+            (0, INODE),
+            (1, Reads::Pointer("writeback_control")),
+            (2, Reads::Integer(8))
+        ]
     ),
+    // (inode, wbc, ret, pages_written)
     raw!(
         "ext4_writepages_result",
         false,
         "pages ext4 wrote back (fsync, msync and flusher)",
+        &[(0, INODE), (3, Reads::Integer(4))]
     ),
+    // (mapping, start, last)
     raw!(
         "mm_filemap_map_pages",
         false,
-        "tmpfs/shmem pages mapped writable by read faults (possibly written)"
+        "tmpfs/shmem pages mapped writable by read faults (possibly written)",
+        &[
+            (0, Reads::Pointer("address_space")),
+            (1, Reads::Integer(8)),
+            (2, Reads::Integer(8))
+        ]
     ),
 ];
 

@@ -19,6 +19,10 @@ pub enum LoadError {
         purpose: &'static str,
         why: String,
     },
+    /// The kernel's interfaces differ from what the programs read
+    /// (`probe::platform`).
+    #[error("{0}")]
+    Platform(String),
     #[error("the kernel rejected program {program}: {reason}")]
     Rejected { program: String, reason: String },
     #[error("could not attach {program}: {reason}")]

@@ -22,6 +22,7 @@ use super::{
         tracepoint_exists,
     },
     error::{first_line, LoadError},
+    platform,
 };
 
 /// The eBPF object built by build.rs.
@@ -145,6 +146,8 @@ impl Probes {
             Some(path) => path.clone(),
             None => tracefs()?,
         };
+        platform::check(&kernel_btf, &tracefs)?;
+        log::debug!("startup: platform checked in {:?}", phase.elapsed());
         // The fault tracepoint only the tracepoint backend needs (and only
         // x86 has): checked when that backend is chosen.
         for tp in TRACEPOINTS
