@@ -1,23 +1,17 @@
-//! The collector: ring-buffer records decoded into the aggregate, files
-//! named while their writers are alive, and the front ends' taps on the
+//! The collector: ring-buffer records decoded into the aggregate, each new
+//! file handed to the namer (`naming`), and the front ends' taps on the
 //! event stream.
-
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
 
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
     model::{
         aggregate::{Aggregate, Applied},
-        events::{decode, Event, EventBody, FileId, WalkEnd},
-        file_handle::current_name,
-        file_record::{FileRecord, PathSource},
-        paths::{fs_has_writeback, mount_ns_of, proc_maps_path, MountTable},
+        events::{decode, Event, EventBody, FileId},
+        file_record::FileRecord,
+        paths::{fs_has_writeback, MountTable},
     },
-    session::page_cache::written_pages_not_on_disk,
+    session::{naming::Namer, page_cache::written_pages_not_on_disk},
 };
 
 /// Files looked at when one writer exits (a cachestat call per written
@@ -39,10 +33,7 @@ pub struct Collector {
     pub undecodable: u64,
     /// Front ends' taps on the event stream (see [`EventObserver`]).
     observers: Vec<Box<dyn EventObserver>>,
-    mounts: MountTable,
-    proc_root: PathBuf,
-    /// Our mount namespace: a writer's path in the same one is ours too.
-    own_mount_ns: Option<u64>,
+    namer: Namer,
     /// Files the kernel announced (each has taken an entry in its
     /// per-file map).
     pub files_announced: u64,
@@ -54,45 +45,20 @@ impl Collector {
             aggregate: Aggregate::new(),
             undecodable: 0,
             observers: Vec::new(),
-            mounts: MountTable::read(),
-            proc_root: PathBuf::from("/proc"),
-            own_mount_ns: mount_ns_of(Path::new("/proc"), std::process::id()),
+            namer: Namer::new(),
             files_announced: 0,
         }
     }
 
     pub fn mounts(&self) -> &MountTable {
-        &self.mounts
-    }
-
-    fn resolve_path(&mut self, file: FileId, tgid: u32) {
-        // Through overlayfs the kernel's walk gave the path the writer
-        // opened; /proc may show the layer's file instead.
-        if self
-            .aggregate
-            .file(&file)
-            .is_some_and(|record| record.details().through_overlay)
-        {
-            return;
-        }
-        if let Some(mapped) = proc_maps_path(&self.proc_root, tgid, file) {
-            self.aggregate
-                .set_path(file, mapped.path, PathSource::ProcMaps);
-            if mapped.deleted {
-                self.aggregate.set_deleted(file);
-            }
-        }
+        self.namer.mounts()
     }
 
     /// Names every file as it is now (renamed, deleted or as first seen),
     /// for a report made now.
     pub fn name_files_now(&mut self) {
-        let files: Vec<_> = self
-            .aggregate
-            .files()
-            .map(|(file, record)| (*file, record.fs_magic(), record.path.clone()))
-            .collect();
-        self.name_now(files);
+        let files = self.aggregate.files().map(|(file, _)| *file).collect();
+        self.namer.name_now(&mut self.aggregate, files);
     }
 
     /// Names as they are now the `limit` files written last: what a
@@ -108,30 +74,8 @@ impl Collector {
             files.select_nth_unstable_by(limit, |a, b| b.cmp(a));
             files.truncate(limit);
         }
-        let files = files
-            .into_iter()
-            .filter_map(|(_, file)| {
-                let record = self.aggregate.file(&file)?;
-                Some((file, record.fs_magic(), record.path.clone()))
-            })
-            .collect();
-        self.name_now(files);
-    }
-
-    fn name_now(&mut self, files: Vec<(FileId, Option<u64>, Option<std::path::PathBuf>)>) {
-        // Each mount point opened once, not once per file.
-        let mut opened: HashMap<PathBuf, Option<std::fs::File>> = HashMap::new();
-        for (file, fs_magic, recorded) in files {
-            let mount = self.mounts.mount_of(file).and_then(|m| {
-                opened
-                    .entry(m.mount_point.clone())
-                    .or_insert_with(|| std::fs::File::open(&m.mount_point).ok())
-                    .as_ref()
-            });
-            if let Some(name) = current_name(file, fs_magic, recorded.as_deref(), mount) {
-                self.aggregate.set_current_name(file, name);
-            }
-        }
+        let files = files.into_iter().map(|(_, file)| file).collect();
+        self.namer.name_now(&mut self.aggregate, files);
     }
 
     pub fn record(&mut self, bytes: &[u8]) {
@@ -143,57 +87,17 @@ impl Collector {
                 return;
             }
         };
-        if let EventBody::FileSeen {
-            components,
-            walk,
-            through_overlay,
-            mount_ns,
-            ..
-        } = &event.body
-        {
-            let file = event.file;
-            self.files_announced += 1;
-            // A mount made after start-up: read the table again.
-            if self.mounts.fs_type(file).is_none() {
-                self.mounts = MountTable::read();
-            }
-            let tgid = event.task.tgid;
-            // Not mounted in our view and not named whole by the kernel: a
-            // mount of the writer's namespace (a container's tmpfs), named
-            // as the writer sees it while it lives.
-            let writers_mounts = (*walk != WalkEnd::NamespaceRoot
-                && self.mounts.fs_type(file).is_none())
-            .then(|| MountTable::of_process(&self.proc_root, tgid))
-            .flatten();
-            let path = writers_mounts
-                .as_ref()
-                .unwrap_or(&self.mounts)
-                .dentry_full_path(file, components, *walk);
-            let applied = self.aggregate.apply(&event);
-            self.aggregate.set_path(file, path, PathSource::Dentry);
-            if *through_overlay {
-                self.aggregate.set_through_overlay(file);
-            }
-            // The kernel's number holds after the writer is gone.
-            if let Some(mount_ns) = mount_ns.or_else(|| mount_ns_of(&self.proc_root, tgid)) {
-                self.aggregate.set_mount_ns(file, mount_ns);
-            }
-            // The kernel named it whole, in the view we share with its
-            // writer: /proc adds nothing, and reading the writer's maps
-            // takes its mmap lock and ~10 syscalls, per new file. Renames
-            // and unlinks since are seen when the report is made.
-            let named_whole = *walk == WalkEnd::NamespaceRoot
-                && !*through_overlay
-                && mount_ns.is_some_and(|ns| Some(ns) == self.own_mount_ns);
-            if !named_whole {
-                self.resolve_path(file, tgid);
-            }
-            self.notify(&event, &applied);
-            return;
-        }
         let applied = self.aggregate.apply(&event);
-        if let Some((file, tgid)) = applied.new_file {
-            self.resolve_path(file, tgid);
+        match &event.body {
+            EventBody::FileSeen { .. } => {
+                self.files_announced += 1;
+                self.namer.name_announced(&mut self.aggregate, &event);
+            }
+            _ => {
+                if let Some((file, tgid)) = applied.new_file {
+                    self.namer.name_from_proc(&mut self.aggregate, file, tgid);
+                }
+            }
         }
         if event.body == EventBody::ProcessExit {
             self.look_at_pages_of(event.task.tgid, &applied.exited_writer_of);
@@ -222,8 +126,9 @@ impl Collector {
 
     /// Written pages of `file` not on disk yet, or why that is unknown.
     pub fn pages_not_on_disk(&self, file: FileId, record: &FileRecord) -> Result<u64, String> {
-        let mount_point = self.mounts.mount_of(file).map(|m| m.mount_point.clone());
-        let has_writeback = fs_has_writeback(self.mounts.fs_type(file));
+        let mounts = self.namer.mounts();
+        let mount_point = mounts.mount_of(file).map(|m| m.mount_point.clone());
+        let has_writeback = fs_has_writeback(mounts.fs_type(file));
         written_pages_not_on_disk(file, record, mount_point.as_deref(), has_writeback)
     }
 

@@ -17,6 +17,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 mod collector;
 mod kernel_files;
+mod naming;
 pub mod page_cache;
 mod stop;
 pub use collector::{Collector, EventObserver};
