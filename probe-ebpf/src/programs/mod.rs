@@ -3,6 +3,7 @@
 mod faults;
 mod floor;
 mod functions;
+mod mprotect;
 mod process;
 mod sync;
 mod writeback;

@@ -14,7 +14,7 @@ use crate::{
     filter::{note_identity_change, task_selected},
     kernel::{current_cgroup_id, current_comm_into, read_kernel},
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
-    programs::faults::{try_mprotect_folios, try_mprotect_writable},
+    programs::mprotect::{try_mprotect_folios, try_mprotect_writable},
     record::{commit_flags, count_submitted, fill_header},
 };
 
