@@ -15,8 +15,10 @@ use setup::setup;
 use test_plan::{fuzz, test};
 
 mod bench;
+mod bench_capacity;
 mod bench_memory;
 mod bench_new_files;
+mod bench_report;
 mod image;
 mod setup;
 mod soak;
