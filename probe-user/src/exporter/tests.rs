@@ -1,4 +1,8 @@
 //! The exporter's labels, series and increments on a real aggregate.
+//!
+//! Over 500 lines: eleven tests of metric families and label rules, all
+//! on the one fixture (an exporter on a registry and a real aggregate) at
+//! the top; split, each file would start by repeating it.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

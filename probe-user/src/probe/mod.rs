@@ -14,6 +14,7 @@ pub mod kallsyms;
 pub mod load;
 mod map_batch;
 pub mod maps;
+mod offsets;
 mod platform;
 pub mod totals;
 

@@ -1,4 +1,6 @@
 //! Rendering: reads the [`App`] and draws; changes nothing.
+//!
+//! Over 500 lines only with its unit tests (the code is ~460).
 
 use ratatui::{
     layout::{Constraint, Layout, Rect},

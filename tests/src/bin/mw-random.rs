@@ -18,6 +18,9 @@
 //! LOG as `shared PATH PAGE`; through a private one, `private PATH PAGE`;
 //! every file, `file PATH PAGES`. A renamed child's store is also written
 //! as `by-NAME PATH PAGE`, and the child as `writer-NAME PATH PID`.
+//!
+//! Just over 500 lines: the generator, its operations and its log are one
+//! state machine.
 
 use std::{
     fs::OpenOptions,

@@ -4,6 +4,9 @@
 //!
 //! Lines starting with `workload:` on stderr tell the test what happened
 //! (pids of helper processes); stdout stays free for mmapwatch's JSON.
+//!
+//! Over 500 lines: one short function per mode the suites name (~20),
+//! dispatched by `main`; a file per mode would only scatter the catalogue.
 
 use std::{fs::OpenOptions, io::Write as _, os::unix::fs::FileExt as _, path::PathBuf};
 
