@@ -1,6 +1,6 @@
 //! The HTTP side: `/metrics` and `/healthz`, and the export loop.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
@@ -238,21 +238,12 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
 
     let mut stop_signals = StopSignals::install()?;
     let mut tick = ticker(args.interval);
-    // Test hook: block the loop once, after its first refresh, as a long
-    // walk of /sys/fs/cgroup would; /healthz must then answer 503.
-    let mut stall_once = std::env::var("MMAPWATCH_TEST_STALL_SECS")
-        .ok()
-        .and_then(|secs| secs.parse().ok())
-        .map(Duration::from_secs);
     loop {
         heartbeat.beat();
         tokio::select! {
             activity = session.next_activity() => { let _: Activity = activity.context("tracing")?; }
             _ = tick.tick() => {
                 exporter.refresh(&mut session)?;
-                if let Some(stall) = stall_once.take() {
-                    std::thread::sleep(stall);
-                }
             }
             served = &mut server => {
                 served.context("metrics server thread")?.context("metrics server")?;

@@ -69,7 +69,14 @@ fn twenty_thousand_idle_connections_do_not_stop_metrics() {
 #[test]
 fn healthz_fails_while_the_export_loop_is_stuck_and_metrics_still_answer() {
     require_root();
-    let exporter = Exporter::start_with_env(&[], &[("MMAPWATCH_TEST_STALL_SECS", "15")]);
+    let exporter = Exporter::start(&[]);
+    wait_for("/healthz to pass", Duration::from_secs(10), || {
+        exporter.get("/healthz").0 == 200
+    });
+    // The export loop runs on the main thread, the HTTP server on its own:
+    // stopping the main thread alone is the loop stuck (as a long walk of
+    // /sys/fs/cgroup would leave it), with no hook in the exporter.
+    let frozen = FrozenThread::stop(exporter.child.id() as i32);
     let started = Instant::now();
     // Unhealthy past ten seconds without a turn (the limit at --interval 200ms).
     wait_for("/healthz to fail", Duration::from_secs(14), || {
@@ -83,7 +90,45 @@ fn healthz_fails_while_the_export_loop_is_stuck_and_metrics_still_answer() {
     let (status, body) = exporter.get("/metrics");
     assert_eq!(status, 200, "/metrics answers while the loop is stuck");
     assert!(body.contains("mmapwatch_build_info"), "{body}");
+    drop(frozen);
     wait_for("/healthz to recover", Duration::from_secs(20), || {
         exporter.get("/healthz").0 == 200
     });
+}
+
+/// One thread of a child process stopped with ptrace (a seized thread
+/// stops alone, not its whole process), resumed when dropped.
+struct FrozenThread(i32);
+
+impl FrozenThread {
+    fn stop(tid: i32) -> Self {
+        // SAFETY: ptrace and waitpid on a thread of our own child, with
+        // no pointers passed.
+        unsafe {
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "PTRACE_SEIZE"
+            );
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0),
+                0,
+                "PTRACE_INTERRUPT"
+            );
+            let mut status = 0;
+            assert_eq!(
+                libc::waitpid(tid, &mut status, libc::__WALL),
+                tid,
+                "waitpid"
+            );
+        }
+        Self(tid)
+    }
+}
+
+impl Drop for FrozenThread {
+    fn drop(&mut self) {
+        // SAFETY: as above; detaching resumes the stopped thread.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
 }

@@ -28,10 +28,6 @@ pub(crate) struct Exporter {
 
 impl Exporter {
     fn start(extra: &[&str]) -> Self {
-        Self::start_with_env(extra, &[])
-    }
-
-    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         // A short refresh interval unless the test gives its own.
         let interval: &[&str] = if extra.contains(&"--interval") {
             &[]
@@ -42,7 +38,6 @@ impl Exporter {
             .args(["export", "--listen", "127.0.0.1:0"])
             .args(interval)
             .args(extra)
-            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
