@@ -209,14 +209,16 @@ pub struct TraceArgs {
     #[arg(short = 'j', long)]
     pub json: bool,
 
-    /// Write the report to FILE instead of standard output (CMD's own
-    /// output then never mixes with it).
+    /// Write the report to FILE ('-': standard output). Without it the
+    /// report goes to standard output, or to standard error when a command
+    /// is traced (-- CMD) or the event stream takes standard output: CMD's
+    /// own output stays CMD's, as with strace and perf stat.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
     /// Stream events as JSON lines to FILE, or to standard output with
-    /// '-' (the report then goes only to -o FILE, and CMD's output to
-    /// standard error): first writes, folio spans, new writers, possible
+    /// '-' (the report then goes to standard error or -o FILE, and CMD's
+    /// output to standard error): first writes, folio spans, new writers, possible
     /// writes, COW writes with --include-cow, writebacks. Schema in README.
     /// (No `-e`: strace's and bpftrace's habit `-e trace=msync` would
     /// silently create a file of that name.)

@@ -249,10 +249,12 @@ impl Workload {
     }
 }
 
-/// `mmapwatch trace --json [extra] -- WORKLOAD_BIN [workload]`.
+/// `mmapwatch trace --json -o - [extra] -- WORKLOAD_BIN [workload]`: the
+/// report on stdout (with `-- CMD` it goes to stderr by default), the
+/// workload's own lines on stderr.
 pub fn trace_command(workload_bin: &str, extra: &[&str], workload: &[&str]) -> TraceRun {
     let output = run(Command::new(mmapwatch_bin())
-        .args(["trace", "--json"])
+        .args(["trace", "--json", "-o", "-"])
         .args(extra)
         .arg("--")
         .arg(workload_bin)

@@ -7,6 +7,7 @@ use probe_common::CounterRole;
 
 use crate::{
     cli::{KernelPaths, TraceArgs},
+    error::UserError,
     model::file_record::FileRecord,
     output_file::open_named,
     probe::maps::KernelCounters,
@@ -59,10 +60,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         report_writer_exits: true,
     };
     // Opened first: a path that cannot be written fails before CMD runs.
-    let output = match &args.output {
-        Some(path) => Some(open_named(path).context("cannot write the report")?),
-        None => None,
-    };
+    let report_to = ReportTo::choose(&args, events_to_stdout)?;
     let event_lines = match &args.events {
         Some(_) if events_to_stdout => Some(JsonLines::new(Box::new(std::io::stdout()))),
         Some(path) => Some(JsonLines::new(Box::new(
@@ -169,17 +167,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     } else {
         table::render_table(&report)
     };
-    match output {
-        Some(mut file) => {
-            use std::io::Write as _;
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.flush())
-                .context("writing the report")?;
-        }
-        // Standard output carries the stream only.
-        None if events_to_stdout => {}
-        None => print!("{text}"),
-    }
+    report_to.write(&text)?;
     if report.lost_events > 0 {
         eprintln!(
             "mmapwatch: {} event(s) lost ({}); the report is incomplete",
@@ -191,6 +179,53 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         Stop::CommandExited(status) => exit_code_of(status),
         Stop::Duration | Stop::Signal(_) | Stop::TargetsExited => 0,
     })
+}
+
+/// Where the report goes. As strace and `perf stat` do, a traced command's
+/// standard output stays its own (and so does a stream on standard
+/// output): the report then goes to standard error, unless `-o FILE` (or
+/// `-o -`, standard output) says otherwise.
+enum ReportTo {
+    File(std::fs::File),
+    Stdout,
+    Stderr,
+}
+
+impl ReportTo {
+    fn choose(args: &TraceArgs, events_to_stdout: bool) -> anyhow::Result<Self> {
+        let stdout_taken = events_to_stdout || !args.command.is_empty();
+        Ok(match args.output.as_deref() {
+            Some(path) if path == std::path::Path::new("-") => {
+                if events_to_stdout {
+                    return Err(UserError::Usage(
+                        "-o - and --events - cannot both write to standard output; send one to a file".into(),
+                    )
+                    .into());
+                }
+                ReportTo::Stdout
+            }
+            Some(path) => ReportTo::File(open_named(path).context("cannot write the report")?),
+            None if stdout_taken => ReportTo::Stderr,
+            None => ReportTo::Stdout,
+        })
+    }
+
+    fn write(self, text: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let written = match self {
+            ReportTo::File(mut file) => file.write_all(text.as_bytes()).and_then(|()| file.flush()),
+            ReportTo::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes()).and_then(|()| out.flush())
+            }
+            ReportTo::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+        };
+        match written {
+            // A closed pipe (`| head`) ends the report quietly.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("writing the report"),
+        }
+    }
 }
 
 /// Our standard error as a file of its own, for CMD's output.

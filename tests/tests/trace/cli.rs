@@ -144,7 +144,8 @@ fn odd_environments_get_one_line_not_a_panic() {
 fn a_closed_pipe_ends_the_report_quietly() {
     require_root();
     for args in [
-        &["trace", "--", "true"][..],
+        &["trace", "-o", "-", "--", "true"][..],
+        &["trace", "--duration", "1s"][..],
         &["trace", "--events", "-", "--", "true"][..],
         &["doctor"][..],
     ] {
@@ -211,9 +212,57 @@ fn output_file_keeps_the_report_apart_from_the_commands_output() {
     assert_eq!(ranges(&files[0]["pages_written"]), vec![(1, 1), (6, 6)]);
 }
 
+/// Without `-o`, a traced command's standard output stays its own, byte
+/// for byte, and the report goes to standard error, as strace and `perf
+/// stat` do; `-o -` puts it on standard output after CMD's.
+#[test]
+fn a_traced_commands_stdout_stays_its_own_and_the_report_goes_to_stderr() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("data.bin");
+    let script = say_hi_then_write_pages_1_and_6(&file);
+    let traced = |extra: &[&str]| {
+        let mut args = vec!["trace", "-j", "--path-prefix"];
+        let prefix = path_arg(dir.path());
+        args.push(&prefix);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", &script]);
+        let output = run(&mut mmapwatch(&args));
+        assert!(output.status.success(), "{output:?}");
+        output
+    };
+    let pages_of = |report: &str| {
+        let json: serde_json::Value = serde_json::from_str(report).expect("the report is JSON");
+        assert_eq!(json["files"].as_array().map(Vec::len), Some(1), "{json:#}");
+        ranges(&json["files"][0]["pages_written"])
+    };
+    let output = traced(&[]);
+    assert_eq!(output.stdout, b"hi\n", "stdout is CMD's alone");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = stderr
+        .lines()
+        .find(|line| line.starts_with('{'))
+        .unwrap_or_else(|| panic!("no report on stderr: {stderr}"));
+    assert_eq!(pages_of(report), vec![(1, 1), (6, 6)]);
+
+    let output = traced(&["-o", "-"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = stdout
+        .strip_prefix("hi\n")
+        .unwrap_or_else(|| panic!("CMD's line first: {stdout}"));
+    assert_eq!(pages_of(report.trim()), vec![(1, 1), (6, 6)]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains('{'));
+
+    expect_one_line_failure(
+        &mut mmapwatch(&["trace", "-o", "-", "--events", "-", "--", "true"]),
+        2,
+        "standard output",
+    );
+}
+
 /// `--events -`: standard output is the event stream alone, one JSON
 /// object per line (`jq` reads it), with the exact pages and the writer;
-/// CMD's own output goes to standard error, the report nowhere.
+/// CMD's own output and the report go to standard error.
 #[test]
 fn the_event_stream_on_stdout_carries_nothing_else() {
     require_root();
@@ -234,6 +283,7 @@ fn the_event_stream_on_stdout_carries_nothing_else() {
     assert!(output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.lines().any(|l| l == "hi"), "CMD's output: {stderr}");
+    assert!(stderr.contains(&path_arg(&file)), "the report: {stderr}");
     let mut jq = Command::new("jq")
         .args([
             "-r",

@@ -129,6 +129,8 @@ fn a_writer_that_exits_before_msync_leaves_its_pages_not_on_disk() {
     let output = run(mmapwatch(&[
         "trace",
         "--json",
+        "-o",
+        "-",
         "--path-prefix",
         &path_arg(dir.path()),
         "--",
@@ -190,7 +192,7 @@ fn the_table_says_how_many_written_pages_are_not_on_disk() {
             path = path_arg(&file)
         );
         let prefix = path_arg(dir.path());
-        let mut args = vec!["trace", "--path-prefix", &prefix];
+        let mut args = vec!["trace", "-o", "-", "--path-prefix", &prefix];
         if json {
             args.push("--json");
         }

@@ -169,7 +169,8 @@ fn every_backend_reports_the_same_files_and_pages() {
             let file_arg = path_arg(file);
             args.splice(1..1, ["--file", file_arg.as_str()]);
             let output = run(Command::new(mmapwatch_bin())
-                .args(["trace", "--json", "--include-cow", "--backend", backend])
+                .args(["trace", "--json", "-o", "-", "--include-cow"])
+                .args(["--backend", backend])
                 .args(["--path-prefix", &path_arg(dir.path())])
                 .arg("--")
                 .arg(WORKLOAD)

@@ -12,7 +12,7 @@ mod stream;
 
 use std::collections::BTreeSet;
 
-use integration_tests::{mmapwatch, ranges, run, TraceRun};
+use integration_tests::{ranges, trace_command, TraceRun};
 use serde_json::Value;
 
 /// The scripted workload, built with this test.
@@ -22,19 +22,7 @@ pub(crate) const SCRIPTED_WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
 pub(crate) const RANDOM_WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-random");
 
 pub(crate) fn trace(extra: &[&str], command: &[&str]) -> TraceRun {
-    let output = run(mmapwatch(&["trace", "--json"])
-        .args(extra)
-        .arg("--")
-        .args(command));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let json: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|err| panic!("no JSON ({err}):\n{stdout}\n{stderr}"));
-    TraceRun {
-        status: output.status,
-        json,
-        stderr,
-    }
+    trace_command(command[0], extra, &command[1..])
 }
 
 pub(crate) fn pages(value: &Value) -> BTreeSet<u64> {

@@ -215,13 +215,18 @@ fn a_mount_point_that_is_not_utf8_leaves_every_file_named() {
     let temporary = dir.path().join("before.tmp");
     let renamed = dir.path().join("after.bin");
     let script = "import mmap,os,sys\nfor p in sys.argv[1:3]:\n    fd=os.open(os.fsencode(p),os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,2*4096)\n    m=mmap.mmap(fd,2*4096); m[4096]=1; m.close(); os.close(fd)\nos.rename(os.fsencode(sys.argv[2]),os.fsencode(sys.argv[3]))";
-    let output = run(
-        mmapwatch(&["trace", "--json", "--path-prefix", &path_arg(dir.path())])
-            .args(["--", "python3", "-c", script])
-            .arg(&inside)
-            .arg(&temporary)
-            .arg(&renamed),
-    );
+    let output = run(mmapwatch(&[
+        "trace",
+        "--json",
+        "-o",
+        "-",
+        "--path-prefix",
+        &path_arg(dir.path()),
+    ])
+    .args(["--", "python3", "-c", script])
+    .arg(&inside)
+    .arg(&temporary)
+    .arg(&renamed));
     assert!(
         output.status.success(),
         "{}",
@@ -301,7 +306,7 @@ fn odd_names_are_exact_in_json_and_escaped_on_the_terminal() {
     let script = "import mmap,os,sys\nfor p in sys.argv[1:]:\n    fd=os.open(os.fsencode(p),os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,2*4096)\n    m=mmap.mmap(fd,2*4096); m[4096]=1; m.close(); os.close(fd)";
     let traced = |format: &[&str]| {
         run(
-            mmapwatch(&["trace", "--path-prefix", &path_arg(dir.path())])
+            mmapwatch(&["trace", "-o", "-", "--path-prefix", &path_arg(dir.path())])
                 .args(format)
                 .args(["--", "python3", "-c", script])
                 .arg(&newline)
@@ -360,11 +365,16 @@ fn one_path_in_two_mount_namespaces_is_two_files() {
         f = path_arg(&file),
         d = path_arg(dir.path()),
     );
-    let output = run(
-        mmapwatch(&["trace", "--json", "--path-prefix", &path_arg(dir.path())])
-            .env("W", write)
-            .args(["--", "sh", "-c", &shell]),
-    );
+    let output = run(mmapwatch(&[
+        "trace",
+        "--json",
+        "-o",
+        "-",
+        "--path-prefix",
+        &path_arg(dir.path()),
+    ])
+    .env("W", write)
+    .args(["--", "sh", "-c", &shell]));
     assert!(
         output.status.success(),
         "{}",
