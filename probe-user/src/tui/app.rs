@@ -320,9 +320,13 @@ impl App {
                 self.processes.descending = !self.processes.descending;
                 self.processes.refresh();
             }
-            KeyCode::Char(c @ '1'..='5') => {
+            KeyCode::Char(c @ '1'..='6') => {
                 self.processes
                     .sort_by(ProcessColumn::ALL[c as usize - '1' as usize]);
+            }
+            KeyCode::Char('x') => {
+                self.processes.hide_exited = !self.processes.hide_exited;
+                self.processes.refresh();
             }
             KeyCode::Char('/') => {
                 self.editing_filter = true;

@@ -101,7 +101,8 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         command: args.command.clone(),
         command_output: command_log.as_ref().map(CommandLog::handle).transpose()?,
         retain: Some(args.retain),
-        report_writer_exits: false,
+        // The processes view marks exited writers.
+        report_writer_exits: true,
     };
     // Load before taking over the terminal: errors print as one plain line.
     let mut session = Session::start(&options)?;

@@ -11,15 +11,18 @@ pub enum ProcessColumn {
     Files,
     Pages,
     Cow,
+    /// Running or exited.
+    State,
 }
 
 impl ProcessColumn {
-    pub const ALL: [ProcessColumn; 5] = [
+    pub const ALL: [ProcessColumn; 6] = [
         ProcessColumn::Pid,
         ProcessColumn::Comm,
         ProcessColumn::Files,
         ProcessColumn::Pages,
         ProcessColumn::Cow,
+        ProcessColumn::State,
     ];
 
     pub fn title(self) -> &'static str {
@@ -29,6 +32,7 @@ impl ProcessColumn {
             ProcessColumn::Files => "FILES",
             ProcessColumn::Pages => "WRITTEN",
             ProcessColumn::Cow => "COW",
+            ProcessColumn::State => "STATE",
         }
     }
 
@@ -37,9 +41,13 @@ impl ProcessColumn {
         Self::ALL[(index + 1) % Self::ALL.len()]
     }
 
-    /// Text columns read best A to Z; numbers largest first.
+    /// Text columns read best A to Z (running before exited); numbers
+    /// largest first.
     pub fn descending_by_default(self) -> bool {
-        !matches!(self, ProcessColumn::Comm | ProcessColumn::Pid)
+        !matches!(
+            self,
+            ProcessColumn::Comm | ProcessColumn::Pid | ProcessColumn::State
+        )
     }
 }
 
@@ -51,6 +59,8 @@ pub struct ProcessTable {
     /// Shown are processes whose command contains it (any case) or whose
     /// pid starts with it.
     pub filter: String,
+    /// Exited processes are left out (`x`).
+    pub hide_exited: bool,
     /// Indices into `rows`, filtered and sorted.
     visible: Vec<usize>,
     /// The selected process, by pid so it survives re-sorting.
@@ -64,6 +74,7 @@ impl Default for ProcessTable {
             sort: ProcessColumn::Pages,
             descending: true,
             filter: String::new(),
+            hide_exited: false,
             visible: Vec::new(),
             selected: None,
         }
@@ -73,6 +84,11 @@ impl Default for ProcessTable {
 impl ProcessTable {
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Processes that have exited, shown or not.
+    pub fn exited(&self) -> usize {
+        self.rows.iter().filter(|row| row.exited).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,6 +145,7 @@ impl ProcessTable {
         let needle = self.filter.to_lowercase();
         let rows = &self.rows;
         let mut visible: Vec<usize> = (0..rows.len())
+            .filter(|&i| !(self.hide_exited && rows[i].exited))
             .filter(|&i| {
                 needle.is_empty()
                     || rows[i].comm.to_lowercase().contains(&needle)
@@ -143,6 +160,7 @@ impl ProcessTable {
                 ProcessColumn::Files => a.files.cmp(&b.files),
                 ProcessColumn::Pages => a.pages.cmp(&b.pages),
                 ProcessColumn::Cow => a.cow_pages.cmp(&b.cow_pages),
+                ProcessColumn::State => a.exited.cmp(&b.exited),
             };
             let order = if self.descending {
                 order.reverse()
@@ -175,6 +193,7 @@ mod tests {
             files,
             pages,
             cow_pages: 0,
+            exited: false,
         }
     }
 
@@ -226,5 +245,30 @@ mod tests {
         table.refresh();
         assert_eq!(table.selected(), None);
         table.move_selection(1);
+    }
+
+    #[test]
+    fn exited_processes_sort_after_running_ones_and_hide_with_a_key() {
+        let mut table = ProcessTable::default();
+        table.set_rows(vec![
+            ProcessRow {
+                exited: true,
+                ..row(10, "cc1", 1, 900)
+            },
+            row(20, "ld", 1, 5),
+            ProcessRow {
+                exited: true,
+                ..row(30, "as", 1, 7)
+            },
+        ]);
+        assert_eq!(table.exited(), 2);
+        table.sort_by(ProcessColumn::State);
+        assert_eq!(pids(&table), [20, 10, 30], "running first, ties by pid");
+        table.sort_by(ProcessColumn::State);
+        assert_eq!(pids(&table), [10, 30, 20]);
+        table.hide_exited = true;
+        table.refresh();
+        assert_eq!(pids(&table), [20]);
+        assert_eq!(table.selected().map(|r| r.tgid), Some(20));
     }
 }

@@ -72,6 +72,8 @@ pub struct ProcessRow {
     pub files: usize,
     pub pages: u64,
     pub cow_pages: u64,
+    /// The process has exited (the kernel said so; folded writers: never).
+    pub exited: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,26 +203,36 @@ impl Snapshot {
                 syncs: record.details().syncs.calls(),
             };
             // One file more for the process, with its pages in it.
-            let mut add = |tgid: u32, comm: &dyn Fn() -> String, pages: u64, cow_pages: u64| {
-                let process = processes.entry(tgid).or_insert_with(|| ProcessRow {
-                    tgid,
-                    comm: comm(),
-                    files: 0,
-                    pages: 0,
-                    cow_pages: 0,
-                });
-                process.files += 1;
-                process.pages += pages;
-                process.cow_pages += cow_pages;
-            };
+            let mut add =
+                |tgid: u32, comm: &dyn Fn() -> String, pages: u64, cow_pages: u64, exited: bool| {
+                    let process = processes.entry(tgid).or_insert_with(|| ProcessRow {
+                        tgid,
+                        comm: comm(),
+                        files: 0,
+                        pages: 0,
+                        cow_pages: 0,
+                        exited,
+                    });
+                    process.files += 1;
+                    process.pages += pages;
+                    process.cow_pages += cow_pages;
+                    process.exited |= exited;
+                };
             for writer in record.writers.values() {
                 let comm = || crate::model::names::terminal_text(&writer.comm).into_owned();
-                add(writer.tgid, &comm, writer.pages, writer.cow_pages);
+                let exited = writer.exit.is_some();
+                add(writer.tgid, &comm, writer.pages, writer.cow_pages, exited);
             }
             let folded = &record.details().other_writers;
             if folded.processes > 0 {
                 let comm = || "(folded writers)".to_string();
-                add(FOLDED_WRITERS_TGID, &comm, folded.pages, folded.cow_pages);
+                add(
+                    FOLDED_WRITERS_TGID,
+                    &comm,
+                    folded.pages,
+                    folded.cow_pages,
+                    false,
+                );
             }
             files.push(row);
         }

@@ -436,6 +436,7 @@ fn render_help(frame: &mut Frame, area: Rect) {
         "1-8            sort by column (again: reverse)",
         "r              reverse the sort",
         "/              filter paths or processes (Enter keep, Esc clear)",
+        "x              processes: hide / show exited ones",
         "p              pause / resume",
         "q  Ctrl-C      quit",
         "PAGES 12~      some only in a large folio made writable whole",

@@ -31,6 +31,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
                 number(format!("{} pg", p.pages)),
                 number(size_of_pages(p.pages)),
                 number(p.cow_pages.to_string()),
+                Cell::from(if p.exited { "exited" } else { "" }),
             ])
         })
         .collect();
@@ -45,7 +46,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
             };
             let text = format!("{}{}{mark}", i + 1, column.title());
             let cell = match column {
-                ProcessColumn::Comm => Cell::from(text),
+                ProcessColumn::Comm | ProcessColumn::State => Cell::from(text),
                 _ => number(text),
             };
             // WRITTEN is shown in pages and as a size.
@@ -53,8 +54,13 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
             std::iter::once(cell).chain(size)
         })
         .collect();
+    let exited = match (table.exited(), table.hide_exited) {
+        (0, _) => String::new(),
+        (n, false) => format!(", {n} exited"),
+        (n, true) => format!(", {n} exited hidden (x)"),
+    };
     let title = if table.filter.is_empty() && !app.editing_filter {
-        format!(" processes ({}) ", table.len())
+        format!(" processes ({}{exited}) ", table.len())
     } else {
         format!(
             " processes matching /{}{} ({}) ",
@@ -72,6 +78,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
             Constraint::Length(12),
             Constraint::Length(10),
             Constraint::Length(8),
+            Constraint::Length(7),
         ],
     )
     .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
