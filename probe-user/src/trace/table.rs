@@ -42,25 +42,30 @@ fn short_ranges(ranges: &[[u64; 2]]) -> String {
     parts.join(",")
 }
 
-/// Pages written back, and what of the written pages is not on disk yet
-/// ("dirty" when the page cache cannot say how much).
-fn writeback_cell(file: &FileReport) -> String {
-    let has_writeback = crate::model::paths::fs_has_writeback(Some(file.fs.as_str()));
-    let written_back = (file.writeback_pages > 0 || file.writeback_starts > 0)
-        .then(|| format!("{} pg", file.writeback_pages));
-    let not_on_disk = match file.not_yet_written_back_pages {
-        Some(0) => None,
-        Some(pages) => Some(format!("{pages} not on disk")),
-        None if file.modified && has_writeback && written_back.is_none() => {
-            Some("dirty".to_string())
-        }
-        None => None,
-    };
-    match (written_back, not_on_disk) {
-        (Some(done), Some(left)) => format!("{done}, {left}"),
-        (Some(one), None) | (None, Some(one)) => one,
-        (None, None) => "-".to_string(),
+/// WRITTEN_BACK: pages of the file written back during the trace (by
+/// the flusher, msync or fsync, whichever dirtied them); `-` on a
+/// filesystem that never writes back (tmpfs).
+fn written_back_cell(file: &FileReport) -> String {
+    if has_writeback(file) {
+        file.writeback_pages.to_string()
+    } else {
+        "-".into()
     }
+}
+
+/// NOT_ON_DISK: written pages still dirty or under writeback at the end
+/// (the page cache's count); `unknown` where it cannot count them (before
+/// Linux 6.5, or the file gone); `-` where nothing waits for a disk.
+fn not_on_disk_cell(file: &FileReport) -> String {
+    match file.not_yet_written_back_pages {
+        Some(pages) => pages.to_string(),
+        None if file.modified && has_writeback(file) => "unknown".into(),
+        None => "-".into(),
+    }
+}
+
+fn has_writeback(file: &FileReport) -> bool {
+    crate::model::paths::fs_has_writeback(Some(file.fs.as_str()))
 }
 
 /// The human table: one row per file, most pages written first.
@@ -81,7 +86,8 @@ pub fn render_table(report: &Report) -> String {
                 "RANGES",
                 "FAULTS",
                 "WRITERS",
-                "WRITEBACK",
+                "WRITTEN_BACK",
+                "NOT_ON_DISK",
                 "SYNCS",
             ]);
         for file in &report.files {
@@ -128,14 +134,14 @@ pub fn render_table(report: &Report) -> String {
                 .map(|w| format!("{}[{}]:{}", names::terminal_text(&w.comm), w.pid, w.pages))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let writeback = writeback_cell(file);
             table.add_row(vec![
                 Cell::new(path),
                 Cell::new(pages).set_alignment(CellAlignment::Right),
                 Cell::new(ranges),
                 Cell::new(file.write_faults).set_alignment(CellAlignment::Right),
                 Cell::new(writers),
-                Cell::new(writeback),
+                Cell::new(written_back_cell(file)).set_alignment(CellAlignment::Right),
+                Cell::new(not_on_disk_cell(file)).set_alignment(CellAlignment::Right),
                 Cell::new(sync_summary(&file.syncs)),
             ]);
         }

@@ -441,6 +441,8 @@ fn render_help(frame: &mut Frame, area: Rect) {
         "q  Ctrl-C      quit",
         "PAGES 12~      some only in a large folio made writable whole",
         "PAGES 3?       more possibly written (tmpfs, no fault to see)",
+        "WRITEBACK      dirty (waits for disk) / writing / clean, then pages",
+        "               written back; - where nothing is (tmpfs)",
     ];
     let width =
         (lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u16 + 2).min(area.width);
