@@ -30,7 +30,7 @@ use crate::{
         paths::MountTable,
     },
     probe::maps::{KernelCounters, WriterLabel},
-    session::{EventObserver, Session},
+    session::{CgroupNames, EventObserver, Session},
 };
 
 /// Label resolution and the previous kernel totals, so that kernel

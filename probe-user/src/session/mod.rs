@@ -15,11 +15,13 @@ use aya::maps::{MapData, RingBuf};
 use probe_common::{WriterStats, FILE_STATS_ENTRIES, READER_POLL_MS};
 use tokio::io::{unix::AsyncFd, Interest};
 
+mod cgroups;
 mod collector;
 mod kernel_files;
 mod naming;
 pub mod page_cache;
 mod stop;
+pub use cgroups::{container_name, CgroupNames};
 pub use collector::{Collector, EventObserver};
 pub use kernel_files::HandOverCounts;
 pub use stop::{ticker, StopSignals};

@@ -19,7 +19,7 @@ use crate::{
         names,
         report_filter::ReportFilter,
     },
-    session::EventObserver,
+    session::{container_name, CgroupNames, EventObserver},
     trace::json_lines::JsonLines,
 };
 
@@ -49,6 +49,11 @@ pub struct StreamEvent<'a> {
     pub tid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup_id: Option<u64>,
+    /// The writer's cgroup path and the container it shows (as the
+    /// report's `writers[]`); null on writeback, for a cgroup gone, or one
+    /// that is no container's.
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
     /// `sync` lines: which call, how long it took, what it returned (0 or
     /// a negative errno). `pages` 0 there means the whole file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +147,9 @@ pub fn stream_event<'a>(
         tid: task.map(|t| t.pid),
         comm: task.map(|t| t.comm.clone()),
         cgroup_id: task.map(|t| t.cgroup_id),
+        // Named by the stream's tap, which keeps the cgroup names.
+        cgroup: None,
+        container: None,
         call: sync.map(|s| s.0),
         latency_ns: sync.map(|s| s.1),
         result: sync.map(|s| s.2),
@@ -157,11 +165,16 @@ pub struct EventStream {
     pub lines: JsonLines,
     pub filter: ReportFilter,
     pub clock: Clock,
+    pub cgroups: CgroupNames,
 }
 
 impl EventObserver for EventStream {
     fn observe(&mut self, event: &Event, applied: &Applied, file: Option<&FileRecord>) {
-        if let Some(line) = stream_event(event, applied, file, &self.filter, &self.clock) {
+        if let Some(mut line) = stream_event(event, applied, file, &self.filter, &self.clock) {
+            if let Some(id) = line.cgroup_id {
+                line.cgroup = self.cgroups.path(id);
+                line.container = line.cgroup.as_deref().and_then(container_name);
+            }
             self.lines.write(&line);
         }
     }
@@ -241,6 +254,9 @@ mod tests {
                 "tid": 11,
                 "comm": "db",
                 "cgroup_id": 7,
+                // Named by the stream's tap (`EventStream`).
+                "cgroup": null,
+                "container": null,
             })
         );
     }

@@ -25,7 +25,8 @@ use recorder::Recorder;
 
 use crate::{
     session::{
-        exit_code_of, report_filter, ticker, Activity, Session, SessionOptions, StopSignals,
+        exit_code_of, report_filter, ticker, Activity, CgroupNames, Session, SessionOptions,
+        StopSignals,
     },
     trace::report::ReportContext,
 };
@@ -79,10 +80,12 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         None => None,
     };
     if let Some(lines) = &event_lines {
+        let cgroups = CgroupNames::new(session.collector.mounts());
         session.collector.observe(Box::new(EventStream {
             lines: lines.clone(),
             filter: report_filter(&options),
             clock: session.clock,
+            cgroups,
         }));
     }
     // Handlers first: whoever reads "tracing" may signal at once.
@@ -132,6 +135,8 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     );
     let mounts = session.collector.mounts().clone();
     let fs_type = |file| mounts.fs_type(file).map(str::to_string);
+    let cgroups = std::cell::RefCell::new(CgroupNames::new(&mounts));
+    let cgroup_path = |id| cgroups.borrow_mut().path(id);
     let collector = &session.collector;
     let not_on_disk = |file, record: &FileRecord| collector.pages_not_on_disk(file, record);
     let report = report::build(
@@ -150,6 +155,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             warnings,
             clock: session.clock,
             fs_type: &fs_type,
+            cgroup_path: &cgroup_path,
             not_on_disk: &not_on_disk,
         },
     );

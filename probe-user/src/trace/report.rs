@@ -16,6 +16,7 @@ use crate::{
         report_filter::ReportFilter,
     },
     probe::maps::KernelCounters,
+    session::container_name,
 };
 use probe_common::{Counter, CounterTotals};
 
@@ -29,6 +30,12 @@ pub struct WriterReport {
     /// Pages this process got mapped writable by read faults (tmpfs).
     pub possible_pages: u64,
     pub cgroup_id: u64,
+    /// The cgroup's path under the cgroup2 root (null when it is gone or
+    /// cannot be read), and the container it shows, as the exporter's
+    /// `cgroup` label names it (`container:ID12`, `pod:UID/container:ID12`;
+    /// null for a cgroup that is no container's).
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
     /// When the process exited during the trace (if it had a shared
     /// writable mapping), and how many of the file's written pages were
     /// not on disk then (cachestat; null with the reason in
@@ -273,6 +280,8 @@ pub struct ReportContext<'a> {
     pub warnings: Vec<String>,
     pub clock: Clock,
     pub fs_type: &'a dyn Fn(FileId) -> Option<String>,
+    /// A cgroup id's path (see `session::CgroupNames`).
+    pub cgroup_path: &'a dyn Fn(u64) -> Option<String>,
     /// Written pages not on disk yet (the session asks the page cache),
     /// or why that cannot be told.
     pub not_on_disk: &'a dyn Fn(FileId, &FileRecord) -> Result<u64, String>,
@@ -286,22 +295,27 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
     let mut writers: Vec<WriterReport> = record
         .writers
         .values()
-        .map(|w| WriterReport {
-            pid: w.tgid,
-            comm: w.comm.to_string(),
-            pages: w.pages,
-            cow_pages: w.cow_pages,
-            possible_pages: w.possible_pages,
-            cgroup_id: w.cgroup_id,
-            exited_unix_ns: w.exit.as_ref().map(|exit| ctx.clock.unix_ns(exit.boot_ns)),
-            pages_not_on_disk_at_exit: w
-                .exit
-                .as_ref()
-                .and_then(|exit| exit.not_on_disk.clone()?.ok()),
-            not_on_disk_at_exit_why: w
-                .exit
-                .as_ref()
-                .and_then(|exit| exit.not_on_disk.clone()?.err()),
+        .map(|w| {
+            let cgroup = (ctx.cgroup_path)(w.cgroup_id);
+            WriterReport {
+                pid: w.tgid,
+                comm: w.comm.to_string(),
+                pages: w.pages,
+                cow_pages: w.cow_pages,
+                possible_pages: w.possible_pages,
+                cgroup_id: w.cgroup_id,
+                container: cgroup.as_deref().and_then(container_name),
+                cgroup,
+                exited_unix_ns: w.exit.as_ref().map(|exit| ctx.clock.unix_ns(exit.boot_ns)),
+                pages_not_on_disk_at_exit: w
+                    .exit
+                    .as_ref()
+                    .and_then(|exit| exit.not_on_disk.clone()?.ok()),
+                not_on_disk_at_exit_why: w
+                    .exit
+                    .as_ref()
+                    .and_then(|exit| exit.not_on_disk.clone()?.err()),
+            }
         })
         .collect();
     writers.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.pid.cmp(&b.pid)));
@@ -537,6 +551,9 @@ mod tests {
             warnings: vec![],
             clock: Clock::with_offset(1_000_000),
             fs_type: fs,
+            cgroup_path: &|id| {
+                (id == 3).then(|| "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope".into())
+            },
             not_on_disk: &|_, record| Ok(record.pages_written.len() / 2),
         }
     }
@@ -615,7 +632,7 @@ mod tests {
         assert_eq!(file["pages_written_count"], 3);
         assert_eq!(
             file["writers"],
-            serde_json::json!([{"pid": 5, "comm": "py", "pages": 3, "cow_pages": 0, "possible_pages": 0, "cgroup_id": 3}])
+            serde_json::json!([{"pid": 5, "comm": "py", "pages": 3, "cow_pages": 0, "possible_pages": 0, "cgroup_id": 3, "cgroup": "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope", "container": "container:0123456789ab"}])
         );
         assert_eq!(file["first_write_unix_ns"], 1_001_001);
         assert_eq!(file["last_write_unix_ns"], 1_001_008);
@@ -657,7 +674,7 @@ mod tests {
         ));
         assert!(text.contains("/mnt/f"), "{text}");
         assert!(text.contains("1-2,8"), "{text}");
-        assert!(text.contains("py[5]:3"), "{text}");
+        assert!(text.contains("py[5]@ctr:0123456789ab:3"), "{text}");
         assert!(text.contains("lost events 3"), "{text}");
     }
 }

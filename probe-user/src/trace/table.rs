@@ -68,6 +68,21 @@ fn has_writeback(file: &FileReport) -> bool {
     crate::model::paths::fs_has_writeback(Some(file.fs.as_str()))
 }
 
+/// `@ctr:ID12` (or `@pod:UID8` for a pod's own cgroup) after a writer in
+/// a container; nothing for one on the host.
+fn container_mark(container: Option<&str>) -> String {
+    let Some(container) = container else {
+        return String::new();
+    };
+    if let Some((_, id)) = container.rsplit_once("container:") {
+        return format!("@ctr:{}", names::terminal_text(id));
+    }
+    match container.strip_prefix("pod:") {
+        Some(uid) => format!("@pod:{}", names::terminal_text(&uid[..uid.len().min(8)])),
+        None => String::new(),
+    }
+}
+
 /// The human table: one row per file, most pages written first.
 pub fn render_table(report: &Report) -> String {
     use comfy_table::{presets::NOTHING, Cell, CellAlignment, ContentArrangement, Table};
@@ -131,7 +146,11 @@ pub fn render_table(report: &Report) -> String {
             let writers = file
                 .writers
                 .iter()
-                .map(|w| format!("{}[{}]:{}", names::terminal_text(&w.comm), w.pid, w.pages))
+                .map(|w| {
+                    let comm = names::terminal_text(&w.comm);
+                    let place = container_mark(w.container.as_deref());
+                    format!("{comm}[{}]{place}:{}", w.pid, w.pages)
+                })
                 .collect::<Vec<_>>()
                 .join(" ");
             table.add_row(vec![
@@ -158,4 +177,26 @@ pub fn render_table(report: &Report) -> String {
         out.push_str(&format!("warning: {warning}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::container_mark;
+
+    #[test]
+    fn a_writer_in_a_container_is_marked_by_its_short_id() {
+        assert_eq!(container_mark(None), "");
+        assert_eq!(
+            container_mark(Some("container:4f1c2a7e9b3d")),
+            "@ctr:4f1c2a7e9b3d"
+        );
+        assert_eq!(
+            container_mark(Some("pod:6f0d4c1e-2a3b-4c5d/container:4f1c2a7e9b3d")),
+            "@ctr:4f1c2a7e9b3d"
+        );
+        assert_eq!(
+            container_mark(Some("pod:6f0d4c1e-2a3b-4c5d")),
+            "@pod:6f0d4c1e"
+        );
+    }
 }

@@ -295,3 +295,122 @@ fn writes_after_exec_carry_the_new_programs_name() {
         assert_eq!(writers[0]["comm"], COMM, "round {round}: {entry:#}");
     }
 }
+
+/// A cgroup made for a test, shaped as a container runtime names its
+/// scopes, removed (with a cgroup2 mount made for it) when dropped.
+struct ContainerCgroup {
+    root: std::path::PathBuf,
+    slice: std::path::PathBuf,
+    scope: std::path::PathBuf,
+    own_mount: Option<tempfile::TempDir>,
+}
+
+impl ContainerCgroup {
+    fn new(id: &str) -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let mounted = mounts
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .find(|fields| fields.len() > 2 && fields[2] == "cgroup2")
+            .map(|fields| std::path::PathBuf::from(fields[1]));
+        // A guest without one gets its own (cgroup2 exists since 4.5).
+        let (root, own_mount) = match mounted {
+            Some(root) => (root, None),
+            None => {
+                let dir = scratch_dir();
+                let status = Command::new("mount")
+                    .args(["-t", "cgroup2", "none"])
+                    .arg(dir.path())
+                    .status()
+                    .expect("mount cgroup2");
+                assert!(status.success(), "mounting cgroup2");
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        let slice = root.join(format!("mmapwatch-test-{}.slice", std::process::id()));
+        let scope = slice.join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&scope).expect("make the cgroups");
+        Self {
+            root,
+            slice,
+            scope,
+            own_mount,
+        }
+    }
+
+    /// The scope's path as the report gives it: under the cgroup2 root.
+    fn path(&self) -> String {
+        format!(
+            "/{}",
+            self.scope.strip_prefix(&self.root).unwrap().display()
+        )
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.scope);
+        let _ = std::fs::remove_dir(&self.slice);
+        if let Some(dir) = &self.own_mount {
+            let _ = Command::new("umount").arg(dir.path()).status();
+        }
+    }
+}
+
+/// A writer in a container's cgroup is named with it: the cgroup path and
+/// the container id in the JSON's writers and the event stream, and
+/// `name[pid]@ctr:ID12` in the table, as the exporter's labels name it.
+#[test]
+fn a_writer_in_a_container_cgroup_is_named_by_its_container() {
+    require_root();
+    let id = "4f1c2a7e9b3d".repeat(5) + "0a1b";
+    let cgroup = ContainerCgroup::new(&id);
+    let dir = scratch_dir();
+    let file = dir.path().join("in-container.bin");
+    let events = dir.path().join("events.ndjson");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {WORKLOAD} shared --file {} --size-pages 4 --pages 1,2",
+        path_arg(&cgroup.scope),
+        path_arg(&file)
+    );
+    let prefix = path_arg(dir.path());
+    let events_arg = path_arg(&events);
+    let run = trace_command(
+        "sh",
+        &["--path-prefix", &prefix, "--events", &events_arg],
+        &["-c", &script],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let entry = run.expect_file(&file);
+    let writer = &entry["writers"][0];
+    let container = format!("container:{}", &id[..12]);
+    assert_eq!(writer["cgroup"], cgroup.path().as_str(), "{entry:#}");
+    assert_eq!(writer["container"], container.as_str(), "{entry:#}");
+    assert_eq!(ranges(&entry["pages_written"]), vec![(1, 2)]);
+    let lines = std::fs::read_to_string(&events).expect("the event stream");
+    let writes: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .filter(|line: &serde_json::Value| line["type"] == "write")
+        .collect();
+    assert_eq!(writes.len(), 2, "{lines}");
+    for line in &writes {
+        assert_eq!(line["container"], container.as_str(), "{line}");
+        assert_eq!(line["cgroup"], cgroup.path().as_str(), "{line}");
+    }
+    let table = Command::new(integration_tests::mmapwatch_bin())
+        .args(["trace", "-o", "-", "--path-prefix", &prefix, "--"])
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("trace, as a table");
+    let table = String::from_utf8_lossy(&table.stdout);
+    let mark = format!("{COMM}[");
+    let row = table
+        .lines()
+        .find(|line| line.contains("in-container.bin"))
+        .unwrap_or_else(|| panic!("no row:\n{table}"));
+    assert!(
+        row.contains(&mark) && row.contains(&format!("]@ctr:{}:2", &id[..12])),
+        "{table}"
+    );
+}
