@@ -386,21 +386,100 @@ pub fn render_json(checks: &[Check]) -> String {
     serde_json::json!({ "ok": ok, "checks": checks }).to_string()
 }
 
+/// What to do about a FAIL or `no` row, by the check's name: one line,
+/// or None where there is nothing to do (or nothing is wrong).
+fn hint(check: &Check) -> Option<&'static str> {
+    if check.status == Status::Ok {
+        return None;
+    }
+    let name = check.name.as_str();
+    Some(match name {
+        "privileges" => "run as root (sudo), or grant CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before 5.8)",
+        "btf" => "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2021), or point --btf at its vmlinux BTF",
+        "tracefs" => "mount it: mount -t tracefs nodev /sys/kernel/tracing (or run mmapwatch doctor --mount)",
+        "programs" => "the verifier refused a program: run with RUST_LOG=debug for its log, and report it with `mmapwatch --version` and `uname -r`",
+        "fentry" | "needs, fentry" => "needs BPF trampolines (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS; arm64 6.4+) and lockdown not refusing tracing programs; --backend kprobe or tracepoint otherwise",
+        "kprobe" | "needs, kprobe" => "needs CONFIG_KPROBES=y and do_wp_page/finish_fault in /proc/kallsyms; --backend fentry or tracepoint otherwise",
+        "needs, tracepoint" => "x86 only: on other architectures use --backend kprobe (auto does)",
+        "blind spot" => "see README, \"Blind spots\": what no backend can see, and what each reports instead",
+        _ if name.starts_with("tracepoint syscalls:") => {
+            "needs CONFIG_FTRACE_SYSCALLS=y; without it these calls are not counted (the rest works)"
+        }
+        _ if name.starts_with("tracepoint ") || name.starts_with("raw tracepoint ") => {
+            "this kernel lacks it: what the detail names is not seen (the rest works); a newer kernel has it"
+        }
+        _ if name.starts_with("program ") => {
+            "this kernel's verifier refuses it: what the detail names is not seen; a newer kernel accepts it"
+        }
+        _ => return None,
+    })
+}
+
+/// The checks as a table: name, status, detail, and under a FAIL or `no`
+/// row what to do. On a terminal, details and hints wrap to its width
+/// under their column; piped, each stays one line (for grep).
 pub fn render(checks: &[Check]) -> String {
+    use std::io::IsTerminal as _;
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let indent = " ".repeat(width + 8);
+    let columns = std::io::stdout()
+        .is_terminal()
+        .then(textwrap::termwidth)
+        .filter(|&columns| columns > indent.len() + 20);
+    let wrap = |text: &str, first: &str| -> String {
+        match columns {
+            Some(columns) => {
+                let options = textwrap::Options::new(columns)
+                    .initial_indent(first)
+                    .subsequent_indent(&indent);
+                textwrap::fill(text, options) + "\n"
+            }
+            None => format!("{first}{text}\n"),
+        }
+    };
     checks
         .iter()
         .map(|c| {
-            format!(
-                "{:<width$}  {:<4}  {}\n",
-                c.name,
-                match c.status {
-                    Status::Ok => "ok",
-                    Status::Fail => "FAIL",
-                    Status::No => "no",
-                },
-                c.detail
-            )
+            let status = match c.status {
+                Status::Ok => "ok",
+                Status::Fail => "FAIL",
+                Status::No => "no",
+            };
+            let head = format!("{:<width$}  {status:<4}  ", c.name);
+            let mut row = wrap(&c.detail, &head);
+            if let Some(hint) = hint(c) {
+                row.push_str(&wrap(&format!("→ {hint}"), &indent));
+            }
+            row
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_that_are_not_ok_say_what_to_do_and_json_is_unchanged() {
+        let checks = vec![
+            check("tracefs", false, "not mounted"),
+            optional("tracepoint syscalls:sys_enter_msync", false, "absent"),
+            check("kernel", true, "6.1"),
+        ];
+        // Not a terminal here: each row and hint is one line.
+        let text = render(&checks);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[0].contains("FAIL") && lines[0].ends_with("not mounted"));
+        assert!(lines[1]
+            .trim_start()
+            .starts_with("→ mount it: mount -t tracefs"));
+        assert!(lines[3].contains("CONFIG_FTRACE_SYSCALLS"), "{text}");
+        assert!(lines[4].starts_with("kernel"), "an ok row has no hint");
+        let json: serde_json::Value = serde_json::from_str(&render_json(&checks)).unwrap();
+        assert_eq!(
+            json["checks"][0],
+            serde_json::json!({"name": "tracefs", "status": "fail", "detail": "not mounted"})
+        );
+    }
 }

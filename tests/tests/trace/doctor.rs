@@ -29,12 +29,22 @@ fn doctor_json_lists_every_check_with_its_status() {
         assert!(["ok", "fail", "no"].contains(&status), "{check}");
         assert!(check["detail"].is_string(), "{check}");
     }
-    // The table shows the same checks, one line each.
+    // The table shows the same checks, one line each (piped: not
+    // wrapped), and under each one that is not ok what to do.
     let table = run(&mut mmapwatch(&["doctor"]));
-    assert_eq!(
-        String::from_utf8_lossy(&table.stdout).lines().count(),
-        checks.len()
+    let table = String::from_utf8_lossy(&table.stdout);
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('→'))
+        .collect();
+    assert_eq!(rows.len(), checks.len(), "{table}");
+    let not_ok = checks.iter().filter(|c| c["status"] != "ok").count();
+    let hints = table.lines().count() - rows.len();
+    assert!(
+        hints > 0 || not_ok == 0,
+        "no hint under a row that is not ok:\n{table}"
     );
+    assert!(hints <= not_ok, "{table}");
 }
 
 /// `doctor` checks the running kernel for real: the programs load, the
