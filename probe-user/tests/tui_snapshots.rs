@@ -115,6 +115,15 @@ fn files_view() {
     assert!(small.contains("orders.db"), "{small}");
     insta::assert_snapshot!("files_80x24", small);
     insta::assert_snapshot!("files_160x48", draw(&app, 160, 48));
+    // Narrow: the path stays (its end, the file name whole), the less
+    // telling columns go.
+    let narrow = draw(&app, 50, 16);
+    assert!(narrow.contains("orders.db"), "{narrow}");
+    assert!(
+        narrow.contains("1PATH") && !narrow.contains("5COW"),
+        "{narrow}"
+    );
+    insta::assert_snapshot!("files_50x16", narrow);
 }
 
 #[test]

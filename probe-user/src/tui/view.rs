@@ -85,6 +85,29 @@ fn fixed_widths(width: u16) -> [u16; 7] {
     }
 }
 
+/// PATH keeps at least this many columns: on a narrow terminal the less
+/// telling columns go first, never the path.
+const MIN_PATH: u16 = 20;
+
+/// Which of the eight columns are shown at this width: all that leave PATH
+/// its minimum, dropping COW, +PG, FLT/s, WR and AGE in that order.
+fn shown_columns(width: u16) -> [bool; 8] {
+    const DROP_ORDER: [usize; 5] = [4, 2, 3, 5, 7];
+    let fixed = fixed_widths(width);
+    let mut shown = [true; 8];
+    let path_room = |shown: &[bool; 8]| {
+        let used: u16 = (1..8).filter(|&c| shown[c]).map(|c| fixed[c - 1] + 1).sum();
+        width.saturating_sub(used)
+    };
+    for column in DROP_ORDER {
+        if path_room(&shown) >= MIN_PATH {
+            break;
+        }
+        shown[column] = false;
+    }
+    shown
+}
+
 /// Shortens a path in the middle, keeping its first directory (which
 /// tree: /var, /home, /tmp) and as much of its end as fits, the file name
 /// whole: "/var/…sql/16/main/base/16384/2619". Where even that does not
@@ -126,10 +149,11 @@ fn elide_left(path: &str, width: usize) -> String {
     format!("…{tail}")
 }
 
-fn header_cells(app: &App, wide: bool) -> Vec<Cell<'static>> {
+fn header_cells(app: &App, wide: bool, shown: &[bool; 8]) -> Vec<Cell<'static>> {
     Column::ALL
         .iter()
         .enumerate()
+        .filter(|(i, _)| shown[*i])
         .map(|(i, column)| {
             let mark = if *column == app.sort {
                 if app.descending {
@@ -173,13 +197,18 @@ fn render_files(app: &App, frame: &mut Frame, area: Rect) {
     };
     let wide = area.width >= WIDE;
     let fixed = fixed_widths(area.width);
-    // Column gaps: one between each of the eight columns.
-    let path_width = area.width.saturating_sub(fixed.iter().sum::<u16>() + 7) as usize;
+    let shown = shown_columns(area.width);
+    let shown_fixed: Vec<u16> = (1..8).filter(|&c| shown[c]).map(|c| fixed[c - 1]).collect();
+    // Column gaps: one between each shown column.
+    let path_width = area
+        .width
+        .saturating_sub(shown_fixed.iter().sum::<u16>() + shown_fixed.len() as u16)
+        as usize;
     let body: Vec<Row> = rows
         .iter()
         .map(|file| {
             let row = &file.row;
-            Row::new(vec![
+            let cells = [
                 Cell::from(elide_middle(&row.path, path_width)),
                 number(row.marks.flagged()),
                 number(format!("+{}", file.pages_interval)),
@@ -194,13 +223,22 @@ fn render_files(app: &App, frame: &mut Frame, area: Rect) {
                     writeback_style(row.writeback),
                 )),
                 number(age(app.now_boot_ns, row.last_write_boot_ns)),
-            ])
+            ];
+            Row::new(
+                cells
+                    .into_iter()
+                    .zip(shown)
+                    .filter_map(|(cell, shown)| shown.then_some(cell)),
+            )
         })
         .collect();
-    let widths =
-        std::iter::once(Constraint::Fill(1)).chain(fixed.iter().map(|w| Constraint::Length(*w)));
+    let widths = std::iter::once(Constraint::Fill(1))
+        .chain(shown_fixed.iter().map(|w| Constraint::Length(*w)));
     let table = Table::new(body, widths)
-        .header(Row::new(header_cells(app, wide)).style(Style::new().add_modifier(Modifier::BOLD)))
+        .header(
+            Row::new(header_cells(app, wide, &shown))
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
         .block(Block::new().borders(Borders::TOP).title(title))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut state = TableState::default();
