@@ -59,9 +59,11 @@ pub enum Command {
     /// Print shell completions (for packaging: `cargo xtask docs`).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
-    /// Print the man page, roff (for packaging: `cargo xtask docs`).
+    /// Print the man page, roff (for packaging: `cargo xtask docs`):
+    /// mmapwatch(1), or with a subcommand's name its own page
+    /// (mmapwatch-trace(1), ...).
     #[command(hide = true)]
-    Manpage,
+    Manpage { subcommand: Option<String> },
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -281,7 +283,7 @@ impl Cli {
             Command::Doctor(_)
             | Command::BenchFloor
             | Command::Completions { .. }
-            | Command::Manpage => return Ok(()),
+            | Command::Manpage { .. } => return Ok(()),
         };
         // A prefix that does not exist would silently keep nothing.
         if let Some(missing) = filter.path_prefixes.iter().find(|p| !p.exists()) {

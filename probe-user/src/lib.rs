@@ -12,6 +12,7 @@ pub mod cli;
 pub mod doctor;
 pub mod error;
 pub mod exporter;
+pub mod man_pages;
 pub mod model;
 pub mod output_file;
 pub mod probe;

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     }
     if matches!(
         cli.command,
-        Command::Trace(_) | Command::Doctor(_) | Command::Completions { .. } | Command::Manpage
+        Command::Trace(_)
+            | Command::Doctor(_)
+            | Command::Completions { .. }
+            | Command::Manpage { .. }
     ) {
         // A report piped into `head` ends quietly, as `cat`'s does: the
         // default SIGPIPE action instead of Rust's ignore-then-panic.
@@ -54,10 +57,14 @@ fn main() -> ExitCode {
                 clap_complete::generate(shell, &mut command, "mmapwatch", &mut std::io::stdout());
                 Ok(0)
             }
-            Command::Manpage => clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map(|()| 0)
-                .map_err(|err| anyhow::anyhow!("writing the man page: {err}")),
+            Command::Manpage { subcommand } => {
+                use std::io::Write as _;
+                let roff = probe_user::man_pages::render(subcommand.as_deref())?;
+                std::io::stdout()
+                    .write_all(&roff)
+                    .map(|()| 0)
+                    .map_err(|err| anyhow::anyhow!("writing the man page: {err}"))
+            }
             Command::Doctor(args) => {
                 let checks = doctor::checks(&kernel.btf, args.mount);
                 if args.json {

@@ -231,6 +231,14 @@ fn docs() -> Result<()> {
         Ok(())
     };
     generate(&["manpage"], dist.join("mmapwatch.1"))?;
+    // The binary refuses a name it has no page for, so this list cannot
+    // drift from probe-user's man_pages::PAGES unnoticed.
+    for subcommand in ["trace", "top", "export", "doctor"] {
+        generate(
+            &["manpage", subcommand],
+            dist.join(format!("mmapwatch-{subcommand}.1")),
+        )?;
+    }
     for (shell, name) in [
         ("bash", "mmapwatch.bash"),
         ("zsh", "_mmapwatch"),

@@ -355,6 +355,15 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     );
     for command in ["trace", "top", "export", "doctor"] {
         assert!(roff.contains(command), "no {command} in the man page");
+        // And a page of its own, with examples.
+        let man = run(&mut mmapwatch(&["manpage", command]));
+        let page = String::from_utf8_lossy(&man.stdout);
+        assert!(man.status.success(), "{man:?}");
+        assert!(
+            page.contains(&format!(".TH mmapwatch-{command} 1")),
+            "{page}"
+        );
+        assert!(page.contains(".SH EXAMPLES"), "{page}");
     }
 }
 
