@@ -61,6 +61,8 @@ fn tick(app: &App, aggregate: &Aggregate, mounts: &MountTable, last_ns: u64) -> 
         last_ns + 2_500_000_000,
         &|record| filter.keeps(record),
         &|file| has_writeback(mounts, file),
+        // The recorded files are gone: their size is not known here.
+        &|_| None,
     );
     // What the session asks the page cache: no written page of the
     // recording reached disk (its files are dirty).

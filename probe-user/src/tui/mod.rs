@@ -38,6 +38,14 @@ pub fn has_writeback(mounts: &MountTable, file: FileId) -> bool {
 const NAMED_EACH_TICK: usize = 256;
 
 /// The snapshot of what the report filter keeps.
+/// The file's size in pages, from its name now (one stat, for the file
+/// whose detail is shown): its heatmap covers the whole file.
+fn file_pages(record: &crate::model::file_record::FileRecord) -> Option<u64> {
+    let path = record.path.as_deref()?;
+    let size = std::fs::metadata(path).ok()?.len();
+    Some(size.div_ceil(probe_common::PAGE_SIZE))
+}
+
 pub fn snapshot(
     session: &Session,
     filter: &ReportFilter,
@@ -52,6 +60,7 @@ pub fn snapshot(
         now_boot_ns,
         &|record| filter.keeps(record),
         &|file| has_writeback(mounts, file),
+        &file_pages,
     );
     snapshot.lost_events += session.collector.undecodable;
     if let Some(detail) = snapshot.detail.as_mut() {

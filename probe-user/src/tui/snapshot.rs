@@ -95,8 +95,10 @@ pub struct Heatmap {
 }
 
 impl Heatmap {
-    pub fn build(pages: &PageSet, state: WritebackState, buckets: usize) -> Self {
-        let span = pages.max().map_or(0, |max| max + 1);
+    /// Over the whole file (`file_pages`, when its size is known) or up
+    /// to the last written page, whichever is more.
+    pub fn build(pages: &PageSet, state: WritebackState, buckets: usize, file_pages: u64) -> Self {
+        let span = pages.max().map_or(0, |max| max + 1).max(file_pages);
         let buckets = buckets.max(1).min(span.max(1) as usize);
         let bound = |i: usize| (span as u128 * i as u128 / buckets as u128) as u64;
         // rank(v) counts pages <= v: two ranks per bucket, whatever the size.
@@ -174,6 +176,7 @@ impl Snapshot {
         now_boot_ns: u64,
         keep: &dyn Fn(&crate::model::file_record::FileRecord) -> bool,
         has_writeback: &dyn Fn(FileId) -> bool,
+        file_pages: &dyn Fn(&crate::model::file_record::FileRecord) -> Option<u64>,
     ) -> Self {
         let mut files = Vec::with_capacity(aggregate.len());
         let mut processes: BTreeMap<u32, ProcessRow> = BTreeMap::new();
@@ -251,7 +254,12 @@ impl Snapshot {
                 .collect();
             writers.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.tgid.cmp(&b.tgid)));
             Some(Detail {
-                heatmap: Heatmap::build(&record.pages_written, row.writeback, HEATMAP_BUCKETS),
+                heatmap: Heatmap::build(
+                    &record.pages_written,
+                    row.writeback,
+                    HEATMAP_BUCKETS,
+                    file_pages(record).unwrap_or(0),
+                ),
                 writers,
                 huge_spans: record.details().huge_spans,
                 folios_dirtied: record.kernel.folios_dirtied,
@@ -281,7 +289,7 @@ mod tests {
     #[test]
     fn heatmap_buckets_count_pages_by_rank() {
         let pages: PageSet = [0u64, 1, 2, 3, 100, 1023].into_iter().collect();
-        let map = Heatmap::build(&pages, WritebackState::Dirty, 4);
+        let map = Heatmap::build(&pages, WritebackState::Dirty, 4, 0);
         assert_eq!(map.pages_span, 1024);
         assert_eq!(map.written, vec![5, 0, 0, 1]);
         assert_eq!(map.bucket_pages(0), 256);
@@ -292,7 +300,7 @@ mod tests {
     fn heatmap_of_a_million_pages_stays_bounded() {
         let mut pages = PageSet::new();
         pages.insert_range(0..1_000_000);
-        let map = Heatmap::build(&pages, WritebackState::Clean, HEATMAP_BUCKETS);
+        let map = Heatmap::build(&pages, WritebackState::Clean, HEATMAP_BUCKETS, 0);
         assert_eq!(map.written.len(), HEATMAP_BUCKETS);
         assert_eq!(map.written.iter().sum::<u64>(), 1_000_000);
         let covered: u64 = (0..map.written.len()).map(|i| map.bucket_pages(i)).sum();
@@ -336,6 +344,7 @@ mod tests {
             0,
             &|_| true,
             &|_| true,
+            &|_| None,
         );
         let folded = snapshot
             .processes
@@ -353,11 +362,27 @@ mod tests {
     #[test]
     fn small_files_get_one_bucket_per_page() {
         let pages: PageSet = [1u64, 3].into_iter().collect();
-        let map = Heatmap::build(&pages, WritebackState::Dirty, HEATMAP_BUCKETS);
+        let map = Heatmap::build(&pages, WritebackState::Dirty, HEATMAP_BUCKETS, 0);
         assert_eq!(map.written, vec![0, 1, 0, 1]);
-        assert!(Heatmap::build(&PageSet::new(), WritebackState::Dirty, 8)
+        assert!(Heatmap::build(&PageSet::new(), WritebackState::Dirty, 8, 0)
             .written
             .iter()
             .all(|&w| w == 0));
+    }
+
+    /// With the file's size known, the map covers the whole file, not
+    /// only up to its last written page.
+    #[test]
+    fn the_heatmap_covers_the_whole_file_when_its_size_is_known() {
+        let pages: PageSet = [1u64, 3].into_iter().collect();
+        let map = Heatmap::build(&pages, WritebackState::Dirty, 4, 100);
+        assert_eq!(map.pages_span, 100);
+        assert_eq!(map.written, vec![2, 0, 0, 0]);
+        // A file shorter than what was written (truncated since): the
+        // written pages still show.
+        assert_eq!(
+            Heatmap::build(&pages, WritebackState::Dirty, 4, 1).pages_span,
+            4
+        );
     }
 }

@@ -369,12 +369,15 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
     ];
     frame.render_widget(Paragraph::new(summary_text), summary);
 
+    // One cell a character: how many pages each holds, said in the title.
+    let inner = Block::new().borders(Borders::TOP).inner(heat);
+    let cells = (u64::from(inner.width) * u64::from(inner.height)).max(1);
+    let per_cell = span.div_ceil(cells.min(detail.heatmap.written.len().max(1) as u64));
     let heat_block = Block::new().borders(Borders::TOP).title(format!(
-        " pages 0..{} (· none, ░▒▓█ written; colour: {} ) ",
+        " pages 0..{}, {per_cell} a cell (· none, ░▒▓█ written; colour: {}) ",
         span.saturating_sub(1),
         row.writeback.label()
     ));
-    let inner = heat_block.inner(heat);
     frame.render_widget(heat_block, heat);
     frame.render_widget(
         Paragraph::new(heatmap_lines(&detail.heatmap, inner.width, inner.height)),
@@ -412,20 +415,24 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
         .block(Block::new().borders(Borders::TOP).title(" writers ")),
         writers_area,
     );
-    let history: Vec<u64> = app
-        .history
-        .get(&row.id)
-        .map(|h| h.iter().copied().collect())
-        .unwrap_or_default();
-    let shown = &history[history.len().saturating_sub(spark_area.width as usize)..];
+    // The newest interval at the right edge, older ones scrolling left
+    // (zeros before the history began), on a scale the title gives.
+    let width = spark_area.width as usize;
+    let history = app.history.get(&row.id);
+    let recent = history.map_or(0, |h| h.len().min(width));
+    let mut shown = vec![0u64; width - recent];
+    if let Some(history) = history {
+        shown.extend(history.iter().skip(history.len() - recent));
+    }
+    let max = shown.iter().copied().max().unwrap_or(0);
     frame.render_widget(
         Sparkline::default()
-            .block(
-                Block::new()
-                    .borders(Borders::TOP)
-                    .title(format!(" write faults per {} ms ", app.info.interval_ms)),
-            )
-            .data(shown)
+            .block(Block::new().borders(Borders::TOP).title(format!(
+                " write faults per {} ms, top {max} ",
+                app.info.interval_ms
+            )))
+            .max(max.max(1))
+            .data(&shown)
             .style(Style::new().fg(Color::Magenta)),
         spark_area,
     );
