@@ -108,6 +108,11 @@ pub struct TopArgs {
     #[arg(long, value_name = "FILE")]
     pub cmd_output: Option<PathBuf>,
 
+    /// With --batch: each row starts with the table's time (UTC, RFC
+    /// 3339), so a row grepped out of a log still says when (as vmstat -t).
+    #[arg(short = 'T', long, requires = "batch")]
+    pub timestamps: bool,
+
     /// With --batch: stop after this many tables.
     #[arg(short = 'n', long, requires = "batch", value_parser = parse_count)]
     pub count: Option<u64>,

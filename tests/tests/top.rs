@@ -268,7 +268,14 @@ fn batch_mode_shows_a_renamed_file_by_its_new_name() {
     let new = dir.path().join("after-rename.bin");
     let script = "import mmap,os,sys,time\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT|os.O_TRUNC); os.ftruncate(fd,4*4096)\nm=mmap.mmap(fd,4*4096)\nm[4096]=1\nm.flush()\ntime.sleep(0.5)\nos.rename(sys.argv[1],sys.argv[2])\ntime.sleep(0.8)";
     let output = std::process::Command::new(mmapwatch_bin())
-        .args(["top", "--batch", "--interval", "200ms", "--path-prefix"])
+        .args([
+            "top",
+            "--batch",
+            "-T",
+            "--interval",
+            "200ms",
+            "--path-prefix",
+        ])
         .arg(dir.path())
         .args(["--", "python3", "-c", script])
         .arg(&old)
@@ -293,4 +300,12 @@ fn batch_mode_shows_a_renamed_file_by_its_new_name() {
         text.lines().any(|l| l.ends_with(&path_arg(&old))),
         "the first tables show the old name:\n{text}"
     );
+    // -T: every row starts with its table's time, as `vmstat -t`.
+    for table in text.split("mmapwatch top: ").skip(1) {
+        let when = table.split(',').next().unwrap_or_default();
+        for row in table.lines().filter(|l| l.contains(".bin")) {
+            assert!(row.starts_with(when), "row without its time {when}: {row}");
+        }
+        assert!(humantime::parse_rfc3339(when).is_ok(), "{table}");
+    }
 }

@@ -48,7 +48,7 @@ pub async fn run(
             }
             _ = ticker.tick.tick() => {
                 let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
-                if !emit(&table(&app, interval_s, SystemTime::now()))? {
+                if !emit(&table(&app, interval_s, SystemTime::now(), args.timestamps))? {
                     return Ok(exit_code);
                 }
                 printed += 1;
@@ -62,7 +62,7 @@ pub async fn run(
     // What the last partial interval saw.
     session.drain_now();
     let interval_s = ticker.take_snapshot(&mut app, session, filter)?;
-    emit(&table(&app, interval_s, SystemTime::now()))?;
+    emit(&table(&app, interval_s, SystemTime::now(), args.timestamps))?;
     Ok(exit_code)
 }
 
@@ -78,17 +78,26 @@ fn emit(table: &str) -> anyhow::Result<bool> {
 }
 
 /// One interval's table: a heading line with the time (UTC, as logs
-/// want it), then a row per file, numbers right-aligned (zeros shown).
-pub fn table(app: &App, interval_s: f64, now: SystemTime) -> String {
+/// want it), then a row per file, numbers right-aligned (zeros shown);
+/// with `timestamps`, the time starts every row too.
+pub fn table(app: &App, interval_s: f64, now: SystemTime, timestamps: bool) -> String {
     let rows = app.visible_files();
+    let time = humantime::format_rfc3339_seconds(now).to_string();
+    let time_column = |text: &str| {
+        if timestamps {
+            format!("{text:<20} ")
+        } else {
+            String::new()
+        }
+    };
     let mut out = format!(
-        "mmapwatch top: {}, {} file(s), {} event(s), lost {}, interval {interval_s:.1}s, backend {}\n",
-        humantime::format_rfc3339_seconds(now),
+        "mmapwatch top: {time}, {} file(s), {} event(s), lost {}, interval {interval_s:.1}s, backend {}\n",
         rows.len(),
         app.events,
         app.lost_events,
         app.info.backend
     );
+    out.push_str(&time_column("TIME"));
     out.push_str(&format!(
         "{:>8} {:>8} {:>10} {:>6} {:>7} {:>6} {:>9}  {:<24}  PATH\n",
         "PAGES", "+PAGES", "FAULTS/S", "COW", "WRITERS", "SYNCS", "WRITEBACK", "BY"
@@ -104,6 +113,7 @@ pub fn table(app: &App, interval_s: f64, now: SystemTime) -> String {
         faults_per_sec,
     } in rows
     {
+        out.push_str(&time_column(&time));
         out.push_str(&format!(
             "{:>8} {:>8} {:>10.1} {:>6} {:>7} {:>6} {:>9}  {:<24}  {}\n",
             row.marks.token(),
