@@ -18,7 +18,12 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str) -> Self {
-        let name = format!("mmapwatch-test-{}", std::process::id());
+        Self::start_sized(command, 120, 40)
+    }
+
+    /// A session of `columns` x `rows`.
+    fn start_sized(command: &str, columns: u16, rows: u16) -> Self {
+        let name = format!("mmapwatch-test-{}-{columns}x{rows}", std::process::id());
         let status = Command::new("tmux")
             .args([
                 "new-session",
@@ -26,9 +31,9 @@ impl Tmux {
                 "-s",
                 &name,
                 "-x",
-                "120",
+                &columns.to_string(),
                 "-y",
-                "40",
+                &rows.to_string(),
                 command,
             ])
             .status()
@@ -307,5 +312,38 @@ fn batch_mode_shows_a_renamed_file_by_its_new_name() {
             assert!(row.starts_with(when), "row without its time {when}: {row}");
         }
         assert!(humantime::parse_rfc3339(when).is_ok(), "{table}");
+    }
+}
+
+/// The dashboard at the smallest and a large common terminal: the file's
+/// row with its exact pages, the column titles and the status bar, then a
+/// clean exit; at 80 columns the path keeps its file name.
+#[test]
+fn the_dashboard_reads_at_80x24_and_200x60() {
+    require_root();
+    for (columns, rows) in [(80u16, 24u16), (200, 60)] {
+        let dir = scratch_dir();
+        let file = dir.path().join(format!("sized-{columns}x{rows}.bin"));
+        let command = format!(
+            "{} top --interval 300ms --path-prefix {} -- sh -c '{WORKLOAD} shared --file {} --size-pages 16 --pages 0,3,9; sleep 30'; echo MMAPWATCH-EXIT=$?; sleep 60",
+            mmapwatch_bin().display(),
+            path_arg(dir.path()),
+            path_arg(&file),
+        );
+        let tmux = Tmux::start_sized(&command, columns, rows);
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let screen = tmux.wait_for("the file with its 3 pages", |s| {
+            pages_on_screen(s, &name) == Some(3)
+        });
+        assert!(screen.contains("PATH") && screen.contains("PAGES"), "{screen}");
+        assert!(screen.contains("? help"), "the status bar:\n{screen}");
+        assert!(
+            screen.lines().all(|l| l.chars().count() <= columns as usize),
+            "nothing past the edge:\n{screen}"
+        );
+        tmux.send("q");
+        let screen = tmux.wait_for("a clean exit", |s| s.contains("MMAPWATCH-EXIT="));
+        assert!(!screen.contains("panicked"), "{screen}");
+        assert!(!tmux.alternate_screen(), "the terminal is restored");
     }
 }
