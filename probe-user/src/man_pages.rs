@@ -6,8 +6,13 @@ use clap::CommandFactory as _;
 
 use crate::cli::Cli;
 
-/// What to type, after a sentence saying what it does.
-type Example = (&'static str, &'static str);
+/// What to type, after a sentence saying what it does, and what it
+/// printed on a real run ("" for none shown).
+pub struct Example {
+    pub what: &'static str,
+    pub command: &'static str,
+    pub output: &'static str,
+}
 
 /// A subcommand's page: its name, its page's title, its examples.
 pub struct Page {
@@ -17,55 +22,82 @@ pub struct Page {
 }
 
 /// The subcommands with pages of their own, and their examples: what a
-/// user types first, as strace's and perf's pages show.
+/// user types first, as strace's and perf's pages show (outputs from a
+/// run on Linux 6.18, tracepoint backend).
 pub const PAGES: &[Page] = &[
     Page {
         subcommand: "trace",
         title: "mmapwatch-trace",
         examples: &[
-            (
-                "Trace a command and its children; the table goes to stderr, its output stays its own:",
-                "mmapwatch trace -- python3 writer.py",
-            ),
-            (
-                "The same as JSON, read with jq (-o - puts the report on stdout):",
-                "mmapwatch trace -j -o - -- ./build.sh | jq '.files[].path'",
-            ),
-            (
-                "Ten seconds, system-wide, only files under /var/lib/db:",
-                "mmapwatch trace -d 10 --path-prefix /var/lib/db",
-            ),
-            (
-                "Stream each first write as a JSON line:",
-                "mmapwatch trace --events - --comm postgres",
-            ),
+            Example {
+                what: "Trace a command and its children; the table goes to stderr, its output stays its own:",
+                command: "mmapwatch trace -- python3 writer.py",
+                output: " PATH            PAGES  RANGES  FAULTS  WRITERS           WRITTEN_BACK  NOT_ON_DISK  SYNCS
+ /tmp/mw-ex.bin      2  1,4          2  python3[17182]:2             2            0  msync 1
+1 file(s) modified through mmap, 2 page(s); 0.1s, backend tracepoint, lost events 0",
+            },
+            Example {
+                what: "The same as JSON, read with jq (-o - puts the report on stdout):",
+                command: "mmapwatch trace -j -o - -- ./build.sh | jq '.files[].path'",
+                output: "",
+            },
+            Example {
+                what: "Ten seconds, system-wide, only files under /var/lib/db:",
+                command: "mmapwatch trace -d 10 --path-prefix /var/lib/db",
+                output: "",
+            },
+            Example {
+                what: "Stream each first write as a JSON line:",
+                command: "mmapwatch trace --events - --comm postgres",
+                output: "",
+            },
         ],
     },
     Page {
         subcommand: "top",
         title: "mmapwatch-top",
         examples: &[
-            ("The dashboard, refreshed every second:", "mmapwatch top"),
-            (
-                "Three tables for a log, every five seconds:",
-                "mmapwatch top -b -d 5 -n 3",
-            ),
+            Example {
+                what: "The dashboard, refreshed every second:",
+                command: "mmapwatch top",
+                output: "",
+            },
+            Example {
+                what: "Tables for a log, every second, each row with its time:",
+                command: "mmapwatch top -b -T -d 1 --path-prefix /tmp",
+                output: "mmapwatch top: 2026-12-06T13:09:49Z, 1 file(s), 423 event(s), lost 0, interval 1.0s, backend tracepoint
+TIME                    PAGES   +PAGES   FAULTS/S    COW WRITERS  SYNCS WRITEBACK  BY              PATH
+2026-12-06T13:09:49Z        1        0        0.0      0       1      1     clean  python3[17223]  /tmp/mw-ex2.bin",
+            },
         ],
     },
     Page {
         subcommand: "export",
         title: "mmapwatch-export",
-        examples: &[(
-            "Prometheus metrics on port 9877, files under /data by name:",
-            "mmapwatch export --listen 0.0.0.0:9877 --path-prefix /data",
-        )],
+        examples: &[Example {
+            what: "Prometheus metrics on port 9877, files under /data by name:",
+            command: "mmapwatch export --listen 0.0.0.0:9877 --path-prefix /data",
+            output: "",
+        }],
     },
     Page {
         subcommand: "doctor",
         title: "mmapwatch-doctor",
         examples: &[
-            ("What this kernel supports, and what to do where it lacks:", "mmapwatch doctor"),
-            ("The same for a script:", "mmapwatch doctor --json | jq .ok"),
+            Example {
+                what: "What this kernel supports, and what to do where it lacks:",
+                command: "mmapwatch doctor",
+                output: "kernel   ok    6.18.44
+btf      ok    /sys/kernel/btf/vmlinux: all struct offsets resolved
+tracefs  ok    /sys/kernel/tracing
+kprobe   no    no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel built without CONFIG_KPROBES
+               → needs CONFIG_KPROBES=y and do_wp_page/finish_fault in /proc/kallsyms; --backend fentry or tracepoint otherwise",
+            },
+            Example {
+                what: "The same for a script:",
+                command: "mmapwatch doctor --json | jq .ok",
+                output: "true",
+            },
         ],
     },
 ];
@@ -96,15 +128,18 @@ pub fn render(subcommand: Option<&str>) -> anyhow::Result<Vec<u8>> {
     clap_mangen::Man::new(command).render(&mut out)?;
     if !examples.is_empty() {
         out.extend_from_slice(b".SH EXAMPLES\n");
-        for (what, example) in examples {
-            out.extend_from_slice(
-                format!(
-                    ".PP\n{}\n.PP\n.RS\n.nf\n{}\n.fi\n.RE\n",
-                    escape(what),
-                    escape(example)
-                )
-                .as_bytes(),
+        for example in examples {
+            let mut block = format!(
+                ".PP\n{}\n.PP\n.RS\n.nf\n{}\n",
+                escape(example.what),
+                escape(example.command)
             );
+            for line in example.output.lines() {
+                block.push_str(&escape(line));
+                block.push('\n');
+            }
+            block.push_str(".fi\n.RE\n");
+            out.extend_from_slice(block.as_bytes());
         }
     }
     Ok(out)

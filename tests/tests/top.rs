@@ -335,10 +335,15 @@ fn the_dashboard_reads_at_80x24_and_200x60() {
         let screen = tmux.wait_for("the file with its 3 pages", |s| {
             pages_on_screen(s, &name) == Some(3)
         });
-        assert!(screen.contains("PATH") && screen.contains("PAGES"), "{screen}");
+        assert!(
+            screen.contains("PATH") && screen.contains("PAGES"),
+            "{screen}"
+        );
         assert!(screen.contains("? help"), "the status bar:\n{screen}");
         assert!(
-            screen.lines().all(|l| l.chars().count() <= columns as usize),
+            screen
+                .lines()
+                .all(|l| l.chars().count() <= columns as usize),
             "nothing past the edge:\n{screen}"
         );
         tmux.send("q");
