@@ -49,3 +49,22 @@ pub(crate) fn current_mm<const SINCE_5_17: bool>() -> (u64, Option<u64>) {
         (read_kernel(task, offset!(task_mm)).unwrap_or(0), None)
     }
 }
+
+/// The current task and its `cred` pointer, which every change of its ids
+/// replaces (`commit_creds`): a direct load where the kernel gives a BTF
+/// task pointer.
+#[inline(always)]
+pub(crate) fn current_cred<const SINCE_5_17: bool>() -> (u64, u64) {
+    if SINCE_5_17 {
+        let task = current_task();
+        let at = offset!(task_cred) as usize;
+        // SAFETY: `task_struct.cred`, at its BTF offset: a direct load the
+        // verifier checks against the kernel's BTF.
+        let cred = unsafe { core::ptr::read_volatile(task.add(at) as *const *const u8) };
+        (task as u64, cred as u64)
+    } else {
+        // SAFETY: no arguments; the current task.
+        let task = unsafe { bpf_get_current_task() };
+        (task, read_kernel(task, offset!(task_cred)).unwrap_or(0))
+    }
+}

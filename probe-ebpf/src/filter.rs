@@ -2,10 +2,11 @@
 //! this CPU's cache of the last writing thread's name, cgroup and verdict.
 
 use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, generated::bpf_jiffies64};
-use probe_common::{filter, MAX_COMM_FILTERS, TASK_COMM_LEN};
+use probe_common::{filter, Credentials, MAX_COMM_FILTERS, MAX_USER_FILTERS, TASK_COMM_LEN};
 
 use crate::{
-    kernel::{comm_words, current_cgroup_id, current_comm_into},
+    compat::current_cred,
+    kernel::{comm_words, credentials_into, current_cgroup_id, current_comm_into, current_euid},
     maps::{IDENTITY_CHANGES, TRACED},
     scratch::FaultScratch,
     stats::add_shared,
@@ -27,13 +28,21 @@ pub(crate) fn note_identity_change() {
     }
 }
 
-/// Whether the current task passes the pid and comm filters.
+/// Whether the current task passes the pid, comm and user filters; `euid`
+/// gives its effective uid, asked only when `--user` is on.
 #[inline(always)]
-pub(crate) fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
+pub(crate) fn task_selected(
+    tgid: u32,
+    comm: &[u8; TASK_COMM_LEN],
+    euid: impl FnOnce() -> u32,
+) -> bool {
     if !tgid_selected(tgid) {
         return false;
     }
     let flags = config!(filter_flags);
+    if flags & filter::BY_USER != 0 && !user_selected(euid()) {
+        return false;
+    }
     if flags & filter::BY_COMM != 0 {
         let count = config!(comm_count) as usize;
         let wanted = comm_words(comm);
@@ -52,6 +61,24 @@ pub(crate) fn task_selected(tgid: u32, comm: &[u8; TASK_COMM_LEN]) -> bool {
         return false;
     }
     true
+}
+
+/// Whether `euid` is one of `--user`'s.
+#[inline(always)]
+fn user_selected(euid: u32) -> bool {
+    let count = config!(user_count) as usize;
+    let mut index = 0;
+    while index < MAX_USER_FILTERS {
+        if index >= count {
+            return false;
+        }
+        // SAFETY: a read of a global that the loader fills in and freezes.
+        if unsafe { core::ptr::read_volatile(&crate::CONFIG.users[index]) } == euid {
+            return true;
+        }
+        index += 1;
+    }
+    false
 }
 
 /// The process filters alone (not ourselves; --pid, -- CMD), which need
@@ -73,7 +100,7 @@ pub(crate) fn selected_current_task(
     comm: &mut [u8; TASK_COMM_LEN],
 ) -> Result<bool, i64> {
     current_comm_into(comm)?;
-    Ok(task_selected((pid_tgid >> 32) as u32, comm))
+    Ok(task_selected((pid_tgid >> 32) as u32, comm, current_euid))
 }
 
 /// This CPU's last writing thread: its command name, cgroup and filter
@@ -93,6 +120,9 @@ pub(crate) struct WriterCache {
     pub(crate) selected: u64,
     pub(crate) cgroup_id: u64,
     pub(crate) comm: [u8; TASK_COMM_LEN],
+    /// The thread's `cred` when read: any change of its ids replaces it.
+    pub(crate) cred: u64,
+    pub(crate) creds: Credentials,
 }
 
 /// The time of the fault, if the current thread (`pid_tgid`, running in
@@ -102,14 +132,15 @@ pub(crate) struct WriterCache {
 /// The cache is read afresh when another thread faults here, after an
 /// exec (a new mm: the old name must not label the new program's writes),
 /// after any task was renamed or moved to another cgroup (a forked child
-/// that names itself and stores at once is named as it is at the store)
-/// and on every clock tick. The time is that of the
+/// that names itself and stores at once is named as it is at the store),
+/// after the thread's ids changed (setresuid: a new `cred`) and on every
+/// clock tick. The time is that of the
 /// thread's first fault on this CPU in this tick, so within a tick: the
 /// boot clock reads the TSC, ~110 ns per call in a VM here, and the coarse
 /// clock is not for tracing programs. Records of first writes carry the
 /// fine time (see record_write).
 #[inline(always)]
-pub(crate) fn current_writer(
+pub(crate) fn current_writer<const SINCE_5_17: bool>(
     pid_tgid: u64,
     mm: u64,
     scratch: &mut FaultScratch,
@@ -118,14 +149,21 @@ pub(crate) fn current_writer(
     // SAFETY: no arguments.
     let tick = unsafe { bpf_jiffies64() };
     let identity_changes = identity_changes();
+    let (task, cred) = current_cred::<SINCE_5_17>();
     if writer.pid_tgid != pid_tgid
         || writer.mm != mm
         || writer.tick != tick
         || writer.identity_changes != identity_changes
+        || writer.cred != cred
     {
         current_comm_into(&mut writer.comm)?;
         writer.cgroup_id = current_cgroup_id();
-        writer.selected = u64::from(task_selected((pid_tgid >> 32) as u32, &writer.comm));
+        credentials_into(task, cred, &mut writer.creds);
+        writer.cred = cred;
+        let euid = writer.creds.euid;
+        writer.selected = u64::from(task_selected((pid_tgid >> 32) as u32, &writer.comm, || {
+            euid
+        }));
         writer.pid_tgid = pid_tgid;
         writer.mm = mm;
         writer.tick = tick;
@@ -138,5 +176,6 @@ pub(crate) fn current_writer(
     }
     fault.comm = writer.comm;
     fault.cgroup_id = writer.cgroup_id;
+    fault.creds = writer.creds;
     Ok(Some(writer.boot_ns))
 }

@@ -3,13 +3,13 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns};
 use probe_common::{
-    counter, EventHeader, FileKey, FolioRoom, PendingFault, RecordKind, PMD_PAGES, XA_CHUNK_MASK,
-    XA_MAX_DEPTH,
+    counter, Credentials, EventHeader, FileKey, FolioRoom, PendingFault, RecordKind, PMD_PAGES,
+    XA_CHUNK_MASK, XA_MAX_DEPTH,
 };
 
 use crate::{
     dedup::report_first_use,
-    kernel::{folio_pages, read_kernel},
+    kernel::{current_credentials_into, folio_pages, read_kernel},
     maps::{bump, PENDING_FAULT},
     record::{header, header_file},
     vma::VmaInfo,
@@ -179,6 +179,8 @@ pub(crate) fn report_new_folio_span(key: &FileKey, index: u64, pages: u64) {
     };
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let header = header(RecordKind::FolioSpan, pid_tgid, key, now, &comm);
+    let mut creds = Credentials::default();
+    current_credentials_into(&mut creds);
+    let header = header(RecordKind::FolioSpan, pid_tgid, key, now, &comm, &creds);
     report_first_use(&header, RecordKind::FolioSpan, index, pages);
 }

@@ -4,8 +4,8 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel};
-use probe_common::{FileKey, TASK_COMM_LEN};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel};
+use probe_common::{Credentials, FileKey, TASK_COMM_LEN, UNSET_ID};
 
 pub(crate) const ENOENT: i64 = 2;
 pub(crate) const EEXIST: i64 = 17;
@@ -32,6 +32,41 @@ pub(crate) fn comm_words(comm: &[u8; TASK_COMM_LEN]) -> (u64, u64) {
 pub(crate) fn current_cgroup_id() -> u64 {
     // SAFETY: no arguments; always valid in tracing programs.
     unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// The ids of `cred` (a `struct cred`) and `task`'s login uid, into
+/// `out`; an id that cannot be read is [`UNSET_ID`].
+#[inline(always)]
+pub(crate) fn credentials_into(task: u64, cred: u64, out: &mut Credentials) {
+    let id = |base: u64, offset: u64| read_kernel::<u32>(base, offset).unwrap_or(UNSET_ID);
+    out.uid = id(cred, offset!(cred_uid));
+    out.euid = id(cred, offset!(cred_euid));
+    out.gid = id(cred, offset!(cred_gid));
+    out.egid = id(cred, offset!(cred_egid));
+    out.loginuid = match offset!(task_loginuid) {
+        0 => UNSET_ID,
+        at => id(task, at),
+    };
+}
+
+/// The current task's `cred` pointer and ids, by probe reads: for records
+/// outside the write fault path, whose writer is not cached.
+#[inline(always)]
+pub(crate) fn current_credentials_into(out: &mut Credentials) {
+    // SAFETY: no arguments; the current task.
+    let task = unsafe { bpf_get_current_task() };
+    let cred = read_kernel::<u64>(task, offset!(task_cred)).unwrap_or(0);
+    credentials_into(task, cred, out);
+}
+
+/// The current task's effective uid (the `--user` filter), by probe reads.
+#[inline(always)]
+pub(crate) fn current_euid() -> u32 {
+    // SAFETY: no arguments; the current task.
+    let task = unsafe { bpf_get_current_task() };
+    read_kernel::<u64>(task, offset!(task_cred))
+        .and_then(|cred| read_kernel::<u32>(cred, offset!(cred_euid)))
+        .unwrap_or(UNSET_ID)
 }
 
 /// The current task's command name, into scratch memory (a by-value copy

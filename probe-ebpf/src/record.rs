@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use probe_common::{
     counter, names_sent, next_name_offset, ring_bytes, ring_commit_flags, ring_flag, walk_end,
-    EventHeader, FileEvent, FileKey, PageEvent, RecordKind, WriterStatsKey, PATH_COMPONENT_LEN,
-    PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
+    Credentials, EventHeader, FileEvent, FileKey, PageEvent, RecordKind, WriterStatsKey,
+    PATH_COMPONENT_LEN, PATH_MAX_DEPTH, TASK_COMM_LEN, VM_SHARED, VM_WRITE,
 };
 
 use crate::{
@@ -23,6 +23,14 @@ use crate::{
     vma::VmaInfo,
 };
 
+/// Who a record is about: the writer's name, cgroup and ids.
+#[derive(Clone, Copy)]
+pub(crate) struct WriterIdentity<'a> {
+    pub(crate) comm: &'a [u8; TASK_COMM_LEN],
+    pub(crate) cgroup_id: u64,
+    pub(crate) creds: &'a Credentials,
+}
+
 /// Fills a record header in place (scratch memory, not the stack).
 #[inline(always)]
 pub(crate) fn fill_header(
@@ -31,9 +39,13 @@ pub(crate) fn fill_header(
     pid_tgid: u64,
     file: &FileKey,
     now: u64,
-    comm: &[u8; TASK_COMM_LEN],
-    cgroup_id: u64,
+    writer: WriterIdentity,
 ) {
+    let WriterIdentity {
+        comm,
+        cgroup_id,
+        creds,
+    } = writer;
     out.kind = kind as u32;
     out.pid = pid_tgid as u32;
     out.tgid = (pid_tgid >> 32) as u32;
@@ -43,6 +55,7 @@ pub(crate) fn fill_header(
     out.boot_ns = now;
     out.cgroup_id = cgroup_id;
     out.comm = *comm;
+    out.creds = *creds;
 }
 
 /// The file a record header names.
@@ -61,7 +74,7 @@ pub(crate) fn header_writer(header: &EventHeader) -> WriterStatsKey {
     WriterStatsKey {
         cgroup_id: header.cgroup_id,
         dev: header.dev,
-        _pad: 0,
+        euid: header.creds.euid,
         comm: header.comm,
     }
 }
@@ -73,6 +86,7 @@ pub(crate) fn header(
     file: &FileKey,
     now: u64,
     comm: &[u8; TASK_COMM_LEN],
+    creds: &Credentials,
 ) -> EventHeader {
     let mut out = EventHeader::default();
     fill_header(
@@ -81,8 +95,11 @@ pub(crate) fn header(
         pid_tgid,
         file,
         now,
-        comm,
-        current_cgroup_id(),
+        WriterIdentity {
+            comm,
+            cgroup_id: current_cgroup_id(),
+            creds,
+        },
     );
     out
 }
@@ -427,8 +444,11 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
         pid_tgid,
         &file_key,
         now,
-        comm,
-        fault.cgroup_id,
+        WriterIdentity {
+            comm,
+            cgroup_id: fault.cgroup_id,
+            creds: &fault.creds,
+        },
     );
     // A repeated fault of the page's writer: only counted. Otherwise the
     // page is reported, if it lies inside the file: past the end the fault

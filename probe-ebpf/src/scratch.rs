@@ -2,8 +2,8 @@
 //! for a whole call chain).
 
 use probe_common::{
-    EventHeader, FileEvent, PendingCounts, PendingFault, FILE_NAMES_BUFFER, MAPLE_MAX_PIVOTS,
-    TASK_COMM_LEN,
+    Credentials, EventHeader, FileEvent, PendingCounts, PendingFault, FILE_NAMES_BUFFER,
+    MAPLE_MAX_PIVOTS, TASK_COMM_LEN,
 };
 
 use crate::{
@@ -70,4 +70,5 @@ pub(crate) struct WriteFault {
     pub(crate) now: u64,
     pub(crate) cgroup_id: u64,
     pub(crate) comm: [u8; TASK_COMM_LEN],
+    pub(crate) creds: Credentials,
 }

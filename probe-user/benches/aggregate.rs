@@ -23,7 +23,7 @@ fn records(count: usize) -> Vec<Vec<u8>> {
                     cgroup_id: 1,
                     comm,
                     generation: 0,
-                    _pad: 0,
+                    creds: probe_common::Credentials::default(),
                 },
                 page: (i / 64) as u64 * 3,
                 pages: 1,

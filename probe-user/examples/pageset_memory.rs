@@ -31,6 +31,7 @@ fn main() {
         tgid: 1,
         comm: "bench".into(),
         cgroup_id: 1,
+        ..Task::default()
     };
     let per_file = pages / FILES;
     for file in 0..FILES {

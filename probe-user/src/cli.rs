@@ -182,6 +182,11 @@ pub struct FilterArgs {
     #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
 
+    /// Only processes whose effective user is this name or uid, as `ps -u`
+    /// and `top -u` take (repeatable, or a comma-separated list, up to 8).
+    #[arg(short = 'u', long = "user", value_name = "USER", value_delimiter = ',', value_parser = crate::session::parse_user)]
+    pub users: Vec<u32>,
+
     /// Only files under this directory (repeatable).
     #[arg(long = "path-prefix", value_name = "DIR")]
     pub path_prefixes: Vec<PathBuf>,
@@ -295,6 +300,13 @@ impl Cli {
             return Err(format!(
                 "--path-prefix {}: no such file or directory",
                 missing.display()
+            ));
+        }
+        if filter.users.len() > probe_common::MAX_USER_FILTERS {
+            return Err(format!(
+                "at most {} --user filters ({} given)",
+                probe_common::MAX_USER_FILTERS,
+                filter.users.len()
             ));
         }
         if filter.comms.len() > probe_common::MAX_COMM_FILTERS {

@@ -45,6 +45,7 @@ fn task() -> Task {
         tgid: 4242,
         comm: "writer".into(),
         cgroup_id: 1,
+        ..Task::default()
     }
 }
 

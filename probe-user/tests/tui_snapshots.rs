@@ -205,6 +205,7 @@ fn ten_thousand_files_and_a_million_pages() {
         tgid: 7,
         comm: "db".into(),
         cgroup_id: 1,
+        ..Task::default()
     };
     for ino in 0..10_000u64 {
         for page in 0..100u64 {

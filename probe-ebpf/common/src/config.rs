@@ -17,6 +17,8 @@ pub mod filter {
     pub const BY_TGID: u32 = 1;
     /// Only tasks whose comm matches one of [`super::ProbeConfig::comms`].
     pub const BY_COMM: u32 = 2;
+    /// Only tasks whose effective uid is one of [`super::ProbeConfig::users`].
+    pub const BY_USER: u32 = 4;
 }
 
 /// Value of a `TRACED` map entry.
@@ -51,7 +53,11 @@ pub struct ProbeConfig {
     /// Unread ring bytes at which a record wakes the reader (see
     /// [`ring_commit_flags`]).
     pub ring_wakeup_bytes: u32,
+    /// Entries used in `users`.
+    pub user_count: u32,
     pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
+    /// Effective uids of `--user`.
+    pub users: [u32; MAX_USER_FILTERS],
 }
 
 impl ProbeConfig {
@@ -65,6 +71,8 @@ impl ProbeConfig {
         fault_around_pages: 0,
         report_exits: 0,
         ring_wakeup_bytes: 0,
+        user_count: 0,
         comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
+        users: [0; MAX_USER_FILTERS],
     };
 }

@@ -92,6 +92,8 @@ pub const PATH_COMPONENT_LEN: usize = 256;
 pub const PATH_MAX_DEPTH: usize = 32;
 /// `--comm` filters evaluated in the kernel.
 pub const MAX_COMM_FILTERS: usize = 8;
+/// `--user` filters evaluated in the kernel.
+pub const MAX_USER_FILTERS: usize = 8;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -22,7 +22,8 @@ pub const LATENCY_SUM_SLOT: u32 = LATENCY_BUCKETS;
 pub struct WriterStatsKey {
     pub cgroup_id: u64,
     pub dev: u32,
-    pub _pad: u32,
+    /// The writer's effective uid (`export --label-user`).
+    pub euid: u32,
     pub comm: [u8; TASK_COMM_LEN],
 }
 

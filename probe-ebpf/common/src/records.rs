@@ -89,7 +89,38 @@ pub struct EventHeader {
     /// `inode.i_generation`: tells a reused inode number from the file
     /// that had it before.
     pub generation: u32,
-    pub _pad: u32,
+    /// The writer's credentials at the record.
+    pub creds: Credentials,
+}
+
+/// A task's user and group ids as the initial user namespace sees them
+/// (a container's users are the host's numbers), and its audit login uid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct Credentials {
+    pub uid: u32,
+    /// The effective uid: whose rights the store used (`ps -u`'s user).
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    /// Who logged in (`/proc/PID/loginuid`, kept across su and sudo);
+    /// [`UNSET_ID`] when unset or when the kernel has no audit.
+    pub loginuid: u32,
+}
+
+/// An id the kernel leaves unset: `(uid_t)-1`.
+pub const UNSET_ID: u32 = u32::MAX;
+
+impl Credentials {
+    /// No task's: records made outside any writer (writeback completion).
+    pub const UNKNOWN: Self = Self {
+        uid: UNSET_ID,
+        euid: UNSET_ID,
+        gid: UNSET_ID,
+        egid: UNSET_ID,
+        loginuid: UNSET_ID,
+    };
 }
 
 /// [`RecordKind::SharedWrite`], [`RecordKind::CowWrite`],

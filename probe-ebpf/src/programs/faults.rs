@@ -15,9 +15,12 @@ use probe_common::{
 use crate::{
     compat::current_tgid,
     filter::{current_writer, selected_current_task, tgid_selected},
-    kernel::{current_cgroup_id, inode_key, pages_of, read_kernel, USER_ADDRESS_LIMIT},
+    kernel::{
+        current_cgroup_id, current_credentials_into, inode_key, pages_of, read_kernel,
+        USER_ADDRESS_LIMIT,
+    },
     maps::{bump, count_failure, LAST_READ_FAULT, SHARED_MAPPERS},
-    record::{announce_file, fill_header, record_write, submit_page_event},
+    record::{announce_file, fill_header, record_write, submit_page_event, WriterIdentity},
     scratch::{fault_scratch, FaultScratch},
     vma::{find_mapping, find_vma_locked, Mapping, VmaInfo},
 };
@@ -58,7 +61,7 @@ pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(now) = current_writer(pid_tgid, scratch.fault.mm, scratch)? else {
+    let Some(now) = current_writer::<SINCE_5_17>(pid_tgid, scratch.fault.mm, scratch)? else {
         return Ok(());
     };
     scratch.fault.pid_tgid = pid_tgid;
@@ -169,14 +172,19 @@ fn page_header(scratch: &mut FaultScratch, pid_tgid: u64, kind: RecordKind) -> u
         header,
         ..
     } = scratch;
+    // Not the write fault's cached writer: read faults and spans read them.
+    current_credentials_into(&mut fault.creds);
     fill_header(
         header,
         kind,
         pid_tgid,
         &info.file_key(),
         now,
-        &fault.comm,
-        current_cgroup_id(),
+        WriterIdentity {
+            comm: &fault.comm,
+            cgroup_id: current_cgroup_id(),
+            creds: &fault.creds,
+        },
     );
     now
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
     EbpfContext,
 };
-use probe_common::{hooks, RecordKind, TASK_COMM_LEN, VM_SHARED, VM_WRITE};
+use probe_common::{hooks, Credentials, RecordKind, TASK_COMM_LEN, VM_SHARED, VM_WRITE};
 
 use crate::{
     filter::{current_writer, selected_current_task},
@@ -64,7 +64,7 @@ pub(crate) fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
     } else {
         read_kernel::<u64>(vma, mm_offset).unwrap_or(0)
     };
-    let Some(now) = current_writer(pid_tgid, mm, scratch)? else {
+    let Some(now) = current_writer::<false>(pid_tgid, mm, scratch)? else {
         return Ok(());
     };
     let shared = scratch.info.flags & VM_SHARED != 0;
@@ -142,6 +142,7 @@ pub(crate) fn try_folio_written_back(folio: u64) -> Result<(), i64> {
         &key,
         now,
         &[0; TASK_COMM_LEN],
+        &Credentials::UNKNOWN,
     );
     submit_page_event(&header, RecordKind::PagesWrittenBack, index, pages);
     Ok(())

@@ -7,15 +7,18 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use probe_common::{
-    counter, filter, syscall_arg_at, traced, EventHeader, FileKey, RecordKind, TASK_COMM_LEN,
+    counter, filter, syscall_arg_at, traced, Credentials, EventHeader, FileKey, RecordKind,
+    TASK_COMM_LEN,
 };
 
 use crate::{
     filter::{note_identity_change, task_selected},
-    kernel::{current_cgroup_id, current_comm_into, read_kernel},
+    kernel::{
+        current_cgroup_id, current_comm_into, current_credentials_into, current_euid, read_kernel,
+    },
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
     programs::mprotect::{try_mprotect_folios, try_mprotect_writable},
-    record::{commit_flags, count_submitted, fill_header},
+    record::{commit_flags, count_submitted, fill_header, WriterIdentity},
 };
 
 const MAP_SHARED: u64 = 0x01;
@@ -205,9 +208,11 @@ fn report_exit(pid_tgid: u64) {
     let mut comm = [0u8; TASK_COMM_LEN];
     // An unreadable name is sent empty rather than losing the exit.
     let _unnamed = current_comm_into(&mut comm);
-    if !task_selected((pid_tgid >> 32) as u32, &comm) {
+    if !task_selected((pid_tgid >> 32) as u32, &comm, current_euid) {
         return;
     }
+    let mut creds = Credentials::default();
+    current_credentials_into(&mut creds);
     let flags = commit_flags(size_of::<EventHeader>());
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         bump(counter::RINGBUF_FULL);
@@ -225,10 +230,12 @@ fn report_exit(pid_tgid: u64) {
             pid_tgid,
             &FileKey::default(),
             now,
-            &comm,
-            current_cgroup_id(),
+            WriterIdentity {
+                comm: &comm,
+                cgroup_id: current_cgroup_id(),
+                creds: &creds,
+            },
         );
-        (*event)._pad = 0;
     }
     entry.submit(flags);
     count_submitted(size_of::<EventHeader>());

@@ -11,15 +11,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    arith::byte_range_pages, counter, sync_call, syscall_arg_at, FileKey, PendingSync, RecordKind,
-    SyncEvent, TASK_COMM_LEN, VM_SHARED,
+    arith::byte_range_pages, counter, sync_call, syscall_arg_at, Credentials, FileKey, PendingSync,
+    RecordKind, SyncEvent, TASK_COMM_LEN, VM_SHARED,
 };
 
 use crate::{
     filter::{selected_current_task, tgid_selected},
-    kernel::{current_cgroup_id, inode_key, read_kernel},
+    kernel::{current_cgroup_id, current_credentials_into, inode_key, read_kernel},
     maps::{bump, count_failure, EVENTS, PENDING_SYNC},
-    record::{commit_flags, count_submitted, fill_header},
+    record::{commit_flags, count_submitted, fill_header, WriterIdentity},
     scratch::fault_scratch,
     vma::{find_mapping, try_find_vma, Mapping, VmaLookup},
 };
@@ -181,6 +181,8 @@ pub(crate) fn try_sync_exit<const SINCE_5_17: bool>(ctx: &TracePointContext) -> 
     if !selected_current_task(pid_tgid, &mut comm)? {
         return Ok(());
     }
+    let mut creds = Credentials::default();
+    current_credentials_into(&mut creds);
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let flags = commit_flags(size_of::<SyncEvent>());
@@ -198,10 +200,12 @@ pub(crate) fn try_sync_exit<const SINCE_5_17: bool>(ctx: &TracePointContext) -> 
             pid_tgid,
             &pending.file,
             now,
-            &comm,
-            current_cgroup_id(),
+            WriterIdentity {
+                comm: &comm,
+                cgroup_id: current_cgroup_id(),
+                creds: &creds,
+            },
         );
-        (*event).header._pad = 0;
         (*event).call = pending.call;
         (*event)._pad = 0;
         (*event).ret = ret;

@@ -101,6 +101,7 @@ fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
             tgid: 1,
             comm: "db".into(),
             cgroup_id: 1,
+            ..Task::default()
         },
         boot_ns: 1,
         body: EventBody::FirstWrite {
@@ -657,7 +658,7 @@ mod any_bytes_in_labels {
                 let file = FileId { dev: (254 << 20) | 1, ino: ino as u64 + 1, generation: 0 };
                 agg.apply(&Event {
                     file,
-                    task: Task { pid: 1, tgid: 1, comm: "db".into(), cgroup_id: 1 },
+                    task: Task { pid: 1, tgid: 1, comm: "db".into(), cgroup_id: 1, ..Task::default() },
                     boot_ns: 1,
                     body: EventBody::FirstWrite { page: 0, kind: WriteKind::Shared },
                 });

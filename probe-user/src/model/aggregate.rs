@@ -259,11 +259,14 @@ impl Aggregate {
             EventBody::ProcessExit => {
                 let mut exited_writer_of = Vec::new();
                 for (id, record) in &mut self.files {
-                    if let Some(writer) = record.writers.get_mut(&task.tgid) {
+                    let writers = record.writers.of_process_mut(task.tgid);
+                    for writer in writers.iter_mut() {
                         writer.exit = Some(Box::new(WriterExit {
                             boot_ns,
                             not_on_disk: None,
                         }));
+                    }
+                    if !writers.is_empty() {
                         exited_writer_of.push(*id);
                     }
                 }
@@ -294,12 +297,10 @@ impl Aggregate {
     /// What of `file`'s written pages was not on disk when writer `tgid`
     /// exited.
     pub fn set_not_on_disk_at_exit(&mut self, file: FileId, tgid: u32, pages: Result<u64, String>) {
-        if let Some(writer) = self
-            .files
-            .get_mut(&file)
-            .and_then(|record| record.writers.get_mut(&tgid))
-        {
-            writer.exit.get_or_insert_default().not_on_disk = Some(pages);
+        if let Some(record) = self.files.get_mut(&file) {
+            for writer in record.writers.of_process_mut(tgid) {
+                writer.exit.get_or_insert_default().not_on_disk = Some(pages.clone());
+            }
         }
     }
 
@@ -472,6 +473,7 @@ mod tests {
             tgid,
             comm: comm.into(),
             cgroup_id: 1,
+            ..Task::default()
         }
     }
 

@@ -76,6 +76,58 @@ pub struct Task {
     pub tgid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    #[serde(default)]
+    pub ids: UserIds,
+}
+
+/// A task's user and group ids as the host sees them, and its audit login
+/// uid ([`probe_common::Credentials`]).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct UserIds {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    /// [`probe_common::UNSET_ID`] when unset.
+    pub loginuid: u32,
+}
+
+impl UserIds {
+    /// The login uid, None when unset.
+    pub fn login(&self) -> Option<u32> {
+        (self.loginuid != probe_common::UNSET_ID).then_some(self.loginuid)
+    }
+}
+
+impl From<probe_common::Credentials> for UserIds {
+    fn from(creds: probe_common::Credentials) -> Self {
+        let probe_common::Credentials {
+            uid,
+            euid,
+            gid,
+            egid,
+            loginuid,
+        } = creds;
+        Self {
+            uid,
+            euid,
+            gid,
+            egid,
+            loginuid,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -271,6 +323,7 @@ fn task(header: &EventHeader) -> Task {
         tgid: header.tgid,
         comm: super::names::comm_text(c_bytes(&header.comm)),
         cgroup_id: header.cgroup_id,
+        ids: header.creds.into(),
     }
 }
 
@@ -426,7 +479,13 @@ mod tests {
             cgroup_id: 7,
             comm: comm("writer"),
             generation: 0,
-            _pad: 0,
+            creds: probe_common::Credentials {
+                uid: 1000,
+                euid: 1001,
+                gid: 100,
+                egid: 101,
+                loginuid: probe_common::UNSET_ID,
+            },
         }
     }
 
@@ -484,7 +543,14 @@ mod tests {
                     pid: 11,
                     tgid: 10,
                     comm: "writer".into(),
-                    cgroup_id: 7
+                    cgroup_id: 7,
+                    ids: UserIds {
+                        uid: 1000,
+                        euid: 1001,
+                        gid: 100,
+                        egid: 101,
+                        loginuid: probe_common::UNSET_ID,
+                    },
                 },
                 boot_ns: 99,
                 body: EventBody::FirstWrite {
@@ -707,8 +773,9 @@ mod tests {
                 })
             );
         }
-        // Found by the fuzzer: a span of ~1.7e19 pages ran out of memory.
-        let found = b"\x05\x00\x00\x00\x00\x00\x00\x4c\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xe2\xea\xea\xea\xea\xa2\xa2\xa2\xa2\xa2\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\x0a\x01\x00\x00\x00\x00\x00\x00\xea\xea\x00\x27\x27\x27\x27\x27\x27\x67\x27\x27\x01\x00\x00\x00\x27\xea\xea\x4c\xea\xea\xea\xea\xea\x00\x00";
+        // Found by the fuzzer: a span of ~1.7e19 pages ran out of memory
+        // (the header's credentials, added since, are zero).
+        let found = b"\x05\x00\x00\x00\x00\x00\x00\x4c\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xe2\xea\xea\xea\xea\xa2\xa2\xa2\xa2\xa2\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\x0a\x01\x00\x00\x00\x00\x00\x00\xea\xea\x00\x27\x27\x27\x27\x27\x27\x67\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x27\x27\x01\x00\x00\x00\x27\xea\xea\x4c\xea\xea\xea\xea\xea\x00\x00";
         assert!(matches!(decode(found), Err(DecodeError::BadSpan { .. })));
     }
 }

@@ -10,7 +10,7 @@ use probe_common::FileStats;
 
 use super::{
     durability::Syncs,
-    events::{FileId, Task},
+    events::{FileId, Task, UserIds},
     page_marks::PageMarks,
     page_set::PageSet,
     writers::Writers,
@@ -55,6 +55,9 @@ pub struct Writer {
     /// Its command name (escaped where not UTF-8), inline.
     pub comm: CompactString,
     pub cgroup_id: u64,
+    /// Its ids when it wrote: a process whose ids change is one writer
+    /// per set of ids.
+    pub ids: UserIds,
     /// Pages this process wrote first (shared writes).
     pub pages: u64,
     /// Pages this process wrote first through a private mapping.
@@ -392,13 +395,15 @@ impl FileRecord {
     }
 
     pub(super) fn writer(&mut self, task: &Task) -> &mut Writer {
-        if !self.writers.contains_key(&task.tgid) && self.writers.len() >= MAX_WRITERS_PER_FILE {
+        let key = (task.tgid, task.ids);
+        if !self.writers.contains_key(&key) && self.writers.len() >= MAX_WRITERS_PER_FILE {
             self.fold_least_writer();
         }
-        let writer = self.writers.get_or_insert_with(task.tgid, || Writer {
+        let writer = self.writers.get_or_insert_with(key, || Writer {
             tgid: task.tgid,
             comm: CompactString::new(&task.comm),
             cgroup_id: task.cgroup_id,
+            ids: task.ids,
             ..Writer::default()
         });
         // Keep the latest name: exec changes it.
@@ -415,8 +420,8 @@ impl FileRecord {
             .writers
             .values()
             .min_by_key(|w| (w.pages + w.cow_pages, w.tgid))
-            .map(|w| w.tgid);
-        if let Some(writer) = least.and_then(|tgid| self.writers.remove(&tgid)) {
+            .map(|w| (w.tgid, w.ids));
+        if let Some(writer) = least.and_then(|key| self.writers.remove(&key)) {
             let folded = &mut self.details_mut().other_writers;
             folded.processes += 1;
             folded.pages += writer.pages;

@@ -11,7 +11,9 @@ use aya::{
     programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use probe_common::{filter, ProbeConfig, MAX_COMM_FILTERS, RING_WAKEUP_FRACTION, TASK_COMM_LEN};
+use probe_common::{
+    filter, ProbeConfig, MAX_COMM_FILTERS, MAX_USER_FILTERS, RING_WAKEUP_FRACTION, TASK_COMM_LEN,
+};
 
 use super::{
     backend::{Attached, Selection},
@@ -39,6 +41,8 @@ pub struct ProbeOptions {
     /// descendants).
     pub filter_by_tgid: bool,
     pub comms: Vec<String>,
+    /// Effective uids (`--user`).
+    pub users: Vec<u32>,
     pub include_cow: bool,
     pub ring_bytes: Option<u32>,
     pub dedup_entries: Option<u32>,
@@ -167,6 +171,11 @@ impl Probes {
                 "at most {MAX_COMM_FILTERS} --comm filters"
             )));
         }
+        if options.users.len() > MAX_USER_FILTERS {
+            return Err(LoadError::Object(format!(
+                "at most {MAX_USER_FILTERS} --user filters"
+            )));
+        }
         let mut config = ProbeConfig {
             filter_flags: if options.filter_by_tgid {
                 filter::BY_TGID
@@ -177,6 +186,7 @@ impl Probes {
             self_tgid: std::process::id(),
             page_shift: page_size().trailing_zeros(),
             comm_count: options.comms.len() as u32,
+            user_count: options.users.len() as u32,
             fault_around_pages: fault_around_pages(),
             report_exits: u32::from(options.report_exits),
             ring_wakeup_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES)
@@ -188,6 +198,12 @@ impl Probes {
         }
         for (slot, comm) in config.comms.iter_mut().zip(&options.comms) {
             *slot = comm_bytes(comm);
+        }
+        if !options.users.is_empty() {
+            config.filter_flags |= filter::BY_USER;
+        }
+        for (slot, uid) in config.users.iter_mut().zip(&options.users) {
+            *slot = *uid;
         }
 
         let dedup_capacity = options.dedup_entries.unwrap_or(DEFAULT_DEDUP_ENTRIES);

@@ -11,6 +11,7 @@ use super::btf::{BtfError, KernelBtf};
 const STARTUP_TYPES: &[&str] = &[
     "address_space",
     "backing_file",
+    "cred",
     "dentry",
     "file",
     "folio",
@@ -152,6 +153,13 @@ impl KernelBtf {
             task_tgid: self.offset_of("task_struct", "tgid")?,
             task_signal: self.offset_of("task_struct", "signal")?,
             signal_live: self.offset_of("signal_struct", "live")?,
+            task_cred: self.offset_of("task_struct", "cred")?,
+            cred_uid: self.offset_of("cred", "uid")?,
+            cred_euid: self.offset_of("cred", "euid")?,
+            cred_gid: self.offset_of("cred", "gid")?,
+            cred_egid: self.offset_of("cred", "egid")?,
+            // CONFIG_AUDIT: without it every login uid is unset.
+            task_loginuid: self.offset_of("task_struct", "loginuid").unwrap_or(0),
             mapping_host: self.offset_of("address_space", "host")?,
             wbc_nr_to_write: self.offset_of("writeback_control", "nr_to_write")?,
             pg_head_bit: u32::try_from(self.enumerator("pageflags", "PG_head")?)

@@ -21,10 +21,12 @@ mod kernel_files;
 mod naming;
 pub mod page_cache;
 mod stop;
+mod users;
 pub use cgroups::{container_name, CgroupNames};
 pub use collector::{Collector, EventObserver};
 pub use kernel_files::HandOverCounts;
 pub use stop::{ticker, StopSignals};
+pub use users::{parse_user, user_name};
 
 use crate::{
     cli::{FilterArgs, KernelPaths},
@@ -50,6 +52,7 @@ pub fn probe_options(
         tracefs_override: kernel.tracefs.clone(),
         filter_by_tgid: follow || !filter.pids.is_empty(),
         comms: filter.comms.clone(),
+        users: filter.users.clone(),
         include_cow,
         ring_bytes: filter.ring_bytes,
         dedup_entries: filter.dedup_entries,

@@ -20,7 +20,7 @@ use crate::{
         report_filter::ReportFilter,
     },
     session::{container_name, CgroupNames, EventObserver},
-    trace::json_lines::JsonLines,
+    trace::{json_lines::JsonLines, report::WriterIds},
 };
 
 /// One line of the stream.
@@ -54,6 +54,9 @@ pub struct StreamEvent<'a> {
     /// that is no container's.
     pub cgroup: Option<String>,
     pub container: Option<String>,
+    /// The writer's ids and user (as the report's `writers[]`).
+    #[serde(flatten)]
+    pub ids: WriterIds,
     /// `sync` lines: which call, how long it took, what it returned (0 or
     /// a negative errno). `pages` 0 there means the whole file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,6 +153,7 @@ pub fn stream_event<'a>(
         // Named by the stream's tap, which keeps the cgroup names.
         cgroup: None,
         container: None,
+        ids: task.map(|t| WriterIds::of(&t.ids)).unwrap_or_default(),
         call: sync.map(|s| s.0),
         latency_ns: sync.map(|s| s.1),
         result: sync.map(|s| s.2),
@@ -193,6 +197,7 @@ mod tests {
             tgid: 10,
             comm: "db".into(),
             cgroup_id: 7,
+            ..Task::default()
         }
     }
 
@@ -257,6 +262,12 @@ mod tests {
                 // Named by the stream's tap (`EventStream`).
                 "cgroup": null,
                 "container": null,
+                "uid": 0,
+                "euid": 0,
+                "gid": 0,
+                "egid": 0,
+                "loginuid": 0,
+                "user": "root",
             })
         );
     }

@@ -10,7 +10,7 @@ use crate::{
     model::{
         aggregate::{page_ranges, Aggregate},
         clock::Clock,
-        events::FileId,
+        events::{FileId, UserIds},
         file_record::{FileRecord, OtherWriters, PathSource},
         names,
         report_filter::ReportFilter,
@@ -19,6 +19,35 @@ use crate::{
     session::container_name,
 };
 use probe_common::{Counter, CounterTotals};
+
+/// A writer's ids as the host sees them (a container's users are the
+/// host's numbers), its audit login uid (null when unset: kept across su
+/// and sudo) and the name of its effective user in the host's passwd (null
+/// when it has none). All null on records made on nobody's behalf
+/// (writeback).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct WriterIds {
+    pub uid: Option<u32>,
+    pub euid: Option<u32>,
+    pub gid: Option<u32>,
+    pub egid: Option<u32>,
+    pub loginuid: Option<u32>,
+    pub user: Option<String>,
+}
+
+impl WriterIds {
+    pub fn of(ids: &UserIds) -> Self {
+        let known = |id: u32| (id != probe_common::UNSET_ID).then_some(id);
+        Self {
+            uid: known(ids.uid),
+            euid: known(ids.euid),
+            gid: known(ids.gid),
+            egid: known(ids.egid),
+            loginuid: ids.login(),
+            user: crate::session::user_name(ids.euid).map(|name| name.to_string()),
+        }
+    }
+}
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct WriterReport {
@@ -36,6 +65,8 @@ pub struct WriterReport {
     /// null for a cgroup that is no container's).
     pub cgroup: Option<String>,
     pub container: Option<String>,
+    #[serde(flatten)]
+    pub ids: WriterIds,
     /// When the process exited during the trace (if it had a shared
     /// writable mapping), and how many of the file's written pages were
     /// not on disk then (cachestat; null with the reason in
@@ -306,6 +337,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
                 cgroup_id: w.cgroup_id,
                 container: cgroup.as_deref().and_then(container_name),
                 cgroup,
+                ids: WriterIds::of(&w.ids),
                 exited_unix_ns: w.exit.as_ref().map(|exit| ctx.clock.unix_ns(exit.boot_ns)),
                 pages_not_on_disk_at_exit: w
                     .exit
@@ -502,6 +534,7 @@ mod tests {
                     tgid: 5,
                     comm: "py".into(),
                     cgroup_id: 3,
+                    ..Task::default()
                 },
                 boot_ns: 1_000 + page,
                 body: EventBody::FirstWrite { page, kind },
@@ -519,6 +552,7 @@ mod tests {
                 tgid: 6,
                 comm: "c".into(),
                 cgroup_id: 3,
+                ..Task::default()
             },
             boot_ns: 5,
             body: EventBody::FirstWrite {
@@ -632,7 +666,7 @@ mod tests {
         assert_eq!(file["pages_written_count"], 3);
         assert_eq!(
             file["writers"],
-            serde_json::json!([{"pid": 5, "comm": "py", "pages": 3, "cow_pages": 0, "possible_pages": 0, "cgroup_id": 3, "cgroup": "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope", "container": "container:0123456789ab"}])
+            serde_json::json!([{"pid": 5, "comm": "py", "pages": 3, "cow_pages": 0, "possible_pages": 0, "cgroup_id": 3, "cgroup": "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope", "container": "container:0123456789ab", "uid": 0, "euid": 0, "gid": 0, "egid": 0, "loginuid": 0, "user": "root"}])
         );
         assert_eq!(file["first_write_unix_ns"], 1_001_001);
         assert_eq!(file["last_write_unix_ns"], 1_001_008);
@@ -674,7 +708,7 @@ mod tests {
         ));
         assert!(text.contains("/mnt/f"), "{text}");
         assert!(text.contains("1-2,8"), "{text}");
-        assert!(text.contains("py[5]@ctr:0123456789ab:3"), "{text}");
+        assert!(text.contains("py[5](root)@ctr:0123456789ab:3"), "{text}");
         assert!(text.contains("lost events 3"), "{text}");
     }
 }

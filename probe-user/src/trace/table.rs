@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     model::{names, page_marks::PageMarks},
-    trace::report::{FileReport, Report, SyncReport},
+    trace::report::{FileReport, Report, SyncReport, WriterIds},
 };
 
 /// "msync 2, fsync 1" (failures said); "-" when none.
@@ -66,6 +66,16 @@ fn not_on_disk_cell(file: &FileReport) -> String {
 
 fn has_writeback(file: &FileReport) -> bool {
     crate::model::paths::fs_has_writeback(Some(file.fs.as_str()))
+}
+
+/// `(alice)` after a writer: its effective user's name, or its uid where
+/// the host's passwd has none (a container's users).
+fn user_mark(ids: &WriterIds) -> String {
+    match (&ids.user, ids.euid) {
+        (Some(name), _) => format!("({})", names::terminal_text(name)),
+        (None, Some(euid)) => format!("({euid})"),
+        (None, None) => String::new(),
+    }
 }
 
 /// `@ctr:ID12` (or `@pod:UID8` for a pod's own cgroup) after a writer in
@@ -148,8 +158,9 @@ pub fn render_table(report: &Report) -> String {
                 .iter()
                 .map(|w| {
                     let comm = names::terminal_text(&w.comm);
+                    let user = user_mark(&w.ids);
                     let place = container_mark(w.container.as_deref());
-                    format!("{comm}[{}]{place}:{}", w.pid, w.pages)
+                    format!("{comm}[{}]{user}{place}:{}", w.pid, w.pages)
                 })
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -181,7 +192,23 @@ pub fn render_table(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::container_mark;
+    use super::{container_mark, user_mark, WriterIds};
+
+    #[test]
+    fn a_writer_is_marked_by_its_user_or_else_its_uid() {
+        let named = WriterIds {
+            euid: Some(1000),
+            user: Some("alice\u{1b}[2J".into()),
+            ..WriterIds::default()
+        };
+        assert_eq!(user_mark(&named), "(alice\\u{1b}[2J)", "escaped");
+        let numbered = WriterIds {
+            euid: Some(100_000),
+            ..WriterIds::default()
+        };
+        assert_eq!(user_mark(&numbered), "(100000)");
+        assert_eq!(user_mark(&WriterIds::default()), "");
+    }
 
     #[test]
     fn a_writer_in_a_container_is_marked_by_its_short_id() {

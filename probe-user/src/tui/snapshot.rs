@@ -194,15 +194,7 @@ impl Snapshot {
                 writeback_pages: record.kernel.writeback_pages,
                 writeback: writeback_state(record, has_writeback(*id)),
                 last_write_boot_ns: record.latest_write_boot_ns(),
-                writer_tgids: record
-                    .writers
-                    .keys()
-                    .copied()
-                    .chain(
-                        (record.details().other_writers.processes > 0)
-                            .then_some(FOLDED_WRITERS_TGID),
-                    )
-                    .collect(),
+                writer_tgids: writer_tgids(record),
                 syncs: record.details().syncs.calls(),
             };
             // One file more for the process, with its pages in it.
@@ -282,6 +274,17 @@ impl Snapshot {
     }
 }
 
+/// The processes that wrote a file, in order (a process with two sets of
+/// ids is two writers but one process), and the folded writers.
+fn writer_tgids(record: &crate::model::file_record::FileRecord) -> Vec<u32> {
+    let mut tgids: Vec<u32> = record.writers.values().map(|writer| writer.tgid).collect();
+    tgids.dedup();
+    if record.details().other_writers.processes > 0 {
+        tgids.push(FOLDED_WRITERS_TGID);
+    }
+    tgids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +332,7 @@ mod tests {
                     tgid,
                     comm: "w".into(),
                     cgroup_id: 1,
+                    ..Task::default()
                 },
                 boot_ns: u64::from(tgid),
                 body: EventBody::FirstWrite {
