@@ -14,7 +14,8 @@ use anyhow::Result;
 /// server (and its promtool) for the exporter, tmux for the dashboard,
 /// bpftool to check nothing stays loaded, jq for the event stream, yq for
 /// the shipped Kubernetes manifests, xfsprogs for an xfs scratch filesystem,
-/// openssl and curl for the exporter's TLS and client certificates.
+/// openssl and curl for the exporter's TLS and client certificates, sudo
+/// for a writer's login uid kept across it.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "tmux",
@@ -24,6 +25,7 @@ const TEST_PACKAGES: &[&str] = &[
     "xfsprogs",
     "openssl",
     "curl",
+    "sudo",
 ];
 
 pub(crate) fn test() -> Result<()> {

@@ -9,6 +9,7 @@ mod doctor;
 mod durability;
 mod folios;
 mod pages;
+mod users;
 mod writers;
 
 use integration_tests::{trace_command, TraceRun, Workload};
