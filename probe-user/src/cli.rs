@@ -153,6 +153,11 @@ pub struct ExportArgs {
     #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
     pub keep_cgroup: Option<regex::Regex>,
 
+    /// Label writers' series by user too (`user`: the effective user's
+    /// name, else its uid), 32 slots shared by activity as `comm`'s.
+    #[arg(long)]
+    pub label_user: bool,
+
     /// TLS and basic auth for /metrics, in the format of the Prometheus
     /// exporter toolkit's web config (tls_server_config, basic_auth_users).
     #[arg(long = "web.config.file", value_name = "FILE")]

@@ -355,3 +355,66 @@ pub fn expect_one_line_failure(command: &mut Command, code: i32, needle: &str) {
         "{stderr}"
     );
 }
+
+/// A user for the test: made with useradd where the host's passwd can be
+/// written (and removed after), else a bare uid no passwd names (VM guests
+/// share the host's root read-only): the kernel's ids are tested either
+/// way, the name where the test could make one.
+pub struct TestUser {
+    pub name: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TestUser {
+    pub fn new(tag: &str, fallback_uid: u32) -> Self {
+        let name = format!("mwt{tag}{}", std::process::id() % 100_000);
+        let made = std::process::Command::new("useradd")
+            .args([
+                "--no-create-home",
+                "--user-group",
+                "--shell",
+                "/bin/false",
+                &name,
+            ])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !made {
+            assert!(in_vm(), "useradd {name} failed on the host");
+            return Self {
+                name: None,
+                uid: fallback_uid,
+                gid: fallback_uid,
+            };
+        }
+        let id = |flag: &str| -> u32 {
+            let out = std::process::Command::new("id")
+                .args([flag, &name])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        Self {
+            uid: id("-u"),
+            gid: id("-g"),
+            name: Some(name),
+        }
+    }
+
+    pub fn spec(&self) -> String {
+        format!("{}:{}", self.uid, self.gid)
+    }
+
+    /// What `--user` takes: the name where there is one.
+    pub fn arg(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.uid.to_string())
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            let _ = std::process::Command::new("userdel").arg(name).output();
+        }
+    }
+}

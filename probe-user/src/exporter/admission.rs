@@ -14,7 +14,7 @@ use std::{
 
 use regex::Regex;
 
-use super::labels::{WriterLabels, OTHER};
+use super::labels::{UserLabel, WriterLabels, OTHER};
 
 /// How long an admitted value must be idle before a new one may take its
 /// slot: long enough that a writer active every few minutes keeps its
@@ -22,16 +22,19 @@ use super::labels::{WriterLabels, OTHER};
 /// hour's writers in place.
 pub const IDLE_AFTER: Duration = Duration::from_secs(10 * 60);
 
-/// Own-label slots per kind of writer: `comm` and `cgroup` values.
+/// Own-label slots per kind of writer: `comm`, `cgroup` and `user` values.
 pub const COMM_SLOTS: usize = 32;
 pub const CGROUP_SLOTS: usize = 64;
+pub const USER_SLOTS: usize = 32;
 
 /// Values that always keep their own label (`export --keep-comm`,
-/// `--keep-cgroup`).
+/// `--keep-cgroup`), and whether writers are labelled by user at all
+/// (`--label-user`).
 #[derive(Clone, Debug, Default)]
 pub struct LabelPins {
     pub comm: Option<Regex>,
     pub cgroup: Option<Regex>,
+    pub label_user: bool,
 }
 
 impl LabelPins {
@@ -39,6 +42,8 @@ impl LabelPins {
         WriterLabeler::new(
             ActiveLabels::new(COMM_SLOTS, IDLE_AFTER, self.comm.clone()),
             ActiveLabels::new(CGROUP_SLOTS, IDLE_AFTER, self.cgroup.clone()),
+            self.label_user
+                .then(|| ActiveLabels::new(USER_SLOTS, IDLE_AFTER, None)),
         )
     }
 }
@@ -114,6 +119,8 @@ impl ActiveLabels {
 pub struct WriterLabeler {
     comms: ActiveLabels,
     cgroups: ActiveLabels,
+    /// None: no `user` label.
+    users: Option<ActiveLabels>,
     series: HashSet<WriterLabels>,
 }
 
@@ -124,29 +131,35 @@ pub struct Labelled {
 }
 
 impl WriterLabeler {
-    pub fn new(comms: ActiveLabels, cgroups: ActiveLabels) -> Self {
+    pub fn new(comms: ActiveLabels, cgroups: ActiveLabels, users: Option<ActiveLabels>) -> Self {
         Self {
             comms,
             cgroups,
+            users,
             series: HashSet::new(),
         }
     }
 
+    /// `writer` is (comm, cgroup, user); the user is used only where
+    /// writers are labelled by user.
     pub fn label(
         &mut self,
-        comm: &str,
-        cgroup: &str,
+        writer: (&str, &str, &str),
         fs: String,
         mount: String,
         now: Instant,
     ) -> Labelled {
+        let (comm, cgroup, user) = writer;
         let comm = self.comms.admit(comm, now);
         let cgroup = self.cgroups.admit(cgroup, now);
+        let user = self.users.as_mut().map(|users| users.admit(user, now));
+        let user_evicted = user.as_ref().and_then(|user| user.evicted.clone());
         let mut stale = Vec::new();
-        if comm.evicted.is_some() || cgroup.evicted.is_some() {
+        if comm.evicted.is_some() || cgroup.evicted.is_some() || user_evicted.is_some() {
             let gone = |labels: &WriterLabels| {
                 comm.evicted.as_deref() == Some(labels.comm.as_str())
                     || cgroup.evicted.as_deref() == Some(labels.cgroup.as_str())
+                    || (user_evicted.is_some() && user_evicted == labels.user.0)
             };
             stale = self.series.iter().filter(|l| gone(l)).cloned().collect();
             for labels in &stale {
@@ -158,6 +171,7 @@ impl WriterLabeler {
             cgroup: cgroup.label,
             fs,
             mount,
+            user: UserLabel(user.map(|user| user.label)),
         };
         self.series.insert(labels.clone());
         Labelled { labels, stale }
@@ -212,16 +226,57 @@ mod tests {
     fn an_evicted_values_series_are_named_for_removal() {
         let t0 = Instant::now();
         let labeler = || ActiveLabels::new(1, 10 * MINUTE, None);
-        let mut writers = WriterLabeler::new(labeler(), ActiveLabels::new(8, MINUTE, None));
-        let first = writers.label("old", "/a", "ext4".into(), "/".into(), t0);
+        let mut writers = WriterLabeler::new(labeler(), ActiveLabels::new(8, MINUTE, None), None);
+        let first = writers.label(("old", "/a", "alice"), "ext4".into(), "/".into(), t0);
         assert!(first.stale.is_empty());
-        let again = writers.label("old", "/b", "ext4".into(), "/".into(), t0);
+        assert_eq!(first.labels.user.0, None, "no user label unless asked");
+        let again = writers.label(("old", "/b", "alice"), "ext4".into(), "/".into(), t0);
         assert!(again.stale.is_empty());
-        let new = writers.label("new", "/a", "ext4".into(), "/".into(), t0 + 11 * MINUTE);
+        let new = writers.label(
+            ("new", "/a", "alice"),
+            "ext4".into(),
+            "/".into(),
+            t0 + 11 * MINUTE,
+        );
         assert_eq!(new.labels.comm, "new");
         let mut stale: Vec<&str> = new.stale.iter().map(|l| l.cgroup.as_str()).collect();
         stale.sort_unstable();
         assert_eq!(stale, ["/a", "/b"], "both series of the evicted comm");
         assert!(new.stale.iter().all(|l| l.comm == "old"));
+    }
+
+    #[test]
+    fn users_are_labelled_only_when_asked_and_bounded_by_activity() {
+        let t0 = Instant::now();
+        let pins = LabelPins {
+            label_user: true,
+            ..LabelPins::default()
+        };
+        let mut writers = pins.labeler();
+        let label = |writers: &mut WriterLabeler, user: &str, at| {
+            writers.label(("db", "/", user), "ext4".into(), "/".into(), at)
+        };
+        for uid in 0..USER_SLOTS {
+            let labelled = label(&mut writers, &uid.to_string(), t0);
+            assert_eq!(labelled.labels.user.0, Some(uid.to_string()));
+        }
+        // One user more than the slots, all of them active: `other`.
+        assert_eq!(
+            label(&mut writers, "late", t0 + MINUTE)
+                .labels
+                .user
+                .0
+                .as_deref(),
+            Some(OTHER)
+        );
+        // Once a user has been idle long enough, a new one takes its slot
+        // and the idle user's series go.
+        for uid in 1..USER_SLOTS {
+            label(&mut writers, &uid.to_string(), t0 + 10 * MINUTE);
+        }
+        let new = label(&mut writers, "new", t0 + 11 * MINUTE);
+        assert_eq!(new.labels.user.0.as_deref(), Some("new"));
+        assert_eq!(new.stale.len(), 1);
+        assert_eq!(new.stale[0].user.0.as_deref(), Some("0"));
     }
 }

@@ -30,7 +30,7 @@ use crate::{
         paths::MountTable,
     },
     probe::maps::{KernelCounters, WriterLabel},
-    session::{CgroupNames, EventObserver, Session},
+    session::{user_name, CgroupNames, EventObserver, Session},
 };
 
 /// Label resolution and the previous kernel totals, so that kernel
@@ -100,15 +100,15 @@ impl TopFiles {
     }
 }
 
-/// Pages newly written per (comm, cgroup id, device), summed as the session
+/// Pages newly written per (comm, cgroup id, device, effective uid), summed as the session
 /// applies events, until taken at a refresh. Keyed by device, not file: the
 /// labels name only the filesystem, and a burst of new files between two
 /// refreshes would otherwise hold an entry each.
 #[derive(Clone, Default)]
 pub struct NewPages(Rc<RefCell<PageCounts>>);
 
-/// (comm, cgroup id, device) -> pages.
-pub type PageCounts = HashMap<(String, u64, u32), u64>;
+/// (comm, cgroup id, device, effective uid) -> pages.
+pub type PageCounts = HashMap<(String, u64, u32, u32), u64>;
 
 impl NewPages {
     fn take(&self) -> PageCounts {
@@ -125,7 +125,7 @@ impl EventObserver for NewPages {
             *self
                 .0
                 .borrow_mut()
-                .entry((task.comm.clone(), task.cgroup_id, file.dev))
+                .entry((task.comm.clone(), task.cgroup_id, file.dev, task.ids.euid))
                 .or_default() += applied.new_pages;
         }
     }
@@ -195,14 +195,16 @@ impl Exporter {
         comm: &str,
         cgroup_id: u64,
         dev: u32,
+        euid: u32,
     ) -> WriterLabels {
         let cgroup = self.cgroups.name(cgroup_id);
         let FsLabels { fs, mount } = self.fs_labels(dev);
+        let user = user_name(euid).map_or_else(|| euid.to_string(), |name| name.to_string());
         let labeler = match kind {
             WriteKind::Shared => &mut self.shared_writers,
             WriteKind::Cow => &mut self.cow_writers,
         };
-        let labelled = labeler.label(comm, &cgroup, fs, mount, Instant::now());
+        let labelled = labeler.label((comm, &cgroup, &user), fs, mount, Instant::now());
         for stale in &labelled.stale {
             match kind {
                 WriteKind::Shared => {
@@ -219,8 +221,8 @@ impl Exporter {
 
     /// Pages newly written, from the collector's counts.
     pub fn add_page_counts(&mut self, counts: PageCounts) {
-        for ((comm, cgroup_id, dev), pages) in counts {
-            let labels = self.writer_labels(WriteKind::Shared, &comm, cgroup_id, dev);
+        for ((comm, cgroup_id, dev, euid), pages) in counts {
+            let labels = self.writer_labels(WriteKind::Shared, &comm, cgroup_id, dev, euid);
             self.metrics
                 .pages_first_written
                 .get_or_create(&labels)
@@ -266,16 +268,26 @@ impl Exporter {
             let shared = current.0.saturating_sub(previous.0);
             let cow = current.1.saturating_sub(previous.1);
             if shared > 0 {
-                let labels =
-                    self.writer_labels(WriteKind::Shared, &label.comm, label.cgroup_id, label.dev);
+                let labels = self.writer_labels(
+                    WriteKind::Shared,
+                    &label.comm,
+                    label.cgroup_id,
+                    label.dev,
+                    label.euid,
+                );
                 self.metrics
                     .write_faults
                     .get_or_create(&labels)
                     .inc_by(shared);
             }
             if cow > 0 {
-                let labels =
-                    self.writer_labels(WriteKind::Cow, &label.comm, label.cgroup_id, label.dev);
+                let labels = self.writer_labels(
+                    WriteKind::Cow,
+                    &label.comm,
+                    label.cgroup_id,
+                    label.dev,
+                    label.euid,
+                );
                 self.metrics.cow_faults.get_or_create(&labels).inc_by(cow);
             }
         }

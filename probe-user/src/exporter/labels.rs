@@ -1,4 +1,4 @@
-//! Label sets: never a pid; `comm` and `cgroup` admitted by activity
+//! Label sets: never a pid; `comm`, `cgroup` (and `user`) admitted by activity
 //! (`admission`), the rest folded into `other`; cgroup ids named from
 //! cgroupfs (`session::CgroupNames`).
 
@@ -12,6 +12,24 @@ pub struct WriterLabels {
     pub cgroup: String,
     pub fs: String,
     pub mount: String,
+    #[prometheus(flatten)]
+    pub user: UserLabel,
+}
+
+/// `user` (the writer's effective user: its name, else its uid), only with
+/// `export --label-user`: a label per user multiplies the series, so it
+/// is asked for, and admitted by activity like `comm`.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct UserLabel(pub Option<String>);
+
+impl EncodeLabelSet for UserLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let label = self.0.as_deref().map(|user| ("user", user));
+        label.as_slice().encode(encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

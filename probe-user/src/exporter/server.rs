@@ -201,6 +201,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         &LabelPins {
             comm: args.keep_comm.clone(),
             cgroup: args.keep_cgroup.clone(),
+            label_user: args.label_user,
         },
     );
     exporter.watch(&mut session);

@@ -135,6 +135,7 @@ fn dashboard_queries_only_exported_metrics() {
         })
         .set(1);
     let label = WriterLabel {
+        euid: 0,
         cgroup_id: 1,
         dev: 25,
         comm: "db".into(),
@@ -147,7 +148,7 @@ fn dashboard_queries_only_exported_metrics() {
         },
     )]);
     let mut counts = HashMap::new();
-    counts.insert(("db".to_string(), 1, 25), 1);
+    counts.insert(("db".to_string(), 1, 25, 0), 1);
     exporter.add_page_counts(counts);
     let mut agg = Aggregate::new();
     write(&mut agg, 25, 1, 0, "/dev/shm/x");
@@ -187,7 +188,7 @@ fn unmounted_devices_are_labelled_unknown() {
     let (registry, mut exporter) = exporter(10, vec![]);
     let mut counts = HashMap::new();
     // Device 0:1 (an internal mount, as memfd's) is in no mountinfo.
-    counts.insert(("db".to_string(), 1, 1), 3);
+    counts.insert(("db".to_string(), 1, 1, 0), 3);
     exporter.add_page_counts(counts.clone());
     exporter.add_page_counts(counts);
     assert!(exporter.unmounted_devs.contains(&1));
@@ -202,8 +203,8 @@ fn unmounted_devices_are_labelled_unknown() {
 fn page_counts_become_labelled_counters() {
     let (registry, mut exporter) = exporter(10, vec![]);
     let mut counts = HashMap::new();
-    counts.insert(("postgres".to_string(), 999_999_999, (254 << 20) | 1), 7);
-    counts.insert(("redis".to_string(), 999_999_999, 25), 2);
+    counts.insert(("postgres".to_string(), 999_999_999, (254 << 20) | 1, 0), 7);
+    counts.insert(("redis".to_string(), 999_999_999, 25, 0), 2);
     exporter.add_page_counts(counts);
     let series = sorted_series(&render(&registry).unwrap());
     assert_eq!(
@@ -220,6 +221,7 @@ fn page_counts_become_labelled_counters() {
 fn kernel_totals_become_increments() {
     let (registry, mut exporter) = exporter(10, vec![]);
     let label = WriterLabel {
+        euid: 0,
         cgroup_id: 424_242,
         dev: 25,
         comm: "db".into(),
@@ -243,6 +245,7 @@ fn kernel_totals_become_increments() {
 fn cow_only_commands_never_push_a_shared_writer_into_other() {
     let (registry, mut exporter) = exporter(10, vec![]);
     let writer = |comm: &str| WriterLabel {
+        euid: 0,
         cgroup_id: 1,
         dev: 25,
         comm: comm.into(),
@@ -672,7 +675,7 @@ mod any_bytes_in_labels {
                 let raw: Vec<u8> = name.iter().copied().filter(|&b| b != 0).collect();
                 let comm = comm_text(&raw);
                 let file = FileId { dev: (254 << 20) | 1, ino: 1000 + i as u64, generation: 0 };
-                *counts.entry((comm.clone(), 1, file.dev)).or_insert(0) += 1;
+                *counts.entry((comm.clone(), 1, file.dev, 0)).or_insert(0) += 1;
                 *expected_comms.entry(comm).or_insert(0.0) += 1.0;
             }
             exporter.add_page_counts(counts);

@@ -49,6 +49,8 @@ impl KernelCounters {
 pub struct WriterLabel {
     pub cgroup_id: u64,
     pub dev: u32,
+    /// The writer's effective uid.
+    pub euid: u32,
     pub comm: String,
 }
 
@@ -111,7 +113,8 @@ impl Probes {
             .collect())
     }
 
-    /// Fault counts per (cgroup, filesystem, command), summed over CPUs.
+    /// Fault counts per (cgroup, filesystem, effective uid, command), summed
+    /// over CPUs.
     pub fn writer_stats(&self) -> Result<Vec<(WriterLabel, WriterStats)>, LoadError> {
         let map: PerCpuHashMap<_, WriterStatsKey, WriterStats> =
             self.typed_map(map_name::WRITER_STATS)?;
@@ -140,6 +143,7 @@ impl Probes {
                 WriterLabel {
                     cgroup_id: key.cgroup_id,
                     dev: key.dev,
+                    euid: key.euid,
                     comm: crate::model::names::comm_text(&key.comm[..end]),
                 },
                 total,

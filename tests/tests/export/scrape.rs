@@ -5,7 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{backend_under_test, path_arg, require_root, scratch_dir, Workload};
+use integration_tests::{
+    backend_under_test, path_arg, require_root, scratch_dir, TestUser, Workload,
+};
 
 use super::{
     assert_promtool_accepts, http_get, http_get_accepting, wait_for, write_pages, Exporter,
@@ -339,6 +341,74 @@ fn cow_only_commands_do_not_push_a_shared_writer_into_other() {
             pages_of("dbwriter", &body) == 3.0 && pages_of("pinned-writer", &body) == 3.0
         },
     );
+}
+
+#[test]
+fn with_label_user_writers_series_carry_their_user() {
+    require_root();
+    let alice = TestUser::new("x", 61_011);
+    let dir = scratch_dir();
+    // alice reaches her file, not the directory's listing.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let exporter = Exporter::start(&["--label-user", "--path-prefix", &path_arg(dir.path())]);
+    write_pages(&dir.path().join("root.bin"), 8, "0,1");
+    let hers = dir.path().join("alice.bin");
+    std::fs::File::create(&hers)
+        .and_then(|f| f.set_len(8 * 4096))
+        .unwrap();
+    std::os::unix::fs::chown(&hers, Some(alice.uid), Some(alice.gid)).unwrap();
+    let status = Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", alice.uid),
+            &format!("--regid={}", alice.gid),
+            "--clear-groups",
+            WORKLOAD,
+        ])
+        .args(
+            Workload::new("shared", &hers)
+                .size_pages(8)
+                .pages("2,3,4")
+                .args(),
+        )
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sum_for_user = |body: &str, metric: &str, user: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .filter(|l| l.contains(&format!(",user=\"{user}\"}}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let user = alice.arg();
+    wait_for(
+        "each user's pages under its label",
+        Duration::from_secs(20),
+        || {
+            let (_, body) = exporter.get("/metrics");
+            let pages = "mmapwatch_pages_first_written_total";
+            sum_for_user(&body, pages, "root") == 2.0 && sum_for_user(&body, pages, &user) == 3.0
+        },
+    );
+    let (_, body) = exporter.get("/metrics");
+    assert!(
+        sum_for_user(&body, "mmapwatch_write_faults_total", &user) >= 3.0,
+        "alice's faults under her label:\n{body}"
+    );
+    // Every writer series has the label: none is left without it.
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("mmapwatch_pages_first_written_total{"))
+    {
+        assert!(line.contains(",user=\""), "{line}");
+    }
+    let (_, text) = http_get_accepting(exporter.port, "/metrics", "*/*");
+    assert_promtool_accepts(&text);
 }
 
 /// Turns `kernel.bpf_stats_enabled` on, and back as it was on drop.

@@ -2,9 +2,9 @@
 //! mappings, `--user`, ids changed between two writes, the login uid kept
 //! across sudo.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use integration_tests::{in_vm, path_arg, ranges, require_root, scratch_dir, trace_command};
+use integration_tests::{path_arg, ranges, require_root, scratch_dir, trace_command, TestUser};
 use serde_json::Value;
 
 /// Forks one child per `uid:gid:pages` argument; each drops to its ids and
@@ -63,66 +63,6 @@ m = mmap.mmap(fd, 16 * 4096, mmap.MAP_SHARED)
 m[4 * 4096] = 1
 m.flush()
 "#;
-
-/// A user for the test: made with useradd where the host's passwd can be
-/// written (and removed after), else a bare uid no passwd names (VM guests
-/// share the host's root read-only): the kernel's ids are tested either
-/// way, the name where the test could make one.
-struct TestUser {
-    name: Option<String>,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    fn new(tag: &str, fallback_uid: u32) -> Self {
-        let name = format!("mwt{tag}{}", std::process::id() % 100_000);
-        let made = Command::new("useradd")
-            .args([
-                "--no-create-home",
-                "--user-group",
-                "--shell",
-                "/bin/false",
-                &name,
-            ])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !made {
-            assert!(in_vm(), "useradd {name} failed on the host");
-            return Self {
-                name: None,
-                uid: fallback_uid,
-                gid: fallback_uid,
-            };
-        }
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, &name]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        Self {
-            uid: id("-u"),
-            gid: id("-g"),
-            name: Some(name),
-        }
-    }
-
-    fn spec(&self) -> String {
-        format!("{}:{}", self.uid, self.gid)
-    }
-
-    /// What `--user` takes: the name where there is one.
-    fn arg(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.uid.to_string())
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        if let Some(name) = &self.name {
-            let _ = Command::new("userdel").arg(name).output();
-        }
-    }
-}
 
 /// A sparse file of 16 pages: no page cache yet, so each store faults its
 /// own page (data written first would sit in one large folio, mapped
