@@ -102,10 +102,10 @@ pub fn table(app: &App, interval_s: f64, now: SystemTime, timestamps: bool) -> S
         "{:>8} {:>8} {:>10} {:>6} {:>7} {:>6} {:>9}  {:<24}  PATH\n",
         "PAGES", "+PAGES", "FAULTS/S", "COW", "WRITERS", "SYNCS", "WRITEBACK", "BY"
     ));
-    let comms: HashMap<u32, &str> = app
+    let comms: HashMap<u32, (&str, &str)> = app
         .processes
         .visible()
-        .map(|process| (process.tgid, process.comm.as_str()))
+        .map(|process| (process.tgid, (process.comm.as_str(), process.user.as_str())))
         .collect();
     for FileLine {
         row,
@@ -134,16 +134,18 @@ pub fn table(app: &App, interval_s: f64, now: SystemTime, timestamps: bool) -> S
 /// Writers shown by name in a table row: the first few (lowest pids).
 const NAMED_WRITERS: usize = 3;
 
-/// `postgres[42],pg_dump[77]+2`: one token (a name's spaces as `_`), so
-/// the columns split on whitespace; folded writers count in the `+N`.
-fn writers_by_name(tgids: &[u32], comms: &HashMap<u32, &str>) -> String {
+/// `postgres[42](postgres),pg_dump[77](alice)+2`: each writer with its
+/// user, as one token (spaces as `_`), so the columns split on whitespace;
+/// folded writers count in the `+N`.
+fn writers_by_name(tgids: &[u32], comms: &HashMap<u32, (&str, &str)>) -> String {
     let named: Vec<String> = tgids
         .iter()
         .filter(|&&tgid| tgid != FOLDED_WRITERS_TGID)
         .take(NAMED_WRITERS)
         .map(|tgid| {
-            let comm = comms.get(tgid).copied().unwrap_or("?").replace(' ', "_");
-            format!("{comm}[{tgid}]")
+            let (comm, user) = comms.get(tgid).copied().unwrap_or(("?", "?"));
+            let (comm, user) = (comm.replace(' ', "_"), user.replace(' ', "_"));
+            format!("{comm}[{tgid}]({user})")
         })
         .collect();
     let rest = tgids.len() - named.len();
@@ -163,16 +165,21 @@ mod tests {
 
     #[test]
     fn a_row_names_its_first_writers_and_counts_the_rest() {
-        let comms = HashMap::from([(7, "sh"), (42, "Web Content"), (99, "python3"), (100, "ld")]);
-        assert_eq!(writers_by_name(&[7], &comms), "sh[7]");
+        let comms = HashMap::from([
+            (7, ("sh", "root")),
+            (42, ("Web Content", "alice")),
+            (99, ("python3", "100000,bob")),
+            (100, ("ld", "root")),
+        ]);
+        assert_eq!(writers_by_name(&[7], &comms), "sh[7](root)");
         assert_eq!(
             writers_by_name(&[7, 42, 99, 100], &comms),
-            "sh[7],Web_Content[42],python3[99]+1"
+            "sh[7](root),Web_Content[42](alice),python3[99](100000,bob)+1"
         );
         // Folded writers have no name: counted in the rest.
         assert_eq!(
             writers_by_name(&[7, FOLDED_WRITERS_TGID], &comms),
-            "sh[7]+1"
+            "sh[7](root)+1"
         );
         assert_eq!(writers_by_name(&[], &comms), "-");
     }

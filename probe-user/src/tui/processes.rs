@@ -1,5 +1,5 @@
-//! The processes view's model: rows, their order, a filter on command or
-//! pid, and the selection (kept on the same process across ticks).
+//! The processes view's model: rows, their order, a filter on command,
+//! user or pid, and the selection (kept on the same process across ticks).
 
 use super::snapshot::ProcessRow;
 
@@ -7,6 +7,8 @@ use super::snapshot::ProcessRow;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessColumn {
     Pid,
+    /// The effective user.
+    User,
     Comm,
     Files,
     Pages,
@@ -16,8 +18,9 @@ pub enum ProcessColumn {
 }
 
 impl ProcessColumn {
-    pub const ALL: [ProcessColumn; 6] = [
+    pub const ALL: [ProcessColumn; 7] = [
         ProcessColumn::Pid,
+        ProcessColumn::User,
         ProcessColumn::Comm,
         ProcessColumn::Files,
         ProcessColumn::Pages,
@@ -28,6 +31,7 @@ impl ProcessColumn {
     pub fn title(self) -> &'static str {
         match self {
             ProcessColumn::Pid => "PID",
+            ProcessColumn::User => "USER",
             ProcessColumn::Comm => "COMM",
             ProcessColumn::Files => "FILES",
             ProcessColumn::Pages => "WRITTEN",
@@ -46,7 +50,7 @@ impl ProcessColumn {
     pub fn descending_by_default(self) -> bool {
         !matches!(
             self,
-            ProcessColumn::Comm | ProcessColumn::Pid | ProcessColumn::State
+            ProcessColumn::Comm | ProcessColumn::Pid | ProcessColumn::User | ProcessColumn::State
         )
     }
 }
@@ -56,8 +60,8 @@ pub struct ProcessTable {
     rows: Vec<ProcessRow>,
     pub sort: ProcessColumn,
     pub descending: bool,
-    /// Shown are processes whose command contains it (any case) or whose
-    /// pid starts with it.
+    /// Shown are processes whose command or user contains it (any case)
+    /// or whose pid starts with it.
     pub filter: String,
     /// Exited processes are left out (`x`).
     pub hide_exited: bool,
@@ -149,6 +153,7 @@ impl ProcessTable {
             .filter(|&i| {
                 needle.is_empty()
                     || rows[i].comm.to_lowercase().contains(&needle)
+                    || rows[i].user.to_lowercase().contains(&needle)
                     || rows[i].tgid.to_string().starts_with(&needle)
             })
             .collect();
@@ -156,6 +161,7 @@ impl ProcessTable {
             let (a, b) = (&rows[a], &rows[b]);
             let order = match self.sort {
                 ProcessColumn::Pid => a.tgid.cmp(&b.tgid),
+                ProcessColumn::User => a.user.cmp(&b.user),
                 ProcessColumn::Comm => a.comm.cmp(&b.comm),
                 ProcessColumn::Files => a.files.cmp(&b.files),
                 ProcessColumn::Pages => a.pages.cmp(&b.pages),
@@ -189,6 +195,7 @@ mod tests {
     fn row(tgid: u32, comm: &str, files: usize, pages: u64) -> ProcessRow {
         ProcessRow {
             tgid,
+            user: if tgid == 20 { "alice" } else { "root" }.into(),
             comm: comm.into(),
             files,
             pages,
@@ -221,6 +228,16 @@ mod tests {
         assert_eq!(pids(&table), [30, 10, 20], "again: reversed");
         table.sort_by(ProcessColumn::Comm);
         assert_eq!(pids(&table), [10, 20, 30], "A to Z, ties by pid");
+        table.sort_by(ProcessColumn::User);
+        assert_eq!(pids(&table), [20, 10, 30], "alice before root");
+    }
+
+    #[test]
+    fn the_filter_matches_a_user() {
+        let mut table = table();
+        table.filter = "ALI".into();
+        table.refresh();
+        assert_eq!(pids(&table), [20]);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub const FOLDED_WRITERS_TGID: u32 = 0;
 pub struct ProcessRow {
     /// [`FOLDED_WRITERS_TGID`] for the row of folded writers.
     pub tgid: u32,
+    /// Its effective users' names (uids where the host has none), comma
+    /// separated: one, unless its ids changed between writes.
+    pub user: String,
     pub comm: String,
     pub files: usize,
     pub pages: u64,
@@ -79,6 +82,8 @@ pub struct ProcessRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterRow {
     pub tgid: u32,
+    /// Its effective user's name, else its uid.
+    pub user: String,
     pub comm: String,
     pub pages: u64,
     pub cow_pages: u64,
@@ -198,36 +203,54 @@ impl Snapshot {
                 syncs: record.details().syncs.calls(),
             };
             // One file more for the process, with its pages in it.
-            let mut add =
-                |tgid: u32, comm: &dyn Fn() -> String, pages: u64, cow_pages: u64, exited: bool| {
-                    let process = processes.entry(tgid).or_insert_with(|| ProcessRow {
-                        tgid,
-                        comm: comm(),
-                        files: 0,
-                        pages: 0,
-                        cow_pages: 0,
-                        exited,
-                    });
-                    process.files += 1;
-                    process.pages += pages;
-                    process.cow_pages += cow_pages;
-                    process.exited |= exited;
-                };
-            for writer in record.writers.values() {
-                let comm = || crate::model::names::terminal_text(&writer.comm).into_owned();
-                let exited = writer.exit.is_some();
-                add(writer.tgid, &comm, writer.pages, writer.cow_pages, exited);
+            let mut add = |file: ProcessRow| {
+                let process = processes.entry(file.tgid).or_insert_with(|| ProcessRow {
+                    files: 0,
+                    pages: 0,
+                    cow_pages: 0,
+                    ..file.clone()
+                });
+                process.files += 1;
+                process.pages += file.pages;
+                process.cow_pages += file.cow_pages;
+                process.exited |= file.exited;
+                for user in file.user.split(',') {
+                    if !process.user.split(',').any(|known| known == user) {
+                        process.user = format!("{},{user}", process.user);
+                    }
+                }
+            };
+            // A process whose ids changed is several writers of the file.
+            for writers in record
+                .writers
+                .values()
+                .as_slice()
+                .chunk_by(|a, b| a.tgid == b.tgid)
+            {
+                let mut users: Vec<String> =
+                    writers.iter().map(|w| user_text(w.ids.euid)).collect();
+                users.dedup();
+                add(ProcessRow {
+                    tgid: writers[0].tgid,
+                    user: users.join(","),
+                    comm: crate::model::names::terminal_text(&writers[0].comm).into_owned(),
+                    files: 1,
+                    pages: writers.iter().map(|w| w.pages).sum(),
+                    cow_pages: writers.iter().map(|w| w.cow_pages).sum(),
+                    exited: writers.iter().any(|w| w.exit.is_some()),
+                });
             }
             let folded = &record.details().other_writers;
             if folded.processes > 0 {
-                let comm = || "(folded writers)".to_string();
-                add(
-                    FOLDED_WRITERS_TGID,
-                    &comm,
-                    folded.pages,
-                    folded.cow_pages,
-                    false,
-                );
+                add(ProcessRow {
+                    tgid: FOLDED_WRITERS_TGID,
+                    user: "-".into(),
+                    comm: "(folded writers)".into(),
+                    files: 1,
+                    pages: folded.pages,
+                    cow_pages: folded.cow_pages,
+                    exited: false,
+                });
             }
             files.push(row);
         }
@@ -239,6 +262,7 @@ impl Snapshot {
                 .values()
                 .map(|w| WriterRow {
                     tgid: w.tgid,
+                    user: user_text(w.ids.euid),
                     comm: crate::model::names::terminal_text(&w.comm).into_owned(),
                     pages: w.pages,
                     cow_pages: w.cow_pages,
@@ -271,6 +295,15 @@ impl Snapshot {
             events: aggregate.events(),
             now_boot_ns,
         }
+    }
+}
+
+/// A user as the dashboard shows it: its name (control characters
+/// escaped), else its uid.
+fn user_text(euid: u32) -> String {
+    match crate::session::user_name(euid) {
+        Some(name) => crate::model::names::terminal_text(&name).into_owned(),
+        None => euid.to_string(),
     }
 }
 

@@ -392,6 +392,7 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
         .map(|w| {
             Row::new(vec![
                 w.tgid.to_string(),
+                w.user.clone(),
                 w.comm.clone(),
                 w.pages.to_string(),
                 w.cow_pages.to_string(),
@@ -403,13 +404,14 @@ fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
             writers,
             [
                 Constraint::Length(8),
+                Constraint::Length(10),
                 Constraint::Fill(1),
                 Constraint::Length(8),
                 Constraint::Length(6),
             ],
         )
         .header(
-            Row::new(["PID", "COMM", "PAGES", "COW"])
+            Row::new(["PID", "USER", "COMM", "PAGES", "COW"])
                 .style(Style::new().add_modifier(Modifier::BOLD)),
         )
         .block(Block::new().borders(Borders::TOP).title(" writers ")),

@@ -26,6 +26,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
                 } else {
                     p.tgid.to_string()
                 }),
+                Cell::from(p.user.clone()),
                 Cell::from(p.comm.clone()),
                 number(p.files.to_string()),
                 number(format!("{} pg", p.pages)),
@@ -46,7 +47,9 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
             };
             let text = format!("{}{}{mark}", i + 1, column.title());
             let cell = match column {
-                ProcessColumn::Comm | ProcessColumn::State => Cell::from(text),
+                ProcessColumn::Comm | ProcessColumn::User | ProcessColumn::State => {
+                    Cell::from(text)
+                }
                 _ => number(text),
             };
             // WRITTEN is shown in pages and as a size.
@@ -73,6 +76,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
         rows,
         [
             Constraint::Length(8),
+            Constraint::Length(10),
             Constraint::Fill(1),
             Constraint::Length(7),
             Constraint::Length(12),
