@@ -32,8 +32,8 @@ pub const PAGES: &[Page] = &[
             Example {
                 what: "Trace a command and its children; the table goes to stderr, its output stays its own:",
                 command: "mmapwatch trace -- python3 writer.py",
-                output: " PATH            PAGES  RANGES  FAULTS  WRITERS           WRITTEN_BACK  NOT_ON_DISK  SYNCS
- /tmp/mw-ex.bin      2  1,4          2  python3[17182]:2             2            0  msync 1
+                output: " PATH            PAGES  RANGES  FAULTS  WRITERS                WRITTEN_BACK  NOT_ON_DISK  SYNCS
+ /tmp/mw-ex.bin      2  1,4          2  python3[7189](root):2             2            0  msync 1
 1 file(s) modified through mmap, 2 page(s); 0.1s, backend tracepoint, lost events 0",
             },
             Example {
@@ -65,9 +65,9 @@ pub const PAGES: &[Page] = &[
             Example {
                 what: "Tables for a log, every second, each row with its time:",
                 command: "mmapwatch top -b -T -d 1 --path-prefix /tmp",
-                output: "mmapwatch top: 2026-12-06T13:09:49Z, 1 file(s), 423 event(s), lost 0, interval 1.0s, backend tracepoint
-TIME                    PAGES   +PAGES   FAULTS/S    COW WRITERS  SYNCS WRITEBACK  BY              PATH
-2026-12-06T13:09:49Z        1        0        0.0      0       1      1     clean  python3[17223]  /tmp/mw-ex2.bin",
+                output: "mmapwatch top: 2026-12-06T15:14:06Z, 1 file(s), 422 event(s), lost 0, interval 1.0s, backend tracepoint
+TIME                    PAGES   +PAGES   FAULTS/S    COW WRITERS  SYNCS WRITEBACK  BY                        PATH
+2026-12-06T15:14:06Z        1        0        0.0      0       1      1     clean  python3[7256](root)       /tmp/mw-ex2.bin",
             },
         ],
     },
