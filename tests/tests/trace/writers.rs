@@ -359,7 +359,7 @@ impl Drop for ContainerCgroup {
 
 /// A writer in a container's cgroup is named with it: the cgroup path and
 /// the container id in the JSON's writers and the event stream, and
-/// `name[pid]@ctr:ID12` in the table, as the exporter's labels name it.
+/// `name[pid](user)@ctr:ID12` in the table, as the exporter's labels name it.
 #[test]
 fn a_writer_in_a_container_cgroup_is_named_by_its_container() {
     require_root();
@@ -410,7 +410,7 @@ fn a_writer_in_a_container_cgroup_is_named_by_its_container() {
         .find(|line| line.contains("in-container.bin"))
         .unwrap_or_else(|| panic!("no row:\n{table}"));
     assert!(
-        row.contains(&mark) && row.contains(&format!("]@ctr:{}:2", &id[..12])),
+        row.contains(&mark) && row.contains(&format!("](root)@ctr:{}:2", &id[..12])),
         "{table}"
     );
 }
