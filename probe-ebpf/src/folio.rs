@@ -97,10 +97,10 @@ pub(crate) fn note_folio_span(
 /// which over-reports (labelled) rather than misses.
 #[inline(never)]
 pub(crate) fn pmd_mapped_folio(mapping: u64, page: u64, room: FolioRoom) -> Option<(u64, u64)> {
-    let mapcount_offset = offset!(folio_entire_mapcount);
-    if mapcount_offset == 0 {
+    if !has_offsets!(PMD_MAPCOUNT) {
         return None;
     }
+    let mapcount_offset = offset!(folio_entire_mapcount);
     let folio = page_cache_folio(mapping, page)?;
     let pages = folio_pages(folio).ok()?;
     if pages != PMD_PAGES {

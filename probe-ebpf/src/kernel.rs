@@ -43,9 +43,10 @@ pub(crate) fn credentials_into(task: u64, cred: u64, out: &mut Credentials) {
     out.euid = id(cred, offset!(cred_euid));
     out.gid = id(cred, offset!(cred_gid));
     out.egid = id(cred, offset!(cred_egid));
-    out.loginuid = match offset!(task_loginuid) {
-        0 => UNSET_ID,
-        at => id(task, at),
+    out.loginuid = if has_offsets!(LOGINUID) {
+        id(task, offset!(task_loginuid))
+    } else {
+        UNSET_ID
     };
 }
 
@@ -113,7 +114,7 @@ pub(crate) fn inode_key(inode: u64) -> Result<(FileKey, u64), i64> {
 #[inline(always)]
 pub(crate) fn folio_pages(folio: u64) -> Result<u64, i64> {
     // Before folios: single pages (see KernelOffsets::folio_order_byte).
-    if offset!(folio_order_byte) == 0 {
+    if !has_offsets!(FOLIOS) {
         return Ok(1);
     }
     let flags: u64 = read_kernel(folio, offset!(folio_flags))?;
@@ -171,7 +172,7 @@ pub(crate) fn typed_folio_pages(folio: *const u8) -> u64 {
     );
     // Before folios the argument is a `struct page`, whose order lies in
     // the next page: not a load the verifier allows, nor one needed.
-    if order_at == 0 {
+    if !has_offsets!(FOLIOS) {
         return 1;
     }
     // SAFETY: `folio.flags`, at its BTF offset.

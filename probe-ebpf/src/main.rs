@@ -61,6 +61,17 @@ macro_rules! offset {
     };
 }
 
+/// Whether this kernel has an optional group of offsets
+/// (`probe_common::present`); an absent group's offsets are never read.
+macro_rules! has_offsets {
+    ($group:ident) => {
+        // SAFETY: a read of a global that the loader fills in and freezes.
+        (unsafe { core::ptr::read_volatile(&$crate::OFFSETS.present) }
+            & probe_common::present::$group)
+            != 0
+    };
+}
+
 mod compat;
 mod dedup;
 mod filter;

@@ -158,7 +158,7 @@ pub(crate) fn commit_flags(len: usize) -> u64 {
 /// kernel's BTF lacks the offsets or the file has no mount we can follow.
 #[inline(always)]
 fn mount_of_file(file: u64) -> u64 {
-    if offset!(mount_mnt_parent) == 0 || file == 0 {
+    if !has_offsets!(MOUNT_CROSSING) || file == 0 {
         return 0;
     }
     let vfsmount: u64 = read_kernel(file, offset!(file_mnt)).unwrap_or(0);
@@ -189,7 +189,7 @@ fn attached_mount(mount: u64) -> u64 {
 /// view the file's name is in, known even after the writer is gone.
 #[inline(always)]
 fn namespace_number(mount: u64) -> u32 {
-    if mount == 0 || offset!(mnt_namespace_inum) == 0 {
+    if mount == 0 || !has_offsets!(MOUNT_CROSSING) {
         return 0;
     }
     let namespace: u64 = read_kernel(mount, offset!(mount_mnt_ns)).unwrap_or(0);
@@ -215,7 +215,7 @@ fn walk_start(file: u64) -> (u64, u64) {
     }
     let dentry: u64 = read_kernel(file, offset!(file_dentry)).unwrap_or(0);
     let mount = mount_of_file(file);
-    if mount != 0 || offset!(backing_file_user_path) == 0 {
+    if mount != 0 || !has_offsets!(BACKING_FILES) {
         return (dentry, mount);
     }
     let user_path = file + offset!(backing_file_user_path);
@@ -240,11 +240,10 @@ fn walk_start(file: u64) -> (u64, u64) {
 /// fake path on the layer's file).
 #[inline(always)]
 fn stacked(dentry: u64, superblock: u64) -> bool {
-    let at = offset!(dentry_d_sb);
-    if at == 0 || dentry == 0 {
+    if !has_offsets!(STACKED_SB) || dentry == 0 {
         return false;
     }
-    let sb: u64 = read_kernel(dentry, at).unwrap_or(superblock);
+    let sb: u64 = read_kernel(dentry, offset!(dentry_d_sb)).unwrap_or(superblock);
     sb != superblock
 }
 

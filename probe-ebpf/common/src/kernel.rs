@@ -6,146 +6,197 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Pages in a PMD-mapped folio (2 MiB / 4 KiB on x86-64).
 pub const PMD_PAGES: u64 = 512;
 
-/// Kernel struct field offsets (bytes) resolved from vmlinux BTF in userspace.
-/// Rust eBPF has no CO-RE relocations, so these are passed as a global.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
-pub struct KernelOffsets {
+/// Declares [`KernelOffsets`] from one row per field (its doc and name):
+/// the field, the all-zero value the object is built with, and the list of
+/// names. The BTF lookups are per feature in `probe::offsets`, not one per
+/// row: a field is not always one member (names that changed across
+/// versions, enumerators, array lengths), and optional groups stand or
+/// fall together ([`present`]).
+macro_rules! kernel_offsets {
+    ($( $(#[$doc:meta])* $field:ident, )*) => {
+        /// Kernel struct field offsets (bytes) and constants resolved from
+        /// vmlinux BTF in userspace. Rust eBPF has no CO-RE relocations, so
+        /// these are passed as a global.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+        pub struct KernelOffsets {
+            $( $(#[$doc])* pub $field: u32, )*
+        }
+
+        impl KernelOffsets {
+            /// All zero: the value compiled into the object before
+            /// userspace overrides it.
+            pub const ZEROED: Self = Self { $( $field: 0, )* };
+            /// The fields' names, in order.
+            pub const FIELDS: &'static [&'static str] = &[$( stringify!($field), )*];
+        }
+    };
+}
+
+kernel_offsets! {
     // What every user write fault reads, anonymous ones included, comes
     // first: one cache line of .rodata, not three.
+    /// Bits of [`present`]: the optional groups of offsets this kernel
+    /// has. An absent group's offsets stay 0 and are never read.
+    present,
     /// How the fault path finds a VMA without the mmap lock: one of
     /// [`vma_walk_kind`].
-    pub vma_walk: u32,
-    pub task_mm: u32,
+    vma_walk,
+    task_mm,
     /// `task_struct.tgid`: a direct load, not a helper call.
-    pub task_tgid: u32,
+    task_tgid,
     /// `mm_struct.mm_lock_seq` (Linux 6.4+), which changes whenever the
     /// mm's mappings change: a cached VMA is valid while it is unchanged.
-    pub mm_lock_seq: u32,
+    mm_lock_seq,
     /// One of [`mm_lock_seq_kind`].
-    pub mm_lock_seq_kind: u32,
-    pub vma_vm_start: u32,
-    pub vma_vm_end: u32,
-    pub vma_vm_flags: u32,
-    pub vma_vm_pgoff: u32,
-    pub vma_vm_file: u32,
-    pub file_f_inode: u32,
+    mm_lock_seq_kind,
+    vma_vm_start,
+    vma_vm_end,
+    vma_vm_flags,
+    vma_vm_pgoff,
+    vma_vm_file,
+    file_f_inode,
     /// `file.f_path.dentry`.
-    pub file_dentry: u32,
-    pub inode_i_ino: u32,
-    pub inode_i_sb: u32,
-    pub sb_s_dev: u32,
-    pub sb_s_magic: u32,
+    file_dentry,
+    inode_i_ino,
+    inode_i_sb,
+    sb_s_dev,
+    sb_s_magic,
     /// `dentry.d_name.name`.
-    pub dentry_name: u32,
-    pub dentry_d_parent: u32,
+    dentry_name,
+    dentry_d_parent,
     /// `folio.flags` (first word of the head page's flags).
-    pub folio_flags: u32,
-    pub folio_index: u32,
-    pub mapping_host: u32,
-    pub wbc_nr_to_write: u32,
+    folio_flags,
+    folio_index,
+    mapping_host,
+    wbc_nr_to_write,
     /// Bit number of `PG_head` in `enum pageflags`.
-    pub pg_head_bit: u32,
+    pg_head_bit,
     /// Bit number of `PG_dirty` in `enum pageflags`.
-    pub pg_dirty_bit: u32,
+    pg_dirty_bit,
     /// `mm_struct.mm_mt.ma_root`.
-    pub mm_ma_root: u32,
-    pub vma_vm_mm: u32,
-    pub range64_pivots: u32,
-    pub range64_slots: u32,
-    pub range64_pivot_count: u32,
-    pub arange64_pivots: u32,
-    pub arange64_slots: u32,
-    pub arange64_pivot_count: u32,
+    mm_ma_root,
+    vma_vm_mm,
+    range64_pivots,
+    range64_slots,
+    range64_pivot_count,
+    arange64_pivots,
+    arange64_slots,
+    arange64_pivot_count,
     /// `enum maple_type` values.
-    pub maple_range_64: u32,
-    pub maple_arange_64: u32,
+    maple_range_64,
+    maple_arange_64,
     /// The byte holding a large folio's order: `folio._folio_order` (up to
-    /// 6.5) or the low byte of `folio._flags_1` (little-endian). 0 before
-    /// folios (5.16): every page-cache page of a written file is one page.
-    pub folio_order_byte: u32,
+    /// 6.5) or the low byte of `folio._flags_1` (little-endian); group
+    /// [`present::FOLIOS`].
+    folio_order_byte,
     /// `folio.mapping`.
-    pub folio_mapping: u32,
+    folio_mapping,
     /// A large folio's count of whole-folio (PMD) mappings, less one:
-    /// `folio._entire_mapcount` (6.3+) or `_compound_mapcount`; 0 when
-    /// absent (it lies past the head page, never at offset 0).
-    pub folio_entire_mapcount: u32,
+    /// `folio._entire_mapcount` (6.3+) or `_compound_mapcount`; group
+    /// [`present::PMD_MAPCOUNT`].
+    folio_entire_mapcount,
     /// Function-hook backends: `struct vm_fault` fields.
-    pub vmf_vma: u32,
-    pub vmf_pgoff: u32,
-    pub vmf_address: u32,
-    pub vmf_flags: u32,
+    vmf_vma,
+    vmf_pgoff,
+    vmf_address,
+    vmf_flags,
     /// `FAULT_FLAG_WRITE` from `enum fault_flag`.
-    pub fault_flag_write: u32,
-    pub vma_vm_ops: u32,
+    fault_flag_write,
+    vma_vm_ops,
     /// `vm_operations_struct.page_mkwrite`.
-    pub vm_ops_page_mkwrite: u32,
+    vm_ops_page_mkwrite,
     /// `task_struct.pid`, `task_struct.signal`, `signal_struct.live`.
-    pub task_pid: u32,
-    pub task_signal: u32,
-    pub signal_live: u32,
+    task_pid,
+    task_signal,
+    signal_live,
     /// A writer's ids: `task_struct.cred`, `cred.uid`, `euid`, `gid`,
-    /// `egid`, and `task_struct.loginuid` (zero: no audit, the login uid
-    /// is unset).
-    pub task_cred: u32,
-    pub cred_uid: u32,
-    pub cred_euid: u32,
-    pub cred_gid: u32,
-    pub cred_egid: u32,
-    pub task_loginuid: u32,
-    pub inode_i_generation: u32,
-    pub inode_i_size: u32,
-    pub file_f_mapping: u32,
+    /// `egid`, and `task_struct.loginuid` (group [`present::LOGINUID`]).
+    task_cred,
+    cred_uid,
+    cred_euid,
+    cred_gid,
+    cred_egid,
+    task_loginuid,
+    inode_i_generation,
+    inode_i_size,
+    file_f_mapping,
     /// `address_space.i_pages.xa_head`: the page cache's xarray root.
-    pub mapping_xa_head: u32,
+    mapping_xa_head,
     /// `address_space.i_mmap_writable`: shared writable mappings of the file.
-    pub mapping_i_mmap_writable: u32,
-    pub xa_node_shift: u32,
-    pub xa_node_slots: u32,
+    mapping_i_mmap_writable,
+    xa_node_shift,
+    xa_node_slots,
     /// `vm_area_struct.vm_page_prot`: writable without write-notify?
-    pub vma_vm_page_prot: u32,
+    vma_vm_page_prot,
     /// `address_space.flags`, and the bits of it that allow large folios
     /// (`AS_LARGE_FOLIO_SUPPORT`, or `AS_FOLIO_ORDER_MAX`'s field from
     /// 6.10); 0: unknown, every file may have them.
-    pub mapping_flags: u32,
-    pub large_folio_mask: u32,
+    mapping_flags,
+    large_folio_mask,
     /// fd to file, for fsync and friends: `task_struct.files`,
-    /// `files_struct.fdt`, `fdtable.fd` and `fdtable.max_fds`; zero
-    /// `task_files` when BTF lacks one (those calls are then not seen).
-    pub task_files: u32,
-    pub files_fdt: u32,
-    pub fdtable_fd: u32,
-    pub fdtable_max_fds: u32,
+    /// `files_struct.fdt`, `fdtable.fd` and `fdtable.max_fds`; group
+    /// [`present::FD_TABLE`].
+    task_files,
+    files_fdt,
+    fdtable_fd,
+    fdtable_max_fds,
     /// Mount crossing in the path walk, so a file is named as its
     /// writer's mount namespace shows it even after that namespace is
     /// gone: `file.f_path.mnt`, `struct mount`'s `mnt` (the embedded
     /// vfsmount), `mnt_parent`, `mnt_mountpoint` and `mnt_ns`, and
-    /// `vfsmount.mnt_root`. Zero `mount_mnt_parent`: no crossing.
-    pub file_mnt: u32,
-    pub mount_mnt: u32,
-    pub mount_mnt_parent: u32,
-    pub mount_mnt_mountpoint: u32,
-    pub mount_mnt_ns: u32,
-    pub vfsmount_mnt_root: u32,
+    /// `vfsmount.mnt_root`; group [`present::MOUNT_CROSSING`].
+    file_mnt,
+    mount_mnt,
+    mount_mnt_parent,
+    mount_mnt_mountpoint,
+    mount_mnt_ns,
+    vfsmount_mnt_root,
     /// `mnt_namespace.ns.inum`: the namespace's number.
-    pub mnt_namespace_inum: u32,
+    mnt_namespace_inum,
     /// overlayfs (6.6+): the file a mapping holds is its layer's (a
     /// backing file); the path its writer opened is
     /// `backing_file.user_path`. `dentry.d_sb` tells either kind of
     /// stacked file (6.1's fake path too) from the file's own inode.
-    /// Zero `backing_file_user_path`: no backing files on this kernel.
-    pub backing_file_user_path: u32,
-    pub path_mnt: u32,
-    pub path_dentry: u32,
-    pub dentry_d_sb: u32,
+    /// Groups [`present::BACKING_FILES`] (with `path`'s members) and
+    /// [`present::STACKED_SB`].
+    backing_file_user_path,
+    path_mnt,
+    path_dentry,
+    dentry_d_sb,
     /// The VMA red-black tree (before 6.1): `mm_struct.mm_rb` (its root
     /// node pointer first), `vm_area_struct.vm_rb`, and `rb_node`'s
     /// children.
-    pub mm_mm_rb: u32,
-    pub vma_vm_rb: u32,
-    pub rb_node_left: u32,
-    pub rb_node_right: u32,
+    mm_mm_rb,
+    vma_vm_rb,
+    rb_node_left,
+    rb_node_right,
+}
+
+/// Bits of [`KernelOffsets::present`]: the optional groups of offsets,
+/// each found whole or not at all. Explicit, not an offset of 0: 0 is a
+/// legal offset (`path.mnt`).
+pub mod present {
+    /// `folio` (5.16+): its order byte; before, every page-cache page of a
+    /// written file is one page.
+    pub const FOLIOS: u32 = 1 << 0;
+    /// A large folio's whole-folio (PMD) mapcount.
+    pub const PMD_MAPCOUNT: u32 = 1 << 1;
+    /// `vm_area_struct.vm_mm`: the function-hook backends tell an exec's
+    /// new mm from the old.
+    pub const VMA_MM: u32 = 1 << 2;
+    /// fd to file (`task_struct.files` ... `fdtable.max_fds`): fsync,
+    /// fdatasync and sync_file_range are seen.
+    pub const FD_TABLE: u32 = 1 << 3;
+    /// Mount crossing in the path walk (`struct mount`, `mnt_namespace`).
+    pub const MOUNT_CROSSING: u32 = 1 << 4;
+    /// `dentry.d_sb`: a stacked file is told from the file's own inode.
+    pub const STACKED_SB: u32 = 1 << 5;
+    /// Backing files (overlayfs, 6.6+): `backing_file.user_path`.
+    pub const BACKING_FILES: u32 = 1 << 6;
+    /// `task_struct.loginuid` (CONFIG_AUDIT).
+    pub const LOGINUID: u32 = 1 << 7;
 }
 
 /// How a kernel's VMAs are walked lock-free ([`KernelOffsets::vma_walk`]).
@@ -166,94 +217,6 @@ pub mod mm_lock_seq_kind {
     pub const COUNTER: u32 = 1;
     /// A seqcount, odd while the mmap write lock is held (6.13+).
     pub const SEQCOUNT: u32 = 2;
-}
-
-impl KernelOffsets {
-    /// All zero: the value compiled into the object before userspace overrides it.
-    pub const ZEROED: Self = Self {
-        task_tgid: 0,
-        vma_vm_start: 0,
-        vma_vm_end: 0,
-        vma_vm_flags: 0,
-        vma_vm_pgoff: 0,
-        vma_vm_file: 0,
-        file_f_inode: 0,
-        file_dentry: 0,
-        inode_i_ino: 0,
-        inode_i_sb: 0,
-        sb_s_dev: 0,
-        sb_s_magic: 0,
-        dentry_name: 0,
-        dentry_d_parent: 0,
-        folio_flags: 0,
-        folio_index: 0,
-        mapping_host: 0,
-        wbc_nr_to_write: 0,
-        pg_head_bit: 0,
-        pg_dirty_bit: 0,
-        vma_walk: 0,
-        task_mm: 0,
-        mm_ma_root: 0,
-        vma_vm_mm: 0,
-        range64_pivots: 0,
-        range64_slots: 0,
-        range64_pivot_count: 0,
-        arange64_pivots: 0,
-        arange64_slots: 0,
-        arange64_pivot_count: 0,
-        maple_range_64: 0,
-        maple_arange_64: 0,
-        folio_order_byte: 0,
-        folio_mapping: 0,
-        folio_entire_mapcount: 0,
-        vmf_vma: 0,
-        vmf_pgoff: 0,
-        vmf_address: 0,
-        vmf_flags: 0,
-        fault_flag_write: 0,
-        vma_vm_ops: 0,
-        vm_ops_page_mkwrite: 0,
-        task_pid: 0,
-        task_signal: 0,
-        signal_live: 0,
-        task_cred: 0,
-        cred_uid: 0,
-        cred_euid: 0,
-        cred_gid: 0,
-        cred_egid: 0,
-        task_loginuid: 0,
-        inode_i_generation: 0,
-        inode_i_size: 0,
-        file_f_mapping: 0,
-        mapping_xa_head: 0,
-        mapping_i_mmap_writable: 0,
-        xa_node_shift: 0,
-        xa_node_slots: 0,
-        vma_vm_page_prot: 0,
-        mm_lock_seq: 0,
-        mm_lock_seq_kind: 0,
-        mapping_flags: 0,
-        large_folio_mask: 0,
-        task_files: 0,
-        files_fdt: 0,
-        fdtable_fd: 0,
-        fdtable_max_fds: 0,
-        file_mnt: 0,
-        mount_mnt: 0,
-        mount_mnt_parent: 0,
-        mount_mnt_mountpoint: 0,
-        mount_mnt_ns: 0,
-        vfsmount_mnt_root: 0,
-        mnt_namespace_inum: 0,
-        backing_file_user_path: 0,
-        path_mnt: 0,
-        path_dentry: 0,
-        dentry_d_sb: 0,
-        mm_mm_rb: 0,
-        vma_vm_rb: 0,
-        rb_node_left: 0,
-        rb_node_right: 0,
-    };
 }
 
 /// Maple-tree pointer encoding (include/linux/maple_tree.h, lib/maple_tree.c):
@@ -328,3 +291,33 @@ pub const fn syscall_arg_at(n: usize) -> usize {
 /// 4 KiB pages, and a PMD maps [`PMD_PAGES`] of them. Userspace refuses
 /// other page sizes at load time.
 pub const PAGE_SIZE: u64 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_is_one_u32_field_and_the_groups_are_distinct_bits() {
+        assert_eq!(
+            core::mem::size_of::<KernelOffsets>(),
+            KernelOffsets::FIELDS.len() * 4
+        );
+        assert_eq!(KernelOffsets::FIELDS[0], "present");
+        let groups = [
+            present::FOLIOS,
+            present::PMD_MAPCOUNT,
+            present::VMA_MM,
+            present::FD_TABLE,
+            present::MOUNT_CROSSING,
+            present::STACKED_SB,
+            present::BACKING_FILES,
+            present::LOGINUID,
+        ];
+        let all = groups.iter().fold(0, |all, bit| {
+            assert_eq!(bit.count_ones(), 1);
+            assert_eq!(all & bit, 0, "bit {bit:#x} used twice");
+            all | bit
+        });
+        assert_eq!(all.count_ones() as usize, groups.len());
+    }
+}

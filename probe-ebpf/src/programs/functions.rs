@@ -58,11 +58,10 @@ pub(crate) fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     // The mapping's mm, which exec replaces (0 where its offset is unknown).
-    let mm_offset = offset!(vma_vm_mm);
-    let mm = if mm_offset == 0 {
-        0
+    let mm = if has_offsets!(VMA_MM) {
+        read_kernel::<u64>(vma, offset!(vma_vm_mm)).unwrap_or(0)
     } else {
-        read_kernel::<u64>(vma, mm_offset).unwrap_or(0)
+        0
     };
     let Some(now) = current_writer::<false>(pid_tgid, mm, scratch)? else {
         return Ok(());

@@ -34,10 +34,10 @@ fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, i64> {
 /// None for a closed or out-of-range fd (the call fails with EBADF).
 #[inline(always)]
 fn file_of_fd(fd: u64) -> Result<Option<FileKey>, i64> {
-    let files_at = offset!(task_files);
-    if files_at == 0 {
+    if !has_offsets!(FD_TABLE) {
         return Ok(None);
     }
+    let files_at = offset!(task_files);
     // SAFETY: no arguments; the current task, read through probe reads.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read_kernel(task, files_at)?;

@@ -2,7 +2,7 @@
 //! kernel quirk in one place, named by the change that caused it (folios,
 //! the maple tree, mm_lock_seq, backing files, renamed members).
 
-use probe_common::KernelOffsets;
+use probe_common::{present, KernelOffsets};
 
 use super::btf::{BtfError, KernelBtf};
 
@@ -48,6 +48,7 @@ impl KernelBtf {
         use probe_common::vma_walk_kind;
         offsets.task_mm = self.offset_of("task_struct", "mm")?;
         offsets.vma_vm_mm = self.offset_of("vm_area_struct", "vm_mm")?;
+        offsets.present |= present::VMA_MM;
         match self.maple_offsets(offsets) {
             Ok(()) => offsets.vma_walk = vma_walk_kind::MAPLE,
             Err(maple) => {
@@ -135,7 +136,7 @@ impl KernelBtf {
     /// All offsets the tracepoint backend needs.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         self.prefetch(STARTUP_TYPES);
-        Ok(KernelOffsets {
+        let mut offsets = KernelOffsets {
             vma_vm_start: self.offset_of("vm_area_struct", "vm_start")?,
             vma_vm_end: self.offset_of("vm_area_struct", "vm_end")?,
             vma_vm_flags: self.offset_of("vm_area_struct", "vm_flags")?,
@@ -158,8 +159,6 @@ impl KernelBtf {
             cred_euid: self.offset_of("cred", "euid")?,
             cred_gid: self.offset_of("cred", "gid")?,
             cred_egid: self.offset_of("cred", "egid")?,
-            // CONFIG_AUDIT: without it every login uid is unset.
-            task_loginuid: self.offset_of("task_struct", "loginuid").unwrap_or(0),
             mapping_host: self.offset_of("address_space", "host")?,
             wbc_nr_to_write: self.offset_of("writeback_control", "nr_to_write")?,
             pg_head_bit: u32::try_from(self.enumerator("pageflags", "PG_head")?)
@@ -177,7 +176,13 @@ impl KernelBtf {
             mapping_flags: self.offset_of("address_space", "flags")?,
             large_folio_mask: self.large_folio_mask(),
             ..self.folio_offsets(self.backing_offsets(self.mount_offsets(self.fd_offsets())))?
-        })
+        };
+        // CONFIG_AUDIT: without it every login uid is unset.
+        if let Ok(at) = self.offset_of("task_struct", "loginuid") {
+            offsets.task_loginuid = at;
+            offsets.present |= present::LOGINUID;
+        }
+        Ok(offsets)
     }
 
     /// `struct folio` (5.16+), or before it the head `struct page`, whose
@@ -194,7 +199,17 @@ impl KernelBtf {
                 ..base
             });
         }
+        // Renamed in 6.3; without either, a read-only PMD mapping made
+        // writable is not seen as one (its pages are reported as they
+        // fault).
+        let entire_mapcount = self
+            .offset_of("folio", "_entire_mapcount")
+            .or_else(|_| self.offset_of("folio", "_compound_mapcount"))
+            .ok();
         Ok(KernelOffsets {
+            present: base.present
+                | present::FOLIOS
+                | entire_mapcount.map_or(0, |_| present::PMD_MAPCOUNT),
             folio_flags: self.offset_of("folio", "flags")?,
             folio_index: self.offset_of("folio", "index")?,
             // Up to 6.5 the order had a byte of its own; since, it is the
@@ -203,13 +218,7 @@ impl KernelBtf {
                 .offset_of("folio", "_folio_order")
                 .or_else(|_| self.offset_of("folio", "_flags_1"))?,
             folio_mapping: self.offset_of("folio", "mapping")?,
-            // Renamed in 6.3; without either, a read-only PMD mapping made
-            // writable is not seen as one (its pages are reported as they
-            // fault).
-            folio_entire_mapcount: self
-                .offset_of("folio", "_entire_mapcount")
-                .or_else(|_| self.offset_of("folio", "_compound_mapcount"))
-                .unwrap_or(0),
+            folio_entire_mapcount: entire_mapcount.unwrap_or(0),
             ..base
         })
     }
@@ -221,11 +230,13 @@ impl KernelBtf {
             return base;
         };
         let with_sb = KernelOffsets {
+            present: base.present | present::STACKED_SB,
             dentry_d_sb,
             ..base
         };
         let offsets = || -> Result<KernelOffsets, BtfError> {
             Ok(KernelOffsets {
+                present: with_sb.present | present::BACKING_FILES,
                 backing_file_user_path: self.offset_of("backing_file", "user_path")?,
                 path_mnt: self.offset_of("path", "mnt")?,
                 path_dentry: self.offset_of("path", "dentry")?,
@@ -240,6 +251,7 @@ impl KernelBtf {
     fn mount_offsets(&self, base: KernelOffsets) -> KernelOffsets {
         let offsets = || -> Result<KernelOffsets, BtfError> {
             Ok(KernelOffsets {
+                present: base.present | present::MOUNT_CROSSING,
                 file_mnt: self.offset_of("file", "f_path.mnt")?,
                 mount_mnt: self.offset_of("mount", "mnt")?,
                 mount_mnt_parent: self.offset_of("mount", "mnt_parent")?,
@@ -261,6 +273,7 @@ impl KernelBtf {
     fn fd_offsets(&self) -> KernelOffsets {
         let offsets = || -> Result<KernelOffsets, BtfError> {
             Ok(KernelOffsets {
+                present: present::FD_TABLE,
                 task_files: self.offset_of("task_struct", "files")?,
                 files_fdt: self.offset_of("files_struct", "fdt")?,
                 fdtable_fd: self.offset_of("fdtable", "fd")?,
