@@ -62,7 +62,10 @@ fn load_exit_code(error: &LoadError) -> u8 {
         | LoadError::Rejected { .. }
         | LoadError::Attach { .. }
         | LoadError::Backend { .. } => exit_code::KERNEL,
-        LoadError::Object(_) | LoadError::Map { .. } => exit_code::RUNTIME,
+        LoadError::Object(_)
+        | LoadError::Map { .. }
+        | LoadError::MissingMap(_)
+        | LoadError::MapSyscall { .. } => exit_code::RUNTIME,
     }
 }
 

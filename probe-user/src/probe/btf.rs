@@ -25,6 +25,12 @@ pub enum BtfError {
     Missing(String),
     #[error("kernel BTF at {path} is unreadable or corrupt: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("kernel BTF at {path} is unreadable: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
     #[error("kernel BTF: struct {strukt} has no member {member}")]
@@ -53,6 +59,17 @@ pub enum ArgType {
 /// vmlinux BTF is a few MiB; a file past this is not BTF.
 const MAX_BTF_BYTES: u64 = 256 << 20;
 
+/// BTF that is not there, or that cannot be read (the I/O error kept).
+fn unreadable(path: &Path, source: std::io::Error) -> BtfError {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => BtfError::Missing(path.display().to_string()),
+        _ => BtfError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        },
+    }
+}
+
 /// The BTF file exists, is a regular file (not a device such as /dev/zero,
 /// which would be read forever) and has a plausible size. Checked before
 /// anything reads it, aya's parse included.
@@ -61,10 +78,7 @@ pub fn check_btf_file(path: &Path) -> Result<(), BtfError> {
         path: path.display().to_string(),
         reason,
     };
-    let metadata = std::fs::metadata(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => BtfError::Missing(path.display().to_string()),
-        _ => corrupt(err.to_string()),
-    })?;
+    let metadata = std::fs::metadata(path).map_err(|err| unreadable(path, err))?;
     if !metadata.is_file() {
         return Err(corrupt("not a regular file".into()));
     }
@@ -122,13 +136,7 @@ impl KernelBtf {
     /// Reads and parses all of the BTF in `path`.
     pub fn from_file_parsed(path: &Path) -> Result<Self, BtfError> {
         check_btf_file(path)?;
-        let bytes = std::fs::read(path).map_err(|err| match err.kind() {
-            std::io::ErrorKind::NotFound => BtfError::Missing(path.display().to_string()),
-            _ => BtfError::Corrupt {
-                path: path.display().to_string(),
-                reason: err.to_string(),
-            },
-        })?;
+        let bytes = std::fs::read(path).map_err(|err| unreadable(path, err))?;
         Self::from_bytes(&bytes).map_err(|err| match err {
             BtfError::Corrupt { reason, .. } => BtfError::Corrupt {
                 path: path.display().to_string(),

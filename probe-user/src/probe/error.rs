@@ -29,8 +29,22 @@ pub enum LoadError {
     Attach { program: String, reason: String },
     #[error("eBPF object: {0}")]
     Object(String),
-    #[error("{map}: {reason}")]
-    Map { map: &'static str, reason: String },
+    #[error("{map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{0}: missing from the eBPF object, or not of its kind")]
+    MissingMap(&'static str),
+    /// A map operation aya does not wrap (batch lookups, lookup-and-delete).
+    #[error("{map}: {operation}: {source}")]
+    MapSyscall {
+        map: &'static str,
+        operation: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--backend {backend} does not work on this kernel: {reason}")]
     Backend {
         backend: &'static str,
@@ -41,10 +55,7 @@ pub enum LoadError {
 impl LoadError {
     /// For `map_err` on an operation on the map `map`.
     pub(crate) fn on_map(map: &'static str) -> impl Fn(aya::maps::MapError) -> Self {
-        move |err| Self::Map {
-            map,
-            reason: err.to_string(),
-        }
+        move |source| Self::Map { map, source }
     }
 }
 

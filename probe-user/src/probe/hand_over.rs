@@ -78,9 +78,10 @@ impl Probes {
             },
             &mut *meanwhile,
         )
-        .map_err(|err| LoadError::Map {
+        .map_err(|source| LoadError::MapSyscall {
             map: name,
-            reason: format!("batch lookup: {err}"),
+            operation: "batch lookup",
+            source,
         })?;
         if batched {
             return Ok(KernelEntries::new(entries));
@@ -142,9 +143,10 @@ impl Probes {
             if err.raw_os_error() == Some(libc::ENOENT) {
                 return Ok(None);
             }
-            return Err(LoadError::Map {
+            return Err(LoadError::MapSyscall {
                 map: map_name::FILE_STATS,
-                reason: format!("lookup-and-delete: {err}"),
+                operation: "lookup-and-delete",
+                source: err,
             });
         }
         Ok(Some(stats))
@@ -156,12 +158,7 @@ impl Probes {
     fn map_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, LoadError> {
         let data = match self.ebpf.map(name) {
             Some(Map::PerCpuHashMap(data) | Map::HashMap(data)) => data,
-            _ => {
-                return Err(LoadError::Map {
-                    map: name,
-                    reason: "missing from the object, or not a hash map".into(),
-                })
-            }
+            _ => return Err(LoadError::MissingMap(name)),
         };
         Ok(data.fd().as_fd())
     }

@@ -79,10 +79,7 @@ pub struct Probes {
 pub(crate) fn seed_shared_mappers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let map = ebpf
         .map_mut(map_name::SHARED_MAPPERS)
-        .ok_or(LoadError::Map {
-            map: map_name::SHARED_MAPPERS,
-            reason: "missing from the object".into(),
-        })?;
+        .ok_or(LoadError::MissingMap(map_name::SHARED_MAPPERS))?;
     let mut mappers: aya::maps::HashMap<_, u32, u8> =
         aya::maps::HashMap::try_from(map).map_err(LoadError::on_map(map_name::SHARED_MAPPERS))?;
     for tgid in shared_writable_mappers(Path::new("/proc")) {

@@ -86,10 +86,10 @@ impl Probes {
 
     /// The event ring buffer, taken out so it can be polled on its own.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map(map_name::EVENTS).ok_or(LoadError::Map {
-            map: map_name::EVENTS,
-            reason: "missing from the object".into(),
-        })?;
+        let map = self
+            .ebpf
+            .take_map(map_name::EVENTS)
+            .ok_or(LoadError::MissingMap(map_name::EVENTS))?;
         RingBuf::try_from(map).map_err(LoadError::on_map(map_name::EVENTS))
     }
 
@@ -175,9 +175,6 @@ fn typed<M, T: TryFrom<M, Error = aya::maps::MapError>>(
     name: &'static str,
     map: Option<M>,
 ) -> Result<T, LoadError> {
-    let map = map.ok_or(LoadError::Map {
-        map: name,
-        reason: "missing from the object".into(),
-    })?;
+    let map = map.ok_or(LoadError::MissingMap(name))?;
     T::try_from(map).map_err(LoadError::on_map(name))
 }

@@ -127,24 +127,21 @@ fn program_runs(fdinfo: &str) -> Option<(Duration, u64)> {
 impl Probes {
     /// A reader of the kernel's totals for another thread.
     pub fn totals_reader(&self) -> Result<KernelTotalsReader, LoadError> {
-        let duplicate = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, LoadError> {
-            let Some(Map::PerCpuArray(data)) = self.ebpf.map(name) else {
-                return Err(LoadError::Map {
-                    map: name,
-                    reason: "missing from the object, or not a per-CPU array".into(),
-                });
-            };
-            let fd = data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|err| LoadError::Map {
-                    map: name,
-                    reason: format!("duplicating its descriptor: {err}"),
+        let duplicate =
+            |name: &'static str| -> Result<PerCpuArray<MapData, u64>, LoadError> {
+                let Some(Map::PerCpuArray(data)) = self.ebpf.map(name) else {
+                    return Err(LoadError::MissingMap(name));
+                };
+                let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| {
+                    LoadError::MapSyscall {
+                        map: name,
+                        operation: "duplicating its descriptor",
+                        source,
+                    }
                 })?;
-            let data = MapData::from_fd(fd).map_err(LoadError::on_map(name))?;
-            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(LoadError::on_map(name))
-        };
+                let data = MapData::from_fd(fd).map_err(LoadError::on_map(name))?;
+                PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(LoadError::on_map(name))
+            };
         let programs = self
             .ebpf
             .programs()
