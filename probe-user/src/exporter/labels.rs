@@ -27,9 +27,18 @@ impl EncodeLabelSet for UserLabel {
         &self,
         encoder: &mut prometheus_client::encoding::LabelSetEncoder,
     ) -> Result<(), std::fmt::Error> {
-        let label = self.0.as_deref().map(|user| ("user", user));
-        label.as_slice().encode(encoder)
+        optional_label("user", self.0.as_deref(), encoder)
     }
+}
+
+/// One label, or none at all (not an empty value: a series without the
+/// label is another series than one with it empty).
+fn optional_label(
+    name: &str,
+    value: Option<&str>,
+    encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+) -> Result<(), std::fmt::Error> {
+    value.map(|value| (name, value)).as_slice().encode(encoder)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,8 +68,7 @@ impl EncodeLabelSet for PathBytesHex {
         &self,
         encoder: &mut prometheus_client::encoding::LabelSetEncoder,
     ) -> Result<(), std::fmt::Error> {
-        let label = self.0.as_deref().map(|hex| ("path_bytes_hex", hex));
-        label.as_slice().encode(encoder)
+        optional_label("path_bytes_hex", self.0.as_deref(), encoder)
     }
 }
 
