@@ -61,9 +61,14 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page, roff (for packaging: `cargo xtask docs`):
     /// mmapwatch(1), or with a subcommand's name its own page
-    /// (mmapwatch-trace(1), ...).
+    /// (mmapwatch-trace(1), ...); `--list` names the subcommands that
+    /// have one.
     #[command(hide = true)]
-    Manpage { subcommand: Option<String> },
+    Manpage {
+        subcommand: Option<String>,
+        #[arg(long, conflicts_with = "subcommand")]
+        list: bool,
+    },
 }
 
 #[derive(Clone, Debug, Default, Args)]

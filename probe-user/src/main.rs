@@ -57,7 +57,13 @@ fn main() -> ExitCode {
                 clap_complete::generate(shell, &mut command, "mmapwatch", &mut std::io::stdout());
                 Ok(0)
             }
-            Command::Manpage { subcommand } => {
+            Command::Manpage { list: true, .. } => {
+                for page in probe_user::man_pages::PAGES {
+                    println!("{}", page.subcommand);
+                }
+                Ok(0)
+            }
+            Command::Manpage { subcommand, .. } => {
                 use std::io::Write as _;
                 let roff = probe_user::man_pages::render(subcommand.as_deref())?;
                 std::io::stdout()

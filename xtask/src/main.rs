@@ -231,9 +231,16 @@ fn docs() -> Result<()> {
         Ok(())
     };
     generate(&["manpage"], dist.join("mmapwatch.1"))?;
-    // The binary refuses a name it has no page for, so this list cannot
-    // drift from probe-user's man_pages::PAGES unnoticed.
-    for subcommand in ["trace", "top", "export", "doctor"] {
+    // The subcommands with pages of their own, as the binary lists them
+    // (xtask cannot link probe-user).
+    let list = Command::new(mmapwatch_release())
+        .args(["manpage", "--list"])
+        .output()
+        .context("running mmapwatch")?;
+    if !list.status.success() {
+        bail!("mmapwatch manpage --list failed");
+    }
+    for subcommand in String::from_utf8_lossy(&list.stdout).lines() {
         generate(
             &["manpage", subcommand],
             dist.join(format!("mmapwatch-{subcommand}.1")),

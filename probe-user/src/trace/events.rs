@@ -4,6 +4,8 @@
 
 use std::{
     borrow::Cow,
+    cell::RefCell,
+    rc::Rc,
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -169,14 +171,15 @@ pub struct EventStream {
     pub lines: JsonLines,
     pub filter: ReportFilter,
     pub clock: Clock,
-    pub cgroups: CgroupNames,
+    /// Shared with the report: one cache of names, each cgroup read once.
+    pub cgroups: Rc<RefCell<CgroupNames>>,
 }
 
 impl EventObserver for EventStream {
     fn observe(&mut self, event: &Event, applied: &Applied, file: Option<&FileRecord>) {
         if let Some(mut line) = stream_event(event, applied, file, &self.filter, &self.clock) {
             if let Some(id) = line.cgroup_id {
-                line.cgroup = self.cgroups.path(id);
+                line.cgroup = self.cgroups.borrow_mut().path(id);
                 line.container = line.cgroup.as_deref().and_then(container_name);
             }
             self.lines.write(&line);

@@ -1,6 +1,6 @@
 //! `mmapwatch trace`: attach, collect until the end condition, report once.
 
-use std::{process::ExitStatus, time::Duration};
+use std::{cell::RefCell, process::ExitStatus, rc::Rc, time::Duration};
 
 use anyhow::Context as _;
 use probe_common::CounterRole;
@@ -79,13 +79,15 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    // Named at event time for the stream (while cgroups live), and again
+    // from the same cache for the report.
+    let cgroups = Rc::new(RefCell::new(CgroupNames::new(session.collector.mounts())));
     if let Some(lines) = &event_lines {
-        let cgroups = CgroupNames::new(session.collector.mounts());
         session.collector.observe(Box::new(EventStream {
             lines: lines.clone(),
             filter: report_filter(&options),
             clock: session.clock,
-            cgroups,
+            cgroups: cgroups.clone(),
         }));
     }
     // Handlers first: whoever reads "tracing" may signal at once.
@@ -135,7 +137,6 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     );
     let mounts = session.collector.mounts().clone();
     let fs_type = |file| mounts.fs_type(file).map(str::to_string);
-    let cgroups = std::cell::RefCell::new(CgroupNames::new(&mounts));
     let cgroup_path = |id| cgroups.borrow_mut().path(id);
     let collector = &session.collector;
     let not_on_disk = |file, record: &FileRecord| collector.pages_not_on_disk(file, record);
