@@ -247,6 +247,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<PathBuf>,
 
+    /// The event stream's format: json (a JSON object a line, the schema
+    /// in README) or text (a readable line an event, for tail -f).
+    #[arg(long, value_enum, default_value_t = EventsFormat::Json, requires = "events")]
+    pub events_format: EventsFormat,
+
     /// Write every decoded event to FILE as JSON lines (for replay and debugging).
     #[arg(long, hide = true, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -254,6 +259,13 @@ pub struct TraceArgs {
     /// Run CMD and trace it and all its descendants; exit with its exit code.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// How `trace --events` writes its lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFormat {
+    Json,
+    Text,
 }
 
 /// The longest duration or interval accepted: ten years. Longer ones

@@ -166,9 +166,57 @@ fn rfc3339(unix_ns: u64) -> String {
     humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
 }
 
+/// The text stream's header (`--events-format text`).
+pub const TEXT_HEADER: &str = "TIME                           TYPE           WRITER                   USER             PAGES  DETAIL  PATH";
+
+/// One event as a line of text, columns as [`TEXT_HEADER`]: the writer
+/// `comm[pid]` (`-` for writeback), its user (name, else uid), the pages
+/// (`first` or `first-last`; `all` for a sync of the whole file), a sync's
+/// call, latency and result (`-` otherwise), and the path last, whole
+/// (names escaped: a control character never reaches the terminal).
+pub fn text_line(event: &StreamEvent) -> String {
+    let writer = match (&event.comm, event.pid) {
+        (Some(comm), Some(pid)) => {
+            format!("{}[{pid}]", names::terminal_text(comm).replace(' ', "_"))
+        }
+        _ => "-".into(),
+    };
+    let user = match (&event.ids.user, event.ids.euid) {
+        (Some(name), _) => names::terminal_text(name).replace(' ', "_"),
+        (None, Some(euid)) => euid.to_string(),
+        (None, None) => "-".into(),
+    };
+    let pages = match event.pages {
+        0 => "all".to_string(),
+        1 => event.first_page.to_string(),
+        n => format!(
+            "{}-{}",
+            event.first_page,
+            event.first_page.saturating_add(n - 1)
+        ),
+    };
+    let detail = match (event.call, event.latency_ns, event.result) {
+        (Some(call), Some(latency_ns), Some(result)) => {
+            format!("{call},{}us,{result}", latency_ns / 1_000)
+        }
+        _ => "-".into(),
+    };
+    let path = event.path.as_deref().map_or_else(
+        || "?".into(),
+        |path| names::terminal_text(path).into_owned(),
+    );
+    let kind = event.kind.stream_name().unwrap_or("?");
+    format!(
+        "{:<30} {kind:<14} {writer:<24} {user:<10} {pages:>11}  {detail:<6}  {path}",
+        event.time
+    )
+}
+
 /// The session's tap that writes the stream.
 pub struct EventStream {
     pub lines: JsonLines,
+    /// Text lines instead of JSON (`--events-format text`).
+    pub text: bool,
     pub filter: ReportFilter,
     pub clock: Clock,
     /// Shared with the report: one cache of names, each cgroup read once.
@@ -182,7 +230,11 @@ impl EventObserver for EventStream {
                 line.cgroup = self.cgroups.borrow_mut().path(id);
                 line.container = line.cgroup.as_deref().and_then(container_name);
             }
-            self.lines.write(&line);
+            if self.text {
+                self.lines.write_text(&text_line(&line));
+            } else {
+                self.lines.write(&line);
+            }
         }
     }
 }
@@ -399,5 +451,42 @@ mod tests {
         assert_eq!((line.pid, line.comm.as_deref()), (None, None));
         assert_eq!(line.path.as_deref(), Some("/d/a\\xffb"));
         assert_eq!(line.path_bytes_hex.as_deref(), Some("2f642f61ff62"));
+        let text = text_line(&line);
+        assert!(text.contains(" writeback "), "{text}");
+        assert!(text.ends_with(" 0-3  -       /d/a\\\\xffb"), "{text:?}");
+    }
+
+    #[test]
+    fn a_text_line_holds_the_writer_its_user_the_pages_and_the_path_last() {
+        let record = named("/data/my db\u{1b}[2J");
+        let sync = Event {
+            file: FILE,
+            task: task(),
+            boot_ns: 1,
+            body: EventBody::Sync {
+                call: crate::model::events::SyncCall::Msync,
+                first_page: 0,
+                pages: 0,
+                latency_ns: 4_000,
+                result: -5,
+            },
+        };
+        let clock = Clock::with_offset(0);
+        let filter = ReportFilter::default();
+        let line = stream_event(&sync, &Applied::default(), Some(&record), &filter, &clock)
+            .expect("a sync line");
+        let text = text_line(&line);
+        let columns: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(
+            columns[1..6],
+            ["sync", "db[10]", "root", "all", "msync,4us,-5"],
+            "{text}"
+        );
+        // The path is last and whole (its space kept), its escape escaped.
+        assert!(text.ends_with("  /data/my db\\u{1b}[2J"), "{text:?}");
+        assert_eq!(
+            TEXT_HEADER.split_whitespace().collect::<Vec<_>>(),
+            ["TIME", "TYPE", "WRITER", "USER", "PAGES", "DETAIL", "PATH"]
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! A JSON-lines sink shared by the session's observers (which write to it)
-//! and `trace` (which flushes it and hears of the first write error).
+//! A lines sink (JSON lines, or text) shared by the session's observers
+//! (which write to it) and `trace` (which flushes it and hears of the
+//! first write error).
 
 use std::{
     cell::RefCell,
@@ -26,13 +27,25 @@ impl JsonLines {
 
     /// Writes one value as one line; after a failure, nothing more.
     pub fn write<T: serde::Serialize>(&self, value: &T) {
+        self.write_with(|out| {
+            serde_json::to_writer(&mut *out, value).map_err(std::io::Error::from)
+        });
+    }
+
+    /// Writes one line of text (without its newline).
+    pub fn write_text(&self, line: &str) {
+        self.write_with(|out| out.write_all(line.as_bytes()));
+    }
+
+    fn write_with(
+        &self,
+        write: impl FnOnce(&mut BufWriter<Box<dyn Write>>) -> std::io::Result<()>,
+    ) {
         let mut sink = self.0.borrow_mut();
         let Some(out) = sink.out.as_mut() else {
             return;
         };
-        let written = serde_json::to_writer(&mut *out, value)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"));
+        let written = write(out).and_then(|()| out.write_all(b"\n"));
         if let Err(err) = written {
             log::warn!("JSON lines stopped: {err}");
             sink.out = None;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use probe_common::CounterRole;
 
 use crate::{
-    cli::{KernelPaths, TraceArgs},
+    cli::{EventsFormat, KernelPaths, TraceArgs},
     error::UserError,
     model::file_record::FileRecord,
     output_file::open_named,
@@ -83,8 +83,13 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     // from the same cache for the report.
     let cgroups = Rc::new(RefCell::new(CgroupNames::new(session.collector.mounts())));
     if let Some(lines) = &event_lines {
+        let text = args.events_format == EventsFormat::Text;
+        if text {
+            lines.write_text(events::TEXT_HEADER);
+        }
         session.collector.observe(Box::new(EventStream {
             lines: lines.clone(),
+            text,
             filter: report_filter(&options),
             clock: session.clock,
             cgroups: cgroups.clone(),

@@ -326,6 +326,65 @@ fn the_event_stream_on_stdout_carries_nothing_else() {
     assert_eq!(lines, expected);
 }
 
+/// `--events-format text`: a header, then a readable line per event
+/// (as bcc's tools print them) with the same events as the JSON lines.
+#[test]
+fn the_text_stream_is_a_readable_line_per_event() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("text-stream.bin");
+    let script = say_hi_then_write_pages_1_and_6(&file);
+    let output = run(&mut mmapwatch(&[
+        "trace",
+        "--events",
+        "-",
+        "--events-format",
+        "text",
+        "--path-prefix",
+        &path_arg(dir.path()),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["TIME", "TYPE", "WRITER", "USER", "PAGES", "DETAIL", "PATH"]
+    );
+    let path = path_arg(&file);
+    let events: Vec<(String, String, String, String)> = lines
+        .filter(|line| !line.contains(" writeback "))
+        .map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                line.ends_with(&format!("  {path}")),
+                "the path last, whole: {line}"
+            );
+            let writer = columns[2].split('[').next().unwrap().to_string();
+            (
+                columns[1].into(),
+                writer,
+                columns[3].into(),
+                columns[4].into(),
+            )
+        })
+        .collect();
+    let event = |kind: &str, pages: &str| (kind.into(), COMM.into(), "root".into(), pages.into());
+    assert_eq!(
+        events,
+        [
+            event("write", "1"),
+            event("write", "6"),
+            event("sync", "0-7")
+        ],
+        "{stdout}"
+    );
+}
+
 /// Completions and the man page come from the command line's definition:
 /// they name the real flags, and bash accepts the script.
 #[test]
