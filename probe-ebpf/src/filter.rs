@@ -1,8 +1,13 @@
 //! Whether the current task is traced (`--pid`, `-- CMD`, `--comm`), and
 //! this CPU's cache of the last writing thread's name, cgroup and verdict.
 
-use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, generated::bpf_jiffies64};
-use probe_common::{filter, Credentials, MAX_COMM_FILTERS, MAX_USER_FILTERS, TASK_COMM_LEN};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_boot_ns,
+    generated::{bpf_get_current_ancestor_cgroup_id, bpf_jiffies64},
+};
+use probe_common::{
+    filter, Credentials, MAX_CGROUP_FILTERS, MAX_COMM_FILTERS, MAX_USER_FILTERS, TASK_COMM_LEN,
+};
 
 use crate::{
     compat::current_cred,
@@ -43,6 +48,9 @@ pub(crate) fn task_selected(
     if flags & filter::BY_USER != 0 && !user_selected(euid()) {
         return false;
     }
+    if flags & filter::BY_CGROUP != 0 && !cgroup_selected() {
+        return false;
+    }
     if flags & filter::BY_COMM != 0 {
         let count = config!(comm_count) as usize;
         let wanted = comm_words(comm);
@@ -74,6 +82,28 @@ fn user_selected(euid: u32) -> bool {
         }
         // SAFETY: a read of a global that the loader fills in and freezes.
         if unsafe { core::ptr::read_volatile(&crate::CONFIG.users[index]) } == euid {
+            return true;
+        }
+        index += 1;
+    }
+    false
+}
+
+/// Whether the current task is in one of `--cgroup`'s (or a container's)
+/// cgroups or below one: its ancestor at that cgroup's level is it.
+#[inline(always)]
+fn cgroup_selected() -> bool {
+    let count = config!(cgroup_count) as usize;
+    let mut index = 0;
+    while index < MAX_CGROUP_FILTERS {
+        if index >= count {
+            return false;
+        }
+        // SAFETY: a read of a global that the loader fills in and freezes.
+        let wanted = unsafe { core::ptr::read_volatile(&crate::CONFIG.cgroups[index]) };
+        // SAFETY: no pointers; 0 for a level deeper than the task's cgroup.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(wanted.level as i32) };
+        if ancestor == wanted.id {
             return true;
         }
         index += 1;

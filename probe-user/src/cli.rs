@@ -197,6 +197,18 @@ pub struct FilterArgs {
     #[arg(short = 'u', long = "user", value_name = "USER", value_delimiter = ',', value_parser = crate::session::parse_user)]
     pub users: Vec<u32>,
 
+    /// Only processes in this cgroup or below it: a path under the cgroup2
+    /// root, as the report's `cgroup` gives it (`/system.slice/nginx.service`),
+    /// or the directory itself (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Only processes in this container (its id or a unique prefix, as the
+    /// `container` field and the exporter's label show it), followed into
+    /// the cgroups it makes (repeatable).
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+
     /// Only files under this directory (repeatable).
     #[arg(long = "path-prefix", value_name = "DIR")]
     pub path_prefixes: Vec<PathBuf>,

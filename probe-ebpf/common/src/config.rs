@@ -19,6 +19,21 @@ pub mod filter {
     pub const BY_COMM: u32 = 2;
     /// Only tasks whose effective uid is one of [`super::ProbeConfig::users`].
     pub const BY_USER: u32 = 4;
+    /// Only tasks in one of [`super::ProbeConfig::cgroups`] or below it.
+    pub const BY_CGROUP: u32 = 8;
+}
+
+/// A cgroup `--cgroup`/`--container` selects, with every cgroup below it:
+/// a task is in it when its cgroup's ancestor at `level` (the root is 0)
+/// has this id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(FromBytes, IntoBytes, Immutable, KnownLayout))]
+pub struct CgroupFilter {
+    /// The cgroup's id: its directory's inode number in cgroup2.
+    pub id: u64,
+    pub level: u32,
+    pub _pad: u32,
 }
 
 /// Value of a `TRACED` map entry.
@@ -55,9 +70,13 @@ pub struct ProbeConfig {
     pub ring_wakeup_bytes: u32,
     /// Entries used in `users`.
     pub user_count: u32,
+    /// Entries used in `cgroups`.
+    pub cgroup_count: u32,
     pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
     /// Effective uids of `--user`.
     pub users: [u32; MAX_USER_FILTERS],
+    /// `--cgroup` and `--container`.
+    pub cgroups: [CgroupFilter; MAX_CGROUP_FILTERS],
 }
 
 impl ProbeConfig {
@@ -72,7 +91,13 @@ impl ProbeConfig {
         report_exits: 0,
         ring_wakeup_bytes: 0,
         user_count: 0,
+        cgroup_count: 0,
         comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
         users: [0; MAX_USER_FILTERS],
+        cgroups: [CgroupFilter {
+            id: 0,
+            level: 0,
+            _pad: 0,
+        }; MAX_CGROUP_FILTERS],
     };
 }

@@ -94,6 +94,8 @@ pub const PATH_MAX_DEPTH: usize = 32;
 pub const MAX_COMM_FILTERS: usize = 8;
 /// `--user` filters evaluated in the kernel.
 pub const MAX_USER_FILTERS: usize = 8;
+/// `--cgroup` and `--container` filters evaluated in the kernel.
+pub const MAX_CGROUP_FILTERS: usize = 8;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -43,6 +43,8 @@ pub struct ProbeOptions {
     pub comms: Vec<String>,
     /// Effective uids (`--user`).
     pub users: Vec<u32>,
+    /// `--cgroup` and `--container`.
+    pub cgroups: Vec<probe_common::CgroupFilter>,
     pub include_cow: bool,
     pub ring_bytes: Option<u32>,
     pub dedup_entries: Option<u32>,
@@ -168,6 +170,12 @@ impl Probes {
                 "at most {MAX_COMM_FILTERS} --comm filters"
             )));
         }
+        if options.cgroups.len() > probe_common::MAX_CGROUP_FILTERS {
+            return Err(LoadError::Object(format!(
+                "at most {} --cgroup and --container filters",
+                probe_common::MAX_CGROUP_FILTERS
+            )));
+        }
         if options.users.len() > MAX_USER_FILTERS {
             return Err(LoadError::Object(format!(
                 "at most {MAX_USER_FILTERS} --user filters"
@@ -184,6 +192,7 @@ impl Probes {
             page_shift: page_size().trailing_zeros(),
             comm_count: options.comms.len() as u32,
             user_count: options.users.len() as u32,
+            cgroup_count: options.cgroups.len() as u32,
             fault_around_pages: fault_around_pages(),
             report_exits: u32::from(options.report_exits),
             ring_wakeup_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES)
@@ -201,6 +210,12 @@ impl Probes {
         }
         for (slot, uid) in config.users.iter_mut().zip(&options.users) {
             *slot = *uid;
+        }
+        if !options.cgroups.is_empty() {
+            config.filter_flags |= filter::BY_CGROUP;
+        }
+        for (slot, cgroup) in config.cgroups.iter_mut().zip(&options.cgroups) {
+            *slot = *cgroup;
         }
 
         let dedup_capacity = options.dedup_entries.unwrap_or(DEFAULT_DEDUP_ENTRIES);

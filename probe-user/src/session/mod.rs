@@ -15,6 +15,7 @@ use aya::maps::{MapData, RingBuf};
 use probe_common::{WriterStats, FILE_STATS_ENTRIES, READER_POLL_MS};
 use tokio::io::{unix::AsyncFd, Interest};
 
+mod cgroup_filter;
 mod cgroups;
 mod collector;
 mod kernel_files;
@@ -46,19 +47,20 @@ pub fn probe_options(
     include_cow: bool,
     follow: bool,
     report_exits: bool,
-) -> ProbeOptions {
-    ProbeOptions {
+) -> Result<ProbeOptions, UserError> {
+    Ok(ProbeOptions {
         btf_path: kernel.btf.clone(),
         tracefs_override: kernel.tracefs.clone(),
         filter_by_tgid: follow || !filter.pids.is_empty(),
         comms: filter.comms.clone(),
         users: filter.users.clone(),
+        cgroups: cgroup_filter::cgroup_filters(&filter.cgroups, &filter.containers)?,
         include_cow,
         ring_bytes: filter.ring_bytes,
         dedup_entries: filter.dedup_entries,
         kernel_debug_logs: log::log_enabled!(log::Level::Debug),
         report_exits,
-    }
+    })
 }
 
 pub fn check_pids(pids: &[u32]) -> Result<(), UserError> {
@@ -164,7 +166,7 @@ impl Session {
             options.include_cow,
             command.is_some(),
             options.report_writer_exits,
-        );
+        )?;
         let mut probes = Probes::load(&probe_options)?;
         probes.attach(options.filter.backend)?;
         // Each target with the children it forks from now on, as

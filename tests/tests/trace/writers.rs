@@ -414,3 +414,50 @@ fn a_writer_in_a_container_cgroup_is_named_by_its_container() {
         "{table}"
     );
 }
+
+/// `--container ID` and `--cgroup PATH` keep only the writers inside,
+/// followed into a cgroup made below the container's after the trace
+/// started; the writer outside is not reported. An id no container has is
+/// one line and exit 2.
+#[test]
+fn container_and_cgroup_filters_keep_only_the_writers_inside() {
+    require_root();
+    let id = "9a8b7c6d5e4f".repeat(5) + "0a1b";
+    let cgroup = ContainerCgroup::new(&id);
+    let child = path_arg(&cgroup.scope.join("worker"));
+    let dir = scratch_dir();
+    let inside = dir.path().join("inside.bin");
+    let outside = dir.path().join("outside.bin");
+    let script = format!(
+        "mkdir {child} && \
+         sh -c 'echo $$ > {child}/cgroup.procs && exec {WORKLOAD} shared --file {} --size-pages 4 --pages 1,2' && \
+         {WORKLOAD} shared --file {} --size-pages 4 --pages 3; \
+         rmdir {child}",
+        path_arg(&inside),
+        path_arg(&outside),
+    );
+    let slice = format!(
+        "/{}",
+        cgroup.slice.strip_prefix(&cgroup.root).unwrap().display()
+    );
+    let prefix = path_arg(dir.path());
+    for selector in [["--container", &id[..12]], ["--cgroup", slice.as_str()]] {
+        let mut extra = vec!["--path-prefix", &prefix];
+        extra.extend(selector);
+        let run = trace_command("sh", &extra, &["-c", &script]);
+        assert!(run.status.success(), "{selector:?}: {}", run.stderr);
+        let entry = run.expect_file(&inside);
+        assert_eq!(
+            ranges(&entry["pages_written"]),
+            vec![(1, 2)],
+            "{selector:?}"
+        );
+        assert_eq!(run.files().len(), 1, "{selector:?}: {:#}", run.json);
+    }
+    integration_tests::expect_one_line_failure(
+        integration_tests::mmapwatch(&["trace", "--container", "ffffffffffff", "--", "true"])
+            .stdin(std::process::Stdio::null()),
+        2,
+        "--container ffffffffffff: no cgroup of a running container has that id",
+    );
+}
