@@ -1,17 +1,17 @@
 //! Whether the current task is traced (`--pid`, `-- CMD`, `--comm`), and
 //! this CPU's cache of the last writing thread's name, cgroup and verdict.
 
-use aya_ebpf::helpers::{
-    bpf_ktime_get_boot_ns,
-    generated::{bpf_get_current_ancestor_cgroup_id, bpf_jiffies64},
-};
+use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, generated::bpf_jiffies64};
 use probe_common::{
     filter, Credentials, MAX_CGROUP_FILTERS, MAX_COMM_FILTERS, MAX_USER_FILTERS, TASK_COMM_LEN,
 };
 
 use crate::{
     compat::current_cred,
-    kernel::{comm_words, credentials_into, current_cgroup_id, current_comm_into, current_euid},
+    kernel::{
+        comm_words, credentials_into, current_ancestor_cgroup_id, current_cgroup_id,
+        current_comm_into, current_euid,
+    },
     maps::{IDENTITY_CHANGES, TRACED},
     scratch::FaultScratch,
     stats::add_shared,
@@ -101,9 +101,7 @@ fn cgroup_selected() -> bool {
         }
         // SAFETY: a read of a global that the loader fills in and freezes.
         let wanted = unsafe { core::ptr::read_volatile(&crate::CONFIG.cgroups[index]) };
-        // SAFETY: no pointers; 0 for a level deeper than the task's cgroup.
-        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(wanted.level as i32) };
-        if ancestor == wanted.id {
+        if current_ancestor_cgroup_id(wanted.level) == wanted.id {
             return true;
         }
         index += 1;

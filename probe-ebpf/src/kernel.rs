@@ -70,6 +70,39 @@ pub(crate) fn current_euid() -> u32 {
         .unwrap_or(UNSET_ID)
 }
 
+/// The id of the current task's cgroup's ancestor at `level` (the root
+/// is 0; at its own level, its own id), or 0 when the cgroup is not that
+/// deep or cannot be read. By probe reads, not
+/// `bpf_get_current_ancestor_cgroup_id`: raw tracepoint programs may call
+/// that helper only on newer kernels (not 5.10), and a program holding it
+/// is refused whole there, whether or not a filter asks for it.
+#[inline(always)]
+pub(crate) fn current_ancestor_cgroup_id(level: u32) -> u64 {
+    // SAFETY: no arguments; the current task.
+    let task = unsafe { bpf_get_current_task() };
+    let cgroup = read_kernel::<u64>(task, offset!(task_cgroups))
+        .and_then(|css_set| read_kernel::<u64>(css_set, offset!(css_set_dfl_cgrp)));
+    let Ok(cgroup) = cgroup else {
+        return 0;
+    };
+    let own_level = read_kernel::<i32>(cgroup, offset!(cgroup_level)).unwrap_or(-1);
+    if own_level < 0 || level > own_level as u32 {
+        return 0;
+    }
+    // Both arrays are indexed by level: 8 bytes an entry.
+    let entry = offset!(cgroup_ancestors) + u64::from(level & 0xff) * 8;
+    if has_offsets!(CGROUP_ANCESTOR_IDS) {
+        return read_kernel::<u64>(cgroup, entry).unwrap_or(0);
+    }
+    if has_offsets!(CGROUP_ANCESTORS) {
+        return read_kernel::<u64>(cgroup, entry)
+            .and_then(|ancestor| read_kernel::<u64>(ancestor, offset!(cgroup_kn)))
+            .and_then(|kn| read_kernel::<u64>(kn, offset!(kernfs_node_id)))
+            .unwrap_or(0);
+    }
+    0
+}
+
 /// The current task's command name, into scratch memory (a by-value copy
 /// is spilled byte by byte onto the stack).
 #[inline(always)]

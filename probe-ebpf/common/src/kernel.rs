@@ -6,14 +6,16 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Pages in a PMD-mapped folio (2 MiB / 4 KiB on x86-64).
 pub const PMD_PAGES: u64 = 512;
 
-/// Declares [`KernelOffsets`] from one row per field (its doc and name):
-/// the field, the all-zero value the object is built with, and the list of
-/// names. The BTF lookups are per feature in `probe::offsets`, not one per
-/// row: a field is not always one member (names that changed across
-/// versions, enumerators, array lengths), and optional groups stand or
-/// fall together ([`present`]).
+/// Declares [`KernelOffsets`] from one row per field: its doc, its name
+/// and, for a field that is one struct member every kernel has, the group
+/// that needs it and the member (`Core("inode", "i_ino")`). From the rows:
+/// the field, the all-zero value the object is built with, the names, and
+/// [`KernelOffsets::MEMBERS`], which userspace looks up in BTF. The other
+/// fields are looked up by code in `probe::offsets`: names that changed
+/// across versions, enumerators, array lengths, and the optional groups,
+/// which stand or fall together ([`present`]).
 macro_rules! kernel_offsets {
-    ($( $(#[$doc:meta])* $field:ident, )*) => {
+    ($( $(#[$doc:meta])* $field:ident $(= $group:ident($strukt:literal, $member:literal))?, )*) => {
         /// Kernel struct field offsets (bytes) and constants resolved from
         /// vmlinux BTF in userspace. Rust eBPF has no CO-RE relocations, so
         /// these are passed as a global.
@@ -30,8 +32,47 @@ macro_rules! kernel_offsets {
             pub const ZEROED: Self = Self { $( $field: 0, )* };
             /// The fields' names, in order.
             pub const FIELDS: &'static [&'static str] = &[$( stringify!($field), )*];
+            /// The fields that are one member each, with the group that
+            /// needs them.
+            pub const MEMBERS: &'static [Member] = &[$($(
+                Member {
+                    field: stringify!($field),
+                    group: MemberGroup::$group,
+                    strukt: $strukt,
+                    member: $member,
+                },
+            )?)*];
+
+            /// Sets the field named `field` (one of [`Self::FIELDS`]);
+            /// false for a name that is none.
+            pub fn set(&mut self, field: &str, value: u32) -> bool {
+                match field {
+                    $( stringify!($field) => self.$field = value, )*
+                    _ => return false,
+                }
+                true
+            }
         }
     };
+}
+
+/// A field of [`KernelOffsets`] that is the offset of one struct member
+/// (a dotted path through embedded structs: `f_path.dentry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub field: &'static str,
+    pub group: MemberGroup,
+    pub strukt: &'static str,
+    pub member: &'static str,
+}
+
+/// Who needs a [`Member`]: a kernel without it cannot run that part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberGroup {
+    /// Every backend.
+    Core,
+    /// The function-hook backends (fentry, kprobe): `struct vm_fault`.
+    FaultHooks,
 }
 
 kernel_offsets! {
@@ -45,32 +86,32 @@ kernel_offsets! {
     vma_walk,
     task_mm,
     /// `task_struct.tgid`: a direct load, not a helper call.
-    task_tgid,
+    task_tgid = Core("task_struct", "tgid"),
     /// `mm_struct.mm_lock_seq` (Linux 6.4+), which changes whenever the
     /// mm's mappings change: a cached VMA is valid while it is unchanged.
     mm_lock_seq,
     /// One of [`mm_lock_seq_kind`].
     mm_lock_seq_kind,
-    vma_vm_start,
-    vma_vm_end,
-    vma_vm_flags,
-    vma_vm_pgoff,
-    vma_vm_file,
-    file_f_inode,
+    vma_vm_start = Core("vm_area_struct", "vm_start"),
+    vma_vm_end = Core("vm_area_struct", "vm_end"),
+    vma_vm_flags = Core("vm_area_struct", "vm_flags"),
+    vma_vm_pgoff = Core("vm_area_struct", "vm_pgoff"),
+    vma_vm_file = Core("vm_area_struct", "vm_file"),
+    file_f_inode = Core("file", "f_inode"),
     /// `file.f_path.dentry`.
-    file_dentry,
-    inode_i_ino,
-    inode_i_sb,
-    sb_s_dev,
-    sb_s_magic,
+    file_dentry = Core("file", "f_path.dentry"),
+    inode_i_ino = Core("inode", "i_ino"),
+    inode_i_sb = Core("inode", "i_sb"),
+    sb_s_dev = Core("super_block", "s_dev"),
+    sb_s_magic = Core("super_block", "s_magic"),
     /// `dentry.d_name.name`.
-    dentry_name,
-    dentry_d_parent,
+    dentry_name = Core("dentry", "d_name.name"),
+    dentry_d_parent = Core("dentry", "d_parent"),
     /// `folio.flags` (first word of the head page's flags).
     folio_flags,
     folio_index,
-    mapping_host,
-    wbc_nr_to_write,
+    mapping_host = Core("address_space", "host"),
+    wbc_nr_to_write = Core("writeback_control", "nr_to_write"),
     /// Bit number of `PG_head` in `enum pageflags`.
     pg_head_bit,
     /// Bit number of `PG_dirty` in `enum pageflags`.
@@ -98,42 +139,42 @@ kernel_offsets! {
     /// [`present::PMD_MAPCOUNT`].
     folio_entire_mapcount,
     /// Function-hook backends: `struct vm_fault` fields.
-    vmf_vma,
-    vmf_pgoff,
-    vmf_address,
-    vmf_flags,
+    vmf_vma = FaultHooks("vm_fault", "vma"),
+    vmf_pgoff = FaultHooks("vm_fault", "pgoff"),
+    vmf_address = FaultHooks("vm_fault", "address"),
+    vmf_flags = FaultHooks("vm_fault", "flags"),
     /// `FAULT_FLAG_WRITE` from `enum fault_flag`.
     fault_flag_write,
-    vma_vm_ops,
+    vma_vm_ops = FaultHooks("vm_area_struct", "vm_ops"),
     /// `vm_operations_struct.page_mkwrite`.
-    vm_ops_page_mkwrite,
+    vm_ops_page_mkwrite = FaultHooks("vm_operations_struct", "page_mkwrite"),
     /// `task_struct.pid`, `task_struct.signal`, `signal_struct.live`.
-    task_pid,
-    task_signal,
-    signal_live,
+    task_pid = Core("task_struct", "pid"),
+    task_signal = Core("task_struct", "signal"),
+    signal_live = Core("signal_struct", "live"),
     /// A writer's ids: `task_struct.cred`, `cred.uid`, `euid`, `gid`,
     /// `egid`, and `task_struct.loginuid` (group [`present::LOGINUID`]).
-    task_cred,
-    cred_uid,
-    cred_euid,
-    cred_gid,
-    cred_egid,
+    task_cred = Core("task_struct", "cred"),
+    cred_uid = Core("cred", "uid"),
+    cred_euid = Core("cred", "euid"),
+    cred_gid = Core("cred", "gid"),
+    cred_egid = Core("cred", "egid"),
     task_loginuid,
-    inode_i_generation,
-    inode_i_size,
-    file_f_mapping,
+    inode_i_generation = Core("inode", "i_generation"),
+    inode_i_size = Core("inode", "i_size"),
+    file_f_mapping = Core("file", "f_mapping"),
     /// `address_space.i_pages.xa_head`: the page cache's xarray root.
-    mapping_xa_head,
+    mapping_xa_head = Core("address_space", "i_pages.xa_head"),
     /// `address_space.i_mmap_writable`: shared writable mappings of the file.
-    mapping_i_mmap_writable,
-    xa_node_shift,
-    xa_node_slots,
+    mapping_i_mmap_writable = Core("address_space", "i_mmap_writable"),
+    xa_node_shift = Core("xa_node", "shift"),
+    xa_node_slots = Core("xa_node", "slots"),
     /// `vm_area_struct.vm_page_prot`: writable without write-notify?
-    vma_vm_page_prot,
+    vma_vm_page_prot = Core("vm_area_struct", "vm_page_prot"),
     /// `address_space.flags`, and the bits of it that allow large folios
     /// (`AS_LARGE_FOLIO_SUPPORT`, or `AS_FOLIO_ORDER_MAX`'s field from
     /// 6.10); 0: unknown, every file may have them.
-    mapping_flags,
+    mapping_flags = Core("address_space", "flags"),
     large_folio_mask,
     /// fd to file, for fsync and friends: `task_struct.files`,
     /// `files_struct.fdt`, `fdtable.fd` and `fdtable.max_fds`; group
@@ -172,6 +213,18 @@ kernel_offsets! {
     vma_vm_rb,
     rb_node_left,
     rb_node_right,
+    /// A task's cgroup (v2) and its ancestors, for `--cgroup`:
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.level`, and
+    /// `cgroup.ancestor_ids` (ids by level, up to 5.19: group
+    /// [`present::CGROUP_ANCESTOR_IDS`]) or `cgroup.ancestors` (pointers
+    /// by level, 6.0+, read with `cgroup.kn` and `kernfs_node.id`: group
+    /// [`present::CGROUP_ANCESTORS`]).
+    task_cgroups,
+    css_set_dfl_cgrp,
+    cgroup_level,
+    cgroup_ancestors,
+    cgroup_kn,
+    kernfs_node_id,
 }
 
 /// Bits of [`KernelOffsets::present`]: the optional groups of offsets,
@@ -197,6 +250,10 @@ pub mod present {
     pub const BACKING_FILES: u32 = 1 << 6;
     /// `task_struct.loginuid` (CONFIG_AUDIT).
     pub const LOGINUID: u32 = 1 << 7;
+    /// A cgroup's ancestors' ids by level (`cgroup.ancestor_ids`, to 5.19).
+    pub const CGROUP_ANCESTOR_IDS: u32 = 1 << 8;
+    /// A cgroup's ancestors by level (`cgroup.ancestors`, 6.0+).
+    pub const CGROUP_ANCESTORS: u32 = 1 << 9;
 }
 
 /// How a kernel's VMAs are walked lock-free ([`KernelOffsets::vma_walk`]).
@@ -312,6 +369,8 @@ mod tests {
             present::STACKED_SB,
             present::BACKING_FILES,
             present::LOGINUID,
+            present::CGROUP_ANCESTOR_IDS,
+            present::CGROUP_ANCESTORS,
         ];
         let all = groups.iter().fold(0, |all, bit| {
             assert_eq!(bit.count_ones(), 1);
@@ -319,5 +378,25 @@ mod tests {
             all | bit
         });
         assert_eq!(all.count_ones() as usize, groups.len());
+    }
+
+    #[test]
+    fn each_member_row_sets_its_own_field_once() {
+        let rows = KernelOffsets::MEMBERS;
+        for (value, row) in (1..).zip(rows) {
+            let named = rows.iter().filter(|other| other.field == row.field).count();
+            assert_eq!(named, 1, "{} in {named} rows", row.field);
+            let mut offsets = KernelOffsets::ZEROED;
+            assert!(offsets.set(row.field, value), "{}", row.field);
+            // SAFETY: repr(C) and every field a u32 (the test above checks
+            // the size), so the struct is exactly this array.
+            let words: [u32; KernelOffsets::FIELDS.len()] =
+                unsafe { core::mem::transmute(offsets) };
+            let changed = words.iter().filter(|&&word| word != 0).count();
+            assert_eq!(changed, 1, "{} sets one field", row.field);
+        }
+        let mut offsets = KernelOffsets::ZEROED;
+        assert!(!offsets.set("no_such_field", 1));
+        assert_eq!(offsets, KernelOffsets::ZEROED);
     }
 }

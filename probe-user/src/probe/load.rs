@@ -137,6 +137,14 @@ impl Probes {
             std::thread::spawn(move || aya::Btf::parse_file(btf_path, aya::Endianness::default()));
         log::debug!("startup: kernel BTF parsed in {:?}", phase.elapsed());
         let mut offsets = kernel_btf.kernel_offsets()?;
+        let ancestry =
+            probe_common::present::CGROUP_ANCESTOR_IDS | probe_common::present::CGROUP_ANCESTORS;
+        if !options.cgroups.is_empty() && offsets.present & ancestry == 0 {
+            return Err(LoadError::Platform(
+                "--cgroup and --container: this kernel's BTF does not describe a cgroup's ancestors"
+                    .into(),
+            ));
+        }
         if let Err(err) = kernel_btf.vma_walk_offsets(&mut offsets) {
             log::info!("no lock-free VMA walk ({err}): mappings are looked up with bpf_find_vma");
         }

@@ -2,7 +2,7 @@
 //! kernel quirk in one place, named by the change that caused it (folios,
 //! the maple tree, mm_lock_seq, backing files, renamed members).
 
-use probe_common::{present, KernelOffsets};
+use probe_common::{present, KernelOffsets, MemberGroup};
 
 use super::btf::{BtfError, KernelBtf};
 
@@ -11,11 +11,14 @@ use super::btf::{BtfError, KernelBtf};
 const STARTUP_TYPES: &[&str] = &[
     "address_space",
     "backing_file",
+    "cgroup",
     "cred",
+    "css_set",
     "dentry",
     "file",
     "folio",
     "inode",
+    "kernfs_node",
     "mm_struct",
     "mnt_namespace",
     "mount",
@@ -117,10 +120,7 @@ impl KernelBtf {
 
     /// What the fentry and kprobe backends read from a `struct vm_fault`.
     pub fn fault_hook_offsets(&self, offsets: &mut KernelOffsets) -> Result<(), BtfError> {
-        offsets.vmf_vma = self.offset_of("vm_fault", "vma")?;
-        offsets.vmf_pgoff = self.offset_of("vm_fault", "pgoff")?;
-        offsets.vmf_address = self.offset_of("vm_fault", "address")?;
-        offsets.vmf_flags = self.offset_of("vm_fault", "flags")?;
+        self.members(offsets, MemberGroup::FaultHooks)?;
         // An enumerator since 5.13; a #define (absent from BTF) before,
         // with the same value since 2.6.
         offsets.fault_flag_write = match self.enumerator("fault_flag", "FAULT_FLAG_WRITE") {
@@ -128,8 +128,59 @@ impl KernelBtf {
                 .map_err(|_| BtfError::Lookup("FAULT_FLAG_WRITE out of range".into()))?,
             Err(_) => probe_common::FAULT_FLAG_WRITE_DEFINE,
         };
-        offsets.vma_vm_ops = self.offset_of("vm_area_struct", "vm_ops")?;
-        offsets.vm_ops_page_mkwrite = self.offset_of("vm_operations_struct", "page_mkwrite")?;
+        Ok(())
+    }
+
+    /// A task's cgroup ancestry (`--cgroup`, `--container`): by ids up to
+    /// 5.19, by pointers since; neither group present when BTF lacks a part
+    /// (the filters are then refused at load).
+    fn cgroup_offsets(&self, offsets: &mut KernelOffsets) {
+        let common = || -> Result<(u32, u32, u32), BtfError> {
+            Ok((
+                self.offset_of("task_struct", "cgroups")?,
+                self.offset_of("css_set", "dfl_cgrp")?,
+                self.offset_of("cgroup", "level")?,
+            ))
+        };
+        let Ok((task_cgroups, css_set_dfl_cgrp, cgroup_level)) = common() else {
+            return;
+        };
+        let (group, ancestors, kn, kn_id) = if let Ok(at) = self.offset_of("cgroup", "ancestor_ids")
+        {
+            (present::CGROUP_ANCESTOR_IDS, at, 0, 0)
+        } else {
+            let by_pointer = || -> Result<(u32, u32, u32), BtfError> {
+                Ok((
+                    self.offset_of("cgroup", "ancestors")?,
+                    self.offset_of("cgroup", "kn")?,
+                    self.offset_of("kernfs_node", "id")?,
+                ))
+            };
+            let Ok((ancestors, kn, kn_id)) = by_pointer() else {
+                return;
+            };
+            (present::CGROUP_ANCESTORS, ancestors, kn, kn_id)
+        };
+        offsets.task_cgroups = task_cgroups;
+        offsets.css_set_dfl_cgrp = css_set_dfl_cgrp;
+        offsets.cgroup_level = cgroup_level;
+        offsets.cgroup_ancestors = ancestors;
+        offsets.cgroup_kn = kn;
+        offsets.kernfs_node_id = kn_id;
+        offsets.present |= group;
+    }
+
+    /// Every [`KernelOffsets::MEMBERS`] row of `group`, looked up in BTF.
+    fn members(&self, offsets: &mut KernelOffsets, group: MemberGroup) -> Result<(), BtfError> {
+        for row in KernelOffsets::MEMBERS
+            .iter()
+            .filter(|row| row.group == group)
+        {
+            let at = self.offset_of(row.strukt, row.member)?;
+            // The rows name their own fields (one macro declares both).
+            let known = offsets.set(row.field, at);
+            debug_assert!(known, "{} is no field", row.field);
+        }
         Ok(())
     }
 
@@ -137,46 +188,15 @@ impl KernelBtf {
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         self.prefetch(STARTUP_TYPES);
         let mut offsets = KernelOffsets {
-            vma_vm_start: self.offset_of("vm_area_struct", "vm_start")?,
-            vma_vm_end: self.offset_of("vm_area_struct", "vm_end")?,
-            vma_vm_flags: self.offset_of("vm_area_struct", "vm_flags")?,
-            vma_vm_pgoff: self.offset_of("vm_area_struct", "vm_pgoff")?,
-            vma_vm_file: self.offset_of("vm_area_struct", "vm_file")?,
-            file_f_inode: self.offset_of("file", "f_inode")?,
-            file_dentry: self.offset_of("file", "f_path.dentry")?,
-            inode_i_ino: self.offset_of("inode", "i_ino")?,
-            inode_i_sb: self.offset_of("inode", "i_sb")?,
-            sb_s_dev: self.offset_of("super_block", "s_dev")?,
-            sb_s_magic: self.offset_of("super_block", "s_magic")?,
-            dentry_name: self.offset_of("dentry", "d_name.name")?,
-            dentry_d_parent: self.offset_of("dentry", "d_parent")?,
-            task_pid: self.offset_of("task_struct", "pid")?,
-            task_tgid: self.offset_of("task_struct", "tgid")?,
-            task_signal: self.offset_of("task_struct", "signal")?,
-            signal_live: self.offset_of("signal_struct", "live")?,
-            task_cred: self.offset_of("task_struct", "cred")?,
-            cred_uid: self.offset_of("cred", "uid")?,
-            cred_euid: self.offset_of("cred", "euid")?,
-            cred_gid: self.offset_of("cred", "gid")?,
-            cred_egid: self.offset_of("cred", "egid")?,
-            mapping_host: self.offset_of("address_space", "host")?,
-            wbc_nr_to_write: self.offset_of("writeback_control", "nr_to_write")?,
             pg_head_bit: u32::try_from(self.enumerator("pageflags", "PG_head")?)
                 .map_err(|_| BtfError::Lookup("PG_head out of range".into()))?,
             pg_dirty_bit: u32::try_from(self.enumerator("pageflags", "PG_dirty")?)
                 .map_err(|_| BtfError::Lookup("PG_dirty out of range".into()))?,
-            inode_i_generation: self.offset_of("inode", "i_generation")?,
-            inode_i_size: self.offset_of("inode", "i_size")?,
-            file_f_mapping: self.offset_of("file", "f_mapping")?,
-            mapping_xa_head: self.offset_of("address_space", "i_pages.xa_head")?,
-            mapping_i_mmap_writable: self.offset_of("address_space", "i_mmap_writable")?,
-            xa_node_shift: self.offset_of("xa_node", "shift")?,
-            xa_node_slots: self.offset_of("xa_node", "slots")?,
-            vma_vm_page_prot: self.offset_of("vm_area_struct", "vm_page_prot")?,
-            mapping_flags: self.offset_of("address_space", "flags")?,
             large_folio_mask: self.large_folio_mask(),
             ..self.folio_offsets(self.backing_offsets(self.mount_offsets(self.fd_offsets())))?
         };
+        self.members(&mut offsets, MemberGroup::Core)?;
+        self.cgroup_offsets(&mut offsets);
         // CONFIG_AUDIT: without it every login uid is unset.
         if let Ok(at) = self.offset_of("task_struct", "loginuid") {
             offsets.task_loginuid = at;
