@@ -30,7 +30,7 @@ const HOST_PACKAGES: &[&str] = &[
 /// The guest root's packages: the kernel, a shell and busybox for the
 /// initramfs, and what the tests and the guest script run.
 const ROOT_PACKAGES: &str = "linux-image-arm64,busybox-static,dash,bash,coreutils,util-linux,\
-     mount,procps,findutils,grep,sed,python3,e2fsprogs,xfsprogs,iproute2,kmod,jq,bpftool";
+     mount,procps,findutils,grep,sed,python3,e2fsprogs,xfsprogs,iproute2,kmod,jq,bpftool,base-passwd";
 
 /// Host packages and the Rust target.
 pub fn prepare_host() -> Result<()> {
@@ -90,6 +90,12 @@ pub fn guest_root(cache: &Path) -> Result<PathBuf> {
                 std::os::unix::fs::symlink(to, &path)
                     .with_context(|| format!("linking {}", path.display()))?;
             }
+        }
+        // And the users base-passwd's script would write: root is named.
+        for (file, master) in [("passwd", "passwd.master"), ("group", "group.master")] {
+            let from = root.join("usr/share/base-passwd").join(master);
+            fs::copy(&from, root.join("etc").join(file))
+                .with_context(|| format!("copying {}", from.display()))?;
         }
         fs::write(&ready, ROOT_PACKAGES)?;
     }
