@@ -260,6 +260,23 @@ fn a_traced_commands_stdout_stays_its_own_and_the_report_goes_to_stderr() {
     );
 }
 
+/// `trace --events - [extra] --path-prefix DIR -- sh -c ...`, CMD saying
+/// hi and writing pages 1 and 6 of `file`; it must succeed.
+fn stream_of_pages_1_and_6(
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let script = say_hi_then_write_pages_1_and_6(file);
+    let prefix = path_arg(dir);
+    let mut args = vec!["trace", "--events", "-"];
+    args.extend(extra);
+    args.extend(["--path-prefix", &prefix, "--", "sh", "-c", &script]);
+    let output = run(&mut mmapwatch(&args));
+    assert!(output.status.success(), "{output:?}");
+    output
+}
+
 /// `--events -`: standard output is the event stream alone, one JSON
 /// object per line (`jq` reads it), with the exact pages and the writer;
 /// CMD's own output and the report go to standard error.
@@ -268,19 +285,7 @@ fn the_event_stream_on_stdout_carries_nothing_else() {
     require_root();
     let dir = scratch_dir();
     let file = dir.path().join("data.bin");
-    let script = say_hi_then_write_pages_1_and_6(&file);
-    let output = run(&mut mmapwatch(&[
-        "trace",
-        "--events",
-        "-",
-        "--path-prefix",
-        &path_arg(dir.path()),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]));
-    assert!(output.status.success(), "{output:?}");
+    let output = stream_of_pages_1_and_6(dir.path(), &file, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.lines().any(|l| l == "hi"), "CMD's output: {stderr}");
     assert!(stderr.contains(&path_arg(&file)), "the report: {stderr}");
@@ -333,21 +338,7 @@ fn the_text_stream_is_a_readable_line_per_event() {
     require_root();
     let dir = scratch_dir();
     let file = dir.path().join("text-stream.bin");
-    let script = say_hi_then_write_pages_1_and_6(&file);
-    let output = run(&mut mmapwatch(&[
-        "trace",
-        "--events",
-        "-",
-        "--events-format",
-        "text",
-        "--path-prefix",
-        &path_arg(dir.path()),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]));
-    assert!(output.status.success(), "{output:?}");
+    let output = stream_of_pages_1_and_6(dir.path(), &file, &["--events-format", "text"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut lines = stdout.lines();
     let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
