@@ -98,13 +98,11 @@ kernel_offsets! {
     vma_vm_pgoff = Core("vm_area_struct", "vm_pgoff"),
     vma_vm_file = Core("vm_area_struct", "vm_file"),
     file_f_inode = Core("file", "f_inode"),
-    /// `file.f_path.dentry`.
     file_dentry = Core("file", "f_path.dentry"),
     inode_i_ino = Core("inode", "i_ino"),
     inode_i_sb = Core("inode", "i_sb"),
     sb_s_dev = Core("super_block", "s_dev"),
     sb_s_magic = Core("super_block", "s_magic"),
-    /// `dentry.d_name.name`.
     dentry_name = Core("dentry", "d_name.name"),
     dentry_d_parent = Core("dentry", "d_parent"),
     /// `folio.flags` (first word of the head page's flags).
