@@ -52,6 +52,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Show what this kernel supports and which backend `auto` picks.
     Doctor(DoctorArgs),
+    /// Replay a recording (`trace --record FILE`) into the report that
+    /// trace printed, or into a narrower one with filters.
+    Report(ReportArgs),
     /// Empty programs on the fault path's attach points until stopped: the
     /// floor `cargo xtask bench` compares mmapwatch's cost with.
     #[command(hide = true)]
@@ -69,6 +72,38 @@ pub enum Command {
         #[arg(long, conflicts_with = "subcommand")]
         list: bool,
     },
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ReportArgs {
+    /// The recording, from `trace --record FILE` ('-': standard input).
+    #[arg(value_name = "FILE|-")]
+    pub recording: PathBuf,
+
+    /// Print one JSON document instead of a table.
+    #[arg(short = 'j', long)]
+    pub json: bool,
+
+    /// Write the report to FILE instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Only this process's writes (repeatable, or a comma-separated list).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Only writes by processes with this command name (repeatable).
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
+    pub comms: Vec<String>,
+
+    /// Only writes by processes whose effective user is this uid, or this
+    /// name in this host's passwd (repeatable, or a comma-separated list).
+    #[arg(short = 'u', long = "user", value_name = "USER", value_delimiter = ',', value_parser = crate::session::parse_user)]
+    pub users: Vec<u32>,
+
+    /// Only files under this directory, by their recorded names (repeatable).
+    #[arg(long = "path-prefix", value_name = "DIR")]
+    pub path_prefixes: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -264,8 +299,10 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = EventsFormat::Json, requires = "events")]
     pub events_format: EventsFormat,
 
-    /// Write every decoded event to FILE as JSON lines (for replay and debugging).
-    #[arg(long, hide = true, value_name = "FILE")]
+    /// Record the trace to FILE for `mmapwatch report FILE`, which prints
+    /// this report again (or a narrower one) without the machine: every
+    /// kernel record, then what the report asked the machine.
+    #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
     /// Run CMD and trace it and all its descendants; exit with its exit code.
@@ -325,6 +362,7 @@ impl Cli {
             Command::Top(args) => &args.filter,
             Command::Export(args) => &args.filter,
             Command::Doctor(_)
+            | Command::Report(_)
             | Command::BenchFloor
             | Command::Completions { .. }
             | Command::Manpage { .. } => return Ok(()),

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     if matches!(
         cli.command,
         Command::Trace(_)
+            | Command::Report(_)
             | Command::Doctor(_)
             | Command::Completions { .. }
             | Command::Manpage { .. }
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
             Command::Trace(args) => trace::run(&kernel, args).await,
             Command::Export(args) => exporter::run(&kernel, args).await,
             Command::Top(args) => tui::run(&kernel, args).await,
+            Command::Report(args) => trace::replay::run(&args),
             Command::BenchFloor => bench_floor::run().await,
             // Generated from the command-line definition itself.
             Command::Completions { shell } => {

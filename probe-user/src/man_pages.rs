@@ -51,6 +51,27 @@ pub const PAGES: &[Page] = &[
                 command: "mmapwatch trace --events - --comm postgres",
                 output: "",
             },
+            Example {
+                what: "Record a minute, replay it later (see mmapwatch-report):",
+                command: "mmapwatch trace -d 60 --record db.rec",
+                output: "",
+            },
+        ],
+    },
+    Page {
+        subcommand: "report",
+        title: "mmapwatch-report",
+        examples: &[
+            Example {
+                what: "The report a recorded trace printed, again, without root:",
+                command: "mmapwatch report db.rec",
+                output: "",
+            },
+            Example {
+                what: "Only one command's writes, as JSON:",
+                command: "mmapwatch report db.rec --comm postgres -j | jq '.files[].pages_written'",
+                output: "",
+            },
         ],
     },
     Page {

@@ -1,5 +1,5 @@
 //! Snapshots of every dashboard view at 80x24 and 160x48, drawn from a real
-//! aggregate: events recorded from a real run (`mmapwatch trace --record`
+//! aggregate: events recorded from a real run (the `event` lines of `mmapwatch trace --record`
 //! over a workload: a database file written by two processes, a log with
 //! msync, a large-folio cache file, a /dev/shm segment, a private mapping),
 //! replayed through the same aggregate the live dashboard uses.

@@ -140,7 +140,7 @@ impl Aggregate {
         forgotten
     }
 
-    fn record(&mut self, file: FileId) -> (&mut FileRecord, bool) {
+    pub(super) fn record(&mut self, file: FileId) -> (&mut FileRecord, bool) {
         let mut created = false;
         let record = self.files.entry(file).or_insert_with(|| {
             created = true;

@@ -20,6 +20,11 @@ impl Clock {
         Self { offset_ns }
     }
 
+    /// Unix time minus boot time (what a recording keeps).
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
     pub fn unix_ns(&self, boot_ns: u64) -> u64 {
         u64::try_from(i128::from(boot_ns) + self.offset_ns).unwrap_or(0)
     }

@@ -299,16 +299,43 @@ const MAX_SYNC_PAGES: u64 = 1 << 52;
 /// the page index space.
 fn read_span(bytes: &[u8]) -> Result<PageEvent, DecodeError> {
     let event: PageEvent = read(bytes)?;
-    if event.pages == 0
-        || event.pages > MAX_SPAN_PAGES
-        || event.page.checked_add(event.pages).is_none()
-    {
-        return Err(DecodeError::BadSpan {
-            first_page: event.page,
-            pages: event.pages,
-        });
-    }
+    check_span(event.page, event.pages)?;
     Ok(event)
+}
+
+fn check_span(first_page: u64, pages: u64) -> Result<(), DecodeError> {
+    if pages == 0 || pages > MAX_SPAN_PAGES || first_page.checked_add(pages).is_none() {
+        return Err(DecodeError::BadSpan { first_page, pages });
+    }
+    Ok(())
+}
+
+impl Event {
+    /// Holds an event read from elsewhere than the ring (a recording) to
+    /// what [`decode`] lets through: a span the aggregate can expand, a
+    /// sync's range a number, at most the kernel's depth of names.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        match &self.body {
+            EventBody::FolioSpan { first_page, pages }
+            | EventBody::PossibleWrite { first_page, pages }
+            | EventBody::WrittenBack { first_page, pages } => check_span(*first_page, *pages),
+            EventBody::Sync {
+                first_page, pages, ..
+            } if *pages > MAX_SYNC_PAGES || first_page.checked_add(*pages).is_none() => {
+                Err(DecodeError::BadSpan {
+                    first_page: *first_page,
+                    pages: *pages,
+                })
+            }
+            EventBody::FileSeen { components, .. } if components.len() > PATH_MAX_DEPTH => {
+                Err(DecodeError::BadNames {
+                    depth: u32::try_from(components.len()).unwrap_or(u32::MAX),
+                    len: 0,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The bytes before the first NUL.

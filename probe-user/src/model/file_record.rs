@@ -17,7 +17,7 @@ use super::{
 };
 
 /// Where a file's path came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathSource {
     /// The file opened by its handle when the report was made: its name

@@ -11,6 +11,7 @@ pub mod durability;
 pub mod events;
 pub mod file_handle;
 pub mod file_record;
+pub mod file_state;
 pub mod hand_over;
 pub mod names;
 pub mod page_marks;

@@ -15,20 +15,18 @@ use crate::{
 
 pub mod events;
 pub mod json_lines;
-pub mod recorder;
+pub mod recording;
+pub mod replay;
 pub mod report;
 pub mod table;
 
 use events::EventStream;
 use json_lines::JsonLines;
-use recorder::Recorder;
+use recording::{Answers, Lookups, Recording, ReportFacts, Start};
 
-use crate::{
-    session::{
-        exit_code_of, report_filter, ticker, Activity, CgroupNames, Session, SessionOptions,
-        StopSignals,
-    },
-    trace::report::ReportContext,
+use crate::session::{
+    exit_code_of, report_filter, ticker, Activity, CgroupNames, Session, SessionOptions,
+    StopSignals,
 };
 
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -73,9 +71,11 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     let recording = match &args.record {
         Some(path) => {
             let file = open_named(path).context("cannot write the recording")?;
-            let lines = JsonLines::new(Box::new(file));
-            session.collector.observe(Box::new(Recorder(lines.clone())));
-            Some(lines)
+            let filter = report_filter(&options);
+            let start = Start::new(session.clock, filter.include_cow, &filter.path_prefixes);
+            let recording = Recording::new(JsonLines::new(Box::new(file)), &start);
+            session.collector.observe(Box::new(recording.tap()));
+            Some(recording)
         }
         None => None,
     };
@@ -140,33 +140,51 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|tp| format!("tracepoint {tp} is absent on this kernel")),
     );
+    // What the report asks the machine is kept with the facts: a
+    // recording replays into this very report.
+    let facts = ReportFacts {
+        backend: session.backend().into(),
+        backend_reason: session.backend_reason().into(),
+        hooks: session.selection().hooks.clone(),
+        fallbacks: session.selection().fallbacks.clone(),
+        page_writeback: session.selection().page_writeback,
+        duration_s: round_seconds(duration),
+        counters,
+        dedup_capacity: session.dedup_capacity(),
+        undecodable_records: session.collector.undecodable,
+        warnings,
+        answers: Answers::live(),
+    };
+    let answers = &facts.answers;
     let mounts = session.collector.mounts().clone();
-    let fs_type = |file| mounts.fs_type(file).map(str::to_string);
-    let cgroup_path = |id| cgroups.borrow_mut().path(id);
+    let fs_type = |file| answers.fs_type(file, || mounts.fs_type(file).map(str::to_string));
+    let cgroup_path = |id| answers.cgroup_path(id, || cgroups.borrow_mut().path(id));
     let collector = &session.collector;
-    let not_on_disk = |file, record: &FileRecord| collector.pages_not_on_disk(file, record);
+    let not_on_disk = |file, record: &FileRecord| {
+        answers.not_on_disk(file, || collector.pages_not_on_disk(file, record))
+    };
+    let user_name = |uid| {
+        answers.user_name(uid, || {
+            crate::session::user_name(uid).map(|name| name.to_string())
+        })
+    };
     let report = report::build(
         &session.collector.aggregate,
         &report_filter(&options),
-        ReportContext {
-            backend: session.backend(),
-            backend_reason: session.backend_reason(),
-            hooks: &session.selection().hooks,
-            fallbacks: &session.selection().fallbacks,
-            page_writeback: session.selection().page_writeback,
-            duration_s: round_seconds(duration),
-            counters,
-            dedup_capacity: session.dedup_capacity(),
-            undecodable_records: session.collector.undecodable,
-            warnings,
-            clock: session.clock,
-            fs_type: &fs_type,
-            cgroup_path: &cgroup_path,
-            not_on_disk: &not_on_disk,
-        },
+        facts.context(
+            session.clock,
+            Lookups {
+                fs_type: &fs_type,
+                cgroup_path: &cgroup_path,
+                not_on_disk: &not_on_disk,
+                user_name: &user_name,
+            },
+        ),
     );
-    if let Some(lines) = &recording {
-        lines.finish().context("writing the recording")?;
+    if let Some(recording) = &recording {
+        recording
+            .finish(session.collector.aggregate.files(), &facts)
+            .context("writing the recording")?;
     }
     if let Some(lines) = &event_lines {
         lines.finish().context("writing the event stream")?;
@@ -180,13 +198,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         table::render_table(&report)
     };
     report_to.write(&text)?;
-    if report.lost_events > 0 {
-        eprintln!(
-            "mmapwatch: {} event(s) lost ({}); the report is incomplete",
-            report.lost_events,
-            loss_reasons(&report.drops)
-        );
-    }
+    warn_of_losses(&report);
     Ok(match stop {
         Stop::CommandExited(status) => exit_code_of(status),
         Stop::Duration | Stop::Signal(_) | Stop::TargetsExited => 0,
@@ -280,6 +292,17 @@ fn announce(session: &Session, args: &TraceArgs) {
 
 fn round_seconds(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// One line on standard error when the report is incomplete.
+fn warn_of_losses(report: &report::Report) {
+    if report.lost_events > 0 {
+        eprintln!(
+            "mmapwatch: {} event(s) lost ({}); the report is incomplete",
+            report.lost_events,
+            loss_reasons(&report.drops)
+        );
+    }
 }
 
 /// The reasons of a loss, as `drops` names them: `ringbuf_full 3, probe_errors 1`.

@@ -36,7 +36,15 @@ pub struct WriterIds {
 }
 
 impl WriterIds {
+    /// With the user named by the host's passwd now.
     pub fn of(ids: &UserIds) -> Self {
+        Self::named(ids, &|uid| {
+            crate::session::user_name(uid).map(|name| name.to_string())
+        })
+    }
+
+    /// With the user named by `user_name` (a replay's recorded answers).
+    pub fn named(ids: &UserIds, user_name: &dyn Fn(u32) -> Option<String>) -> Self {
         let known = |id: u32| (id != probe_common::UNSET_ID).then_some(id);
         Self {
             uid: known(ids.uid),
@@ -44,7 +52,7 @@ impl WriterIds {
             gid: known(ids.gid),
             egid: known(ids.egid),
             loginuid: ids.login(),
-            user: crate::session::user_name(ids.euid).map(|name| name.to_string()),
+            user: known(ids.euid).and_then(user_name),
         }
     }
 }
@@ -316,6 +324,8 @@ pub struct ReportContext<'a> {
     /// Written pages not on disk yet (the session asks the page cache),
     /// or why that cannot be told.
     pub not_on_disk: &'a dyn Fn(FileId, &FileRecord) -> Result<u64, String>,
+    /// A uid's user name.
+    pub user_name: &'a dyn Fn(u32) -> Option<String>,
 }
 
 fn some_ns(clock: &Clock, boot_ns: u64) -> Option<u64> {
@@ -337,7 +347,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
                 cgroup_id: w.cgroup_id,
                 container: cgroup.as_deref().and_then(container_name),
                 cgroup,
-                ids: WriterIds::of(&w.ids),
+                ids: WriterIds::named(&w.ids, ctx.user_name),
                 exited_unix_ns: w.exit.as_ref().map(|exit| ctx.clock.unix_ns(exit.boot_ns)),
                 pages_not_on_disk_at_exit: w
                     .exit
@@ -589,6 +599,7 @@ mod tests {
                 (id == 3).then(|| "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope".into())
             },
             not_on_disk: &|_, record| Ok(record.pages_written.len() / 2),
+            user_name: &|uid| (uid == 0).then(|| "root".into()),
         }
     }
 

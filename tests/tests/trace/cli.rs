@@ -403,7 +403,7 @@ fn completions_and_man_page_are_generated_from_the_flags() {
         man.status.success() && roff.contains(".TH mmapwatch 1"),
         "{roff}"
     );
-    for command in ["trace", "top", "export", "doctor"] {
+    for command in ["trace", "top", "export", "report", "doctor"] {
         assert!(roff.contains(command), "no {command} in the man page");
         // And a page of its own, with examples.
         let man = run(&mut mmapwatch(&["manpage", command]));

@@ -9,6 +9,7 @@ mod doctor;
 mod durability;
 mod folios;
 mod pages;
+mod replay;
 mod users;
 mod writers;
 

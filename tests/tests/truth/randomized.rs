@@ -8,8 +8,8 @@ use std::{
 };
 
 use integration_tests::{
-    function_hooks_under_test, identity, path_arg, require_root, scratch_dir, shm_dir, xfs_dir,
-    TraceRun,
+    function_hooks_under_test, identity, mmapwatch, path_arg, require_root, run, scratch_dir,
+    shm_dir, xfs_dir, TraceRun,
 };
 use serde_json::Value;
 
@@ -96,6 +96,8 @@ fn read_truth(log: &Path) -> Truth {
 struct RandomRun {
     run: TraceRun,
     truth: Truth,
+    /// The trace's `--record`ing.
+    recording: PathBuf,
     _dirs: (
         tempfile::TempDir,
         tempfile::TempDir,
@@ -109,7 +111,10 @@ impl RandomRun {
         let tmpfs = shm_dir();
         let xfs = xfs_dir();
         let log = ext4.path().join("log");
+        let recording = ext4.path().join("recording.jsonl");
         let mut args = vec![
+            "--record".to_string(),
+            path_arg(&recording),
             "--path-prefix".to_string(),
             path_arg(ext4.path()),
             "--path-prefix".to_string(),
@@ -138,10 +143,36 @@ impl RandomRun {
             run.json["drops"]
         );
         let truth = read_truth(&log);
-        Self {
+        let random = Self {
             run,
             truth,
+            recording,
             _dirs: (ext4, tmpfs, xfs),
+        };
+        // Replayed, the recording is the report the trace printed, field
+        // for field (names, times, counters included).
+        let replayed = random.replay(&[]);
+        assert!(
+            replayed.json == random.run.json,
+            "seed {seed}: the replay differs from the live report:\nlive: {}\nreplayed: {}",
+            random.run.json,
+            replayed.json
+        );
+        random
+    }
+
+    /// `mmapwatch report RECORDING --json ARGS`.
+    fn replay(&self, args: &[&str]) -> TraceRun {
+        let recording = path_arg(&self.recording);
+        let mut all = vec!["report", recording.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let output = run(&mut mmapwatch(&all));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "report {args:?}: {stderr}");
+        TraceRun {
+            status: output.status,
+            json: serde_json::from_slice(&output.stdout).expect("report --json prints JSON"),
+            stderr,
         }
     }
 }
@@ -314,13 +345,17 @@ fn randomized_workloads_report_every_stored_page() {
             comm_runs += 1;
             let selected = RandomRun::new(seed, gup, &["--comm", name]);
             check_comm_selection(seed, name, &selected.run, &selected.truth);
+            // The whole run's recording, replayed under --comm, selects
+            // as the kernel did.
+            let replayed = random.replay(&["--comm", name]);
+            check_comm_selection(seed, name, &replayed, truth);
         }
     }
     // Past libtest's capture (it takes only print! and eprint!), so CI's
     // log and the VM's console carry the figures of passing runs too.
     let _ = writeln!(
         std::io::stderr(),
-        "randomized ({backend} backend, get_user_pages writes {}): {seeds} seeds, {files_checked} files ({xfs_files} on xfs), {pages_stored} stored pages; reported {exact_total} exact, {span_total} span, {possible_total} possibly written; 0 missing; {names_checked} writers renamed right before their store, 0 wrong names; {comm_runs} runs under --comm NEWNAME, 0 pages missed or claimed",
+        "randomized ({backend} backend, get_user_pages writes {}): {seeds} seeds, {files_checked} files ({xfs_files} on xfs), {pages_stored} stored pages; reported {exact_total} exact, {span_total} span, {possible_total} possibly written; 0 missing; {names_checked} writers renamed right before their store, 0 wrong names; {comm_runs} runs under --comm NEWNAME, 0 pages missed or claimed, live and replayed; every replay equal to its live report",
         if gup == "1" { "included" } else { "left out" },
     );
 }

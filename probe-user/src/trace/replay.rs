@@ -1,0 +1,269 @@
+//! `mmapwatch report FILE|-`: a recording (`trace --record`) replayed into
+//! the report the trace printed: its events through the same aggregate,
+//! each file's state and the machine's answers from the recording, the
+//! same report code. `--pid`, `--comm` and `--user` keep some writers'
+//! events, as those filters keep them in the kernel live; `--path-prefix`
+//! keeps files by their recorded names.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    cli::ReportArgs,
+    error::UserError,
+    model::{
+        aggregate::Aggregate, events::Event, file_record::FileRecord, report_filter::ReportFilter,
+    },
+    output_file::open_named,
+    trace::{
+        recording::{Answers, Line, Lookups, ReportFacts, Start, FORMAT},
+        report::{self, Report},
+        table,
+    },
+};
+
+/// Which writers' events a replay keeps (all when every list is empty).
+#[derive(Clone, Debug, Default)]
+pub struct WriterFilter {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub users: Vec<u32>,
+}
+
+impl WriterFilter {
+    fn keeps_everyone(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty() && self.users.is_empty()
+    }
+
+    /// Writeback is nobody's doing: kept, as the kernel keeps it for the
+    /// files the kept writers wrote.
+    pub fn keeps(&self, event: &Event) -> bool {
+        let Some(task) = event.writer() else {
+            return true;
+        };
+        (self.pids.is_empty() || self.pids.contains(&task.tgid))
+            && (self.comms.is_empty() || self.comms.contains(&task.comm))
+            && (self.users.is_empty() || self.users.contains(&task.ids.euid))
+    }
+}
+
+/// A recording read back: the aggregate its kept events made, with each
+/// file's recorded state put back.
+pub struct Replay {
+    pub start: Start,
+    pub aggregate: Aggregate,
+    /// None when the recording stops before the trace's end.
+    pub facts: Option<ReportFacts>,
+}
+
+/// Reads a recording line by line (a bad line is refused with its number:
+/// a recording is input like any other, and may be cut or corrupt).
+pub fn read(input: impl BufRead, writers: &WriterFilter) -> Result<Replay, UserError> {
+    let bad = |number: usize, why: String| UserError::Usage(format!("line {number}: {why}"));
+    let mut start = None;
+    let mut aggregate = Aggregate::new();
+    let mut states = Vec::new();
+    let mut facts = None;
+    for (index, line) in input.lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(|err| bad(number, err.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = match serde_json::from_str(&line) {
+            Ok(parsed) => parsed,
+            Err(_) if start.is_none() => return Err(not_a_recording()),
+            Err(err) => return Err(bad(number, format!("not a recording line: {err}"))),
+        };
+        match (parsed, &start) {
+            (Line::Start(first), None) => {
+                if first.format != FORMAT {
+                    return Err(UserError::Usage(format!(
+                        "a recording of format {} (mmapwatch {}); this mmapwatch reads format {FORMAT}",
+                        first.format, first.mmapwatch
+                    )));
+                }
+                start = Some(first);
+            }
+            (_, None) => return Err(not_a_recording()),
+            (Line::Start(_), Some(_)) => {
+                return Err(bad(number, "a second start: two recordings joined?".into()))
+            }
+            (Line::Event(event), Some(_)) => {
+                event.check().map_err(|err| bad(number, err.to_string()))?;
+                if writers.keeps(&event) {
+                    aggregate.apply(&event);
+                }
+            }
+            (Line::Name(name), Some(_)) => {
+                if writers.keeps_everyone() || aggregate.file(&name.file).is_some() {
+                    let path = PathBuf::from(name.path.as_os_str());
+                    aggregate.set_path(name.file, path, name.source);
+                }
+            }
+            (Line::File(state), Some(_)) => states.push(state),
+            (Line::End(end), Some(_)) => facts = Some(*end),
+        }
+    }
+    let start = start.ok_or_else(not_a_recording)?;
+    for state in &states {
+        aggregate.restore(state, writers.keeps_everyone());
+    }
+    Ok(Replay {
+        start,
+        aggregate,
+        facts,
+    })
+}
+
+fn not_a_recording() -> UserError {
+    UserError::Usage(
+        "not a recording (it does not begin with a start line): record with `mmapwatch trace --record FILE`; an --events stream is for reading, not for replay".into(),
+    )
+}
+
+/// Facts for a recording cut before the trace's end (killed, disk full):
+/// the pages and writers its events hold, and a warning for the rest.
+fn cut_short() -> ReportFacts {
+    ReportFacts {
+        backend: "unknown".into(),
+        backend_reason: "the recording ends before the trace did".into(),
+        hooks: Vec::new(),
+        fallbacks: Vec::new(),
+        page_writeback: false,
+        duration_s: 0.0,
+        counters: Default::default(),
+        dedup_capacity: 0,
+        undecodable_records: 0,
+        warnings: vec![
+            "the recording ends before the trace did (the trace was killed or its disk filled): losses, kernel counts, file systems and current names are not in it".into(),
+        ],
+        answers: Answers::default(),
+    }
+}
+
+impl Replay {
+    /// The report, as the trace built it, its files narrowed to those
+    /// under `path_prefixes` too (taken as given: the recorded names are
+    /// another machine's, perhaps).
+    pub fn report(&self, path_prefixes: &[PathBuf]) -> Report {
+        let recorded: Vec<PathBuf> = self
+            .start
+            .path_prefixes
+            .iter()
+            .map(|name| PathBuf::from(name.as_os_str()))
+            .collect();
+        let asked: Vec<PathBuf> = path_prefixes
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        let prefixes = both_prefixes(&recorded, &asked);
+        let filter = ReportFilter {
+            include_cow: self.start.include_cow,
+            path_prefixes: prefixes.clone().unwrap_or_default(),
+        };
+        let facts = self.facts.clone().unwrap_or_else(cut_short);
+        let answers = &facts.answers;
+        let fs_type = |file| answers.fs_type(file, || None);
+        let cgroup_path = |id| answers.cgroup_path(id, || None);
+        let not_on_disk = |file, _: &FileRecord| answers.not_on_disk(file, || Err(String::new()));
+        let user_name = |uid| answers.user_name(uid, || None);
+        let mut report = report::build(
+            &self.aggregate,
+            &filter,
+            facts.context(
+                self.start.clock(),
+                Lookups {
+                    fs_type: &fs_type,
+                    cgroup_path: &cgroup_path,
+                    not_on_disk: &not_on_disk,
+                    user_name: &user_name,
+                },
+            ),
+        );
+        if prefixes.is_none() {
+            report.files.clear();
+        }
+        report
+    }
+}
+
+/// Prefixes that keep a path under one of `a` and one of `b` (all of
+/// either when the other is empty; None when no path is under both). A
+/// path under both `x` and `y` is under the longer of them, the other
+/// being its prefix.
+fn both_prefixes(a: &[PathBuf], b: &[PathBuf]) -> Option<Vec<PathBuf>> {
+    if a.is_empty() || b.is_empty() {
+        return Some([a, b].concat());
+    }
+    let mut both: Vec<PathBuf> = a
+        .iter()
+        .flat_map(|x| b.iter().map(move |y| (x, y)))
+        .filter_map(|(x, y)| {
+            if x.starts_with(y) {
+                Some(x.clone())
+            } else if y.starts_with(x) {
+                Some(y.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    both.sort();
+    both.dedup();
+    (!both.is_empty()).then_some(both)
+}
+
+fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::new(std::io::stdin())));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|err| UserError::Usage(format!("cannot read {}: {err}", path.display())))?;
+    Ok(Box::new(BufReader::new(file)))
+}
+
+/// Runs `report`; returns the exit code.
+pub fn run(args: &ReportArgs) -> anyhow::Result<u8> {
+    // Opened first: a report that cannot be written fails before reading.
+    let output = match &args.output {
+        Some(path) => Some(open_named(path).context("cannot write the report")?),
+        None => None,
+    };
+    let writers = WriterFilter {
+        pids: args.pids.clone(),
+        comms: args.comms.clone(),
+        users: args.users.clone(),
+    };
+    let input = open(&args.recording)?;
+    let replay = read(input, &writers).map_err(|err| match err {
+        UserError::Usage(why) => UserError::Usage(format!("{}: {why}", args.recording.display())),
+        other => other,
+    })?;
+    let report = replay.report(&args.path_prefixes);
+    let text = if args.json {
+        let mut json = serde_json::to_string(&report).context("serializing the report")?;
+        json.push('\n');
+        json
+    } else {
+        table::render_table(&report)
+    };
+    let written = match output {
+        Some(mut file) => {
+            use std::io::Write as _;
+            file.write_all(text.as_bytes()).and_then(|()| file.flush())
+        }
+        None => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        }
+    };
+    written.context("writing the report")?;
+    super::warn_of_losses(&report);
+    Ok(0)
+}
