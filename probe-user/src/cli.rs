@@ -133,6 +133,11 @@ pub struct TopArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
 
+    /// Record the session to FILE for `mmapwatch report FILE`: the report
+    /// of everything it saw, as `trace` would print it, when it ends.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
     /// Also list files only written through private mappings (copy-on-write).
     #[arg(long)]
     pub include_cow: bool,
@@ -197,6 +202,12 @@ pub struct ExportArgs {
     /// name, else its uid), 32 slots shared by activity as `comm`'s.
     #[arg(long)]
     pub label_user: bool,
+
+    /// Record the session to FILE for `mmapwatch report FILE`: the report
+    /// of everything it saw (files forgotten after --retain included), as
+    /// `trace` would print it, when it stops.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 
     /// TLS and basic auth for /metrics, in the format of the Prometheus
     /// exporter toolkit's web config (tls_server_config, basic_auth_users).

@@ -229,6 +229,47 @@ fn batch_mode_prints_tables_without_a_terminal() {
     );
 }
 
+/// `top --batch --record FILE`: `mmapwatch report FILE` gives what the
+/// session saw, exact pages, writer and sync, as `trace` would.
+#[test]
+fn batch_mode_records_a_session_that_report_replays() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("recorded.bin");
+    let recording = dir.path().join("top.rec");
+    let script = format!(
+        "{WORKLOAD} shared --file {} --size-pages 8 --pages 1,2,6",
+        path_arg(&file)
+    );
+    let output = std::process::Command::new(mmapwatch_bin())
+        .args(["top", "--batch", "-d", "200ms", "--record"])
+        .arg(&recording)
+        .arg("--path-prefix")
+        .arg(dir.path())
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run top --batch");
+    assert!(output.status.success(), "{output:?}");
+    let replay = std::process::Command::new(mmapwatch_bin())
+        .args(["report", "--json"])
+        .arg(&recording)
+        .output()
+        .expect("run report");
+    assert!(replay.status.success(), "{replay:?}");
+    let report: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{report:#}");
+    let entry = &files[0];
+    assert_eq!(
+        entry["path"],
+        path_arg(&std::fs::canonicalize(&file).unwrap())
+    );
+    assert_eq!(entry["exact_pages"], serde_json::json!([[1, 2], [6, 6]]));
+    assert_eq!(entry["writers"][0]["comm"], "mw-workload");
+    assert_eq!(entry["syncs"]["msync"]["calls"], 1, "{entry:#}");
+}
+
 /// `top --batch | head -1`: once the reader is gone, top ends quietly with
 /// exit 0, as `top -b | head` does (it panicked on the broken pipe).
 #[test]

@@ -22,8 +22,10 @@ use crate::{
     cli::{ExportArgs, KernelPaths},
     error::UserError,
     model::report_filter::canonical_prefixes,
+    model::report_filter::ReportFilter,
     probe::env::{keep_only_capabilities, RUNNING_CAPABILITIES},
     session::{ticker, Activity, Session, SessionOptions, StopSignals},
+    trace::final_report::{end_recording, start_recording},
 };
 
 pub(crate) fn router(
@@ -170,6 +172,13 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         report_writer_exits: false,
     };
     let mut session = Session::start(&options)?;
+    // Its path prefixes pin files' series; every file is counted, and
+    // every one is in its report.
+    let recording = args
+        .record
+        .as_deref()
+        .map(|path| start_recording(path, &mut session, &ReportFilter::default()))
+        .transpose()?;
     // Attached: an agent that runs for months keeps only what reading its
     // maps and naming files needs, before any other thread exists.
     let kept = keep_only_capabilities(&RUNNING_CAPABILITIES)
@@ -255,6 +264,9 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
                 break;
             }
         }
+    }
+    if let Some(recording) = &recording {
+        end_recording(recording, &mut session, &ReportFilter::default())?;
     }
     Ok(0)
 }

@@ -8,12 +8,11 @@ use probe_common::CounterRole;
 use crate::{
     cli::{EventsFormat, KernelPaths, TraceArgs},
     error::UserError,
-    model::file_record::FileRecord,
     output_file::open_named,
-    probe::maps::KernelCounters,
 };
 
 pub mod events;
+pub mod final_report;
 pub mod json_lines;
 pub mod recording;
 pub mod replay;
@@ -21,8 +20,8 @@ pub mod report;
 pub mod table;
 
 use events::EventStream;
+use final_report::{final_report, start_recording};
 use json_lines::JsonLines;
-use recording::{Answers, Lookups, Recording, ReportFacts, Start};
 
 use crate::session::{
     exit_code_of, report_filter, ticker, Activity, CgroupNames, Session, SessionOptions,
@@ -68,17 +67,11 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let mut session = Session::start(&options)?;
-    let recording = match &args.record {
-        Some(path) => {
-            let file = open_named(path).context("cannot write the recording")?;
-            let filter = report_filter(&options);
-            let start = Start::new(session.clock, filter.include_cow, &filter.path_prefixes);
-            let recording = Recording::new(JsonLines::new(Box::new(file)), &start);
-            session.collector.observe(Box::new(recording.tap()));
-            Some(recording)
-        }
-        None => None,
-    };
+    let recording = args
+        .record
+        .as_deref()
+        .map(|path| start_recording(path, &mut session, &report_filter(&options)))
+        .transpose()?;
     // Named at event time for the stream (while cgroups live), and again
     // from the same cache for the report.
     let cgroups = Rc::new(RefCell::new(CgroupNames::new(session.collector.mounts())));
@@ -124,63 +117,10 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             name = stop_signals.recv() => break Stop::Signal(name),
         }
     };
-    let duration = session.started.elapsed();
-    // Records submitted before the stop are still in the ring.
-    session.drain_now();
-    let counters = session.refresh()?;
-    session.collector.name_files_now();
     if let Stop::Signal(name) = &stop {
         log::info!("stopped by {name}");
     }
-
-    let mut warnings = probes_warnings(&counters);
-    warnings.extend(
-        session
-            .missing_tracepoints()
-            .iter()
-            .map(|tp| format!("tracepoint {tp} is absent on this kernel")),
-    );
-    // What the report asks the machine is kept with the facts: a
-    // recording replays into this very report.
-    let facts = ReportFacts {
-        backend: session.backend().into(),
-        backend_reason: session.backend_reason().into(),
-        hooks: session.selection().hooks.clone(),
-        fallbacks: session.selection().fallbacks.clone(),
-        page_writeback: session.selection().page_writeback,
-        duration_s: round_seconds(duration),
-        counters,
-        dedup_capacity: session.dedup_capacity(),
-        undecodable_records: session.collector.undecodable,
-        warnings,
-        answers: Answers::live(),
-    };
-    let answers = &facts.answers;
-    let mounts = session.collector.mounts().clone();
-    let fs_type = |file| answers.fs_type(file, || mounts.fs_type(file).map(str::to_string));
-    let cgroup_path = |id| answers.cgroup_path(id, || cgroups.borrow_mut().path(id));
-    let collector = &session.collector;
-    let not_on_disk = |file, record: &FileRecord| {
-        answers.not_on_disk(file, || collector.pages_not_on_disk(file, record))
-    };
-    let user_name = |uid| {
-        answers.user_name(uid, || {
-            crate::session::user_name(uid).map(|name| name.to_string())
-        })
-    };
-    let report = report::build(
-        &session.collector.aggregate,
-        &report_filter(&options),
-        facts.context(
-            session.clock,
-            Lookups {
-                fs_type: &fs_type,
-                cgroup_path: &cgroup_path,
-                not_on_disk: &not_on_disk,
-                user_name: &user_name,
-            },
-        ),
-    );
+    let (report, facts) = final_report(&mut session, &report_filter(&options), &cgroups)?;
     if let Some(recording) = &recording {
         recording
             .finish(session.collector.aggregate.files(), &facts)
@@ -290,10 +230,6 @@ fn announce(session: &Session, args: &TraceArgs) {
     );
 }
 
-fn round_seconds(duration: Duration) -> f64 {
-    (duration.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
 /// One line on standard error when the report is incomplete.
 fn warn_of_losses(report: &report::Report) {
     if report.lost_events > 0 {
@@ -317,15 +253,4 @@ fn loss_reasons(drops: &report::Drops) -> String {
         .map(|(name, total)| format!("{name} {total}"))
         .collect();
     reasons.join(", ")
-}
-
-fn probes_warnings(counters: &KernelCounters) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let refused = counters.kernel.dedup_insert_failed();
-    if refused > 0 {
-        warnings.push(format!(
-            "the first-write dedup map refused {refused} insert(s); pages were still reported"
-        ));
-    }
-    warnings
 }

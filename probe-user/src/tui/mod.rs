@@ -26,6 +26,7 @@ use crate::{
     model::{clock::boot_ns, events::FileId, paths::MountTable, report_filter::ReportFilter},
     output_file::{open_named, PrivateLog},
     session::{exit_code_of, ticker, Activity, Session, SessionOptions, StopSignals},
+    trace::final_report::{end_recording, start_recording},
 };
 
 /// Filesystems without writeback: their pages are never "written back".
@@ -119,6 +120,11 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         eprintln!("mmapwatch: CMD's output goes to {}", log.path().display());
     }
     let filter = ReportFilter::new(args.include_cow, &args.filter.path_prefixes);
+    let recording = args
+        .record
+        .as_deref()
+        .map(|path| start_recording(path, &mut session, &filter))
+        .transpose()?;
     let result = if args.batch {
         batch::run(&mut session, &filter, &args).await
     } else {
@@ -130,6 +136,9 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
     };
     if let Some(path) = command_log.and_then(CommandLog::finish) {
         eprintln!("mmapwatch: CMD's output is in {}", path.display());
+    }
+    if let Some(recording) = &recording {
+        end_recording(recording, &mut session, &filter)?;
     }
     result
 }

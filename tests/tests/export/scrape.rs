@@ -535,3 +535,50 @@ fn hostile_file_and_process_names_keep_scrapes_valid_and_series_apart() {
     assert_eq!(pages, 6.0, "{body}");
     assert_promtool_accepts(&body);
 }
+
+/// `export --record FILE`, stopped as a service manager stops it (SIGTERM):
+/// `mmapwatch report FILE` gives the files it saw, with their pages and
+/// writers, as `trace` would.
+#[test]
+fn a_recording_of_the_exporter_replays_into_its_files() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("recorded.bin");
+    let recording = dir.path().join("export.rec");
+    let mut exporter = Exporter::start(&[
+        "--record",
+        &path_arg(&recording),
+        "--path-prefix",
+        &path_arg(dir.path()),
+    ]);
+    write_pages(&file, 8, "3,5");
+    let path = std::fs::canonicalize(&file).unwrap();
+    let series = format!(
+        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
+        path.display()
+    );
+    wait_for("the file's series", Duration::from_secs(10), || {
+        exporter.value(&series) == 2.0
+    });
+    let pid = exporter.child.id() as i32;
+    // SAFETY: a signal to the exporter this test started and still waits for.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    let status = exporter.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let output = integration_tests::run(&mut integration_tests::mmapwatch(&[
+        "report",
+        &path_arg(&recording),
+        "-j",
+        "--path-prefix",
+        &path_arg(dir.path()),
+    ]));
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{report:#}");
+    assert_eq!(files[0]["path"], path_arg(&path));
+    assert_eq!(files[0]["exact_pages"], serde_json::json!([[3, 3], [5, 5]]));
+    assert_eq!(files[0]["writers"][0]["comm"], "mw-workload");
+    assert_eq!(report["lost_events"], 0, "{report:#}");
+}
