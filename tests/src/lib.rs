@@ -418,3 +418,49 @@ impl Drop for TestUser {
         }
     }
 }
+
+/// The cgroup2 hierarchy: where it is mounted, or a mount made for the
+/// test where there is none (a VM guest, a host of cgroup v1), undone
+/// when dropped. `--cgroup` and `--container` need it.
+pub struct Cgroup2 {
+    pub root: PathBuf,
+    own_mount: Option<tempfile::TempDir>,
+}
+
+impl Cgroup2 {
+    pub fn mounted() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let mounted = mounts
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .find(|fields| fields.len() > 2 && fields[2] == "cgroup2")
+            .map(|fields| PathBuf::from(fields[1]));
+        match mounted {
+            Some(root) => Self {
+                root,
+                own_mount: None,
+            },
+            None => {
+                let dir = scratch_dir();
+                let status = Command::new("mount")
+                    .args(["-t", "cgroup2", "none"])
+                    .arg(dir.path())
+                    .status()
+                    .expect("mount cgroup2");
+                assert!(status.success(), "mounting cgroup2");
+                Self {
+                    root: dir.path().to_path_buf(),
+                    own_mount: Some(dir),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.own_mount {
+            let _ = Command::new("umount").arg(dir.path()).status();
+        }
+    }
+}

@@ -26,6 +26,9 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "sudo",
+    // The containers suite runs a real container (runc: see image.rs).
+    "podman",
+    "runc",
 ];
 
 pub(crate) fn test() -> Result<()> {

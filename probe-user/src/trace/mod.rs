@@ -1,6 +1,6 @@
 //! `mmapwatch trace`: attach, collect until the end condition, report once.
 
-use std::{cell::RefCell, process::ExitStatus, rc::Rc, time::Duration};
+use std::{cell::RefCell, collections::HashSet, process::ExitStatus, rc::Rc, time::Duration};
 
 use anyhow::Context as _;
 use probe_common::CounterRole;
@@ -23,9 +23,12 @@ use events::EventStream;
 use final_report::{final_report, start_recording};
 use json_lines::JsonLines;
 
-use crate::session::{
-    exit_code_of, report_filter, ticker, Activity, CgroupNames, Session, SessionOptions,
-    StopSignals,
+use crate::{
+    model::{aggregate::Applied, events::Event, file_record::FileRecord},
+    session::{
+        exit_code_of, report_filter, ticker, Activity, CgroupNames, EventObserver, Session,
+        SessionOptions, StopSignals,
+    },
 };
 
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -75,6 +78,10 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     // Named at event time for the stream (while cgroups live), and again
     // from the same cache for the report.
     let cgroups = Rc::new(RefCell::new(CgroupNames::new(session.collector.mounts())));
+    session.collector.observe(Box::new(CgroupsWhileTheyLive {
+        cgroups: cgroups.clone(),
+        asked: HashSet::new(),
+    }));
     if let Some(lines) = &event_lines {
         let text = args.events_format == EventsFormat::Text;
         if text {
@@ -143,6 +150,24 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         Stop::CommandExited(status) => exit_code_of(status),
         Stop::Duration | Stop::Signal(_) | Stop::TargetsExited => 0,
     })
+}
+
+/// Names each writer's cgroup when its first record is read, while the
+/// cgroup exists: a container gone before the trace ends is still named
+/// in the report. Each cgroup is asked once.
+struct CgroupsWhileTheyLive {
+    cgroups: Rc<RefCell<CgroupNames>>,
+    asked: HashSet<u64>,
+}
+
+impl EventObserver for CgroupsWhileTheyLive {
+    fn observe(&mut self, event: &Event, _: &Applied, _: Option<&FileRecord>) {
+        if let Some(task) = event.writer() {
+            if self.asked.insert(task.cgroup_id) {
+                self.cgroups.borrow_mut().path(task.cgroup_id);
+            }
+        }
+    }
 }
 
 /// Where the report goes. As strace and `perf stat` do, a traced command's

@@ -6,7 +6,8 @@ use std::{
 };
 
 use integration_tests::{
-    identity, path_arg, ranges, require_root, scratch_dir, start_trace, trace_command, Workload,
+    identity, path_arg, ranges, require_root, scratch_dir, start_trace, trace_command, Cgroup2,
+    Workload,
 };
 
 use super::{trace_workload, COMM, WORKLOAD};
@@ -302,31 +303,14 @@ struct ContainerCgroup {
     root: std::path::PathBuf,
     slice: std::path::PathBuf,
     scope: std::path::PathBuf,
-    own_mount: Option<tempfile::TempDir>,
+    /// Dropped after the scope and slice (fields drop in order).
+    _cgroup2: Cgroup2,
 }
 
 impl ContainerCgroup {
     fn new(id: &str) -> Self {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-        let mounted = mounts
-            .lines()
-            .map(|line| line.split(' ').collect::<Vec<_>>())
-            .find(|fields| fields.len() > 2 && fields[2] == "cgroup2")
-            .map(|fields| std::path::PathBuf::from(fields[1]));
-        // A guest without one gets its own (cgroup2 exists since 4.5).
-        let (root, own_mount) = match mounted {
-            Some(root) => (root, None),
-            None => {
-                let dir = scratch_dir();
-                let status = Command::new("mount")
-                    .args(["-t", "cgroup2", "none"])
-                    .arg(dir.path())
-                    .status()
-                    .expect("mount cgroup2");
-                assert!(status.success(), "mounting cgroup2");
-                (dir.path().to_path_buf(), Some(dir))
-            }
-        };
+        let cgroup2 = Cgroup2::mounted();
+        let root = cgroup2.root.clone();
         let slice = root.join(format!("mmapwatch-test-{}.slice", std::process::id()));
         let scope = slice.join(format!("docker-{id}.scope"));
         std::fs::create_dir_all(&scope).expect("make the cgroups");
@@ -334,7 +318,7 @@ impl ContainerCgroup {
             root,
             slice,
             scope,
-            own_mount,
+            _cgroup2: cgroup2,
         }
     }
 
@@ -351,9 +335,6 @@ impl Drop for ContainerCgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.scope);
         let _ = std::fs::remove_dir(&self.slice);
-        if let Some(dir) = &self.own_mount {
-            let _ = Command::new("umount").arg(dir.path()).status();
-        }
     }
 }
 
