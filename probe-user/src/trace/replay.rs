@@ -267,3 +267,89 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<u8> {
     super::warn_of_losses(&report);
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::events::{EventBody, FileId, Task, UserIds, WriteKind};
+
+    fn write_by(tgid: u32, comm: &str, euid: u32, page: u64) -> Event {
+        Event {
+            file: FileId {
+                dev: 1,
+                ino: 2,
+                generation: 0,
+            },
+            task: Task {
+                pid: tgid,
+                tgid,
+                comm: comm.into(),
+                cgroup_id: 1,
+                ids: UserIds {
+                    euid,
+                    ..UserIds::default()
+                },
+            },
+            boot_ns: page,
+            body: EventBody::FirstWrite {
+                page,
+                kind: WriteKind::Shared,
+            },
+        }
+    }
+
+    #[test]
+    fn writer_filters_keep_writes_that_match_every_list_and_all_writeback() {
+        let event = write_by(7, "db", 1000, 1);
+        let filter = |pids: &[u32], comms: &[&str], users: &[u32]| WriterFilter {
+            pids: pids.to_vec(),
+            comms: comms.iter().map(|c| c.to_string()).collect(),
+            users: users.to_vec(),
+        };
+        assert!(filter(&[], &[], &[]).keeps(&event));
+        assert!(filter(&[7], &["db"], &[1000]).keeps(&event));
+        assert!(!filter(&[8], &[], &[]).keeps(&event));
+        assert!(!filter(&[], &["other"], &[]).keeps(&event));
+        assert!(!filter(&[7], &["db"], &[0]).keeps(&event));
+        let writeback = Event {
+            body: EventBody::WrittenBack {
+                first_page: 0,
+                pages: 1,
+            },
+            ..event
+        };
+        assert!(filter(&[8], &["other"], &[0]).keeps(&writeback));
+    }
+
+    #[test]
+    fn both_prefixes_keep_what_is_under_one_of_each() {
+        let paths = |list: &[&str]| list.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(both_prefixes(&[], &paths(&["/a"])), Some(paths(&["/a"])));
+        assert_eq!(both_prefixes(&paths(&["/a"]), &[]), Some(paths(&["/a"])));
+        assert_eq!(
+            both_prefixes(&paths(&["/a", "/b/c"]), &paths(&["/a/x", "/b"])),
+            Some(paths(&["/a/x", "/b/c"]))
+        );
+        assert_eq!(both_prefixes(&paths(&["/a"]), &paths(&["/b"])), None);
+        // Not a prefix by bytes: /ab is not under /a.
+        assert_eq!(both_prefixes(&paths(&["/a"]), &paths(&["/ab"])), None);
+    }
+
+    #[test]
+    fn a_recording_without_a_start_or_with_a_bad_line_is_refused() {
+        let err = read(&b"{\"time\":1}\n"[..], &WriterFilter::default()).err();
+        assert!(matches!(err, Some(UserError::Usage(why)) if why.starts_with("not a recording")));
+        let start = serde_json::json!({"start": {"format": FORMAT, "mmapwatch": "0",
+            "clock_offset_ns": 0, "include_cow": false, "path_prefixes": []}});
+        let input = format!("{start}\n\n{{\"event\":1}}\n");
+        let err = read(input.as_bytes(), &WriterFilter::default()).err();
+        assert!(matches!(err, Some(UserError::Usage(why)) if why.starts_with("line 3:")));
+        let event = serde_json::json!({"event": write_by(7, "db", 0, 3)});
+        let input = format!("{start}\n{event}\n");
+        let replay = read(input.as_bytes(), &WriterFilter::default()).expect("reads");
+        assert!(replay.facts.is_none(), "no end line");
+        let report = replay.report(&[]);
+        assert_eq!(report.files[0].pages_written, [[3, 3]]);
+        assert!(report.warnings[0].contains("ends before the trace did"));
+    }
+}
