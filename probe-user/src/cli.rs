@@ -88,18 +88,8 @@ pub struct ReportArgs {
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
-    /// Only this process's writes (repeatable, or a comma-separated list).
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
-
-    /// Only writes by processes with this command name (repeatable).
-    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
-    pub comms: Vec<String>,
-
-    /// Only writes by processes whose effective user is this uid, or this
-    /// name in this host's passwd (repeatable, or a comma-separated list).
-    #[arg(short = 'u', long = "user", value_name = "USER", value_delimiter = ',', value_parser = crate::session::parse_user)]
-    pub users: Vec<u32>,
+    #[command(flatten)]
+    pub writers: WriterArgs,
 
     /// Only files under this directory, by their recorded names (repeatable).
     #[arg(long = "path-prefix", value_name = "DIR")]
@@ -226,22 +216,32 @@ fn parse_regex(text: &str) -> Result<regex::Regex, String> {
     })
 }
 
-/// Which processes and files to watch; shared by every front end.
+/// Which writers: live, selected in the kernel; in a replay, their writes
+/// kept (by the name and ids each write was made under).
 #[derive(Clone, Debug, Default, Args)]
-pub struct FilterArgs {
+pub struct WriterArgs {
     /// Only this process (repeatable, or a comma-separated list as ps and
     /// perf take).
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
 
-    /// Only processes with this command name, as in /proc/PID/comm (repeatable, up to 8).
+    /// Only processes with this command name, as in /proc/PID/comm
+    /// (repeatable, up to 8 live).
     #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
 
     /// Only processes whose effective user is this name or uid, as `ps -u`
-    /// and `top -u` take (repeatable, or a comma-separated list, up to 8).
+    /// and `top -u` take (repeatable, or a comma-separated list, up to 8
+    /// live).
     #[arg(short = 'u', long = "user", value_name = "USER", value_delimiter = ',', value_parser = crate::session::parse_user)]
     pub users: Vec<u32>,
+}
+
+/// Which processes and files to watch; shared by every front end.
+#[derive(Clone, Debug, Default, Args)]
+pub struct FilterArgs {
+    #[command(flatten)]
+    pub writers: WriterArgs,
 
     /// Only processes in this cgroup or below it: a path under the cgroup2
     /// root, as the report's `cgroup` gives it (`/system.slice/nginx.service`),
@@ -385,18 +385,18 @@ impl Cli {
                 missing.display()
             ));
         }
-        if filter.users.len() > probe_common::MAX_USER_FILTERS {
+        if filter.writers.users.len() > probe_common::MAX_USER_FILTERS {
             return Err(format!(
                 "at most {} --user filters ({} given)",
                 probe_common::MAX_USER_FILTERS,
-                filter.users.len()
+                filter.writers.users.len()
             ));
         }
-        if filter.comms.len() > probe_common::MAX_COMM_FILTERS {
+        if filter.writers.comms.len() > probe_common::MAX_COMM_FILTERS {
             return Err(format!(
                 "at most {} --comm filters ({} given)",
                 probe_common::MAX_COMM_FILTERS,
-                filter.comms.len()
+                filter.writers.comms.len()
             ));
         }
         Ok(())
@@ -462,8 +462,8 @@ mod tests {
             panic!("not trace")
         };
         assert_eq!(args.duration, Some(Duration::from_secs(90)));
-        assert_eq!(args.filter.pids, vec![10, 20]);
-        assert_eq!(args.filter.comms, vec!["postgres"]);
+        assert_eq!(args.filter.writers.pids, vec![10, 20]);
+        assert_eq!(args.filter.writers.comms, vec!["postgres"]);
         assert_eq!(args.filter.path_prefixes, vec![PathBuf::from("/var/lib")]);
         assert!(args.include_cow && args.json);
         assert_eq!(args.filter.backend, BackendChoice::Tracepoint);
@@ -478,7 +478,7 @@ mod tests {
         else {
             panic!("not trace")
         };
-        assert_eq!(args.filter.pids, vec![1, 2, 3]);
+        assert_eq!(args.filter.writers.pids, vec![1, 2, 3]);
         assert_eq!(args.duration, Some(Duration::from_secs(5)));
         let Command::Top(args) = parse(&["top", "-d", "0.5", "-b", "-n", "2"])
             .unwrap()

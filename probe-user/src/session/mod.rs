@@ -51,9 +51,9 @@ pub fn probe_options(
     Ok(ProbeOptions {
         btf_path: kernel.btf.clone(),
         tracefs_override: kernel.tracefs.clone(),
-        filter_by_tgid: follow || !filter.pids.is_empty(),
-        comms: filter.comms.clone(),
-        users: filter.users.clone(),
+        filter_by_tgid: follow || !filter.writers.pids.is_empty(),
+        comms: filter.writers.comms.clone(),
+        users: filter.writers.users.clone(),
         cgroups: cgroup_filter::cgroup_filters(&filter.cgroups, &filter.containers)?,
         include_cow,
         ring_bytes: filter.ring_bytes,
@@ -155,7 +155,7 @@ impl Session {
     /// Checks the input, loads and attaches the probes, and starts the
     /// command if there is one.
     pub fn start(options: &SessionOptions) -> anyhow::Result<Self> {
-        check_pids(&options.filter.pids)?;
+        check_pids(&options.filter.writers.pids)?;
         let command = match options.command.split_first() {
             Some((program, rest)) => Some((resolve_command(program)?, rest.to_vec())),
             None => None,
@@ -172,7 +172,7 @@ impl Session {
         // Each target with the children it forks from now on, as
         // `strace -f -p` does; the trace ends when all targets have exited.
         let mut targets = Vec::new();
-        for &pid in &options.filter.pids {
+        for &pid in &options.filter.writers.pids {
             probes.trace_tgid(pid, true)?;
             targets.push(exit_watch(pid)?);
         }

@@ -137,13 +137,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         lines.finish().context("writing the event stream")?;
     }
     drop(session);
-    let text = if args.json {
-        let mut json = serde_json::to_string(&report).context("serializing the report")?;
-        json.push('\n');
-        json
-    } else {
-        table::render_table(&report)
-    };
+    let text = report::render(&report, args.json)?;
     report_to.write(&text)?;
     warn_of_losses(&report);
     Ok(match stop {
@@ -238,10 +232,16 @@ pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// One line on stderr once the probes are attached: users (and tests) know
 /// from when on writes are seen.
 fn announce(session: &Session, args: &TraceArgs) {
-    let scope = if args.filter.pids.is_empty() {
+    let scope = if args.filter.writers.pids.is_empty() {
         "system-wide".to_string()
     } else {
-        let pids: Vec<String> = args.filter.pids.iter().map(u32::to_string).collect();
+        let pids: Vec<String> = args
+            .filter
+            .writers
+            .pids
+            .iter()
+            .map(u32::to_string)
+            .collect();
         format!("pid {}", pids.join(","))
     };
     let until = match args.duration {

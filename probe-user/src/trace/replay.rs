@@ -22,7 +22,6 @@ use crate::{
     trace::{
         recording::{Answers, Line, Lookups, ReportFacts, Start, FORMAT},
         report::{self, Report},
-        table,
     },
 };
 
@@ -235,9 +234,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let writers = WriterFilter {
-        pids: args.pids.clone(),
-        comms: args.comms.clone(),
-        users: args.users.clone(),
+        pids: args.writers.pids.clone(),
+        comms: args.writers.comms.clone(),
+        users: args.writers.users.clone(),
     };
     let input = open(&args.recording)?;
     let replay = read(input, &writers).map_err(|err| match err {
@@ -245,13 +244,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<u8> {
         other => other,
     })?;
     let report = replay.report(&args.path_prefixes);
-    let text = if args.json {
-        let mut json = serde_json::to_string(&report).context("serializing the report")?;
-        json.push('\n');
-        json
-    } else {
-        table::render_table(&report)
-    };
+    let text = report::render(&report, args.json)?;
     let written = match output {
         Some(mut file) => {
             use std::io::Write as _;

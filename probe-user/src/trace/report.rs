@@ -517,6 +517,16 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
     }
 }
 
+/// The report as printed: one JSON document, or the table.
+pub fn render(report: &Report, json: bool) -> anyhow::Result<String> {
+    if !json {
+        return Ok(crate::trace::table::render_table(report));
+    }
+    let mut text = serde_json::to_string(report)?;
+    text.push('\n');
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
