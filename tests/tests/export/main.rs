@@ -70,6 +70,19 @@ impl Exporter {
             .unwrap_or(0.0)
     }
 
+    /// Waits until `file`'s own series shows `pages` written (an ext4 file
+    /// on /, as the scratch directories are); returns the series.
+    fn wait_for_file_pages(&self, file: &Path, pages: f64) -> String {
+        let series = format!(
+            r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
+            std::fs::canonicalize(file).unwrap().display()
+        );
+        wait_for("the file's series", Duration::from_secs(10), || {
+            self.value(&series) == pages
+        });
+        series
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status

@@ -25,14 +25,7 @@ fn metrics_and_healthz_over_loopback() {
     assert_eq!(status, 404);
 
     write_pages(&file, 16, "0,5,6,7");
-    let path = std::fs::canonicalize(&file).unwrap();
-    let series = format!(
-        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
-        path.display()
-    );
-    wait_for("the file's series", Duration::from_secs(10), || {
-        exporter.value(&series) == 4.0
-    });
+    exporter.wait_for_file_pages(&file, 4.0);
     let (_, body) = exporter.get("/metrics");
     assert!(body.ends_with("# EOF\n"), "OpenMetrics text");
     assert!(
@@ -169,14 +162,7 @@ fn a_plain_scrape_is_prometheus_text_that_promtool_accepts() {
     let file = dir.path().join("plain.bin");
     let exporter = Exporter::start(&["--path-prefix", &path_arg(dir.path())]);
     write_pages(&file, 8, "1,2");
-    let path = std::fs::canonicalize(&file).unwrap();
-    let series = format!(
-        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
-        path.display()
-    );
-    wait_for("the file's series", Duration::from_secs(10), || {
-        exporter.value(&series) == 2.0
-    });
+    let series = exporter.wait_for_file_pages(&file, 2.0);
     // An msync too: its counter and labelled histogram go through promtool.
     let status = Workload::new("shared", &file)
         .size_pages(8)
@@ -216,14 +202,7 @@ fn idle_files_are_forgotten_after_retain_and_counters_stay() {
     let file = dir.path().join("forgotten.bin");
     let exporter = Exporter::start(&["--retain", "2s", "--path-prefix", &path_arg(dir.path())]);
     write_pages(&file, 8, "1,3,5");
-    let path = std::fs::canonicalize(&file).unwrap();
-    let series = format!(
-        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
-        path.display()
-    );
-    wait_for("the file's series", Duration::from_secs(10), || {
-        exporter.value(&series) == 3.0
-    });
+    let series = exporter.wait_for_file_pages(&file, 3.0);
     let first_written = |exporter: &Exporter| -> f64 {
         let (_, body) = exporter.get("/metrics");
         body.lines()
@@ -552,14 +531,7 @@ fn a_recording_of_the_exporter_replays_into_its_files() {
         &path_arg(dir.path()),
     ]);
     write_pages(&file, 8, "3,5");
-    let path = std::fs::canonicalize(&file).unwrap();
-    let series = format!(
-        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
-        path.display()
-    );
-    wait_for("the file's series", Duration::from_secs(10), || {
-        exporter.value(&series) == 2.0
-    });
+    exporter.wait_for_file_pages(&file, 2.0);
     let pid = exporter.child.id() as i32;
     // SAFETY: a signal to the exporter this test started and still waits for.
     let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -577,7 +549,10 @@ fn a_recording_of_the_exporter_replays_into_its_files() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let files = report["files"].as_array().unwrap();
     assert_eq!(files.len(), 1, "{report:#}");
-    assert_eq!(files[0]["path"], path_arg(&path));
+    assert_eq!(
+        files[0]["path"],
+        path_arg(&std::fs::canonicalize(&file).unwrap())
+    );
     assert_eq!(files[0]["exact_pages"], serde_json::json!([[3, 3], [5, 5]]));
     assert_eq!(files[0]["writers"][0]["comm"], "mw-workload");
     assert_eq!(report["lost_events"], 0, "{report:#}");

@@ -307,11 +307,5 @@ fn the_agent_keeps_only_the_capabilities_it_needs() {
         .status()
         .unwrap();
     assert!(status.success());
-    let series = format!(
-        r#"mmapwatch_file_pages_written{{path="{}",fs="ext4",mount="/"}}"#,
-        std::fs::canonicalize(&file).unwrap().display()
-    );
-    wait_for("nobody's file, named", Duration::from_secs(10), || {
-        exporter.value(&series) == 2.0
-    });
+    exporter.wait_for_file_pages(&file, 2.0);
 }
