@@ -53,7 +53,8 @@ pub enum Command {
     /// Show what this kernel supports and which backend `auto` picks.
     Doctor(DoctorArgs),
     /// Replay a recording (`trace --record FILE`) into the report that
-    /// trace printed, or into a narrower one with filters.
+    /// trace printed, or into a narrower one with filters; or an event
+    /// stream (`trace --events FILE`) into the report of what it holds.
     Report(ReportArgs),
     /// Empty programs on the fault path's attach points until stopped: the
     /// floor `cargo xtask bench` compares mmapwatch's cost with.
@@ -76,7 +77,8 @@ pub enum Command {
 
 #[derive(Clone, Debug, Args)]
 pub struct ReportArgs {
-    /// The recording, from `trace --record FILE` ('-': standard input).
+    /// The recording, from `trace --record FILE`, or an event stream from
+    /// `trace --events FILE` (JSON) ('-': standard input).
     #[arg(value_name = "FILE|-")]
     pub recording: PathBuf,
 

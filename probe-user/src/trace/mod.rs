@@ -17,6 +17,7 @@ pub mod json_lines;
 pub mod recording;
 pub mod replay;
 pub mod report;
+pub mod stream_replay;
 pub mod table;
 
 use events::EventStream;

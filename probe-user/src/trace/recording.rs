@@ -134,7 +134,7 @@ pub struct Answers {
 }
 
 /// Why a replay cannot tell what the machine was not asked live.
-const NOT_RECORDED: &str = "not in the recording";
+pub const NOT_RECORDED: &str = "not in the recording";
 
 impl Answers {
     pub fn live() -> Self {

@@ -3,7 +3,8 @@
 //! each file's state and the machine's answers from the recording, the
 //! same report code. `--pid`, `--comm` and `--user` keep some writers'
 //! events, as those filters keep them in the kernel live; `--path-prefix`
-//! keeps files by their recorded names.
+//! keeps files by their recorded names. An event stream (`--events`) is
+//! read too, into what it holds (`stream_replay`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -16,12 +17,16 @@ use crate::{
     cli::ReportArgs,
     error::UserError,
     model::{
-        aggregate::Aggregate, events::Event, file_record::FileRecord, report_filter::ReportFilter,
+        aggregate::Aggregate,
+        events::{Event, EventBody, WriteKind},
+        file_record::FileRecord,
+        report_filter::ReportFilter,
     },
     output_file::open_named,
     trace::{
-        recording::{Answers, Line, Lookups, ReportFacts, Start, FORMAT},
+        recording::{Answers, Line, Lookups, ReportFacts, Start, FORMAT, NOT_RECORDED},
         report::{self, Report},
+        stream_replay::{self, StreamLine},
     },
 };
 
@@ -59,56 +64,81 @@ pub struct Replay {
     pub facts: Option<ReportFacts>,
 }
 
-/// Reads a recording line by line (a bad line is refused with its number:
-/// a recording is input like any other, and may be cut or corrupt).
+/// Lines with their numbers, blank ones left out.
+fn numbered_lines(input: impl BufRead) -> impl Iterator<Item = Result<(usize, String), UserError>> {
+    input
+        .lines()
+        .enumerate()
+        .map(|(index, line)| {
+            line.map(|line| (index + 1, line))
+                .map_err(|err| bad_line(index + 1, err.to_string()))
+        })
+        .filter(|line| !matches!(line, Ok((_, text)) if text.trim().is_empty()))
+}
+
+fn bad_line(number: usize, why: String) -> UserError {
+    UserError::Usage(format!("line {number}: {why}"))
+}
+
+/// Reads a recording, or an event stream (`trace --events`, JSON), line by
+/// line (a bad line is refused with its number: either is input like any
+/// other, and may be cut or corrupt).
 pub fn read(input: impl BufRead, writers: &WriterFilter) -> Result<Replay, UserError> {
-    let bad = |number: usize, why: String| UserError::Usage(format!("line {number}: {why}"));
-    let mut start = None;
+    let mut lines = numbered_lines(input);
+    let (number, first) = lines.next().ok_or_else(not_a_recording)??;
+    match serde_json::from_str::<Line>(&first) {
+        Ok(Line::Start(start)) => read_recording(start, lines, writers),
+        Ok(_) => Err(not_a_recording()),
+        Err(_) => match stream_replay::parse(&first) {
+            Ok(line) => read_stream((number, line), lines, writers),
+            Err(_) => Err(not_a_recording()),
+        },
+    }
+}
+
+fn read_recording(
+    start: Start,
+    lines: impl Iterator<Item = Result<(usize, String), UserError>>,
+    writers: &WriterFilter,
+) -> Result<Replay, UserError> {
+    if start.format != FORMAT {
+        return Err(UserError::Usage(format!(
+            "a recording of format {} (mmapwatch {}); this mmapwatch reads format {FORMAT}",
+            start.format, start.mmapwatch
+        )));
+    }
     let mut aggregate = Aggregate::new();
     let mut states = Vec::new();
     let mut facts = None;
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|err| bad(number, err.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: Line = match serde_json::from_str(&line) {
-            Ok(parsed) => parsed,
-            Err(_) if start.is_none() => return Err(not_a_recording()),
-            Err(err) => return Err(bad(number, format!("not a recording line: {err}"))),
-        };
-        match (parsed, &start) {
-            (Line::Start(first), None) => {
-                if first.format != FORMAT {
-                    return Err(UserError::Usage(format!(
-                        "a recording of format {} (mmapwatch {}); this mmapwatch reads format {FORMAT}",
-                        first.format, first.mmapwatch
-                    )));
-                }
-                start = Some(first);
+    for line in lines {
+        let (number, line) = line?;
+        let parsed: Line = serde_json::from_str(&line)
+            .map_err(|err| bad_line(number, format!("not a recording line: {err}")))?;
+        match parsed {
+            Line::Start(_) => {
+                return Err(bad_line(
+                    number,
+                    "a second start: two recordings joined?".into(),
+                ))
             }
-            (_, None) => return Err(not_a_recording()),
-            (Line::Start(_), Some(_)) => {
-                return Err(bad(number, "a second start: two recordings joined?".into()))
-            }
-            (Line::Event(event), Some(_)) => {
-                event.check().map_err(|err| bad(number, err.to_string()))?;
+            Line::Event(event) => {
+                event
+                    .check()
+                    .map_err(|err| bad_line(number, err.to_string()))?;
                 if writers.keeps(&event) {
                     aggregate.apply(&event);
                 }
             }
-            (Line::Name(name), Some(_)) => {
+            Line::Name(name) => {
                 if writers.keeps_everyone() || aggregate.file(&name.file).is_some() {
                     let path = PathBuf::from(name.path.as_os_str());
                     aggregate.set_path(name.file, path, name.source);
                 }
             }
-            (Line::File(state), Some(_)) => states.push(state),
-            (Line::End(end), Some(_)) => facts = Some(*end),
+            Line::File(state) => states.push(state),
+            Line::End(end) => facts = Some(*end),
         }
     }
-    let start = start.ok_or_else(not_a_recording)?;
     for state in &states {
         aggregate.restore(state, writers.keeps_everyone());
     }
@@ -119,9 +149,57 @@ pub fn read(input: impl BufRead, writers: &WriterFilter) -> Result<Replay, UserE
     })
 }
 
+/// An event stream: its events through the aggregate, the names and ids
+/// its lines carry as answers, the rest said missing.
+fn read_stream(
+    first: (usize, StreamLine),
+    lines: impl Iterator<Item = Result<(usize, String), UserError>>,
+    writers: &WriterFilter,
+) -> Result<Replay, UserError> {
+    let mut aggregate = Aggregate::new();
+    let answers = Answers::live();
+    let mut include_cow = false;
+    let rest = lines.map(|line| {
+        let (number, text) = line?;
+        let parsed = stream_replay::parse(&text)
+            .map_err(|err| bad_line(number, format!("not an event stream line: {err}")))?;
+        Ok((number, parsed))
+    });
+    for line in std::iter::once(Ok(first)).chain(rest) {
+        let (number, line) = line?;
+        let event = line.event().map_err(|why| bad_line(number, why))?;
+        event
+            .check()
+            .map_err(|err| bad_line(number, err.to_string()))?;
+        if writers.keeps(&event) {
+            include_cow |= matches!(
+                event.body,
+                EventBody::FirstWrite {
+                    kind: WriteKind::Cow,
+                    ..
+                }
+            );
+            aggregate.apply(&event);
+            line.learn(&event, &mut aggregate, &answers);
+        }
+    }
+    Ok(Replay {
+        start: Start {
+            format: FORMAT,
+            mmapwatch: String::new(),
+            // The lines' times are Unix times already.
+            clock_offset_ns: 0,
+            include_cow,
+            path_prefixes: Vec::new(),
+        },
+        aggregate,
+        facts: Some(stream_replay::stream_facts(answers)),
+    })
+}
+
 fn not_a_recording() -> UserError {
     UserError::Usage(
-        "not a recording (it does not begin with a start line): record with `mmapwatch trace --record FILE`; an --events stream is for reading, not for replay".into(),
+        "neither a recording (`mmapwatch trace --record FILE`) nor an event stream (`trace --events FILE`, JSON lines)".into(),
     )
 }
 
@@ -169,7 +247,8 @@ impl Replay {
         let answers = &facts.answers;
         let fs_type = |file| answers.fs_type(file, || None);
         let cgroup_path = |id| answers.cgroup_path(id, || None);
-        let not_on_disk = |file, _: &FileRecord| answers.not_on_disk(file, || Err(String::new()));
+        let not_on_disk =
+            |file, _: &FileRecord| answers.not_on_disk(file, || Err(NOT_RECORDED.into()));
         let user_name = |uid| answers.user_name(uid, || None);
         let mut report = report::build(
             &self.aggregate,
@@ -331,7 +410,9 @@ mod tests {
     #[test]
     fn a_recording_without_a_start_or_with_a_bad_line_is_refused() {
         let err = read(&b"{\"time\":1}\n"[..], &WriterFilter::default()).err();
-        assert!(matches!(err, Some(UserError::Usage(why)) if why.starts_with("not a recording")));
+        assert!(
+            matches!(err, Some(UserError::Usage(why)) if why.starts_with("neither a recording"))
+        );
         let start = serde_json::json!({"start": {"format": FORMAT, "mmapwatch": "0",
             "clock_offset_ns": 0, "include_cow": false, "path_prefixes": []}});
         let input = format!("{start}\n\n{{\"event\":1}}\n");

@@ -33,9 +33,18 @@ fn a_recording_replays_into_the_report_trace_printed() {
     let dir = scratch_dir();
     let file = dir.path().join("data.bin");
     let recording = dir.path().join("trace.rec");
+    let stream = dir.path().join("events.jsonl");
     let (prefix, recording_arg) = (path_arg(dir.path()), path_arg(&recording));
+    let stream_arg = path_arg(&stream);
     let live = trace_workload(
-        &["--record", &recording_arg, "--path-prefix", &prefix],
+        &[
+            "--record",
+            &recording_arg,
+            "--events",
+            &stream_arg,
+            "--path-prefix",
+            &prefix,
+        ],
         &Workload::new("shared", &file)
             .size_pages(16)
             .pages("1,6,9")
@@ -79,6 +88,41 @@ fn a_recording_replays_into_the_report_trace_printed() {
         assert_eq!(json(&none)["files"], serde_json::json!([]), "{narrower:?}");
     }
 
+    // The event stream alone replays its pages, writers, first writes and
+    // syncs, and says what it lacks.
+    let (from_stream, _) = report(&[&stream_arg, "-j"]);
+    let from_stream = json(&from_stream);
+    let streamed = &from_stream["files"][0];
+    for key in [
+        "path",
+        "dev",
+        "ino",
+        "generation",
+        "pages_written",
+        "exact_pages",
+        // Not the last write: the stream has first writes only, the
+        // kernel's counts every fault.
+        "first_write_unix_ns",
+    ] {
+        assert_eq!(streamed[key], entry[key], "{key}: {from_stream:#}");
+    }
+    assert_eq!(
+        streamed["syncs"]["msync"]["calls"],
+        entry["syncs"]["msync"]["calls"]
+    );
+    for key in ["pid", "comm", "pages", "uid", "euid", "user", "cgroup"] {
+        assert_eq!(
+            streamed["writers"][0][key], entry["writers"][0][key],
+            "writer's {key}: {from_stream:#}"
+        );
+    }
+    assert!(
+        from_stream["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("event stream")),
+        "{from_stream:#}"
+    );
+
     // Cut short (the trace killed before its end): the pages and writers
     // are still there, and the report says what is missing.
     let text = std::fs::read_to_string(&recording).unwrap();
@@ -118,7 +162,11 @@ fn report_refuses_what_is_not_a_recording_in_one_line() {
         "stream.jsonl",
         &[r#"{"time":"2026-12-06T15:13:32Z","type":"write","path":"/x"}"#],
     );
-    expect_one_line_failure(&mut mmapwatch(&["report", &stream]), 2, "not a recording");
+    expect_one_line_failure(
+        &mut mmapwatch(&["report", &stream]),
+        2,
+        "neither a recording",
+    );
     let corrupt = write("corrupt.rec", &[start, "{\"event\":"]);
     expect_one_line_failure(
         &mut mmapwatch(&["report", &corrupt]),
