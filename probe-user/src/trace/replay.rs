@@ -7,7 +7,7 @@
 //! read too, into what it holds (`stream_replay`).
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read as _},
     path::{Path, PathBuf},
 };
 
@@ -64,16 +64,50 @@ pub struct Replay {
     pub facts: Option<ReportFacts>,
 }
 
-/// Lines with their numbers, blank ones left out.
-fn numbered_lines(input: impl BufRead) -> impl Iterator<Item = Result<(usize, String), UserError>> {
-    input
-        .lines()
-        .enumerate()
-        .map(|(index, line)| {
-            line.map(|line| (index + 1, line))
-                .map_err(|err| bad_line(index + 1, err.to_string()))
-        })
-        .filter(|line| !matches!(line, Ok((_, text)) if text.trim().is_empty()))
+/// The longest line read: a recording's `end` holds the answers for every
+/// file (~120 bytes each), so this is millions of files; past it a file is
+/// no recording (`/dev/zero` would otherwise fill memory as one line).
+const MAX_LINE_BYTES: u64 = 256 << 20;
+
+/// Lines with their numbers, blank ones left out; the first bad one (too
+/// long, not UTF-8, unreadable) ends them as an error.
+fn numbered_lines(
+    input: impl BufRead,
+    max_bytes: u64,
+) -> impl Iterator<Item = Result<(usize, String), UserError>> {
+    let mut input = input;
+    let mut number = 0;
+    let mut done = false;
+    std::iter::from_fn(move || loop {
+        if done {
+            return None;
+        }
+        number += 1;
+        let mut bytes = Vec::new();
+        let read = (&mut input)
+            .take(max_bytes + 2)
+            .read_until(b'\n', &mut bytes);
+        let why = match read {
+            Ok(0) => return None,
+            Ok(_) => {
+                if bytes.last() == Some(&b'\n') {
+                    bytes.pop();
+                }
+                if bytes.len() as u64 > max_bytes {
+                    format!("longer than {} MiB: not a recording", max_bytes >> 20)
+                } else {
+                    match String::from_utf8(bytes) {
+                        Ok(text) if text.trim().is_empty() => continue,
+                        Ok(text) => return Some(Ok((number, text))),
+                        Err(_) => "not UTF-8 text".into(),
+                    }
+                }
+            }
+            Err(err) => err.to_string(),
+        };
+        done = true;
+        return Some(Err(bad_line(number, why)));
+    })
 }
 
 fn bad_line(number: usize, why: String) -> UserError {
@@ -84,7 +118,7 @@ fn bad_line(number: usize, why: String) -> UserError {
 /// line (a bad line is refused with its number: either is input like any
 /// other, and may be cut or corrupt).
 pub fn read(input: impl BufRead, writers: &WriterFilter) -> Result<Replay, UserError> {
-    let mut lines = numbered_lines(input);
+    let mut lines = numbered_lines(input, MAX_LINE_BYTES);
     let (number, first) = lines.next().ok_or_else(not_a_recording)??;
     match serde_json::from_str::<Line>(&first) {
         Ok(Line::Start(start)) => read_recording(start, lines, writers),
@@ -405,6 +439,21 @@ mod tests {
         assert_eq!(both_prefixes(&paths(&["/a"]), &paths(&["/b"])), None);
         // Not a prefix by bytes: /ab is not under /a.
         assert_eq!(both_prefixes(&paths(&["/a"]), &paths(&["/ab"])), None);
+    }
+
+    #[test]
+    fn lines_are_numbered_blank_ones_skipped_and_a_long_one_ends_them() {
+        let lines: Vec<_> = numbered_lines(&b"a\n\n  \nbb\nccc"[..], 1 << 20).collect();
+        assert!(matches!(&lines[..], [Ok((1, a)), Ok((4, b)), Ok((5, c))]
+            if a == "a" && b == "bb" && c == "ccc"));
+        // Past the cap (here 4 bytes), one error and no more lines.
+        let lines: Vec<_> = numbered_lines(&b"abcd\nabcdefgh\nx\n"[..], 4).collect();
+        assert!(
+            matches!(&lines[..], [Ok((1, _)), Err(UserError::Usage(why))]
+            if why.starts_with("line 2: longer than"))
+        );
+        let lines: Vec<_> = numbered_lines(&b"\xff\xfe\n"[..], 1 << 20).collect();
+        assert!(matches!(&lines[..], [Err(UserError::Usage(why))] if why.contains("not UTF-8")));
     }
 
     #[test]

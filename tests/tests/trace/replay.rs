@@ -182,6 +182,13 @@ fn report_refuses_what_is_not_a_recording_in_one_line() {
         &[&start.replace("\"format\":1", "\"format\":99")],
     );
     expect_one_line_failure(&mut mmapwatch(&["report", &newer]), 2, "format 99");
+    // Endless bytes without a newline: refused at the line cap, not read
+    // into memory whole.
+    expect_one_line_failure(
+        &mut mmapwatch(&["report", "/dev/zero"]),
+        2,
+        "line 1: longer than 256 MiB",
+    );
     expect_one_line_failure(
         &mut mmapwatch(&["report", "/nonexistent/trace.rec"]),
         2,
