@@ -193,6 +193,25 @@ pub struct Lookups<'a> {
 }
 
 impl ReportFacts {
+    /// Facts for a replay whose input never held the kernel's side (a
+    /// recording cut short, an event stream): `why` as the backend's
+    /// reason, `missing` as the first warning, the answers it carried.
+    pub fn without_the_kernel(why: &str, missing: &str, answers: Answers) -> Self {
+        Self {
+            backend: "unknown".into(),
+            backend_reason: why.into(),
+            hooks: Vec::new(),
+            fallbacks: Vec::new(),
+            page_writeback: false,
+            duration_s: 0.0,
+            counters: KernelCounters::default(),
+            dedup_capacity: 0,
+            undecodable_records: 0,
+            warnings: vec![missing.into()],
+            answers,
+        }
+    }
+
     pub fn context<'a>(&'a self, clock: Clock, lookups: Lookups<'a>) -> ReportContext<'a> {
         ReportContext {
             backend: &self.backend,

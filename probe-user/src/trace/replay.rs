@@ -240,21 +240,11 @@ fn not_a_recording() -> UserError {
 /// Facts for a recording cut before the trace's end (killed, disk full):
 /// the pages and writers its events hold, and a warning for the rest.
 fn cut_short() -> ReportFacts {
-    ReportFacts {
-        backend: "unknown".into(),
-        backend_reason: "the recording ends before the trace did".into(),
-        hooks: Vec::new(),
-        fallbacks: Vec::new(),
-        page_writeback: false,
-        duration_s: 0.0,
-        counters: Default::default(),
-        dedup_capacity: 0,
-        undecodable_records: 0,
-        warnings: vec![
-            "the recording ends before the trace did (the trace was killed or its disk filled): losses, kernel counts, file systems and current names are not in it".into(),
-        ],
-        answers: Answers::default(),
-    }
+    ReportFacts::without_the_kernel(
+        "the recording ends before the trace did",
+        "the recording ends before the trace did (the trace was killed or its disk filled): losses, kernel counts, file systems and current names are not in it",
+        Answers::default(),
+    )
 }
 
 impl Replay {

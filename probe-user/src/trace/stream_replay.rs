@@ -157,21 +157,11 @@ impl StreamLine {
 /// The facts of a report replayed from a stream: none of the kernel's,
 /// said so; the names the lines carried.
 pub fn stream_facts(answers: Answers) -> ReportFacts {
-    ReportFacts {
-        backend: "unknown".into(),
-        backend_reason: "replayed from an event stream (trace --events)".into(),
-        hooks: Vec::new(),
-        fallbacks: Vec::new(),
-        page_writeback: false,
-        duration_s: 0.0,
-        counters: Default::default(),
-        dedup_capacity: 0,
-        undecodable_records: 0,
-        warnings: vec![
-            "replayed from an event stream: kernel counts, filesystems, losses and pages not on disk are not in it (trace --record keeps them)".into(),
-        ],
+    ReportFacts::without_the_kernel(
+        "replayed from an event stream (trace --events)",
+        "replayed from an event stream: kernel counts, filesystems, losses and pages not on disk are not in it (trace --record keeps them)",
         answers,
-    }
+    )
 }
 
 /// Reads a stream line, or says why it is none.
