@@ -10,6 +10,7 @@ use crate::{
     kernel::EEXIST,
     maps::{bump, EMPTY_CHUNK, PAGE_SEEN, WRITERS},
     record::{header_file, submit_page_event},
+    stacks::CallSite,
 };
 
 /// This CPU's copy of the dedup entry it used last. Bits only ever get
@@ -65,8 +66,15 @@ pub(crate) fn cache_chunk(
 
 /// Reports `pages` pages from `page` (one page, a folio span or a
 /// possibly-written window) unless this process reported them already.
-/// Another process touching them is reported as a new writer.
-pub(crate) fn report_first_use(header: &EventHeader, kind: RecordKind, page: u64, pages: u64) {
+/// Another process touching them is reported as a new writer. `site`
+/// gives the record its stack.
+pub(crate) fn report_first_use(
+    site: CallSite,
+    header: &EventHeader,
+    kind: RecordKind,
+    page: u64,
+    pages: u64,
+) {
     let tgid = header.tgid;
     let file = header_file(header);
     let (chunk, word, bit) = dedup_bit(page);
@@ -77,7 +85,7 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: RecordKind, page: u64
         _pad: 0,
     };
     let Some(chunk) = PAGE_SEEN.get_ptr_mut(&chunk_key) else {
-        new_chunk(&chunk_key, header, kind, page, pages);
+        new_chunk(site, &chunk_key, header, kind, page, pages);
         return;
     };
     // SAFETY: a value of the shared dedup map. Other CPUs may update the
@@ -90,7 +98,7 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: RecordKind, page: u64
     };
     if *reported & bit == 0 {
         *reported |= bit;
-        submit_page_event(header, kind, page, pages);
+        submit_page_event(header, kind, page, pages, site.stack_id());
         return;
     }
     match chunk.first_tgid {
@@ -111,9 +119,9 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: RecordKind, page: u64
                     // A span or window goes out again whole: its pages are
                     // this process's too.
                     Ok(()) if kind == RecordKind::SharedWrite => {
-                        submit_page_event(header, RecordKind::NewWriter, page, 1)
+                        submit_page_event(header, RecordKind::NewWriter, page, 1, site.stack_id())
                     }
-                    Ok(()) => submit_page_event(header, kind, page, pages),
+                    Ok(()) => submit_page_event(header, kind, page, pages, site.stack_id()),
                     Err(err) if err as i64 == -EEXIST => {}
                     Err(_) => bump(counter::WRITER_MAP_FULL),
                 }
@@ -126,6 +134,7 @@ pub(crate) fn report_first_use(header: &EventHeader, kind: RecordKind, page: u64
 /// the least recently used one when full) and reports the page.
 #[inline(always)]
 pub(crate) fn new_chunk(
+    site: CallSite,
     key: &PageChunkKey,
     header: &EventHeader,
     kind: RecordKind,
@@ -151,5 +160,5 @@ pub(crate) fn new_chunk(
     }
     // Reported even when the entry could not be made: userspace
     // deduplicates too.
-    submit_page_event(header, kind, page, pages);
+    submit_page_event(header, kind, page, pages, site.stack_id());
 }

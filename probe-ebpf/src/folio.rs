@@ -12,6 +12,7 @@ use crate::{
     kernel::{current_credentials_into, folio_pages, read_kernel},
     maps::{bump, PENDING_FAULT},
     record::{header, header_file},
+    stacks::CallSite,
     vma::VmaInfo,
 };
 
@@ -159,7 +160,7 @@ pub(crate) fn page_cache_folio(mapping: u64, index: u64) -> Option<u64> {
 /// in this large folio, and dirties it now: if the folio fits the fault's
 /// room, the kernel maps it writable whole, so later stores to any of its
 /// pages never fault. Report the whole span.
-pub(crate) fn report_new_folio_span(key: &FileKey, index: u64, pages: u64) {
+pub(crate) fn report_new_folio_span(site: CallSite, key: &FileKey, index: u64, pages: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let thread = pid_tgid as u32;
     // SAFETY: read-only lookup of a plain value, copied out at once.
@@ -182,5 +183,5 @@ pub(crate) fn report_new_folio_span(key: &FileKey, index: u64, pages: u64) {
     let mut creds = Credentials::default();
     current_credentials_into(&mut creds);
     let header = header(RecordKind::FolioSpan, pid_tgid, key, now, &comm, &creds);
-    report_first_use(&header, RecordKind::FolioSpan, index, pages);
+    report_first_use(site, &header, RecordKind::FolioSpan, index, pages);
 }

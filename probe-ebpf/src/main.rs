@@ -81,6 +81,7 @@ mod maps;
 mod programs;
 mod record;
 mod scratch;
+mod stacks;
 mod stats;
 mod vma;
 

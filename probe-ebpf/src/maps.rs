@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use probe_common::{
     counter, EventHeader, FileKey, FileStats, PageChunk, PageChunkKey, PendingCounts, PendingFault,
@@ -17,6 +17,11 @@ use crate::scratch::{FaultScratch, FileNames};
 // Sizes below are defaults; userspace may resize maps before load.
 #[map(name = "mw_events")]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Writers' user stacks by id (`--stacks`); one entry unless userspace
+/// sizes it for stacks.
+#[map(name = "mw_stacks")]
+pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
 
 /// (file, chunk of pages, kind) -> which of its pages were reported, and
 /// by whom first.
@@ -131,6 +136,8 @@ pub(crate) struct FolioWalkRequest {
     pub(crate) first: u64,
     pub(crate) last: u64,
     pub(crate) header: EventHeader,
+    /// The caller's stack for the spans found (`--stacks`).
+    pub(crate) stack_id: u32,
 }
 
 /// One entry: bits of `hooks::*`, set by userspace as hooks attach.

@@ -19,6 +19,7 @@ use crate::{
     kernel::{current_cgroup_id, pages_of, read_kernel, EEXIST},
     maps::{bump, COUNTERS, EMPTY_FILE_STATS, EVENTS, FILE_NAMES, FILE_STATS},
     scratch::FaultScratch,
+    stacks::CallSite,
     stats::{add_writer_faults, count_in_run, keep_later},
     vma::VmaInfo,
 };
@@ -104,8 +105,16 @@ pub(crate) fn header(
     out
 }
 
+/// Sends a page record; `stack_id` from [`CallSite::stack_id`], taken by
+/// the caller only for a record that goes out.
 #[inline(always)]
-pub(crate) fn submit_page_event(header: &EventHeader, kind: RecordKind, page: u64, pages: u64) {
+pub(crate) fn submit_page_event(
+    header: &EventHeader,
+    kind: RecordKind,
+    page: u64,
+    pages: u64,
+    stack_id: u32,
+) {
     let flags = commit_flags(size_of::<PageEvent>());
     match EVENTS.reserve::<PageEvent>(0) {
         Some(mut entry) => {
@@ -118,6 +127,8 @@ pub(crate) fn submit_page_event(header: &EventHeader, kind: RecordKind, page: u6
                 (*event).header.kind = kind as u32;
                 (*event).page = page;
                 (*event).pages = pages;
+                (*event).stack_id = stack_id;
+                (*event)._pad = 0;
             }
             entry.submit(flags);
             count_submitted(size_of::<PageEvent>());
@@ -411,7 +422,7 @@ pub(crate) fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info:
 /// Records a write fault whose mapping is known. Out of line: every backend's
 /// fault programs call it, and its frame stays off the lookup's call chain.
 #[inline(never)]
-pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
+pub(crate) fn record_write(site: CallSite, scratch: &mut FaultScratch) -> i64 {
     let FaultScratch {
         info,
         fault,
@@ -480,7 +491,7 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
         announce_file(&file_key, now, header, info);
     }
     if !reported {
-        report_first_use(header, kind, page, 1);
+        report_first_use(site, header, kind, page, 1);
         cache_chunk(chunk_cache, header, kind, page);
     }
     // A repeated fault on a mapped page makes only that page writable;
@@ -496,7 +507,7 @@ pub(crate) fn record_write(scratch: &mut FaultScratch) -> i64 {
         };
         if let Some((first, pages)) = span {
             bump(counter::FOLIO_SPANS);
-            report_first_use(header, RecordKind::FolioSpan, first, pages);
+            report_first_use(site, header, RecordKind::FolioSpan, first, pages);
         }
     }
     0

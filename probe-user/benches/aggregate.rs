@@ -27,6 +27,8 @@ fn records(count: usize) -> Vec<Vec<u8>> {
                 },
                 page: (i / 64) as u64 * 3,
                 pages: 1,
+                stack_id: probe_common::NO_STACK,
+                _pad: 0,
             }
             .as_bytes()
             .to_vec()

@@ -49,6 +49,7 @@ fn main() {
                     page,
                     kind: WriteKind::Shared,
                 },
+                stack_id: None,
             });
         }
     }

@@ -287,6 +287,13 @@ pub struct TraceArgs {
     #[arg(long)]
     pub include_cow: bool,
 
+    /// Name the code that wrote each file: the writer's user stack at each
+    /// first write, symbolized (function, source line) while the writer
+    /// lives; per file its call sites with their pages and writers. Code
+    /// built without frame pointers gives partial stacks (README).
+    #[arg(long)]
+    pub stacks: bool,
+
     /// Print one JSON document instead of a table.
     #[arg(short = 'j', long)]
     pub json: bool,

@@ -68,6 +68,7 @@ fn new_files(aggregate: &mut Aggregate, files: u64) {
                 page: index % 2,
                 kind: WriteKind::Shared,
             },
+            stack_id: None,
         });
         aggregate.set_path(
             file(index),
@@ -119,6 +120,7 @@ fn a_page_written_at_random_in_a_huge_file_costs_a_few_bytes() {
                     page: state & ((1 << 28) - 1),
                     kind: WriteKind::Shared,
                 },
+                stack_id: None,
             });
         }
     });

@@ -221,6 +221,7 @@ fn ten_thousand_files_and_a_million_pages() {
                     page: page * 2,
                     kind: WriteKind::Shared,
                 },
+                stack_id: None,
             });
         }
     }

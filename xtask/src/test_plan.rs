@@ -15,7 +15,8 @@ use anyhow::Result;
 /// bpftool to check nothing stays loaded, jq for the event stream, yq for
 /// the shipped Kubernetes manifests, xfsprogs for an xfs scratch filesystem,
 /// openssl and curl for the exporter's TLS and client certificates, sudo
-/// for a writer's login uid kept across it.
+/// for a writer's login uid kept across it; gcc, liblmdb-dev and python3
+/// for the call-site tests' writers.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "tmux",
@@ -29,6 +30,11 @@ const TEST_PACKAGES: &[&str] = &[
     // The containers suite runs a real container (runc: see image.rs).
     "podman",
     "runc",
+    // The call-site tests' writers: C built by tests/build.rs, LMDB with
+    // MDB_WRITEMAP, Python's mmap.
+    "gcc",
+    "liblmdb-dev",
+    "python3",
 ];
 
 pub(crate) fn test() -> Result<()> {

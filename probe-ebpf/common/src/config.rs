@@ -72,6 +72,10 @@ pub struct ProbeConfig {
     pub user_count: u32,
     /// Entries used in `cgroups`.
     pub cgroup_count: u32,
+    /// Non-zero: first-write records carry the writer's user stack
+    /// (`--stacks`).
+    pub user_stacks: u32,
+    pub _pad: u32,
     pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],
     /// Effective uids of `--user`.
     pub users: [u32; MAX_USER_FILTERS],
@@ -92,6 +96,8 @@ impl ProbeConfig {
         ring_wakeup_bytes: 0,
         user_count: 0,
         cgroup_count: 0,
+        user_stacks: 0,
+        _pad: 0,
         comms: [[0; TASK_COMM_LEN]; MAX_COMM_FILTERS],
         users: [0; MAX_USER_FILTERS],
         cgroups: [CgroupFilter {

@@ -151,6 +151,10 @@ kernel_counters! {
     19 => DEDUP_INSERTS, dedup_inserts, Tally;
     /// The dedup LRU refused an insert: the page was still reported.
     20 => DEDUP_INSERT_FAILED, dedup_insert_failed, Tally;
+    /// First-write records sent without the writer's stack (`--stacks`):
+    /// the stack map was full or had another stack in the same slot, or
+    /// the stack could not be read. The pages are reported all the same.
+    21 => STACKS_NOT_TAKEN, stacks_not_taken, Tally;
 }
 
 // The rows are in slot order, with no slot skipped or repeated: the table

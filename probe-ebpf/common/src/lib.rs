@@ -58,8 +58,9 @@ pub mod map_name {
     pub const FILE_NAMES: &str = mw_name!("file_names");
     pub const IDENTITY_CHANGES: &str = mw_name!("identity_changes");
     pub const FOLIO_WALK: &str = mw_name!("folio_walk");
+    pub const STACKS: &str = mw_name!("stacks");
     /// Every one of them, for the check against the object.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         EVENTS,
         PAGE_SEEN,
         WRITERS,
@@ -80,6 +81,7 @@ pub mod map_name {
         FILE_NAMES,
         IDENTITY_CHANGES,
         FOLIO_WALK,
+        STACKS,
     ];
 }
 

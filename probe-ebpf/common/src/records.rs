@@ -136,7 +136,15 @@ pub struct PageEvent {
     pub page: u64,
     /// Pages covered: 1, or the span's length.
     pub pages: u64,
+    /// The writer's user stack in the `STACKS` map (`trace --stacks`), or
+    /// [`NO_STACK`].
+    pub stack_id: u32,
+    pub _pad: u32,
 }
+
+/// A [`PageEvent`] without a stack: stacks off, a record outside any
+/// writer (writeback), or a stack the kernel could not take.
+pub const NO_STACK: u32 = u32::MAX;
 
 /// [`RecordKind::Sync`]: one call, sent when it returns. The header's
 /// `boot_ns` is the return time.

@@ -22,6 +22,7 @@ use crate::{
     maps::{bump, count_failure, LAST_READ_FAULT, SHARED_MAPPERS},
     record::{announce_file, fill_header, record_write, submit_page_event, WriterIdentity},
     scratch::{fault_scratch, FaultScratch},
+    stacks::CallSite,
     vma::{find_mapping, find_vma_locked, Mapping, VmaInfo},
 };
 
@@ -29,6 +30,7 @@ use crate::{
 /// frames of the deepest call chain against 512 bytes.
 #[inline(never)]
 pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
+    site: CallSite,
     address: u64,
     error_code: u64,
 ) -> Result<(), i64> {
@@ -36,7 +38,7 @@ pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
         return Ok(());
     }
     if error_code & X86_PF_WRITE == 0 {
-        return read_fault::<SINCE_5_17>(address);
+        return read_fault::<SINCE_5_17>(site, address);
     }
     // Processes outside --pid / -- CMD: no lookup at all.
     let tgid = current_tgid::<SINCE_5_17>();
@@ -72,7 +74,7 @@ pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
     // Not a protection fault: no page was mapped there. The kernel may map
     // the whole large folio around it.
     scratch.fault.not_present = u64::from(error_code & X86_PF_PROT == 0);
-    record_write(scratch);
+    record_write(site, scratch);
     Ok(())
 }
 
@@ -85,7 +87,10 @@ pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
 /// adds every frame of the deepest call chain against 512 bytes. A walk
 /// that fails is counted (`VMA_WALK_FALLBACKS`) and the fault skipped.
 #[inline(never)]
-pub(crate) fn try_read_fault<const SINCE_5_17: bool>(address: u64) -> Result<(), i64> {
+pub(crate) fn try_read_fault<const SINCE_5_17: bool>(
+    site: CallSite,
+    address: u64,
+) -> Result<(), i64> {
     let scratch = fault_scratch()?;
     let pid_tgid = bpf_get_current_pid_tgid();
     if !selected_current_task(pid_tgid, &mut scratch.fault.comm)? {
@@ -117,20 +122,28 @@ pub(crate) fn try_read_fault<const SINCE_5_17: bool>(address: u64) -> Result<(),
     ) else {
         return Ok(());
     };
-    report_possible_write(scratch, pid_tgid, first, last);
+    report_possible_write(site, scratch, pid_tgid, first, last);
     Ok(())
 }
 
 /// Reports pages `first..=last` of the file in `scratch.info` as possibly
 /// written by the current task.
 pub(crate) fn report_possible_write(
+    site: CallSite,
     scratch: &mut FaultScratch,
     pid_tgid: u64,
     first: u64,
     last: u64,
 ) {
     bump(counter::POSSIBLE_WRITE_WINDOWS);
-    report_pages(scratch, pid_tgid, RecordKind::PossibleWrite, first, last);
+    report_pages(
+        site,
+        scratch,
+        pid_tgid,
+        RecordKind::PossibleWrite,
+        first,
+        last,
+    );
 }
 
 /// Reports pages `first..=last` of the file in `scratch.info`, of record
@@ -139,6 +152,7 @@ pub(crate) fn report_possible_write(
 /// call-chain limit.
 #[inline(always)]
 pub(crate) fn report_pages(
+    site: CallSite,
     scratch: &mut FaultScratch,
     pid_tgid: u64,
     kind: RecordKind,
@@ -148,7 +162,13 @@ pub(crate) fn report_pages(
     announce_pages(scratch, pid_tgid, kind);
     // Not through report_first_use: one frame less for Linux 6.1's
     // 512-byte call-chain limit. Userspace deduplicates the pages.
-    submit_page_event(&scratch.header, kind, first, last - first + 1);
+    submit_page_event(
+        &scratch.header,
+        kind,
+        first,
+        last - first + 1,
+        site.stack_id(),
+    );
 }
 
 /// Fills `scratch.header` for records of `kind` about the file in
@@ -192,12 +212,12 @@ fn page_header(scratch: &mut FaultScratch, pid_tgid: u64, kind: RecordKind) -> u
 /// A read fault: only those of processes with a shared writable mapping
 /// can map pages writable without a later write fault.
 #[inline(always)]
-pub(crate) fn read_fault<const SINCE_5_17: bool>(address: u64) -> Result<(), i64> {
+pub(crate) fn read_fault<const SINCE_5_17: bool>(site: CallSite, address: u64) -> Result<(), i64> {
     note_read_fault(address);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read-only lookup of a plain u8 value.
     if unsafe { SHARED_MAPPERS.get(&tgid) }.is_some() {
-        return try_read_fault::<SINCE_5_17>(address);
+        return try_read_fault::<SINCE_5_17>(site, address);
     }
     Ok(())
 }
@@ -227,7 +247,7 @@ pub(crate) fn fault_args(ctx: &RawTracePointContext) -> (u64, u64) {
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn mw_page_fault_user(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
-    if let Err(err) = try_write_fault::<true>(address, error_code) {
+    if let Err(err) = try_write_fault::<true>(CallSite::of(&ctx), address, error_code) {
         log_failed_read(&ctx, err);
     }
     0
@@ -237,7 +257,7 @@ pub fn mw_page_fault_user(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn mw_page_fault_user_5_10(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
-    if let Err(err) = try_write_fault::<false>(address, error_code) {
+    if let Err(err) = try_write_fault::<false>(CallSite::of(&ctx), address, error_code) {
         log_failed_read(&ctx, err);
     }
     0
@@ -258,7 +278,7 @@ fn log_failed_read(ctx: &RawTracePointContext, err: i64) {
 pub fn mw_page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
-        count_failure(read_fault::<true>(address));
+        count_failure(read_fault::<true>(CallSite::of(&ctx), address));
     }
     0
 }
@@ -268,7 +288,7 @@ pub fn mw_page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
 pub fn mw_page_fault_user_reads_5_10(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
-        count_failure(read_fault::<false>(address));
+        count_failure(read_fault::<false>(CallSite::of(&ctx), address));
     }
     0
 }
@@ -317,7 +337,13 @@ pub(crate) fn try_filemap_map_pages(ctx: &RawTracePointContext) -> Result<(), i6
     if first >= pages || last < first {
         return Ok(());
     }
-    report_possible_write(scratch, pid_tgid, first, last.min(pages - 1));
+    report_possible_write(
+        CallSite::of(ctx),
+        scratch,
+        pid_tgid,
+        first,
+        last.min(pages - 1),
+    );
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
     EbpfContext,
 };
-use probe_common::{hooks, Credentials, RecordKind, TASK_COMM_LEN, VM_SHARED, VM_WRITE};
+use probe_common::{hooks, Credentials, RecordKind, NO_STACK, TASK_COMM_LEN, VM_SHARED, VM_WRITE};
 
 use crate::{
     filter::{current_writer, selected_current_task},
@@ -15,6 +15,7 @@ use crate::{
     maps::{count_failure, FILE_STATS, HOOKS, PAGE_MKWRITE},
     record::{header, record_write, submit_page_event},
     scratch::fault_scratch,
+    stacks::CallSite,
     vma::fill_vma_info,
 };
 
@@ -42,7 +43,7 @@ pub(crate) fn fentry_arg(ctx: &FEntryContext, index: u64) -> Result<u64, i64> {
     read_kernel::<u64>(ctx.as_ptr() as u64, index * 8)
 }
 
-pub(crate) fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
+pub(crate) fn try_vmf_write(site: CallSite, vmf: u64, hook: FaultHook) -> Result<(), i64> {
     if hook == FaultHook::FinishFault {
         let flags: u32 = read_kernel(vmf, offset!(vmf_flags))?;
         if u64::from(flags) & offset!(fault_flag_write) == 0 {
@@ -83,7 +84,7 @@ pub(crate) fn try_vmf_write(vmf: u64, hook: FaultHook) -> Result<(), i64> {
     // finish_fault maps a page that was not mapped, and may map the whole
     // large folio around it.
     scratch.fault.not_present = u64::from(hook == FaultHook::FinishFault);
-    record_write(scratch);
+    record_write(site, scratch);
     Ok(())
 }
 
@@ -143,7 +144,13 @@ pub(crate) fn try_folio_written_back(folio: u64) -> Result<(), i64> {
         &[0; TASK_COMM_LEN],
         &Credentials::UNKNOWN,
     );
-    submit_page_event(&header, RecordKind::PagesWrittenBack, index, pages);
+    submit_page_event(
+        &header,
+        RecordKind::PagesWrittenBack,
+        index,
+        pages,
+        NO_STACK,
+    );
     Ok(())
 }
 
@@ -156,19 +163,28 @@ pub(crate) fn attached_function<C: EbpfContext>(ctx: &C) -> u64 {
 
 #[fentry(function = "do_wp_page")]
 pub fn mw_fentry_do_wp_page(ctx: FEntryContext) -> u32 {
-    count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::WpPage)));
+    count_failure(
+        fentry_arg(&ctx, 0)
+            .and_then(|vmf| try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::WpPage)),
+    );
     0
 }
 
 #[fentry(function = "finish_fault")]
 pub fn mw_fentry_finish_fault(ctx: FEntryContext) -> u32 {
-    count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::FinishFault)));
+    count_failure(
+        fentry_arg(&ctx, 0)
+            .and_then(|vmf| try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::FinishFault)),
+    );
     0
 }
 
 #[fentry(function = "wp_page_copy")]
 pub fn mw_fentry_wp_page_copy(ctx: FEntryContext) -> u32 {
-    count_failure(fentry_arg(&ctx, 0).and_then(|vmf| try_vmf_write(vmf, FaultHook::WpPageCopy)));
+    count_failure(
+        fentry_arg(&ctx, 0)
+            .and_then(|vmf| try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::WpPageCopy)),
+    );
     0
 }
 
@@ -208,7 +224,7 @@ pub fn mw_fentry_folio_end_writeback(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn mw_kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(vmf, FaultHook::WpPage));
+        count_failure(try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::WpPage));
     }
     0
 }
@@ -216,7 +232,11 @@ pub fn mw_kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn mw_kprobe_finish_fault(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(vmf, FaultHook::FinishFault));
+        count_failure(try_vmf_write(
+            CallSite::of(&ctx),
+            vmf,
+            FaultHook::FinishFault,
+        ));
     }
     0
 }
@@ -224,7 +244,11 @@ pub fn mw_kprobe_finish_fault(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn mw_kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(vmf, FaultHook::WpPageCopy));
+        count_failure(try_vmf_write(
+            CallSite::of(&ctx),
+            vmf,
+            FaultHook::WpPageCopy,
+        ));
     }
     0
 }

@@ -15,6 +15,7 @@ use crate::{
     maps::{bump, FOLIO_WALK},
     record::submit_page_event,
     scratch::{fault_scratch, FaultScratch},
+    stacks::CallSite,
     vma::{find_mapping, find_vma_locked, Mapping},
 };
 
@@ -85,6 +86,7 @@ fn protected_range<const SINCE_5_17: bool>(
 /// write-notify, it leaves the range to the second program.
 #[inline(never)]
 pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool>(
+    site: CallSite,
     start: u64,
     len: u64,
 ) -> Result<(), i64> {
@@ -105,6 +107,7 @@ pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool>(
             kind,
             range.first,
             range.last - range.first + 1,
+            site.stack_id(),
         );
     } else if let Some(request) = FOLIO_WALK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot of a one-entry per-CPU array; the two
@@ -115,6 +118,9 @@ pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool>(
         request.first = range.first;
         request.last = range.last;
         request.header = scratch.header;
+        // The walk runs in a callback, which has no program context: the
+        // caller's stack is taken now (spans found or not).
+        request.stack_id = site.stack_id();
     }
     Ok(())
 }
@@ -207,7 +213,13 @@ extern "C" fn folio_walk_step(_step: u64, data: *mut c_void) -> i64 {
         let Some(request) = FOLIO_WALK.get(0) else {
             return 1;
         };
-        submit_page_event(&request.header, RecordKind::FolioSpan, from, to - from + 1);
+        submit_page_event(
+            &request.header,
+            RecordKind::FolioSpan,
+            from,
+            to - from + 1,
+            request.stack_id,
+        );
     }
     // A folio that does not hold `index` (raced away): one page on.
     walk.index = folio_last.max(walk.index) + 1;

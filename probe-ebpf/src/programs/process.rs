@@ -19,6 +19,7 @@ use crate::{
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
     programs::mprotect::{try_mprotect_folios, try_mprotect_writable},
     record::{commit_flags, count_submitted, fill_header, WriterIdentity},
+    stacks::CallSite,
 };
 
 const MAP_SHARED: u64 = 0x01;
@@ -106,7 +107,7 @@ fn try_mprotect<const SINCE_5_17: bool>(ctx: &TracePointContext) -> Result<(), i
     if prot & PROT_WRITE == 0 {
         return Ok(());
     }
-    try_mprotect_writable::<SINCE_5_17>(start, len)
+    try_mprotect_writable::<SINCE_5_17>(CallSite::of(ctx), start, len)
 }
 
 /// Raw `sched_process_fork(parent, child)`: the classic format moved its

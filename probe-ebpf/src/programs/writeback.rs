@@ -13,6 +13,7 @@ use crate::{
     folio::report_new_folio_span,
     kernel::{inode_key, load_typed, read_kernel, typed_folio_pages, typed_inode_key, EEXIST},
     maps::{bump, count_failure, DIRTY_SINCE, FILE_STATS, WRITEBACK_LATENCY},
+    stacks::CallSite,
     stats::{add_shared, add_written_back, keep_later},
 };
 
@@ -58,7 +59,7 @@ pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let index_at = offset!(folio_index);
         // SAFETY: `folio.index`, at its BTF offset.
         let index: u64 = unsafe { load_typed(folio, index_at) };
-        report_new_folio_span(&key, index, pages);
+        report_new_folio_span(CallSite::of(ctx), &key, index, pages);
     }
     Ok(())
 }

@@ -170,6 +170,7 @@ pub async fn run(kernel: &KernelPaths, args: ExportArgs) -> anyhow::Result<u8> {
         command_output: None,
         retain: Some(args.retain),
         report_writer_exits: false,
+        stacks: false,
     };
     let mut session = Session::start(&options)?;
     // Its path prefixes pin files' series; every file is counted, and

@@ -108,6 +108,7 @@ fn write(agg: &mut Aggregate, dev: u32, ino: u64, page: u64, path: &str) {
             page,
             kind: WriteKind::Shared,
         },
+        stack_id: None,
     });
     agg.set_path(
         file,
@@ -663,8 +664,7 @@ mod any_bytes_in_labels {
                     file,
                     task: Task { pid: 1, tgid: 1, comm: "db".into(), cgroup_id: 1, ..Task::default() },
                     boot_ns: 1,
-                    body: EventBody::FirstWrite { page: 0, kind: WriteKind::Shared },
-                });
+                    body: EventBody::FirstWrite { page: 0, kind: WriteKind::Shared }, stack_id: None, });
                 agg.set_path(file, path.clone(), crate::model::file_record::PathSource::ProcMaps);
                 expected_files.insert((json_text(&path).into_owned(), hex_if_not_utf8(&path)), 1.0);
             }

@@ -157,6 +157,7 @@ impl Aggregate {
             task,
             boot_ns,
             body,
+            stack_id: _,
         } = event;
         let (file, boot_ns) = (*file, *boot_ns);
 
@@ -486,6 +487,7 @@ mod tests {
                 page,
                 kind: WriteKind::Shared,
             },
+            stack_id: None,
         }
     }
 
@@ -499,6 +501,7 @@ mod tests {
             task: task(7, "w"),
             boot_ns: 50,
             body: EventBody::ProcessExit,
+            stack_id: None,
         });
         assert_eq!(applied.exited_writer_of, [FILE]);
         agg.set_not_on_disk_at_exit(FILE, 7, Ok(1));
@@ -516,6 +519,7 @@ mod tests {
             task: task(99, "never-wrote"),
             boot_ns: 60,
             body: EventBody::ProcessExit,
+            stack_id: None,
         });
         assert!(unknown.exited_writer_of.is_empty());
     }
@@ -573,6 +577,7 @@ mod tests {
                 first_page: 0,
                 pages: 512,
             },
+            stack_id: None,
         });
         assert_eq!(applied.new_pages, 511);
         let rec = agg.file(&FILE).unwrap();
@@ -600,6 +605,7 @@ mod tests {
                 first_page: 16,
                 pages: 16,
             },
+            stack_id: None,
         });
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(page_ranges(&rec.pages_written), vec![[16, 31]]);
@@ -622,6 +628,7 @@ mod tests {
                 first_page: 0,
                 pages: 16,
             },
+            stack_id: None,
         });
         assert_eq!(applied.new_file, Some((FILE, 7)));
         assert_eq!(applied.new_pages, 0);
@@ -651,6 +658,7 @@ mod tests {
                 page: 2,
                 kind: WriteKind::Shared,
             },
+            stack_id: None,
         });
         assert_eq!(agg.len(), 2);
         assert_eq!(
@@ -696,6 +704,7 @@ mod tests {
                 page: 2,
                 kind: WriteKind::Cow,
             },
+            stack_id: None,
         });
         let rec = agg.file(&FILE).unwrap();
         assert!(!rec.modified());
@@ -712,6 +721,7 @@ mod tests {
             task: task(300, "late"),
             boot_ns: 4,
             body: EventBody::NewWriter { page: 5 },
+            stack_id: None,
         });
         let rec = agg.file(&FILE).unwrap();
         assert_eq!(rec.writers[&300].pages, 0);
@@ -734,6 +744,7 @@ mod tests {
                 through_overlay: false,
                 mount_ns: None,
             },
+            stack_id: None,
         });
         agg.set_path(FILE, "/d/f".into(), PathSource::Dentry);
         assert_eq!(

@@ -191,6 +191,11 @@ pub struct Event {
     /// `bpf_ktime_get_boot_ns()` when the kernel saw it.
     pub boot_ns: u64,
     pub body: EventBody,
+    /// The writer's user stack in the kernel's stack map (`--stacks`):
+    /// an id, resolved to frames by `session::call_sites` while the
+    /// writer lives. Absent from recordings made without stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
 }
 
 /// What each kind of record adds to [`Event`]'s header.
@@ -409,9 +414,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let kind: RecordKind =
         zerocopy::try_transmute!(header.kind).map_err(|_| DecodeError::UnknownKind(header.kind))?;
+    let mut stack_id = None;
     let body = match kind {
         RecordKind::SharedWrite | RecordKind::CowWrite => {
             let event: PageEvent = read(bytes)?;
+            stack_id = stack_of(&event);
             EventBody::FirstWrite {
                 page: event.page,
                 kind: if kind == RecordKind::SharedWrite {
@@ -423,10 +430,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         RecordKind::NewWriter => {
             let event: PageEvent = read(bytes)?;
+            stack_id = stack_of(&event);
             EventBody::NewWriter { page: event.page }
         }
         RecordKind::FolioSpan | RecordKind::PossibleWrite | RecordKind::PagesWrittenBack => {
             let span = read_span(bytes)?;
+            stack_id = stack_of(&span);
             let (first_page, pages) = (span.page, span.pages);
             match kind {
                 RecordKind::FolioSpan => EventBody::FolioSpan { first_page, pages },
@@ -475,7 +484,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         task: task(&header),
         boot_ns: header.boot_ns,
         body,
+        stack_id,
     })
+}
+
+/// A page record's stack id, None for [`probe_common::NO_STACK`].
+fn stack_of(event: &PageEvent) -> Option<u32> {
+    (event.stack_id != probe_common::NO_STACK).then_some(event.stack_id)
 }
 
 #[cfg(test)]
@@ -556,6 +571,8 @@ mod tests {
             header: header(RecordKind::SharedWrite),
             page: 17,
             pages: 1,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         let event = decode(record.as_bytes()).unwrap();
         assert_eq!(
@@ -584,6 +601,7 @@ mod tests {
                     page: 17,
                     kind: WriteKind::Shared
                 },
+                stack_id: None,
             }
         );
     }
@@ -594,6 +612,8 @@ mod tests {
             header: header(RecordKind::CowWrite),
             page: 3,
             pages: 1,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         assert!(matches!(
             decode(cow.as_bytes()).unwrap().body,
@@ -607,6 +627,8 @@ mod tests {
             header: header(RecordKind::NewWriter),
             page: 5,
             pages: 1,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         assert!(matches!(
             decode(writer.as_bytes()).unwrap().body,
@@ -616,6 +638,8 @@ mod tests {
             header: header(RecordKind::FolioSpan),
             page: 512,
             pages: 512,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         assert!(matches!(
             decode(span.as_bytes()).unwrap().body,
@@ -633,6 +657,8 @@ mod tests {
             header: header(RecordKind::PagesWrittenBack),
             page: 16,
             pages: 4,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         assert!(matches!(
             decode(folio.as_bytes()).unwrap().body,
@@ -755,6 +781,8 @@ mod tests {
             header: header(RecordKind::SharedWrite),
             page: 1,
             pages: 1,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         let bytes = record.as_bytes();
         assert!(matches!(
@@ -775,6 +803,8 @@ mod tests {
             header: raw_header(99),
             page: 1,
             pages: 1,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         assert_eq!(
             decode(unknown.as_bytes()),
@@ -789,6 +819,8 @@ mod tests {
             header: header(RecordKind::FolioSpan),
             page,
             pages,
+            stack_id: probe_common::NO_STACK,
+            _pad: 0,
         };
         assert!(decode(span(0, 512).as_bytes()).is_ok());
         for (page, pages) in [(0, 0), (0, MAX_SPAN_PAGES + 1), (u64::MAX - 10, 512)] {
@@ -801,8 +833,9 @@ mod tests {
             );
         }
         // Found by the fuzzer: a span of ~1.7e19 pages ran out of memory
-        // (the header's credentials, added since, are zero).
-        let found = b"\x05\x00\x00\x00\x00\x00\x00\x4c\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xe2\xea\xea\xea\xea\xa2\xa2\xa2\xa2\xa2\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\x0a\x01\x00\x00\x00\x00\x00\x00\xea\xea\x00\x27\x27\x27\x27\x27\x27\x67\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x27\x27\x01\x00\x00\x00\x27\xea\xea\x4c\xea\xea\xea\xea\xea\x00\x00";
+        // (the header's credentials, added since, are zero; so is the
+        // stack id after it: none).
+        let found = b"\x05\x00\x00\x00\x00\x00\x00\x4c\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xe2\xea\xea\xea\xea\xa2\xa2\xa2\xa2\xa2\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\xea\x0a\x01\x00\x00\x00\x00\x00\x00\xea\xea\x00\x27\x27\x27\x27\x27\x27\x67\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x27\x27\x01\x00\x00\x00\x27\xea\xea\x4c\xea\xea\xea\xea\xea\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00";
         assert!(matches!(decode(found), Err(DecodeError::BadSpan { .. })));
     }
 }

@@ -144,12 +144,14 @@ mod tests {
                     page: 3,
                     kind: WriteKind::Shared,
                 },
+                stack_id: None,
             },
             Event {
                 file: FileId::default(),
                 task,
                 boot_ns: 20,
                 body: EventBody::ProcessExit,
+                stack_id: None,
             },
         ]
     }

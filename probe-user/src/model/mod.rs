@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod blind_spots;
+pub mod call_sites;
 pub mod clock;
 pub mod durability;
 pub mod events;

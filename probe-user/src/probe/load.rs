@@ -52,6 +52,8 @@ pub struct ProbeOptions {
     pub kernel_debug_logs: bool,
     /// Send a record when a process with a shared writable mapping exits.
     pub report_exits: bool,
+    /// First-write records carry the writer's user stack (`--stacks`).
+    pub user_stacks: bool,
 }
 
 /// The loaded eBPF object and, once attached, its backend.
@@ -122,6 +124,12 @@ fn follow_capacity() -> u32 {
 
 /// The ring buffer's size in the eBPF object.
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+/// Distinct user stacks kept with `--stacks` (~1 KiB of kernel memory
+/// each, 16 MiB): a stack hashed to a slot another holds is not taken
+/// (`stacks_not_taken`), so the map is sized well past the call sites a
+/// program writes files from.
+const STACK_MAP_ENTRIES: u32 = 16 * 1024;
 
 impl Probes {
     /// Checks privileges and kernel support, then loads the eBPF object with
@@ -203,8 +211,14 @@ impl Probes {
             cgroup_count: options.cgroups.len() as u32,
             fault_around_pages: fault_around_pages(),
             report_exits: u32::from(options.report_exits),
-            ring_wakeup_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES)
-                / RING_WAKEUP_FRACTION,
+            // With stacks, the first record into an empty ring wakes the
+            // reader: a stack is symbolized while its writer lives.
+            ring_wakeup_bytes: if options.user_stacks {
+                1
+            } else {
+                options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES) / RING_WAKEUP_FRACTION
+            },
+            user_stacks: u32::from(options.user_stacks),
             ..ProbeConfig::default()
         };
         if !options.comms.is_empty() {
@@ -238,7 +252,15 @@ impl Probes {
             .override_global("CONFIG", &config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries(map_name::PAGE_SEEN, dedup_capacity)
-            .map_max_entries(map_name::TRACED, follow_capacity());
+            .map_max_entries(map_name::TRACED, follow_capacity())
+            .map_max_entries(
+                map_name::STACKS,
+                if options.user_stacks {
+                    STACK_MAP_ENTRIES
+                } else {
+                    1
+                },
+            );
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries(map_name::EVENTS, bytes);
         }

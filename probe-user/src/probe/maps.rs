@@ -4,7 +4,7 @@
 use probe_common::map_name;
 use std::collections::HashMap as StdHashMap;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
 use probe_common::{
     CounterTotals, FileKey, PendingCounts, WriterStats, WriterStatsKey, LATENCY_BUCKETS,
 };
@@ -91,6 +91,16 @@ impl Probes {
             .take_map(map_name::EVENTS)
             .ok_or(LoadError::MissingMap(map_name::EVENTS))?;
         RingBuf::try_from(map).map_err(LoadError::on_map(map_name::EVENTS))
+    }
+
+    /// The writers' stacks (`--stacks`), taken out for the session's
+    /// resolver.
+    pub fn take_stacks(&mut self) -> Result<StackTraceMap<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(map_name::STACKS)
+            .ok_or(LoadError::MissingMap(map_name::STACKS))?;
+        StackTraceMap::try_from(map).map_err(LoadError::on_map(map_name::STACKS))
     }
 
     pub fn counters(&self) -> Result<KernelCounters, LoadError> {

@@ -11,7 +11,7 @@ use crate::{
         file_record::FileRecord,
         paths::{fs_has_writeback, MountTable},
     },
-    session::{naming::Namer, page_cache::written_pages_not_on_disk},
+    session::{naming::Namer, page_cache::written_pages_not_on_disk, stacks::StackResolver},
 };
 
 /// Files looked at when one writer exits (a cachestat call per written
@@ -37,6 +37,8 @@ pub struct Collector {
     /// Files the kernel announced (each has taken an entry in its
     /// per-file map).
     pub files_announced: u64,
+    /// The call sites of first writes (`--stacks`).
+    pub stacks: Option<StackResolver>,
 }
 
 impl Collector {
@@ -47,6 +49,7 @@ impl Collector {
             observers: Vec::new(),
             namer: Namer::new(),
             files_announced: 0,
+            stacks: None,
         }
     }
 
@@ -88,6 +91,9 @@ impl Collector {
             }
         };
         let applied = self.aggregate.apply(&event);
+        if let Some(stacks) = &mut self.stacks {
+            stacks.observe(&event);
+        }
         match &event.body {
             EventBody::FileSeen { .. } => {
                 self.files_announced += 1;

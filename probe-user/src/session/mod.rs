@@ -21,6 +21,7 @@ mod collector;
 mod kernel_files;
 mod naming;
 pub mod page_cache;
+pub mod stacks;
 mod stop;
 mod users;
 pub use cgroups::{container_name, CgroupNames};
@@ -47,6 +48,7 @@ pub fn probe_options(
     include_cow: bool,
     follow: bool,
     report_exits: bool,
+    user_stacks: bool,
 ) -> Result<ProbeOptions, UserError> {
     Ok(ProbeOptions {
         btf_path: kernel.btf.clone(),
@@ -60,6 +62,7 @@ pub fn probe_options(
         dedup_entries: filter.dedup_entries,
         kernel_debug_logs: log::log_enabled!(log::Level::Debug),
         report_exits,
+        user_stacks,
     })
 }
 
@@ -122,6 +125,9 @@ pub struct SessionOptions {
     /// Look at each writer's files when it exits (what is not on disk
     /// yet): `trace`, whose report says it per writer.
     pub report_writer_exits: bool,
+    /// Take each first write's user stack and name its call site
+    /// (`--stacks`).
+    pub stacks: bool,
 }
 
 pub struct Session {
@@ -166,6 +172,7 @@ impl Session {
             options.include_cow,
             command.is_some(),
             options.report_writer_exits,
+            options.stacks,
         )?;
         let mut probes = Probes::load(&probe_options)?;
         probes.attach(options.filter.backend)?;
@@ -181,6 +188,10 @@ impl Session {
         let ring =
             unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
                 .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
+        let mut collector = Collector::new();
+        if options.stacks {
+            collector.stacks = Some(stacks::StackResolver::new(probes.take_stacks()?));
+        }
         let child = match command {
             Some((path, args)) => Some(spawn_followed(
                 &mut probes,
@@ -195,7 +206,7 @@ impl Session {
             ring,
             child,
             targets,
-            collector: Collector::new(),
+            collector,
             started: Instant::now(),
             clock: Clock::now(),
             counters: KernelCounters::default(),

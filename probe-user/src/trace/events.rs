@@ -281,6 +281,7 @@ mod tests {
             task: task(),
             boot_ns,
             body: EventBody::FirstWrite { page, kind },
+            stack_id: None,
         }
     }
 
@@ -371,6 +372,7 @@ mod tests {
                 first_page: 16,
                 pages: 16,
             },
+            stack_id: None,
         };
         let filter = ReportFilter {
             include_cow: false,
@@ -405,6 +407,7 @@ mod tests {
                 latency_ns: 4_000,
                 result: 0,
             },
+            stack_id: None,
         };
         let filter = ReportFilter::default();
         let clock = Clock::with_offset(0);
@@ -438,6 +441,7 @@ mod tests {
                 first_page: 0,
                 pages: 4,
             },
+            stack_id: None,
         };
         let line = stream_event(
             &event,
@@ -470,6 +474,7 @@ mod tests {
                 latency_ns: 4_000,
                 result: -5,
             },
+            stack_id: None,
         };
         let clock = Clock::with_offset(0);
         let filter = ReportFilter::default();

@@ -12,6 +12,7 @@ use crate::{
     probe::maps::KernelCounters,
     session::{CgroupNames, Session},
     trace::{
+        call_sites_report,
         json_lines::JsonLines,
         recording::{Answers, Lookups, Recording, ReportFacts, Start},
         report::{self, Report},
@@ -63,7 +64,7 @@ pub fn final_report(
             crate::session::user_name(uid).map(|name| name.to_string())
         })
     };
-    let report = report::build(
+    let mut report = report::build(
         &session.collector.aggregate,
         filter,
         facts.context(
@@ -76,6 +77,9 @@ pub fn final_report(
             },
         ),
     );
+    if let Some(stacks) = &session.collector.stacks {
+        call_sites_report::attach(&mut report, &stacks.call_sites);
+    }
     Ok((report, facts))
 }
 

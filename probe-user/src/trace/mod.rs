@@ -11,6 +11,7 @@ use crate::{
     output_file::open_named,
 };
 
+pub mod call_sites_report;
 pub mod events;
 pub mod final_report;
 pub mod json_lines;
@@ -60,6 +61,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
         },
         retain: None,
         report_writer_exits: true,
+        stacks: args.stacks,
     };
     // Opened first: a path that cannot be written fails before CMD runs.
     let report_to = ReportTo::choose(&args, events_to_stdout)?;

@@ -462,6 +462,7 @@ mod tests {
             task: crate::model::events::Task::default(),
             boot_ns: 1,
             body: crate::model::events::EventBody::ProcessExit,
+            stack_id: None,
         };
         let json = serde_json::to_string(&LineRef::Event(&event)).expect("serializes");
         assert!(matches!(serde_json::from_str(&json), Ok(Line::Event(e)) if e == event));

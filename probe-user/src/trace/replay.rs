@@ -391,6 +391,7 @@ mod tests {
                 page,
                 kind: WriteKind::Shared,
             },
+            stack_id: None,
         }
     }
 

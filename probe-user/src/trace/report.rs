@@ -17,6 +17,7 @@ use crate::{
     },
     probe::maps::KernelCounters,
     session::container_name,
+    trace::call_sites_report::{CallSitesSummary, StackReport},
 };
 use probe_common::{Counter, CounterTotals};
 
@@ -178,6 +179,10 @@ pub struct FileReport {
     pub not_yet_written_back_pages: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_yet_written_back_why: Option<String>,
+    /// `--stacks`: the code that wrote the file, most pages first (see
+    /// `call_sites_report`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<Vec<StackReport>>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -225,6 +230,9 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// What this backend cannot see (see README, "Blind spots").
     pub blind_spots: Vec<&'static str>,
+    /// `--stacks`: first writes whose call site is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_sites: Option<CallSitesSummary>,
     pub files: Vec<FileReport>,
 }
 
@@ -459,6 +467,7 @@ pub fn file_report(id: &FileId, record: &FileRecord, ctx: &ReportContext<'_>) ->
             .collect(),
         not_yet_written_back_pages: not_on_disk.as_ref().ok().copied(),
         not_yet_written_back_why: not_on_disk.err(),
+        stacks: None,
     }
 }
 
@@ -485,6 +494,7 @@ pub fn build(aggregate: &Aggregate, filter: &ReportFilter, ctx: ReportContext<'_
         backend: ctx.backend.to_string(),
         backend_reason: ctx.backend_reason.to_string(),
         blind_spots: crate::model::blind_spots::blind_spots(ctx.backend),
+        call_sites: None,
         duration_s: ctx.duration_s,
         lost_events: counters.lost() + ctx.undecodable_records,
         drops: Drops {
@@ -558,6 +568,7 @@ mod tests {
                 },
                 boot_ns: 1_000 + page,
                 body: EventBody::FirstWrite { page, kind },
+                stack_id: None,
             });
         }
         agg.set_path(FILE, "/mnt/f".into(), PathSource::ProcMaps);
@@ -579,6 +590,7 @@ mod tests {
                 page: 0,
                 kind: WriteKind::Cow,
             },
+            stack_id: None,
         });
         agg
     }

@@ -130,6 +130,8 @@ impl StreamLine {
             },
             boot_ns: self.unix_ns,
             body,
+            // A stream's stacks are its frames, not the kernel's ids.
+            stack_id: None,
         })
     }
 
@@ -248,6 +250,7 @@ mod tests {
                 task: task.clone(),
                 boot_ns: 1_700_000_000_000_000_123,
                 body,
+                stack_id: None,
             };
             let line = stream_event(&event, &new_page, Some(&named), &filter, &clock)
                 .expect("a stream line");
@@ -264,6 +267,7 @@ mod tests {
                 first_page: 0,
                 pages: 4,
             },
+            stack_id: None,
         };
         let line = stream_event(&writeback, &new_page, Some(&named), &filter, &clock)
             .expect("a writeback line");

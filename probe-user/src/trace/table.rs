@@ -177,6 +177,7 @@ pub fn render_table(report: &Report) -> String {
         }
         out.push_str(&table.to_string());
         out.push('\n');
+        out.push_str(&crate::trace::call_sites_report::render(report));
     }
     let modified = report.files.iter().filter(|f| f.modified).count();
     let pages: u64 = report.files.iter().map(|f| f.pages_written_count).sum();

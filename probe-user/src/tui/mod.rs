@@ -113,6 +113,7 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         retain: Some(args.retain),
         // The processes view marks exited writers.
         report_writer_exits: true,
+        stacks: false,
     };
     // Load before taking over the terminal: errors print as one plain line.
     let mut session = Session::start(&options)?;

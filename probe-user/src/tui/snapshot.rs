@@ -372,6 +372,7 @@ mod tests {
                     page: u64::from(tgid),
                     kind: WriteKind::Shared,
                 },
+                stack_id: None,
             });
         }
         let snapshot = Snapshot::build(

@@ -10,6 +10,7 @@ mod durability;
 mod folios;
 mod pages;
 mod replay;
+mod stacks;
 mod users;
 mod writers;
 

@@ -1,0 +1,245 @@
+//! `trace --stacks`: the code that wrote each page. C writers with known
+//! functions and lines (built by build.rs with and without frame
+//! pointers), Python's mmap, and LMDB with MDB_WRITEMAP.
+
+use std::path::Path;
+
+use integration_tests::{path_arg, require_root, scratch_dir, trace_command};
+use serde_json::Value;
+
+const WITH_FRAME_POINTERS: &str = concat!(env!("OUT_DIR"), "/stacks-fp");
+const WITHOUT_FRAME_POINTERS: &str = concat!(env!("OUT_DIR"), "/stacks-nofp");
+const SOURCE: &str = include_str!("../../c/stacks.c");
+
+/// The line of stacks.c that holds `MARK name`.
+fn line_of(mark: &str) -> u64 {
+    let needle = format!("MARK {mark} ");
+    SOURCE
+        .lines()
+        .position(|line| line.contains(&needle))
+        .unwrap_or_else(|| panic!("no MARK {mark} in stacks.c")) as u64
+        + 1
+}
+
+/// The report's entry for `path`.
+fn file_of<'a>(report: &'a Value, path: &Path) -> &'a Value {
+    let path = path.to_str().expect("utf-8 path");
+    report["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|file| file["path"] == path)
+        .unwrap_or_else(|| panic!("{path} is not in the report: {report}"))
+}
+
+fn stacks_of(file: &Value) -> &Vec<Value> {
+    file["stacks"].as_array().expect("stacks array")
+}
+
+/// (symbol, line) of each frame.
+fn frames(stack: &Value) -> Vec<(String, Option<u64>)> {
+    stack["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .map(|frame| {
+            (
+                frame["symbol"].as_str().unwrap_or("?").to_string(),
+                frame["line"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+/// The call site whose innermost frame is `symbol`.
+fn site<'a>(stacks: &'a [Value], symbol: &str) -> &'a Value {
+    stacks
+        .iter()
+        .find(|stack| stack["frames"][0]["symbol"] == symbol)
+        .unwrap_or_else(|| panic!("no call site in {symbol}: {stacks:?}"))
+}
+
+/// Every written page is in exactly the call sites' pages: each first
+/// write came with its stack.
+fn assert_sites_cover_the_pages(file: &Value, report: &Value) {
+    let pages: u64 = stacks_of(file)
+        .iter()
+        .map(|stack| stack["pages"].as_u64().expect("pages"))
+        .sum();
+    assert_eq!(
+        pages,
+        file["pages_written_count"].as_u64().unwrap(),
+        "{file}"
+    );
+    assert_eq!(report["call_sites"]["writes_without_stack"], 0, "{report}");
+}
+
+#[test]
+fn with_frame_pointers_each_call_site_is_named_to_its_lines() {
+    require_root();
+    let dir = scratch_dir();
+    let target = dir.path().join("pages");
+    let run = trace_command(
+        WITH_FRAME_POINTERS,
+        &["--stacks"],
+        &[&path_arg(&target), "8", "300"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let file = file_of(&run.json, &target);
+    let stacks = stacks_of(file);
+    assert_eq!(stacks.len(), 2, "{stacks:?}");
+    assert_sites_cover_the_pages(file, &run.json);
+    let even = site(stacks, "store_page");
+    assert_eq!(even["pages"], 4);
+    assert_eq!(
+        frames(even)[..3],
+        [
+            ("store_page".into(), Some(line_of("store_page"))),
+            ("write_even".into(), Some(line_of("write_even"))),
+            ("main".into(), Some(line_of("main_even"))),
+        ]
+    );
+    assert_eq!(even["partial"], false, "{even}");
+    let odd = site(stacks, "write_odd");
+    assert_eq!(odd["pages"], 4);
+    assert_eq!(
+        frames(odd)[..2],
+        [
+            ("write_odd".into(), Some(line_of("write_odd"))),
+            ("main".into(), Some(line_of("main_odd"))),
+        ]
+    );
+    assert_eq!(odd["partial"], false, "{odd}");
+    for stack in stacks {
+        let writers = stack["writers"].as_array().expect("writers");
+        assert_eq!(writers.len(), 1);
+        assert_eq!(writers[0]["comm"], "stacks-fp");
+        let object = stack["frames"][0]["object"].as_str().expect("object");
+        assert!(object.ends_with("/stacks-fp"), "{object}");
+    }
+}
+
+#[test]
+fn without_frame_pointers_the_innermost_frame_is_right_and_the_stack_partial() {
+    require_root();
+    let dir = scratch_dir();
+    let target = dir.path().join("pages");
+    let run = trace_command(
+        WITHOUT_FRAME_POINTERS,
+        &["--stacks"],
+        &[&path_arg(&target), "6", "300"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let file = file_of(&run.json, &target);
+    let stacks = stacks_of(file);
+    assert_sites_cover_the_pages(file, &run.json);
+    for (symbol, mark) in [("store_page", "store_page"), ("write_odd", "write_odd")] {
+        let stack = site(stacks, symbol);
+        assert_eq!(stack["pages"], 3, "{stack}");
+        assert_eq!(frames(stack)[0], (symbol.to_string(), Some(line_of(mark))));
+        assert_eq!(stack["partial"], true, "{stack}");
+    }
+}
+
+#[test]
+fn a_writer_gone_before_its_stack_is_read_is_said_so_never_misnamed() {
+    require_root();
+    let dir = scratch_dir();
+    let target = dir.path().join("pages");
+    // No pause: the writer exits at once; its stacks may be read before
+    // or after.
+    let run = trace_command(
+        WITH_FRAME_POINTERS,
+        &["--stacks"],
+        &[&path_arg(&target), "4"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let file = file_of(&run.json, &target);
+    assert_sites_cover_the_pages(file, &run.json);
+    for stack in stacks_of(file) {
+        let innermost = &stack["frames"][0];
+        match innermost["symbol"].as_str() {
+            Some(symbol) => assert!(["store_page", "write_odd"].contains(&symbol), "{stack}"),
+            None => {
+                assert!(stack["unresolved"].is_string(), "{stack}");
+                assert!(innermost["addr"].as_u64().unwrap() > 0, "{stack}");
+            }
+        }
+    }
+}
+
+#[test]
+fn without_the_flag_no_stack_is_taken() {
+    require_root();
+    let dir = scratch_dir();
+    let target = dir.path().join("pages");
+    let run = trace_command(WITH_FRAME_POINTERS, &[], &[&path_arg(&target), "2"]);
+    let file = file_of(&run.json, &target);
+    assert_eq!(file["pages_written_count"], 2);
+    assert!(file.get("stacks").is_none(), "{file}");
+    assert!(run.json.get("call_sites").is_none());
+}
+
+/// Python's mmap stores through its extension module's code: that frame
+/// is there, in Python's own objects (Debian's Python has no frame
+/// pointers: the stack is partial).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_python_writer_shows_the_interpreter_code_that_stored() {
+    require_root();
+    let dir = scratch_dir();
+    let target = dir.path().join("pages");
+    let script = "import mmap, os, sys, time\n\
+        fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)\n\
+        os.ftruncate(fd, 4 * 4096)\n\
+        m = mmap.mmap(fd, 4 * 4096)\n\
+        for page in range(4):\n    m[page * 4096] = 120\n\
+        time.sleep(0.3)\n";
+    let run = trace_command(
+        "/usr/bin/python3",
+        &["--stacks"],
+        &["-c", script, &path_arg(&target)],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let file = file_of(&run.json, &target);
+    assert_eq!(file["pages_written_count"], 4);
+    assert_sites_cover_the_pages(file, &run.json);
+    for stack in stacks_of(file) {
+        let object = stack["frames"][0]["object"].as_str().unwrap_or("");
+        assert!(object.contains("python3"), "{stack}");
+    }
+}
+
+/// LMDB with MDB_WRITEMAP stores into data.mdb's mapping itself: its
+/// call sites are in liblmdb (Debian's is stripped of its static
+/// functions: those frames are named by object and offset), and each
+/// page written has one.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn lmdb_with_writemap_shows_its_page_writing_call_sites() {
+    require_root();
+    let writer = concat!(env!("OUT_DIR"), "/lmdb-writer");
+    assert!(
+        Path::new(writer).exists(),
+        "the LMDB writer was not built: install liblmdb-dev (cargo xtask test does) and rebuild"
+    );
+    let dir = scratch_dir();
+    let run = trace_command(
+        writer,
+        &["--stacks"],
+        &[&path_arg(dir.path()), "300", "300"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let data = file_of(&run.json, &dir.path().join("data.mdb"));
+    assert!(data["pages_written_count"].as_u64().unwrap() > 10, "{data}");
+    assert_sites_cover_the_pages(data, &run.json);
+    for stack in stacks_of(data) {
+        let innermost = &stack["frames"][0];
+        let object = innermost["object"].as_str().unwrap_or("");
+        assert!(object.contains("liblmdb.so"), "{stack}");
+        assert!(
+            innermost["symbol"].is_string() || innermost["offset"].is_u64(),
+            "{stack}"
+        );
+    }
+}
