@@ -162,6 +162,12 @@ pub(crate) fn commit_flags(len: usize) -> u64 {
             }
         }
     }
+    // With stacks, every record lets the kernel wake the reader as soon as
+    // it has caught up (its own rule, flags 0): a stack is symbolized
+    // while its writer lives, which a batched wakeup would outlast.
+    if config!(user_stacks) != 0 {
+        return 0;
+    }
     ring_commit_flags(unread, len, u64::from(config!(ring_wakeup_bytes)))
 }
 

@@ -257,6 +257,7 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
     }
 
     out.push(check("lockdown", true, lockdown(mount)));
+    out.push(check("call-site stacks", true, STACKS_ADVICE));
     // What `--backend auto` would pick from these results (the same
     // decision as `attach`: the first that attaches, in its order).
     let tried: Vec<(Mechanism, Result<(), String>)> = findings
@@ -279,6 +280,16 @@ pub fn checks(btf_path: &Path, mount: bool) -> Vec<Check> {
     }
     out
 }
+
+/// How `trace --stacks` unwinds, and how to get whole stacks.
+const STACKS_ADVICE: &str = "trace --stacks walks frame pointers (the kernel's bpf_get_stackid): \
+    the innermost frame, where the store is, is always right; code built without frame \
+    pointers (most distributions' C libraries, Rust and Go release builds) cuts the walk or \
+    skips its caller, and such stacks are marked partial. For whole stacks build with \
+    -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer (C, C++), \
+    RUSTFLAGS=-Cforce-frame-pointers=yes (Rust), or use a distribution built with frame \
+    pointers (Fedora 38+, Ubuntu 24.04+); install debug symbols (Debian's -dbgsym packages) \
+    to name the static functions of stripped libraries";
 
 /// What each backend needs of the kernel, with the first version that has
 /// it, and whether this one does (the programs' own loads, below, are the

@@ -31,21 +31,13 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// What tells this frame's code apart across processes: the same code
-    /// at another address (ASLR) is the same call site. Unresolved frames
-    /// only have their address.
+    /// What tells this frame's code apart across processes: its object
+    /// and offset there (the same code at another address, ASLR, is the
+    /// same call site). Unlocated frames only have their address.
     fn site_key(&self) -> FrameKey {
-        match &self.symbol {
-            Some(symbol) => FrameKey::Code {
-                symbol: symbol.clone(),
-                object: self.object.clone(),
-                file: self.file.clone(),
-                line: self.line,
-            },
-            None => match (&self.object, self.offset) {
-                (Some(object), Some(offset)) => FrameKey::Offset(object.clone(), offset),
-                _ => FrameKey::Address(self.addr),
-            },
+        match (&self.object, self.offset) {
+            (Some(object), Some(offset)) => FrameKey::Offset(object.clone(), offset),
+            _ => FrameKey::Address(self.addr),
         }
     }
 
@@ -66,12 +58,6 @@ impl Frame {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum FrameKey {
-    Code {
-        symbol: String,
-        object: Option<String>,
-        file: Option<String>,
-        line: Option<u32>,
-    },
     Offset(String, u64),
     Address(u64),
 }
@@ -114,7 +100,7 @@ pub fn reaches_a_root(outermost: Option<&str>) -> bool {
 /// it made, and those writers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Site {
-    pub stack: Rc<Stack>,
+    pub stack: Stack,
     pub pages: u64,
     /// (tgid, comm) of each writer.
     pub writers: BTreeSet<(u32, String)>,
@@ -139,7 +125,7 @@ impl CallSites {
             .or_default()
             .entry(key)
             .or_insert_with(|| Site {
-                stack: Rc::clone(stack),
+                stack: (**stack).clone(),
                 ..Site::default()
             });
         site.pages += pages;
@@ -159,6 +145,13 @@ impl CallSites {
                 .then_with(|| describe(&a.stack).cmp(&describe(&b.stack)))
         });
         sites
+    }
+
+    /// Every call site's stack, to name its frames.
+    pub fn stacks_mut(&mut self) -> impl Iterator<Item = &mut Stack> {
+        self.files
+            .values_mut()
+            .flat_map(|sites| sites.values_mut().map(|site| &mut site.stack))
     }
 
     /// The files with call sites.
@@ -187,7 +180,8 @@ mod tests {
             symbol: Some(symbol.into()),
             object: Some("/usr/bin/w".into()),
             file: Some("/src/w.c".into()),
-            offset: Some(addr),
+            // The same code in each test process: its offset is its line's.
+            offset: Some(u64::from(line) * 16),
             build_id: None,
             line: Some(line),
         }

@@ -211,13 +211,8 @@ impl Probes {
             cgroup_count: options.cgroups.len() as u32,
             fault_around_pages: fault_around_pages(),
             report_exits: u32::from(options.report_exits),
-            // With stacks, the first record into an empty ring wakes the
-            // reader: a stack is symbolized while its writer lives.
-            ring_wakeup_bytes: if options.user_stacks {
-                1
-            } else {
-                options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES) / RING_WAKEUP_FRACTION
-            },
+            ring_wakeup_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES)
+                / RING_WAKEUP_FRACTION,
             user_stacks: u32::from(options.user_stacks),
             ..ProbeConfig::default()
         };

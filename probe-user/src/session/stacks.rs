@@ -1,15 +1,25 @@
 //! Call-site stacks (`--stacks`): a first write's stack id, read from the
-//! kernel's stack map and symbolized (blazesym: ELF symbols, DWARF lines,
-//! debug links, perf maps of JITs) while its writer lives, since addresses
-//! mean something only in their process. Each (process, stack) once.
+//! kernel's stack map and located while its writer lives (each address's
+//! object, file offset and build id: blazesym's normalization, a read of
+//! /proc/PID/maps), since addresses mean something only in their process.
+//! The objects are held open, and symbolized (ELF symbols, DWARF lines,
+//! debug links) only for the report: the reader never stalls on debug
+//! information while other writers' records wait, nor loses a writer
+//! that exits meanwhile. Each (process, stack) is located once.
 
-use std::{collections::HashMap, rc::Rc};
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    rc::Rc,
+};
 
 use aya::maps::{MapData, StackTraceMap};
 use blazesym::{
     normalize::{Normalizer, UserMeta},
     symbolize::{
-        source::{Process, Source},
+        source::{Elf, Source},
         Input, Symbolized, Symbolizer,
     },
     Pid,
@@ -24,14 +34,24 @@ use crate::model::{
 /// this long was cut, not ended.
 const KERNEL_MAX_FRAMES: usize = 127;
 
+/// An object file some frame is in, held open so it can be symbolized
+/// after its writer exits (a deleted or replaced library included).
+struct HeldObject {
+    /// Where to read it: its path when that is the same file here, else
+    /// our descriptor (`/proc/self/fd/N`: a container's file, a deleted one).
+    read_at: PathBuf,
+    _file: File,
+}
+
 pub struct StackResolver {
     map: StackTraceMap<MapData>,
-    symbolizer: Symbolizer,
     normalizer: Normalizer,
     /// Addresses by stack id: the kernel never gives an id to another
     /// stack (no BPF_F_REUSE_STACKID), so each is read once.
     addresses: HashMap<u32, Rc<[u64]>>,
-    resolved: HashMap<(u32, u32), Rc<Stack>>,
+    located: HashMap<(u32, u32), Rc<Stack>>,
+    /// Objects by the path the writer saw, and by (dev, ino).
+    objects: HashMap<String, Rc<HeldObject>>,
     pub call_sites: CallSites,
 }
 
@@ -39,10 +59,10 @@ impl StackResolver {
     pub fn new(map: StackTraceMap<MapData>) -> Self {
         Self {
             map,
-            symbolizer: Symbolizer::new(),
             normalizer: Normalizer::new(),
             addresses: HashMap::new(),
-            resolved: HashMap::new(),
+            located: HashMap::new(),
+            objects: HashMap::new(),
             call_sites: CallSites::default(),
         }
     }
@@ -59,11 +79,11 @@ impl StackResolver {
             return;
         };
         let tgid = event.task.tgid;
-        let stack = match self.resolved.get(&(tgid, id)) {
+        let stack = match self.located.get(&(tgid, id)) {
             Some(stack) => Rc::clone(stack),
             None => {
-                let stack = Rc::new(self.resolve(tgid, id));
-                self.resolved.insert((tgid, id), Rc::clone(&stack));
+                let stack = Rc::new(self.locate(tgid, id));
+                self.located.insert((tgid, id), Rc::clone(&stack));
                 stack
             }
         };
@@ -75,7 +95,64 @@ impl StackResolver {
             .add(event.file, &stack, (tgid, &event.task.comm), pages);
     }
 
-    fn resolve(&mut self, tgid: u32, id: u32) -> Stack {
+    /// Names every call site's frames (for the report): one pass over each
+    /// object's offsets.
+    pub fn symbolize(&mut self) {
+        let symbolizer = Symbolizer::new();
+        let objects = &self.objects;
+        let mut by_object: HashMap<String, Vec<(u64, &mut Frame)>> = HashMap::new();
+        let mut stacks: Vec<&mut Stack> = self.call_sites.stacks_mut().collect();
+        for stack in &mut stacks {
+            for (index, frame) in stack.frames.iter_mut().enumerate() {
+                let (Some(object), Some(offset)) = (frame.object.clone(), frame.offset) else {
+                    continue;
+                };
+                // A return address is looked up one byte back, inside the
+                // call it returns from: its line is the call's.
+                let lookup = if index == 0 {
+                    offset
+                } else {
+                    offset.saturating_sub(1)
+                };
+                by_object.entry(object).or_default().push((lookup, frame));
+            }
+        }
+        for (object, frames) in by_object {
+            let Some(held) = objects.get(&object) else {
+                continue;
+            };
+            let offsets: Vec<u64> = frames.iter().map(|(offset, _)| *offset).collect();
+            let source = Source::Elf(Elf::new(&held.read_at));
+            let symbolized = match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
+                Ok(symbolized) => symbolized,
+                Err(err) => {
+                    log::debug!("{object}: {err}");
+                    continue;
+                }
+            };
+            for ((_, frame), symbolized) in frames.into_iter().zip(&symbolized) {
+                if let Symbolized::Sym(sym) = symbolized {
+                    frame.symbol = Some(sym.name.to_string());
+                    frame.file = sym.code_info.as_ref().map(|info| match &info.dir {
+                        Some(dir) => dir.join(&*info.file).to_string_lossy().into_owned(),
+                        None => info.file.to_string_lossy().into_owned(),
+                    });
+                    frame.line = sym.code_info.as_ref().and_then(|info| info.line);
+                }
+            }
+        }
+        for stack in stacks {
+            if stack.unresolved.is_none() {
+                let outermost = stack.frames.last().and_then(|f| f.symbol.as_deref());
+                stack.partial =
+                    stack.frames.len() >= KERNEL_MAX_FRAMES || !reaches_a_root(outermost);
+            }
+        }
+    }
+
+    /// The stack's frames located in process `tgid`: object, offset, build
+    /// id, with the objects held open.
+    fn locate(&mut self, tgid: u32, id: u32) -> Stack {
         let addresses = match self.addresses.get(&id) {
             Some(addresses) => Rc::clone(addresses),
             None => match self.map.get(&id, 0) {
@@ -90,110 +167,82 @@ impl StackResolver {
                 }
             },
         };
-        let mut stack = symbolize(&self.symbolizer, tgid, &addresses);
-        locate(&self.normalizer, tgid, &mut stack);
-        stack
-    }
-}
-
-/// The frames of `addresses` in process `tgid`. A return address is looked
-/// up one byte back, inside the call it returns from (its line is the
-/// call's, not the next statement's).
-fn symbolize(symbolizer: &Symbolizer, tgid: u32, addresses: &[u64]) -> Stack {
-    let lookups: Vec<u64> = addresses
-        .iter()
-        .enumerate()
-        .map(|(index, &addr)| {
-            if index == 0 {
-                addr
-            } else {
-                addr.saturating_sub(1)
-            }
-        })
-        .collect();
-    let source = Source::Process(Process::new(Pid::from(tgid)));
-    let symbolized = match symbolizer.symbolize(&source, Input::AbsAddr(&lookups)) {
-        Ok(symbolized) => symbolized,
-        Err(err) => {
-            log::debug!("process {tgid}: {err}");
-            return unresolved(addresses, format!("not symbolized: {err}"));
-        }
-    };
-    let gone = || !std::path::Path::new(&format!("/proc/{tgid}")).exists();
-    if symbolized
-        .iter()
-        .all(|s| matches!(s, Symbolized::Unknown(_)))
-        && gone()
-    {
-        return unresolved(
-            addresses,
-            "the writer exited before its stack was read".into(),
-        );
-    }
-    let frames: Vec<Frame> = addresses
-        .iter()
-        .zip(&symbolized)
-        .map(|(&addr, symbolized)| match symbolized {
-            Symbolized::Sym(sym) => Frame {
-                addr,
-                symbol: Some(sym.name.to_string()),
-                object: sym
-                    .module
-                    .as_ref()
-                    .map(|module| module.to_string_lossy().into_owned()),
-                file: sym.code_info.as_ref().map(|info| match &info.dir {
-                    Some(dir) => dir.join(&*info.file).to_string_lossy().into_owned(),
-                    None => info.file.to_string_lossy().into_owned(),
-                }),
-                line: sym.code_info.as_ref().and_then(|info| info.line),
-                ..Frame::default()
-            },
-            Symbolized::Unknown(_) => Frame {
-                addr,
-                ..Frame::default()
-            },
-        })
-        .collect();
-    let outermost = frames.last().and_then(|frame| frame.symbol.as_deref());
-    let partial = frames.len() >= KERNEL_MAX_FRAMES || !reaches_a_root(outermost);
-    Stack {
-        frames,
-        partial,
-        unresolved: None,
-    }
-}
-
-/// Frames of a writer whose stack could not be symbolized: addresses only.
-fn unresolved(addresses: &[u64], why: String) -> Stack {
-    Stack {
-        frames: addresses
+        let mut frames: Vec<Frame> = addresses
             .iter()
             .map(|&addr| Frame {
                 addr,
                 ..Frame::default()
             })
-            .collect(),
-        partial: true,
-        unresolved: Some(why),
-    }
-}
-
-/// Each frame's object, file offset and build id (blazesym's
-/// normalization): a frame no symbol covers (a stripped library's static
-/// function) is still told apart and can be symbolized elsewhere.
-fn locate(normalizer: &Normalizer, tgid: u32, stack: &mut Stack) {
-    let addresses: Vec<u64> = stack.frames.iter().map(|frame| frame.addr).collect();
-    let Ok(output) = normalizer.normalize_user_addrs(Pid::from(tgid), &addresses) else {
-        return;
-    };
-    for (frame, (offset, meta)) in stack.frames.iter_mut().zip(output.outputs) {
-        if let Some(UserMeta::Elf(elf)) = output.meta.get(meta) {
-            frame.object = Some(elf.path.to_string_lossy().into_owned());
+            .collect();
+        let output = match self
+            .normalizer
+            .normalize_user_addrs(Pid::from(tgid), &addresses)
+        {
+            Ok(output) => output,
+            Err(err) => {
+                log::debug!("process {tgid}: {err}");
+                return Stack {
+                    frames,
+                    partial: true,
+                    unresolved: Some(if Path::new(&format!("/proc/{tgid}")).exists() {
+                        format!("not located: {err}")
+                    } else {
+                        "the writer exited before its stack was read".into()
+                    }),
+                };
+            }
+        };
+        for (frame, (offset, meta)) in frames.iter_mut().zip(output.outputs) {
+            let Some(UserMeta::Elf(elf)) = output.meta.get(meta) else {
+                continue;
+            };
+            let path = elf.path.to_string_lossy().into_owned();
+            if !self.objects.contains_key(&path) {
+                match hold(tgid, &elf.path) {
+                    Some(held) => {
+                        self.objects.insert(path.clone(), Rc::new(held));
+                    }
+                    None => continue,
+                }
+            }
+            frame.object = Some(path);
             frame.offset = Some(offset);
             frame.build_id = elf
                 .build_id
                 .as_ref()
                 .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect());
         }
+        Stack {
+            frames,
+            // Known once symbolized.
+            partial: true,
+            unresolved: None,
+        }
     }
+}
+
+/// Opens the object at `path` as process `tgid` sees it (its root: a
+/// container's file), to read it after the process is gone.
+fn hold(tgid: u32, path: &Path) -> Option<HeldObject> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let theirs = Path::new("/proc")
+        .join(tgid.to_string())
+        .join("root")
+        .join(relative);
+    let file = File::open(&theirs).ok()?;
+    let meta = file.metadata().ok()?;
+    let same_here = std::fs::metadata(path)
+        .is_ok_and(|here| here.dev() == meta.dev() && here.ino() == meta.ino());
+    let read_at = if same_here {
+        path.to_path_buf()
+    } else {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ))
+    };
+    Some(HeldObject {
+        read_at,
+        _file: file,
+    })
 }

@@ -77,7 +77,8 @@ pub fn final_report(
             },
         ),
     );
-    if let Some(stacks) = &session.collector.stacks {
+    if let Some(stacks) = &mut session.collector.stacks {
+        stacks.symbolize();
         call_sites_report::attach(&mut report, &stacks.call_sites);
     }
     Ok((report, facts))
