@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use crate::model::events::FileId;
+use crate::model::events::{Event, EventBody, FileId};
 
 /// One frame of a writer's user stack, innermost first, as resolved while
 /// the writer lived.
@@ -76,6 +76,16 @@ pub struct Stack {
     pub unresolved: Option<String>,
 }
 
+/// A stack as recordings and the event stream carry it: by the process
+/// and the kernel's stack id its records name it with.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessStack {
+    pub pid: u32,
+    pub stack_id: u32,
+    #[serde(flatten)]
+    pub stack: Stack,
+}
+
 /// Functions a whole user stack ends in: process and thread entries of
 /// glibc, musl and the dynamic loader.
 const STACK_ROOTS: [&str; 10] = [
@@ -116,6 +126,45 @@ pub struct CallSites {
 }
 
 impl CallSites {
+    /// A decoded event's call site, with `stack` the one its stack id
+    /// names (None: it has none, or it could not be read).
+    pub fn observe(&mut self, event: &Event, stack: Option<&Rc<Stack>>) {
+        let pages = match event.body {
+            EventBody::FirstWrite { .. } | EventBody::NewWriter { .. } => 1,
+            EventBody::FolioSpan { pages, .. } | EventBody::PossibleWrite { pages, .. } => pages,
+            _ => return,
+        };
+        match stack.filter(|stack| !stack.frames.is_empty()) {
+            Some(stack) => self.add(
+                event.file,
+                stack,
+                (event.task.tgid, &event.task.comm),
+                pages,
+            ),
+            None => self.without_stack += 1,
+        }
+    }
+
+    /// The call sites of recorded events, from the stacks recorded with
+    /// them (`mmapwatch report`): as the live trace built them.
+    pub fn replayed<'a>(
+        events: impl IntoIterator<Item = &'a Event>,
+        stacks: &[ProcessStack],
+    ) -> Self {
+        let stacks: HashMap<(u32, u32), Rc<Stack>> = stacks
+            .iter()
+            .map(|s| ((s.pid, s.stack_id), Rc::new(s.stack.clone())))
+            .collect();
+        let mut sites = Self::default();
+        for event in events {
+            let stack = event
+                .stack_id
+                .and_then(|id| stacks.get(&(event.task.tgid, id)));
+            sites.observe(event, stack);
+        }
+        sites
+    }
+
     /// `pages` first written by `writer` (tgid, comm) from `stack`.
     pub fn add(&mut self, file: FileId, stack: &Rc<Stack>, writer: (u32, &str), pages: u64) {
         let key: Vec<FrameKey> = stack.frames.iter().map(Frame::site_key).collect();
@@ -243,6 +292,65 @@ mod tests {
         assert_eq!(describe(&sites.of(&FILE)[1].stack), "0x99");
         assert_eq!(describe(&sites.of(&FILE)[2].stack), "liblmdb.so.0+0x6507");
         assert!(sites.of(&FileId::default()).is_empty());
+    }
+
+    #[test]
+    fn replayed_events_give_the_live_call_sites() {
+        use crate::model::events::Task;
+        let event = |page, tgid, stack_id| Event {
+            file: FILE,
+            task: Task {
+                pid: tgid,
+                tgid,
+                comm: "w".into(),
+                ..Task::default()
+            },
+            boot_ns: 1,
+            body: EventBody::FirstWrite {
+                page,
+                kind: crate::model::events::WriteKind::Shared,
+            },
+            stack_id,
+        };
+        let span = Event {
+            body: EventBody::FolioSpan {
+                first_page: 16,
+                pages: 16,
+            },
+            ..event(0, 7, Some(3))
+        };
+        let events = [
+            event(1, 7, Some(3)),
+            event(2, 8, Some(3)),
+            span,
+            event(3, 7, None),
+        ];
+        let stacks = [
+            ProcessStack {
+                pid: 7,
+                stack_id: 3,
+                stack: (*stack(vec![frame(0x1000, "store", 12)])).clone(),
+            },
+            // Another process's stack 3: other code at that address.
+            ProcessStack {
+                pid: 8,
+                stack_id: 3,
+                stack: (*stack(vec![frame(0x1000, "fill", 40)])).clone(),
+            },
+        ];
+        let mut live = CallSites::default();
+        for event in &events {
+            let stack = stacks
+                .iter()
+                .find(|s| Some(s.stack_id) == event.stack_id && s.pid == event.task.tgid)
+                .map(|s| Rc::new(s.stack.clone()));
+            live.observe(event, stack.as_ref());
+        }
+        let replayed = CallSites::replayed(&events, &stacks);
+        assert_eq!(replayed.of(&FILE), live.of(&FILE));
+        let pages: Vec<u64> = replayed.of(&FILE).iter().map(|s| s.pages).collect();
+        assert_eq!(pages, [17, 1]);
+        assert_eq!(replayed.without_stack, 1);
     }
 
     #[test]

@@ -488,6 +488,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
+impl Event {
+    /// A write of pages: a first write, a new writer, a span or a
+    /// possible write (the records that carry a stack).
+    pub fn is_page_write(&self) -> bool {
+        matches!(
+            self.body,
+            EventBody::FirstWrite { .. }
+                | EventBody::NewWriter { .. }
+                | EventBody::FolioSpan { .. }
+                | EventBody::PossibleWrite { .. }
+        )
+    }
+}
+
 /// A page record's stack id, None for [`probe_common::NO_STACK`].
 fn stack_of(event: &PageEvent) -> Option<u32> {
     (event.stack_id != probe_common::NO_STACK).then_some(event.stack_id)

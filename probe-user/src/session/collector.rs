@@ -2,6 +2,8 @@
 //! file handed to the namer (`naming`), and the front ends' taps on the
 //! event stream.
 
+use std::{cell::RefCell, rc::Rc};
+
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
@@ -37,8 +39,9 @@ pub struct Collector {
     /// Files the kernel announced (each has taken an entry in its
     /// per-file map).
     pub files_announced: u64,
-    /// The call sites of first writes (`--stacks`).
-    pub stacks: Option<StackResolver>,
+    /// The call sites of first writes (`--stacks`), shared with the
+    /// event stream (its `stack` lines).
+    pub stacks: Option<Rc<RefCell<StackResolver>>>,
 }
 
 impl Collector {
@@ -91,8 +94,8 @@ impl Collector {
             }
         };
         let applied = self.aggregate.apply(&event);
-        if let Some(stacks) = &mut self.stacks {
-            stacks.observe(&event);
+        if let Some(stacks) = &self.stacks {
+            stacks.borrow_mut().observe(&event);
         }
         match &event.body {
             EventBody::FileSeen { .. } => {

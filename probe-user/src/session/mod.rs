@@ -190,7 +190,9 @@ impl Session {
                 .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
         let mut collector = Collector::new();
         if options.stacks {
-            collector.stacks = Some(stacks::StackResolver::new(probes.take_stacks()?));
+            collector.stacks = Some(std::rc::Rc::new(std::cell::RefCell::new(
+                stacks::StackResolver::new(probes.take_stacks()?),
+            )));
         }
         let child = match command {
             Some((path, args)) => Some(spawn_followed(

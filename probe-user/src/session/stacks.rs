@@ -26,8 +26,8 @@ use blazesym::{
 };
 
 use crate::model::{
-    call_sites::{reaches_a_root, CallSites, Frame, Stack},
-    events::{Event, EventBody},
+    call_sites::{reaches_a_root, CallSites, Frame, ProcessStack, Stack},
+    events::Event,
 };
 
 /// Frames the kernel keeps of a stack (`PERF_MAX_STACK_DEPTH`): a walk
@@ -52,6 +52,7 @@ pub struct StackResolver {
     located: HashMap<(u32, u32), Rc<Stack>>,
     /// Objects by the path the writer saw, and by (dev, ino).
     objects: HashMap<String, Rc<HeldObject>>,
+    names: Names,
     pub call_sites: CallSites,
 }
 
@@ -63,91 +64,64 @@ impl StackResolver {
             addresses: HashMap::new(),
             located: HashMap::new(),
             objects: HashMap::new(),
+            names: Names::default(),
             call_sites: CallSites::default(),
         }
     }
 
-    /// Adds a decoded event's call site, if it is a write with a stack.
+    /// Adds a decoded event's call site (see [`CallSites::observe`]),
+    /// locating its stack the first time its process names it.
     pub fn observe(&mut self, event: &Event) {
-        let pages = match event.body {
-            EventBody::FirstWrite { .. } | EventBody::NewWriter { .. } => 1,
-            EventBody::FolioSpan { pages, .. } | EventBody::PossibleWrite { pages, .. } => pages,
-            _ => return,
-        };
-        let Some(id) = event.stack_id else {
-            self.call_sites.without_stack += 1;
-            return;
-        };
-        let tgid = event.task.tgid;
-        let stack = match self.located.get(&(tgid, id)) {
-            Some(stack) => Rc::clone(stack),
-            None => {
-                let stack = Rc::new(self.locate(tgid, id));
-                self.located.insert((tgid, id), Rc::clone(&stack));
-                stack
+        let stack = event.stack_id.map(|id| {
+            let key = (event.task.tgid, id);
+            match self.located.get(&key) {
+                Some(stack) => Rc::clone(stack),
+                None => {
+                    let stack = Rc::new(self.locate(key.0, id));
+                    self.located.insert(key, Rc::clone(&stack));
+                    stack
+                }
             }
-        };
-        if stack.frames.is_empty() {
-            self.call_sites.without_stack += 1;
-            return;
-        }
-        self.call_sites
-            .add(event.file, &stack, (tgid, &event.task.comm), pages);
+        });
+        self.call_sites.observe(event, stack.as_ref());
     }
 
-    /// Names every call site's frames (for the report): one pass over each
-    /// object's offsets.
+    /// Every stack located, named: what a recording keeps of them.
+    pub fn named_stacks(&mut self) -> Vec<ProcessStack> {
+        let mut keys: Vec<(u32, u32)> = self.located.keys().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .filter_map(|(pid, stack_id)| {
+                let stack = self.named_stack(pid, stack_id)?;
+                Some(ProcessStack {
+                    pid,
+                    stack_id,
+                    stack,
+                })
+            })
+            .collect()
+    }
+
+    /// Names every call site's frames, for the report.
     pub fn symbolize(&mut self) {
-        let symbolizer = Symbolizer::new();
-        let objects = &self.objects;
-        let mut by_object: HashMap<String, Vec<(u64, &mut Frame)>> = HashMap::new();
-        let mut stacks: Vec<&mut Stack> = self.call_sites.stacks_mut().collect();
-        for stack in &mut stacks {
-            for (index, frame) in stack.frames.iter_mut().enumerate() {
-                let (Some(object), Some(offset)) = (frame.object.clone(), frame.offset) else {
-                    continue;
-                };
-                // A return address is looked up one byte back, inside the
-                // call it returns from: its line is the call's.
-                let lookup = if index == 0 {
-                    offset
-                } else {
-                    offset.saturating_sub(1)
-                };
-                by_object.entry(object).or_default().push((lookup, frame));
-            }
+        let mut sites: Vec<&mut Stack> = self.call_sites.stacks_mut().collect();
+        let frames = sites
+            .iter_mut()
+            .flat_map(|stack| stack.frames.iter_mut().enumerate());
+        self.names.name(&self.objects, frames);
+        for stack in sites {
+            settle_partial(stack);
         }
-        for (object, frames) in by_object {
-            let Some(held) = objects.get(&object) else {
-                continue;
-            };
-            let offsets: Vec<u64> = frames.iter().map(|(offset, _)| *offset).collect();
-            let source = Source::Elf(Elf::new(&held.read_at));
-            let symbolized = match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
-                Ok(symbolized) => symbolized,
-                Err(err) => {
-                    log::debug!("{object}: {err}");
-                    continue;
-                }
-            };
-            for ((_, frame), symbolized) in frames.into_iter().zip(&symbolized) {
-                if let Symbolized::Sym(sym) = symbolized {
-                    frame.symbol = Some(sym.name.to_string());
-                    frame.file = sym.code_info.as_ref().map(|info| match &info.dir {
-                        Some(dir) => dir.join(&*info.file).to_string_lossy().into_owned(),
-                        None => info.file.to_string_lossy().into_owned(),
-                    });
-                    frame.line = sym.code_info.as_ref().and_then(|info| info.line);
-                }
-            }
-        }
-        for stack in stacks {
-            if stack.unresolved.is_none() {
-                let outermost = stack.frames.last().and_then(|f| f.symbol.as_deref());
-                stack.partial =
-                    stack.frames.len() >= KERNEL_MAX_FRAMES || !reaches_a_root(outermost);
-            }
-        }
+    }
+
+    /// Process `tgid`'s stack `id` as located when its record was read,
+    /// named now (the event stream's `stack` lines).
+    pub fn named_stack(&mut self, tgid: u32, id: u32) -> Option<Stack> {
+        let mut stack = (**self.located.get(&(tgid, id))?).clone();
+        self.names
+            .name(&self.objects, stack.frames.iter_mut().enumerate());
+        settle_partial(&mut stack);
+        Some(stack)
     }
 
     /// The stack's frames located in process `tgid`: object, offset, build
@@ -184,11 +158,7 @@ impl StackResolver {
                 return Stack {
                     frames,
                     partial: true,
-                    unresolved: Some(if Path::new(&format!("/proc/{tgid}")).exists() {
-                        format!("not located: {err}")
-                    } else {
-                        "the writer exited before its stack was read".into()
-                    }),
+                    unresolved: Some(why_not_located(tgid)),
                 };
             }
         };
@@ -212,12 +182,24 @@ impl StackResolver {
                 .as_ref()
                 .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect());
         }
+        let located = frames.iter().any(|frame| frame.object.is_some());
         Stack {
             frames,
             // Known once symbolized.
             partial: true,
-            unresolved: None,
+            unresolved: (!located).then(|| why_not_located(tgid)),
         }
+    }
+}
+
+/// Why no frame of process `tgid` is in a file: it is gone (or exiting,
+/// its mappings already torn down), or its code is in none (JIT).
+fn why_not_located(tgid: u32) -> String {
+    let maps = std::fs::read(format!("/proc/{tgid}/maps")).unwrap_or_default();
+    if maps.is_empty() {
+        "the writer exited before its stack was read".into()
+    } else {
+        "no frame is in a file the writer maps (JIT or anonymous code)".into()
     }
 }
 
@@ -245,4 +227,105 @@ fn hold(tgid: u32, path: &Path) -> Option<HeldObject> {
         read_at,
         _file: file,
     })
+}
+
+/// Whether a named stack reached its thread's entry (see
+/// [`reaches_a_root`]); a stack of a writer that could not be located
+/// stays partial.
+fn settle_partial(stack: &mut Stack) {
+    if stack.unresolved.is_none() {
+        let outermost = stack.frames.last().and_then(|f| f.symbol.as_deref());
+        stack.partial = stack.frames.len() >= KERNEL_MAX_FRAMES || !reaches_a_root(outermost);
+    }
+}
+
+/// What a code address is called: function, source file, line.
+#[derive(Clone, Default)]
+struct Name {
+    symbol: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+}
+
+/// Names of code addresses (object, offset looked up), each asked of
+/// blazesym once; one call per object for the frames not named yet.
+#[derive(Default)]
+struct Names {
+    symbolizer: Option<Symbolizer>,
+    known: HashMap<(String, u64), Name>,
+}
+
+impl Names {
+    /// Names `frames` (index in their stack, frame).
+    fn name<'a>(
+        &mut self,
+        objects: &HashMap<String, Rc<HeldObject>>,
+        frames: impl Iterator<Item = (usize, &'a mut Frame)>,
+    ) {
+        let mut frames: Vec<((String, u64), &'a mut Frame)> = frames
+            .filter_map(|(index, frame)| {
+                let object = frame.object.clone()?;
+                let offset = frame.offset?;
+                // A return address is looked up one byte back, inside the
+                // call it returns from: its line is the call's.
+                let lookup = if index == 0 {
+                    offset
+                } else {
+                    offset.saturating_sub(1)
+                };
+                Some(((object, lookup), frame))
+            })
+            .collect();
+        let mut wanted: HashMap<&str, Vec<u64>> = HashMap::new();
+        for ((object, lookup), _) in &frames {
+            if !self.known.contains_key(&(object.clone(), *lookup)) {
+                wanted.entry(object.as_str()).or_default().push(*lookup);
+            }
+        }
+        let symbolizer = self.symbolizer.get_or_insert_with(Symbolizer::new);
+        for (object, mut offsets) in wanted {
+            offsets.sort_unstable();
+            offsets.dedup();
+            let names = objects
+                .get(object)
+                .map(|held| symbolize(symbolizer, object, &held.read_at, &offsets))
+                .unwrap_or_else(|| vec![Name::default(); offsets.len()]);
+            for (offset, name) in offsets.into_iter().zip(names) {
+                self.known.insert((object.to_string(), offset), name);
+            }
+        }
+        for (key, frame) in &mut frames {
+            if let Some(name) = self.known.get(key) {
+                frame.symbol.clone_from(&name.symbol);
+                frame.file.clone_from(&name.file);
+                frame.line = name.line;
+            }
+        }
+    }
+}
+
+/// The names of `offsets` in the object read at `read_at` (unnamed where
+/// no symbol covers one, or the object cannot be read).
+fn symbolize(symbolizer: &Symbolizer, object: &str, read_at: &Path, offsets: &[u64]) -> Vec<Name> {
+    let source = Source::Elf(Elf::new(read_at));
+    match symbolizer.symbolize(&source, Input::FileOffset(offsets)) {
+        Ok(symbolized) => symbolized
+            .iter()
+            .map(|symbolized| match symbolized {
+                Symbolized::Sym(sym) => Name {
+                    symbol: Some(sym.name.to_string()),
+                    file: sym.code_info.as_ref().map(|info| match &info.dir {
+                        Some(dir) => dir.join(&*info.file).to_string_lossy().into_owned(),
+                        None => info.file.to_string_lossy().into_owned(),
+                    }),
+                    line: sym.code_info.as_ref().and_then(|info| info.line),
+                },
+                Symbolized::Unknown(_) => Name::default(),
+            })
+            .collect(),
+        Err(err) => {
+            log::debug!("{object}: {err}");
+            vec![Name::default(); offsets.len()]
+        }
+    }
 }

@@ -5,6 +5,7 @@
 use std::{
     borrow::Cow,
     cell::RefCell,
+    collections::HashSet,
     rc::Rc,
     time::{Duration, UNIX_EPOCH},
 };
@@ -15,13 +16,14 @@ use serde::Serialize;
 use crate::{
     model::{
         aggregate::Applied,
+        call_sites::ProcessStack,
         clock::Clock,
         events::{Event, EventBody, WriteKind},
         file_record::FileRecord,
         names,
         report_filter::ReportFilter,
     },
-    session::{container_name, CgroupNames, EventObserver},
+    session::{container_name, stacks::StackResolver, CgroupNames, EventObserver},
     trace::{json_lines::JsonLines, report::WriterIds},
 };
 
@@ -67,6 +69,20 @@ pub struct StreamEvent<'a> {
     pub latency_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<i64>,
+    /// `--stacks`: the writer's stack, whose frames a `stack` line of
+    /// this `pid` and `stack_id` gave before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
+}
+
+/// A `stack` line: the frames of a process's stack, written once before
+/// the first event that names it.
+#[derive(Serialize)]
+struct StackLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    stack: &'a ProcessStack,
 }
 
 /// A line's `type`: the record kind's stream name, declared with the kind
@@ -159,6 +175,7 @@ pub fn stream_event<'a>(
         call: sync.map(|s| s.0),
         latency_ns: sync.map(|s| s.1),
         result: sync.map(|s| s.2),
+        stack_id: event.stack_id,
     })
 }
 
@@ -221,6 +238,35 @@ pub struct EventStream {
     pub clock: Clock,
     /// Shared with the report: one cache of names, each cgroup read once.
     pub cgroups: Rc<RefCell<CgroupNames>>,
+    /// `--stacks`: the session's stacks, and those written already.
+    pub stacks: Option<Rc<RefCell<StackResolver>>>,
+    pub stacks_written: HashSet<(u32, u32)>,
+}
+
+impl EventStream {
+    /// The `stack` line of the stack `line` names, the first time (JSON
+    /// only: a text line has no room for frames). Named now, while the
+    /// stream is read: it costs the reader the first lookup of each
+    /// object's symbols.
+    fn write_stack_of(&mut self, line: &StreamEvent) {
+        let (Some(stacks), Some(pid), Some(stack_id)) = (&self.stacks, line.pid, line.stack_id)
+        else {
+            return;
+        };
+        if self.text || !self.stacks_written.insert((pid, stack_id)) {
+            return;
+        }
+        if let Some(stack) = stacks.borrow_mut().named_stack(pid, stack_id) {
+            self.lines.write(&StackLine {
+                kind: "stack",
+                stack: &ProcessStack {
+                    pid,
+                    stack_id,
+                    stack,
+                },
+            });
+        }
+    }
 }
 
 impl EventObserver for EventStream {
@@ -230,6 +276,7 @@ impl EventObserver for EventStream {
                 line.cgroup = self.cgroups.borrow_mut().path(id);
                 line.container = line.cgroup.as_deref().and_then(container_name);
             }
+            self.write_stack_of(&line);
             if self.text {
                 self.lines.write_text(&text_line(&line));
             } else {

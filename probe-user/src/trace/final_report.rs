@@ -77,7 +77,8 @@ pub fn final_report(
             },
         ),
     );
-    if let Some(stacks) = &mut session.collector.stacks {
+    if let Some(stacks) = &session.collector.stacks {
+        let mut stacks = stacks.borrow_mut();
         stacks.symbolize();
         call_sites_report::attach(&mut report, &stacks.call_sites);
     }
@@ -91,7 +92,10 @@ pub fn start_recording(
     filter: &ReportFilter,
 ) -> anyhow::Result<Recording> {
     let file = open_named(path).context("cannot write the recording")?;
-    let start = Start::new(session.clock, filter.include_cow, &filter.path_prefixes);
+    let start = Start {
+        stacks: session.collector.stacks.is_some(),
+        ..Start::new(session.clock, filter.include_cow, &filter.path_prefixes)
+    };
     let recording = Recording::new(JsonLines::new(Box::new(file)), &start);
     session.collector.observe(Box::new(recording.tap()));
     Ok(recording)
@@ -106,8 +110,24 @@ pub fn end_recording(
 ) -> anyhow::Result<()> {
     let cgroups = RefCell::new(CgroupNames::new(session.collector.mounts()));
     let (_, facts) = final_report(session, filter, &cgroups)?;
+    finish_recording(recording, session, &facts)
+}
+
+/// Writes a recording's end: each file's state, the stacks its events
+/// name (`--stacks`), the report's facts.
+pub fn finish_recording(
+    recording: &Recording,
+    session: &Session,
+    facts: &ReportFacts,
+) -> anyhow::Result<()> {
+    let stacks = session
+        .collector
+        .stacks
+        .as_ref()
+        .map(|stacks| stacks.borrow_mut().named_stacks())
+        .unwrap_or_default();
     recording
-        .finish(session.collector.aggregate.files(), &facts)
+        .finish(session.collector.aggregate.files(), &stacks, facts)
         .context("writing the recording")
 }
 

@@ -22,7 +22,7 @@ pub mod stream_replay;
 pub mod table;
 
 use events::EventStream;
-use final_report::{final_report, start_recording};
+use final_report::{final_report, finish_recording, start_recording};
 use json_lines::JsonLines;
 
 use crate::{
@@ -96,6 +96,8 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
             filter: report_filter(&options),
             clock: session.clock,
             cgroups: cgroups.clone(),
+            stacks: session.collector.stacks.clone(),
+            stacks_written: HashSet::new(),
         }));
     }
     // Handlers first: whoever reads "tracing" may signal at once.
@@ -132,9 +134,7 @@ pub async fn run(kernel: &KernelPaths, args: TraceArgs) -> anyhow::Result<u8> {
     }
     let (report, facts) = final_report(&mut session, &report_filter(&options), &cgroups)?;
     if let Some(recording) = &recording {
-        recording
-            .finish(session.collector.aggregate.files(), &facts)
-            .context("writing the recording")?;
+        finish_recording(recording, &session, &facts)?;
     }
     if let Some(lines) = &event_lines {
         lines.finish().context("writing the event stream")?;

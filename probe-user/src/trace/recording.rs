@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     model::{
         aggregate::Applied,
+        call_sites::ProcessStack,
         clock::Clock,
         events::{Event, FileId},
         file_record::{FileRecord, PathSource},
@@ -43,6 +44,8 @@ pub enum Line {
     Event(Event),
     Name(Name),
     File(FileState),
+    /// `--stacks`: a stack the events name, as the trace named it.
+    Stack(ProcessStack),
     End(Box<ReportFacts>),
 }
 
@@ -55,6 +58,7 @@ enum LineRef<'a> {
     Event(&'a Event),
     Name(&'a Name),
     File(&'a FileState),
+    Stack(&'a ProcessStack),
     End(&'a ReportFacts),
 }
 
@@ -68,6 +72,10 @@ pub struct Start {
     /// The trace's report filter (`--include-cow`, `--path-prefix`).
     pub include_cow: bool,
     pub path_prefixes: Vec<NameBytes>,
+    /// The trace took stacks (`--stacks`): its events' call sites are in
+    /// `stack` lines before the end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stacks: bool,
 }
 
 impl Start {
@@ -82,6 +90,7 @@ impl Start {
                 .iter()
                 .map(|p| NameBytes(p.as_os_str().as_bytes().to_vec()))
                 .collect(),
+            stacks: false,
         }
     }
 
@@ -256,10 +265,14 @@ impl Recording {
     pub fn finish<'a>(
         &self,
         files: impl Iterator<Item = (&'a FileId, &'a FileRecord)>,
+        stacks: &[ProcessStack],
         facts: &ReportFacts,
     ) -> std::io::Result<()> {
         for (id, record) in files {
             self.0.write(&LineRef::File(&FileState::of(*id, record)));
+        }
+        for stack in stacks {
+            self.0.write(&LineRef::Stack(stack));
         }
         self.0.write(&LineRef::End(facts));
         self.0.finish()

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use crate::{
     cli::ReportArgs,
     error::UserError,
+    model::call_sites::CallSites,
     model::{
         aggregate::Aggregate,
         events::{Event, EventBody, WriteKind},
@@ -23,10 +24,11 @@ use crate::{
         report_filter::ReportFilter,
     },
     output_file::open_named,
+    trace::call_sites_report,
     trace::{
         recording::{Answers, Line, Lookups, ReportFacts, Start, FORMAT, NOT_RECORDED},
         report::{self, Report},
-        stream_replay::{self, StreamLine},
+        stream_replay::{self, StreamItem},
     },
 };
 
@@ -62,6 +64,8 @@ pub struct Replay {
     pub aggregate: Aggregate,
     /// None when the recording stops before the trace's end.
     pub facts: Option<ReportFacts>,
+    /// The events' call sites, when the trace took stacks.
+    pub call_sites: Option<CallSites>,
 }
 
 /// The longest line read: a recording's `end` holds the answers for every
@@ -124,7 +128,7 @@ pub fn read(input: impl BufRead, writers: &WriterFilter) -> Result<Replay, UserE
         Ok(Line::Start(start)) => read_recording(start, lines, writers),
         Ok(_) => Err(not_a_recording()),
         Err(_) => match stream_replay::parse(&first) {
-            Ok(line) => read_stream((number, line), lines, writers),
+            Ok(item) => read_stream((number, item), lines, writers),
             Err(_) => Err(not_a_recording()),
         },
     }
@@ -144,6 +148,7 @@ fn read_recording(
     let mut aggregate = Aggregate::new();
     let mut states = Vec::new();
     let mut facts = None;
+    let (mut stack_events, mut stacks) = (Vec::new(), Vec::new());
     for line in lines {
         let (number, line) = line?;
         let parsed: Line = serde_json::from_str(&line)
@@ -161,8 +166,12 @@ fn read_recording(
                     .map_err(|err| bad_line(number, err.to_string()))?;
                 if writers.keeps(&event) {
                     aggregate.apply(&event);
+                    if start.stacks {
+                        stack_events.push(event);
+                    }
                 }
             }
+            Line::Stack(stack) => stacks.push(stack),
             Line::Name(name) => {
                 if writers.keeps_everyone() || aggregate.file(&name.file).is_some() {
                     let path = PathBuf::from(name.path.as_os_str());
@@ -176,23 +185,30 @@ fn read_recording(
     for state in &states {
         aggregate.restore(state, writers.keeps_everyone());
     }
+    let call_sites = start
+        .stacks
+        .then(|| CallSites::replayed(&stack_events, &stacks));
     Ok(Replay {
         start,
         aggregate,
         facts,
+        call_sites,
     })
 }
 
 /// An event stream: its events through the aggregate, the names and ids
 /// its lines carry as answers, the rest said missing.
 fn read_stream(
-    first: (usize, StreamLine),
+    first: (usize, StreamItem),
     lines: impl Iterator<Item = Result<(usize, String), UserError>>,
     writers: &WriterFilter,
 ) -> Result<Replay, UserError> {
     let mut aggregate = Aggregate::new();
     let answers = Answers::live();
     let mut include_cow = false;
+    // `--stacks` streams: their stack lines, the events that name one,
+    // and the writes that came without.
+    let (mut stack_events, mut stacks, mut without_stack) = (Vec::new(), Vec::new(), 0);
     let rest = lines.map(|line| {
         let (number, text) = line?;
         let parsed = stream_replay::parse(&text)
@@ -201,6 +217,13 @@ fn read_stream(
     });
     for line in std::iter::once(Ok(first)).chain(rest) {
         let (number, line) = line?;
+        let line = match line {
+            StreamItem::Stack(stack) => {
+                stacks.push(stack);
+                continue;
+            }
+            StreamItem::Event(line) => line,
+        };
         let event = line.event().map_err(|why| bad_line(number, why))?;
         event
             .check()
@@ -215,8 +238,18 @@ fn read_stream(
             );
             aggregate.apply(&event);
             line.learn(&event, &mut aggregate, &answers);
+            if event.stack_id.is_some() {
+                stack_events.push(event);
+            } else if event.is_page_write() {
+                without_stack += 1;
+            }
         }
     }
+    let call_sites = (!stacks.is_empty()).then(|| {
+        let mut sites = CallSites::replayed(&stack_events, &stacks);
+        sites.without_stack += without_stack;
+        sites
+    });
     Ok(Replay {
         start: Start {
             format: FORMAT,
@@ -225,9 +258,11 @@ fn read_stream(
             clock_offset_ns: 0,
             include_cow,
             path_prefixes: Vec::new(),
+            stacks: call_sites.is_some(),
         },
         aggregate,
         facts: Some(stream_replay::stream_facts(answers)),
+        call_sites,
     })
 }
 
@@ -289,6 +324,9 @@ impl Replay {
         );
         if prefixes.is_none() {
             report.files.clear();
+        }
+        if let Some(sites) = &self.call_sites {
+            call_sites_report::attach(&mut report, sites);
         }
         report
     }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::{
     error::UserError,
+    model::call_sites::ProcessStack,
     model::{
         aggregate::Aggregate,
         events::{Event, EventBody, FileId, SyncCall, Task, UserIds, WriteKind},
@@ -47,6 +48,23 @@ pub struct StreamLine {
     call: Option<String>,
     latency_ns: Option<u64>,
     result: Option<i64>,
+    #[serde(default)]
+    stack_id: Option<u32>,
+}
+
+/// A line of the stream: an event, or a `stack` line (`--stacks`) naming
+/// the frames of the stack its process's later events give by id.
+pub enum StreamItem {
+    Event(StreamLine),
+    Stack(ProcessStack),
+}
+
+#[derive(Deserialize)]
+struct StackLine {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(flatten)]
+    stack: ProcessStack,
 }
 
 /// The record kind a stream line's `type` names (the names are declared
@@ -130,8 +148,7 @@ impl StreamLine {
             },
             boot_ns: self.unix_ns,
             body,
-            // A stream's stacks are its frames, not the kernel's ids.
-            stack_id: None,
+            stack_id: self.stack_id,
         })
     }
 
@@ -167,13 +184,39 @@ pub fn stream_facts(answers: Answers) -> ReportFacts {
 }
 
 /// Reads a stream line, or says why it is none.
-pub fn parse(line: &str) -> Result<StreamLine, UserError> {
-    serde_json::from_str(line).map_err(|err| UserError::Usage(err.to_string()))
+pub fn parse(line: &str) -> Result<StreamItem, UserError> {
+    if let Ok(StackLine { kind, stack }) = serde_json::from_str::<StackLine>(line) {
+        if kind == "stack" {
+            return Ok(StreamItem::Stack(stack));
+        }
+    }
+    serde_json::from_str(line)
+        .map(StreamItem::Event)
+        .map_err(|err| UserError::Usage(err.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The event a stream line reads back as.
+    fn event_of(json: &str) -> Event {
+        match parse(json).expect("parses") {
+            StreamItem::Event(line) => line.event().expect("an event"),
+            StreamItem::Stack(_) => panic!("a stack line: {json}"),
+        }
+    }
+
+    #[test]
+    fn a_stack_line_reads_back_as_its_stack() {
+        let json = r#"{"type":"stack","pid":7,"stack_id":3,"frames":[{"addr":4096,"symbol":"store","object":"/w","offset":16,"file":"/w.c","line":12}],"partial":false}"#;
+        let StreamItem::Stack(stack) = parse(json).expect("parses") else {
+            panic!("not a stack line");
+        };
+        assert_eq!((stack.pid, stack.stack_id), (7, 3));
+        assert_eq!(stack.stack.frames[0].line, Some(12));
+        assert_eq!(stack.stack.frames[0].offset, Some(16));
+    }
     use crate::{
         model::{
             aggregate::Applied, clock::Clock, file_record::FileRecord, report_filter::ReportFilter,
@@ -250,12 +293,12 @@ mod tests {
                 task: task.clone(),
                 boot_ns: 1_700_000_000_000_000_123,
                 body,
-                stack_id: None,
+                stack_id: Some(4),
             };
             let line = stream_event(&event, &new_page, Some(&named), &filter, &clock)
                 .expect("a stream line");
             let json = serde_json::to_string(&line).expect("serializes");
-            let back = parse(&json).expect("parses").event().expect("an event");
+            let back = event_of(&json);
             assert_eq!(back, event, "{json}");
         }
         // Writeback is nobody's: its task reads back empty.
@@ -271,10 +314,7 @@ mod tests {
         };
         let line = stream_event(&writeback, &new_page, Some(&named), &filter, &clock)
             .expect("a writeback line");
-        let back = parse(&serde_json::to_string(&line).unwrap())
-            .unwrap()
-            .event()
-            .unwrap();
+        let back = event_of(&serde_json::to_string(&line).unwrap());
         assert_eq!(back.body, writeback.body);
         assert_eq!(back.writer(), None);
     }
