@@ -68,8 +68,8 @@ pub(crate) fn cache_chunk(
 /// possibly-written window) unless this process reported them already.
 /// Another process touching them is reported as a new writer. `site`
 /// gives the record its stack.
-pub(crate) fn report_first_use(
-    site: CallSite,
+pub(crate) fn report_first_use<const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
     header: &EventHeader,
     kind: RecordKind,
     page: u64,
@@ -133,8 +133,8 @@ pub(crate) fn report_first_use(
 /// The first page reported of a chunk: creates its dedup entry (evicting
 /// the least recently used one when full) and reports the page.
 #[inline(always)]
-pub(crate) fn new_chunk(
-    site: CallSite,
+pub(crate) fn new_chunk<const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
     key: &PageChunkKey,
     header: &EventHeader,
     kind: RecordKind,

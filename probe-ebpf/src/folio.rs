@@ -160,7 +160,12 @@ pub(crate) fn page_cache_folio(mapping: u64, index: u64) -> Option<u64> {
 /// in this large folio, and dirties it now: if the folio fits the fault's
 /// room, the kernel maps it writable whole, so later stores to any of its
 /// pages never fault. Report the whole span.
-pub(crate) fn report_new_folio_span(site: CallSite, key: &FileKey, index: u64, pages: u64) {
+pub(crate) fn report_new_folio_span<const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
+    key: &FileKey,
+    index: u64,
+    pages: u64,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let thread = pid_tgid as u32;
     // SAFETY: read-only lookup of a plain value, copied out at once.

@@ -428,7 +428,10 @@ pub(crate) fn announce_file(key: &FileKey, now: u64, header: &EventHeader, info:
 /// Records a write fault whose mapping is known. Out of line: every backend's
 /// fault programs call it, and its frame stays off the lookup's call chain.
 #[inline(never)]
-pub(crate) fn record_write(site: CallSite, scratch: &mut FaultScratch) -> i64 {
+pub(crate) fn record_write<const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
+    scratch: &mut FaultScratch,
+) -> i64 {
     let FaultScratch {
         info,
         fault,

@@ -134,6 +134,11 @@ pub struct TopArgs {
     #[arg(long)]
     pub include_cow: bool,
 
+    /// Name the code that wrote each file, in its detail view: its call
+    /// sites with most pages (as `trace --stacks`).
+    #[arg(long)]
+    pub stacks: bool,
+
     /// Plain text instead of the dashboard: one table per interval on
     /// stdout (no terminal needed).
     #[arg(short = 'b', long)]

@@ -464,3 +464,16 @@ impl Drop for Cgroup2 {
         }
     }
 }
+
+/// The call-site tests' C writer (tests/c/stacks.c).
+pub const STACKS_SOURCE: &str = include_str!("../c/stacks.c");
+
+/// The line of stacks.c that holds `MARK name`.
+pub fn stacks_line(mark: &str) -> u64 {
+    let needle = format!("MARK {mark} ");
+    STACKS_SOURCE
+        .lines()
+        .position(|line| line.contains(&needle))
+        .unwrap_or_else(|| panic!("no MARK {mark} in stacks.c")) as u64
+        + 1
+}

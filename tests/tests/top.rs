@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{backend_under_test, mmapwatch_bin, path_arg, require_root, scratch_dir};
+use integration_tests::{
+    backend_under_test, mmapwatch_bin, path_arg, require_root, scratch_dir, stacks_line,
+};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_mw-workload");
 
@@ -392,4 +394,45 @@ fn the_dashboard_reads_at_80x24_and_200x60() {
         assert!(!screen.contains("panicked"), "{screen}");
         assert!(!tmux.alternate_screen(), "the terminal is restored");
     }
+}
+
+/// `top --stacks`: the detail view names the code that wrote the file,
+/// to its lines (the C writer of the trace suite's stacks tests).
+#[test]
+fn the_detail_view_names_the_call_sites_with_stacks() {
+    require_root();
+    let dir = scratch_dir();
+    let file = dir.path().join("stk.bin");
+    let writer = concat!(env!("OUT_DIR"), "/stacks-fp");
+    let command = format!(
+        "{} top --interval 300ms --stacks --cmd-output {} --path-prefix {} -- {writer} {} 8 300; echo MMAPWATCH-EXIT=$?; sleep 60",
+        mmapwatch_bin().display(),
+        path_arg(&dir.path().join("cmd.log")),
+        path_arg(dir.path()),
+        path_arg(&file),
+    );
+    let tmux = Tmux::start(&command);
+    tmux.wait_for("the writer's file with 8 pages", |s| {
+        pages_on_screen(s, "stk.bin") == Some(8)
+    });
+    tmux.send("Enter");
+    let even = format!(
+        "store_page (stacks.c:{}) < write_even (stacks.c:{})",
+        stacks_line("store_page"),
+        stacks_line("write_even")
+    );
+    let odd = format!(
+        "write_odd (stacks.c:{}) < main (stacks.c:{})",
+        stacks_line("write_odd"),
+        stacks_line("main_odd")
+    );
+    let screen = tmux.wait_for("its call sites", |s| s.contains(&even) && s.contains(&odd));
+    for line in screen.lines().filter(|l| l.contains("(stacks.c:")) {
+        assert!(
+            line.trim_start().starts_with("4 "),
+            "4 pages a site: {line}"
+        );
+    }
+    tmux.send("q");
+    tmux.wait_for("a clean exit", |s| s.contains("MMAPWATCH-EXIT="));
 }

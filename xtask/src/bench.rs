@@ -120,7 +120,7 @@ impl Tracer {
 
 /// Starts mmapwatch and waits for its first line on stderr, which says
 /// its probes are attached (it must contain `ready`).
-fn spawn_until_ready(command: &mut Command, ready: &str) -> Result<Child> {
+pub(crate) fn spawn_until_ready(command: &mut Command, ready: &str) -> Result<Child> {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -346,7 +346,7 @@ fn program_run_times(
 }
 
 /// Run time (ns) and run count of each BPF program, by name.
-fn program_stats() -> Result<std::collections::HashMap<String, (u64, u64)>> {
+pub(crate) fn program_stats() -> Result<std::collections::HashMap<String, (u64, u64)>> {
     let output = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -411,6 +411,7 @@ pub fn run(rounds: usize) -> Result<()> {
     let drops = drops(&workload)?;
     let new_files = crate::bench_new_files::run(&workload, rounds.clamp(1, 3))?;
     let churn_memory = crate::bench_memory::run(&workload)?;
+    let stacks = crate::bench_stacks::run(rounds.clamp(1, 5))?;
 
     let markdown = render(
         &machine,
@@ -425,6 +426,7 @@ pub fn run(rounds: usize) -> Result<()> {
         &drops,
         &new_files,
         &churn_memory,
+        &stacks,
     );
     let root = workspace_root();
     std::fs::write(root.join("BENCHMARKS.md"), &markdown)?;

@@ -44,6 +44,7 @@ pub(crate) fn render(
     drops: &DropResult,
     new_files: &NewFilesResult,
     churn_memory: &MemoryResult,
+    stacks: &crate::bench_stacks::StacksResult,
 ) -> String {
     let mut out = format!(
         "# Benchmarks\n\nMeasured by `cargo xtask bench` on {machine}; backend: tracepoint (the only one this kernel allows).\nAbsolute times vary between machines, and between runs on a small VM (other guests' load): the ratios, measured side by side in one interleaved run, are what compare; `--rounds N` narrows the medians.\n\n![ns per write fault](benchmarks.svg)\n\n"
@@ -195,6 +196,7 @@ pub(crate) fn render(
     ));
     out.push_str(&new_files.render());
     out.push_str(&churn_memory.render());
+    out.push_str(&stacks.render());
     out.push_str(FAULT_PATH_NOTES);
     out
 }

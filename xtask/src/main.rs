@@ -19,6 +19,7 @@ mod bench_capacity;
 mod bench_memory;
 mod bench_new_files;
 mod bench_report;
+mod bench_stacks;
 mod image;
 mod setup;
 mod soak;

@@ -22,15 +22,15 @@ use crate::{
     maps::{bump, count_failure, LAST_READ_FAULT, SHARED_MAPPERS},
     record::{announce_file, fill_header, record_write, submit_page_event, WriterIdentity},
     scratch::{fault_scratch, FaultScratch},
-    stacks::CallSite,
+    stacks::{CallSite, NoStack},
     vma::{find_mapping, find_vma_locked, Mapping, VmaInfo},
 };
 
 /// Out of line, as are the paths below it: Linux 6.1's verifier adds the
 /// frames of the deepest call chain against 512 bytes.
 #[inline(never)]
-pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
-    site: CallSite,
+pub(crate) fn try_write_fault<const SINCE_5_17: bool, const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
     address: u64,
     error_code: u64,
 ) -> Result<(), i64> {
@@ -38,7 +38,7 @@ pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
         return Ok(());
     }
     if error_code & X86_PF_WRITE == 0 {
-        return read_fault::<SINCE_5_17>(site, address);
+        return read_fault::<SINCE_5_17, TAKE_STACKS>(site, address);
     }
     // Processes outside --pid / -- CMD: no lookup at all.
     let tgid = current_tgid::<SINCE_5_17>();
@@ -87,8 +87,8 @@ pub(crate) fn try_write_fault<const SINCE_5_17: bool>(
 /// adds every frame of the deepest call chain against 512 bytes. A walk
 /// that fails is counted (`VMA_WALK_FALLBACKS`) and the fault skipped.
 #[inline(never)]
-pub(crate) fn try_read_fault<const SINCE_5_17: bool>(
-    site: CallSite,
+pub(crate) fn try_read_fault<const SINCE_5_17: bool, const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
     address: u64,
 ) -> Result<(), i64> {
     let scratch = fault_scratch()?;
@@ -128,8 +128,8 @@ pub(crate) fn try_read_fault<const SINCE_5_17: bool>(
 
 /// Reports pages `first..=last` of the file in `scratch.info` as possibly
 /// written by the current task.
-pub(crate) fn report_possible_write(
-    site: CallSite,
+pub(crate) fn report_possible_write<const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
     scratch: &mut FaultScratch,
     pid_tgid: u64,
     first: u64,
@@ -151,8 +151,8 @@ pub(crate) fn report_possible_write(
 /// frame more on the read-fault paths would pass Linux 6.1's 512-byte
 /// call-chain limit.
 #[inline(always)]
-pub(crate) fn report_pages(
-    site: CallSite,
+pub(crate) fn report_pages<const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
     scratch: &mut FaultScratch,
     pid_tgid: u64,
     kind: RecordKind,
@@ -212,12 +212,15 @@ fn page_header(scratch: &mut FaultScratch, pid_tgid: u64, kind: RecordKind) -> u
 /// A read fault: only those of processes with a shared writable mapping
 /// can map pages writable without a later write fault.
 #[inline(always)]
-pub(crate) fn read_fault<const SINCE_5_17: bool>(site: CallSite, address: u64) -> Result<(), i64> {
+pub(crate) fn read_fault<const SINCE_5_17: bool, const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
+    address: u64,
+) -> Result<(), i64> {
     note_read_fault(address);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read-only lookup of a plain u8 value.
     if unsafe { SHARED_MAPPERS.get(&tgid) }.is_some() {
-        return try_read_fault::<SINCE_5_17>(site, address);
+        return try_read_fault::<SINCE_5_17, TAKE_STACKS>(site, address);
     }
     Ok(())
 }
@@ -246,19 +249,33 @@ pub(crate) fn fault_args(ctx: &RawTracePointContext) -> (u64, u64) {
 /// most of mmapwatch's start-up.
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn mw_page_fault_user(ctx: RawTracePointContext) -> i32 {
-    let (address, error_code) = fault_args(&ctx);
-    if let Err(err) = try_write_fault::<true>(CallSite::of(&ctx), address, error_code) {
-        log_failed_read(&ctx, err);
-    }
-    0
+    write_fault::<true, false>(&ctx)
+}
+
+/// [`mw_page_fault_user`] taking call-site stacks (`--stacks`; see `stacks`).
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn mw_page_fault_user_stacks(ctx: RawTracePointContext) -> i32 {
+    write_fault::<true, true>(&ctx)
 }
 
 /// [`mw_page_fault_user`] for Linux 5.10 to 5.16 (see `compat`).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn mw_page_fault_user_5_10(ctx: RawTracePointContext) -> i32 {
-    let (address, error_code) = fault_args(&ctx);
-    if let Err(err) = try_write_fault::<false>(CallSite::of(&ctx), address, error_code) {
-        log_failed_read(&ctx, err);
+    write_fault::<false, false>(&ctx)
+}
+
+/// [`mw_page_fault_user_5_10`] taking call-site stacks.
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn mw_page_fault_user_5_10_stacks(ctx: RawTracePointContext) -> i32 {
+    write_fault::<false, true>(&ctx)
+}
+
+#[inline(always)]
+fn write_fault<const SINCE_5_17: bool, const TAKE_STACKS: bool>(ctx: &RawTracePointContext) -> i32 {
+    let (address, error_code) = fault_args(ctx);
+    let site = CallSite::<TAKE_STACKS>::of(ctx);
+    if let Err(err) = try_write_fault::<SINCE_5_17, TAKE_STACKS>(site, address, error_code) {
+        log_failed_read(ctx, err);
     }
     0
 }
@@ -278,7 +295,7 @@ fn log_failed_read(ctx: &RawTracePointContext, err: i64) {
 pub fn mw_page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
-        count_failure(read_fault::<true>(CallSite::of(&ctx), address));
+        count_failure(read_fault::<true, false>(NoStack::of(&ctx), address));
     }
     0
 }
@@ -288,7 +305,7 @@ pub fn mw_page_fault_user_reads(ctx: RawTracePointContext) -> i32 {
 pub fn mw_page_fault_user_reads_5_10(ctx: RawTracePointContext) -> i32 {
     let (address, error_code) = fault_args(&ctx);
     if address < USER_ADDRESS_LIMIT && error_code & X86_PF_WRITE == 0 {
-        count_failure(read_fault::<false>(CallSite::of(&ctx), address));
+        count_failure(read_fault::<false, false>(NoStack::of(&ctx), address));
     }
     0
 }
@@ -338,7 +355,7 @@ pub(crate) fn try_filemap_map_pages(ctx: &RawTracePointContext) -> Result<(), i6
         return Ok(());
     }
     report_possible_write(
-        CallSite::of(ctx),
+        NoStack::of(ctx),
         scratch,
         pid_tgid,
         first,

@@ -43,7 +43,11 @@ pub(crate) fn fentry_arg(ctx: &FEntryContext, index: u64) -> Result<u64, i64> {
     read_kernel::<u64>(ctx.as_ptr() as u64, index * 8)
 }
 
-pub(crate) fn try_vmf_write(site: CallSite, vmf: u64, hook: FaultHook) -> Result<(), i64> {
+pub(crate) fn try_vmf_write<const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
+    vmf: u64,
+    hook: FaultHook,
+) -> Result<(), i64> {
     if hook == FaultHook::FinishFault {
         let flags: u32 = read_kernel(vmf, offset!(vmf_flags))?;
         if u64::from(flags) & offset!(fault_flag_write) == 0 {
@@ -165,7 +169,17 @@ pub(crate) fn attached_function<C: EbpfContext>(ctx: &C) -> u64 {
 pub fn mw_fentry_do_wp_page(ctx: FEntryContext) -> u32 {
     count_failure(
         fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::WpPage)),
+            .and_then(|vmf| try_vmf_write(CallSite::<false>::of(&ctx), vmf, FaultHook::WpPage)),
+    );
+    0
+}
+
+/// [`mw_fentry_do_wp_page`] taking call-site stacks (`--stacks`; see `stacks`).
+#[fentry(function = "do_wp_page")]
+pub fn mw_fentry_do_wp_page_stacks(ctx: FEntryContext) -> u32 {
+    count_failure(
+        fentry_arg(&ctx, 0)
+            .and_then(|vmf| try_vmf_write(CallSite::<true>::of(&ctx), vmf, FaultHook::WpPage)),
     );
     0
 }
@@ -173,8 +187,19 @@ pub fn mw_fentry_do_wp_page(ctx: FEntryContext) -> u32 {
 #[fentry(function = "finish_fault")]
 pub fn mw_fentry_finish_fault(ctx: FEntryContext) -> u32 {
     count_failure(
+        fentry_arg(&ctx, 0).and_then(|vmf| {
+            try_vmf_write(CallSite::<false>::of(&ctx), vmf, FaultHook::FinishFault)
+        }),
+    );
+    0
+}
+
+/// [`mw_fentry_finish_fault`] taking call-site stacks (`--stacks`; see `stacks`).
+#[fentry(function = "finish_fault")]
+pub fn mw_fentry_finish_fault_stacks(ctx: FEntryContext) -> u32 {
+    count_failure(
         fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::FinishFault)),
+            .and_then(|vmf| try_vmf_write(CallSite::<true>::of(&ctx), vmf, FaultHook::FinishFault)),
     );
     0
 }
@@ -183,7 +208,17 @@ pub fn mw_fentry_finish_fault(ctx: FEntryContext) -> u32 {
 pub fn mw_fentry_wp_page_copy(ctx: FEntryContext) -> u32 {
     count_failure(
         fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::WpPageCopy)),
+            .and_then(|vmf| try_vmf_write(CallSite::<false>::of(&ctx), vmf, FaultHook::WpPageCopy)),
+    );
+    0
+}
+
+/// [`mw_fentry_wp_page_copy`] taking call-site stacks (`--stacks`; see `stacks`).
+#[fentry(function = "wp_page_copy")]
+pub fn mw_fentry_wp_page_copy_stacks(ctx: FEntryContext) -> u32 {
+    count_failure(
+        fentry_arg(&ctx, 0)
+            .and_then(|vmf| try_vmf_write(CallSite::<true>::of(&ctx), vmf, FaultHook::WpPageCopy)),
     );
     0
 }
@@ -224,7 +259,24 @@ pub fn mw_fentry_folio_end_writeback(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn mw_kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(CallSite::of(&ctx), vmf, FaultHook::WpPage));
+        count_failure(try_vmf_write(
+            CallSite::<false>::of(&ctx),
+            vmf,
+            FaultHook::WpPage,
+        ));
+    }
+    0
+}
+
+/// [`mw_kprobe_do_wp_page`] taking call-site stacks.
+#[kprobe]
+pub fn mw_kprobe_do_wp_page_stacks(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        count_failure(try_vmf_write(
+            CallSite::<true>::of(&ctx),
+            vmf,
+            FaultHook::WpPage,
+        ));
     }
     0
 }
@@ -233,7 +285,20 @@ pub fn mw_kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
 pub fn mw_kprobe_finish_fault(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
         count_failure(try_vmf_write(
-            CallSite::of(&ctx),
+            CallSite::<false>::of(&ctx),
+            vmf,
+            FaultHook::FinishFault,
+        ));
+    }
+    0
+}
+
+/// [`mw_kprobe_finish_fault`] taking call-site stacks.
+#[kprobe]
+pub fn mw_kprobe_finish_fault_stacks(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        count_failure(try_vmf_write(
+            CallSite::<true>::of(&ctx),
             vmf,
             FaultHook::FinishFault,
         ));
@@ -245,7 +310,20 @@ pub fn mw_kprobe_finish_fault(ctx: ProbeContext) -> u32 {
 pub fn mw_kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
     if let Some(vmf) = ctx.arg::<u64>(0) {
         count_failure(try_vmf_write(
-            CallSite::of(&ctx),
+            CallSite::<false>::of(&ctx),
+            vmf,
+            FaultHook::WpPageCopy,
+        ));
+    }
+    0
+}
+
+/// [`mw_kprobe_wp_page_copy`] taking call-site stacks.
+#[kprobe]
+pub fn mw_kprobe_wp_page_copy_stacks(ctx: ProbeContext) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        count_failure(try_vmf_write(
+            CallSite::<true>::of(&ctx),
             vmf,
             FaultHook::WpPageCopy,
         ));

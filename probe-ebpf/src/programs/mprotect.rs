@@ -85,8 +85,8 @@ fn protected_range<const SINCE_5_17: bool>(
 /// fault when stored to, and are reported as written then). With
 /// write-notify, it leaves the range to the second program.
 #[inline(never)]
-pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool>(
-    site: CallSite,
+pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool, const TAKE_STACKS: bool>(
+    site: CallSite<TAKE_STACKS>,
     start: u64,
     len: u64,
 ) -> Result<(), i64> {

@@ -17,7 +17,9 @@ use crate::{
     stats::{add_shared, add_written_back, keep_later},
 };
 
-pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
+pub(crate) fn try_dirty_folio<const TAKE_STACKS: bool>(
+    ctx: &BtfTracePointContext,
+) -> Result<(), i64> {
     let folio: *const u8 = ctx.arg(0);
     let mapping: *const u8 = ctx.arg(1);
     // The verifier allows no arithmetic on a pointer that may be null.
@@ -59,7 +61,7 @@ pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let index_at = offset!(folio_index);
         // SAFETY: `folio.index`, at its BTF offset.
         let index: u64 = unsafe { load_typed(folio, index_at) };
-        report_new_folio_span(CallSite::of(ctx), &key, index, pages);
+        report_new_folio_span(CallSite::<TAKE_STACKS>::of(ctx), &key, index, pages);
     }
     Ok(())
 }
@@ -70,7 +72,15 @@ pub(crate) fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// `bpf_probe_read_kernel` call (~45 ns here) per field.
 #[btf_tracepoint(function = "writeback_dirty_folio")]
 pub fn mw_writeback_dirty_folio(ctx: BtfTracePointContext) -> i32 {
-    count_failure(try_dirty_folio(&ctx));
+    count_failure(try_dirty_folio::<false>(&ctx));
+    0
+}
+
+/// [`mw_writeback_dirty_folio`] taking call-site stacks (`--stacks`; see
+/// `stacks`): a span a write fault brought in is reported here.
+#[btf_tracepoint(function = "writeback_dirty_folio")]
+pub fn mw_writeback_dirty_folio_stacks(ctx: BtfTracePointContext) -> i32 {
+    count_failure(try_dirty_folio::<true>(&ctx));
     0
 }
 

@@ -300,8 +300,8 @@ impl Probes {
     ) -> Result<(), String> {
         match mechanism {
             Mechanism::Fentry => {
-                let program: &mut FEntry =
-                    program_mut(&mut self.ebpf, hook.fentry).map_err(|e| e.to_string())?;
+                let program: &mut FEntry = program_mut(&mut self.ebpf, hook.fentry, self.stacks)
+                    .map_err(|e| e.to_string())?;
                 program
                     .load(function, &self.aya_btf)
                     .map_err(|err| short_error(&err.to_string()))?;
@@ -310,8 +310,8 @@ impl Probes {
                     .map_err(|err| short_error(&err.to_string()))?;
             }
             Mechanism::Kprobe => {
-                let program: &mut KProbe =
-                    program_mut(&mut self.ebpf, hook.kprobe).map_err(|e| e.to_string())?;
+                let program: &mut KProbe = program_mut(&mut self.ebpf, hook.kprobe, self.stacks)
+                    .map_err(|e| e.to_string())?;
                 if program.fd().is_err() {
                     program
                         .load()
@@ -427,10 +427,12 @@ impl Probes {
                 continue;
             }
             let attached = if tp.typed {
-                let prog: &mut BtfTracePoint = program_mut(&mut self.ebpf, tp.program)?;
+                let prog: &mut BtfTracePoint =
+                    program_mut(&mut self.ebpf, tp.program, self.stacks)?;
                 prog.attach().map(drop)
             } else {
-                let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, tp.program)?;
+                let prog: &mut RawTracePoint =
+                    program_mut(&mut self.ebpf, tp.program, self.stacks)?;
                 prog.attach(tp.name).map(drop)
             };
             match attached {
@@ -459,21 +461,22 @@ impl Probes {
             // Loaded here if not at start-up (READ_FAULTS: function
             // backends only), or its variant where the kernel refuses it.
             let mut name = self.loaded_variant(tp.program);
-            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name, self.stacks)?;
             if program.fd().is_err() {
                 if let Err(err) = program.load() {
                     let variant = tp.before_5_17.ok_or_else(|| failed(err))?;
-                    let program: &mut RawTracePoint = program_mut(&mut self.ebpf, variant)?;
+                    let program: &mut RawTracePoint =
+                        program_mut(&mut self.ebpf, variant, self.stacks)?;
                     program.load().map_err(failed)?;
                     self.loaded.note_variant(tp.program, variant);
                     name = variant;
                 }
             }
-            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name, self.stacks)?;
             program.attach(tp.name).map_err(failed)?;
         } else {
             let name = self.loaded_variant(tp.program);
-            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name, self.stacks)?;
             program.attach(tp.category, tp.name).map_err(failed)?;
         }
         Ok(())

@@ -1,7 +1,38 @@
 //! What the backends attach to: tracepoints, raw and BTF tracepoints, and
 //! the kernel functions the fentry and kprobe backends hook.
 
+use std::borrow::Cow;
+
 use probe_common::mw_name;
+
+/// Programs with a twin that takes call-site stacks, named with this
+/// suffix, loaded in their place with `--stacks`: the others hold no call
+/// to `bpf_get_stackid` at all (probe-ebpf's `stacks` says why).
+pub const STACKS_TWIN_SUFFIX: &str = "_stacks";
+
+/// The programs that have such a twin: the write-fault programs of each
+/// backend, and the dirtying of a folio a write fault brought in (spans).
+pub const WITH_STACKS_TWIN: [&str; 9] = [
+    mw_name!("page_fault_user"),
+    mw_name!("page_fault_user_5_10"),
+    mw_name!("fentry_do_wp_page"),
+    mw_name!("fentry_finish_fault"),
+    mw_name!("fentry_wp_page_copy"),
+    mw_name!("kprobe_do_wp_page"),
+    mw_name!("kprobe_finish_fault"),
+    mw_name!("kprobe_wp_page_copy"),
+    mw_name!("writeback_dirty_folio"),
+];
+
+/// The object's program for the catalog's `program`: its stack-taking
+/// twin when `stacks` is on and it has one.
+pub fn program_for(program: &str, stacks: bool) -> Cow<'_, str> {
+    if stacks && WITH_STACKS_TWIN.contains(&program) {
+        Cow::Owned(format!("{program}{STACKS_TWIN_SUFFIX}"))
+    } else {
+        Cow::Borrowed(program)
+    }
+}
 
 /// A classic tracepoint the backend attaches to.
 #[derive(Clone, Copy, Debug)]
@@ -409,5 +440,16 @@ mod tests {
                 "{program} is not in the object"
             );
         }
+        for program in WITH_STACKS_TWIN {
+            let twin = program_for(program, true);
+            assert!(object.programs.contains_key(program), "{program}");
+            assert!(object.programs.contains_key(twin.as_ref()), "{twin}");
+            assert_eq!(program_for(program, false), program);
+        }
+        // Twins are loaded only for what has one.
+        assert_eq!(
+            program_for(mw_name!("sys_enter_mmap"), true),
+            mw_name!("sys_enter_mmap")
+        );
     }
 }

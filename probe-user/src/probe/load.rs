@@ -59,6 +59,8 @@ pub struct ProbeOptions {
 /// The loaded eBPF object and, once attached, its backend.
 pub struct Probes {
     pub(super) ebpf: Ebpf,
+    /// The stack-taking twins are loaded (`--stacks`).
+    pub(super) stacks: bool,
     pub attached: Attached,
     pub dedup_capacity: u32,
     pub ring_bytes: u32,
@@ -301,11 +303,12 @@ impl Probes {
             required: tp.required,
             purpose: tp.purpose,
         }));
-        let loaded = load_programs(&mut ebpf, &plan, &aya_btf)?;
+        let loaded = load_programs(&mut ebpf, &plan, &aya_btf, options.user_stacks)?;
         log::debug!("startup: programs verified in {:?}", phase.elapsed());
         seed_shared_mappers(&mut ebpf)?;
         Ok(Self {
             ebpf,
+            stacks: options.user_stacks,
             attached: Attached::default(),
             dedup_capacity,
             ring_bytes: options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
@@ -325,12 +328,19 @@ impl Probes {
     }
 }
 
-pub(crate) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+/// The object's program for the catalog's `name` (its stack-taking twin
+/// with `stacks`: see [`super::catalog::program_for`]).
+pub(crate) fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    stacks: bool,
+) -> Result<&'a mut T, LoadError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
+    let name = super::catalog::program_for(name, stacks);
     let program = ebpf
-        .program_mut(name)
+        .program_mut(&name)
         .ok_or_else(|| LoadError::Object(format!("program {name} missing from the object")))?;
     program
         .try_into()
@@ -422,23 +432,29 @@ pub(crate) fn load_programs(
     ebpf: &mut Ebpf,
     plan: &[PlannedLoad],
     btf: &aya::Btf,
+    stacks: bool,
 ) -> Result<Loaded, LoadError> {
+    use super::catalog::program_for;
     type Outcome = Result<&'static str, aya::programs::ProgramError>;
     let mut programs: std::collections::HashMap<&str, &mut Program> = ebpf.programs_mut().collect();
     let mut work = Vec::new();
     for planned in plan {
-        let primary = programs.remove(planned.program).ok_or_else(|| {
-            LoadError::Object(format!(
-                "program {} missing from the object",
-                planned.program
-            ))
-        })?;
+        let primary = programs
+            .remove(program_for(planned.program, stacks).as_ref())
+            .ok_or_else(|| {
+                LoadError::Object(format!(
+                    "program {} missing from the object",
+                    planned.program
+                ))
+            })?;
         let variant = match planned.before_5_17 {
             Some(name) => Some((
                 name,
-                programs.remove(name).ok_or_else(|| {
-                    LoadError::Object(format!("program {name} missing from the object"))
-                })?,
+                programs
+                    .remove(program_for(name, stacks).as_ref())
+                    .ok_or_else(|| {
+                        LoadError::Object(format!("program {name} missing from the object"))
+                    })?,
             )),
             None => None,
         };

@@ -26,8 +26,8 @@ use blazesym::{
 };
 
 use crate::model::{
-    call_sites::{reaches_a_root, CallSites, Frame, ProcessStack, Stack},
-    events::Event,
+    call_sites::{reaches_a_root, CallSites, Frame, ProcessStack, Site, Stack},
+    events::{Event, FileId},
 };
 
 /// Frames the kernel keeps of a stack (`PERF_MAX_STACK_DEPTH`): a walk
@@ -84,6 +84,26 @@ impl StackResolver {
             }
         });
         self.call_sites.observe(event, stack.as_ref());
+    }
+
+    /// `file`'s `limit` call sites with most pages, named (the
+    /// dashboard's detail view).
+    pub fn named_sites(&mut self, file: &FileId, limit: usize) -> Vec<Site> {
+        let mut sites: Vec<Site> = self
+            .call_sites
+            .of(file)
+            .into_iter()
+            .take(limit)
+            .cloned()
+            .collect();
+        let frames = sites
+            .iter_mut()
+            .flat_map(|site| site.stack.frames.iter_mut().enumerate());
+        self.names.name(&self.objects, frames);
+        for site in &mut sites {
+            settle_partial(&mut site.stack);
+        }
+        sites
     }
 
     /// Every stack located, named: what a recording keeps of them.

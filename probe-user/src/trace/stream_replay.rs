@@ -55,7 +55,7 @@ pub struct StreamLine {
 /// A line of the stream: an event, or a `stack` line (`--stacks`) naming
 /// the frames of the stack its process's later events give by id.
 pub enum StreamItem {
-    Event(StreamLine),
+    Event(Box<StreamLine>),
     Stack(ProcessStack),
 }
 
@@ -191,7 +191,7 @@ pub fn parse(line: &str) -> Result<StreamItem, UserError> {
         }
     }
     serde_json::from_str(line)
-        .map(StreamItem::Event)
+        .map(|line| StreamItem::Event(Box::new(line)))
         .map_err(|err| UserError::Usage(err.to_string()))
 }
 

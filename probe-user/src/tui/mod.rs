@@ -9,6 +9,7 @@ pub mod batch;
 pub mod processes;
 pub mod snapshot;
 pub mod view;
+mod view_call_sites;
 mod view_processes;
 
 use std::time::Instant;
@@ -71,9 +72,17 @@ pub fn snapshot(
             .aggregate
             .file(&id)
             .and_then(|record| session.collector.pages_not_on_disk(id, record).ok());
+        detail.call_sites = session
+            .collector
+            .stacks
+            .as_ref()
+            .map(|stacks| stacks.borrow_mut().named_sites(&id, DETAIL_CALL_SITES));
     }
     snapshot
 }
+
+/// Call sites the detail view lists (`--stacks`).
+const DETAIL_CALL_SITES: usize = 4;
 
 /// Runs `top`; returns the traced command's exit code, or 0.
 pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
@@ -113,7 +122,7 @@ pub async fn run(kernel: &KernelPaths, args: TopArgs) -> anyhow::Result<u8> {
         retain: Some(args.retain),
         // The processes view marks exited writers.
         report_writer_exits: true,
-        stacks: false,
+        stacks: args.stacks,
     };
     // Load before taking over the terminal: errors print as one plain line.
     let mut session = Session::start(&options)?;

@@ -139,6 +139,8 @@ pub struct Detail {
     /// Written pages not on disk yet (the page cache's count); None when
     /// it cannot be told (tmpfs, Linux before 6.5, the file gone).
     pub not_on_disk: Option<u64>,
+    /// `--stacks`: the code that wrote most of its pages.
+    pub call_sites: Option<Vec<crate::model::call_sites::Site>>,
 }
 
 /// Everything one tick brings.
@@ -283,6 +285,8 @@ impl Snapshot {
                 syncs: record.details().syncs.clone(),
                 // Asked of the page cache by the session (a syscall).
                 not_on_disk: None,
+                // Named by the session's stacks, when it takes them.
+                call_sites: None,
                 row,
             })
         });

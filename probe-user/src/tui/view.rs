@@ -328,12 +328,20 @@ fn heatmap_lines(heatmap: &Heatmap, width: u16, height: u16) -> Vec<Line<'static
 
 fn render_detail(app: &App, detail: &Detail, frame: &mut Frame, area: Rect) {
     let row = &detail.row;
-    let [summary, heat, lower] = Layout::vertical([
+    let sites_height = detail
+        .call_sites
+        .as_ref()
+        .map_or(0, |sites| sites.len().max(1) as u16 + 1);
+    let [summary, heat, lower, sites_area] = Layout::vertical([
         Constraint::Length(4),
         Constraint::Min(4),
         Constraint::Length(8),
+        Constraint::Length(sites_height),
     ])
     .areas(area);
+    if let Some(sites) = &detail.call_sites {
+        super::view_call_sites::render_call_sites(sites, frame, sites_area);
+    }
     let span = detail.heatmap.pages_span;
     let summary_text = vec![
         Line::from(vec![Span::from(elide_middle(

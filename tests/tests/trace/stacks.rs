@@ -4,22 +4,13 @@
 
 use std::path::Path;
 
-use integration_tests::{mmapwatch, path_arg, require_root, run, scratch_dir, trace_command};
+use integration_tests::{
+    mmapwatch, path_arg, require_root, run, scratch_dir, stacks_line as line_of, trace_command,
+};
 use serde_json::Value;
 
 const WITH_FRAME_POINTERS: &str = concat!(env!("OUT_DIR"), "/stacks-fp");
 const WITHOUT_FRAME_POINTERS: &str = concat!(env!("OUT_DIR"), "/stacks-nofp");
-const SOURCE: &str = include_str!("../../c/stacks.c");
-
-/// The line of stacks.c that holds `MARK name`.
-fn line_of(mark: &str) -> u64 {
-    let needle = format!("MARK {mark} ");
-    SOURCE
-        .lines()
-        .position(|line| line.contains(&needle))
-        .unwrap_or_else(|| panic!("no MARK {mark} in stacks.c")) as u64
-        + 1
-}
 
 /// The report's entry for `path`.
 fn file_of<'a>(report: &'a Value, path: &Path) -> &'a Value {
