@@ -97,10 +97,14 @@ fn one_run(writer: &Path, file: &Path, under: Under) -> Result<(f64, (u64, u64))
         bail!("the writer failed: {status}");
     }
     let find = |stats: &std::collections::HashMap<String, (u64, u64)>| {
-        ["mw_page_fault_user", "mw_page_fault_user_stacks", "mw_page_fault_u"]
-            .iter()
-            .find_map(|name| stats.get(*name).copied())
-            .unwrap_or((0, 0))
+        [
+            "mw_page_fault_user",
+            "mw_page_fault_user_stacks",
+            "mw_page_fault_u",
+        ]
+        .iter()
+        .find_map(|name| stats.get(*name).copied())
+        .unwrap_or((0, 0))
     };
     let ((t0, c0), (t1, c1)) = (find(&before), find(&after));
     Ok((

@@ -72,8 +72,10 @@ pub struct ProbeConfig {
     pub user_count: u32,
     /// Entries used in `cgroups`.
     pub cgroup_count: u32,
-    /// Non-zero: first-write records carry the writer's user stack
-    /// (`--stacks`).
+    /// Non-zero with `--stacks` (the stack-taking twins of the write-fault
+    /// programs are loaded): every record lets the kernel wake the reader
+    /// as soon as it has caught up, so stacks are read while their writers
+    /// live.
     pub user_stacks: u32,
     pub _pad: u32,
     pub comms: [[u8; TASK_COMM_LEN]; MAX_COMM_FILTERS],

@@ -165,61 +165,54 @@ pub(crate) fn attached_function<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { bpf_get_func_ip(ctx.as_ptr()) }
 }
 
-#[fentry(function = "do_wp_page")]
-pub fn mw_fentry_do_wp_page(ctx: FEntryContext) -> u32 {
-    count_failure(
-        fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::<false>::of(&ctx), vmf, FaultHook::WpPage)),
-    );
+/// The write-fault hooks, each with its twin taking call-site stacks
+/// (`--stacks`; see `stacks`), for fentry and for kprobes. An fentry
+/// program's target is given when it loads (the backend's hook table): the
+/// `function` here only names the section, as in `fentry_fs_mkwrite`.
+macro_rules! fault_hooks {
+    ($($hook:ident: $fentry:ident, $fentry_stacks:ident, $kprobe:ident, $kprobe_stacks:ident;)*) => {$(
+        #[fentry(function = "do_wp_page")]
+        pub fn $fentry(ctx: FEntryContext) -> u32 {
+            fentry_fault::<false>(&ctx, FaultHook::$hook)
+        }
+
+        #[fentry(function = "do_wp_page")]
+        pub fn $fentry_stacks(ctx: FEntryContext) -> u32 {
+            fentry_fault::<true>(&ctx, FaultHook::$hook)
+        }
+
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            kprobe_fault::<false>(&ctx, FaultHook::$hook)
+        }
+
+        #[kprobe]
+        pub fn $kprobe_stacks(ctx: ProbeContext) -> u32 {
+            kprobe_fault::<true>(&ctx, FaultHook::$hook)
+        }
+    )*};
+}
+fault_hooks! {
+    WpPage: mw_fentry_do_wp_page, mw_fentry_do_wp_page_stacks,
+        mw_kprobe_do_wp_page, mw_kprobe_do_wp_page_stacks;
+    FinishFault: mw_fentry_finish_fault, mw_fentry_finish_fault_stacks,
+        mw_kprobe_finish_fault, mw_kprobe_finish_fault_stacks;
+    WpPageCopy: mw_fentry_wp_page_copy, mw_fentry_wp_page_copy_stacks,
+        mw_kprobe_wp_page_copy, mw_kprobe_wp_page_copy_stacks;
+}
+
+#[inline(always)]
+fn fentry_fault<const TAKE_STACKS: bool>(ctx: &FEntryContext, hook: FaultHook) -> u32 {
+    let site = CallSite::<TAKE_STACKS>::of(ctx);
+    count_failure(fentry_arg(ctx, 0).and_then(|vmf| try_vmf_write(site, vmf, hook)));
     0
 }
 
-/// [`mw_fentry_do_wp_page`] taking call-site stacks (`--stacks`; see `stacks`).
-#[fentry(function = "do_wp_page")]
-pub fn mw_fentry_do_wp_page_stacks(ctx: FEntryContext) -> u32 {
-    count_failure(
-        fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::<true>::of(&ctx), vmf, FaultHook::WpPage)),
-    );
-    0
-}
-
-#[fentry(function = "finish_fault")]
-pub fn mw_fentry_finish_fault(ctx: FEntryContext) -> u32 {
-    count_failure(
-        fentry_arg(&ctx, 0).and_then(|vmf| {
-            try_vmf_write(CallSite::<false>::of(&ctx), vmf, FaultHook::FinishFault)
-        }),
-    );
-    0
-}
-
-/// [`mw_fentry_finish_fault`] taking call-site stacks (`--stacks`; see `stacks`).
-#[fentry(function = "finish_fault")]
-pub fn mw_fentry_finish_fault_stacks(ctx: FEntryContext) -> u32 {
-    count_failure(
-        fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::<true>::of(&ctx), vmf, FaultHook::FinishFault)),
-    );
-    0
-}
-
-#[fentry(function = "wp_page_copy")]
-pub fn mw_fentry_wp_page_copy(ctx: FEntryContext) -> u32 {
-    count_failure(
-        fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::<false>::of(&ctx), vmf, FaultHook::WpPageCopy)),
-    );
-    0
-}
-
-/// [`mw_fentry_wp_page_copy`] taking call-site stacks (`--stacks`; see `stacks`).
-#[fentry(function = "wp_page_copy")]
-pub fn mw_fentry_wp_page_copy_stacks(ctx: FEntryContext) -> u32 {
-    count_failure(
-        fentry_arg(&ctx, 0)
-            .and_then(|vmf| try_vmf_write(CallSite::<true>::of(&ctx), vmf, FaultHook::WpPageCopy)),
-    );
+#[inline(always)]
+fn kprobe_fault<const TAKE_STACKS: bool>(ctx: &ProbeContext, hook: FaultHook) -> u32 {
+    if let Some(vmf) = ctx.arg::<u64>(0) {
+        count_failure(try_vmf_write(CallSite::<TAKE_STACKS>::of(ctx), vmf, hook));
+    }
     0
 }
 
@@ -253,81 +246,6 @@ fentry_fs_mkwrite!(
 #[fentry(function = "folio_end_writeback")]
 pub fn mw_fentry_folio_end_writeback(ctx: FEntryContext) -> u32 {
     count_failure(fentry_arg(&ctx, 0).and_then(try_folio_written_back));
-    0
-}
-
-#[kprobe]
-pub fn mw_kprobe_do_wp_page(ctx: ProbeContext) -> u32 {
-    if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(
-            CallSite::<false>::of(&ctx),
-            vmf,
-            FaultHook::WpPage,
-        ));
-    }
-    0
-}
-
-/// [`mw_kprobe_do_wp_page`] taking call-site stacks.
-#[kprobe]
-pub fn mw_kprobe_do_wp_page_stacks(ctx: ProbeContext) -> u32 {
-    if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(
-            CallSite::<true>::of(&ctx),
-            vmf,
-            FaultHook::WpPage,
-        ));
-    }
-    0
-}
-
-#[kprobe]
-pub fn mw_kprobe_finish_fault(ctx: ProbeContext) -> u32 {
-    if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(
-            CallSite::<false>::of(&ctx),
-            vmf,
-            FaultHook::FinishFault,
-        ));
-    }
-    0
-}
-
-/// [`mw_kprobe_finish_fault`] taking call-site stacks.
-#[kprobe]
-pub fn mw_kprobe_finish_fault_stacks(ctx: ProbeContext) -> u32 {
-    if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(
-            CallSite::<true>::of(&ctx),
-            vmf,
-            FaultHook::FinishFault,
-        ));
-    }
-    0
-}
-
-#[kprobe]
-pub fn mw_kprobe_wp_page_copy(ctx: ProbeContext) -> u32 {
-    if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(
-            CallSite::<false>::of(&ctx),
-            vmf,
-            FaultHook::WpPageCopy,
-        ));
-    }
-    0
-}
-
-/// [`mw_kprobe_wp_page_copy`] taking call-site stacks.
-#[kprobe]
-pub fn mw_kprobe_wp_page_copy_stacks(ctx: ProbeContext) -> u32 {
-    if let Some(vmf) = ctx.arg::<u64>(0) {
-        count_failure(try_vmf_write(
-            CallSite::<true>::of(&ctx),
-            vmf,
-            FaultHook::WpPageCopy,
-        ));
-    }
     0
 }
 
