@@ -193,7 +193,10 @@ fn recordings_and_streams_keep_the_call_sites() {
             "--events",
             &path_arg(&stream),
         ],
-        &[&path_arg(&target), "6", "300"],
+        // Two seconds: the stream names each stack as it is read, and the
+        // first look at an object's symbols takes long under QEMU (README:
+        // a writer gone before its stacks are read leaves them unresolved).
+        &[&path_arg(&target), "6", "2000"],
     );
     assert!(run_trace.status.success(), "{}", run_trace.stderr);
     let live = file_of(&run_trace.json, &target);
