@@ -160,12 +160,43 @@ impl Collector {
 
     /// Reads every record available now.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        if let Some(stacks) = self.stacks.clone() {
+            return self.drain_locating_stacks(ring, &stacks);
+        }
         let mut count = 0;
         while let Some(item) = ring.next() {
             self.record(&item);
             count += 1;
         }
         count
+    }
+
+    /// [`Collector::drain`] with stacks: every record waiting is read
+    /// first and its stack located, then the records are taken in order.
+    /// The event stream names stacks as it writes them, and the first look
+    /// at an object's symbols takes a while: the writers of the records
+    /// behind it may exit meanwhile, and their stacks are located already.
+    fn drain_locating_stacks(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        stacks: &RefCell<StackResolver>,
+    ) -> usize {
+        let mut waiting = Vec::new();
+        while let Some(item) = ring.next() {
+            waiting.push(item.to_vec());
+        }
+        {
+            let mut stacks = stacks.borrow_mut();
+            for bytes in &waiting {
+                if let Ok(event) = decode(bytes) {
+                    stacks.locate_stack_of(&event);
+                }
+            }
+        }
+        for bytes in &waiting {
+            self.record(bytes);
+        }
+        waiting.len()
     }
 }
 

@@ -72,18 +72,21 @@ impl StackResolver {
     /// Adds a decoded event's call site (see [`CallSites::observe`]),
     /// locating its stack the first time its process names it.
     pub fn observe(&mut self, event: &Event) {
-        let stack = event.stack_id.map(|id| {
-            let key = (event.task.tgid, id);
-            match self.located.get(&key) {
-                Some(stack) => Rc::clone(stack),
-                None => {
-                    let stack = Rc::new(self.locate(key.0, id));
-                    self.located.insert(key, Rc::clone(&stack));
-                    stack
-                }
-            }
-        });
+        let stack = self.locate_stack_of(event);
         self.call_sites.observe(event, stack.as_ref());
+    }
+
+    /// The stack `event` names, located the first time its process names
+    /// it (while the process lives).
+    pub fn locate_stack_of(&mut self, event: &Event) -> Option<Rc<Stack>> {
+        let id = event.stack_id?;
+        let key = (event.task.tgid, id);
+        if let Some(stack) = self.located.get(&key) {
+            return Some(Rc::clone(stack));
+        }
+        let stack = Rc::new(self.locate(key.0, id));
+        self.located.insert(key, Rc::clone(&stack));
+        Some(stack)
     }
 
     /// `file`'s `limit` call sites with most pages, named (the
