@@ -32,11 +32,14 @@ pub struct Frame {
 
 impl Frame {
     /// What tells this frame's code apart across processes: its object
-    /// and offset there (the same code at another address, ASLR, is the
-    /// same call site). Unlocated frames only have their address.
+    /// (path and build id: one path can be two files) and offset there
+    /// (the same code at another address, ASLR, is the same call site).
+    /// Unlocated frames only have their address.
     fn site_key(&self) -> FrameKey {
         match (&self.object, self.offset) {
-            (Some(object), Some(offset)) => FrameKey::Offset(object.clone(), offset),
+            (Some(object), Some(offset)) => {
+                FrameKey::Offset(object.clone(), self.build_id.clone(), offset)
+            }
             _ => FrameKey::Address(self.addr),
         }
     }
@@ -58,7 +61,7 @@ impl Frame {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum FrameKey {
-    Offset(String, u64),
+    Offset(String, Option<String>, u64),
     Address(u64),
 }
 
@@ -264,6 +267,21 @@ mod tests {
             of[0].writers.iter().map(|w| w.0).collect::<Vec<_>>(),
             [10, 11]
         );
+    }
+
+    #[test]
+    fn one_path_in_two_builds_is_two_sites() {
+        let mut sites = CallSites::default();
+        let built = |build: &str| {
+            let mut frame = frame(0x1000, "store", 12);
+            frame.build_id = Some(build.into());
+            stack(vec![frame])
+        };
+        sites.add(FILE, &built("aa"), (1, "w"), 1);
+        sites.add(FILE, &built("bb"), (2, "w"), 1);
+        sites.add(FILE, &built("aa"), (3, "w"), 1);
+        let pages: Vec<u64> = sites.of(&FILE).iter().map(|site| site.pages).collect();
+        assert_eq!(pages, [2, 1]);
     }
 
     #[test]

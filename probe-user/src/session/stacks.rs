@@ -34,6 +34,15 @@ use crate::model::{
 /// this long was cut, not ended.
 const KERNEL_MAX_FRAMES: usize = 127;
 
+/// An object file as frames name it: its path as the writer saw it and
+/// its build id. One path can be two files (two containers' libc).
+type ObjectKey = (String, Option<String>);
+
+/// A frame's object, when it was located.
+fn object_of(frame: &Frame) -> Option<ObjectKey> {
+    Some((frame.object.clone()?, frame.build_id.clone()))
+}
+
 /// An object file some frame is in, held open so it can be symbolized
 /// after its writer exits (a deleted or replaced library included).
 struct HeldObject {
@@ -50,8 +59,7 @@ pub struct StackResolver {
     /// stack (no BPF_F_REUSE_STACKID), so each is read once.
     addresses: HashMap<u32, Rc<[u64]>>,
     located: HashMap<(u32, u32), Rc<Stack>>,
-    /// Objects by the path the writer saw, and by (dev, ino).
-    objects: HashMap<String, Rc<HeldObject>>,
+    objects: HashMap<ObjectKey, Rc<HeldObject>>,
     names: Names,
     pub call_sites: CallSites,
 }
@@ -189,21 +197,24 @@ impl StackResolver {
             let Some(UserMeta::Elf(elf)) = output.meta.get(meta) else {
                 continue;
             };
-            let path = elf.path.to_string_lossy().into_owned();
-            if !self.objects.contains_key(&path) {
+            let key: ObjectKey = (
+                elf.path.to_string_lossy().into_owned(),
+                elf.build_id
+                    .as_ref()
+                    .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect()),
+            );
+            if !self.objects.contains_key(&key) {
                 match hold(tgid, &elf.path) {
                     Some(held) => {
-                        self.objects.insert(path.clone(), Rc::new(held));
+                        self.objects.insert(key.clone(), Rc::new(held));
                     }
                     None => continue,
                 }
             }
+            let (path, build_id) = key;
             frame.object = Some(path);
             frame.offset = Some(offset);
-            frame.build_id = elf
-                .build_id
-                .as_ref()
-                .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect());
+            frame.build_id = build_id;
         }
         let located = frames.iter().any(|frame| frame.object.is_some());
         Stack {
@@ -275,19 +286,19 @@ struct Name {
 #[derive(Default)]
 struct Names {
     symbolizer: Option<Symbolizer>,
-    known: HashMap<(String, u64), Name>,
+    known: HashMap<(ObjectKey, u64), Name>,
 }
 
 impl Names {
     /// Names `frames` (index in their stack, frame).
     fn name<'a>(
         &mut self,
-        objects: &HashMap<String, Rc<HeldObject>>,
+        objects: &HashMap<ObjectKey, Rc<HeldObject>>,
         frames: impl Iterator<Item = (usize, &'a mut Frame)>,
     ) {
-        let mut frames: Vec<((String, u64), &'a mut Frame)> = frames
+        let mut frames: Vec<((ObjectKey, u64), &'a mut Frame)> = frames
             .filter_map(|(index, frame)| {
-                let object = frame.object.clone()?;
+                let object = object_of(frame)?;
                 let offset = frame.offset?;
                 // A return address is looked up one byte back, inside the
                 // call it returns from: its line is the call's.
@@ -299,10 +310,10 @@ impl Names {
                 Some(((object, lookup), frame))
             })
             .collect();
-        let mut wanted: HashMap<&str, Vec<u64>> = HashMap::new();
+        let mut wanted: HashMap<&ObjectKey, Vec<u64>> = HashMap::new();
         for ((object, lookup), _) in &frames {
             if !self.known.contains_key(&(object.clone(), *lookup)) {
-                wanted.entry(object.as_str()).or_default().push(*lookup);
+                wanted.entry(object).or_default().push(*lookup);
             }
         }
         let symbolizer = self.symbolizer.get_or_insert_with(Symbolizer::new);
@@ -311,10 +322,10 @@ impl Names {
             offsets.dedup();
             let names = objects
                 .get(object)
-                .map(|held| symbolize(symbolizer, object, &held.read_at, &offsets))
+                .map(|held| symbolize(symbolizer, &object.0, &held.read_at, &offsets))
                 .unwrap_or_else(|| vec![Name::default(); offsets.len()]);
             for (offset, name) in offsets.into_iter().zip(names) {
-                self.known.insert((object.to_string(), offset), name);
+                self.known.insert((object.clone(), offset), name);
             }
         }
         for (key, frame) in &mut frames {
