@@ -136,8 +136,6 @@ pub(crate) struct FolioWalkRequest {
     pub(crate) first: u64,
     pub(crate) last: u64,
     pub(crate) header: EventHeader,
-    /// The caller's stack for the spans found (`--stacks`).
-    pub(crate) stack_id: u32,
 }
 
 /// One entry: bits of `hooks::*`, set by userspace as hooks attach.

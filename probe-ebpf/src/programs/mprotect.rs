@@ -5,7 +5,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_loop};
-use probe_common::{counter, RecordKind, RAMFS_MAGIC, TMPFS_MAGIC, VM_MAYWRITE, VM_SHARED};
+use probe_common::{
+    counter, RecordKind, NO_STACK, RAMFS_MAGIC, TMPFS_MAGIC, VM_MAYWRITE, VM_SHARED,
+};
 
 use super::faults::announce_pages;
 use crate::{
@@ -15,7 +17,6 @@ use crate::{
     maps::{bump, FOLIO_WALK},
     record::submit_page_event,
     scratch::{fault_scratch, FaultScratch},
-    stacks::CallSite,
     vma::{find_mapping, find_vma_locked, Mapping},
 };
 
@@ -85,8 +86,7 @@ fn protected_range<const SINCE_5_17: bool>(
 /// fault when stored to, and are reported as written then). With
 /// write-notify, it leaves the range to the second program.
 #[inline(never)]
-pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool, const TAKE_STACKS: bool>(
-    site: CallSite<TAKE_STACKS>,
+pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool>(
     start: u64,
     len: u64,
 ) -> Result<(), i64> {
@@ -107,7 +107,8 @@ pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool, const TAKE_STACKS: b
             kind,
             range.first,
             range.last - range.first + 1,
-            site.stack_id(),
+            // A window mprotect opens is not a store: no stack.
+            NO_STACK,
         );
     } else if let Some(request) = FOLIO_WALK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot of a one-entry per-CPU array; the two
@@ -118,9 +119,6 @@ pub(crate) fn try_mprotect_writable<const SINCE_5_17: bool, const TAKE_STACKS: b
         request.first = range.first;
         request.last = range.last;
         request.header = scratch.header;
-        // The walk runs in a callback, which has no program context: the
-        // caller's stack is taken now (spans found or not).
-        request.stack_id = site.stack_id();
     }
     Ok(())
 }
@@ -218,7 +216,7 @@ extern "C" fn folio_walk_step(_step: u64, data: *mut c_void) -> i64 {
             RecordKind::FolioSpan,
             from,
             to - from + 1,
-            request.stack_id,
+            NO_STACK,
         );
     }
     // A folio that does not hold `index` (raced away): one page on.

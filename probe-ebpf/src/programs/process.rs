@@ -19,7 +19,6 @@ use crate::{
     maps::{bump, count_failure, EVENTS, SHARED_MAPPERS, TRACED},
     programs::mprotect::{try_mprotect_folios, try_mprotect_writable},
     record::{commit_flags, count_submitted, fill_header, WriterIdentity},
-    stacks::NoStack,
 };
 
 const MAP_SHARED: u64 = 0x01;
@@ -107,8 +106,7 @@ fn try_mprotect<const SINCE_5_17: bool>(ctx: &TracePointContext) -> Result<(), i
     if prot & PROT_WRITE == 0 {
         return Ok(());
     }
-    // No stack: a window mprotect opens is not a store.
-    try_mprotect_writable::<SINCE_5_17, false>(NoStack::of(ctx), start, len)
+    try_mprotect_writable::<SINCE_5_17>(start, len)
 }
 
 /// Raw `sched_process_fork(parent, child)`: the classic format moved its
