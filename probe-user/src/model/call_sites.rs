@@ -214,9 +214,14 @@ impl CallSites {
 
 /// A stack as one line, innermost first: `store (w.c:12) < fill < main`.
 pub fn describe(stack: &Stack) -> String {
-    let frames: Vec<String> = stack.frames.iter().map(Frame::describe).collect();
+    describe_frames(&stack.frames, stack.partial)
+}
+
+/// [`describe`] of a stack's frames and whether it is partial.
+pub fn describe_frames(frames: &[Frame], partial: bool) -> String {
+    let frames: Vec<String> = frames.iter().map(Frame::describe).collect();
     let mut line = frames.join(" < ");
-    if stack.partial {
+    if partial {
         line.push_str(" < ?");
     }
     line

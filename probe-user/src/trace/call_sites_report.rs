@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     model::{
-        call_sites::{describe, CallSites, Frame},
+        call_sites::{describe_frames, CallSites, Frame},
         events::FileId,
         names,
     },
@@ -118,11 +118,7 @@ pub fn render(report: &Report) -> String {
         out.push_str(&path);
         out.push('\n');
         for stack in stacks.iter().take(SHOWN_PER_FILE) {
-            let mut line = describe(&crate::model::call_sites::Stack {
-                frames: stack.frames.clone(),
-                partial: stack.partial,
-                unresolved: None,
-            });
+            let mut line = describe_frames(&stack.frames, stack.partial);
             if let Some(why) = &stack.unresolved {
                 line.push_str(&format!(" [{why}]"));
             }
